@@ -1,0 +1,23 @@
+//! The plain data that AGAD's parts exchange, with no I/O of its own.
+//!
+//! What it is for: the types every process agrees on — module manifests and
+//! their Ed25519 signatures, signed module bundles, and the alarms and reports
+//! that leave a node. What it is not for: networking, storage or running
+//! modules; those live in the crates that do I/O and depend on this one.
+//!
+//! Layout:
+//! - [`manifest`]: what a module is and may do (the author's TOML and the
+//!   signed, filled-in form).
+//! - [`keys`]: signing keys, trusted public keys and their ids.
+//! - [`bundle`]: a manifest, its signature and the exact wasm bytes, as one
+//!   file (`.agad`), and the checks a receiver makes before compiling it.
+//! - [`message`]: alarms, summaries and reports as they travel upward.
+
+pub mod bundle;
+pub mod keys;
+pub mod manifest;
+pub mod message;
+
+pub use bundle::{Bundle, BundleError};
+pub use keys::{KeyError, KeyId, PublicKey, SecretKey};
+pub use manifest::{Area, Capability, Kind, Limits, Manifest, ManifestSpec};
