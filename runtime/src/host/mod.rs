@@ -1,0 +1,130 @@
+//! Host capabilities: one struct per WIT interface, gathered in [`HostState`],
+//! the data of every module's store. Only the interfaces a module is granted
+//! are added to its linker ([`add_granted_to_linker`]).
+
+pub mod clock;
+pub mod log;
+pub mod os;
+pub mod snmp;
+pub mod state;
+
+use crate::bindings;
+use agad_protocol::Capability;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Everything one module instance may reach on the node.
+pub struct HostState {
+    pub os: os::OsProbe,
+    pub snmp: snmp::SnmpClient,
+    pub state: state::ModuleState,
+    pub log: log::ModuleLog,
+    pub clock: clock::Clock,
+    pub limits: MemoryLimiter,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl HostState {
+    pub fn new(
+        module: &str,
+        snmp: snmp::SnmpClient,
+        state: state::ModuleState,
+        max_memory_bytes: u64,
+    ) -> HostState {
+        HostState {
+            os: os::OsProbe::new().with_module(module),
+            snmp: snmp.with_module(module),
+            state,
+            log: log::ModuleLog::new(module),
+            clock: clock::Clock,
+            limits: MemoryLimiter::new(max_memory_bytes),
+            // WASI is there only because Rust's std imports it: no files, no
+            // sockets, no environment, no inherited stdio.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Adds WASI (sandboxed as above) and exactly the `granted` capabilities.
+pub fn add_granted_to_linker(
+    linker: &mut Linker<HostState>,
+    granted: &[Capability],
+) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    for capability in granted {
+        match capability {
+            Capability::Os => {
+                bindings::os::add_to_linker::<_, HasSelf<os::OsProbe>>(linker, |s| &mut s.os)?
+            }
+            Capability::Snmp => bindings::snmp::add_to_linker::<_, HasSelf<snmp::SnmpClient>>(
+                linker,
+                |s| &mut s.snmp,
+            )?,
+            Capability::State => bindings::state::add_to_linker::<_, HasSelf<state::ModuleState>>(
+                linker,
+                |s| &mut s.state,
+            )?,
+            Capability::Log => {
+                bindings::log::add_to_linker::<_, HasSelf<log::ModuleLog>>(linker, |s| &mut s.log)?
+            }
+            Capability::Clock => {
+                bindings::clock::add_to_linker::<_, HasSelf<clock::Clock>>(linker, |s| {
+                    &mut s.clock
+                })?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Caps a store's memories and remembers whether the cap was hit, so a trap
+/// that follows a refused `memory.grow` is reported as a memory limit.
+pub struct MemoryLimiter {
+    max_bytes: usize,
+    pub hit: bool,
+}
+
+impl MemoryLimiter {
+    fn new(max_bytes: u64) -> MemoryLimiter {
+        MemoryLimiter {
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            hit: false,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_bytes;
+        if !allowed {
+            self.hit = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a module needing more than this is broken.
+        Ok(desired <= 100_000)
+    }
+}

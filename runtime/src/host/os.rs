@@ -1,0 +1,485 @@
+//! The `os` capability: metrics of the node a module runs on.
+//!
+//! One [`OsProbe`] lives in every module's store, so "since the previous call"
+//! (CPU and per-process CPU) is measured per module: two inspectors ticking at
+//! different periods each see utilisation over their own period.
+//!
+//! Inspectors call this every period on every node, so each call refreshes
+//! only what it returns: no `refresh_all`, no full process scan when the
+//! module names the processes it watches, and interface counters straight
+//! from `/proc/net/dev` (one read for every interface).
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
+
+use sysinfo::{
+    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Pid, ProcessRefreshKind,
+    ProcessStatus, ProcessesToUpdate, System, UpdateKind,
+};
+use tracing::{debug, debug_span};
+
+use crate::bindings::os;
+
+/// Host side of the `os` interface for one module instance.
+pub struct OsProbe {
+    /// Label for tracing: the module this probe serves.
+    module: String,
+    /// CPU and memory. Kept apart from `procs` because refreshing process CPU
+    /// also advances sysinfo's global CPU baseline, which would shorten the
+    /// window `cpu()` reports over.
+    sys: System,
+    /// Processes this probe has listed, for per-process CPU deltas.
+    procs: System,
+    /// Pids refreshed by the previous `processes` call, to forget dead ones.
+    listed: HashSet<Pid>,
+    /// Mount list, kept so that repeated calls reuse its allocations.
+    disks: Disks,
+}
+
+impl std::fmt::Debug for OsProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OsProbe")
+            .field("module", &self.module)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for OsProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OsProbe {
+    /// A probe whose first `cpu()` reports utilisation since this call.
+    pub fn new() -> OsProbe {
+        const SUPPORTED: &str = "sysinfo supports every platform the node runs on";
+        let mut sys = System::new().expect(SUPPORTED);
+        // Baseline for the first `cpu()` call; also fills the CPU list.
+        sys.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
+        // Process CPU shares are deltas against this System's own CPU
+        // totals, which need a baseline (and the CPU count) too.
+        let mut procs = System::new().expect(SUPPORTED);
+        procs.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
+        OsProbe {
+            module: String::new(),
+            sys,
+            procs,
+            listed: HashSet::new(),
+            disks: Disks::new().expect(SUPPORTED),
+        }
+    }
+
+    /// Names the module in this probe's tracing spans.
+    pub fn with_module(mut self, module: impl Into<String>) -> OsProbe {
+        self.module = module.into();
+        self
+    }
+}
+
+impl os::Host for OsProbe {
+    fn cpu(&mut self) -> os::CpuUsage {
+        let _span = debug_span!("os.cpu", module = %self.module).entered();
+        self.sys
+            .refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
+        os::CpuUsage {
+            total_percent: self.sys.global_cpu_usage(),
+            per_core_percent: self.sys.cpus().iter().map(|c| c.usage()).collect(),
+        }
+    }
+
+    fn memory(&mut self) -> os::MemoryUsage {
+        let _span = debug_span!("os.memory", module = %self.module).entered();
+        self.sys
+            .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram().with_swap());
+        os::MemoryUsage {
+            total_bytes: self.sys.total_memory(),
+            used_bytes: self.sys.used_memory(),
+            available_bytes: self.sys.available_memory(),
+            swap_total_bytes: self.sys.total_swap(),
+            swap_used_bytes: self.sys.used_swap(),
+        }
+    }
+
+    fn load_average(&mut self) -> os::LoadAverages {
+        let _span = debug_span!("os.load_average", module = %self.module).entered();
+        match System::load_average() {
+            Ok(l) => os::LoadAverages {
+                one: l.one,
+                five: l.five,
+                fifteen: l.fifteen,
+            },
+            Err(e) => {
+                debug!(error = %e, "load average unavailable");
+                os::LoadAverages {
+                    one: 0.0,
+                    five: 0.0,
+                    fifteen: 0.0,
+                }
+            }
+        }
+    }
+
+    fn filesystems(&mut self) -> Vec<os::Filesystem> {
+        let _span = debug_span!("os.filesystems", module = %self.module).entered();
+        // sysinfo only lists the mounts (and skips pseudo and network
+        // filesystems, whose statvfs can hang); sizes come from one statvfs
+        // per mount below, because sysinfo does not expose the free-block
+        // count and "used" must match what `df` shows.
+        self.disks
+            .refresh_specifics(true, DiskRefreshKind::nothing());
+        let mut out = Vec::with_capacity(self.disks.len());
+        for disk in self.disks.iter() {
+            let mount = disk.mount_point();
+            let Some(space) = space_of(mount) else {
+                continue;
+            };
+            if space.total == 0 {
+                continue;
+            }
+            out.push(os::Filesystem {
+                mount_point: mount.to_string_lossy().into_owned(),
+                device: disk.name().to_string_lossy().into_owned(),
+                fs_type: disk.file_system().to_string_lossy().into_owned(),
+                total_bytes: space.total,
+                used_bytes: space.total.saturating_sub(space.free),
+                free_bytes: space.available,
+            });
+        }
+        debug!(count = out.len(), "filesystems");
+        out
+    }
+
+    fn interfaces(&mut self) -> Vec<os::NetInterface> {
+        let _span = debug_span!("os.interfaces", module = %self.module).entered();
+        let text = match fs::read_to_string("/proc/net/dev") {
+            Ok(text) => text,
+            Err(e) => {
+                debug!(error = %e, "cannot read /proc/net/dev");
+                return Vec::new();
+            }
+        };
+        parse_net_dev(&text)
+            .into_iter()
+            .map(|c| {
+                let sys = Path::new("/sys/class/net").join(&c.name);
+                os::NetInterface {
+                    oper_state: oper_state(&sys),
+                    speed_bps: speed_bps(&sys),
+                    name: c.name,
+                    in_octets: c.in_octets,
+                    out_octets: c.out_octets,
+                    in_packets: c.in_packets,
+                    out_packets: c.out_packets,
+                    in_errors: c.in_errors,
+                    out_errors: c.out_errors,
+                    in_drops: c.in_drops,
+                    out_drops: c.out_drops,
+                }
+            })
+            .collect()
+    }
+
+    fn processes(&mut self, names: Vec<String>) -> Vec<os::Process> {
+        let _span =
+            debug_span!("os.processes", module = %self.module, names = names.len()).entered();
+        let kind = ProcessRefreshKind::nothing()
+            .with_cpu()
+            .with_memory()
+            .with_cmd(UpdateKind::OnlyIfNotSet)
+            .without_tasks();
+        let wanted: Vec<Pid> = if names.is_empty() {
+            self.procs
+                .refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
+            self.listed = self.procs.processes().keys().copied().collect();
+            self.listed.iter().copied().collect()
+        } else {
+            let (matching, alive) = scan_proc_names(&names);
+            // Refreshing a pid that has gone away removes it from sysinfo's
+            // table; without this the table would keep every process this
+            // probe ever watched.
+            let mut update: Vec<Pid> = matching.clone();
+            update.extend(self.listed.iter().filter(|p| !alive.contains(p)).copied());
+            self.procs
+                .refresh_processes_specifics(ProcessesToUpdate::Some(&update), true, kind);
+            self.listed = matching.iter().copied().collect();
+            matching
+        };
+        let mut out: Vec<os::Process> = wanted
+            .iter()
+            .filter_map(|pid| self.procs.process(*pid))
+            .map(|p| os::Process {
+                pid: p.pid().as_u32(),
+                name: p.name().to_string_lossy().into_owned(),
+                cmdline: p
+                    .cmd()
+                    .iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                cpu_percent: p.cpu_usage(),
+                rss_bytes: p.memory(),
+                state: status_name(p.status()).to_owned(),
+            })
+            .collect();
+        out.sort_by_key(|p| p.pid);
+        debug!(count = out.len(), "processes");
+        out
+    }
+
+    fn uptime_secs(&mut self) -> u64 {
+        let _span = debug_span!("os.uptime_secs", module = %self.module).entered();
+        System::uptime().unwrap_or(0)
+    }
+
+    fn hostname(&mut self) -> String {
+        let _span = debug_span!("os.hostname", module = %self.module).entered();
+        System::host_name().unwrap_or_default()
+    }
+}
+
+struct Space {
+    total: u64,
+    free: u64,
+    available: u64,
+}
+
+fn space_of(mount: &Path) -> Option<Space> {
+    match rustix::fs::statvfs(mount) {
+        Ok(s) => Some(Space {
+            total: s.f_blocks.saturating_mul(s.f_frsize),
+            free: s.f_bfree.saturating_mul(s.f_frsize),
+            available: s.f_bavail.saturating_mul(s.f_frsize),
+        }),
+        Err(e) => {
+            debug!(mount = %mount.display(), error = %e, "statvfs failed");
+            None
+        }
+    }
+}
+
+/// Counters of one interface as `/proc/net/dev` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NetDevCounters {
+    name: String,
+    in_octets: u64,
+    in_packets: u64,
+    in_errors: u64,
+    in_drops: u64,
+    out_octets: u64,
+    out_packets: u64,
+    out_errors: u64,
+    out_drops: u64,
+}
+
+/// Parses `/proc/net/dev`. Lines that do not parse are skipped, not fatal:
+/// one odd driver must not hide every other interface.
+fn parse_net_dev(text: &str) -> Vec<NetDevCounters> {
+    text.lines()
+        .filter_map(|line| {
+            // Names cannot contain ':' (the kernel refuses them), and a large
+            // byte count may follow the colon without a space: "eth0:1234".
+            let (name, rest) = line.split_once(':')?;
+            let name = name.trim();
+            if name.is_empty() || name.contains('|') {
+                return None;
+            }
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            // Receive: bytes packets errs drop fifo frame compressed multicast;
+            // transmit: bytes packets errs drop fifo colls carrier compressed.
+            if f.len() < 16 {
+                return None;
+            }
+            Some(NetDevCounters {
+                name: name.to_owned(),
+                in_octets: f[0],
+                in_packets: f[1],
+                in_errors: f[2],
+                in_drops: f[3],
+                out_octets: f[8],
+                out_packets: f[9],
+                out_errors: f[10],
+                out_drops: f[11],
+            })
+        })
+        .collect()
+}
+
+fn oper_state(sys: &Path) -> os::OperState {
+    let state = fs::read_to_string(sys.join("operstate")).unwrap_or_default();
+    match state.trim() {
+        "up" => os::OperState::Up,
+        "down" => os::OperState::Down,
+        "dormant" => os::OperState::Dormant,
+        "lowerlayerdown" => os::OperState::LowerLayerDown,
+        "notpresent" => os::OperState::NotPresent,
+        "testing" => os::OperState::Testing,
+        // Drivers that do not track carrier (loopback, dummy, many tunnels)
+        // report "unknown" forever. Like net-snmp's ifOperStatus, fall back
+        // to the administrative flag so that `lo` reads up and a downed
+        // dummy reads down.
+        _ => match admin_up(sys) {
+            Some(true) => os::OperState::Up,
+            Some(false) => os::OperState::Down,
+            None => os::OperState::Unknown,
+        },
+    }
+}
+
+fn admin_up(sys: &Path) -> Option<bool> {
+    const IFF_UP: u32 = 0x1;
+    let flags = fs::read_to_string(sys.join("flags")).ok()?;
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
+    Some(flags & IFF_UP != 0)
+}
+
+/// `/sys/class/net/<if>/speed` is Mb/s; it is unreadable (EINVAL) or -1
+/// when the driver does not know.
+fn speed_bps(sys: &Path) -> Option<u64> {
+    let text = fs::read_to_string(sys.join("speed")).ok()?;
+    let mbps: i64 = text.trim().parse().ok()?;
+    u64::try_from(mbps)
+        .ok()
+        .filter(|m| *m > 0)
+        .map(|m| m.saturating_mul(1_000_000))
+}
+
+/// Pids whose `comm` matches one of `names`, and every live pid (so the
+/// caller can forget dead ones). Reading `comm` (one short line per process)
+/// is much cheaper than letting sysinfo parse every process's stat.
+fn scan_proc_names(names: &[String]) -> (Vec<Pid>, HashSet<Pid>) {
+    let mut matching = Vec::new();
+    let mut alive = HashSet::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return (matching, alive);
+    };
+    for entry in dir.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let pid = Pid::from_u32(pid);
+        alive.insert(pid);
+        let Ok(comm) = fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end_matches('\n');
+        if names.iter().any(|n| name_matches(n, comm, &entry.path())) {
+            matching.push(pid);
+        }
+    }
+    (matching, alive)
+}
+
+/// The kernel truncates `comm` to 15 bytes; a longer wanted name matches
+/// when `comm` is its prefix and argv[0]'s file name is the whole name.
+fn name_matches(wanted: &str, comm: &str, proc_dir: &Path) -> bool {
+    const COMM_MAX: usize = 15;
+    if wanted == comm {
+        return true;
+    }
+    if wanted.len() <= COMM_MAX || comm.len() != COMM_MAX || !wanted.starts_with(comm) {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let base = argv0.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    base == wanted.as_bytes()
+}
+
+fn status_name(status: ProcessStatus) -> &'static str {
+    match status {
+        ProcessStatus::Idle => "idle",
+        ProcessStatus::Run => "run",
+        ProcessStatus::Sleep => "sleep",
+        ProcessStatus::Stop => "stop",
+        ProcessStatus::Zombie => "zombie",
+        ProcessStatus::Tracing => "tracing",
+        ProcessStatus::Dead => "dead",
+        ProcessStatus::Wakekill => "wakekill",
+        ProcessStatus::Waking => "waking",
+        ProcessStatus::Parked => "parked",
+        ProcessStatus::LockBlocked => "lock-blocked",
+        ProcessStatus::UninterruptibleDiskSleep => "disk-sleep",
+        ProcessStatus::Suspended => "suspended",
+        ProcessStatus::Unknown(_) => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:  104476     1024    0    0    0     0          0         0   104476     1024    0    0    0     0       0          0
+  eth0:18446744073709551615 7 1 2 0 0 0 0 5000 6 3 4 0 0 0 0
+enp0s31f6:12345678901 99 0 0 0 0 0 0 42 1 0 9 0 0 0 0
+ broken: 1 2 3
+";
+
+    #[test]
+    fn parses_every_interface_line() {
+        let parsed = parse_net_dev(SAMPLE);
+        let names: Vec<&str> = parsed.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["lo", "eth0", "enp0s31f6"]);
+        assert_eq!(
+            parsed[0],
+            NetDevCounters {
+                name: "lo".into(),
+                in_octets: 104_476,
+                in_packets: 1024,
+                in_errors: 0,
+                in_drops: 0,
+                out_octets: 104_476,
+                out_packets: 1024,
+                out_errors: 0,
+                out_drops: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn keeps_64_bit_counters_and_maps_columns() {
+        let parsed = parse_net_dev(SAMPLE);
+        let eth0 = &parsed[1];
+        assert_eq!(eth0.in_octets, u64::MAX);
+        assert_eq!((eth0.in_packets, eth0.in_errors, eth0.in_drops), (7, 1, 2));
+        assert_eq!(
+            (
+                eth0.out_octets,
+                eth0.out_packets,
+                eth0.out_errors,
+                eth0.out_drops
+            ),
+            (5000, 6, 3, 4)
+        );
+        // No space between the colon and a wide byte count.
+        assert_eq!(parsed[2].in_octets, 12_345_678_901);
+        assert_eq!(parsed[2].out_drops, 9);
+    }
+
+    #[test]
+    fn skips_headers_and_short_lines() {
+        assert!(parse_net_dev("Inter-| Receive\n face |bytes\n").is_empty());
+        assert!(parse_net_dev("x: 1 2 3\n").is_empty());
+        assert!(parse_net_dev("").is_empty());
+    }
+
+    #[test]
+    fn long_names_match_truncated_comm_only_with_argv0() {
+        let dir = Path::new("/nonexistent");
+        assert!(name_matches("sshd", "sshd", dir));
+        assert!(!name_matches("ssh", "sshd", dir));
+        // 16-char name, 15-char comm, but no cmdline to confirm it.
+        assert!(!name_matches("systemd-resolved", "systemd-resolve", dir));
+    }
+}

@@ -1,0 +1,44 @@
+//! The node runtime: verifies, compiles and runs AGAD modules on a node.
+//!
+//! What it is for: turning signed bundles into sandboxed wasmtime component
+//! instances that see only the host capabilities they were granted, and
+//! keeping inspectors ticking on their period — a trap, an infinite loop or
+//! a memory bomb costs that one module a restart with back-off, never the
+//! runtime. What it is not for: talking to managers (a later layer feeds
+//! bundles in and ships [`Event`]s out).
+//!
+//! Layout:
+//! - [`bindings`]: host bindings generated from `wit/`.
+//! - [`host`]: one struct per capability (os, snmp, state, log, clock).
+//! - [`trust`]: signature, hash, expiry and rollback checks.
+//! - [`engine`]: wasmtime engine, compiled-module cache, capability-checked linking.
+//! - [`instance`]: one inspector instance with its limits; faults classified.
+//! - [`node`]: loading modules and supervising them on their periods.
+//!
+//! ```no_run
+//! # async fn demo(bundle: agad_protocol::Bundle, settings: agad_runtime::NodeSettings,
+//! #               keys: Vec<agad_protocol::PublicKey>) -> anyhow::Result<()> {
+//! use agad_runtime::{ModuleConfig, Node};
+//! let node = Node::open(settings, keys, std::path::Path::new("/var/lib/agad"))?;
+//! let module = node.load(&bundle)?; // verify, compile (or reuse the cache), link
+//! let (events_tx, mut events) = tokio::sync::mpsc::channel(1024);
+//! let (_stop, shutdown) = tokio::sync::watch::channel(false);
+//! node.start_inspector(module, ModuleConfig::default(), events_tx, shutdown)?;
+//! while let Some(event) = events.recv().await {
+//!     println!("{}", serde_json::to_string(&event)?);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod bindings;
+pub mod engine;
+pub mod host;
+pub mod instance;
+pub mod node;
+pub mod trust;
+
+pub use engine::{LinkError, LinkedModule, ModuleEngine};
+pub use host::snmp::AgentConfig;
+pub use instance::{Fault, InitError, InspectorInstance, SpecialistInstance};
+pub use node::{Event, LoadError, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration};
+pub use trust::{TrustError, TrustStore};

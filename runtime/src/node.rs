@@ -1,0 +1,481 @@
+//! A node: trusted keys, the engine, the database, and one supervisor task
+//! per running inspector (ticked on its period, restarted with back-off).
+
+use crate::bindings::types as wit;
+use crate::engine::{LinkError, LinkedModule, ModuleEngine};
+use crate::host::clock::now_ms;
+use crate::host::snmp::{AgentConfig, SnmpClient};
+use crate::host::state::ModuleState;
+use crate::host::HostState;
+use crate::instance::{Fault, InitError, InspectorInstance};
+use crate::trust::{TrustError, TrustStore};
+use agad_protocol::message::{Alarm, Comparison, FaultKind, ModuleFault, Report, Severity, Summary};
+use agad_protocol::{Bundle, Capability, Kind, PublicKey};
+use agad_storage::{Database, Tree};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("module `{module}` is a {kind:?}, not an inspector")]
+    NotAnInspector { module: String, kind: Kind },
+    #[error("module `{module}`: {source}")]
+    Init { module: String, source: InitError },
+    #[error("module `{module}`: bad `period` value `{value}` (use e.g. 500ms, 10s, 1m)")]
+    BadPeriod { module: String, value: String },
+    #[error(transparent)]
+    Storage(#[from] agad_storage::StorageError),
+    #[error("cannot start the module engine: {0:#}")]
+    Engine(anyhow::Error),
+}
+
+/// Restart back-off after a module fails: doubles from `initial` up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a node runs modules.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Stable name of this node; prefixes alarm ids.
+    pub name: String,
+    /// SNMP agents modules may query; the first is the default.
+    pub agents: Arc<[AgentConfig]>,
+    /// Capabilities this node grants at most (its policy).
+    pub policy: Vec<Capability>,
+    /// Tick period for modules whose config sets no `period`.
+    pub default_period: Duration,
+    pub restart: RestartPolicy,
+}
+
+/// Everything a node emits; `agad node run` prints each as one JSON line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Event {
+    Alarm(Alarm),
+    Report(Report),
+    Fault(ModuleFault),
+}
+
+/// A module's deployment settings: config handed to `init`, plus the period.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleConfig {
+    pub values: Vec<(String, String)>,
+}
+
+impl ModuleConfig {
+    /// The reserved `period` key, read by the runtime (the module sees it too).
+    fn period(&self, module: &str, default: Duration) -> Result<Duration, LoadError> {
+        match self.values.iter().rev().find(|(k, _)| k == "period") {
+            None => Ok(default),
+            Some((_, v)) => parse_duration(v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| LoadError::BadPeriod {
+                    module: module.to_owned(),
+                    value: v.clone(),
+                }),
+        }
+    }
+}
+
+/// `500ms`, `10s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+pub struct Node {
+    settings: NodeSettings,
+    engine: ModuleEngine,
+    trust: TrustStore,
+    db: Database,
+    state: Tree,
+}
+
+impl Node {
+    /// Opens the node's database and compiled-module cache under `data_dir`.
+    pub fn open(
+        settings: NodeSettings,
+        trusted: Vec<PublicKey>,
+        data_dir: &Path,
+    ) -> Result<Node, LoadError> {
+        let db = Database::open(&data_dir.join("db"))?;
+        let engine =
+            ModuleEngine::new(Some(&data_dir.join("compiled"))).map_err(LoadError::Engine)?;
+        Node::with_parts(settings, trusted, db, engine)
+    }
+
+    pub fn with_parts(
+        settings: NodeSettings,
+        trusted: Vec<PublicKey>,
+        db: Database,
+        engine: ModuleEngine,
+    ) -> Result<Node, LoadError> {
+        let trust = TrustStore::new(trusted, db.tree("accepted-modules")?);
+        let state = db.tree("module-state")?;
+        Ok(Node {
+            settings,
+            engine,
+            trust,
+            db,
+            state,
+        })
+    }
+
+    pub fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+
+    pub fn engine(&self) -> &ModuleEngine {
+        &self.engine
+    }
+
+    /// Verifies (signature, hash, expiry, rollback), compiles and links a bundle.
+    pub fn load(&self, bundle: &Bundle) -> Result<LinkedModule, LoadError> {
+        self.trust.admit(bundle, now_ms() / 1000)?;
+        let component = self.engine.compile(bundle)?;
+        let manifest = Arc::new(bundle.manifest.clone());
+        Ok(self
+            .engine
+            .link(manifest, &component, &self.settings.policy)?)
+    }
+
+    /// A configured instance of `module`, outside any supervisor (for
+    /// tools and benchmarks that drive ticks themselves).
+    pub fn instantiate(
+        &self,
+        module: &LinkedModule,
+        config: &ModuleConfig,
+    ) -> Result<InspectorInstance, InitError> {
+        self.factory(module.clone()).configured(&config.values)
+    }
+
+    fn factory(&self, module: LinkedModule) -> InstanceFactory {
+        InstanceFactory {
+            module,
+            snmp_agents: self.settings.agents.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Instantiates and configures an inspector now (so a refused config is
+    /// an error here), then keeps it ticking on its period until `shutdown`.
+    pub fn start_inspector(
+        &self,
+        module: LinkedModule,
+        config: ModuleConfig,
+        events: mpsc::Sender<Event>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<JoinHandle<()>, LoadError> {
+        let name = module.manifest.name.clone();
+        if module.manifest.kind != Kind::Inspector {
+            return Err(LoadError::NotAnInspector {
+                module: name,
+                kind: module.manifest.kind,
+            });
+        }
+        let period = config.period(&name, self.settings.default_period)?;
+        let factory = self.factory(module);
+        let first = factory
+            .configured(&config.values)
+            .map_err(|source| LoadError::Init {
+                module: name,
+                source,
+            })?;
+        let supervisor = Supervisor {
+            node: self.settings.name.clone(),
+            factory,
+            config,
+            period,
+            restart: self.settings.restart,
+            db: self.db.clone(),
+            events,
+        };
+        Ok(tokio::spawn(supervisor.run(first, shutdown)))
+    }
+}
+
+/// Makes fresh, configured instances of one module.
+struct InstanceFactory {
+    module: LinkedModule,
+    snmp_agents: Arc<[AgentConfig]>,
+    state: Tree,
+}
+
+impl InstanceFactory {
+    fn configured(&self, config: &[(String, String)]) -> Result<InspectorInstance, InitError> {
+        let m = &self.module.manifest;
+        let host = HostState::new(
+            &m.name,
+            SnmpClient::new(self.snmp_agents.clone()),
+            ModuleState::new(self.state.clone(), &m.name),
+            m.limits.max_memory_bytes,
+        );
+        let mut instance = InspectorInstance::new(&self.module, host)?;
+        instance.init(config)?;
+        Ok(instance)
+    }
+
+    /// After a failure, a refused configuration is one more fault to retry.
+    fn restarted(&self, config: &[(String, String)]) -> Result<InspectorInstance, Fault> {
+        self.configured(config).map_err(|e| match e {
+            InitError::Fault(f) => f,
+            InitError::Config(reason) => Fault {
+                kind: FaultKind::InitFailed,
+                message: reason,
+            },
+        })
+    }
+}
+
+struct Supervisor {
+    node: String,
+    factory: InstanceFactory,
+    config: ModuleConfig,
+    period: Duration,
+    restart: RestartPolicy,
+    db: Database,
+    events: mpsc::Sender<Event>,
+}
+
+/// Clean ticks after which a module counts as healthy again.
+const HEALTHY_AFTER_TICKS: u32 = 3;
+
+impl Supervisor {
+    async fn run(self, first: InspectorInstance, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut instance = Some(first);
+        let mut failures = 0u32;
+        let mut backoff = this.restart.initial;
+        loop {
+            let current = match instance.take() {
+                Some(i) => i,
+                None => {
+                    let me = this.clone();
+                    let config = this.config.values.clone();
+                    match tokio::task::spawn_blocking(move || me.factory.restarted(&config)).await {
+                        Ok(Ok(i)) => i,
+                        Ok(Err(fault)) => {
+                            failures += 1;
+                            if !this.pause_after(fault, failures, &mut backoff, &mut shutdown).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(join) => {
+                            tracing::error!(module = %this.module(), "instantiation task failed: {join}");
+                            return;
+                        }
+                    }
+                }
+            };
+            match this.tick_until_fault(current, &mut failures, &mut shutdown).await {
+                None => return,
+                Some(fault) => {
+                    failures += 1;
+                    if !this.pause_after(fault, failures, &mut backoff, &mut shutdown).await {
+                        return;
+                    }
+                }
+            }
+            if failures == 0 {
+                backoff = this.restart.initial;
+            }
+        }
+    }
+
+    fn module(&self) -> &str {
+        &self.factory.module.manifest.name
+    }
+
+    /// Ticks on the period; returns the fault that ended the instance, or
+    /// `None` on shutdown.
+    async fn tick_until_fault(
+        self: &Arc<Self>,
+        mut instance: InspectorInstance,
+        failures: &mut u32,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Fault> {
+        let mut interval = tokio::time::interval(self.period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut clean = 0u32;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.changed() => return None,
+            }
+            let ticked = tokio::task::spawn_blocking(move || {
+                let result = instance.tick();
+                (instance, result)
+            })
+            .await;
+            let (back, result) = match ticked {
+                Ok(pair) => pair,
+                Err(join) => {
+                    return Some(Fault {
+                        kind: FaultKind::Trap,
+                        message: format!("tick task failed: {join}"),
+                    });
+                }
+            };
+            instance = back;
+            match result {
+                Ok(output) => {
+                    self.emit(output).await;
+                    clean += 1;
+                    if clean >= HEALTHY_AFTER_TICKS {
+                        *failures = 0;
+                    }
+                }
+                Err(fault) => return Some(fault),
+            }
+        }
+    }
+
+    /// Reports the fault and waits the back-off; false on shutdown.
+    async fn pause_after(
+        &self,
+        fault: Fault,
+        failures: u32,
+        backoff: &mut Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let wait = *backoff;
+        tracing::warn!(module = %self.module(), kind = ?fault.kind, restart_in_ms = wait.as_millis() as u64, "{}", fault.message);
+        let event = Event::Fault(ModuleFault {
+            node: self.node.clone(),
+            module: self.module().to_owned(),
+            kind: fault.kind,
+            message: fault.message,
+            consecutive: failures,
+            restart_in_ms: wait.as_millis() as u64,
+            time_ms: now_ms(),
+        });
+        if self.events.send(event).await.is_err() {
+            return false;
+        }
+        *backoff = (*backoff * 2).min(self.restart.max);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown.changed() => false,
+        }
+    }
+
+    async fn emit(&self, output: wit::Output) {
+        let time_ms = now_ms();
+        let manifest = &self.factory.module.manifest;
+        for alarm in output.alarms {
+            let id = match self.db.next_id() {
+                Ok(n) => format!("{}/{}/{n}", self.node, manifest.name),
+                Err(e) => {
+                    tracing::error!("cannot number alarm: {e}");
+                    format!("{}/{}/t{time_ms}", self.node, manifest.name)
+                }
+            };
+            let alarm = Alarm {
+                id,
+                node: self.node.clone(),
+                module: manifest.name.clone(),
+                area: manifest.area,
+                key: alarm.key,
+                metric: alarm.metric,
+                subject: alarm.subject,
+                severity: severity(alarm.severity),
+                raised: alarm.raised,
+                value: alarm.value,
+                threshold: alarm.threshold,
+                comparison: comparison(alarm.comparison),
+                message: alarm.message,
+                time_ms,
+            };
+            let _ = self.events.send(Event::Alarm(alarm)).await;
+        }
+        if !output.summaries.is_empty() {
+            let report = Report {
+                node: self.node.clone(),
+                module: manifest.name.clone(),
+                area: manifest.area,
+                summaries: output.summaries.into_iter().map(summary).collect(),
+                time_ms,
+            };
+            let _ = self.events.send(Event::Report(report)).await;
+        }
+    }
+}
+
+fn severity(s: wit::Severity) -> Severity {
+    match s {
+        wit::Severity::Info => Severity::Info,
+        wit::Severity::Warning => Severity::Warning,
+        wit::Severity::Minor => Severity::Minor,
+        wit::Severity::Major => Severity::Major,
+        wit::Severity::Critical => Severity::Critical,
+    }
+}
+
+fn comparison(c: wit::Comparison) -> Comparison {
+    match c {
+        wit::Comparison::Above => Comparison::Above,
+        wit::Comparison::Below => Comparison::Below,
+        wit::Comparison::Equal => Comparison::Equal,
+        wit::Comparison::NotEqual => Comparison::NotEqual,
+    }
+}
+
+fn summary(s: wit::Summary) -> Summary {
+    Summary {
+        metric: s.metric,
+        subject: s.subject,
+        unit: s.unit,
+        min: s.min,
+        max: s.max,
+        mean: s.mean,
+        last: s.last,
+        count: s.count,
+        window_start_ms: s.window_start_ms,
+        window_end_ms: s.window_end_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("1.5s"), None);
+    }
+}
