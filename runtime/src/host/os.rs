@@ -9,9 +9,10 @@
 //! module names the processes it watches, and interface counters straight
 //! from `/proc/net/dev` (one read for every interface).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::Path;
+use std::time::Instant;
 
 use sysinfo::{
     CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Pid, ProcessRefreshKind,
@@ -29,10 +30,12 @@ pub struct OsProbe {
     /// also advances sysinfo's global CPU baseline, which would shorten the
     /// window `cpu()` reports over.
     sys: System,
-    /// Processes this probe has listed, for per-process CPU deltas.
+    /// Processes this probe has listed.
     procs: System,
-    /// Pids refreshed by the previous `processes` call, to forget dead ones.
-    listed: HashSet<Pid>,
+    /// CPU time of each listed process when this probe last listed it.
+    /// sysinfo's own per-process figure reads 0% for a process whose
+    /// previous sample had no CPU tick yet, so the share is computed here.
+    cpu_samples: HashMap<Pid, CpuSample>,
     /// Mount list, kept so that repeated calls reuse its allocations.
     disks: Disks,
 }
@@ -58,15 +61,11 @@ impl OsProbe {
         let mut sys = System::new().expect(SUPPORTED);
         // Baseline for the first `cpu()` call; also fills the CPU list.
         sys.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
-        // Process CPU shares are deltas against this System's own CPU
-        // totals, which need a baseline (and the CPU count) too.
-        let mut procs = System::new().expect(SUPPORTED);
-        procs.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
         OsProbe {
             module: String::new(),
             sys,
-            procs,
-            listed: HashSet::new(),
+            procs: System::new().expect(SUPPORTED),
+            cpu_samples: HashMap::new(),
             disks: Disks::new().expect(SUPPORTED),
         }
     }
@@ -192,33 +191,42 @@ impl os::Host for OsProbe {
         let wanted: Vec<Pid> = if names.is_empty() {
             self.procs
                 .refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
-            self.listed = self.procs.processes().keys().copied().collect();
-            self.listed.iter().copied().collect()
+            self.procs.processes().keys().copied().collect()
         } else {
             let (matching, alive) = scan_proc_names(&names);
             // Refreshing a pid that has gone away removes it from sysinfo's
             // table; without this the table would keep every process this
             // probe ever watched.
             let mut update: Vec<Pid> = matching.clone();
-            update.extend(self.listed.iter().filter(|p| !alive.contains(p)).copied());
+            update.extend(
+                self.procs
+                    .processes()
+                    .keys()
+                    .filter(|p| !alive.contains(p))
+                    .copied(),
+            );
             self.procs
                 .refresh_processes_specifics(ProcessesToUpdate::Some(&update), true, kind);
-            self.listed = matching.iter().copied().collect();
             matching
         };
+        let now = Instant::now();
+        let procs = &self.procs;
+        self.cpu_samples
+            .retain(|pid, _| procs.process(*pid).is_some());
+        let samples = &mut self.cpu_samples;
         let mut out: Vec<os::Process> = wanted
             .iter()
-            .filter_map(|pid| self.procs.process(*pid))
+            .filter_map(|pid| procs.process(*pid))
             .map(|p| os::Process {
+                cpu_percent: cpu_share(samples, p, now),
                 pid: p.pid().as_u32(),
-                name: p.name().to_string_lossy().into_owned(),
+                name: display_name(p, &names),
                 cmdline: p
                     .cmd()
                     .iter()
                     .map(|a| a.to_string_lossy())
                     .collect::<Vec<_>>()
                     .join(" "),
-                cpu_percent: p.cpu_usage(),
                 rss_bytes: p.memory(),
                 state: status_name(p.status()).to_owned(),
             })
@@ -237,6 +245,38 @@ impl os::Host for OsProbe {
         let _span = debug_span!("os.hostname", module = %self.module).entered();
         System::host_name().unwrap_or_default()
     }
+}
+
+/// A process's accumulated CPU time at one listing.
+struct CpuSample {
+    cpu_ms: u64,
+    /// Tells a reused pid from the process that had it before.
+    start_time: u64,
+    at: Instant,
+}
+
+/// Share of one core `p` used since the previous sample, in percent; 0 for
+/// a process seen for the first time. Records the new sample.
+fn cpu_share(samples: &mut HashMap<Pid, CpuSample>, p: &sysinfo::Process, now: Instant) -> f32 {
+    let sample = CpuSample {
+        cpu_ms: p.accumulated_cpu_time(),
+        start_time: p.start_time(),
+        at: now,
+    };
+    let share = match samples.get(&p.pid()) {
+        Some(prev) if prev.start_time == sample.start_time => {
+            let wall_ms = now.duration_since(prev.at).as_secs_f64() * 1000.0;
+            let cpu_ms = sample.cpu_ms.saturating_sub(prev.cpu_ms) as f64;
+            if wall_ms > 0.0 {
+                (cpu_ms / wall_ms * 100.0) as f32
+            } else {
+                0.0
+            }
+        }
+        _ => 0.0,
+    };
+    samples.insert(p.pid(), sample);
+    share
 }
 
 struct Space {
@@ -376,10 +416,12 @@ fn scan_proc_names(names: &[String]) -> (Vec<Pid>, HashSet<Pid>) {
     (matching, alive)
 }
 
+/// The kernel keeps at most this many bytes of a process name (`comm`).
+const COMM_MAX: usize = 15;
+
 /// The kernel truncates `comm` to 15 bytes; a longer wanted name matches
 /// when `comm` is its prefix and argv[0]'s file name is the whole name.
 fn name_matches(wanted: &str, comm: &str, proc_dir: &Path) -> bool {
-    const COMM_MAX: usize = 15;
     if wanted == comm {
         return true;
     }
@@ -392,6 +434,31 @@ fn name_matches(wanted: &str, comm: &str, proc_dir: &Path) -> bool {
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     let base = argv0.rsplit(|b| *b == b'/').next().unwrap_or_default();
     base == wanted.as_bytes()
+}
+
+/// The name to report: `comm`, or the full name from argv[0] when `comm`
+/// is its truncation and the module asked for that full name (or for every
+/// process), so that a module finds in the answer the name it asked for.
+fn display_name(p: &sysinfo::Process, names: &[String]) -> String {
+    let comm = p.name().to_string_lossy();
+    if comm.len() != COMM_MAX {
+        return comm.into_owned();
+    }
+    let full = p
+        .cmd()
+        .first()
+        .and_then(|argv0| Path::new(argv0).file_name())
+        .map(|base| base.to_string_lossy());
+    match full {
+        Some(full)
+            if full.len() > COMM_MAX
+                && full.starts_with(&*comm)
+                && (names.is_empty() || names.iter().any(|n| *n == *full)) =>
+        {
+            full.into_owned()
+        }
+        _ => comm.into_owned(),
+    }
 }
 
 fn status_name(status: ProcessStatus) -> &'static str {
