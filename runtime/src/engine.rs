@@ -15,6 +15,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// WIT package whose interfaces are AGAD capabilities.
 const PLATFORM_PACKAGE: &str = "agad:platform/";
+/// The interface of shared types: no functions, so nothing to grant.
+const TYPES_INTERFACE: &str = "types";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -47,6 +49,15 @@ pub enum LinkError {
 pub struct LinkedModule {
     pub manifest: Arc<Manifest>,
     pub pre: InstancePre<HostState>,
+}
+
+impl std::fmt::Debug for LinkedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkedModule")
+            .field("module", &self.manifest.name)
+            .field("sha256", &self.manifest.sha256_hex())
+            .finish()
+    }
 }
 
 pub struct ModuleEngine {
@@ -117,6 +128,9 @@ impl ModuleEngine {
         for (name, _) in component.component_type().imports(&self.engine) {
             if let Some(rest) = name.strip_prefix(PLATFORM_PACKAGE) {
                 let interface = rest.split('@').next().unwrap_or(rest);
+                if interface == TYPES_INTERFACE {
+                    continue;
+                }
                 let Some(capability) = Capability::from_interface(interface) else {
                     return Err(LinkError::UnknownImport {
                         module,

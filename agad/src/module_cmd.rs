@@ -1,0 +1,161 @@
+//! `agad module ...`: keys, signing and verification of module bundles.
+
+use agad_protocol::{Bundle, ManifestSpec, PublicKey, SecretKey};
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum ModuleCommand {
+    /// Create a publisher key pair: <NAME>.secret (keep it private) and <NAME>.pub (give it to nodes).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, default_value = "agad-publisher")]
+        out: PathBuf,
+    },
+    /// Sign a compiled module with its manifest into a bundle (.agad).
+    Sign {
+        /// The component, built for wasm32-wasip2.
+        wasm: PathBuf,
+        /// The author's manifest (TOML): name, version, sequence, kind, area, capabilities, limits.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The publisher's secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the bundle [default: <name>.agad].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a bundle: signature by a trusted key, hash, validity; print its manifest.
+    Verify {
+        bundle: PathBuf,
+        /// Public key to trust (repeatable).
+        #[arg(long = "trust", required = true)]
+        trusted: Vec<PathBuf>,
+    },
+}
+
+pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
+    match cmd {
+        ModuleCommand::Keygen { out } => keygen(&out),
+        ModuleCommand::Sign {
+            wasm,
+            manifest,
+            key,
+            out,
+        } => {
+            let bundle = sign(&wasm, &manifest, &key)?;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.agad", bundle.manifest.name)));
+            std::fs::write(&out, bundle.to_bytes())
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            let m = &bundle.manifest;
+            println!(
+                "signed {} {} (sequence {}, sha256 {}, key {}) -> {}",
+                m.name,
+                m.version,
+                m.sequence,
+                m.sha256_hex(),
+                m.signer,
+                out.display()
+            );
+            Ok(())
+        }
+        ModuleCommand::Verify { bundle, trusted } => {
+            let keys = read_public_keys(&trusted)?;
+            let b = read_bundle(&bundle)?;
+            b.verify(&keys, unix_now())
+                .with_context(|| bundle.display().to_string())?;
+            let m = &b.manifest;
+            println!("{}: OK", bundle.display());
+            println!("  module        {} {} (sequence {})", m.name, m.version, m.sequence);
+            println!("  kind, area    {:?}, {:?}", m.kind, m.area);
+            let caps: Vec<String> = m.capabilities.iter().map(|c| c.to_string()).collect();
+            println!("  capabilities  {}", caps.join(", "));
+            println!(
+                "  limits        {} bytes of memory, {} ms per call",
+                m.limits.max_memory_bytes, m.limits.max_time_per_call_ms
+            );
+            println!("  sha256        {}", m.sha256_hex());
+            println!("  signer        {}", m.signer);
+            println!("  valid         {} .. {} (Unix seconds)", m.issued_at, m.expires_at);
+            Ok(())
+        }
+    }
+}
+
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    let secret_path = out.with_extension("secret");
+    let public_path = out.with_extension("pub");
+    for path in [&secret_path, &public_path] {
+        if path.exists() {
+            bail!("{} already exists; not overwriting a key", path.display());
+        }
+    }
+    let key = SecretKey::generate();
+    write_private(&secret_path, key.to_text().as_bytes())?;
+    std::fs::write(&public_path, key.public().to_text())
+        .with_context(|| format!("cannot write {}", public_path.display()))?;
+    println!(
+        "key {}: secret {}, public {}",
+        key.public().id(),
+        secret_path.display(),
+        public_path.display()
+    );
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn sign(wasm: &Path, manifest: &Path, key: &Path) -> anyhow::Result<Bundle> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let spec = ManifestSpec::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", manifest.display(), e.to_string().trim_end()))?;
+    let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    if !bytes.starts_with(b"\0asm") {
+        bail!("{}: not a WebAssembly file", wasm.display());
+    }
+    let secret = read_secret_key(key)?;
+    Ok(Bundle::sign(spec, bytes, &secret, unix_now()))
+}
+
+pub fn read_secret_key(path: &Path) -> anyhow::Result<SecretKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    SecretKey::from_text(&text).with_context(|| path.display().to_string())
+}
+
+pub fn read_public_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            PublicKey::from_text(&text).with_context(|| path.display().to_string())
+        })
+        .collect()
+}
+
+pub fn read_bundle(path: &Path) -> anyhow::Result<Bundle> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Bundle::from_bytes(&bytes).with_context(|| path.display().to_string())
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,272 @@
+//! `agad node ...`: the node runtime on its own, without a manager.
+
+use crate::module_cmd::{read_bundle, read_public_keys};
+use agad_protocol::Capability;
+use agad_runtime::{AgentConfig, Event, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration};
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Run signed modules locally and print each alarm, report and fault as one JSON line.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A signed module bundle to run (repeatable).
+    #[arg(long = "bundle", required = true)]
+    pub bundles: Vec<PathBuf>,
+    /// Module setting `key=value` for every module, or `module:key=value` for one (repeatable).
+    /// The key `period` (e.g. 10s) sets how often the module is ticked.
+    #[arg(long = "config", value_name = "[MODULE:]KEY=VALUE")]
+    pub config: Vec<String>,
+    /// Public key of a trusted publisher (repeatable; adds to the node file's keys).
+    #[arg(long = "trust")]
+    pub trusted: Vec<PathBuf>,
+    /// Node settings (TOML): name, trusted_keys, allowed_capabilities, default_period, agents, ...
+    #[arg(long)]
+    pub node_config: Option<PathBuf>,
+    /// Where the node keeps its database and compiled modules.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Stop after this long (e.g. 30s, 5m); runs until Ctrl-C otherwise.
+    #[arg(long = "for", value_parser = parse_cli_duration)]
+    pub run_for: Option<Duration>,
+}
+
+fn parse_cli_duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).ok_or_else(|| format!("`{text}` is not a duration (use e.g. 500ms, 30s, 5m, 1h)"))
+}
+
+/// The node's settings file, as an operator writes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// Stable name of this node [default: the host name].
+    pub name: Option<String>,
+    /// Public keys of trusted publishers; relative paths are relative to this file.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Capabilities this node grants at most [default: all of them].
+    pub allowed_capabilities: Option<Vec<Capability>>,
+    /// Tick period of modules whose config sets no `period` [default: 10s].
+    pub default_period: Option<String>,
+    /// Where the node keeps its database and compiled modules.
+    pub data_dir: Option<PathBuf>,
+    /// First wait before restarting a failed module; doubles each time [default: 1s].
+    pub restart_initial: Option<String>,
+    /// Longest wait between restarts [default: 60s].
+    pub restart_max: Option<String>,
+    /// SNMP agents modules may query; the first is the default one.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+}
+
+impl NodeFile {
+    pub fn read(path: &Path) -> anyhow::Result<NodeFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut file: NodeFile = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for key in &mut file.trusted_keys {
+            *key = base.join(&*key);
+        }
+        if let Some(dir) = &mut file.data_dir {
+            *dir = base.join(&*dir);
+        }
+        Ok(file)
+    }
+
+    /// Validated settings; every problem names the field.
+    pub fn settings(&self, source: &str) -> anyhow::Result<NodeSettings> {
+        let duration = |field: &str, value: &Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(v) => parse_duration(v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| anyhow::anyhow!("{source}: `{field}`: `{v}` is not a duration (e.g. 10s)")),
+        };
+        agad_runtime::host::snmp::validate_agents(&self.agents)
+            .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        Ok(NodeSettings {
+            name: self.name.clone().unwrap_or_else(host_name),
+            agents: Arc::from(self.agents.clone()),
+            policy: self
+                .allowed_capabilities
+                .clone()
+                .unwrap_or_else(|| Capability::ALL.to_vec()),
+            default_period: duration("default_period", &self.default_period, Duration::from_secs(10))?,
+            restart: RestartPolicy {
+                initial: duration("restart_initial", &self.restart_initial, Duration::from_secs(1))?,
+                max: duration("restart_max", &self.restart_max, Duration::from_secs(60))?,
+            },
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("agad/node")
+}
+
+/// `--config` values split per module: `None` applies to every module.
+fn split_config(values: &[String]) -> anyhow::Result<BTreeMap<Option<String>, Vec<(String, String)>>> {
+    let mut out: BTreeMap<Option<String>, Vec<(String, String)>> = BTreeMap::new();
+    for raw in values {
+        let (target, setting) = match raw.split_once(':') {
+            Some((module, rest)) if !module.contains('=') => (Some(module.to_owned()), rest),
+            _ => (None, raw.as_str()),
+        };
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("--config `{raw}`: expected KEY=VALUE or MODULE:KEY=VALUE");
+        };
+        if key.is_empty() {
+            bail!("--config `{raw}`: empty key");
+        }
+        out.entry(target)
+            .or_default()
+            .push((key.to_owned(), value.to_owned()));
+    }
+    Ok(out)
+}
+
+pub fn run(cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::Run(args) => run_local(args),
+    }
+}
+
+pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
+    let (file, source) = match &args.node_config {
+        Some(path) => (NodeFile::read(path)?, path.display().to_string()),
+        None => (NodeFile::default(), "node settings".to_owned()),
+    };
+    let settings = file.settings(&source)?;
+    let mut key_paths = file.trusted_keys.clone();
+    key_paths.extend(args.trusted.iter().cloned());
+    if key_paths.is_empty() {
+        bail!("no trusted publisher key: pass --trust <key.pub> or set trusted_keys in --node-config");
+    }
+    let keys = read_public_keys(&key_paths)?;
+    let mut config = split_config(&args.config)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let node = Node::open(settings, keys, &data_dir)?;
+        let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(1024);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let common = config.remove(&None).unwrap_or_default();
+        let mut tasks = Vec::new();
+        let mut started = Vec::new();
+        for path in &args.bundles {
+            let bundle = read_bundle(path)?;
+            let name = bundle.manifest.name.clone();
+            let module = node.load(&bundle).with_context(|| path.display().to_string())?;
+            let mut values = common.clone();
+            values.extend(config.remove(&Some(name.clone())).unwrap_or_default());
+            let handle = node
+                .start_inspector(module, ModuleConfig { values }, events_tx.clone(), shutdown.clone())
+                .with_context(|| path.display().to_string())?;
+            tasks.push(handle);
+            started.push(name);
+        }
+        if let Some(unknown) = config.keys().flatten().next() {
+            bail!("--config names module `{unknown}`, which no --bundle provides");
+        }
+        drop(events_tx);
+        eprintln!(
+            "node `{}` running {} (data in {}); Ctrl-C stops",
+            node.settings().name,
+            started.join(", "),
+            data_dir.display()
+        );
+        let deadline = async {
+            match args.run_for {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut stdout = std::io::stdout().lock();
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => {
+                        let line = serde_json::to_string(&event)?;
+                        writeln!(stdout, "{line}")?;
+                        stdout.flush()?;
+                    }
+                    None => break,
+                },
+                _ = &mut deadline => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        let _ = stop.send(true);
+        drop(events);
+        for task in tasks {
+            let _ = task.await;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_splits_per_module() {
+        let split = split_config(&[
+            "threshold=90".into(),
+            "cpu-mem:period=1s".into(),
+            "url=http://x:1".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            split[&None],
+            vec![("threshold".into(), "90".into()), ("url".into(), "http://x:1".into())]
+        );
+        assert_eq!(split[&Some("cpu-mem".into())], vec![("period".into(), "1s".into())]);
+        assert!(split_config(&["nokey".into()]).is_err());
+        assert!(split_config(&["m:=1".into()]).is_err());
+    }
+
+    #[test]
+    fn node_file_refuses_unknown_fields_and_bad_durations() {
+        let err = toml::from_str::<NodeFile>("name = \"a\"\nperiod = \"1s\"\n").unwrap_err();
+        assert!(err.to_string().contains("period"), "{err}");
+        let file: NodeFile = toml::from_str("default_period = \"soon\"").unwrap();
+        let err = file.settings("n.toml").unwrap_err().to_string();
+        assert!(err.contains("n.toml") && err.contains("default_period"), "{err}");
+    }
+}

@@ -1,0 +1,166 @@
+//! The `agad` binary as an operator or a module author uses it: real
+//! processes, real wasm components built from this repository.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const AGAD: &str = env!("CARGO_BIN_EXE_agad");
+
+fn agad(args: &[&str], cwd: &Path) -> Output {
+    Command::new(AGAD)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("agad binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A temp folder with a key pair and the built-in inspectors as .wasm + manifest.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        let out = agad(&["module", "keygen", "--out", "pub"], dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        for m in agad_modules::INSPECTORS {
+            std::fs::write(dir.path().join(format!("{}.wasm", m.name)), m.wasm).unwrap();
+            std::fs::write(dir.path().join(format!("{}.toml", m.name)), m.manifest_toml).unwrap();
+        }
+        Workspace { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        agad(args, self.dir.path())
+    }
+
+    fn sign(&self, module: &str) -> PathBuf {
+        let out = self.run(&[
+            "module", "sign", &format!("{module}.wasm"), "--manifest", &format!("{module}.toml"),
+            "--key", "pub.secret", "--out", &format!("{module}.agad"),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        self.path(&format!("{module}.agad"))
+    }
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn sign_then_verify_and_tampering_is_detected() {
+    let ws = Workspace::new();
+    let bundle = ws.sign("cpu-mem");
+    let out = ws.run(&["module", "verify", "cpu-mem.agad", "--trust", "pub.pub"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("OK") && text.contains("cpu-mem"), "{text}");
+
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0x55;
+    std::fs::write(&bundle, bytes).unwrap();
+    let out = ws.run(&["module", "verify", "cpu-mem.agad", "--trust", "pub.pub"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("SHA-256"), "{}", stderr(&out));
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_a_key() {
+    let ws = Workspace::new();
+    let out = ws.run(&["module", "keygen", "--out", "pub"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+}
+
+#[test]
+fn sign_reports_manifest_errors_with_file_and_line() {
+    let ws = Workspace::new();
+    std::fs::write(ws.path("bad.toml"), "name = \"x\"\nversion = \"0.1.0\"\nsequence = -1\n").unwrap();
+    let out = ws.run(&["module", "sign", "cpu-mem.wasm", "--manifest", "bad.toml", "--key", "pub.secret"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn node_run_prints_alarms_and_reports_as_json_lines() {
+    let ws = Workspace::new();
+    ws.sign("cpu-mem");
+    // Memory in use is above 0% on any machine that runs this test.
+    let out = ws.run(&[
+        "node", "run", "--bundle", "cpu-mem.agad", "--trust", "pub.pub", "--data-dir", "data",
+        "--config", "mem_percent=0", "--config", "period=200ms", "--config", "raise_after=1",
+        "--config", "window_secs=1", "--for", "3s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let alarms: Vec<_> = lines.iter().filter(|l| l["type"] == "alarm").collect();
+    let reports: Vec<_> = lines.iter().filter(|l| l["type"] == "report").collect();
+    let mem_raises = alarms
+        .iter()
+        .filter(|a| a["raised"] == true && a["metric"] == "mem.used-percent")
+        .count();
+    assert_eq!(mem_raises, 1, "raised once, not on every tick: {lines:?}");
+    assert!(!reports.is_empty(), "one report per window: {lines:?}");
+    assert!(reports[0]["summaries"].as_array().is_some_and(|s| !s.is_empty()));
+}
+
+#[test]
+fn node_run_refuses_bad_input_with_one_clear_line() {
+    let ws = Workspace::new();
+    ws.sign("cpu-mem");
+    std::fs::write(ws.path("junk.agad"), b"not a bundle").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["node", "run", "--bundle", "junk.agad", "--trust", "pub.pub", "--data-dir", "d"], "not an AGAD module bundle"),
+        (&["node", "run", "--bundle", "missing.agad", "--trust", "pub.pub", "--data-dir", "d"], "cannot read missing.agad"),
+        (&["node", "run", "--bundle", "cpu-mem.agad", "--data-dir", "d"], "no trusted publisher key"),
+        (&["node", "run", "--bundle", "cpu-mem.wasm", "--trust", "pub.pub", "--data-dir", "d"], "not an AGAD module bundle"),
+        (
+            &["node", "run", "--bundle", "cpu-mem.agad", "--trust", "pub.pub", "--data-dir", "d", "--config", "threshold=lots"],
+            "threshold",
+        ),
+        (
+            &["node", "run", "--bundle", "cpu-mem.agad", "--trust", "pub.pub", "--data-dir", "d", "--config", "period=often"],
+            "period",
+        ),
+        (
+            &["node", "run", "--bundle", "cpu-mem.agad", "--trust", "pub.pub", "--data-dir", "d", "--config", "nope:x=1"],
+            "no --bundle provides",
+        ),
+        (&["node", "run", "--bundle", "cpu-mem.agad", "--frobnicate"], "--frobnicate"),
+    ];
+    for (args, expected) in cases {
+        let out = ws.run(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = stderr(&out);
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error:"), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: expected `{expected}` in: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+}
+
+#[test]
+fn a_bundle_signed_by_an_unknown_key_is_refused() {
+    let ws = Workspace::new();
+    ws.sign("cpu-mem");
+    let out = ws.run(&["module", "keygen", "--out", "other"]);
+    assert!(out.status.success());
+    let out = ws.run(&["node", "run", "--bundle", "cpu-mem.agad", "--trust", "other.pub", "--data-dir", "d", "--for", "1s"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not trust"), "{}", stderr(&out));
+}

@@ -1,0 +1,204 @@
+//! The guest side of AGAD: what a module author needs to write an inspector
+//! or a specialist against the `agad:platform` WIT package (`wit/`).
+//!
+//! An inspector is a type implementing [`inspector::Guest`] plus one
+//! [`export_inspector!`] call; a specialist implements `specialist::Guest`
+//! and calls `export_specialist!` (feature `specialist`). The host capabilities are the modules
+//! [`os`], [`snmp`], [`state`], [`log`] and [`clock`]; a component imports
+//! only the interfaces whose functions it calls, and its manifest must list
+//! at least those (a node refuses an undeclared import).
+//!
+//! The rest of the crate is plain Rust, free of host calls unless a function
+//! says otherwise, so the filtering logic of a module can be unit tested on
+//! the build machine (`cargo test`); host functions themselves only work
+//! inside the runtime and panic if called natively.
+//!
+//! Not for: the host side (that is `agad-runtime`, with its own `bindgen!`),
+//! manifests and signing (`agad-protocol`), or building `.wasm` files
+//! (`agad-modules`' build script).
+//!
+//! Layout:
+//! - [`inspector`], `specialist` (feature `specialist`): the generated
+//!   bindings of the two worlds; the specialist world reuses the inspector's
+//!   import bindings, so each WIT type has one Rust type.
+//! - [`config`]: typed, strict reading of the `config` list.
+//! - [`hysteresis`]: raise after N breaches, clear after M normal samples.
+//! - [`alarm`]: alarm records, threshold checks, the raised set and its
+//!   persistence through `state`.
+//! - [`window`]: min/max/mean/last/count per series per report window.
+//! - [`rate`]: counters to per-second rates, with wrap and reset handling.
+//! - [`snmp_table`]: SNMP value conversions and multi-column GETBULK.
+//! - [`Resident`]: where a module keeps its state between ticks.
+//!
+//! ```no_run
+//! use agad_sdk::{export_inspector, inspector::Guest, types::{Config, Output}};
+//!
+//! struct Hello;
+//! impl Guest for Hello {
+//!     fn init(_config: Config) -> Result<(), String> { Ok(()) }
+//!     fn tick() -> Output { Output::default() }
+//! }
+//! export_inspector!(Hello);
+//! ```
+
+pub mod alarm;
+pub mod config;
+pub mod hysteresis;
+pub mod rate;
+pub mod snmp_table;
+pub mod window;
+
+/// Bindings of the `inspector` world: [`inspector::Guest`] (`init`, `tick`)
+/// and the host imports. Use [`export_inspector!`] rather than the generated
+/// `export!`.
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod inspector {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "agad:platform/inspector",
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "agad_sdk::inspector",
+        additional_derives: [PartialEq],
+    });
+}
+
+/// Bindings of the `specialist` world: `specialist::Guest` (`run`). The
+/// imports are those of [`inspector`], not a second copy.
+///
+/// Behind the `specialist` feature because every set of bindings links its
+/// world's description into the `.wasm`: without the gate each inspector
+/// would also carry the specialist world (an extra `diagnosis` type import).
+#[cfg(feature = "specialist")]
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod specialist {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "agad:platform/specialist",
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "agad_sdk::specialist",
+        with: {
+            "agad:platform/os@0.1.0": crate::inspector::agad::platform::os,
+            "agad:platform/snmp@0.1.0": crate::inspector::agad::platform::snmp,
+            "agad:platform/state@0.1.0": crate::inspector::agad::platform::state,
+            "agad:platform/log@0.1.0": crate::inspector::agad::platform::log,
+            "agad:platform/clock@0.1.0": crate::inspector::agad::platform::clock,
+            "agad:platform/types@0.1.0": crate::inspector::agad::platform::types,
+        },
+    });
+}
+
+pub use inspector::agad::platform::{clock, log, os, snmp, state, types};
+
+pub use alarm::{Alarms, Check, alarm};
+pub use config::{Common, Config, ConfigError};
+pub use hysteresis::{Hysteresis, Transition};
+pub use rate::{CounterWidth, Rate};
+pub use types::{Alarm, Comparison, Output, Severity, Summary};
+pub use window::Window;
+
+/// Exports `$ty` (which implements [`inspector::Guest`]) as the module's
+/// `init` and `tick`. Call once, at the crate root or in any module.
+#[macro_export]
+macro_rules! export_inspector {
+    ($ty:ident) => {
+        // The generated glue is `unsafe` FFI by nature; the workspace denies
+        // `unsafe_code` for hand-written code only.
+        #[allow(unsafe_code)]
+        const _: () = {
+    $crate::inspector::export!($ty with_types_in $crate::inspector);
+        };
+    };
+}
+
+/// Exports `$ty` (which implements `specialist::Guest`) as the module's
+/// `run`. Needs the `specialist` feature.
+#[cfg(feature = "specialist")]
+#[macro_export]
+macro_rules! export_specialist {
+    ($ty:ident) => {
+        #[allow(unsafe_code)]
+        const _: () = {
+    $crate::specialist::export!($ty with_types_in $crate::specialist);
+        };
+    };
+}
+
+impl Default for types::Output {
+    /// Nothing to send, the usual result of a tick.
+    fn default() -> Self {
+        types::Output {
+            alarms: Vec::new(),
+            summaries: Vec::new(),
+        }
+    }
+}
+
+impl types::Output {
+    pub fn is_empty(&self) -> bool {
+        self.alarms.is_empty() && self.summaries.is_empty()
+    }
+}
+
+/// Holds a module's state between calls.
+///
+/// The WIT exports are free functions, so the value built by `init` lives in
+/// a static. A guest instance is single-threaded; the mutex only satisfies
+/// `static`'s `Sync` bound. A trap (panic) kills the instance and the runtime
+/// builds a new one, so a poisoned lock is never seen again; it is unwrapped
+/// anyway rather than trusted.
+#[derive(Debug)]
+pub struct Resident<T> {
+    slot: std::sync::Mutex<Option<T>>,
+}
+
+impl<T> Resident<T> {
+    pub const fn new() -> Self {
+        Resident {
+            slot: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Replaces the held value (a second `init` starts over).
+    pub fn set(&self, value: T) {
+        *self.lock() = Some(value);
+    }
+
+    /// Runs `f` on the held value; `None` when nothing was set yet (a `tick`
+    /// before a successful `init`).
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        self.lock().as_mut().map(f)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<T>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<T> Default for Resident<T> {
+    fn default() -> Self {
+        Resident::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_holds_state_between_calls() {
+        static COUNTER: Resident<u32> = Resident::new();
+        assert_eq!(COUNTER.with(|n| *n), None);
+        COUNTER.set(1);
+        COUNTER.with(|n| *n += 1);
+        assert_eq!(COUNTER.with(|n| *n), Some(2));
+    }
+
+    #[test]
+    fn default_output_is_empty() {
+        assert!(Output::default().is_empty());
+    }
+}

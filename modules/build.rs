@@ -1,0 +1,157 @@
+//! Compiles every guest crate of the repository to a wasm component
+//! (`wasm32-wasip2`, release) with a nested cargo, copies the results into
+//! `OUT_DIR` and tells `lib.rs` where they are. Like wasmtime's
+//! test-programs: a separate target directory (`target/wasm-modules`), so the
+//! nested cargo never waits on the outer build's lock.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const TARGET: &str = "wasm32-wasip2";
+
+/// (package, folder) of every guest; the first five are the built-in inspectors.
+const GUESTS: &[(&str, &str)] = &[
+    ("cpu-mem", "inspectors/cpu-mem"),
+    ("disk-space", "inspectors/disk-space"),
+    ("if-health", "inspectors/if-health"),
+    ("app-watch", "inspectors/app-watch"),
+    ("snmp-threshold", "inspectors/snmp-threshold"),
+    ("misbehave", "tests/guests/misbehave"),
+];
+
+/// Variables of the outer build that must not reach the guest build: flags
+/// for the host target (or for coverage, or clippy's driver) would break or
+/// bloat the wasm, and the outer jobserver and target dir belong to the
+/// outer cargo.
+const LEAKING_VARS: &[&str] = &[
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "RUSTDOCFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_BUILD_TARGET_DIR",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_BUILD_RUSTC_WRAPPER",
+    "CARGO_MAKEFLAGS",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "CARGO_LLVM_COV",
+    "CARGO_INCREMENTAL",
+];
+const LEAKING_PREFIXES: &[&str] = &["CARGO_PROFILE_", "CARGO_FEATURE_", "CARGO_CFG_"];
+
+/// The guests' release profile, set here rather than in the root
+/// `Cargo.toml` so it applies to this nested build only. Size matters (nodes
+/// download modules) and no debugger ever attaches to a guest. Most of the
+/// remaining size is the precompiled std (formatting, panics), which these
+/// settings cannot shrink.
+const PROFILE: &[(&str, &str)] = &[
+    ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s"),
+    ("CARGO_PROFILE_RELEASE_LTO", "true"),
+    ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1"),
+    ("CARGO_PROFILE_RELEASE_DEBUG", "false"),
+    ("CARGO_PROFILE_RELEASE_STRIP", "true"),
+    // Panics must stay traps the runtime can recover from; on wasm32 the
+    // default strategy already aborts with `unreachable`, so nothing to set.
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir
+        .parent()
+        .expect("modules/ sits in the workspace root")
+        .to_path_buf();
+    for path in [
+        "wit",
+        "inspectors",
+        "tests/guests",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
+    }
+    check_target();
+
+    let target_dir = root.join("target").join("wasm-modules");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir);
+    for (package, _) in GUESTS {
+        cmd.args(["-p", package]);
+    }
+    for var in LEAKING_VARS {
+        cmd.env_remove(var);
+    }
+    for (var, _) in std::env::vars() {
+        if LEAKING_PREFIXES.iter().any(|p| var.starts_with(p)) {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.envs(PROFILE.iter().copied());
+    // Cargo reads a build script's stdout for `cargo:` directives; the
+    // nested cargo's output is for people, so it goes to stderr.
+    cmd.stdout(Stdio::from(std::io::stderr()));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the wasm modules: {e}"));
+    assert!(
+        status.success(),
+        "building the wasm modules failed (see the nested cargo output above)"
+    );
+
+    // Copies in OUT_DIR, so that a later guest build (from another cargo
+    // command sharing target/wasm-modules) cannot change the bytes under a
+    // running test, and the paths below stay valid for this build.
+    let built = target_dir.join(TARGET).join("release");
+    let out_dir = PathBuf::from(env("OUT_DIR"));
+    let mut generated = String::new();
+    for (package, folder) in GUESTS {
+        let file = format!("{}.wasm", package.replace('-', "_"));
+        let wasm = out_dir.join(&file);
+        std::fs::copy(built.join(&file), &wasm)
+            .unwrap_or_else(|e| panic!("{} was not produced: {e}", built.join(&file).display()));
+        let manifest = root.join(folder).join("manifest.toml");
+        let ident = package.to_uppercase().replace('-', "_");
+        generated.push_str(&format!(
+            "pub const {ident}_WASM: &str = {:?};\npub const {ident}_MANIFEST: &str = {:?};\n",
+            wasm.display().to_string(),
+            manifest.display().to_string()
+        ));
+    }
+    std::fs::write(out_dir.join("modules.rs"), generated).expect("OUT_DIR is writable");
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name} for build scripts"))
+}
+
+/// Fails with instructions when the guest target's standard library is not
+/// installed, instead of a wall of "can't find crate for `std`" errors.
+fn check_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let installed = sysroot.as_deref().is_some_and(|sysroot| {
+        Path::new(sysroot)
+            .join("lib/rustlib")
+            .join(TARGET)
+            .join("lib")
+            .is_dir()
+    });
+    assert!(
+        installed,
+        "the Rust target {TARGET} is not installed for {rustc} (sysroot {}); the \
+         inspectors are compiled for it. Install it with `rustup target add {TARGET}` \
+         (rust-toolchain.toml lists it, so a rustup-managed toolchain adds it when it \
+         installs the toolchain).",
+        sysroot.as_deref().unwrap_or("unknown"),
+    );
+}
