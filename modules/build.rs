@@ -72,7 +72,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
-    check_target();
+    ensure_target();
 
     let target_dir = root.join("target").join("wasm-modules");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -129,29 +129,39 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name} for build scripts"))
 }
 
-/// Fails with instructions when the guest target's standard library is not
-/// installed, instead of a wall of "can't find crate for `std`" errors.
-fn check_target() {
+/// The guest target's standard library must be installed. On a machine with
+/// only rustup and cargo it is not yet (rust-toolchain.toml lists it, but
+/// rustup adds listed targets only when it installs the toolchain), so add it
+/// here; fail with instructions, not a wall of "can't find crate for `std`".
+fn ensure_target() {
+    if target_installed() {
+        return;
+    }
+    println!("cargo:warning=installing the Rust target {TARGET} with rustup (the inspectors are built for it)");
+    let added = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        added && target_installed(),
+        "the Rust target {TARGET} is not installed and `rustup target add {TARGET}` failed; \
+         the inspectors are compiled for it. Install it and build again."
+    );
+}
+
+fn target_installed() -> bool {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(&rustc)
+    Command::new(&rustc)
         .args(["--print", "sysroot"])
         .output()
         .ok()
         .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
-    let installed = sysroot.as_deref().is_some_and(|sysroot| {
-        Path::new(sysroot)
-            .join("lib/rustlib")
-            .join(TARGET)
-            .join("lib")
-            .is_dir()
-    });
-    assert!(
-        installed,
-        "the Rust target {TARGET} is not installed for {rustc} (sysroot {}); the \
-         inspectors are compiled for it. Install it with `rustup target add {TARGET}` \
-         (rust-toolchain.toml lists it, so a rustup-managed toolchain adds it when it \
-         installs the toolchain).",
-        sysroot.as_deref().unwrap_or("unknown"),
-    );
+        .is_some_and(|out| {
+            let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            Path::new(&sysroot)
+                .join("lib/rustlib")
+                .join(TARGET)
+                .join("lib")
+                .is_dir()
+        })
 }

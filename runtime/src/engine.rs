@@ -7,6 +7,7 @@ use agad_protocol::{Bundle, Capability, Manifest};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
@@ -125,7 +126,11 @@ impl ModuleEngine {
     ) -> Result<LinkedModule, LinkError> {
         let module = manifest.name.clone();
         let mut granted = Vec::new();
-        for (name, _) in component.component_type().imports(&self.engine) {
+        for (name, item) in component.component_type().imports(&self.engine) {
+            // Type imports (a world's `use types.{...}`) carry no behaviour.
+            if matches!(item.ty, ComponentItem::Type(_)) {
+                continue;
+            }
             if let Some(rest) = name.strip_prefix(PLATFORM_PACKAGE) {
                 let interface = rest.split('@').next().unwrap_or(rest);
                 if interface == TYPES_INTERFACE {

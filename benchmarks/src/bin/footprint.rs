@@ -135,12 +135,16 @@ fn main() -> anyhow::Result<()> {
     let node_pid = node.0.id();
     let events = Arc::new(AtomicU64::new(0));
     let faults = Arc::new(AtomicU64::new(0));
+    let alarms = Arc::new(AtomicU64::new(0));
     let stdout = node.0.stdout.take().context("agad stdout")?;
     {
-        let (events, faults) = (events.clone(), faults.clone());
+        let (events, faults, alarms) = (events.clone(), faults.clone(), alarms.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 events.fetch_add(1, Ordering::Relaxed);
+                if line.contains("\"type\":\"alarm\"") {
+                    alarms.fetch_add(1, Ordering::Relaxed);
+                }
                 if line.contains("\"type\":\"fault\"") {
                     faults.fetch_add(1, Ordering::Relaxed);
                     eprintln!("agad fault: {line}");
@@ -271,8 +275,9 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "agad: {} events (alarm/report/fault JSON lines) during the interval, {} faults in the whole run",
+        "agad: {} events (alarm/report/fault JSON lines) during the interval; in the whole run {} alarms, {} faults",
         events_during,
+        alarms.load(Ordering::Relaxed),
         faults.load(Ordering::Relaxed)
     );
     println!(

@@ -141,7 +141,9 @@ impl AppWatch {
             let rss: u64 = live.iter().map(|p| p.rss_bytes).sum();
             self.window
                 .record(now_ms, METRIC_RSS, name, "B", rss as f64);
-            let cpu: f64 = live.iter().map(|p| p.cpu_percent).sum();
+            // A fold from +0.0: `Sum` for floats starts at -0.0, which would
+            // report "-0" for a name with no process.
+            let cpu = live.iter().fold(0.0, |total, p| total + p.cpu_percent);
             self.window.record(now_ms, METRIC_CPU, name, "%", cpu);
         }
         let watched = &self.settings.processes;

@@ -499,8 +499,14 @@ impl IfHealth {
         // filter): clear their alarms and forget their counters.
         let present: BTreeSet<String> = watched.iter().map(|i| i.name.clone()).collect();
         out.alarms.extend(self.alarms.retain_subjects(
-            |key, subject| key == AGENT_ALARM_KEY || present.contains(subject),
-            "interface no longer present or watched",
+            |key, subject| {
+                if key.starts_with(AGENT_ALARM_KEY) {
+                    key == agent.key
+                } else {
+                    present.contains(subject)
+                }
+            },
+            "no longer present or watched",
         ));
         self.rates.retain(|(name, _)| present.contains(name));
         self.seen_up.retain(|name| present.contains(name));
@@ -889,7 +895,7 @@ mod tests {
         assert!(inspector.problem.is_some());
         let out = inspector.tick(10, Ok(vec![iface("eth0", Oper::Up, 0, 0)]));
         assert_eq!(out.alarms.len(), 1);
-        assert!(!out.alarms[0].raised && out.alarms[0].key == AGENT_ALARM_KEY);
+        assert!(!out.alarms[0].raised && out.alarms[0].key == "snmp.agent:sw1");
         assert!(inspector.problem.is_none());
     }
 

@@ -210,15 +210,17 @@ pub fn bulk_columns(
     Ok(table)
 }
 
-/// Alarm key of [`agent_check`].
-pub const AGENT_ALARM_KEY: &str = "snmp.agent";
+/// Alarm keys of [`agent_check`] are this prefix and the agent's name.
+pub const AGENT_ALARM_KEY: &str = "snmp.agent:";
 /// Metric of [`agent_check`]: 1 while the agent answers, 0 while it does not.
 pub const AGENT_METRIC: &str = "snmp.reachable";
 
 /// The "agent unreachable" condition SNMP inspectors share: raised after
-/// `raise_after` failed ticks in a row, cleared by the first answer.
+/// `raise_after` failed ticks in a row, cleared by the first answer. The key
+/// names the agent, so that after a configuration change the alarm of the
+/// old agent is not taken for the new one's.
 pub fn agent_check(agent: &str, raise_after: u32) -> Check {
-    Check::new(AGENT_ALARM_KEY, AGENT_METRIC)
+    Check::new(format!("{AGENT_ALARM_KEY}{agent}"), AGENT_METRIC)
         .subject(agent)
         .severity(Severity::Major)
         .threshold(Comparison::Below, 1.0)
@@ -277,7 +279,7 @@ mod tests {
         );
         assert_eq!(
             (out[0].key.as_str(), out[0].subject.as_str()),
-            (AGENT_ALARM_KEY, "router1")
+            ("snmp.agent:router1", "router1")
         );
         assert!(!out[1].raised);
     }

@@ -140,6 +140,13 @@ impl SnmpThreshold {
                 return out;
             }
         };
+        // Alarms restored from a previous configuration (another OID, metric
+        // or agent) are no longer this module's to keep raised.
+        let own_key = self.settings.metric.as_str();
+        out.alarms.extend(self.alarms.retain_subjects(
+            |key, _| key == own_key || key == agent.key,
+            "no longer watched by this configuration",
+        ));
         match self.value_of(now_ms, &varbinds) {
             Ok(Some(value)) => {
                 self.problem = None;
@@ -410,14 +417,41 @@ mod tests {
             alarms.extend(inspector.tick(i * 10_000, Err(SnmpError::Timeout)).alarms);
         }
         assert_eq!(alarms.len(), 1);
-        assert!(alarms[0].raised && alarms[0].key == AGENT_ALARM_KEY);
+        assert!(alarms[0].raised && alarms[0].key == format!("{AGENT_ALARM_KEY}router1"));
         assert_eq!(
             inspector.problem.as_deref(),
             Some("SNMP agent did not answer")
         );
         let out = inspector.tick(100_000, answer(Value::Integer(1)));
         assert_eq!(out.alarms.len(), 1);
-        assert!(!out.alarms[0].raised && out.alarms[0].key == AGENT_ALARM_KEY);
+        assert!(!out.alarms[0].raised && out.alarms[0].key == "snmp.agent:router1");
+    }
+
+    #[test]
+    fn alarms_of_a_previous_configuration_are_cleared_not_confused() {
+        let mut before = SnmpThreshold::new(
+            settings(&[("raise_after", "1"), ("metric", "old")]),
+            "dead".into(),
+        );
+        before.tick(0, Err(SnmpError::Timeout));
+        before.tick(1, Ok(Vec::new()));
+        before.tick(2, Err(SnmpError::Timeout));
+        let persisted = before.alarms.take_changed().expect("changed");
+        assert!(before.alarms.is_raised("snmp.agent:dead"));
+
+        let mut after = SnmpThreshold::new(settings(&[("raise_after", "1")]), "alive".into());
+        after.alarms.restore(&persisted);
+        let out = after.tick(10, answer(Value::Integer(1)));
+        assert_eq!(out.alarms.len(), 1, "{:?}", out.alarms);
+        assert_eq!(
+            (out.alarms[0].key.as_str(), out.alarms[0].raised),
+            ("snmp.agent:dead", false)
+        );
+        assert!(
+            out.alarms[0]
+                .message
+                .ends_with("cleared: no longer watched by this configuration")
+        );
     }
 
     #[test]
