@@ -8,8 +8,10 @@
 //! `window_secs=6`), which keeps the ticks per window (6) and so the
 //! messages per window identical. Every alarm and report the node emits is
 //! encoded as it would travel (`bincode::serde::encode_to_vec`, standard
-//! config) and its bytes counted; after one warm-up window, `--windows N`
-//! windows are measured and extrapolated to 60 windows an hour.
+//! config) and its bytes counted over `--windows N` windows' time after one
+//! warm-up window. Per hour: each module's report bytes per report window
+//! (told apart by `window_start_ms`) × 60, plus alarms and faults scaled by
+//! time. The table also shows the samples per window the inspectors saw.
 //!
 //! **Poller side.** The OIDs a lean central poller would read for the same
 //! metrics are found by walking the real `snmpd` (not counted): UCD memory
@@ -18,8 +20,9 @@
 //! filesystem, the eight ifTable/ifXTable columns if-health itself reads for
 //! every interface it watches (all but loopback), hrSWRun status/CPU/memory
 //! per watched process, and the snmp-threshold OID. (When an inspector
-//! reports per subject, only the subjects it reported are polled.) Then, during the same measured interval, it reads
-//! exactly those OIDs once per (scaled) 10 s round, with one GET unless the
+//! reports per subject, only the subjects it reported are polled.) Then,
+//! during the same measured interval, it reads exactly those OIDs once per
+//! (scaled) 10 s round, with one GET unless the
 //! agent answers `tooBig`, through a UDP relay on loopback that counts every
 //! datagram's payload both ways. Figures are printed as payload and with 28
 //! bytes of IPv4+UDP header per datagram.
@@ -62,7 +65,8 @@ const HELP: &str = "traffic: AGAD bytes/hour (alarms + reports) vs an SNMP v2c p
 usage: traffic [--quick] [--windows N] [--host-only]
   --windows N   report windows measured per part (default 10; --quick 3); each takes 6 s
   --host-only   skip the 48-interface part (which needs root and a network namespace)
-run as root: the 48-interface part creates a network namespace";
+run as root: the 48-interface part creates a network namespace and re-runs this
+program inside it with --inner-48 (internal)";
 
 /// Real sampling period and report window, and the scale used to run them.
 const REAL_PERIOD_SECS: u64 = 10;
@@ -142,7 +146,6 @@ struct Outcome {
 struct ModuleTally {
     /// Report windows seen, by their start (ms).
     windows: BTreeSet<u64>,
-    reports: u64,
     report_bytes: u64,
     summaries: u64,
     /// Samples per window (the largest `count` among a report's summaries).
@@ -380,7 +383,6 @@ fn run_comparison(
                 }
                 Event::Report(r) => {
                     let t = tally.entry(r.module.clone()).or_default();
-                    t.reports += 1;
                     t.report_bytes += encoded(r)?;
                     t.summaries += r.summaries.len() as u64;
                     t.windows.extend(r.summaries.iter().map(|s| s.window_start_ms));

@@ -104,8 +104,13 @@ impl Window {
         match self.start_ms {
             None => self.start_ms = Some(now_ms),
             Some(start) if now_ms >= start.saturating_add(self.length_ms) => {
-                self.close(start, now_ms);
-                self.start_ms = Some(now_ms);
+                // Windows stay on a fixed grid from the first sample: starting
+                // the next one at `now_ms` would let a tick that comes a few
+                // milliseconds early stretch every window by one period.
+                let end = start.saturating_add(self.length_ms);
+                self.close(start, end);
+                let skipped = (now_ms - start) / self.length_ms.max(1);
+                self.start_ms = Some(start.saturating_add(skipped.saturating_mul(self.length_ms)));
             }
             // The wall clock stepped back: restart the window there rather
             // than keep it open until the clock catches up again.
@@ -167,6 +172,29 @@ mod tests {
             (next[0].count, next[0].last, next[0].window_start_ms),
             (1, 99.0, 61_000)
         );
+    }
+
+    #[test]
+    fn windows_keep_their_length_when_ticks_jitter() {
+        // 1 s ticks that arrive a few ms early or late; 6 s windows.
+        let mut w = Window::new(6);
+        let mut closed = Vec::new();
+        let mut times = Vec::new();
+        for i in 0..60u64 {
+            let jitter = [3, 0, 1, 2, 4, 0][(i % 6) as usize];
+            let now = 1_000_000 + i * 1_000 - jitter;
+            times.push(now);
+            w.record(now, "m", "", "", 1.0);
+            closed.extend(w.take_due(now));
+        }
+        assert_eq!(closed.len(), 9, "ten windows' time closes nine, the tenth is open");
+        for (n, s) in closed.iter().enumerate() {
+            assert_eq!(s.window_end_ms - s.window_start_ms, 6_000);
+            assert_eq!(s.window_start_ms, times[0] + n as u64 * 6_000, "on the grid of the first sample");
+        }
+        let counts: u32 = closed.iter().map(|s| s.count).sum();
+        let before_open_window = times.iter().filter(|&&t| t < times[0] + 9 * 6_000).count();
+        assert_eq!(counts as usize, before_open_window, "every sample lands in exactly one window");
     }
 
     #[test]
