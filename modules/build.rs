@@ -137,7 +137,9 @@ fn ensure_target() {
     if target_installed() {
         return;
     }
-    println!("cargo:warning=installing the Rust target {TARGET} with rustup (the inspectors are built for it)");
+    println!(
+        "cargo:warning=installing the Rust target {TARGET} with rustup (the inspectors are built for it)"
+    );
     let added = Command::new("rustup")
         .args(["target", "add", TARGET])
         .status()

@@ -68,14 +68,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         format!("window_secs={}", args.window_secs),
         "app-watch:processes=sshd,cron,agad".to_owned(),
     ];
-    let list: Vec<String> = bundles.iter().map(|b| format!("--bundle {}", b.display())).collect();
+    let list: Vec<String> = bundles
+        .iter()
+        .map(|b| format!("--bundle {}", b.display()))
+        .collect();
     let cfg: Vec<String> = config.iter().map(|c| format!("--config {c}")).collect();
     eprintln!(
         "#   agad node run --trust {d}/publisher.pub --data-dir {d}/node {} {}",
         list.join(" "),
         cfg.join(" ")
     );
-    eprintln!("# (snmp-threshold needs an SNMP agent in a --node-config file, so the demo leaves it out)");
+    eprintln!(
+        "# (snmp-threshold needs an SNMP agent in a --node-config file, so the demo leaves it out)"
+    );
     run_local(RunArgs {
         bundles,
         config,

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "agad", version, about = "AGAD: network management with signed WebAssembly inspectors")]
+#[command(
+    name = "agad",
+    version,
+    about = "AGAD: network management with signed WebAssembly inspectors"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -46,7 +46,8 @@ pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
             out,
         } => {
             let bundle = sign(&wasm, &manifest, &key)?;
-            let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.agad", bundle.manifest.name)));
+            let out =
+                out.unwrap_or_else(|| PathBuf::from(format!("{}.agad", bundle.manifest.name)));
             std::fs::write(&out, bundle.to_bytes())
                 .with_context(|| format!("cannot write {}", out.display()))?;
             let m = &bundle.manifest;
@@ -68,7 +69,10 @@ pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
                 .with_context(|| bundle.display().to_string())?;
             let m = &b.manifest;
             println!("{}: OK", bundle.display());
-            println!("  module        {} {} (sequence {})", m.name, m.version, m.sequence);
+            println!(
+                "  module        {} {} (sequence {})",
+                m.name, m.version, m.sequence
+            );
             println!("  kind, area    {:?}, {:?}", m.kind, m.area);
             let caps: Vec<String> = m.capabilities.iter().map(|c| c.to_string()).collect();
             println!("  capabilities  {}", caps.join(", "));
@@ -78,7 +82,10 @@ pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
             );
             println!("  sha256        {}", m.sha256_hex());
             println!("  signer        {}", m.signer);
-            println!("  valid         {} .. {} (Unix seconds)", m.issued_at, m.expires_at);
+            println!(
+                "  valid         {} .. {} (Unix seconds)",
+                m.issued_at, m.expires_at
+            );
             Ok(())
         }
     }

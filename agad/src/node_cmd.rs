@@ -2,7 +2,9 @@
 
 use crate::module_cmd::{read_bundle, read_public_keys};
 use agad_protocol::Capability;
-use agad_runtime::{AgentConfig, Event, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration};
+use agad_runtime::{
+    AgentConfig, Event, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration,
+};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde::Deserialize;
@@ -42,7 +44,8 @@ pub struct RunArgs {
 }
 
 fn parse_cli_duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text).ok_or_else(|| format!("`{text}` is not a duration (use e.g. 500ms, 30s, 5m, 1h)"))
+    parse_duration(text)
+        .ok_or_else(|| format!("`{text}` is not a duration (use e.g. 500ms, 30s, 5m, 1h)"))
 }
 
 /// The node's settings file, as an operator writes it.
@@ -89,9 +92,9 @@ impl NodeFile {
     pub fn settings(&self, source: &str) -> anyhow::Result<NodeSettings> {
         let duration = |field: &str, value: &Option<String>, default: Duration| match value {
             None => Ok(default),
-            Some(v) => parse_duration(v)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| anyhow::anyhow!("{source}: `{field}`: `{v}` is not a duration (e.g. 10s)")),
+            Some(v) => parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                anyhow::anyhow!("{source}: `{field}`: `{v}` is not a duration (e.g. 10s)")
+            }),
         };
         agad_runtime::host::snmp::validate_agents(&self.agents)
             .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
@@ -102,9 +105,17 @@ impl NodeFile {
                 .allowed_capabilities
                 .clone()
                 .unwrap_or_else(|| Capability::ALL.to_vec()),
-            default_period: duration("default_period", &self.default_period, Duration::from_secs(10))?,
+            default_period: duration(
+                "default_period",
+                &self.default_period,
+                Duration::from_secs(10),
+            )?,
             restart: RestartPolicy {
-                initial: duration("restart_initial", &self.restart_initial, Duration::from_secs(1))?,
+                initial: duration(
+                    "restart_initial",
+                    &self.restart_initial,
+                    Duration::from_secs(1),
+                )?,
                 max: duration("restart_max", &self.restart_max, Duration::from_secs(60))?,
             },
         })
@@ -128,7 +139,9 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// `--config` values split per module: `None` applies to every module.
-fn split_config(values: &[String]) -> anyhow::Result<BTreeMap<Option<String>, Vec<(String, String)>>> {
+fn split_config(
+    values: &[String],
+) -> anyhow::Result<BTreeMap<Option<String>, Vec<(String, String)>>> {
     let mut out: BTreeMap<Option<String>, Vec<(String, String)>> = BTreeMap::new();
     for raw in values {
         let (target, setting) = match raw.split_once(':') {
@@ -163,7 +176,9 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
     let mut key_paths = file.trusted_keys.clone();
     key_paths.extend(args.trusted.iter().cloned());
     if key_paths.is_empty() {
-        bail!("no trusted publisher key: pass --trust <key.pub> or set trusted_keys in --node-config");
+        bail!(
+            "no trusted publisher key: pass --trust <key.pub> or set trusted_keys in --node-config"
+        );
     }
     let keys = read_public_keys(&key_paths)?;
     let mut config = split_config(&args.config)?;
@@ -190,11 +205,18 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
         for path in &args.bundles {
             let bundle = read_bundle(path)?;
             let name = bundle.manifest.name.clone();
-            let module = node.load(&bundle).with_context(|| path.display().to_string())?;
+            let module = node
+                .load(&bundle)
+                .with_context(|| path.display().to_string())?;
             let mut values = common.clone();
             values.extend(config.remove(&Some(name.clone())).unwrap_or_default());
             let handle = node
-                .start_inspector(module, ModuleConfig { values }, events_tx.clone(), shutdown.clone())
+                .start_inspector(
+                    module,
+                    ModuleConfig { values },
+                    events_tx.clone(),
+                    shutdown.clone(),
+                )
                 .with_context(|| path.display().to_string())?;
             tasks.push(handle);
             started.push(name);
@@ -254,9 +276,15 @@ mod tests {
         .unwrap();
         assert_eq!(
             split[&None],
-            vec![("threshold".into(), "90".into()), ("url".into(), "http://x:1".into())]
+            vec![
+                ("threshold".into(), "90".into()),
+                ("url".into(), "http://x:1".into())
+            ]
         );
-        assert_eq!(split[&Some("cpu-mem".into())], vec![("period".into(), "1s".into())]);
+        assert_eq!(
+            split[&Some("cpu-mem".into())],
+            vec![("period".into(), "1s".into())]
+        );
         assert!(split_config(&["nokey".into()]).is_err());
         assert!(split_config(&["m:=1".into()]).is_err());
     }
@@ -267,6 +295,9 @@ mod tests {
         assert!(err.to_string().contains("period"), "{err}");
         let file: NodeFile = toml::from_str("default_period = \"soon\"").unwrap();
         let err = file.settings("n.toml").unwrap_err().to_string();
-        assert!(err.contains("n.toml") && err.contains("default_period"), "{err}");
+        assert!(
+            err.contains("n.toml") && err.contains("default_period"),
+            "{err}"
+        );
     }
 }

@@ -45,8 +45,15 @@ impl Workspace {
 
     fn sign(&self, module: &str) -> PathBuf {
         let out = self.run(&[
-            "module", "sign", &format!("{module}.wasm"), "--manifest", &format!("{module}.toml"),
-            "--key", "pub.secret", "--out", &format!("{module}.agad"),
+            "module",
+            "sign",
+            &format!("{module}.wasm"),
+            "--manifest",
+            &format!("{module}.toml"),
+            "--key",
+            "pub.secret",
+            "--out",
+            &format!("{module}.agad"),
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
         self.path(&format!("{module}.agad"))
@@ -89,8 +96,20 @@ fn keygen_refuses_to_overwrite_a_key() {
 #[test]
 fn sign_reports_manifest_errors_with_file_and_line() {
     let ws = Workspace::new();
-    std::fs::write(ws.path("bad.toml"), "name = \"x\"\nversion = \"0.1.0\"\nsequence = -1\n").unwrap();
-    let out = ws.run(&["module", "sign", "cpu-mem.wasm", "--manifest", "bad.toml", "--key", "pub.secret"]);
+    std::fs::write(
+        ws.path("bad.toml"),
+        "name = \"x\"\nversion = \"0.1.0\"\nsequence = -1\n",
+    )
+    .unwrap();
+    let out = ws.run(&[
+        "module",
+        "sign",
+        "cpu-mem.wasm",
+        "--manifest",
+        "bad.toml",
+        "--key",
+        "pub.secret",
+    ]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
@@ -102,9 +121,24 @@ fn node_run_prints_alarms_and_reports_as_json_lines() {
     ws.sign("cpu-mem");
     // Memory in use is above 0% on any machine that runs this test.
     let out = ws.run(&[
-        "node", "run", "--bundle", "cpu-mem.agad", "--trust", "pub.pub", "--data-dir", "data",
-        "--config", "mem_percent=0", "--config", "period=200ms", "--config", "raise_after=1",
-        "--config", "window_secs=1", "--for", "3s",
+        "node",
+        "run",
+        "--bundle",
+        "cpu-mem.agad",
+        "--trust",
+        "pub.pub",
+        "--data-dir",
+        "data",
+        "--config",
+        "mem_percent=0",
+        "--config",
+        "period=200ms",
+        "--config",
+        "raise_after=1",
+        "--config",
+        "window_secs=1",
+        "--for",
+        "3s",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);
@@ -116,7 +150,11 @@ fn node_run_prints_alarms_and_reports_as_json_lines() {
         .count();
     assert_eq!(mem_raises, 1, "raised once, not on every tick: {lines:?}");
     assert!(!reports.is_empty(), "one report per window: {lines:?}");
-    assert!(reports[0]["summaries"].as_array().is_some_and(|s| !s.is_empty()));
+    assert!(
+        reports[0]["summaries"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+    );
 }
 
 #[test]
@@ -125,23 +163,98 @@ fn node_run_refuses_bad_input_with_one_clear_line() {
     ws.sign("cpu-mem");
     std::fs::write(ws.path("junk.agad"), b"not a bundle").unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["node", "run", "--bundle", "junk.agad", "--trust", "pub.pub", "--data-dir", "d"], "not an AGAD module bundle"),
-        (&["node", "run", "--bundle", "missing.agad", "--trust", "pub.pub", "--data-dir", "d"], "cannot read missing.agad"),
-        (&["node", "run", "--bundle", "cpu-mem.agad", "--data-dir", "d"], "no trusted publisher key"),
-        (&["node", "run", "--bundle", "cpu-mem.wasm", "--trust", "pub.pub", "--data-dir", "d"], "not an AGAD module bundle"),
         (
-            &["node", "run", "--bundle", "cpu-mem.agad", "--trust", "pub.pub", "--data-dir", "d", "--config", "threshold=lots"],
+            &[
+                "node",
+                "run",
+                "--bundle",
+                "junk.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "d",
+            ],
+            "not an AGAD module bundle",
+        ),
+        (
+            &[
+                "node",
+                "run",
+                "--bundle",
+                "missing.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "d",
+            ],
+            "cannot read missing.agad",
+        ),
+        (
+            &["node", "run", "--bundle", "cpu-mem.agad", "--data-dir", "d"],
+            "no trusted publisher key",
+        ),
+        (
+            &[
+                "node",
+                "run",
+                "--bundle",
+                "cpu-mem.wasm",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "d",
+            ],
+            "not an AGAD module bundle",
+        ),
+        (
+            &[
+                "node",
+                "run",
+                "--bundle",
+                "cpu-mem.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "d",
+                "--config",
+                "threshold=lots",
+            ],
             "threshold",
         ),
         (
-            &["node", "run", "--bundle", "cpu-mem.agad", "--trust", "pub.pub", "--data-dir", "d", "--config", "period=often"],
+            &[
+                "node",
+                "run",
+                "--bundle",
+                "cpu-mem.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "d",
+                "--config",
+                "period=often",
+            ],
             "period",
         ),
         (
-            &["node", "run", "--bundle", "cpu-mem.agad", "--trust", "pub.pub", "--data-dir", "d", "--config", "nope:x=1"],
+            &[
+                "node",
+                "run",
+                "--bundle",
+                "cpu-mem.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "d",
+                "--config",
+                "nope:x=1",
+            ],
             "no --bundle provides",
         ),
-        (&["node", "run", "--bundle", "cpu-mem.agad", "--frobnicate"], "--frobnicate"),
+        (
+            &["node", "run", "--bundle", "cpu-mem.agad", "--frobnicate"],
+            "--frobnicate",
+        ),
     ];
     for (args, expected) in cases {
         let out = ws.run(args);
@@ -149,7 +262,10 @@ fn node_run_refuses_bad_input_with_one_clear_line() {
         let err = stderr(&out);
         let first = err.lines().next().unwrap_or_default();
         assert!(first.starts_with("error:"), "{args:?}: {err}");
-        assert!(err.contains(expected), "{args:?}: expected `{expected}` in: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected `{expected}` in: {err}"
+        );
         assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
     }
 }
@@ -160,7 +276,18 @@ fn a_bundle_signed_by_an_unknown_key_is_refused() {
     ws.sign("cpu-mem");
     let out = ws.run(&["module", "keygen", "--out", "other"]);
     assert!(out.status.success());
-    let out = ws.run(&["node", "run", "--bundle", "cpu-mem.agad", "--trust", "other.pub", "--data-dir", "d", "--for", "1s"]);
+    let out = ws.run(&[
+        "node",
+        "run",
+        "--bundle",
+        "cpu-mem.agad",
+        "--trust",
+        "other.pub",
+        "--data-dir",
+        "d",
+        "--for",
+        "1s",
+    ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("does not trust"), "{}", stderr(&out));
 }

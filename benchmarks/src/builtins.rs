@@ -47,7 +47,10 @@ pub fn module_config(name: &str, watched: &[String]) -> Vec<(String, String)> {
     let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     match name {
         "app-watch" => vec![pair("processes", &watched.join(","))],
-        "snmp-threshold" => vec![pair("oid", THRESHOLD_OID), pair("threshold", THRESHOLD_VALUE)],
+        "snmp-threshold" => vec![
+            pair("oid", THRESHOLD_OID),
+            pair("threshold", THRESHOLD_VALUE),
+        ],
         _ => Vec::new(),
     }
 }

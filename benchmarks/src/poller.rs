@@ -38,7 +38,9 @@ pub enum Val {
 fn val(value: &Value<'_>) -> Val {
     match value {
         Value::Integer(n) => Val::Int(*n),
-        Value::Counter32(n) | Value::Unsigned32(n) | Value::Timeticks(n) => Val::Counter(u64::from(*n)),
+        Value::Counter32(n) | Value::Unsigned32(n) | Value::Timeticks(n) => {
+            Val::Counter(u64::from(*n))
+        }
         Value::Counter64(n) => Val::Counter(*n),
         Value::OctetString(s) => Val::Text(String::from_utf8_lossy(s).into_owned()),
         Value::ObjectIdentifier(o) => Val::Oid(arcs_of(o)),
@@ -59,19 +61,30 @@ fn oid(arcs: &[u64]) -> anyhow::Result<Oid<'static>> {
 pub fn parse(text: &str) -> anyhow::Result<Arcs> {
     text.trim_start_matches('.')
         .split('.')
-        .map(|p| p.parse::<u64>().with_context(|| format!("bad OID `{text}`")))
+        .map(|p| {
+            p.parse::<u64>()
+                .with_context(|| format!("bad OID `{text}`"))
+        })
         .collect()
 }
 
 /// Arcs → `1.3.6.1.2.1.1.3.0`.
 pub fn dotted(arcs: &[u64]) -> String {
-    arcs.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
+    arcs.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A v2c session with a short timeout (loopback answers in microseconds).
 pub fn session(address: SocketAddr, community: &str) -> anyhow::Result<SyncSession> {
-    SyncSession::new_v2c(address, community.as_bytes(), Some(Duration::from_secs(2)), 1)
-        .with_context(|| format!("SNMP session to {address}"))
+    SyncSession::new_v2c(
+        address,
+        community.as_bytes(),
+        Some(Duration::from_secs(2)),
+        1,
+    )
+    .with_context(|| format!("SNMP session to {address}"))
 }
 
 /// Every object under `root` (GETBULK, 25 at a time), at most 10 000.
@@ -94,7 +107,11 @@ pub fn walk(session: &mut SyncSession, root: &[u64]) -> anyhow::Result<Vec<(Arcs
                 break 'outer;
             }
             if arcs <= cursor {
-                bail!("walk {}: agent went backwards at {}", dotted(root), dotted(&arcs));
+                bail!(
+                    "walk {}: agent went backwards at {}",
+                    dotted(root),
+                    dotted(&arcs)
+                );
             }
             cursor = arcs.clone();
             out.push((arcs, v));
@@ -133,7 +150,10 @@ pub struct PollSet {
 
 impl PollSet {
     pub fn oids(&self) -> Vec<Arcs> {
-        self.groups.iter().flat_map(|(_, o)| o.iter().cloned()).collect()
+        self.groups
+            .iter()
+            .flat_map(|(_, o)| o.iter().cloned())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -189,7 +209,11 @@ fn with_index(column: &[u64], index: &[u64]) -> Arcs {
 }
 
 /// Walks the agent and settles the OIDs of one round.
-pub fn discover(address: SocketAddr, community: &str, targets: &Targets) -> anyhow::Result<PollSet> {
+pub fn discover(
+    address: SocketAddr,
+    community: &str,
+    targets: &Targets,
+) -> anyhow::Result<PollSet> {
     let mut s = session(address, community)?;
     let mut set = PollSet::default();
 
@@ -203,7 +227,11 @@ pub fn discover(address: SocketAddr, community: &str, targets: &Targets) -> anyh
         let cpu_what = if per_core.is_empty() {
             // Some agents (containers) have no hrProcessorTable rows; then the
             // raw CPU counters are what a poller turns into a percentage.
-            oids.extend(SS_CPU_RAW.iter().map(|c| with_index(UCD_SYSTEM_STATS, &[*c, 0])));
+            oids.extend(
+                SS_CPU_RAW
+                    .iter()
+                    .map(|c| with_index(UCD_SYSTEM_STATS, &[*c, 0])),
+            );
             format!("ssCpuRaw × {}", SS_CPU_RAW.len())
         } else {
             let n = per_core.len();
@@ -213,7 +241,10 @@ pub fn discover(address: SocketAddr, community: &str, targets: &Targets) -> anyh
         oids.extend(UCD_MEMORY.iter().map(|c| with_index(UCD_MEM, &[*c, 0])));
         oids.push(LA_LOAD_1.to_vec());
         set.groups.push((
-            format!("cpu-mem: {cpu_what}, UCD memory × {}, laLoad.1", UCD_MEMORY.len()),
+            format!(
+                "cpu-mem: {cpu_what}, UCD memory × {}, laLoad.1",
+                UCD_MEMORY.len()
+            ),
             oids,
         ));
     }
@@ -224,7 +255,10 @@ pub fn discover(address: SocketAddr, community: &str, targets: &Targets) -> anyh
             let prefix = with_index(HR_STORAGE_ENTRY, &[c]);
             entries
                 .iter()
-                .filter_map(|(o, v)| o.strip_prefix(prefix.as_slice()).map(|i| (i.to_vec(), v.clone())))
+                .filter_map(|(o, v)| {
+                    o.strip_prefix(prefix.as_slice())
+                        .map(|i| (i.to_vec(), v.clone()))
+                })
                 .collect()
         };
         let (types, descrs) = (column(2), column(3));
@@ -234,13 +268,18 @@ pub fn discover(address: SocketAddr, community: &str, targets: &Targets) -> anyh
             if *kind != Val::Oid(HR_STORAGE_FIXED_DISK.to_vec()) {
                 continue;
             }
-            let Some(Val::Text(name)) = descrs.get(index) else { continue };
+            let Some(Val::Text(name)) = descrs.get(index) else {
+                continue;
+            };
             if filter.as_ref().is_some_and(|keep| !keep.contains(name)) {
                 continue;
             }
             names.push(name.clone());
             for c in HR_STORAGE_POLLED {
-                oids.push(with_index(HR_STORAGE_ENTRY, &[[*c].as_slice(), index].concat()));
+                oids.push(with_index(
+                    HR_STORAGE_ENTRY,
+                    &[[*c].as_slice(), index].concat(),
+                ));
             }
         }
         set.groups.push((
@@ -277,12 +316,20 @@ pub fn discover(address: SocketAddr, community: &str, targets: &Targets) -> anyh
             names.push(name);
         }
         let shown = if names.len() > 8 {
-            format!("{} … {}", names[..4].join(" "), names[names.len() - 2..].join(" "))
+            format!(
+                "{} … {}",
+                names[..4].join(" "),
+                names[names.len() - 2..].join(" ")
+            )
         } else {
             names.join(" ")
         };
         set.groups.push((
-            format!("if-health: {} interfaces × {} columns ({shown})", names.len(), IF_COLUMNS.len()),
+            format!(
+                "if-health: {} interfaces × {} columns ({shown})",
+                names.len(),
+                IF_COLUMNS.len()
+            ),
             oids,
         ));
     }
@@ -312,7 +359,10 @@ pub fn discover(address: SocketAddr, community: &str, targets: &Targets) -> anyh
 
     if !targets.extra.is_empty() {
         let shown: Vec<String> = targets.extra.iter().map(|o| dotted(o)).collect();
-        set.groups.push((format!("snmp-threshold: {}", shown.join(" ")), targets.extra.clone()));
+        set.groups.push((
+            format!("snmp-threshold: {}", shown.join(" ")),
+            targets.extra.clone(),
+        ));
     }
     Ok(set)
 }
@@ -374,13 +424,20 @@ impl Poller {
         let mut s = session(address, &self.community)?;
         let mut round = Round::default();
         for chunk in &self.chunks {
-            let owned: Vec<Oid<'static>> = chunk.iter().map(|a| oid(a)).collect::<anyhow::Result<_>>()?;
+            let owned: Vec<Oid<'static>> = chunk
+                .iter()
+                .map(|a| oid(a))
+                .collect::<anyhow::Result<_>>()?;
             let refs: Vec<&Oid<'_>> = owned.iter().collect();
             let pdu = s
                 .get_many(&refs)
                 .map_err(|e| anyhow::anyhow!("GET of {} OIDs: {e:?}", chunk.len()))?;
             if pdu.error_status != 0 {
-                bail!("GET of {} OIDs: error-status {}", chunk.len(), pdu.error_status);
+                bail!(
+                    "GET of {} OIDs: error-status {}",
+                    chunk.len(),
+                    pdu.error_status
+                );
             }
             round.requests += 1;
             for (_, value) in pdu.varbinds {
@@ -448,31 +505,43 @@ impl Relay {
 
         let upward = {
             let (counters, stop, client) = (counters.clone(), stop.clone(), client.clone());
-            std::thread::Builder::new().name("relay-up".into()).spawn(move || {
-                let mut buf = vec![0u8; 65_536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = front.recv_from(&mut buf) else { continue };
-                    *client.lock().unwrap_or_else(|p| p.into_inner()) = Some(from);
-                    counters.request_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    counters.datagrams.fetch_add(1, Ordering::Relaxed);
-                    let _ = back.send(&buf[..n]);
-                }
-            })?
+            std::thread::Builder::new()
+                .name("relay-up".into())
+                .spawn(move || {
+                    let mut buf = vec![0u8; 65_536];
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok((n, from)) = front.recv_from(&mut buf) else {
+                            continue;
+                        };
+                        *client.lock().unwrap_or_else(|p| p.into_inner()) = Some(from);
+                        counters
+                            .request_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        counters.datagrams.fetch_add(1, Ordering::Relaxed);
+                        let _ = back.send(&buf[..n]);
+                    }
+                })?
         };
         let downward = {
             let (counters, stop) = (counters.clone(), stop.clone());
-            std::thread::Builder::new().name("relay-down".into()).spawn(move || {
-                let mut buf = vec![0u8; 65_536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(n) = back2.recv(&mut buf) else { continue };
-                    counters.response_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    counters.datagrams.fetch_add(1, Ordering::Relaxed);
-                    let to = *client.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(to) = to {
-                        let _ = front2.send_to(&buf[..n], to);
+            std::thread::Builder::new()
+                .name("relay-down".into())
+                .spawn(move || {
+                    let mut buf = vec![0u8; 65_536];
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(n) = back2.recv(&mut buf) else {
+                            continue;
+                        };
+                        counters
+                            .response_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        counters.datagrams.fetch_add(1, Ordering::Relaxed);
+                        let to = *client.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(to) = to {
+                            let _ = front2.send_to(&buf[..n], to);
+                        }
                     }
-                }
-            })?
+                })?
         };
         Ok(Relay {
             address,

@@ -78,7 +78,12 @@ pub fn clock_ticks_per_sec() -> u64 {
 }
 
 /// CPU used between two readings, as a percentage of one core.
-pub fn cpu_percent(before: &ProcSample, after: &ProcSample, wall: Duration, ticks_per_sec: u64) -> f64 {
+pub fn cpu_percent(
+    before: &ProcSample,
+    after: &ProcSample,
+    wall: Duration,
+    ticks_per_sec: u64,
+) -> f64 {
     let used = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks_per_sec as f64;
     used * 100.0 / wall.as_secs_f64()
 }
@@ -86,7 +91,9 @@ pub fn cpu_percent(before: &ProcSample, after: &ProcSample, wall: Duration, tick
 /// `cores N, load average a b c`: context for reading timings taken on a
 /// machine that may be busy with other work.
 pub fn machine_load() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
     format!("{cores} cores, load average {}", load.join(" "))

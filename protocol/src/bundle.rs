@@ -18,7 +18,9 @@ pub const MAX_BUNDLE_BYTES: usize = 64 * 1024 * 1024;
 pub enum BundleError {
     #[error("not an AGAD module bundle (bad magic bytes)")]
     NotABundle,
-    #[error("bundle format version {0} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "bundle format version {0} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
     UnsupportedFormat(u16),
     #[error("bundle is larger than {MAX_BUNDLE_BYTES} bytes")]
     TooLarge,
@@ -28,7 +30,9 @@ pub enum BundleError {
     UntrustedSigner { module: String, signer: KeyId },
     #[error("module `{module}`: signature does not verify")]
     BadSignature { module: String },
-    #[error("module `{module}`: wasm bytes do not match the signed SHA-256 (signed {signed}, got {actual})")]
+    #[error(
+        "module `{module}`: wasm bytes do not match the signed SHA-256 (signed {signed}, got {actual})"
+    )]
     HashMismatch {
         module: String,
         signed: String,
@@ -40,7 +44,9 @@ pub enum BundleError {
         expires_at: u64,
         now: u64,
     },
-    #[error("module `{module}`: issued at {issued_at}, which is in the future (now {now}, Unix seconds)")]
+    #[error(
+        "module `{module}`: issued at {issued_at}, which is in the future (now {now}, Unix seconds)"
+    )]
     NotYetValid {
         module: String,
         issued_at: u64,
@@ -127,20 +133,19 @@ impl Bundle {
     pub fn verify(&self, trusted: &[PublicKey], now_secs: u64) -> Result<(), BundleError> {
         let m = &self.manifest;
         let module = m.name.clone();
-        let key = trusted
-            .iter()
-            .find(|k| k.id() == m.signer)
-            .ok_or_else(|| BundleError::UntrustedSigner {
+        let key = trusted.iter().find(|k| k.id() == m.signer).ok_or_else(|| {
+            BundleError::UntrustedSigner {
                 module: module.clone(),
                 signer: m.signer,
-            })?;
-        let signature: [u8; 64] = self
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| BundleError::BadSignature {
-                module: module.clone(),
-            })?;
+            }
+        })?;
+        let signature: [u8; 64] =
+            self.signature
+                .as_slice()
+                .try_into()
+                .map_err(|_| BundleError::BadSignature {
+                    module: module.clone(),
+                })?;
         if !key.verify(&m.canonical_bytes(), &signature) {
             return Err(BundleError::BadSignature { module });
         }
@@ -252,8 +257,12 @@ mod tests {
     #[test]
     fn garbage_is_not_a_bundle() {
         assert_eq!(Bundle::from_bytes(b"hello"), Err(BundleError::NotABundle));
-        let mut bytes = Bundle::sign(spec(), b"wasm".to_vec(), &SecretKey::generate(), NOW).to_bytes();
+        let mut bytes =
+            Bundle::sign(spec(), b"wasm".to_vec(), &SecretKey::generate(), NOW).to_bytes();
         bytes.truncate(bytes.len() - 3);
-        assert!(matches!(Bundle::from_bytes(&bytes), Err(BundleError::Corrupt(_))));
+        assert!(matches!(
+            Bundle::from_bytes(&bytes),
+            Err(BundleError::Corrupt(_))
+        ));
     }
 }

@@ -28,7 +28,9 @@ pub enum LinkError {
         module: String,
         capability: Capability,
     },
-    #[error("module `{module}` needs capability `{capability}`, which this node's policy does not allow")]
+    #[error(
+        "module `{module}` needs capability `{capability}`, which this node's policy does not allow"
+    )]
     DeniedByPolicy {
         module: String,
         capability: Capability,
@@ -101,13 +103,16 @@ impl ModuleEngine {
         {
             match load_cached(&self.engine, path) {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(module, path = %path.display(), "ignoring compiled cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(module, path = %path.display(), "ignoring compiled cache entry: {e:#}")
+                }
             }
         }
-        let component = Component::new(&self.engine, &bundle.wasm).map_err(|e| LinkError::Invalid {
-            module: module.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let component =
+            Component::new(&self.engine, &bundle.wasm).map_err(|e| LinkError::Invalid {
+                module: module.clone(),
+                reason: format!("{e:#}"),
+            })?;
         if let Some(path) = &cached
             && let Err(e) = store_cached(&component, path)
         {

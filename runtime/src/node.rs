@@ -3,13 +3,15 @@
 
 use crate::bindings::types as wit;
 use crate::engine::{LinkError, LinkedModule, ModuleEngine};
+use crate::host::HostState;
 use crate::host::clock::now_ms;
 use crate::host::snmp::{AgentConfig, SnmpClient};
 use crate::host::state::ModuleState;
-use crate::host::HostState;
 use crate::instance::{Fault, InitError, InspectorInstance};
 use crate::trust::{TrustError, TrustStore};
-use agad_protocol::message::{Alarm, Comparison, FaultKind, ModuleFault, Report, Severity, Summary};
+use agad_protocol::message::{
+    Alarm, Comparison, FaultKind, ModuleFault, Report, Severity, Summary,
+};
 use agad_protocol::{Bundle, Capability, Kind, PublicKey};
 use agad_storage::{Database, Tree};
 use serde::Serialize;
@@ -87,12 +89,14 @@ impl ModuleConfig {
     fn period(&self, module: &str, default: Duration) -> Result<Duration, LoadError> {
         match self.values.iter().rev().find(|(k, _)| k == "period") {
             None => Ok(default),
-            Some((_, v)) => parse_duration(v)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| LoadError::BadPeriod {
-                    module: module.to_owned(),
-                    value: v.clone(),
-                }),
+            Some((_, v)) => {
+                parse_duration(v)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| LoadError::BadPeriod {
+                        module: module.to_owned(),
+                        value: v.clone(),
+                    })
+            }
         }
     }
 }
@@ -285,7 +289,10 @@ impl Supervisor {
                         Ok(Ok(i)) => i,
                         Ok(Err(fault)) => {
                             failures += 1;
-                            if !this.pause_after(fault, failures, &mut backoff, &mut shutdown).await {
+                            if !this
+                                .pause_after(fault, failures, &mut backoff, &mut shutdown)
+                                .await
+                            {
                                 return;
                             }
                             continue;
@@ -297,11 +304,17 @@ impl Supervisor {
                     }
                 }
             };
-            match this.tick_until_fault(current, &mut failures, &mut shutdown).await {
+            match this
+                .tick_until_fault(current, &mut failures, &mut shutdown)
+                .await
+            {
                 None => return,
                 Some(fault) => {
                     failures += 1;
-                    if !this.pause_after(fault, failures, &mut backoff, &mut shutdown).await {
+                    if !this
+                        .pause_after(fault, failures, &mut backoff, &mut shutdown)
+                        .await
+                    {
                         return;
                     }
                 }

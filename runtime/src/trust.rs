@@ -111,7 +111,11 @@ mod tests {
         store.admit(&bundle(&key, 2, b"v2"), now).unwrap();
         assert!(matches!(
             store.admit(&bundle(&key, 1, b"v1"), now),
-            Err(TrustError::Rollback { offered: 1, accepted: 2, .. })
+            Err(TrustError::Rollback {
+                offered: 1,
+                accepted: 2,
+                ..
+            })
         ));
         assert!(matches!(
             store.admit(&bundle(&key, 2, b"other"), now),

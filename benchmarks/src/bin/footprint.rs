@@ -50,7 +50,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const HELP: &str = "footprint: RSS and CPU of `agad node run` (5 inspectors at 1 s) vs snmpd and node-exporter
+const HELP: &str =
+    "footprint: RSS and CPU of `agad node run` (5 inspectors at 1 s) vs snmpd and node-exporter
 usage: footprint [--quick] [--warmup SECS] [--secs SECS]
   --warmup SECS  time before measuring (default 15; --quick 5)
   --secs SECS    measured interval (default 60; --quick 15)
@@ -76,7 +77,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let quick = args.flag("--quick");
-    let warmup = Duration::from_secs(args.value("--warmup")?.unwrap_or(if quick { 5 } else { 15 }));
+    let warmup = Duration::from_secs(
+        args.value("--warmup")?
+            .unwrap_or(if quick { 5 } else { 15 }),
+    );
     let secs = Duration::from_secs(args.value("--secs")?.unwrap_or(if quick { 15 } else { 60 }));
     args.finish()?;
 
@@ -88,7 +92,9 @@ fn main() -> anyhow::Result<()> {
     let polled_snmpd = Snmpd::start();
 
     // The node's files: key, bundles, node.toml.
-    let dir = tempfile::Builder::new().prefix("agad-footprint-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("agad-footprint-")
+        .tempdir()?;
     let key = SecretKey::generate();
     let public = dir.path().join("publisher.pub");
     std::fs::write(&public, key.public().to_text())?;
@@ -131,7 +137,11 @@ fn main() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_path)?);
-    let mut node = Guarded(command.spawn().with_context(|| format!("running {}", agad.display()))?);
+    let mut node = Guarded(
+        command
+            .spawn()
+            .with_context(|| format!("running {}", agad.display()))?,
+    );
     let node_pid = node.0.id();
     let events = Arc::new(AtomicU64::new(0));
     let faults = Arc::new(AtomicU64::new(0));
@@ -165,8 +175,12 @@ fn main() -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("running {}", exporter_bin.display()))?,
     );
-    wait_for_http(exporter_addr, Duration::from_secs(10))
-        .with_context(|| format!("node-exporter did not answer; log:\n{}", read(&exporter_log)))?;
+    wait_for_http(exporter_addr, Duration::from_secs(10)).with_context(|| {
+        format!(
+            "node-exporter did not answer; log:\n{}",
+            read(&exporter_log)
+        )
+    })?;
 
     // What a central poller would read from the polled agent.
     let targets = Targets {
@@ -176,8 +190,16 @@ fn main() -> anyhow::Result<()> {
         processes: watched.clone(),
         extra: vec![poller::parse(THRESHOLD_OID)?],
     };
-    let set = poller::discover(polled_snmpd.address(), agad_tests::snmpd::V2C_COMMUNITY, &targets)?;
-    let snmp_poller = Poller::new(polled_snmpd.address(), agad_tests::snmpd::V2C_COMMUNITY, &set)?;
+    let set = poller::discover(
+        polled_snmpd.address(),
+        agad_tests::snmpd::V2C_COMMUNITY,
+        &targets,
+    )?;
+    let snmp_poller = Poller::new(
+        polled_snmpd.address(),
+        agad_tests::snmpd::V2C_COMMUNITY,
+        &set,
+    )?;
     let gets_per_round = snmp_poller.requests_per_round();
 
     // The polling loop: once a second, one SNMP round and one scrape.
@@ -217,13 +239,20 @@ fn main() -> anyhow::Result<()> {
     sleep_checking(warmup, &mut node, &stderr_path)?;
 
     let ticks_per_sec = procfs::clock_ticks_per_sec();
-    let first: Vec<ProcSample> = pids.iter().map(|(_, p)| procfs::sample(*p)).collect::<anyhow::Result<_>>()?;
+    let first: Vec<ProcSample> = pids
+        .iter()
+        .map(|(_, p)| procfs::sample(*p))
+        .collect::<anyhow::Result<_>>()?;
     let began = Instant::now();
     let events_before = events.load(Ordering::Relaxed);
     let mut rss: Vec<Vec<u64>> = vec![Vec::new(); pids.len()];
     let mut last = first.clone();
     while began.elapsed() < secs {
-        sleep_checking(Duration::from_secs(1).min(secs.saturating_sub(began.elapsed())), &mut node, &stderr_path)?;
+        sleep_checking(
+            Duration::from_secs(1).min(secs.saturating_sub(began.elapsed())),
+            &mut node,
+            &stderr_path,
+        )?;
         for (i, (_, pid)) in pids.iter().enumerate() {
             let s = procfs::sample(*pid).with_context(|| format!("{} exited", pids[i].0))?;
             rss[i].push(s.rss_bytes);
@@ -256,8 +285,16 @@ fn main() -> anyhow::Result<()> {
         let goal = if i == 0 {
             format!(
                 "RSS ≤ 40 MB: {}, CPU ≤ 1%: {}",
-                if max <= RSS_GOAL_BYTES { "ok" } else { "MISSED" },
-                if cpu <= CPU_GOAL_PERCENT { "ok" } else { "MISSED" }
+                if max <= RSS_GOAL_BYTES {
+                    "ok"
+                } else {
+                    "MISSED"
+                },
+                if cpu <= CPU_GOAL_PERCENT {
+                    "ok"
+                } else {
+                    "MISSED"
+                }
             )
         } else {
             String::new()
@@ -285,14 +322,23 @@ fn main() -> anyhow::Result<()> {
         rounds.load(Ordering::Relaxed),
         set.len(),
         gets_per_round,
-        bytes(scraped_bytes.load(Ordering::Relaxed) as f64 / rounds.load(Ordering::Relaxed).max(1) as f64)
+        bytes(
+            scraped_bytes.load(Ordering::Relaxed) as f64
+                / rounds.load(Ordering::Relaxed).max(1) as f64
+        )
     );
     for (what, oids) in &set.groups {
         println!("  {:>4} OIDs  {what}", oids.len());
     }
-    println!("CPU % is (utime+stime) over the interval ÷ wall time, of one core; RSS sampled once a second");
-    println!("VmHWM = peak RSS since start; anon/file = RssAnon/RssFile at the last sample; goal 40 MB = 40×10⁶ bytes");
-    println!("the node's own SNMP agent (read by if-health and snmp-threshold) is a separate snmpd and is not counted");
+    println!(
+        "CPU % is (utime+stime) over the interval ÷ wall time, of one core; RSS sampled once a second"
+    );
+    println!(
+        "VmHWM = peak RSS since start; anon/file = RssAnon/RssFile at the last sample; goal 40 MB = 40×10⁶ bytes"
+    );
+    println!(
+        "the node's own SNMP agent (read by if-health and snmp-threshold) is a separate snmpd and is not counted"
+    );
     drop(exporter);
     drop(node);
     Ok(())
@@ -339,7 +385,12 @@ fn node_exporter_binary() -> anyhow::Result<PathBuf> {
             .status()
             .is_ok_and(|s| s.success())
     };
-    let install = ["install", "-y", "--no-install-recommends", "prometheus-node-exporter"];
+    let install = [
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "prometheus-node-exporter",
+    ];
     if !(apt(&install) || (apt(&["update"]) && apt(&install))) {
         bail!("`apt-get install -y prometheus-node-exporter` failed");
     }
@@ -359,7 +410,10 @@ fn free_tcp_port() -> anyhow::Result<u16> {
 fn scrape(addr: SocketAddr) -> anyhow::Result<usize> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n")?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n"
+    )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let head_end = response
@@ -390,7 +444,10 @@ fn wait_for_http(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
 fn sleep_checking(d: Duration, node: &mut Guarded, stderr: &Path) -> anyhow::Result<()> {
     std::thread::sleep(d);
     if let Some(status) = node.0.try_wait()? {
-        bail!("agad node run exited early ({status}); its stderr:\n{}", read(stderr));
+        bail!(
+            "agad node run exited early ({status}); its stderr:\n{}",
+            read(stderr)
+        );
     }
     Ok(())
 }

@@ -39,13 +39,17 @@ use agad_protocol::{Capability, SecretKey};
 use agad_runtime::host::HostState;
 use agad_runtime::host::snmp::SnmpClient;
 use agad_runtime::host::state::ModuleState;
-use agad_runtime::{AgentConfig, InspectorInstance, LinkedModule, ModuleConfig, ModuleEngine, Node, NodeSettings, RestartPolicy};
+use agad_runtime::{
+    AgentConfig, InspectorInstance, LinkedModule, ModuleConfig, ModuleEngine, Node, NodeSettings,
+    RestartPolicy,
+};
 use agad_tests::snmpd::Snmpd;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const HELP: &str = "tick-cost: cost of one tick() of each built-in inspector, and of instantiating one
+const HELP: &str =
+    "tick-cost: cost of one tick() of each built-in inspector, and of instantiating one
 usage: tick-cost [--quick] [--ticks N] [--instances N] [--max-secs S]
   --ticks N      ticks measured per inspector (default 5000; --quick 300)
   --instances N  instantiations measured per inspector and way (default 1000; --quick 100;
@@ -74,9 +78,15 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let quick = args.flag("--quick");
-    let ticks: usize = args.value("--ticks")?.unwrap_or(if quick { 300 } else { 5000 });
-    let instances: usize = args.value("--instances")?.unwrap_or(if quick { 100 } else { 1000 });
-    let max_secs: f64 = args.value("--max-secs")?.unwrap_or(if quick { 3.0 } else { 20.0 });
+    let ticks: usize = args
+        .value("--ticks")?
+        .unwrap_or(if quick { 300 } else { 5000 });
+    let instances: usize = args
+        .value("--instances")?
+        .unwrap_or(if quick { 100 } else { 1000 });
+    let max_secs: f64 = args
+        .value("--max-secs")?
+        .unwrap_or(if quick { 3.0 } else { 20.0 });
     args.finish()?;
     let max_tick_time = Duration::from_secs_f64(max_secs);
 
@@ -85,7 +95,9 @@ fn main() -> anyhow::Result<()> {
     let agents: Arc<[AgentConfig]> = Arc::from(vec![snmpd.v2c_agent()]);
     let key = SecretKey::generate();
     let signed = sign_all(&key)?;
-    let dir = tempfile::Builder::new().prefix("agad-tick-cost-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("agad-tick-cost-")
+        .tempdir()?;
     let settings = NodeSettings {
         name: "bench".into(),
         agents: agents.clone(),
@@ -106,7 +118,9 @@ fn main() -> anyhow::Result<()> {
         let name = s.name;
         eprintln!("measuring {name}...");
         let started = Instant::now();
-        let linked = node.load(&s.bundle).with_context(|| format!("loading {name}"))?;
+        let linked = node
+            .load(&s.bundle)
+            .with_context(|| format!("loading {name}"))?;
         let cold = started.elapsed();
         let config = ModuleConfig {
             values: module_config(name, &watched),
@@ -116,7 +130,9 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("{name}: instantiate with {:?}", config.values))?;
 
         for _ in 0..WARMUP_TICKS {
-            instance.tick().with_context(|| format!("{name}: warm-up tick"))?;
+            instance
+                .tick()
+                .with_context(|| format!("{name}: warm-up tick"))?;
         }
         let mut samples = Vec::with_capacity(ticks);
         let (mut alarms, mut summaries) = (0, 0);
@@ -141,7 +157,8 @@ fn main() -> anyhow::Result<()> {
         let pre = measure(instances, || {
             let h = host();
             let t = Instant::now();
-            let i = InspectorInstance::new(&linked, h).map_err(|f| anyhow::anyhow!("{name}: {f}"))?;
+            let i =
+                InspectorInstance::new(&linked, h).map_err(|f| anyhow::anyhow!("{name}: {f}"))?;
             let took = t.elapsed();
             drop(i);
             Ok(took)
@@ -193,10 +210,15 @@ fn from_cache(
     InspectorInstance::new(&relinked, host).map_err(|f| anyhow::anyhow!("{}: {f}", signed.name))
 }
 
-fn measure(n: usize, mut once: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::Result<Timings> {
+fn measure(
+    n: usize,
+    mut once: impl FnMut() -> anyhow::Result<Duration>,
+) -> anyhow::Result<Timings> {
     // One unmeasured run pays first-touch costs (page faults in the cache file).
     once()?;
-    let samples = (0..n.max(1)).map(|_| once()).collect::<anyhow::Result<Vec<_>>>()?;
+    let samples = (0..n.max(1))
+        .map(|_| once())
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Timings::of(&samples).context("nothing measured")
 }
 
@@ -221,16 +243,27 @@ fn print_tables(rows: &[Row]) {
             r.summaries
         );
     }
-    println!("(ticks back to back: alarms/summaries are what those ticks emitted; window_secs is the default 60)");
+    println!(
+        "(ticks back to back: alarms/summaries are what those ticks emitted; window_secs is the default 60)"
+    );
     println!();
     println!("== instantiating a compiled inspector ==");
     println!(
         "{:<15} {:>20} {:>6} {:>22} {:>22} {:>14}",
-        "inspector", "pre→instance p50/p99", "goal", "+host+init p50/p99", "disk cache p50/p99", "cold compile"
+        "inspector",
+        "pre→instance p50/p99",
+        "goal",
+        "+host+init p50/p99",
+        "disk cache p50/p99",
+        "cold compile"
     );
     for r in rows {
         let pair = |t: &Timings| format!("{} / {}", duration(t.p50), duration(t.p99));
-        let verdict = if r.pre.p99 <= INSTANTIATE_GOAL { "≤1ms ok" } else { ">1ms!" };
+        let verdict = if r.pre.p99 <= INSTANTIATE_GOAL {
+            "≤1ms ok"
+        } else {
+            ">1ms!"
+        };
         println!(
             "{:<15} {:>20} {:>6} {:>22} {:>22} {:>14}",
             r.name,
@@ -241,8 +274,14 @@ fn print_tables(rows: &[Row]) {
             duration(r.cold)
         );
     }
-    println!("pre→instance: InspectorInstance::new from the InstancePre (goal ≤ 1 ms, judged on p99)");
-    println!("+host+init:   Node::instantiate = host state (sysinfo, SNMP client) + instantiate + init(config)");
+    println!(
+        "pre→instance: InspectorInstance::new from the InstancePre (goal ≤ 1 ms, judged on p99)"
+    );
+    println!(
+        "+host+init:   Node::instantiate = host state (sysinfo, SNMP client) + instantiate + init(config)"
+    );
     println!("disk cache:   deserialize the .cwasm this node compiled + link + instantiate");
-    println!("cold compile: first Node::load (verify, Cranelift compile, write the cache), one sample");
+    println!(
+        "cold compile: first Node::load (verify, Cranelift compile, write the cache), one sample"
+    );
 }

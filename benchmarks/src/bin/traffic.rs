@@ -61,7 +61,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-const HELP: &str = "traffic: AGAD bytes/hour (alarms + reports) vs an SNMP v2c poller for the same metrics
+const HELP: &str =
+    "traffic: AGAD bytes/hour (alarms + reports) vs an SNMP v2c poller for the same metrics
 usage: traffic [--quick] [--windows N] [--host-only]
   --windows N   report windows measured per part (default 10; --quick 3); each takes 6 s
   --host-only   skip the 48-interface part (which needs root and a network namespace)
@@ -90,7 +91,9 @@ fn main() -> anyhow::Result<()> {
     let quick = args.flag("--quick");
     let inner = args.flag("--inner-48");
     let host_only = args.flag("--host-only");
-    let windows: u32 = args.value("--windows")?.unwrap_or(if quick { 3 } else { 10 });
+    let windows: u32 = args
+        .value("--windows")?
+        .unwrap_or(if quick { 3 } else { 10 });
     args.finish()?;
     if windows == 0 {
         bail!("--windows must be at least 1");
@@ -163,13 +166,17 @@ impl ModuleTally {
 
     /// Reports per window × 60 windows, plus alarms and faults per hour.
     fn per_hour(&self, real_secs: f64) -> f64 {
-        self.report_bytes_per_window() * WINDOWS_PER_HOUR + self.other_bytes as f64 * 3600.0 / real_secs
+        self.report_bytes_per_window() * WINDOWS_PER_HOUR
+            + self.other_bytes as f64 * 3600.0 / real_secs
     }
 }
 
 impl Outcome {
     fn agad_per_hour(&self) -> f64 {
-        self.modules.values().map(|t| t.per_hour(self.real_secs)).sum()
+        self.modules
+            .values()
+            .map(|t| t.per_hour(self.real_secs))
+            .sum()
     }
 
     fn poller_per_hour(&self, with_headers: bool) -> f64 {
@@ -192,13 +199,24 @@ impl Outcome {
         );
         println!(
             "{:<15} {:>7} {:>9} {:>9} {:>7} {:>7} {:>13} {:>11}",
-            "module", "windows", "ticks/win", "summ/win", "alarms", "faults", "report B/win", "B/hour"
+            "module",
+            "windows",
+            "ticks/win",
+            "summ/win",
+            "alarms",
+            "faults",
+            "report B/win",
+            "B/hour"
         );
         for (name, t) in &self.modules {
             let ticks = if t.ticks_per_window.is_empty() {
                 "-".to_owned()
             } else {
-                let mean = t.ticks_per_window.iter().map(|&n| f64::from(n)).sum::<f64>()
+                let mean = t
+                    .ticks_per_window
+                    .iter()
+                    .map(|&n| f64::from(n))
+                    .sum::<f64>()
                     / t.ticks_per_window.len() as f64;
                 format!("{mean:.1}")
             };
@@ -217,7 +235,9 @@ impl Outcome {
         let agad = self.agad_per_hour();
         let payload = self.poller_per_hour(false);
         let headers = self.poller_per_hour(true);
-        println!("(B/hour = report bytes per window × 60 + alarm and fault bytes scaled to an hour)");
+        println!(
+            "(B/hour = report bytes per window × 60 + alarm and fault bytes scaled to an hour)"
+        );
         println!(
             "AGAD (alarms + reports, bincode 2 payload):        {:>12.0} B/hour  ({})",
             agad,
@@ -243,7 +263,10 @@ impl Outcome {
             self.traffic.request_bytes as f64 / self.rounds.max(1) as f64,
             self.traffic.response_bytes as f64 / self.rounds.max(1) as f64,
             if self.missing_per_round > 0 {
-                format!(", {} noSuch* answers in the last round", self.missing_per_round)
+                format!(
+                    ", {} noSuch* answers in the last round",
+                    self.missing_per_round
+                )
             } else {
                 String::new()
             }
@@ -298,7 +321,11 @@ fn run_comparison(
         // Compile first, so that every module starts ticking at the same time.
         let mut linked = Vec::new();
         for m in modules {
-            linked.push((m.name, node.load(&m.bundle).with_context(|| format!("loading {}", m.name))?));
+            linked.push((
+                m.name,
+                node.load(&m.bundle)
+                    .with_context(|| format!("loading {}", m.name))?,
+            ));
         }
         let t0 = Instant::now();
         for (name, module) in linked {
@@ -307,8 +334,13 @@ fn run_comparison(
                 ("window_secs".to_owned(), WINDOW.as_secs().to_string()),
             ];
             values.extend(module_config(name, watched));
-            node.start_inspector(module, ModuleConfig { values }, events_tx.clone(), shutdown.clone())
-                .with_context(|| format!("starting {name}"))?;
+            node.start_inspector(
+                module,
+                ModuleConfig { values },
+                events_tx.clone(),
+                shutdown.clone(),
+            )
+            .with_context(|| format!("starting {name}"))?;
         }
         drop(events_tx);
 
@@ -319,7 +351,9 @@ fn run_comparison(
             let list: BTreeSet<String> = seen
                 .iter()
                 .filter_map(|(_, e)| match e {
-                    Event::Report(r) if r.module == module => Some(r.summaries.iter().map(|s| s.subject.clone())),
+                    Event::Report(r) if r.module == module => {
+                        Some(r.summaries.iter().map(|s| s.subject.clone()))
+                    }
                     _ => None,
                 })
                 .flatten()
@@ -329,14 +363,21 @@ fn run_comparison(
         };
         for (_, e) in &seen {
             if let Event::Fault(f) = e {
-                eprintln!("warning: {} faulted during warm-up: {:?} {}", f.module, f.kind, f.message);
+                eprintln!(
+                    "warning: {} faulted during warm-up: {:?} {}",
+                    f.module, f.kind, f.message
+                );
             }
         }
         let targets = Targets {
             host: names.contains("cpu-mem"),
             filesystems: names.contains("disk-space").then(|| subjects("disk-space")),
             interfaces: names.contains("if-health").then(|| subjects("if-health")),
-            processes: if names.contains("app-watch") { watched.to_vec() } else { Vec::new() },
+            processes: if names.contains("app-watch") {
+                watched.to_vec()
+            } else {
+                Vec::new()
+            },
             extra: if names.contains("snmp-threshold") {
                 vec![poller::parse(THRESHOLD_OID)?]
             } else {
@@ -369,8 +410,10 @@ fn run_comparison(
             .map_err(|_| anyhow::anyhow!("poller thread panicked"))??;
         let traffic = relay.traffic();
 
-        let mut tally: BTreeMap<String, ModuleTally> =
-            names.iter().map(|n| ((*n).to_owned(), ModuleTally::default())).collect();
+        let mut tally: BTreeMap<String, ModuleTally> = names
+            .iter()
+            .map(|n| ((*n).to_owned(), ModuleTally::default()))
+            .collect();
         for (at, event) in &seen {
             if *at < from || *at >= until {
                 continue;
@@ -385,7 +428,8 @@ fn run_comparison(
                     let t = tally.entry(r.module.clone()).or_default();
                     t.report_bytes += encoded(r)?;
                     t.summaries += r.summaries.len() as u64;
-                    t.windows.extend(r.summaries.iter().map(|s| s.window_start_ms));
+                    t.windows
+                        .extend(r.summaries.iter().map(|s| s.window_start_ms));
                     if let Some(n) = r.summaries.iter().map(|s| s.count).max() {
                         t.ticks_per_window.push(n);
                     }
@@ -416,7 +460,11 @@ fn encoded<T: serde::Serialize>(value: &T) -> anyhow::Result<u64> {
     Ok(bytes.len() as u64)
 }
 
-async fn collect_until(events: &mut mpsc::Receiver<Event>, into: &mut Vec<(Instant, Event)>, until: Instant) {
+async fn collect_until(
+    events: &mut mpsc::Receiver<Event>,
+    into: &mut Vec<(Instant, Event)>,
+    until: Instant,
+) {
     let deadline = tokio::time::Instant::from_std(until);
     loop {
         tokio::select! {
@@ -437,15 +485,23 @@ struct Netns {
 impl Netns {
     fn create(name: &str) -> anyhow::Result<Netns> {
         run("ip", &["netns", "add", name])?;
-        Ok(Netns { name: name.to_owned() })
+        Ok(Netns {
+            name: name.to_owned(),
+        })
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        match Command::new("ip").args(["netns", "del", &self.name]).status() {
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status()
+        {
             Ok(s) if s.success() => eprintln!("deleted network namespace {}", self.name),
-            _ => eprintln!("could not delete network namespace {}; run `ip netns del {}`", self.name, self.name),
+            _ => eprintln!(
+                "could not delete network namespace {}; run `ip netns del {}`",
+                self.name, self.name
+            ),
         }
     }
 }
@@ -468,10 +524,14 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 
 /// Namespaces left by an earlier run that was killed (its pid is gone).
 fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(pid) = name.strip_prefix("agad-bench-") else { continue };
+        let Some(pid) = name.strip_prefix("agad-bench-") else {
+            continue;
+        };
         if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("removing stale network namespace {name}");
             let _ = run("ip", &["netns", "del", name]);
@@ -488,17 +548,27 @@ fn outer_48(windows: u32) -> anyhow::Result<()> {
     // Dummy links are the natural stand-in for a switch's ports; kernels
     // built without the dummy driver (some VMs) get veth pairs instead, both
     // ends inside the namespace: the same 48 interfaces to the agent.
-    let kind = if run("ip", &["-n", &ns.name, "link", "add", "if1", "type", "dummy"]).is_ok() {
+    let kind = if run(
+        "ip",
+        &["-n", &ns.name, "link", "add", "if1", "type", "dummy"],
+    )
+    .is_ok()
+    {
         "dummy"
     } else {
-        eprintln!("this kernel has no dummy link driver; using {} veth pairs instead", DUMMY_INTERFACES / 2);
+        eprintln!(
+            "this kernel has no dummy link driver; using {} veth pairs instead",
+            DUMMY_INTERFACES / 2
+        );
         "veth"
     };
     let mut batch = String::from("link set lo up\n");
     for i in 1..=DUMMY_INTERFACES {
         match kind {
             "dummy" if i > 1 => batch.push_str(&format!("link add if{i} type dummy\n")),
-            "veth" if i % 2 == 1 => batch.push_str(&format!("link add if{i} type veth peer name if{}\n", i + 1)),
+            "veth" if i % 2 == 1 => {
+                batch.push_str(&format!("link add if{i} type veth peer name if{}\n", i + 1))
+            }
             _ => {}
         }
     }
@@ -516,10 +586,15 @@ fn outer_48(windows: u32) -> anyhow::Result<()> {
         stdin.write_all(batch.as_bytes())?;
     }
     if !ip.wait()?.success() {
-        bail!("creating {DUMMY_INTERFACES} {kind} interfaces in {} failed", ns.name);
+        bail!(
+            "creating {DUMMY_INTERFACES} {kind} interfaces in {} failed",
+            ns.name
+        );
     }
     let me = std::env::current_exe()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let status = runtime.block_on(async {
         let mut child = tokio::process::Command::new("ip")
             .args(["netns", "exec", &ns.name])
@@ -548,11 +623,16 @@ fn outer_48(windows: u32) -> anyhow::Result<()> {
 fn inner_48(windows: u32) -> anyhow::Result<()> {
     let links = std::fs::read_dir("/sys/class/net")?.count();
     if links < DUMMY_INTERFACES {
-        bail!("--inner-48 runs inside the benchmark's namespace (it sees {links} interfaces here, not {DUMMY_INTERFACES}+)");
+        bail!(
+            "--inner-48 runs inside the benchmark's namespace (it sees {links} interfaces here, not {DUMMY_INTERFACES}+)"
+        );
     }
     let snmpd = Snmpd::start();
     let key = SecretKey::generate();
-    let only: Vec<Signed> = sign_all(&key)?.into_iter().filter(|s| s.name == "if-health").collect();
+    let only: Vec<Signed> = sign_all(&key)?
+        .into_iter()
+        .filter(|s| s.name == "if-health")
+        .collect();
     if only.is_empty() {
         bail!("no built-in inspector named if-health");
     }

@@ -159,48 +159,38 @@ impl AppWatch {
 /// The WIT glue: host reads in, [`AppWatch::tick`] out.
 mod guest {
     use super::{AppWatch, Proc, Settings};
-    use agad_sdk::inspector::Guest;
-    use agad_sdk::types::{Config, Output};
-    use agad_sdk::{Resident, clock, export_inspector, log, os};
+    use agad_sdk::types::Output;
+    use agad_sdk::{Alarms, Inspector, inspector, log, os};
 
-    static INSPECTOR: Resident<AppWatch> = Resident::new();
-
-    struct Module;
-
-    impl Guest for Module {
-        fn init(config: Config) -> Result<(), String> {
-            let settings = Settings::from_config(&config)?;
+    impl Inspector for AppWatch {
+        fn configure(config: &[(String, String)]) -> Result<Self, String> {
+            let settings = Settings::from_config(config)?;
             log::log(
                 log::Level::Info,
                 &format!("app-watch configured: {settings:?}"),
             );
-            let mut inspector = AppWatch::new(settings);
-            inspector.alarms.restore_from_state();
-            INSPECTOR.set(inspector);
-            Ok(())
+            Ok(AppWatch::new(settings))
         }
 
-        fn tick() -> Output {
-            INSPECTOR
-                .with(|inspector| {
-                    let processes: Vec<Proc> = os::processes(inspector.names())
-                        .into_iter()
-                        .map(|p| Proc {
-                            name: p.name,
-                            cpu_percent: f64::from(p.cpu_percent),
-                            rss_bytes: p.rss_bytes,
-                            state: p.state,
-                        })
-                        .collect();
-                    let out = inspector.tick(clock::now_ms(), &processes);
-                    inspector.alarms.persist();
-                    out
+        fn poll(&mut self, now_ms: u64) -> Output {
+            let processes: Vec<Proc> = os::processes(self.names())
+                .into_iter()
+                .map(|p| Proc {
+                    name: p.name,
+                    cpu_percent: f64::from(p.cpu_percent),
+                    rss_bytes: p.rss_bytes,
+                    state: p.state,
                 })
-                .unwrap_or_default()
+                .collect();
+            self.tick(now_ms, &processes)
+        }
+
+        fn alarms(&mut self) -> &mut Alarms {
+            &mut self.alarms
         }
     }
 
-    export_inspector!(Module);
+    inspector!(AppWatch);
 }
 
 #[cfg(test)]

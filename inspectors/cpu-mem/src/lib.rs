@@ -143,51 +143,41 @@ impl CpuMem {
 /// The WIT glue: host reads in, [`CpuMem::tick`] out.
 mod guest {
     use super::{CpuMem, Sample, Settings};
-    use agad_sdk::inspector::Guest;
-    use agad_sdk::types::{Config, Output};
-    use agad_sdk::{Resident, clock, export_inspector, log, os};
+    use agad_sdk::types::Output;
+    use agad_sdk::{Alarms, Inspector, inspector, log, os};
 
-    static INSPECTOR: Resident<CpuMem> = Resident::new();
-
-    struct Module;
-
-    impl Guest for Module {
-        fn init(config: Config) -> Result<(), String> {
-            let settings = Settings::from_config(&config)?;
+    impl Inspector for CpuMem {
+        fn configure(config: &[(String, String)]) -> Result<Self, String> {
+            let settings = Settings::from_config(config)?;
             log::log(
                 log::Level::Info,
                 &format!("cpu-mem configured: {settings:?}"),
             );
-            let mut inspector = CpuMem::new(settings);
-            inspector.alarms.restore_from_state();
-            INSPECTOR.set(inspector);
-            Ok(())
+            Ok(CpuMem::new(settings))
         }
 
-        fn tick() -> Output {
-            INSPECTOR
-                .with(|inspector| {
-                    let cpu = os::cpu();
-                    let memory = os::memory();
-                    let load = os::load_average();
-                    let sample = Sample {
-                        cpu_percent: f64::from(cpu.total_percent),
-                        cores: u32::try_from(cpu.per_core_percent.len()).unwrap_or(u32::MAX),
-                        mem_total_bytes: memory.total_bytes,
-                        mem_used_bytes: memory.used_bytes,
-                        swap_total_bytes: memory.swap_total_bytes,
-                        swap_used_bytes: memory.swap_used_bytes,
-                        load_one: load.one,
-                    };
-                    let out = inspector.tick(clock::now_ms(), &sample);
-                    inspector.alarms.persist();
-                    out
-                })
-                .unwrap_or_default()
+        fn poll(&mut self, now_ms: u64) -> Output {
+            let cpu = os::cpu();
+            let memory = os::memory();
+            let load = os::load_average();
+            let sample = Sample {
+                cpu_percent: f64::from(cpu.total_percent),
+                cores: u32::try_from(cpu.per_core_percent.len()).unwrap_or(u32::MAX),
+                mem_total_bytes: memory.total_bytes,
+                mem_used_bytes: memory.used_bytes,
+                swap_total_bytes: memory.swap_total_bytes,
+                swap_used_bytes: memory.swap_used_bytes,
+                load_one: load.one,
+            };
+            self.tick(now_ms, &sample)
+        }
+
+        fn alarms(&mut self) -> &mut Alarms {
+            &mut self.alarms
         }
     }
 
-    export_inspector!(Module);
+    inspector!(CpuMem);
 }
 
 #[cfg(test)]

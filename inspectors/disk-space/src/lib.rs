@@ -186,68 +186,58 @@ impl DiskSpace {
 /// The WIT glue: host reads in, [`DiskSpace::tick`] out.
 mod guest {
     use super::{DiskSpace, Fs, Settings};
-    use agad_sdk::inspector::Guest;
-    use agad_sdk::types::{Config, Output};
-    use agad_sdk::{Resident, clock, export_inspector, log, os};
+    use agad_sdk::types::Output;
+    use agad_sdk::{Alarms, Inspector, inspector, log, os};
 
-    struct State {
+    struct Module {
         inspector: DiskSpace,
         /// Logged once per change, not every tick.
         missing_logged: Vec<String>,
     }
 
-    static INSPECTOR: Resident<State> = Resident::new();
-
-    struct Module;
-
-    impl Guest for Module {
-        fn init(config: Config) -> Result<(), String> {
-            let settings = Settings::from_config(&config)?;
+    impl Inspector for Module {
+        fn configure(config: &[(String, String)]) -> Result<Self, String> {
+            let settings = Settings::from_config(config)?;
             log::log(
                 log::Level::Info,
                 &format!("disk-space configured: {settings:?}"),
             );
-            let mut inspector = DiskSpace::new(settings);
-            inspector.alarms.restore_from_state();
-            INSPECTOR.set(State {
-                inspector,
+            Ok(Module {
+                inspector: DiskSpace::new(settings),
                 missing_logged: Vec::new(),
-            });
-            Ok(())
+            })
         }
 
-        fn tick() -> Output {
-            INSPECTOR
-                .with(|state| {
-                    let filesystems: Vec<Fs> = os::filesystems()
-                        .into_iter()
-                        .map(|fs| Fs {
-                            mount_point: fs.mount_point,
-                            fs_type: fs.fs_type,
-                            total_bytes: fs.total_bytes,
-                            used_bytes: fs.used_bytes,
-                            free_bytes: fs.free_bytes,
-                        })
-                        .collect();
-                    let missing = state.inspector.missing_mounts(&filesystems);
-                    if missing != state.missing_logged {
-                        if !missing.is_empty() {
-                            log::log(
-                                log::Level::Warn,
-                                &format!("configured mounts not mounted: {}", missing.join(", ")),
-                            );
-                        }
-                        state.missing_logged = missing;
-                    }
-                    let out = state.inspector.tick(clock::now_ms(), &filesystems);
-                    state.inspector.alarms.persist();
-                    out
+        fn poll(&mut self, now_ms: u64) -> Output {
+            let filesystems: Vec<Fs> = os::filesystems()
+                .into_iter()
+                .map(|fs| Fs {
+                    mount_point: fs.mount_point,
+                    fs_type: fs.fs_type,
+                    total_bytes: fs.total_bytes,
+                    used_bytes: fs.used_bytes,
+                    free_bytes: fs.free_bytes,
                 })
-                .unwrap_or_default()
+                .collect();
+            let missing = self.inspector.missing_mounts(&filesystems);
+            if missing != self.missing_logged {
+                if !missing.is_empty() {
+                    log::log(
+                        log::Level::Warn,
+                        &format!("configured mounts not mounted: {}", missing.join(", ")),
+                    );
+                }
+                self.missing_logged = missing;
+            }
+            self.inspector.tick(now_ms, &filesystems)
+        }
+
+        fn alarms(&mut self) -> &mut Alarms {
+            &mut self.inspector.alarms
         }
     }
 
-    export_inspector!(Module);
+    inspector!(Module);
 }
 
 #[cfg(test)]

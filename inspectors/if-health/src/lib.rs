@@ -558,91 +558,62 @@ fn sum(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// The WIT glue: host reads in, [`IfHealth::tick`] out.
+/// The WIT glue: IF-MIB (or the OS) in, [`IfHealth::tick`] out.
 mod guest {
     use super::{Counter, IfHealth, Iface, Oper, Settings, SnmpSource, Source};
-    use agad_sdk::inspector::Guest;
-    use agad_sdk::types::{Config, Output};
-    use agad_sdk::{CounterWidth, Resident, clock, export_inspector, log, os, snmp};
+    use agad_sdk::snmp_table::{log_problem_change, resolve_agent};
+    use agad_sdk::types::Output;
+    use agad_sdk::{Alarms, CounterWidth, Inspector, inspector, log, os, snmp};
 
-    struct State {
+    struct Module {
         inspector: IfHealth,
         /// `None` reads the OS.
         snmp: Option<SnmpSource>,
     }
 
-    static INSPECTOR: Resident<State> = Resident::new();
-
-    struct Module;
-
-    impl Guest for Module {
-        fn init(config: Config) -> Result<(), String> {
-            let settings = Settings::from_config(&config)?;
-            let agents = if settings.source == Source::Os {
-                Vec::new()
-            } else {
-                snmp::agents()
-            };
-            let label = match settings.source {
+    impl Inspector for Module {
+        fn configure(config: &[(String, String)]) -> Result<Self, String> {
+            let settings = Settings::from_config(config)?;
+            let agent = match settings.source {
                 Source::Os => None,
-                _ if !settings.agent.is_empty() => {
-                    if !agents.contains(&settings.agent) {
-                        return Err(format!(
-                            "agent: \"{}\" is not an SNMP agent of this node (known: {})",
-                            settings.agent,
-                            agents.join(", ")
-                        ));
-                    }
-                    Some(settings.agent.clone())
-                }
+                Source::Auto => resolve_agent(&settings.agent)?,
                 Source::Snmp => Some(
-                    agents
-                        .first()
-                        .cloned()
+                    resolve_agent(&settings.agent)?
                         .ok_or("source: \"snmp\" but this node has no SNMP agent configured")?,
                 ),
-                Source::Auto => agents.first().cloned(),
             };
             log::log(
                 log::Level::Info,
                 &format!(
                     "if-health reading {}: {settings:?}",
-                    label
+                    agent
                         .as_deref()
                         .map_or("the OS".to_owned(), |a| format!("SNMP agent {a}"))
                 ),
             );
             let window_ms = settings.common.window_secs.saturating_mul(1000);
-            let snmp = label.is_some().then(|| SnmpSource::new(window_ms));
-            let mut inspector = IfHealth::new(settings, label.unwrap_or_default());
-            inspector.alarms.restore_from_state();
-            INSPECTOR.set(State { inspector, snmp });
-            Ok(())
+            Ok(Module {
+                snmp: agent.is_some().then(|| SnmpSource::new(window_ms)),
+                inspector: IfHealth::new(settings, agent.unwrap_or_default()),
+            })
         }
 
-        fn tick() -> Output {
-            INSPECTOR
-                .with(|state| {
-                    let now_ms = clock::now_ms();
-                    let reading = match &mut state.snmp {
-                        Some(source) => {
-                            let agent = state.inspector.settings().agent.clone();
-                            source.read(now_ms, |oids, reps| snmp::get_bulk(&agent, oids, 0, reps))
-                        }
-                        None => Ok(os::interfaces().into_iter().map(from_os).collect()),
-                    };
-                    let before = state.inspector.problem.clone();
-                    let out = state.inspector.tick(now_ms, reading);
-                    if state.inspector.problem != before {
-                        match &state.inspector.problem {
-                            Some(problem) => log::log(log::Level::Warn, problem),
-                            None => log::log(log::Level::Info, "SNMP agent answers again"),
-                        }
-                    }
-                    state.inspector.alarms.persist();
-                    out
-                })
-                .unwrap_or_default()
+        fn poll(&mut self, now_ms: u64) -> Output {
+            let reading = match &mut self.snmp {
+                Some(source) => {
+                    let agent = self.inspector.settings().agent.clone();
+                    source.read(now_ms, |oids, reps| snmp::get_bulk(&agent, oids, 0, reps))
+                }
+                None => Ok(os::interfaces().into_iter().map(from_os).collect()),
+            };
+            let before = self.inspector.problem.clone();
+            let out = self.inspector.tick(now_ms, reading);
+            log_problem_change(&before, &self.inspector.problem, "SNMP agent answers again");
+            out
+        }
+
+        fn alarms(&mut self) -> &mut Alarms {
+            &mut self.inspector.alarms
         }
     }
 
@@ -666,7 +637,7 @@ mod guest {
         }
     }
 
-    export_inspector!(Module);
+    inspector!(Module);
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! The guest side of AGAD: what a module author needs to write an inspector
 //! or a specialist against the `agad:platform` WIT package (`wit/`).
 //!
-//! An inspector is a type implementing [`inspector::Guest`] plus one
-//! [`export_inspector!`] call; a specialist implements `specialist::Guest`
+//! An inspector is a type implementing [`Inspector`] (configure, poll the
+//! host, hand over its alarm set) plus one [`inspector!`] call, which also
+//! keeps its raised alarms across restarts; [`inspector::Guest`] with
+//! [`export_inspector!`] is the raw form underneath. A specialist implements `specialist::Guest`
 //! and calls `export_specialist!` (feature `specialist`). The host capabilities are the modules
 //! [`os`], [`snmp`], [`state`], [`log`] and [`clock`]; a component imports
 //! only the interfaces whose functions it calls, and its manifest must list
@@ -31,14 +33,24 @@
 //! - [`Resident`]: where a module keeps its state between ticks.
 //!
 //! ```no_run
-//! use agad_sdk::{export_inspector, inspector::Guest, types::{Config, Output}};
+//! use agad_sdk::{Alarms, Check, Comparison, Config, Inspector, Output, inspector, os};
 //!
-//! struct Hello;
-//! impl Guest for Hello {
-//!     fn init(_config: Config) -> Result<(), String> { Ok(()) }
-//!     fn tick() -> Output { Output::default() }
+//! struct Load { alarms: Alarms, limit: f64 }
+//!
+//! impl Inspector for Load {
+//!     fn configure(config: &[(String, String)]) -> Result<Self, String> {
+//!         let config = Config::parse(config, &["limit"]).map_err(|e| e.to_string())?;
+//!         let limit = config.get_or("limit", 4.0).map_err(|e| e.to_string())?;
+//!         Ok(Load { alarms: Alarms::new(3, 3), limit })
+//!     }
+//!     fn poll(&mut self, _now_ms: u64) -> Output {
+//!         let check = Check::new("load", "load.one").threshold(Comparison::Above, self.limit);
+//!         let alarm = self.alarms.check(&check, os::load_average().one);
+//!         Output { alarms: alarm.into_iter().collect(), summaries: vec![] }
+//!     }
+//!     fn alarms(&mut self) -> &mut Alarms { &mut self.alarms }
 //! }
-//! export_inspector!(Hello);
+//! inspector!(Load);
 //! ```
 
 pub mod alarm;
@@ -121,6 +133,61 @@ macro_rules! export_specialist {
         #[allow(unsafe_code)]
         const _: () = {
     $crate::specialist::export!($ty with_types_in $crate::specialist);
+        };
+    };
+}
+
+/// A resident inspector as its author writes it: configure once, then on
+/// every tick read the host and decide what leaves the node. [`inspector!`]
+/// turns it into the WIT exports and keeps its raised alarms in the `state`
+/// capability, so a restarted module neither raises again nor forgets to
+/// clear what it raised before.
+pub trait Inspector: Sized + 'static {
+    /// Validates `config` (refusing unknown keys) and builds the inspector.
+    fn configure(config: &[(String, String)]) -> Result<Self, String>;
+    /// Reads the host capabilities at `now_ms` and returns what must leave
+    /// the node (usually nothing).
+    fn poll(&mut self, now_ms: u64) -> Output;
+    /// The inspector's raised-alarm set, persisted by the SDK.
+    fn alarms(&mut self) -> &mut Alarms;
+}
+
+#[doc(hidden)]
+pub fn __init<T: Inspector>(slot: &Resident<T>, config: types::Config) -> Result<(), String> {
+    let mut inspector = T::configure(&config)?;
+    inspector.alarms().restore_from_state();
+    slot.set(inspector);
+    Ok(())
+}
+
+#[doc(hidden)]
+pub fn __tick<T: Inspector>(slot: &Resident<T>) -> Output {
+    slot.with(|inspector| {
+        let out = inspector.poll(clock::now_ms());
+        inspector.alarms().persist();
+        out
+    })
+    .unwrap_or_default()
+}
+
+/// Exports `$ty` (which implements [`Inspector`]) as the module's `init` and
+/// `tick`. Call once, at the crate root.
+#[macro_export]
+macro_rules! inspector {
+    ($ty:ty) => {
+        const _: () = {
+            static INSPECTOR: $crate::Resident<$ty> = $crate::Resident::new();
+            // Named so it cannot shadow an author's own type passed as `$ty`.
+            struct AgadInspectorExports;
+            impl $crate::inspector::Guest for AgadInspectorExports {
+                fn init(config: $crate::types::Config) -> Result<(), String> {
+                    $crate::__init(&INSPECTOR, config)
+                }
+                fn tick() -> $crate::types::Output {
+                    $crate::__tick(&INSPECTOR)
+                }
+            }
+            $crate::export_inspector!(AgadInspectorExports);
         };
     };
 }

@@ -187,14 +187,25 @@ mod tests {
             w.record(now, "m", "", "", 1.0);
             closed.extend(w.take_due(now));
         }
-        assert_eq!(closed.len(), 9, "ten windows' time closes nine, the tenth is open");
+        assert_eq!(
+            closed.len(),
+            9,
+            "ten windows' time closes nine, the tenth is open"
+        );
         for (n, s) in closed.iter().enumerate() {
             assert_eq!(s.window_end_ms - s.window_start_ms, 6_000);
-            assert_eq!(s.window_start_ms, times[0] + n as u64 * 6_000, "on the grid of the first sample");
+            assert_eq!(
+                s.window_start_ms,
+                times[0] + n as u64 * 6_000,
+                "on the grid of the first sample"
+            );
         }
         let counts: u32 = closed.iter().map(|s| s.count).sum();
         let before_open_window = times.iter().filter(|&&t| t < times[0] + 9 * 6_000).count();
-        assert_eq!(counts as usize, before_open_window, "every sample lands in exactly one window");
+        assert_eq!(
+            counts as usize, before_open_window,
+            "every sample lands in exactly one window"
+        );
     }
 
     #[test]

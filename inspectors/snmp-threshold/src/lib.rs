@@ -194,63 +194,37 @@ impl SnmpThreshold {
 /// The WIT glue: one GET in, [`SnmpThreshold::tick`] out.
 mod guest {
     use super::{Settings, SnmpThreshold};
-    use agad_sdk::inspector::Guest;
-    use agad_sdk::types::{Config, Output};
-    use agad_sdk::{Resident, clock, export_inspector, log, snmp};
+    use agad_sdk::snmp_table::{log_problem_change, resolve_agent};
+    use agad_sdk::types::Output;
+    use agad_sdk::{Alarms, Inspector, inspector, log, snmp};
 
-    static INSPECTOR: Resident<SnmpThreshold> = Resident::new();
-
-    struct Module;
-
-    impl Guest for Module {
-        fn init(config: Config) -> Result<(), String> {
-            let settings = Settings::from_config(&config)?;
-            let agents = snmp::agents();
-            let label = if settings.agent.is_empty() {
-                agents
-                    .first()
-                    .cloned()
-                    .ok_or("this node has no SNMP agent configured")?
-            } else if agents.contains(&settings.agent) {
-                settings.agent.clone()
-            } else {
-                return Err(format!(
-                    "agent: \"{}\" is not an SNMP agent of this node (known: {})",
-                    settings.agent,
-                    agents.join(", ")
-                ));
-            };
+    impl Inspector for SnmpThreshold {
+        fn configure(config: &[(String, String)]) -> Result<Self, String> {
+            let settings = Settings::from_config(config)?;
+            let agent =
+                resolve_agent(&settings.agent)?.ok_or("this node has no SNMP agent configured")?;
             log::log(
                 log::Level::Info,
-                &format!("snmp-threshold configured on agent {label}: {settings:?}"),
+                &format!("snmp-threshold configured on agent {agent}: {settings:?}"),
             );
-            let mut inspector = SnmpThreshold::new(settings, label);
-            inspector.alarms.restore_from_state();
-            INSPECTOR.set(inspector);
-            Ok(())
+            Ok(SnmpThreshold::new(settings, agent))
         }
 
-        fn tick() -> Output {
-            INSPECTOR
-                .with(|inspector| {
-                    let settings = inspector.settings();
-                    let answer = snmp::get(&settings.agent, std::slice::from_ref(&settings.oid));
-                    let before = inspector.problem.clone();
-                    let out = inspector.tick(clock::now_ms(), answer);
-                    if inspector.problem != before {
-                        match &inspector.problem {
-                            Some(problem) => log::log(log::Level::Warn, problem),
-                            None => log::log(log::Level::Info, "values are readable again"),
-                        }
-                    }
-                    inspector.alarms.persist();
-                    out
-                })
-                .unwrap_or_default()
+        fn poll(&mut self, now_ms: u64) -> Output {
+            let settings = self.settings();
+            let answer = snmp::get(&settings.agent, std::slice::from_ref(&settings.oid));
+            let before = self.problem.clone();
+            let out = self.tick(now_ms, answer);
+            log_problem_change(&before, &self.problem, "values are readable again");
+            out
+        }
+
+        fn alarms(&mut self) -> &mut Alarms {
+            &mut self.alarms
         }
     }
 
-    export_inspector!(Module);
+    inspector!(SnmpThreshold);
 }
 
 #[cfg(test)]

@@ -67,14 +67,16 @@ pub fn add_granted_to_linker(
             Capability::Os => {
                 bindings::os::add_to_linker::<_, HasSelf<os::OsProbe>>(linker, |s| &mut s.os)?
             }
-            Capability::Snmp => bindings::snmp::add_to_linker::<_, HasSelf<snmp::SnmpClient>>(
-                linker,
-                |s| &mut s.snmp,
-            )?,
-            Capability::State => bindings::state::add_to_linker::<_, HasSelf<state::ModuleState>>(
-                linker,
-                |s| &mut s.state,
-            )?,
+            Capability::Snmp => {
+                bindings::snmp::add_to_linker::<_, HasSelf<snmp::SnmpClient>>(linker, |s| {
+                    &mut s.snmp
+                })?
+            }
+            Capability::State => {
+                bindings::state::add_to_linker::<_, HasSelf<state::ModuleState>>(linker, |s| {
+                    &mut s.state
+                })?
+            }
             Capability::Log => {
                 bindings::log::add_to_linker::<_, HasSelf<log::ModuleLog>>(linker, |s| &mut s.log)?
             }

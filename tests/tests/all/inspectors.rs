@@ -3,7 +3,9 @@
 
 use agad_protocol::{Bundle, Capability, ManifestSpec, SecretKey};
 use agad_runtime::bindings::types::{Alarm, Output};
-use agad_runtime::{AgentConfig, InspectorInstance, ModuleConfig, Node, NodeSettings, RestartPolicy};
+use agad_runtime::{
+    AgentConfig, InspectorInstance, ModuleConfig, Node, NodeSettings, RestartPolicy,
+};
 use agad_tests::snmpd::Snmpd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +78,11 @@ fn cpu_mem_raises_a_crossed_threshold_once_and_summarises_per_window() {
     // Memory in use is above 0% on any machine that runs this test.
     let mut cpu_mem = h.instance(
         "cpu-mem",
-        &[("mem_percent", "0"), ("raise_after", "2"), ("window_secs", "1")],
+        &[
+            ("mem_percent", "0"),
+            ("raise_after", "2"),
+            ("window_secs", "1"),
+        ],
     );
     let outputs = ticks(&mut cpu_mem, 6, Duration::from_millis(300));
     let raised: Vec<_> = alarms(&outputs)
@@ -84,7 +90,13 @@ fn cpu_mem_raises_a_crossed_threshold_once_and_summarises_per_window() {
         .filter(|a| a.raised && a.metric.starts_with("mem"))
         .collect();
     assert_eq!(raised.len(), 1, "{outputs:?}");
-    assert!(outputs[0].alarms.iter().all(|a| !a.metric.starts_with("mem")), "not before raise_after ticks");
+    assert!(
+        outputs[0]
+            .alarms
+            .iter()
+            .all(|a| !a.metric.starts_with("mem")),
+        "not before raise_after ticks"
+    );
     assert!(raised[0].value > 0.0 && raised[0].threshold == 0.0);
     let summaries: Vec<_> = outputs.iter().flat_map(|o| o.summaries.iter()).collect();
     assert!(!summaries.is_empty(), "a 1 s window closes within 1.5 s");
@@ -98,7 +110,13 @@ fn cpu_mem_raises_a_crossed_threshold_once_and_summarises_per_window() {
 fn app_watch_alarms_once_for_a_missing_process_and_not_for_a_running_one() {
     let h = Harness::new(vec![]);
     let me = std::env::current_exe().unwrap();
-    let own_name: String = me.file_name().unwrap().to_string_lossy().chars().take(15).collect();
+    let own_name: String = me
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .take(15)
+        .collect();
     let mut watch = h.instance(
         "app-watch",
         &[
@@ -109,7 +127,12 @@ fn app_watch_alarms_once_for_a_missing_process_and_not_for_a_running_one() {
     let outputs = ticks(&mut watch, 4, Duration::from_millis(100));
     let raised: Vec<_> = alarms(&outputs).into_iter().filter(|a| a.raised).collect();
     assert_eq!(raised.len(), 1, "{outputs:?}");
-    assert!(raised[0].subject.contains("agad-no-such-daemon") || raised[0].key.contains("agad-no-such-daemon"), "{:?}", raised[0]);
+    assert!(
+        raised[0].subject.contains("agad-no-such-daemon")
+            || raised[0].key.contains("agad-no-such-daemon"),
+        "{:?}",
+        raised[0]
+    );
 }
 
 #[test]
@@ -134,7 +157,9 @@ fn if_health_reads_if_mib_from_snmpd_and_reports_consolidated_rates() {
     let mut ifs = h.instance("if-health", &[("window_secs", "1")]);
     let outputs = ticks(&mut ifs, 4, Duration::from_millis(400));
     assert!(
-        alarms(&outputs).iter().all(|a| !a.raised || a.subject != "lo"),
+        alarms(&outputs)
+            .iter()
+            .all(|a| !a.raised || a.subject != "lo"),
         "loopback is up: {outputs:?}"
     );
     let summaries: Vec<_> = outputs.iter().flat_map(|o| o.summaries.iter()).collect();
@@ -153,7 +178,11 @@ fn snmp_threshold_over_v3_raises_once_and_an_unreachable_agent_alarms_once() {
     // sysUpTime.0 is above 0 on a running agent.
     let mut uptime = h.instance(
         "snmp-threshold",
-        &[("oid", "1.3.6.1.2.1.1.3.0"), ("threshold", "0"), ("raise_after", "1")],
+        &[
+            ("oid", "1.3.6.1.2.1.1.3.0"),
+            ("threshold", "0"),
+            ("raise_after", "1"),
+        ],
     );
     let outputs = ticks(&mut uptime, 3, Duration::from_millis(100));
     let raised: Vec<_> = alarms(&outputs).into_iter().filter(|a| a.raised).collect();
@@ -162,9 +191,18 @@ fn snmp_threshold_over_v3_raises_once_and_an_unreachable_agent_alarms_once() {
 
     let mut unreachable = h.instance(
         "snmp-threshold",
-        &[("oid", "1.3.6.1.2.1.1.3.0"), ("threshold", "0"), ("agent", "dead"), ("raise_after", "1")],
+        &[
+            ("oid", "1.3.6.1.2.1.1.3.0"),
+            ("threshold", "0"),
+            ("agent", "dead"),
+            ("raise_after", "1"),
+        ],
     );
     let outputs = ticks(&mut unreachable, 3, Duration::from_millis(50));
     let raised: Vec<_> = alarms(&outputs).into_iter().filter(|a| a.raised).collect();
-    assert_eq!(raised.len(), 1, "one 'agent unreachable' alarm, not one per tick: {outputs:?}");
+    assert_eq!(
+        raised.len(),
+        1,
+        "one 'agent unreachable' alarm, not one per tick: {outputs:?}"
+    );
 }

@@ -5,7 +5,7 @@ use agad_modules::test_guests;
 use agad_protocol::message::FaultKind;
 use agad_protocol::{Bundle, Capability, ManifestSpec, SecretKey};
 use agad_runtime::{
-    Event, LoadError, LinkError, ModuleConfig, ModuleEngine, Node, NodeSettings, RestartPolicy,
+    Event, LinkError, LoadError, ModuleConfig, ModuleEngine, Node, NodeSettings, RestartPolicy,
     TrustError,
 };
 use std::sync::Arc;
@@ -111,7 +111,9 @@ fn untrusted_tampered_and_expired_bundles_are_refused() {
     let foreign = Bundle::sign(misbehave_spec(), misbehave_wasm(), &stranger, now());
     assert!(matches!(
         t.node.load(&foreign),
-        Err(LoadError::Trust(TrustError::Bundle(agad_protocol::BundleError::UntrustedSigner { .. })))
+        Err(LoadError::Trust(TrustError::Bundle(
+            agad_protocol::BundleError::UntrustedSigner { .. }
+        )))
     ));
 
     let mut tampered = t.sign(misbehave_spec());
@@ -120,11 +122,22 @@ fn untrusted_tampered_and_expired_bundles_are_refused() {
     assert!(err.to_string().contains("SHA-256"), "{err}");
 
     let mut forged = t.sign(misbehave_spec());
-    forged.manifest.capabilities.retain(|c| *c != Capability::Snmp);
+    forged
+        .manifest
+        .capabilities
+        .retain(|c| *c != Capability::Snmp);
     let err = t.node.load(&forged).unwrap_err();
-    assert!(err.to_string().contains("signature does not verify"), "{err}");
+    assert!(
+        err.to_string().contains("signature does not verify"),
+        "{err}"
+    );
 
-    let expired = Bundle::sign(misbehave_spec(), misbehave_wasm(), &t.key, now() - 400 * 86_400);
+    let expired = Bundle::sign(
+        misbehave_spec(),
+        misbehave_wasm(),
+        &t.key,
+        now() - 400 * 86_400,
+    );
     let err = t.node.load(&expired).unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
 }
@@ -139,13 +152,30 @@ fn rollback_is_refused_even_after_a_restart() {
         Bundle::sign(spec, misbehave_wasm(), &key, now())
     };
     {
-        let node = Node::open(settings(Capability::ALL.to_vec()), vec![key.public()], dir.path()).unwrap();
+        let node = Node::open(
+            settings(Capability::ALL.to_vec()),
+            vec![key.public()],
+            dir.path(),
+        )
+        .unwrap();
         node.load(&bundle(5)).unwrap();
     }
-    let node = Node::open(settings(Capability::ALL.to_vec()), vec![key.public()], dir.path()).unwrap();
+    let node = Node::open(
+        settings(Capability::ALL.to_vec()),
+        vec![key.public()],
+        dir.path(),
+    )
+    .unwrap();
     let err = node.load(&bundle(4)).unwrap_err();
     assert!(
-        matches!(err, LoadError::Trust(TrustError::Rollback { offered: 4, accepted: 5, .. })),
+        matches!(
+            err,
+            LoadError::Trust(TrustError::Rollback {
+                offered: 4,
+                accepted: 5,
+                ..
+            })
+        ),
         "{err}"
     );
     node.load(&bundle(6)).unwrap();
@@ -158,18 +188,38 @@ fn undeclared_capability_fails_to_link() {
     spec.capabilities.retain(|c| *c != Capability::Snmp);
     let err = t.node.load(&t.sign(spec)).unwrap_err();
     assert!(
-        matches!(err, LoadError::Link(LinkError::Undeclared { capability: Capability::Snmp, .. })),
+        matches!(
+            err,
+            LoadError::Link(LinkError::Undeclared {
+                capability: Capability::Snmp,
+                ..
+            })
+        ),
         "{err}"
     );
-    assert!(err.to_string().contains("imports capability `snmp`"), "{err}");
+    assert!(
+        err.to_string().contains("imports capability `snmp`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn capability_denied_by_node_policy_fails_to_link() {
-    let t = TestNode::with_policy(vec![Capability::Os, Capability::State, Capability::Log, Capability::Clock]);
+    let t = TestNode::with_policy(vec![
+        Capability::Os,
+        Capability::State,
+        Capability::Log,
+        Capability::Clock,
+    ]);
     let err = t.node.load(&t.sign(misbehave_spec())).unwrap_err();
     assert!(
-        matches!(err, LoadError::Link(LinkError::DeniedByPolicy { capability: Capability::Snmp, .. })),
+        matches!(
+            err,
+            LoadError::Link(LinkError::DeniedByPolicy {
+                capability: Capability::Snmp,
+                ..
+            })
+        ),
         "{err}"
     );
 }
@@ -190,11 +240,17 @@ fn compiled_components_are_cached_by_hash() {
     assert!(std::fs::read(&entry).unwrap().len() > 1000);
 }
 
-async fn started(t: &TestNode, bundle: &Bundle, config: ModuleConfig) -> (mpsc::Receiver<Event>, watch::Sender<bool>) {
+async fn started(
+    t: &TestNode,
+    bundle: &Bundle,
+    config: ModuleConfig,
+) -> (mpsc::Receiver<Event>, watch::Sender<bool>) {
     let (tx, rx) = mpsc::channel(256);
     let (stop, shutdown) = watch::channel(false);
     let module = t.node.load(bundle).unwrap();
-    t.node.start_inspector(module, config, tx, shutdown).unwrap();
+    t.node
+        .start_inspector(module, config, tx, shutdown)
+        .unwrap();
     (rx, stop)
 }
 
@@ -204,9 +260,16 @@ async fn infinite_loop_is_interrupted_and_restarted() {
     let mut spec = misbehave_spec();
     spec.limits.max_time_per_call_ms = 100;
     let (mut rx, _stop) = started(&t, &t.sign(spec), mode("loop")).await;
-    let events = collect_until(&mut rx, Duration::from_secs(20), |e| faults(e, "misbehave").count() >= 2).await;
+    let events = collect_until(&mut rx, Duration::from_secs(20), |e| {
+        faults(e, "misbehave").count() >= 2
+    })
+    .await;
     let kinds: Vec<_> = faults(&events, "misbehave").collect();
-    assert_eq!(kinds, vec![FaultKind::Timeout, FaultKind::Timeout], "{events:?}");
+    assert_eq!(
+        kinds,
+        vec![FaultKind::Timeout, FaultKind::Timeout],
+        "{events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +278,10 @@ async fn memory_bomb_is_capped() {
     let mut spec = misbehave_spec();
     spec.limits.max_memory_bytes = 8 * 1024 * 1024;
     let (mut rx, _stop) = started(&t, &t.sign(spec), mode("bomb")).await;
-    let events = collect_until(&mut rx, Duration::from_secs(20), |e| faults(e, "misbehave").count() >= 1).await;
+    let events = collect_until(&mut rx, Duration::from_secs(20), |e| {
+        faults(e, "misbehave").count() >= 1
+    })
+    .await;
     let kinds: Vec<_> = faults(&events, "misbehave").collect();
     assert_eq!(kinds.first(), Some(&FaultKind::MemoryLimit), "{events:?}");
 }
@@ -227,8 +293,12 @@ async fn a_trapping_module_is_restarted_with_backoff_while_others_keep_running()
     let (_stop, shutdown) = watch::channel(false);
     let trapper = t.node.load(&t.named("trapper")).unwrap();
     let steady = t.node.load(&t.named("steady")).unwrap();
-    t.node.start_inspector(trapper, mode("trap"), tx.clone(), shutdown.clone()).unwrap();
-    t.node.start_inspector(steady, mode("alarm-every-tick"), tx, shutdown).unwrap();
+    t.node
+        .start_inspector(trapper, mode("trap"), tx.clone(), shutdown.clone())
+        .unwrap();
+    t.node
+        .start_inspector(steady, mode("alarm-every-tick"), tx, shutdown)
+        .unwrap();
     let steady_alarms = |events: &[Event]| {
         events
             .iter()
@@ -249,8 +319,15 @@ async fn a_trapping_module_is_restarted_with_backoff_while_others_keep_running()
     assert!(trapper_faults.len() >= 4, "{events:?}");
     assert!(trapper_faults.iter().all(|f| f.kind == FaultKind::Trap));
     let waits: Vec<u64> = trapper_faults.iter().map(|f| f.restart_in_ms).collect();
-    assert_eq!(&waits[..4], &[50, 100, 200, 400], "back-off doubles up to the max");
-    assert!(steady_alarms(&events) >= 10, "the healthy module kept ticking: {events:?}");
+    assert_eq!(
+        &waits[..4],
+        &[50, 100, 200, 400],
+        "back-off doubles up to the max"
+    );
+    assert!(
+        steady_alarms(&events) >= 10,
+        "the healthy module kept ticking: {events:?}"
+    );
     assert_eq!(faults(&events, "steady").count(), 0);
 }
 
@@ -262,6 +339,14 @@ async fn a_module_that_trapped_once_recovers_and_its_state_survives() {
         e.iter().any(|e| matches!(e, Event::Alarm(_)))
     })
     .await;
-    assert_eq!(faults(&events, "misbehave").collect::<Vec<_>>(), vec![FaultKind::Trap]);
-    assert!(events.iter().any(|e| matches!(e, Event::Alarm(a) if a.key == "recovered")), "{events:?}");
+    assert_eq!(
+        faults(&events, "misbehave").collect::<Vec<_>>(),
+        vec![FaultKind::Trap]
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Alarm(a) if a.key == "recovered")),
+        "{events:?}"
+    );
 }
