@@ -184,12 +184,7 @@ mod guest {
 mod tests {
     use super::*;
 
-    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect()
-    }
+    use agad_sdk::config::pairs;
 
     fn settings(items: &[(&str, &str)]) -> Settings {
         Settings::from_config(&pairs(items)).expect("valid config")

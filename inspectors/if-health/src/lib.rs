@@ -647,12 +647,7 @@ mod tests {
     use agad_sdk::snmp_table::compare_oids;
     use std::cmp::Ordering;
 
-    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect()
-    }
+    use agad_sdk::config::pairs;
 
     fn settings(items: &[(&str, &str)]) -> Settings {
         Settings::from_config(&pairs(items)).expect("valid config")

@@ -322,13 +322,6 @@ impl Default for Common {
 mod tests {
     use super::*;
 
-    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
     const KNOWN: &[&str] = &[
         "threshold",
         "mounts",
@@ -457,4 +450,12 @@ mod tests {
         let config = Config::parse(&[], COMMON_KEYS).expect("valid");
         assert_eq!(config.common().expect("defaults"), Common::default());
     }
+}
+
+/// A config list from string pairs, as tests and tools write it.
+pub fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }

@@ -236,12 +236,7 @@ mod tests {
 
     const OID: &str = "1.3.6.1.4.1.2021.10.1.5.1";
 
-    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect()
-    }
+    use agad_sdk::config::pairs;
 
     fn settings(items: &[(&str, &str)]) -> Settings {
         let mut all = vec![("oid", OID), ("threshold", "100")];
