@@ -310,6 +310,11 @@ impl Supervisor {
             {
                 None => return,
                 Some(fault) => {
+                    // Healthy ticks reset the count: this failure starts a
+                    // new streak, so it waits the shortest back-off again.
+                    if failures == 0 {
+                        backoff = this.restart.initial;
+                    }
                     failures += 1;
                     if !this
                         .pause_after(fault, failures, &mut backoff, &mut shutdown)
@@ -318,9 +323,6 @@ impl Supervisor {
                         return;
                     }
                 }
-            }
-            if failures == 0 {
-                backoff = this.restart.initial;
             }
         }
     }

@@ -350,3 +350,25 @@ async fn a_module_that_trapped_once_recovers_and_its_state_survives() {
         "{events:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_off_starts_over_after_the_module_ran_cleanly() {
+    let t = TestNode::new();
+    let (mut rx, _stop) = started(&t, &t.sign(misbehave_spec()), mode("trap-every-4th")).await;
+    let events = collect_until(&mut rx, Duration::from_secs(20), |e| {
+        faults(e, "misbehave").count() >= 3
+    })
+    .await;
+    let waits: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fault(f) => Some(f.restart_in_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        waits,
+        vec![50, 50, 50],
+        "each fault follows three clean ticks: {events:?}"
+    );
+}

@@ -16,6 +16,7 @@
 //!   raises alarm `snmp-error` if the request fails.
 //! - `alarm`: raises alarm `misbehave` on the first tick of each instance.
 //! - `alarm-every-tick`: raises alarm `tick` on every tick (a load for tests).
+//! - `trap-every-4th`: three clean ticks, then a panic, in every instance.
 //!
 //! Layout: one file; [`Mode`] parses the config, `tick` acts on it.
 
@@ -33,6 +34,7 @@ enum Mode {
     Snmp,
     Alarm,
     AlarmEveryTick,
+    TrapEvery4th,
 }
 
 impl Mode {
@@ -46,6 +48,7 @@ impl Mode {
             "snmp" => Mode::Snmp,
             "alarm" => Mode::Alarm,
             "alarm-every-tick" => Mode::AlarmEveryTick,
+            "trap-every-4th" => Mode::TrapEvery4th,
             _ => return None,
         })
     }
@@ -132,6 +135,8 @@ impl Guest for Misbehave {
             Mode::Alarm if ticks == 1 => with_alarm("misbehave"),
             Mode::Alarm => Output::default(),
             Mode::AlarmEveryTick => with_alarm("tick"),
+            Mode::TrapEvery4th if ticks % 4 == 0 => panic!("misbehave: fourth tick"),
+            Mode::TrapEvery4th => Output::default(),
             Mode::Ok => {
                 let stored = state::get("ticks")
                     .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
