@@ -138,11 +138,12 @@ fn default_data_dir() -> PathBuf {
     base.join("agad/node")
 }
 
-/// `--config` values split per module: `None` applies to every module.
-fn split_config(
-    values: &[String],
-) -> anyhow::Result<BTreeMap<Option<String>, Vec<(String, String)>>> {
-    let mut out: BTreeMap<Option<String>, Vec<(String, String)>> = BTreeMap::new();
+/// Module settings keyed by module name; `None` applies to every module.
+type ConfigByModule = BTreeMap<Option<String>, Vec<(String, String)>>;
+
+/// `--config` values split per module.
+fn split_config(values: &[String]) -> anyhow::Result<ConfigByModule> {
+    let mut out = ConfigByModule::new();
     for raw in values {
         let (target, setting) = match raw.split_once(':') {
             Some((module, rest)) if !module.contains('=') => (Some(module.to_owned()), rest),
@@ -263,6 +264,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,5 @@
 //! The `agad` binary as an operator or a module author uses it: real
+#![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 //! processes, real wasm components built from this repository.
 
 use std::path::{Path, PathBuf};

@@ -575,6 +575,7 @@ impl Drop for Relay {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

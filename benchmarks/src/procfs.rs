@@ -119,6 +119,7 @@ pub fn own_comm() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

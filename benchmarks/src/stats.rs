@@ -62,6 +62,7 @@ pub fn bytes(n: f64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

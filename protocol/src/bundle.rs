@@ -176,6 +176,7 @@ impl Bundle {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::manifest::{Area, Capability, Kind, Limits};

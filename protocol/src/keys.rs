@@ -107,6 +107,7 @@ fn parse_key_line(text: &str, kind: &'static str) -> Result<[u8; 32], KeyError> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

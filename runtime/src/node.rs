@@ -481,6 +481,7 @@ fn summary(s: wit::Summary) -> Summary {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

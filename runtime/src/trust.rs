@@ -83,6 +83,7 @@ fn decode_record(record: &[u8]) -> (u64, [u8; 32]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use agad_protocol::{Area, Kind, Limits, ManifestSpec, SecretKey};

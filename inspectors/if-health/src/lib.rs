@@ -641,6 +641,7 @@ mod guest {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use agad_sdk::Alarm;

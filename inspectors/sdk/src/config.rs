@@ -318,7 +318,16 @@ impl Default for Common {
     }
 }
 
+/// A config list from string pairs, as tests and tools write it.
+pub fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -450,12 +459,4 @@ mod tests {
         let config = Config::parse(&[], COMMON_KEYS).expect("valid");
         assert_eq!(config.common().expect("defaults"), Common::default());
     }
-}
-
-/// A config list from string pairs, as tests and tools write it.
-pub fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-    items
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }

@@ -133,6 +133,7 @@ impl<K: Ord + Clone> Hysteresis<K> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

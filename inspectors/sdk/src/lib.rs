@@ -252,6 +252,7 @@ impl<T> Default for Resident<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -250,7 +250,37 @@ pub fn observe_agent(
     })
 }
 
+/// Host call: the agent an inspector should query — `requested` if the node
+/// has it, the node's default agent when `requested` is empty; `None` when
+/// the node has no agent at all and none was requested.
+pub fn resolve_agent(requested: &str) -> Result<Option<String>, String> {
+    let agents = crate::snmp::agents();
+    if requested.is_empty() {
+        return Ok(agents.first().cloned());
+    }
+    if agents.iter().any(|a| a == requested) {
+        Ok(Some(requested.to_owned()))
+    } else {
+        Err(format!(
+            "agent: \"{requested}\" is not an SNMP agent of this node (known: {})",
+            agents.join(", ")
+        ))
+    }
+}
+
+/// Host call: logs when an inspector's reading problem starts, changes or
+/// ends, so the node's log gets one line per change rather than one per tick.
+pub fn log_problem_change(before: &Option<String>, after: &Option<String>, recovered: &str) {
+    if before != after {
+        match after {
+            Some(problem) => crate::log::log(crate::log::Level::Warn, problem),
+            None => crate::log::log(crate::log::Level::Info, recovered),
+        }
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -426,34 +456,5 @@ mod tests {
         assert_eq!(Value::Integer(-1).as_counter(), None);
         assert!(Value::NoSuchInstance.is_missing());
         assert_eq!(Value::NoSuchObject.type_name(), "noSuchObject");
-    }
-}
-
-/// Host call: the agent an inspector should query — `requested` if the node
-/// has it, the node's default agent when `requested` is empty; `None` when
-/// the node has no agent at all and none was requested.
-pub fn resolve_agent(requested: &str) -> Result<Option<String>, String> {
-    let agents = crate::snmp::agents();
-    if requested.is_empty() {
-        return Ok(agents.first().cloned());
-    }
-    if agents.iter().any(|a| a == requested) {
-        Ok(Some(requested.to_owned()))
-    } else {
-        Err(format!(
-            "agent: \"{requested}\" is not an SNMP agent of this node (known: {})",
-            agents.join(", ")
-        ))
-    }
-}
-
-/// Host call: logs when an inspector's reading problem starts, changes or
-/// ends, so the node's log gets one line per change rather than one per tick.
-pub fn log_problem_change(before: &Option<String>, after: &Option<String>, recovered: &str) {
-    if before != after {
-        match after {
-            Some(problem) => crate::log::log(crate::log::Level::Warn, problem),
-            None => crate::log::log(crate::log::Level::Info, recovered),
-        }
     }
 }

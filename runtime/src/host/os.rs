@@ -481,6 +481,7 @@ fn status_name(status: ProcessStatus) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

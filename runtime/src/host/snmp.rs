@@ -899,6 +899,7 @@ impl snmp::Host for SnmpClient {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
