@@ -36,7 +36,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         crate::module_cmd::read_secret_key(&secret_path)?
     } else {
         let key = SecretKey::generate();
-        std::fs::write(&secret_path, key.to_text())?;
+        crate::module_cmd::write_private(&secret_path, key.to_text().as_bytes())?;
         std::fs::write(&public_path, key.public().to_text())?;
         key
     };
