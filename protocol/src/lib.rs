@@ -12,11 +12,17 @@
 //! - [`bundle`]: a manifest, its signature and the exact wasm bytes, as one
 //!   file (`.agad`), and the checks a receiver makes before compiling it.
 //! - [`message`]: alarms, summaries and reports as they travel upward.
+//! - [`topology`]: BTPG (the network as an operator describes it) and BTPD
+//!   (one domain's slice).
+//! - [`wire`]: the messages between levels and their one codec (framing,
+//!   protocol version, size cap).
 
 pub mod bundle;
 pub mod keys;
 pub mod manifest;
 pub mod message;
+pub mod topology;
+pub mod wire;
 
 pub use bundle::{Bundle, BundleError};
 pub use keys::{KeyError, KeyId, PublicKey, SecretKey};

@@ -1,0 +1,1 @@
+//! Networking between AGAD levels (being written).

@@ -1,0 +1,305 @@
+//! The wire protocol between levels: messages and their one codec.
+//!
+//! Three classes travel on every link (DESIGN §2): control, alarm and
+//! report. A frame is `[u32 body length, big-endian][u16 protocol version]
+//! [body]`, the body being the bincode 2 encoding of one [`Message`]. This
+//! module is the only place that knows the byte layout, so the format can
+//! change in one place; everything else sends and receives [`Message`]s.
+
+use crate::manifest::Manifest;
+use crate::message::{Alarm, Report, Summary};
+use crate::topology::DomainTopology;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on every incompatible change of [`Message`].
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest body accepted; anything bigger closes the connection unread.
+/// Big enough for a replica carrying a domain's module bundles.
+pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
+/// Length prefix plus protocol version.
+pub const HEADER_LEN: usize = 6;
+
+/// What a peer is, as its certificate says (`OU=<role>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Node,
+    Dominio,
+    Mor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Dominio => "dominio",
+            Role::Mor => "mor",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "node" => Some(Role::Node),
+            "dominio" => Some(Role::Dominio),
+            "mor" => Some(Role::Mor),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a peer stands in enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enrollment {
+    /// Known to nobody yet: waits for `agad enroll approve <fingerprint>`.
+    Pending,
+    /// Approved (by an operator or a ticket); waits for `agad enroll activate`.
+    Inactive,
+    Active,
+}
+
+/// One module as a manager hands it down: the signed manifest always, the
+/// wasm bytes only when the receiver said it lacks that hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleCopy {
+    pub manifest: Manifest,
+    pub signature: Vec<u8>,
+    pub wasm: Option<Vec<u8>>,
+}
+
+/// A module to run on a node, with its configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub module: ModuleCopy,
+    pub config: Vec<(String, String)>,
+}
+
+/// One version of a domain's bases, pushed by the top manager (BC, BTPD, BCN).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replica {
+    pub version: u64,
+    pub topology: DomainTopology,
+    /// BC: the bundles the domain's assignments name.
+    pub modules: Vec<ModuleCopy>,
+    /// BCN: knowledge-base rule files (name, text); may be empty.
+    pub rules: Vec<(String, String)>,
+    /// Identities enrolled in this domain and their state.
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the certificate, hex.
+    pub fingerprint: String,
+    pub state: Enrollment,
+}
+
+/// How one component of an element is doing, carried by every keep-alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// Consolidation of one domain over one window, sent up by its manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainReport {
+    /// `<domain>/<window start>`: the receiver keeps one per id.
+    pub id: String,
+    pub domain: String,
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+    /// Per node: one summary per (module, metric, subject).
+    pub nodes: Vec<NodeSummary>,
+    /// Per domain: the node summaries of each (module, metric, subject) merged.
+    pub domain_summaries: Vec<NodeSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// Node name, or the domain's name for domain-wide rows.
+    pub node: String,
+    pub module: String,
+    pub summary: Summary,
+}
+
+/// Everything a reportable message can carry upward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Upward {
+    Alarm(Alarm),
+    NodeReport(Report),
+    DomainReport(DomainReport),
+}
+
+/// Control class: membership, replication, deployment, liveness, acks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Control {
+    /// First frame of a connecting peer. Its identity is its certificate;
+    /// `ticket` is a one-time enrollment ticket, `modules_held` the hashes
+    /// (hex) it already stores so they are not sent again.
+    Hello {
+        role: Role,
+        software: String,
+        ticket: Option<String>,
+        modules_held: Vec<String>,
+    },
+    /// The answer to `Hello`. Anything but `Active` is followed by a close;
+    /// the peer retries later.
+    Welcome {
+        enrollment: Enrollment,
+        reason: String,
+    },
+    /// Top manager → station: serve this domain (then `Replicate`).
+    AssignDomain { domain: String },
+    /// Top manager → domain manager: a new version of the domain's bases.
+    Replicate(Box<Replica>),
+    ReplicaAck { version: u64 },
+    /// Domain manager → top manager: someone asks to join this domain.
+    Enroll {
+        name: String,
+        role: Role,
+        fingerprint: String,
+        ticket: Option<String>,
+    },
+    /// Domain manager → node: run exactly these modules (replaces the last set).
+    Deploy {
+        version: u64,
+        modules: Vec<Deployment>,
+    },
+    DeployAck { version: u64, problems: Vec<String> },
+    KeepAlive { components: Vec<ComponentStatus> },
+    /// Receiver → sender: these outbox sequence numbers are stored for good.
+    Ack { seqs: Vec<u64> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    Control(Control),
+    /// Alarms and reports carry the sender's outbox sequence number; the
+    /// receiver acknowledges it once the message is stored.
+    Alarm { seq: u64, body: Upward },
+    Report { seq: u64, body: Upward },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("protocol version {got} is not supported (this side speaks {PROTOCOL_VERSION})")]
+    Version { got: u16 },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
+}
+
+/// The whole frame (header and body) for one message.
+pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
+    let mut frame = vec![0u8; HEADER_LEN];
+    bincode::serde::encode_into_std_write(message, &mut frame, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let len = frame.len() - HEADER_LEN;
+    if len > MAX_FRAME_LEN {
+        return Err(CodecError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    frame[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    Ok(frame)
+}
+
+/// Checks a header and returns the body length that follows it.
+pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize, CodecError> {
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let version = u16::from_be_bytes([header[4], header[5]]);
+    if version != PROTOCOL_VERSION {
+        return Err(CodecError::Version { got: version });
+    }
+    if len > MAX_FRAME_LEN {
+        return Err(CodecError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(len)
+}
+
+/// Decodes one body; trailing bytes are an error, not ignored.
+pub fn decode_body(body: &[u8]) -> Result<Message, CodecError> {
+    let (message, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} bytes left over after the message",
+            body.len() - used
+        )));
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn keep_alive() -> Message {
+        Message::Control(Control::KeepAlive {
+            components: vec![ComponentStatus {
+                name: "cpu-mem".into(),
+                healthy: true,
+                detail: String::new(),
+            }],
+        })
+    }
+
+    fn split(frame: &[u8]) -> (&[u8; HEADER_LEN], &[u8]) {
+        let (h, b) = frame.split_at(HEADER_LEN);
+        (h.try_into().unwrap(), b)
+    }
+
+    #[test]
+    fn a_message_survives_the_round_trip() {
+        let frame = encode(&keep_alive()).unwrap();
+        let (header, body) = split(&frame);
+        assert_eq!(decode_header(header).unwrap(), body.len());
+        assert_eq!(decode_body(body).unwrap(), keep_alive());
+    }
+
+    #[test]
+    fn another_version_is_refused() {
+        let mut frame = encode(&keep_alive()).unwrap();
+        frame[5] = 9;
+        let (header, _) = split(&frame);
+        assert!(matches!(decode_header(header), Err(CodecError::Version { got: 9 })));
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_reading_the_body() {
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        header[4..].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        assert!(matches!(decode_header(&header), Err(CodecError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_malformed() {
+        assert!(matches!(decode_body(&[0xff; 7]), Err(CodecError::Malformed(_))));
+        let frame = encode(&keep_alive()).unwrap();
+        let mut body = frame[HEADER_LEN..].to_vec();
+        body.push(0);
+        assert!(matches!(decode_body(&body), Err(CodecError::Malformed(_))));
+    }
+}
