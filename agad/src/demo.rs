@@ -1,48 +1,140 @@
-//! `agad demo`: the whole node workflow on this machine — a publisher key,
-//! the built-in inspectors signed into bundles, and `agad node run` on them.
+//! `agad demo`: the whole hierarchy on this machine, over loopback with real
+//! TLS — a deployment CA, a top manager, two domains each with its domain
+//! manager, and three nodes, all separate processes; the built-in inspectors
+//! signed, published and assigned by a demo topology. Prints the equivalent
+//! commands and where to look, and stops everything on Ctrl-C.
 
+use crate::admin_cmd;
 use crate::module_cmd::unix_now;
-use crate::node_cmd::{RunArgs, run_local};
+use agad_gerente_mor::admin::{Answer, Request};
+use agad_protocol::wire::{Enrollment, Role};
 use agad_protocol::{Bundle, ManifestSpec, SecretKey};
-use anyhow::Context;
-use std::path::PathBuf;
-use std::time::Duration;
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Folder for the demo's key, bundles and node data (reused between runs).
+    /// Folder for the demo's keys, certificates, bundles, databases and logs (reused between runs).
     #[arg(long, default_value = "agad-demo")]
     dir: PathBuf,
     /// How often each inspector samples.
     #[arg(long, default_value = "2s")]
     period: String,
-    /// Report window: one summary per series per window.
+    /// Report window of nodes and domains, in seconds.
     #[arg(long, default_value = "20")]
     window_secs: u64,
     /// Stop after this long (e.g. 60s); runs until Ctrl-C otherwise.
-    #[arg(long = "for", value_parser = |s: &str| agad_runtime::parse_duration(s).ok_or(format!("`{s}` is not a duration")))]
+    #[arg(long = "for", value_parser = crate::parse_cli_duration)]
     run_for: Option<Duration>,
 }
+
+/// (domain, its station, its nodes)
+const DOMAINS: &[(&str, &str, &[&str])] = &[
+    ("campus", "station-campus", &["campus-1", "campus-2"]),
+    ("lab", "station-lab", &["lab-1"]),
+];
 
 /// Modules that need an SNMP agent named in a node file; the demo has none.
 const NEEDS_AGENT: &[&str] = &["snmp-threshold"];
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("cannot create {}", args.dir.display()))?;
-    let secret_path = args.dir.join("publisher.secret");
-    let public_path = args.dir.join("publisher.pub");
-    let key = if secret_path.exists() {
-        crate::module_cmd::read_secret_key(&secret_path)?
-    } else {
-        let key = SecretKey::generate();
-        crate::module_cmd::write_private(&secret_path, key.to_text().as_bytes())?;
-        std::fs::write(&public_path, key.public().to_text())?;
-        key
-    };
-    let d = args.dir.display();
-    eprintln!("# what this demo does, as separate commands:");
-    eprintln!("#   agad module keygen --out {d}/publisher");
+    let dir = std::path::absolute(&args.dir)?;
+    std::fs::create_dir_all(dir.join("logs"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let d = dir.display();
+    // Keys and certificates are kept; the processes' bases start afresh so
+    // every run shows the whole sequence (publish, apply, enroll, deploy).
+    for name in std::iter::once("mor").chain(DOMAINS.iter().flat_map(|(_, s, n)| std::iter::once(*s).chain(n.iter().copied()))) {
+        let data = dir.join(name);
+        if data.exists() {
+            std::fs::remove_dir_all(&data).with_context(|| format!("cannot clear {}", data.display()))?;
+        }
+    }
+    let publisher = publisher_key(&dir)?;
+    let bundles = sign_builtins(&dir, &publisher)?;
+    let pki = dir.join("pki");
+    issue_certificates(&pki)?;
+    let mor_dir = dir.join("mor");
+    let mor_addr = free_port()?;
+    let exe = std::env::current_exe()?;
+    let mut children = Children::default();
+
+    eprintln!("#   agad mor --pki {d}/pki --name mor --listen {mor_addr} --data-dir {d}/mor --trust {d}/publisher.pub");
+    children.spawn(&dir, "mor", Command::new(&exe).args(["mor", "--pki"]).arg(&pki).args(["--name", "mor", "--listen", &mor_addr, "--data-dir"]).arg(&mor_dir).arg("--trust").arg(dir.join("publisher.pub")))?;
+    wait_for(&mor_dir, &mut children)?;
+    for path in &bundles {
+        eprintln!("#   agad module publish {}", path.display());
+        admin_cmd::publish(&mor_dir, path)?;
+    }
+    let topology = dir.join("topology.toml");
+    std::fs::write(&topology, demo_topology(&args.period, args.window_secs))?;
+    eprintln!("#   agad topology apply {d}/topology.toml");
+    admin_cmd::topology(&mor_dir, admin_cmd::TopologyCommand::Apply { file: topology, dry_run: false })?;
+
+    let mut names = Vec::new();
+    for (domain, station, nodes) in DOMAINS {
+        let listen = free_port()?;
+        let station_ticket = ticket(&mor_dir, station)?;
+        eprintln!("#   agad dominio --pki {d}/pki --name {station} --mor {mor_addr} --listen {listen} --data-dir {d}/{station} --ticket <from agad enroll ticket {station}>");
+        children.spawn(&dir, station, Command::new(&exe).args(["dominio", "--pki"]).arg(&pki).args(["--name", station, "--mor", &mor_addr, "--listen", &listen, "--data-dir"]).arg(dir.join(station)).args(["--ticket", &station_ticket, "--keepalive", "5s"]))?;
+        names.push(station.to_string());
+        for node in *nodes {
+            let node_ticket = ticket(&mor_dir, node)?;
+            eprintln!("#   agad node --dominio {listen} --pki {d}/pki --name {node} --trust {d}/publisher.pub --data-dir {d}/{node} --ticket <...>   (domain {domain})");
+            children.spawn(&dir, node, Command::new(&exe).args(["node", "--dominio", &listen, "--pki"]).arg(&pki).args(["--name", node, "--trust"]).arg(dir.join("publisher.pub")).arg("--data-dir").arg(dir.join(node)).args(["--ticket", &node_ticket, "--keepalive", "5s"]))?;
+            names.push(node.to_string());
+        }
+    }
+    activate_when_approved(&mor_dir, &names, &mut children)?;
+    eprintln!();
+    eprintln!("AGAD is running: top manager, 2 domain managers, 3 nodes (logs in {d}/logs).");
+    eprintln!("Look at it from another terminal:");
+    eprintln!("  export AGAD_MOR_DIR={d}/mor");
+    eprintln!("  agad status             # domains, their managers, nodes and modules");
+    eprintln!("  agad alarms             # alarms in BIG (lab-1 alarms: a process it watches is missing)");
+    eprintln!("  agad report             # consolidated reports, one per domain per {}s window", args.window_secs);
+    eprintln!("  (from the source tree: cargo run --release -p agad -- status, ...)");
+    eprintln!("Ctrl-C stops everything.");
+    let deadline = args.run_for.map(|d| Instant::now() + d);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(rt) = rt {
+                rt.block_on(crate::shutdown_signal());
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
+        if let Some(name) = children.exited() {
+            children.stop_all();
+            bail!("{name} stopped unexpectedly; see {d}/logs/{name}.log");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("stopping...");
+    children.stop_all();
+    Ok(())
+}
+
+fn publisher_key(dir: &Path) -> anyhow::Result<SecretKey> {
+    let secret_path = dir.join("publisher.secret");
+    if secret_path.exists() {
+        return crate::module_cmd::read_secret_key(&secret_path);
+    }
+    let key = SecretKey::generate();
+    crate::module_cmd::write_private(&secret_path, key.to_text().as_bytes())?;
+    std::fs::write(dir.join("publisher.pub"), key.public().to_text())?;
+    eprintln!("#   agad module keygen --out {}/publisher", dir.display());
+    Ok(key)
+}
+
+/// Signs the built-in inspectors into `<dir>/<name>.agad`.
+fn sign_builtins(dir: &Path, key: &SecretKey) -> anyhow::Result<Vec<PathBuf>> {
     let mut bundles = Vec::new();
     for builtin in agad_modules::INSPECTORS {
         if NEEDS_AGENT.contains(&builtin.name) {
@@ -50,43 +142,154 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         let spec = ManifestSpec::from_toml(builtin.manifest_toml)
             .with_context(|| format!("built-in manifest of {}", builtin.name))?;
-        let wasm_path = args.dir.join(format!("{}.wasm", builtin.name));
-        std::fs::write(&wasm_path, builtin.wasm)?;
-        let manifest_path = args.dir.join(format!("{}.toml", builtin.name));
-        std::fs::write(&manifest_path, builtin.manifest_toml)?;
-        let bundle = Bundle::sign(spec, builtin.wasm.to_vec(), &key, unix_now());
-        let bundle_path = args.dir.join(format!("{}.agad", builtin.name));
+        std::fs::write(dir.join(format!("{}.wasm", builtin.name)), builtin.wasm)?;
+        std::fs::write(dir.join(format!("{}.toml", builtin.name)), builtin.manifest_toml)?;
+        let bundle_path = dir.join(format!("{}.agad", builtin.name));
+        let bundle = Bundle::sign(spec, builtin.wasm.to_vec(), key, unix_now());
         std::fs::write(&bundle_path, bundle.to_bytes())?;
-        eprintln!(
-            "#   agad module sign {d}/{0}.wasm --manifest {d}/{0}.toml --key {d}/publisher.secret --out {d}/{0}.agad",
-            builtin.name
-        );
+        eprintln!("#   agad module sign {0}/{1}.wasm --manifest {0}/{1}.toml --key {0}/publisher.secret --out {0}/{1}.agad", dir.display(), builtin.name);
         bundles.push(bundle_path);
     }
-    let config = vec![
-        format!("period={}", args.period),
-        format!("window_secs={}", args.window_secs),
-        "app-watch:processes=sshd,cron,agad".to_owned(),
-    ];
-    let list: Vec<String> = bundles
-        .iter()
-        .map(|b| format!("--bundle {}", b.display()))
-        .collect();
-    let cfg: Vec<String> = config.iter().map(|c| format!("--config {c}")).collect();
-    eprintln!(
-        "#   agad node run --trust {d}/publisher.pub --data-dir {d}/node {} {}",
-        list.join(" "),
-        cfg.join(" ")
-    );
-    eprintln!(
-        "# (snmp-threshold needs an SNMP agent in a --node-config file, so the demo leaves it out)"
-    );
-    run_local(RunArgs {
-        bundles,
-        config,
-        trusted: vec![public_path],
-        node_config: None,
-        data_dir: Some(args.dir.join("node")),
-        run_for: args.run_for,
-    })
+    Ok(bundles)
+}
+
+fn issue_certificates(pki: &Path) -> anyhow::Result<()> {
+    if !pki.join("ca.key").exists() {
+        agad_net::pki::init_ca(pki, "agad-demo")?;
+        eprintln!("#   agad pki init --dir {}", pki.display());
+    }
+    let mut all = vec![("mor", Role::Mor)];
+    for (_, station, nodes) in DOMAINS {
+        all.push((station, Role::Dominio));
+        all.extend(nodes.iter().map(|n| (*n, Role::Node)));
+    }
+    for (name, role) in all {
+        if !pki.join(format!("{name}.key")).exists() {
+            agad_net::pki::issue(pki, role, name, pki)?;
+            eprintln!("#   agad pki issue --ca-dir {0} --role {role} --name {name} --out {0}", pki.display());
+        }
+    }
+    Ok(())
+}
+
+fn demo_topology(period: &str, window_secs: u64) -> String {
+    let mut t = String::from("# The demo's network: two domains, three nodes.\n");
+    for (domain, station, nodes) in DOMAINS {
+        t += &format!("\n[[domain]]\nname = \"{domain}\"\nstations = [\"{station}\"]\nreport_window = \"{window_secs}s\"\n");
+        for node in *nodes {
+            t += &format!("\n[[node]]\nname = \"{node}\"\ndomain = \"{domain}\"\naddress = \"127.0.0.1\"\n");
+        }
+    }
+    t += "\n[[link]]\nbetween = [\"campus-1\", \"campus-2\"]\n";
+    let common = format!("period = \"{period}\"\nwindow_secs = {window_secs}\n");
+    t += &format!("\n[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"campus\"\nnodes = [\"lab-1\"]\n[assign.config]\n{common}");
+    t += &format!("\n[[assign]]\nmodule = \"disk-space\"\ndomain = \"campus\"\n[assign.config]\n{common}");
+    t += &format!("\n[[assign]]\nmodule = \"if-health\"\nnodes = [\"campus-1\"]\n[assign.config]\nsource = \"os\"\n{common}");
+    // A process that is certainly not running, so the demo shows an alarm.
+    t += &format!("\n[[assign]]\nmodule = \"app-watch\"\ndomain = \"lab\"\n[assign.config]\nprocesses = \"agad,agad-demo-missing-daemon\"\n{common}");
+    t
+}
+
+fn ticket(mor_dir: &Path, name: &str) -> anyhow::Result<String> {
+    match admin_cmd::ask(mor_dir, Request::EnrollTicket { name: name.to_owned() })? {
+        Answer::Ticket { ticket, .. } => Ok(ticket),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// Tickets approve; the operator still activates. The demo plays the operator.
+fn activate_when_approved(mor_dir: &Path, names: &[String], children: &mut Children) -> anyhow::Result<()> {
+    let mut waiting: Vec<&String> = names.iter().collect();
+    let started = Instant::now();
+    while !waiting.is_empty() {
+        if let Some(name) = children.exited() {
+            bail!("{name} stopped unexpectedly; see its log in the demo folder");
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("still not enrolled after 60 s: {waiting:?}");
+        }
+        let Answer::Members(members) = admin_cmd::ask(mor_dir, Request::EnrollList)? else {
+            bail!("unexpected answer to enroll list");
+        };
+        for m in members.iter().filter(|m| m.state != Enrollment::Pending) {
+            if waiting.iter().any(|w| **w == m.name) {
+                if m.state == Enrollment::Inactive {
+                    eprintln!("#   agad enroll activate {}", m.name);
+                    admin_cmd::ask(mor_dir, Request::EnrollActivate { name: m.name.clone() })?;
+                }
+                waiting.retain(|w| **w != m.name);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn wait_for(mor_dir: &Path, children: &mut Children) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !agad_gerente_mor::admin_socket(mor_dir).exists() {
+        if children.exited().is_some() || started.elapsed() > Duration::from_secs(30) {
+            bail!("the top manager did not start; see {}/../logs/mor.log", mor_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// The demo's processes; stopped with SIGTERM (a clean shutdown) at the end.
+#[derive(Default)]
+struct Children {
+    running: Vec<(String, Child)>,
+}
+
+impl Children {
+    fn spawn(&mut self, dir: &Path, name: &str, command: &mut Command) -> anyhow::Result<()> {
+        let log = std::fs::File::create(dir.join("logs").join(format!("{name}.log")))?;
+        let child = command
+            .env("AGAD_LOG", std::env::var("AGAD_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        self.running.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    /// The first child that exited, if any.
+    fn exited(&mut self) -> Option<String> {
+        self.running
+            .iter_mut()
+            .find_map(|(n, c)| matches!(c.try_wait(), Ok(Some(_))).then(|| n.clone()))
+    }
+
+    fn stop_all(&mut self) {
+        for (_, child) in self.running.iter().rev() {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        for (name, child) in &mut self.running {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                eprintln!("{name} did not stop in 10 s; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
 }

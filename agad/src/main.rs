@@ -2,9 +2,13 @@
 //! command line, sets up logging and dispatches; the work lives in the
 //! subcommand modules and in the library crates.
 
+mod admin_cmd;
 mod demo;
+mod identity;
 mod module_cmd;
 mod node_cmd;
+mod pki_cmd;
+mod station_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,13 +26,52 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Sign, verify and manage module bundles.
+    /// Sign, verify and publish module bundles.
     #[command(subcommand)]
     Module(module_cmd::ModuleCommand),
-    /// Run the node runtime.
+    /// Run the node runtime: under a domain manager (`--dominio`), or `run` locally.
+    Node(node_cmd::NodeArgs),
+    /// Run the top manager (gerente-mor).
+    Mor(station_cmd::MorArgs),
+    /// Run a domain-manager station (gerente de domínio).
+    Dominio(station_cmd::DominioArgs),
+    /// The deployment's certificate authority and certificates.
     #[command(subcommand)]
-    Node(node_cmd::NodeCommand),
-    /// Sign the built-in inspectors with a fresh key and run them on this machine.
+    Pki(pki_cmd::PkiCommand),
+    /// Enrollment of nodes and stations at the top manager.
+    Enroll {
+        #[command(subcommand)]
+        command: admin_cmd::EnrollCommand,
+        #[command(flatten)]
+        mor: admin_cmd::MorDir,
+    },
+    /// The topology base (BTPG) of the top manager.
+    Topology {
+        #[command(subcommand)]
+        command: admin_cmd::TopologyCommand,
+        #[command(flatten)]
+        mor: admin_cmd::MorDir,
+    },
+    /// Consolidated reports from BIG.
+    Report {
+        #[command(flatten)]
+        args: admin_cmd::ReportArgs,
+        #[command(flatten)]
+        mor: admin_cmd::MorDir,
+    },
+    /// Alarms from BIG.
+    Alarms {
+        #[command(flatten)]
+        args: admin_cmd::AlarmsArgs,
+        #[command(flatten)]
+        mor: admin_cmd::MorDir,
+    },
+    /// Domains, their managers, replicas and components.
+    Status {
+        #[command(flatten)]
+        mor: admin_cmd::MorDir,
+    },
+    /// Start a whole hierarchy on this machine: top manager, two domains, nodes.
     Demo(demo::DemoArgs),
 }
 
@@ -43,7 +86,15 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Module(cmd) => module_cmd::run(cmd),
-        Command::Node(cmd) => node_cmd::run(cmd),
+        Command::Node(args) => node_cmd::run(args),
+        Command::Mor(args) => station_cmd::run_mor(args),
+        Command::Dominio(args) => station_cmd::run_dominio(args),
+        Command::Pki(cmd) => pki_cmd::run(cmd),
+        Command::Enroll { command, mor } => admin_cmd::enroll(&mor.dir, command),
+        Command::Topology { command, mor } => admin_cmd::topology(&mor.dir, command),
+        Command::Report { args, mor } => admin_cmd::report(&mor.dir, args),
+        Command::Alarms { args, mor } => admin_cmd::alarms(&mor.dir, args),
+        Command::Status { mor } => admin_cmd::status(&mor.dir),
         Command::Demo(args) => demo::run(args),
     };
     match result {
@@ -52,5 +103,23 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `500ms`, `30s`, `5m`, `1h` on the command line.
+fn parse_cli_duration(text: &str) -> Result<std::time::Duration, String> {
+    agad_runtime::parse_duration(text)
+        .ok_or_else(|| format!("`{text}` is not a duration (use e.g. 500ms, 30s, 5m, 1h)"))
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so managers and nodes stop cleanly either way.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

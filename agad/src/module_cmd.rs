@@ -34,10 +34,17 @@ pub enum ModuleCommand {
         #[arg(long = "trust", required = true)]
         trusted: Vec<PathBuf>,
     },
+    /// Publish a signed bundle into the top manager's BGC.
+    Publish {
+        bundle: PathBuf,
+        #[command(flatten)]
+        mor: crate::admin_cmd::MorDir,
+    },
 }
 
 pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
     match cmd {
+        ModuleCommand::Publish { bundle, mor } => crate::admin_cmd::publish(&mor.dir, &bundle),
         ModuleCommand::Keygen { out } => keygen(&out),
         ModuleCommand::Sign {
             wasm,

@@ -1,5 +1,6 @@
 //! `agad node ...`: the node runtime on its own, without a manager.
 
+use crate::identity::IdentityArgs;
 use crate::module_cmd::{read_bundle, read_public_keys};
 use agad_protocol::Capability;
 use agad_runtime::{
@@ -13,6 +14,41 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// `agad node --dominio ADDR ...` runs under a domain manager;
+/// `agad node run ...` runs bundles locally without one.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    command: Option<NodeCommand>,
+    #[command(flatten)]
+    managed: ManagedArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ManagedArgs {
+    /// Domain manager addresses, primary first: HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_delimiter = ',', value_name = "ADDR")]
+    dominio: Vec<String>,
+    #[command(flatten)]
+    identity: Option<IdentityArgs>,
+    /// One-time enrollment ticket from `agad enroll ticket`.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Public key of a trusted publisher (repeatable; adds to the node file's keys).
+    #[arg(long = "trust")]
+    trusted: Vec<PathBuf>,
+    /// Node settings (TOML): trusted_keys, allowed_capabilities, agents, ...
+    #[arg(long)]
+    node_config: Option<PathBuf>,
+    /// Where the node keeps its database, outbox and compiled modules.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How often the node tells its manager it is alive.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_cli_duration)]
+    keepalive: Duration,
+}
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
@@ -39,14 +75,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Stop after this long (e.g. 30s, 5m); runs until Ctrl-C otherwise.
-    #[arg(long = "for", value_parser = parse_cli_duration)]
+    #[arg(long = "for", value_parser = crate::parse_cli_duration)]
     pub run_for: Option<Duration>,
 }
 
-fn parse_cli_duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
-        .ok_or_else(|| format!("`{text}` is not a duration (use e.g. 500ms, 30s, 5m, 1h)"))
-}
 
 /// The node's settings file, as an operator writes it.
 #[derive(Debug, Default, Deserialize)]
@@ -162,26 +194,90 @@ fn split_config(values: &[String]) -> anyhow::Result<ConfigByModule> {
     Ok(out)
 }
 
-pub fn run(cmd: NodeCommand) -> anyhow::Result<()> {
-    match cmd {
-        NodeCommand::Run(args) => run_local(args),
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(NodeCommand::Run(args)) => run_local(args),
+        None => run_managed(args.managed),
     }
 }
 
-pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
-    let (file, source) = match &args.node_config {
-        Some(path) => (NodeFile::read(path)?, path.display().to_string()),
-        None => (NodeFile::default(), "node settings".to_owned()),
-    };
-    let settings = file.settings(&source)?;
+/// Trusted keys from the node file and the command line; at least one.
+fn trusted_keys(file: &NodeFile, extra: &[PathBuf]) -> anyhow::Result<Vec<agad_protocol::PublicKey>> {
     let mut key_paths = file.trusted_keys.clone();
-    key_paths.extend(args.trusted.iter().cloned());
+    key_paths.extend(extra.iter().cloned());
     if key_paths.is_empty() {
         bail!(
             "no trusted publisher key: pass --trust <key.pub> or set trusted_keys in --node-config"
         );
     }
-    let keys = read_public_keys(&key_paths)?;
+    read_public_keys(&key_paths)
+}
+
+fn read_node_file(path: &Option<PathBuf>) -> anyhow::Result<(NodeFile, String)> {
+    Ok(match path {
+        Some(path) => (NodeFile::read(path)?, path.display().to_string()),
+        None => (NodeFile::default(), "node settings".to_owned()),
+    })
+}
+
+fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
+    let Some(identity) = &args.identity else {
+        bail!("`agad node` needs --dominio, --pki and --name (or use `agad node run` to run bundles locally)");
+    };
+    if args.dominio.is_empty() {
+        bail!("--dominio: give at least one domain manager address (HOST:PORT)");
+    }
+    let (file, source) = read_node_file(&args.node_config)?;
+    let mut settings = file.settings(&source)?;
+    // The certificate is the node's identity; alarm ids carry it.
+    settings.name = identity.name.clone();
+    let keys = trusted_keys(&file, &args.trusted)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let uplink = agad_net::uplink::UplinkConfig {
+        parents: args.dominio.clone(),
+        tls: identity.client()?,
+        role: agad_protocol::wire::Role::Node,
+        ticket: args.ticket.clone(),
+        keepalive: args.keepalive,
+        backoff_initial: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(30),
+    };
+    let runtime = node_runtime()?;
+    runtime.block_on(async move {
+        let node = Node::open(settings, keys, &data_dir)?;
+        eprintln!(
+            "node `{}` managed by {} (data in {}); Ctrl-C stops",
+            identity.name,
+            args.dominio.join(", "),
+            data_dir.display()
+        );
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        agad_runtime::managed::run(node, uplink, shutdown).await
+    })
+}
+
+fn node_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .enable_all()
+        .build()
+}
+
+pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
+    let (file, source) = read_node_file(&args.node_config)?;
+    let settings = file.settings(&source)?;
+    let keys = trusted_keys(&file, &args.trusted)?;
     let mut config = split_config(&args.config)?;
     let data_dir = args
         .data_dir
@@ -191,11 +287,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(32)
-        .enable_all()
-        .build()?;
+    let runtime = node_runtime()?;
     runtime.block_on(async move {
         let node = Node::open(settings, keys, &data_dir)?;
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(1024);

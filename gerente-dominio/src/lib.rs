@@ -1,1 +1,238 @@
-//! (being written)
+//! Gerente de Domínio: the manager of one administrative domain.
+//!
+//! What it is for: a station process that registers with the top manager,
+//! serves the domain it is assigned (deploys to every node what BTPD assigns,
+//! acknowledges and records every alarm and report in BICD, forwards alarms
+//! and sends one consolidation per window upward, with keep-alives that carry
+//! the state of its components). What it is not for: deciding topology or
+//! enrollment — those come from the top manager in replicas.
+//!
+//! Layout:
+//! - [`bases`]: BC, BTPD and BICD in the station's database.
+//! - [`consolidate`]: merging node reports into one domain report per window.
+//! - [`nodes`]: the sessions of the domain's nodes.
+
+pub mod bases;
+pub mod consolidate;
+pub mod nodes;
+
+use agad_net::outbox::Outbox;
+use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
+use agad_protocol::wire::{ComponentStatus, Control, Replica, Upward};
+use agad_storage::Database;
+use bases::Bases;
+use nodes::Nodes;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+pub struct DominioConfig {
+    /// Where the station keeps its database.
+    pub data_dir: PathBuf,
+    /// Link to the top manager (addresses, TLS, keep-alive period, ticket).
+    pub uplink: UplinkConfig,
+    /// TLS for the domain's nodes.
+    pub acceptor: TlsAcceptor,
+    /// Late reports of a window are waited for this long before it is sent.
+    pub consolidation_grace: Duration,
+}
+
+/// The state every task of the station shares.
+pub struct Station {
+    pub bases: Bases,
+    pub outbox: Outbox,
+    replica: RwLock<Option<Replica>>,
+    pub nodes: Nodes,
+    /// Control frames for the top manager (sent when the link is up).
+    up: mpsc::Sender<Control>,
+}
+
+impl Station {
+    pub fn replica(&self) -> Option<Replica> {
+        self.replica.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn domain(&self) -> Option<String> {
+        self.replica().map(|r| r.topology.domain.name)
+    }
+
+    /// Sends a control frame to the top manager (dropped with a log line if
+    /// the queue is full: the senders retry on their own).
+    pub fn send_up(&self, control: Control) {
+        if let Err(e) = self.up.try_send(control) {
+            tracing::warn!("control frame for the top manager dropped: {e}");
+        }
+    }
+
+    fn apply_replica(&self, replica: Replica) {
+        let version = replica.version;
+        match self.bases.store_replica(replica) {
+            Ok(stored) => {
+                tracing::info!(domain = %stored.topology.domain.name, version, "replica in force");
+                *self.replica.write().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
+                self.send_up(Control::ReplicaAck { version });
+                self.nodes.redeploy(self, &stored);
+            }
+            Err(e) => tracing::error!(version, "replica refused: {e}"),
+        }
+    }
+}
+
+impl Element for Station {
+    fn modules_held(&self) -> Vec<String> {
+        self.bases.held().unwrap_or_default()
+    }
+
+    fn components(&self) -> Vec<ComponentStatus> {
+        let (alarms, reports) = self.bases.counts();
+        let mut out = vec![
+            ComponentStatus {
+                name: "domain".into(),
+                healthy: self.replica().is_some(),
+                detail: match self.replica() {
+                    Some(r) => format!("{} v{}", r.topology.domain.name, r.version),
+                    None => "waiting for an assignment".into(),
+                },
+            },
+            ComponentStatus {
+                name: "bicd".into(),
+                healthy: true,
+                detail: format!("alarms={alarms} reports={reports} outbox={}", self.outbox.len()),
+            },
+        ];
+        out.extend(self.nodes.status(self.replica().as_ref()));
+        out
+    }
+}
+
+/// Runs the station until `shutdown`: the link to the top manager, the
+/// nodes' listener and the consolidation timer.
+pub async fn run(
+    config: DominioConfig,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db = Database::open(&config.data_dir.join("db"))?;
+    let bases = Bases::open(&db)?;
+    let outbox = Outbox::open(&db)?;
+    let (up_tx, up_rx) = mpsc::channel(1024);
+    let replica = bases.replica()?;
+    let station = Arc::new(Station {
+        bases,
+        outbox: outbox.clone(),
+        replica: RwLock::new(replica),
+        nodes: Nodes::default(),
+        up: up_tx,
+    });
+
+    let (events_tx, mut events) = mpsc::channel(64);
+    let link = tokio::spawn(uplink::run(
+        config.uplink,
+        outbox,
+        station.clone(),
+        events_tx,
+        up_rx,
+        shutdown.clone(),
+    ));
+    let from_mor = {
+        let station = station.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match event {
+                    Downlink::Control(Control::Replicate(replica)) => station.apply_replica(*replica),
+                    Downlink::Control(Control::AssignDomain { domain }) => {
+                        tracing::info!(%domain, "assigned by the top manager");
+                    }
+                    Downlink::Control(other) => tracing::debug!("ignored from top manager: {other:?}"),
+                    Downlink::NotAdmitted { enrollment, reason } => {
+                        tracing::warn!(?enrollment, "top manager has not admitted this station: {reason}");
+                    }
+                    Downlink::Connected { .. } | Downlink::Disconnected { .. } => {}
+                }
+            }
+        })
+    };
+    let consolidation = tokio::spawn(consolidate_on_windows(
+        station.clone(),
+        config.consolidation_grace,
+        shutdown.clone(),
+    ));
+    let serving = {
+        let station = station.clone();
+        agad_net::server::serve(
+            listener,
+            config.acceptor,
+            move |accepted| nodes::serve_node(station.clone(), accepted),
+            shutdown,
+        )
+    };
+    serving.await;
+    let _ = link.await;
+    consolidation.abort();
+    from_mor.abort();
+    Ok(())
+}
+
+/// Every window, the completed windows since the last one sent become one
+/// domain report each in the outbox.
+async fn consolidate_on_windows(
+    station: Arc<Station>,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = match station.replica() {
+            None => Duration::from_secs(1),
+            Some(replica) => {
+                let window = replica.topology.domain.report_window_ms.max(1);
+                let domain = replica.topology.domain.name;
+                if let Err(e) = send_completed_windows(&station, &domain, window, grace) {
+                    tracing::error!("consolidation failed: {e}");
+                }
+                let now = now_ms();
+                Duration::from_millis(window - now % window) + grace
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn send_completed_windows(
+    station: &Station,
+    domain: &str,
+    window_ms: u64,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let now = now_ms().saturating_sub(grace.as_millis() as u64);
+    let current = now - now % window_ms;
+    // First start: begin with the window in progress rather than replaying history.
+    let mut start = match station.bases.consolidated_until()? {
+        Some(until) => until - until % window_ms,
+        None => current,
+    };
+    while start < current {
+        let end = start + window_ms;
+        let reports = station.bases.reports_between(start, end)?;
+        if !reports.is_empty() {
+            let report = consolidate::consolidate(domain, start, end, &reports);
+            station.outbox.push(&Upward::DomainReport(report))?;
+        }
+        start = end;
+    }
+    station.bases.set_consolidated_until(current)?;
+    Ok(())
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

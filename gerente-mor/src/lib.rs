@@ -1,1 +1,90 @@
-//! (being written)
+//! Gerente-Mor: the top manager.
+//!
+//! What it is for: holding BGC (signed module bundles), BTPG (the topology
+//! and which inspectors run where), the enrollment registry and BIG (the
+//! consolidated history of every domain); activating one domain manager per
+//! domain on its first healthy candidate station and replicating the
+//! domain's bases to it as acknowledged versions; answering operators
+//! through a local admin socket (`agad topology`, `agad report`, ...).
+//! What it is not for: talking to nodes — domain managers do that.
+//!
+//! Layout:
+//! - [`bases`]: BGC, BTPG, enrollment and BIG in the manager's database.
+//! - [`stations`]: station sessions, domain activation and replication.
+//! - [`admin`]: the operator's requests and their answers.
+
+pub mod admin;
+pub mod bases;
+pub mod stations;
+
+use agad_protocol::PublicKey;
+use agad_storage::Database;
+use bases::Bases;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+pub struct MorConfig {
+    /// Database and admin socket live here.
+    pub data_dir: PathBuf,
+    pub acceptor: TlsAcceptor,
+    /// Publishers whose bundles BGC accepts.
+    pub trusted: Vec<PublicKey>,
+}
+
+pub struct Mor {
+    pub bases: Bases,
+    trusted: Vec<PublicKey>,
+    sessions: Mutex<stations::Sessions>,
+    next_session: AtomicU64,
+}
+
+impl Mor {
+    fn sessions(&self) -> MutexGuard<'_, stations::Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The admin socket of a top manager whose data directory is `data_dir`.
+pub fn admin_socket(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// Runs the top manager until `shutdown`.
+pub async fn run(config: MorConfig, listener: TcpListener, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db = Database::open(&config.data_dir.join("db"))?;
+    let mor = Arc::new(Mor {
+        bases: Bases::open(&db)?,
+        trusted: config.trusted,
+        sessions: Mutex::default(),
+        next_session: AtomicU64::new(0),
+    });
+    let admin = tokio::spawn(admin::serve(
+        mor.clone(),
+        admin_socket(&config.data_dir),
+        shutdown.clone(),
+    )?);
+    let station_mor = mor.clone();
+    agad_net::server::serve(
+        listener,
+        config.acceptor,
+        move |accepted| stations::serve_station(station_mor.clone(), accepted),
+        shutdown,
+    )
+    .await;
+    admin.abort();
+    let _ = std::fs::remove_file(admin_socket(&config.data_dir));
+    db.flush()?;
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,1 +1,31 @@
-//! Networking between AGAD levels (being written).
+//! Links between AGAD levels: the deployment's certificates, mutual TLS and
+//! message frames.
+//!
+//! For: creating the CA and issuing station certificates ([`pki`]), building
+//! TLS 1.3 configurations in which both sides always authenticate ([`tls`]),
+//! and carrying whole [`agad_protocol::wire::Message`]s over an
+//! authenticated connection ([`conn`]). Not for: what the messages mean,
+//! enrollment decisions, or reconnect policy; the managers own those.
+//!
+//! - [`pki`]: `init_ca`, `issue`, certificate fingerprints.
+//! - [`tls`]: [`Identity`], [`TrustAnchor`], server and client configs,
+//!   [`PeerIdentity`] read from a verified certificate.
+//! - [`outbox`]: the durable store-and-forward queue of alarms and reports.
+//! - [`uplink`]: an element's link to its parent (reconnect, replay, keep-alive).
+//! - [`server`]: accepting authenticated children.
+//! - [`conn`]: [`accept`] and [`connect`] (handshake with a timeout), and
+//!   [`FrameReader`] / [`FrameWriter`] over any async byte stream.
+
+pub mod conn;
+pub mod outbox;
+pub mod pki;
+pub mod server;
+pub mod tls;
+pub mod uplink;
+
+pub use conn::{Connection, FrameReader, FrameWriter, NetError, Reader, Writer, accept, connect};
+pub use pki::{CaFiles, IssuedFiles, PkiError, fingerprint, init_ca, issue};
+pub use tls::{Identity, PeerIdentity, TrustAnchor, client_config, peer_identity, server_config};
+/// Re-exported so callers can wrap a [`server_config`] without depending on
+/// tokio-rustls themselves.
+pub use tokio_rustls::TlsAcceptor;

@@ -11,6 +11,7 @@
 //! - [`keys`]: signing keys, trusted public keys and their ids.
 //! - [`bundle`]: a manifest, its signature and the exact wasm bytes, as one
 //!   file (`.agad`), and the checks a receiver makes before compiling it.
+//! - [`duration`]: `500ms` / `10s` / `2m` / `1h`, as operators write them.
 //! - [`message`]: alarms, summaries and reports as they travel upward.
 //! - [`topology`]: BTPG (the network as an operator describes it) and BTPD
 //!   (one domain's slice).
@@ -18,6 +19,7 @@
 //!   protocol version, size cap).
 
 pub mod bundle;
+pub mod duration;
 pub mod keys;
 pub mod manifest;
 pub mod message;
@@ -25,5 +27,6 @@ pub mod topology;
 pub mod wire;
 
 pub use bundle::{Bundle, BundleError};
+pub use duration::parse_duration;
 pub use keys::{KeyError, KeyId, PublicKey, SecretKey};
 pub use manifest::{Area, Capability, Kind, Limits, Manifest, ManifestSpec};

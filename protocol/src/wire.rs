@@ -250,6 +250,19 @@ pub fn decode_body(body: &[u8]) -> Result<Message, CodecError> {
     Ok(message)
 }
 
+/// Bytes of a wire type as the bases and outboxes store it (same encoding
+/// as on the wire, without a frame).
+pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("wire types hold only plain data, so encoding cannot fail")
+}
+
+pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, _) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    Ok(value)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -4,8 +4,7 @@
 //! instances that see only the host capabilities they were granted, and
 //! keeping inspectors ticking on their period — a trap, an infinite loop or
 //! a memory bomb costs that one module a restart with back-off, never the
-//! runtime. What it is not for: talking to managers (a later layer feeds
-//! bundles in and ships [`Event`]s out).
+//! runtime; and, in [`managed`], running what a domain manager deploys.
 //!
 //! Layout:
 //! - [`bindings`]: host bindings generated from `wit/`.
@@ -14,6 +13,7 @@
 //! - [`engine`]: wasmtime engine, compiled-module cache, capability-checked linking.
 //! - [`instance`]: one inspector instance with its limits; faults classified.
 //! - [`node`]: loading modules and supervising them on their periods.
+//! - [`managed`]: the node under a domain manager (deployments, outbox, keep-alives).
 //!
 //! ```no_run
 //! # async fn demo(bundle: agad_protocol::Bundle, settings: agad_runtime::NodeSettings,
@@ -34,6 +34,7 @@ pub mod bindings;
 pub mod engine;
 pub mod host;
 pub mod instance;
+pub mod managed;
 pub mod node;
 pub mod trust;
 

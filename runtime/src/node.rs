@@ -101,20 +101,7 @@ impl ModuleConfig {
     }
 }
 
-/// `500ms`, `10s`, `2m`, `1h`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
-        _ => None,
-    }
-}
+pub use agad_protocol::parse_duration;
 
 pub struct Node {
     settings: NodeSettings,
@@ -160,6 +147,10 @@ impl Node {
 
     pub fn engine(&self) -> &ModuleEngine {
         &self.engine
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Verifies (signature, hash, expiry, rollback), compiles and links a bundle.
@@ -477,21 +468,5 @@ fn summary(s: wit::Summary) -> Summary {
         count: s.count,
         window_start_ms: s.window_start_ms,
         window_end_ms: s.window_end_ms,
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("s"), None);
-        assert_eq!(parse_duration("1.5s"), None);
     }
 }

@@ -109,6 +109,35 @@ impl Tree {
             .collect()
     }
 
+    /// Up to `limit` entries with keys greater than `after`, in key order.
+    pub fn entries_after(&self, after: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        self.tree
+            .range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded))
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Inserts `value` under `key` unless the key is already there; true if inserted.
+    pub fn insert_new(&self, key: &[u8], value: &[u8]) -> Result<bool> {
+        Ok(self
+            .tree
+            .compare_and_swap(key, None as Option<&[u8]>, Some(value))?
+            .is_ok())
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
     /// Waits until this tree's writes are on disk.
     pub fn flush(&self) -> Result<()> {
         self.tree.flush()?;
@@ -139,6 +168,11 @@ mod tests {
         assert_eq!(t.get(b"a/2").unwrap(), None);
         let a: Vec<_> = t.scan_prefix(b"a/").unwrap();
         assert_eq!(a, vec![(b"a/1".to_vec(), b"one".to_vec())]);
+        let after: Vec<_> = t.entries_after(b"a/1", 10).unwrap();
+        assert_eq!(after, vec![(b"b/1".to_vec(), b"other".to_vec())]);
+        assert!(!t.insert_new(b"b/1", b"again").unwrap());
+        assert!(t.insert_new(b"c/1", b"new").unwrap());
+        assert_eq!(t.get(b"b/1").unwrap().as_deref(), Some(&b"other"[..]));
         drop(db);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,0 +1,262 @@
+//! Operator commands against a running top manager (through its admin
+//! socket): publish modules, apply the topology, enroll, and read BIG.
+
+use agad_gerente_mor::admin::{self, Answer, Request};
+use agad_protocol::message::Alarm;
+use agad_protocol::wire::DomainReport;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Which top manager to talk to.
+#[derive(clap::Args, Clone)]
+pub struct MorDir {
+    /// Data directory of the running `agad mor`.
+    #[arg(long = "mor-dir", env = "AGAD_MOR_DIR", default_value = "agad-data/mor", global = true)]
+    pub dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum TopologyCommand {
+    /// Show the difference between BTPG and FILE, then apply it as a whole.
+    Apply {
+        file: PathBuf,
+        /// Only show the difference.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the topology in force (the file format `apply` reads).
+    Show,
+}
+
+#[derive(Subcommand)]
+pub enum EnrollCommand {
+    /// List every identity that asked to join, with its state.
+    List,
+    /// Approve a pending request by its certificate fingerprint (a unique prefix will do).
+    Approve { fingerprint: String },
+    /// Let an approved identity start working.
+    Activate { name: String },
+    /// A one-time ticket that approves NAME when it first connects (`--ticket`).
+    Ticket { name: String },
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Only this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Only this node (per-node rows).
+    #[arg(long)]
+    node: Option<String>,
+    /// Only this metric.
+    #[arg(long)]
+    metric: Option<String>,
+    /// From this long ago (e.g. 15m, 1h, 2d is 48h).
+    #[arg(long, default_value = "1h", value_parser = crate::parse_cli_duration)]
+    since: Duration,
+    /// Per-domain rows (every node merged) instead of per-node rows.
+    #[arg(long)]
+    per_domain: bool,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AlarmsArgs {
+    /// Only this node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Only conditions still raised (the latest event per node, module and key).
+    #[arg(long)]
+    active: bool,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn ask(dir: &Path, request: Request) -> anyhow::Result<Answer> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match runtime.block_on(admin::request(dir, &request))? {
+        Answer::Error(e) => bail!("{e}"),
+        answer => Ok(answer),
+    }
+}
+
+fn unexpected(answer: Answer) -> anyhow::Error {
+    anyhow::anyhow!("unexpected answer from the top manager: {answer:?}")
+}
+
+pub fn publish(dir: &Path, bundle: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
+    match ask(dir, Request::Publish { bundle_hex: hex::encode(bytes) })? {
+        Answer::Published { module, version, sequence, outcome } => {
+            println!("{module} {version} (sequence {sequence}): {outcome:?}");
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+pub fn topology(dir: &Path, cmd: TopologyCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopologyCommand::Apply { file, dry_run } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let request = Request::TopologyApply { file: file.display().to_string(), text, dry_run };
+            match ask(dir, request)? {
+                Answer::TopologyDiff { changes, applied, version } => {
+                    if changes.is_empty() {
+                        println!("no change");
+                    }
+                    for c in &changes {
+                        println!("{c}");
+                    }
+                    match (applied, version) {
+                        (true, Some(v)) => println!("applied as version {v}"),
+                        _ if !changes.is_empty() => println!("not applied (dry run)"),
+                        _ => {}
+                    }
+                    Ok(())
+                }
+                other => Err(unexpected(other)),
+            }
+        }
+        TopologyCommand::Show => match ask(dir, Request::TopologyShow)? {
+            Answer::Topology { text, version } => {
+                println!("# BTPG version {version}\n{text}");
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+    }
+}
+
+pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
+    let request = match cmd {
+        EnrollCommand::List => Request::EnrollList,
+        EnrollCommand::Approve { fingerprint } => Request::EnrollApprove { fingerprint },
+        EnrollCommand::Activate { name } => Request::EnrollActivate { name },
+        EnrollCommand::Ticket { name } => Request::EnrollTicket { name },
+    };
+    match ask(dir, request)? {
+        Answer::Members(members) => {
+            println!("{:<24} {:<8} {:<9} FINGERPRINT", "NAME", "ROLE", "STATE");
+            for m in members {
+                println!("{:<24} {:<8} {:<9} {}", m.name, m.role, format!("{:?}", m.state).to_lowercase(), m.fingerprint);
+            }
+        }
+        Answer::Member(m) => println!("{} ({}) is now {}", m.name, m.role, format!("{:?}", m.state).to_lowercase()),
+        Answer::Ticket { name, ticket } => println!("{ticket}\n(one use; start `{name}` with --ticket {ticket})"),
+        other => return Err(unexpected(other)),
+    }
+    Ok(())
+}
+
+pub fn status(dir: &Path) -> anyhow::Result<()> {
+    match ask(dir, Request::Status)? {
+        Answer::Status { version, modules, domains } => {
+            println!("bases version {version}");
+            println!("modules in BGC: {}", if modules.is_empty() { "none".into() } else { modules.join(", ") });
+            for d in domains {
+                let station = d.station.as_deref().unwrap_or("NO MANAGER");
+                let replica = match (d.replica_sent, d.replica_acked) {
+                    (Some(s), Some(a)) => format!("replica v{s} sent, v{a} acknowledged"),
+                    (Some(s), None) => format!("replica v{s} sent"),
+                    _ => "no replica".into(),
+                };
+                println!("domain {}: {station}, {replica}", d.domain);
+                for c in d.components {
+                    let mark = if c.healthy { "ok  " } else { "DOWN" };
+                    println!("  {mark} {:<20} {}", c.name, c.detail);
+                }
+            }
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn since_ms(ago: Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.saturating_sub(ago.as_millis() as u64)
+}
+
+fn time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
+    let reports: Vec<DomainReport> = match ask(dir, Request::Reports { since_ms: since_ms(args.since), until_ms: u64::MAX })? {
+        Answer::Reports(r) => r,
+        other => return Err(unexpected(other)),
+    };
+    if !args.json {
+        println!(
+            "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10} {:>6}",
+            "WINDOW", "DOMAIN", "NODE", "MODULE", "METRIC", "SUBJECT", "MIN", "MAX", "MEAN", "LAST", "COUNT"
+        );
+    }
+    for r in reports.iter().filter(|r| args.domain.as_ref().is_none_or(|d| *d == r.domain)) {
+        let rows = if args.per_domain { &r.domain_summaries } else { &r.nodes };
+        for row in rows {
+            let s = &row.summary;
+            if args.node.as_ref().is_some_and(|n| *n != row.node) || args.metric.as_ref().is_some_and(|m| *m != s.metric) {
+                continue;
+            }
+            if args.json {
+                let line = serde_json::json!({
+                    "window_start": time(r.window_start_ms), "window_end": time(r.window_end_ms),
+                    "domain": r.domain, "node": row.node, "module": row.module, "summary": s,
+                });
+                println!("{line}");
+            } else {
+                println!(
+                    "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6}",
+                    time(r.window_start_ms), r.domain, row.node, row.module, s.metric, s.subject,
+                    s.min, s.max, s.mean, s.last, s.count
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
+    let mut alarms: Vec<Alarm> = match ask(dir, Request::Alarms)? {
+        Answer::Alarms(a) => a,
+        other => return Err(unexpected(other)),
+    };
+    alarms.retain(|a| args.node.as_ref().is_none_or(|n| *n == a.node));
+    if args.active {
+        let mut latest = std::collections::BTreeMap::new();
+        for a in alarms {
+            latest.insert((a.node.clone(), a.module.clone(), a.key.clone()), a);
+        }
+        alarms = latest.into_values().filter(|a| a.raised).collect();
+        alarms.sort_by_key(|a| a.time_ms);
+    }
+    if !args.json {
+        println!("{:<20} {:<7} {:<9} {:<12} {:<14} MESSAGE", "TIME", "STATE", "SEVERITY", "NODE", "MODULE");
+    }
+    for a in alarms {
+        if args.json {
+            println!("{}", serde_json::to_string(&a)?);
+        } else {
+            println!(
+                "{:<20} {:<7} {:<9} {:<12} {:<14} {}",
+                time(a.time_ms),
+                if a.raised { "RAISED" } else { "cleared" },
+                format!("{:?}", a.severity).to_lowercase(),
+                a.node, a.module, a.message
+            );
+        }
+    }
+    Ok(())
+}

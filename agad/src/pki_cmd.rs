@@ -1,0 +1,73 @@
+//! `agad pki ...`: the deployment's CA and the certificates of its stations.
+
+use agad_protocol::wire::Role;
+use anyhow::{Context, anyhow};
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum PkiCommand {
+    /// Create the deployment's CA: ca.crt (give it to every station) and ca.key (keep it offline).
+    Init {
+        /// Directory for ca.crt and ca.key; created if missing.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Deployment name, written into the CA certificate.
+        #[arg(long, default_value = "agad")]
+        deployment: String,
+    },
+    /// Issue a station certificate signed by the CA: <NAME>.crt and <NAME>.key.
+    Issue {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// What the station is: node, dominio or mor.
+        #[arg(long)]
+        role: String,
+        /// Station name (certificate CN): 1-64 characters of A-Z a-z 0-9 . _ -
+        #[arg(long)]
+        name: String,
+        /// Directory to write <NAME>.crt and <NAME>.key into; created if missing.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run(cmd: PkiCommand) -> anyhow::Result<()> {
+    match cmd {
+        PkiCommand::Init { dir, deployment } => {
+            let ca = agad_net::init_ca(&dir, &deployment)
+                .with_context(|| format!("cannot create the CA in {}", dir.display()))?;
+            println!(
+                "CA of deployment {deployment}: certificate {}, key {} (keep it private)",
+                ca.cert.display(),
+                ca.key.display()
+            );
+            println!("  sha256 {}", ca.fingerprint);
+            Ok(())
+        }
+        PkiCommand::Issue {
+            ca_dir,
+            role,
+            name,
+            out,
+        } => {
+            let role = Role::parse(&role).ok_or_else(|| {
+                let valid = [Role::Node, Role::Dominio, Role::Mor].map(Role::as_str);
+                anyhow!(
+                    "unknown role {role:?}: expected one of {}",
+                    valid.join(", ")
+                )
+            })?;
+            let issued = agad_net::issue(&ca_dir, role, &name, &out)
+                .with_context(|| format!("cannot issue a certificate for {name}"))?;
+            println!(
+                "{role} {name}: certificate {}, key {}",
+                issued.cert.display(),
+                issued.key.display()
+            );
+            println!("  sha256 {}", issued.fingerprint);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `agad mor` and `agad dominio`: the manager processes.
+
+use crate::identity::IdentityArgs;
+use crate::module_cmd::read_public_keys;
+use agad_net::uplink::UplinkConfig;
+use agad_protocol::wire::Role;
+use anyhow::{Context, bail};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct MorArgs {
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// Address the domain-manager stations connect to.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: String,
+    /// Database and admin socket (`agad topology`, `agad report` ... use it).
+    #[arg(long, env = "AGAD_MOR_DIR", default_value = "agad-data/mor")]
+    data_dir: PathBuf,
+    /// Public key of a publisher whose bundles BGC accepts (repeatable).
+    #[arg(long = "trust", required = true)]
+    trusted: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct DominioArgs {
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// Top manager addresses, primary first: HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_delimiter = ',', required = true, value_name = "ADDR")]
+    mor: Vec<String>,
+    /// Address the domain's nodes connect to.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    listen: String,
+    /// Where the station keeps BC, BTPD and BICD.
+    #[arg(long, default_value = "agad-data/dominio")]
+    data_dir: PathBuf,
+    /// One-time enrollment ticket from `agad enroll ticket`.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// How often the station tells the top manager it is alive.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_cli_duration)]
+    keepalive: Duration,
+}
+
+pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
+    let config = agad_gerente_mor::MorConfig {
+        data_dir: args.data_dir.clone(),
+        acceptor: args.identity.acceptor()?,
+        trusted: read_public_keys(&args.trusted)?,
+    };
+    serve(&args.listen, "top manager", move |listener, shutdown| {
+        agad_gerente_mor::run(config, listener, shutdown)
+    })
+}
+
+pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
+    let config = agad_gerente_dominio::DominioConfig {
+        data_dir: args.data_dir.clone(),
+        uplink: UplinkConfig {
+            parents: args.mor.clone(),
+            tls: args.identity.client()?,
+            role: Role::Dominio,
+            ticket: args.ticket.clone(),
+            keepalive: args.keepalive,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        },
+        acceptor: args.identity.acceptor()?,
+        consolidation_grace: Duration::from_secs(2),
+    };
+    serve(&args.listen, "domain manager", move |listener, shutdown| {
+        agad_gerente_dominio::run(config, listener, shutdown)
+    })
+}
+
+/// Binds `listen`, runs `process` until Ctrl-C or SIGTERM, then lets it
+/// shut down cleanly.
+fn serve<F, Fut>(listen: &str, what: &str, process: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio::net::TcpListener, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        eprintln!("{what} listening on {}; Ctrl-C stops", listener.local_addr()?);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        match process(listener, shutdown).await {
+            Ok(()) => Ok(()),
+            Err(e) => bail!("{what}: {e:#}"),
+        }
+    })
+}

@@ -1,0 +1,128 @@
+//! Domain consolidation: the node reports of one window merged per node and
+//! per domain, so one message per window goes upward whatever the size of
+//! the domain.
+
+use agad_protocol::message::{Report, Summary};
+use agad_protocol::wire::{DomainReport, NodeSummary};
+use std::collections::BTreeMap;
+
+/// Two summaries of the same series as one (weighted mean, latest `last`).
+pub fn merge(a: &Summary, b: &Summary) -> Summary {
+    let count = a.count + b.count;
+    let mean = if count == 0 {
+        0.0
+    } else {
+        (a.mean * f64::from(a.count) + b.mean * f64::from(b.count)) / f64::from(count)
+    };
+    let last = if b.window_end_ms >= a.window_end_ms { b.last } else { a.last };
+    Summary {
+        metric: a.metric.clone(),
+        subject: a.subject.clone(),
+        unit: a.unit.clone(),
+        min: a.min.min(b.min),
+        max: a.max.max(b.max),
+        mean,
+        last,
+        count,
+        window_start_ms: a.window_start_ms.min(b.window_start_ms),
+        window_end_ms: a.window_end_ms.max(b.window_end_ms),
+    }
+}
+
+type Series = (String, String, String, String);
+
+fn fold(rows: impl Iterator<Item = (String, String, Summary)>) -> Vec<NodeSummary> {
+    let mut merged: BTreeMap<Series, Summary> = BTreeMap::new();
+    for (node, module, s) in rows {
+        let key = (node, module, s.metric.clone(), s.subject.clone());
+        merged
+            .entry(key)
+            .and_modify(|m| *m = merge(m, &s))
+            .or_insert(s);
+    }
+    merged
+        .into_iter()
+        .map(|((node, module, _, _), summary)| NodeSummary { node, module, summary })
+        .collect()
+}
+
+/// The report of `domain` for the window `[start, end)` from its node reports.
+pub fn consolidate(domain: &str, start_ms: u64, end_ms: u64, reports: &[Report]) -> DomainReport {
+    let nodes = fold(reports.iter().flat_map(|r| {
+        r.summaries
+            .iter()
+            .map(|s| (r.node.clone(), r.module.clone(), s.clone()))
+    }));
+    let domain_summaries = fold(
+        nodes
+            .iter()
+            .map(|n| (domain.to_owned(), n.module.clone(), n.summary.clone())),
+    );
+    DomainReport {
+        id: format!("{domain}/{start_ms}"),
+        domain: domain.to_owned(),
+        window_start_ms: start_ms,
+        window_end_ms: end_ms,
+        nodes,
+        domain_summaries,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use agad_protocol::Area;
+
+    fn summary(min: f64, max: f64, mean: f64, last: f64, count: u32, end: u64) -> Summary {
+        Summary {
+            metric: "cpu".into(),
+            subject: String::new(),
+            unit: "%".into(),
+            min,
+            max,
+            mean,
+            last,
+            count,
+            window_start_ms: end - 10,
+            window_end_ms: end,
+        }
+    }
+
+    fn report(node: &str, s: Summary) -> Report {
+        Report {
+            node: node.into(),
+            module: "cpu-mem".into(),
+            area: Area::Performance,
+            summaries: vec![s],
+            time_ms: 0,
+        }
+    }
+
+    #[test]
+    fn merging_weights_the_mean_and_keeps_the_latest_last() {
+        let m = merge(&summary(1.0, 5.0, 2.0, 4.0, 1, 20), &summary(0.0, 3.0, 5.0, 3.0, 3, 30));
+        assert_eq!((m.min, m.max, m.count, m.last), (0.0, 5.0, 4, 3.0));
+        assert!((m.mean - 4.25).abs() < 1e-9);
+        assert_eq!((m.window_start_ms, m.window_end_ms), (10, 30));
+    }
+
+    #[test]
+    fn a_window_becomes_one_row_per_node_series_and_one_per_domain_series() {
+        let reports = [
+            report("a", summary(1.0, 2.0, 1.5, 2.0, 2, 20)),
+            report("a", summary(3.0, 4.0, 3.5, 4.0, 2, 30)),
+            report("b", summary(10.0, 10.0, 10.0, 10.0, 4, 30)),
+        ];
+        let r = consolidate("lab", 0, 60, &reports);
+        assert_eq!(r.id, "lab/0");
+        assert_eq!(r.nodes.len(), 2);
+        assert_eq!(r.nodes[0].node, "a");
+        assert_eq!(r.nodes[0].summary.count, 4);
+        assert_eq!(r.nodes[0].summary.max, 4.0);
+        assert_eq!(r.domain_summaries.len(), 1);
+        let d = &r.domain_summaries[0].summary;
+        assert_eq!((d.min, d.max, d.count), (1.0, 10.0, 8));
+        assert!((d.mean - 6.25).abs() < 1e-9);
+    }
+}

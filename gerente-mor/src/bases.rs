@@ -1,0 +1,293 @@
+//! The top manager's bases in its database: BGC (signed bundles by module
+//! name), BTPG (the topology in force, with a version), the enrollment
+//! registry, and BIG (every alarm and domain report received).
+//!
+//! One version number covers everything replicated: any change to BGC,
+//! BTPG or enrollment bumps it, and replicas carry it.
+
+use agad_protocol::message::Alarm;
+use agad_protocol::topology::Topology;
+use agad_protocol::wire::{self, DomainReport, Enrollment, Member, Role};
+use agad_protocol::{Bundle, PublicKey};
+use agad_storage::{Database, StorageError, Tree};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("stored {what} is unreadable: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+type Result<T> = std::result::Result<T, BaseError>;
+
+#[derive(Clone, Debug)]
+pub struct Bases {
+    db: Database,
+    bgc: Tree,
+    btpg: Tree,
+    members: Tree,
+    tickets: Tree,
+    big_alarms: Tree,
+    big_reports: Tree,
+}
+
+const TOPOLOGY: &[u8] = b"topology";
+const VERSION: &[u8] = b"version";
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    wire::decode_value(bytes).map_err(|e| BaseError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// What `publish` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Published {
+    New,
+    Replaced { previous_sequence: u64 },
+    AlreadyThere,
+}
+
+impl Bases {
+    pub fn open(db: &Database) -> std::result::Result<Bases, StorageError> {
+        Ok(Bases {
+            db: db.clone(),
+            bgc: db.tree("bgc")?,
+            btpg: db.tree("btpg")?,
+            members: db.tree("members")?,
+            tickets: db.tree("tickets")?,
+            big_alarms: db.tree("big-alarms")?,
+            big_reports: db.tree("big-reports")?,
+        })
+    }
+
+    pub fn version(&self) -> Result<u64> {
+        Ok(self
+            .btpg
+            .get(VERSION)?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    fn bump(&self) -> Result<u64> {
+        let next = self.version()? + 1;
+        self.btpg.insert(VERSION, &next.to_be_bytes())?;
+        Ok(next)
+    }
+
+    // ---- BGC
+
+    /// Verifies a bundle against the trusted keys and keeps it as the
+    /// module's current version; a lower sequence than the one held is refused.
+    pub fn publish(&self, bundle: &Bundle, trusted: &[PublicKey], now_secs: u64) -> Result<Published> {
+        bundle
+            .verify(trusted, now_secs)
+            .map_err(|e| BaseError::Refused(format!("bundle refused: {e}")))?;
+        let name = &bundle.manifest.name;
+        let outcome = match self.bundle(name)? {
+            Some(old) if old.manifest.sha256 == bundle.manifest.sha256 && old.manifest == bundle.manifest => {
+                return Ok(Published::AlreadyThere);
+            }
+            Some(old) if old.manifest.sequence >= bundle.manifest.sequence => {
+                return Err(BaseError::Refused(format!(
+                    "module `{name}` sequence {} is not above the published {} (raise `sequence` in its manifest)",
+                    bundle.manifest.sequence, old.manifest.sequence
+                )));
+            }
+            Some(old) => Published::Replaced {
+                previous_sequence: old.manifest.sequence,
+            },
+            None => Published::New,
+        };
+        self.bgc.insert(name.as_bytes(), &bundle.to_bytes())?;
+        self.bump()?;
+        self.db.flush()?;
+        Ok(outcome)
+    }
+
+    pub fn bundle(&self, name: &str) -> Result<Option<Bundle>> {
+        self.bgc
+            .get(name.as_bytes())?
+            .map(|b| Bundle::from_bytes(&b).map_err(|e| BaseError::Corrupt { what: "bundle", reason: e.to_string() }))
+            .transpose()
+    }
+
+    pub fn bundles(&self) -> Result<Vec<Bundle>> {
+        self.bgc
+            .scan_prefix(b"")?
+            .into_iter()
+            .map(|(_, b)| Bundle::from_bytes(&b).map_err(|e| BaseError::Corrupt { what: "bundle", reason: e.to_string() }))
+            .collect()
+    }
+
+    // ---- BTPG
+
+    pub fn topology(&self) -> Result<Topology> {
+        Ok(match self.btpg.get(TOPOLOGY)? {
+            Some(bytes) => decode("topology", &bytes)?,
+            None => Topology::default(),
+        })
+    }
+
+    /// Replaces the topology in force (one key: all or nothing).
+    pub fn apply_topology(&self, topology: &Topology) -> Result<u64> {
+        self.btpg.insert(TOPOLOGY, &wire::encode_value(topology))?;
+        let version = self.bump()?;
+        self.db.flush()?;
+        Ok(version)
+    }
+
+    // ---- enrollment
+
+    pub fn members(&self) -> Result<Vec<Member>> {
+        self.members
+            .scan_prefix(b"")?
+            .into_iter()
+            .map(|(_, v)| decode("member", &v))
+            .collect()
+    }
+
+    pub fn member(&self, name: &str) -> Result<Option<Member>> {
+        self.members
+            .get(name.as_bytes())?
+            .map(|v| decode("member", &v))
+            .transpose()
+    }
+
+    fn put_member(&self, member: &Member) -> Result<()> {
+        self.members.insert(member.name.as_bytes(), &wire::encode_value(member))?;
+        self.bump()?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A peer with a CA certificate asks to join. Returns its state and
+    /// whether the registry changed.
+    pub fn enroll(&self, name: &str, role: Role, fingerprint: &str, ticket: Option<&str>) -> Result<(Enrollment, bool)> {
+        if let Some(m) = self.member(name)? {
+            if m.fingerprint != fingerprint || m.role != role {
+                return Err(BaseError::Refused(format!(
+                    "`{name}` is enrolled with another certificate or role; remove it before enrolling {fingerprint}"
+                )));
+            }
+            return Ok((m.state, false));
+        }
+        let by_ticket = match ticket {
+            Some(t) => match self.tickets.get(t.as_bytes())? {
+                Some(owner) if owner == name.as_bytes() => {
+                    self.tickets.remove(t.as_bytes())?;
+                    true
+                }
+                _ => {
+                    tracing::warn!(%name, "enrollment ticket refused (unknown, used, or issued for another name)");
+                    false
+                }
+            },
+            None => false,
+        };
+        let state = if by_ticket { Enrollment::Inactive } else { Enrollment::Pending };
+        self.put_member(&Member {
+            name: name.to_owned(),
+            role,
+            fingerprint: fingerprint.to_owned(),
+            state,
+        })?;
+        Ok((state, true))
+    }
+
+    /// Operator approval of a pending request, by certificate fingerprint.
+    pub fn approve(&self, fingerprint: &str) -> Result<Member> {
+        let mut m = self
+            .members()?
+            .into_iter()
+            .find(|m| m.fingerprint == fingerprint || (fingerprint.len() >= 8 && m.fingerprint.starts_with(fingerprint)))
+            .ok_or_else(|| BaseError::Refused(format!("no enrollment request with fingerprint {fingerprint} (see `agad enroll list`)")))?;
+        if m.state == Enrollment::Pending {
+            m.state = Enrollment::Inactive;
+            self.put_member(&m)?;
+        }
+        Ok(m)
+    }
+
+    pub fn activate(&self, name: &str) -> Result<Member> {
+        let mut m = self
+            .member(name)?
+            .ok_or_else(|| BaseError::Refused(format!("`{name}` has not asked to enroll (see `agad enroll list`)")))?;
+        match m.state {
+            Enrollment::Pending => Err(BaseError::Refused(format!(
+                "`{name}` is not approved yet: `agad enroll approve {}` first",
+                m.fingerprint
+            ))),
+            Enrollment::Active => Ok(m),
+            Enrollment::Inactive => {
+                m.state = Enrollment::Active;
+                self.put_member(&m)?;
+                Ok(m)
+            }
+        }
+    }
+
+    /// A one-time ticket that approves `name` when it first connects.
+    pub fn ticket(&self, name: &str) -> Result<String> {
+        let mut bytes = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        let ticket = hex::encode(bytes);
+        self.tickets.insert(ticket.as_bytes(), name.as_bytes())?;
+        self.db.flush()?;
+        Ok(ticket)
+    }
+
+    // ---- BIG
+
+    /// Stores an alarm once per id, durably; false if already there.
+    pub fn record_alarm(&self, alarm: &Alarm) -> Result<bool> {
+        let new = self.big_alarms.insert_new(alarm.id.as_bytes(), &wire::encode_value(alarm))?;
+        self.db.flush()?;
+        Ok(new)
+    }
+
+    /// Stores a domain report once per id, durably; false if already there.
+    pub fn record_report(&self, report: &DomainReport) -> Result<bool> {
+        let mut key = report.window_start_ms.to_be_bytes().to_vec();
+        key.extend_from_slice(report.id.as_bytes());
+        let new = self.big_reports.insert_new(&key, &wire::encode_value(report))?;
+        self.db.flush()?;
+        Ok(new)
+    }
+
+    pub fn alarms(&self) -> Result<Vec<Alarm>> {
+        let mut all: Vec<Alarm> = self
+            .big_alarms
+            .scan_prefix(b"")?
+            .into_iter()
+            .map(|(_, v)| decode("alarm", &v))
+            .collect::<Result<_>>()?;
+        all.sort_by_key(|a| a.time_ms);
+        Ok(all)
+    }
+
+    /// Domain reports whose window starts in `[since, until)`, oldest first.
+    pub fn reports(&self, since_ms: u64, until_ms: u64) -> Result<Vec<DomainReport>> {
+        let mut out = Vec::new();
+        let mut after = since_ms.saturating_sub(1).to_be_bytes().to_vec();
+        after.push(0xff);
+        loop {
+            let page = self.big_reports.entries_after(&after, 256)?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            for (key, value) in &page {
+                let start = key.get(..8).and_then(|k| k.try_into().ok()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
+                if start >= until_ms {
+                    return Ok(out);
+                }
+                out.push(decode("report", value)?);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,288 @@
+//! Framed, mutually authenticated connections between levels.
+//!
+//! For: the TLS handshake with a timeout, learning who the peer is, and
+//! moving whole [`Message`]s in and out of a byte stream. Not for: what the
+//! messages mean, retries or reconnection (the managers do that).
+//!
+//! The byte layout belongs to [`agad_protocol::wire`]; this module only
+//! reads a header, asks the codec whether to go on, and reads the body.
+
+use crate::tls::{PeerIdentity, peer_identity, server_name};
+use agad_protocol::wire::{CodecError, HEADER_LEN, Message, decode_body, decode_header, encode};
+use rustls::ClientConfig;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+
+/// Longest a TCP connect plus TLS handshake may take; a peer that stalls
+/// must not hold a slot of the accept loop.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
+    #[error("bad frame: {0}")]
+    Codec(#[from] CodecError),
+    #[error("peer identity refused: {0}")]
+    Identity(String),
+    #[error("connection and TLS handshake did not finish within {} s", HANDSHAKE_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// Receives whole messages from a byte stream.
+pub struct FrameReader<R> {
+    inner: R,
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
+    body: Vec<u8>,
+    body_filled: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            header: [0; HEADER_LEN],
+            header_filled: 0,
+            body: Vec::new(),
+            body_filled: 0,
+        }
+    }
+
+    /// The next message; `Ok(None)` when the peer closed cleanly between
+    /// frames. After an error the stream is out of step: drop it.
+    ///
+    /// Cancel-safe: progress lives in `self`, so `recv` can race a shutdown
+    /// or a timer in `select!` without losing half a frame.
+    pub async fn recv(&mut self) -> Result<Option<Message>, NetError> {
+        while self.header_filled < HEADER_LEN {
+            let n = self
+                .inner
+                .read(&mut self.header[self.header_filled..])
+                .await?;
+            if n == 0 {
+                return match self.header_filled {
+                    0 => Ok(None),
+                    _ => Err(truncated()),
+                };
+            }
+            self.header_filled += n;
+            if self.header_filled == HEADER_LEN {
+                // Version and size are checked before anything is allocated,
+                // so a hostile length costs nothing.
+                self.body = vec![0; decode_header(&self.header)?];
+            }
+        }
+        while self.body_filled < self.body.len() {
+            let n = self.inner.read(&mut self.body[self.body_filled..]).await?;
+            if n == 0 {
+                return Err(truncated());
+            }
+            self.body_filled += n;
+        }
+        self.header_filled = 0;
+        self.body_filled = 0;
+        Ok(Some(decode_body(&std::mem::take(&mut self.body))?))
+    }
+}
+
+fn truncated() -> NetError {
+    NetError::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "peer closed the connection in the middle of a frame",
+    ))
+}
+
+/// Sends whole messages to a byte stream.
+pub struct FrameWriter<W> {
+    inner: W,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(inner: W) -> Self {
+        FrameWriter { inner }
+    }
+
+    /// Writes one frame and flushes it: alarms must not wait in a buffer.
+    /// Not cancel-safe: a `send` dropped midway leaves half a frame behind,
+    /// after which the connection must be dropped.
+    pub async fn send(&mut self, message: &Message) -> Result<(), NetError> {
+        self.inner.write_all(&encode(message)?).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Closes the sending direction (TLS `close_notify`); the peer's
+    /// [`FrameReader::recv`] then returns `Ok(None)`.
+    pub async fn shutdown(&mut self) -> Result<(), NetError> {
+        Ok(self.inner.shutdown().await?)
+    }
+}
+
+pub type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
+pub type Writer = FrameWriter<WriteHalf<TlsStream<TcpStream>>>;
+
+/// An authenticated link, from either end.
+pub struct Connection {
+    pub peer: PeerIdentity,
+    pub reader: Reader,
+    pub writer: Writer,
+}
+
+impl Connection {
+    fn new(stream: TlsStream<TcpStream>) -> Result<Connection, NetError> {
+        let (_, session) = stream.get_ref();
+        let cert = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .ok_or_else(|| NetError::Identity("peer showed no certificate".to_string()))?;
+        let peer = peer_identity(cert)?;
+        tracing::debug!(peer = %peer.name, role = %peer.role, fingerprint = %peer.fingerprint, "TLS link up");
+        let (reader, writer) = tokio::io::split(stream);
+        Ok(Connection {
+            peer,
+            reader: FrameReader::new(reader),
+            writer: FrameWriter::new(writer),
+        })
+    }
+}
+
+/// Server side of a new TCP connection: handshake (client certificate
+/// required) and the client's identity.
+pub async fn accept(acceptor: &TlsAcceptor, tcp: TcpStream) -> Result<Connection, NetError> {
+    tcp.set_nodelay(true)?;
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| NetError::Timeout)?
+        .map_err(|e| NetError::Handshake(e.to_string()))?;
+    Connection::new(TlsStream::Server(tls))
+}
+
+/// Client side: TCP connect to `addr`, handshake, and the server's identity.
+///
+/// In TLS 1.3 the server judges the client's certificate after the client
+/// has finished, so a server that refuses us shows up as an error on the
+/// first `recv`, not here.
+pub async fn connect(
+    addr: impl ToSocketAddrs,
+    config: Arc<ClientConfig>,
+) -> Result<Connection, NetError> {
+    let connector = TlsConnector::from(config);
+    let handshake = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        connector
+            .connect(server_name(), tcp)
+            .await
+            .map_err(|e| NetError::Handshake(e.to_string()))
+    };
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| NetError::Timeout)??;
+    Connection::new(TlsStream::Client(tls))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use agad_protocol::wire::{Control, MAX_FRAME_LEN, PROTOCOL_VERSION};
+
+    fn ack(seq: u64) -> Message {
+        Message::Control(Control::Ack { seqs: vec![seq] })
+    }
+
+    fn header(len: u32, version: u16) -> Vec<u8> {
+        let mut h = len.to_be_bytes().to_vec();
+        h.extend_from_slice(&version.to_be_bytes());
+        h
+    }
+
+    #[tokio::test]
+    async fn messages_cross_a_stream_and_eof_between_frames_is_clean() {
+        let (a, b) = tokio::io::duplex(64);
+        let mut writer = FrameWriter::new(a);
+        let mut reader = FrameReader::new(b);
+        let sending = tokio::spawn(async move {
+            for seq in 0..3 {
+                writer.send(&ack(seq)).await.unwrap();
+            }
+            writer.shutdown().await.unwrap();
+        });
+        for seq in 0..3 {
+            assert_eq!(reader.recv().await.unwrap(), Some(ack(seq)));
+        }
+        assert_eq!(reader.recv().await.unwrap(), None);
+        sending.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_without_reading_its_body() {
+        let len = u32::try_from(MAX_FRAME_LEN + 1).unwrap();
+        let mut bytes = header(len, PROTOCOL_VERSION);
+        bytes.extend_from_slice(b"body that must stay unread");
+        let mut reader = FrameReader::new(bytes.as_slice());
+        let err = reader.recv().await.unwrap_err();
+        assert!(
+            matches!(err, NetError::Codec(CodecError::TooLarge { .. })),
+            "{err}"
+        );
+        assert!(reader.body.is_empty());
+        assert_eq!(reader.inner, b"body that must stay unread");
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_is_refused() {
+        let frame = encode(&ack(1)).unwrap();
+        let mut bytes = header(
+            u32::try_from(frame.len() - HEADER_LEN).unwrap(),
+            PROTOCOL_VERSION + 1,
+        );
+        bytes.extend_from_slice(&frame[HEADER_LEN..]);
+        let err = FrameReader::new(bytes.as_slice()).recv().await.unwrap_err();
+        assert!(
+            matches!(err, NetError::Codec(CodecError::Version { .. })),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_garbage_body_is_refused() {
+        let mut bytes = header(5, PROTOCOL_VERSION);
+        bytes.extend_from_slice(&[0xff; 5]);
+        let err = FrameReader::new(bytes.as_slice()).recv().await.unwrap_err();
+        assert!(
+            matches!(err, NetError::Codec(CodecError::Malformed(_))),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_frame_is_an_error() {
+        let frame = encode(&ack(1)).unwrap();
+        for cut in [3, HEADER_LEN + 1] {
+            let err = FrameReader::new(&frame[..cut]).recv().await.unwrap_err();
+            assert!(
+                matches!(err, NetError::Io(ref e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+                "{err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn recv_survives_being_cancelled_mid_frame() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(b);
+        let frame = encode(&ack(7)).unwrap();
+        a.write_all(&frame[..HEADER_LEN + 1]).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(50), reader.recv()).await;
+        assert!(early.is_err(), "a partial frame must not complete");
+        a.write_all(&frame[HEADER_LEN + 1..]).await.unwrap();
+        assert_eq!(reader.recv().await.unwrap(), Some(ack(7)));
+    }
+}

@@ -1,0 +1,253 @@
+//! The link from an element to its parent manager: connect (to the first of
+//! several addresses that answers), say hello, then keep the parent informed —
+//! the outbox drained alarms first, keep-alives on a period, control answers —
+//! and hand down whatever the parent commands. Reconnects with back-off and
+//! jitter; on every new connection the unacknowledged outbox is replayed in
+//! order, once.
+
+use crate::conn::{self, FrameReader, FrameWriter};
+use crate::outbox::{Class, Outbox};
+use crate::tls::PeerIdentity;
+use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Role};
+use rand::Rng;
+use rustls::ClientConfig;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+
+/// Entries sent per outbox read; alarms are looked at again between batches.
+const BATCH: usize = 64;
+
+#[derive(Clone)]
+pub struct UplinkConfig {
+    /// Parent addresses in priority order (primary first, standbys after).
+    pub parents: Vec<String>,
+    pub tls: Arc<ClientConfig>,
+    pub role: Role,
+    /// A one-time enrollment ticket, presented in every hello until accepted.
+    pub ticket: Option<String>,
+    pub keepalive: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl std::fmt::Debug for UplinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkConfig")
+            .field("parents", &self.parents)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the element learns from its link.
+#[derive(Debug, Clone)]
+pub enum Downlink {
+    Connected { parent: PeerIdentity, address: String },
+    /// The parent refused or parked this element (enrollment not finished).
+    NotAdmitted { enrollment: Enrollment, reason: String },
+    Control(Control),
+    Disconnected { reason: String },
+}
+
+/// Everything the element supplies to its link.
+pub trait Element: Send + Sync + 'static {
+    /// Hashes (hex) of module bundles this element already stores.
+    fn modules_held(&self) -> Vec<String>;
+    /// Status of each component, sent with every keep-alive.
+    fn components(&self) -> Vec<ComponentStatus>;
+}
+
+/// Runs the link until `shutdown`. `commands` are control frames the element
+/// sends up (answers, enrollment requests); those issued while disconnected
+/// wait for the next connection.
+pub async fn run(
+    config: UplinkConfig,
+    outbox: Outbox,
+    element: Arc<dyn Element>,
+    events: mpsc::Sender<Downlink>,
+    mut commands: mpsc::Receiver<Control>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = config.backoff_initial;
+    let mut next = 0usize;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let address = config.parents[next % config.parents.len()].clone();
+        next += 1;
+        let outcome = tokio::select! {
+            r = session(&config, &address, &outbox, &*element, &events, &mut commands) => r,
+            _ = shutdown.changed() => return,
+        };
+        match outcome {
+            Ok(Session::Admitted) => {
+                backoff = config.backoff_initial;
+                next -= 1; // the same parent first again
+            }
+            Ok(Session::NotAdmitted) => {}
+            Err(reason) => {
+                tracing::info!(parent = %address, "link down: {reason}");
+                let _ = events.send(Downlink::Disconnected { reason }).await;
+            }
+        }
+        // Jitter spreads the reconnections of many elements after a
+        // manager restart.
+        let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.5));
+        backoff = (backoff * 2).min(config.backoff_max);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+enum Session {
+    /// Was admitted and served until the link broke cleanly.
+    Admitted,
+    NotAdmitted,
+}
+
+async fn session(
+    config: &UplinkConfig,
+    address: &str,
+    outbox: &Outbox,
+    element: &dyn Element,
+    events: &mpsc::Sender<Downlink>,
+    commands: &mut mpsc::Receiver<Control>,
+) -> Result<Session, String> {
+    let connected = conn::connect(address, config.tls.clone())
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let (peer, reader, mut writer) = (connected.peer, connected.reader, connected.writer);
+    writer
+        .send(&Message::Control(Control::Hello {
+            role: config.role,
+            software: concat!("agad ", env!("CARGO_PKG_VERSION")).to_owned(),
+            ticket: config.ticket.clone(),
+            modules_held: element.modules_held(),
+        }))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut incoming = spawn_reader(reader);
+    match incoming.recv().await {
+        Some(Ok(Message::Control(Control::Welcome { enrollment: Enrollment::Active, .. }))) => {}
+        Some(Ok(Message::Control(Control::Welcome { enrollment, reason }))) => {
+            tracing::warn!(parent = %address, ?enrollment, "not admitted yet: {reason}");
+            let _ = events
+                .send(Downlink::NotAdmitted { enrollment, reason })
+                .await;
+            return Ok(Session::NotAdmitted);
+        }
+        Some(Ok(other)) => return Err(format!("expected a welcome, got {other:?}")),
+        Some(Err(e)) => return Err(e),
+        None => return Err("closed before welcoming".into()),
+    }
+    tracing::info!(parent = %peer.name, %address, "link up");
+    let _ = events
+        .send(Downlink::Connected {
+            parent: peer,
+            address: address.to_owned(),
+        })
+        .await;
+    let mut sent = Sent::default();
+    let mut keepalive = tokio::time::interval(config.keepalive);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        sent.drain(outbox, &mut writer).await?;
+        tokio::select! {
+            frame = incoming.recv() => match frame {
+                Some(Ok(Message::Control(Control::Ack { seqs }))) => {
+                    outbox.ack(&seqs).map_err(|e| e.to_string())?;
+                }
+                Some(Ok(Message::Control(control))) => {
+                    if events.send(Downlink::Control(control)).await.is_err() {
+                        return Ok(Session::Admitted);
+                    }
+                }
+                Some(Ok(other)) => return Err(format!("unexpected frame from parent: {other:?}")),
+                Some(Err(e)) => return Err(e),
+                None => return Err("parent closed the connection".into()),
+            },
+            () = outbox.wait_queued() => {}
+            command = commands.recv() => match command {
+                Some(c) => writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?,
+                None => return Ok(Session::Admitted),
+            },
+            _ = keepalive.tick() => {
+                let status = Control::KeepAlive { components: element.components() };
+                writer.send(&Message::Control(status)).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
+
+/// How far this connection has sent each class of the outbox.
+#[derive(Default)]
+struct Sent {
+    alarms: u64,
+    reports: u64,
+}
+
+impl Sent {
+    /// Sends everything queued and not yet sent on this connection, alarms
+    /// first and re-checked between report batches.
+    async fn drain<W: AsyncWrite + Unpin>(
+        &mut self,
+        outbox: &Outbox,
+        writer: &mut FrameWriter<W>,
+    ) -> Result<(), String> {
+        loop {
+            let alarms = outbox
+                .after(Class::Alarm, self.alarms, BATCH)
+                .map_err(|e| e.to_string())?;
+            let batch = if alarms.is_empty() {
+                outbox
+                    .after(Class::Report, self.reports, BATCH)
+                    .map_err(|e| e.to_string())?
+            } else {
+                alarms
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for entry in batch {
+                let message = match entry.class {
+                    Class::Alarm => {
+                        self.alarms = entry.seq;
+                        Message::Alarm { seq: entry.seq, body: entry.body }
+                    }
+                    Class::Report => {
+                        self.reports = entry.seq;
+                        Message::Report { seq: entry.seq, body: entry.body }
+                    }
+                };
+                writer.send(&message).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
+
+/// Reads frames on their own task: a frame half-read must never be dropped
+/// by a `select!` that picked another branch.
+pub fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
+    mut reader: FrameReader<R>,
+) -> mpsc::Receiver<Result<Message, String>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let item = match reader.recv().await {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => return,
+                Err(e) => Err(e.to_string()),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}

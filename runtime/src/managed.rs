@@ -1,0 +1,228 @@
+//! A node under a domain manager: it registers, runs exactly the modules
+//! the manager deploys (verifying every signature itself), keeps every alarm
+//! and report in the durable outbox until acknowledged, and sends
+//! keep-alives with the state of each module. When the manager is away the
+//! node keeps inspecting and buffering.
+
+use crate::node::{Event, ModuleConfig, Node};
+use agad_net::outbox::Outbox;
+use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
+use agad_protocol::Bundle;
+use agad_protocol::wire::{ComponentStatus, Control, Deployment, Upward};
+use agad_storage::Tree;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+struct Running {
+    hash: String,
+    config: Vec<(String, String)>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The node as its link to the manager sees it.
+struct Managed {
+    node: Node,
+    /// Bundles received, by wasm hash: a redeploy sends only the manifest.
+    bundles: Tree,
+    running: Mutex<HashMap<String, Running>>,
+    /// Last fault per module since it was (re)started.
+    faults: Mutex<HashMap<String, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Element for Managed {
+    fn modules_held(&self) -> Vec<String> {
+        self.bundles
+            .scan_prefix(b"")
+            .map(|all| all.into_iter().map(|(k, _)| String::from_utf8_lossy(&k).into_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    fn components(&self) -> Vec<ComponentStatus> {
+        let faults = lock(&self.faults);
+        let mut out: Vec<ComponentStatus> = lock(&self.running)
+            .iter()
+            .map(|(name, r)| {
+                let fault = faults.get(name);
+                ComponentStatus {
+                    name: name.clone(),
+                    healthy: fault.is_none() && !r.task.is_finished(),
+                    detail: fault.cloned().unwrap_or_else(|| "running".into()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+impl Managed {
+    /// Makes the running set equal to `modules`; returns the problems.
+    fn deploy(self: &Arc<Self>, modules: Vec<Deployment>, events: &mpsc::Sender<Event>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut wanted = HashMap::new();
+        for d in modules {
+            let name = d.module.manifest.name.clone();
+            match self.bundle_for(d.module) {
+                Ok(bundle) => {
+                    wanted.insert(name, (bundle, d.config));
+                }
+                Err(e) => problems.push(format!("{name}: {e}")),
+            }
+        }
+        let mut running = lock(&self.running);
+        running.retain(|name, r| {
+            let keep = wanted
+                .get(name)
+                .is_some_and(|(b, config)| b.manifest.sha256_hex() == r.hash && *config == r.config);
+            if !keep {
+                tracing::info!(module = %name, "stopping");
+                let _ = r.stop.send(true);
+            }
+            keep
+        });
+        for (name, (bundle, config)) in wanted {
+            if running.contains_key(&name) {
+                continue;
+            }
+            match self.start(&bundle, config.clone(), events) {
+                Ok((stop, task)) => {
+                    tracing::info!(module = %name, version = %bundle.manifest.version, "started");
+                    lock(&self.faults).remove(&name);
+                    running.insert(name, Running { hash: bundle.manifest.sha256_hex(), config, stop, task });
+                }
+                Err(e) => problems.push(format!("{name}: {e:#}")),
+            }
+        }
+        problems
+    }
+
+    /// The full bundle of a deployment: from the message, or from the local
+    /// store when only the manifest came (the hash must match).
+    fn bundle_for(&self, copy: agad_protocol::wire::ModuleCopy) -> anyhow::Result<Bundle> {
+        let hash = copy.manifest.sha256_hex();
+        let name = &copy.manifest.name;
+        let wasm = match copy.wasm {
+            Some(w) => {
+                tracing::info!(module = %name, %hash, bytes = w.len(), "deployment with module bytes");
+                w
+            }
+            None => match self.bundles.get(hash.as_bytes())? {
+                Some(bytes) => {
+                    tracing::info!(module = %name, %hash, "deployment by hash; bytes from the local store");
+                    Bundle::from_bytes(&bytes)?.wasm
+                }
+                None => anyhow::bail!("manifest {hash} came without bytes and is not stored here"),
+            },
+        };
+        let bundle = Bundle { manifest: copy.manifest, signature: copy.signature, wasm };
+        // Stored only once it verified and linked (in `start`), never before.
+        Ok(bundle)
+    }
+
+    fn start(
+        &self,
+        bundle: &Bundle,
+        config: Vec<(String, String)>,
+        events: &mpsc::Sender<Event>,
+    ) -> anyhow::Result<(watch::Sender<bool>, JoinHandle<()>)> {
+        let module = self.node.load(bundle)?;
+        let hash = bundle.manifest.sha256_hex();
+        if self.bundles.get(hash.as_bytes())?.is_none() {
+            self.bundles.insert(hash.as_bytes(), &bundle.to_bytes())?;
+        }
+        let (stop, stopped) = watch::channel(false);
+        let task = self
+            .node
+            .start_inspector(module, ModuleConfig { values: config }, events.clone(), stopped)?;
+        Ok((stop, task))
+    }
+
+    fn stop_all(&self) {
+        for (_, r) in lock(&self.running).drain() {
+            let _ = r.stop.send(true);
+        }
+    }
+}
+
+/// Runs `node` under the managers of `uplink` until `shutdown`.
+pub async fn run(node: Node, uplink: UplinkConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let db = node.database().clone();
+    let outbox = Outbox::open(&db)?;
+    let managed = Arc::new(Managed {
+        bundles: db.tree("bundles")?,
+        node,
+        running: Mutex::default(),
+        faults: Mutex::default(),
+    });
+    let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    let (down_tx, mut down) = mpsc::channel(16);
+    let (up_tx, up_rx) = mpsc::channel(16);
+    let link = tokio::spawn(uplink::run(uplink, outbox.clone(), managed.clone(), down_tx, up_rx, shutdown.clone()));
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                let body = match event {
+                    Event::Alarm(a) => Upward::Alarm(a),
+                    Event::Report(r) => Upward::NodeReport(r),
+                    Event::Fault(f) => {
+                        lock(&managed.faults).insert(f.module.clone(), format!("{:?}: {}", f.kind, f.message));
+                        continue;
+                    }
+                };
+                let outbox = outbox.clone();
+                // sled flushes synchronously.
+                let id = match &body {
+                    Upward::Alarm(a) => Some(a.id.clone()),
+                    _ => None,
+                };
+                match tokio::task::spawn_blocking(move || outbox.push(&body)).await {
+                    // Tests count these lines: logged only once the alarm is on disk.
+                    Ok(Ok(seq)) => if let Some(id) = id {
+                        tracing::info!(%id, seq, "alarm queued");
+                    },
+                    Ok(Err(e)) => tracing::error!("cannot queue for the manager: {e}"),
+                    Err(e) => tracing::error!("outbox task failed: {e}"),
+                }
+            }
+            down_event = down.recv() => match down_event {
+                Some(Downlink::Control(Control::Deploy { version, modules })) => {
+                    let m = managed.clone();
+                    let tx = events_tx.clone();
+                    let problems = tokio::task::spawn_blocking(move || {
+                        // start_inspector spawns on the runtime; enter it from this thread.
+                        m.deploy(modules, &tx)
+                    });
+                    let problems = problems.await.unwrap_or_else(|e| vec![format!("deployment task failed: {e}")]);
+                    for p in &problems {
+                        tracing::warn!("deployment {version}: {p}");
+                    }
+                    let _ = up_tx.send(Control::DeployAck { version, problems }).await;
+                }
+                Some(Downlink::Control(other)) => tracing::debug!("ignored from manager: {other:?}"),
+                Some(Downlink::NotAdmitted { enrollment, reason }) => {
+                    tracing::warn!(?enrollment, "manager has not admitted this node: {reason}");
+                }
+                Some(Downlink::Connected { parent, address }) => {
+                    tracing::info!(manager = %parent.name, %address, "connected");
+                }
+                Some(Downlink::Disconnected { reason }) => {
+                    tracing::info!("manager link down ({reason}); inspecting and buffering ({} queued)", outbox.len());
+                }
+                None => break,
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    managed.stop_all();
+    let _ = link.await;
+    db.flush()?;
+    Ok(())
+}
