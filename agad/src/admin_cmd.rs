@@ -9,6 +9,15 @@ use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `println!` that returns an error instead of panicking when stdout is
+/// closed (`agad report | head`); `main` treats a broken pipe as success.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 /// Which top manager to talk to.
 #[derive(clap::Args, Clone)]
 pub struct MorDir {
@@ -93,7 +102,7 @@ pub fn publish(dir: &Path, bundle: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
     match ask(dir, Request::Publish { bundle_hex: hex::encode(bytes) })? {
         Answer::Published { module, version, sequence, outcome } => {
-            println!("{module} {version} (sequence {sequence}): {outcome:?}");
+            outln!("{module} {version} (sequence {sequence}): {outcome:?}");
             Ok(())
         }
         other => Err(unexpected(other)),
@@ -109,14 +118,14 @@ pub fn topology(dir: &Path, cmd: TopologyCommand) -> anyhow::Result<()> {
             match ask(dir, request)? {
                 Answer::TopologyDiff { changes, applied, version } => {
                     if changes.is_empty() {
-                        println!("no change");
+                        outln!("no change");
                     }
                     for c in &changes {
-                        println!("{c}");
+                        outln!("{c}");
                     }
                     match (applied, version) {
-                        (true, Some(v)) => println!("applied as version {v}"),
-                        _ if !changes.is_empty() => println!("not applied (dry run)"),
+                        (true, Some(v)) => outln!("applied as version {v}"),
+                        _ if !changes.is_empty() => outln!("not applied (dry run)"),
                         _ => {}
                     }
                     Ok(())
@@ -126,7 +135,7 @@ pub fn topology(dir: &Path, cmd: TopologyCommand) -> anyhow::Result<()> {
         }
         TopologyCommand::Show => match ask(dir, Request::TopologyShow)? {
             Answer::Topology { text, version } => {
-                println!("# BTPG version {version}\n{text}");
+                outln!("# BTPG version {version}\n{text}");
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -143,13 +152,13 @@ pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
     };
     match ask(dir, request)? {
         Answer::Members(members) => {
-            println!("{:<24} {:<8} {:<9} FINGERPRINT", "NAME", "ROLE", "STATE");
+            outln!("{:<24} {:<8} {:<9} FINGERPRINT", "NAME", "ROLE", "STATE");
             for m in members {
-                println!("{:<24} {:<8} {:<9} {}", m.name, m.role, format!("{:?}", m.state).to_lowercase(), m.fingerprint);
+                outln!("{:<24} {:<8} {:<9} {}", m.name, m.role, format!("{:?}", m.state).to_lowercase(), m.fingerprint);
             }
         }
-        Answer::Member(m) => println!("{} ({}) is now {}", m.name, m.role, format!("{:?}", m.state).to_lowercase()),
-        Answer::Ticket { name, ticket } => println!("{ticket}\n(one use; start `{name}` with --ticket {ticket})"),
+        Answer::Member(m) => outln!("{} ({}) is now {}", m.name, m.role, format!("{:?}", m.state).to_lowercase()),
+        Answer::Ticket { name, ticket } => outln!("{ticket}\n(one use; start `{name}` with --ticket {ticket})"),
         other => return Err(unexpected(other)),
     }
     Ok(())
@@ -158,8 +167,8 @@ pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
 pub fn status(dir: &Path) -> anyhow::Result<()> {
     match ask(dir, Request::Status)? {
         Answer::Status { version, modules, domains } => {
-            println!("bases version {version}");
-            println!("modules in BGC: {}", if modules.is_empty() { "none".into() } else { modules.join(", ") });
+            outln!("bases version {version}");
+            outln!("modules in BGC: {}", if modules.is_empty() { "none".into() } else { modules.join(", ") });
             for d in domains {
                 let station = d.station.as_deref().unwrap_or("NO MANAGER");
                 let replica = match (d.replica_sent, d.replica_acked) {
@@ -167,10 +176,10 @@ pub fn status(dir: &Path) -> anyhow::Result<()> {
                     (Some(s), None) => format!("replica v{s} sent"),
                     _ => "no replica".into(),
                 };
-                println!("domain {}: {station}, {replica}", d.domain);
+                outln!("domain {}: {station}, {replica}", d.domain);
                 for c in d.components {
                     let mark = if c.healthy { "ok  " } else { "DOWN" };
-                    println!("  {mark} {:<20} {}", c.name, c.detail);
+                    outln!("  {mark} {:<20} {}", c.name, c.detail);
                 }
             }
             Ok(())
@@ -198,7 +207,7 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
         other => return Err(unexpected(other)),
     };
     if !args.json {
-        println!(
+        outln!(
             "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10} {:>6}",
             "WINDOW", "DOMAIN", "NODE", "MODULE", "METRIC", "SUBJECT", "MIN", "MAX", "MEAN", "LAST", "COUNT"
         );
@@ -215,9 +224,9 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
                     "window_start": time(r.window_start_ms), "window_end": time(r.window_end_ms),
                     "domain": r.domain, "node": row.node, "module": row.module, "summary": s,
                 });
-                println!("{line}");
+                outln!("{line}");
             } else {
-                println!(
+                outln!(
                     "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6}",
                     time(r.window_start_ms), r.domain, row.node, row.module, s.metric, s.subject,
                     s.min, s.max, s.mean, s.last, s.count
@@ -243,13 +252,13 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
         alarms.sort_by_key(|a| a.time_ms);
     }
     if !args.json {
-        println!("{:<20} {:<7} {:<9} {:<12} {:<14} MESSAGE", "TIME", "STATE", "SEVERITY", "NODE", "MODULE");
+        outln!("{:<20} {:<7} {:<9} {:<12} {:<14} MESSAGE", "TIME", "STATE", "SEVERITY", "NODE", "MODULE");
     }
     for a in alarms {
         if args.json {
-            println!("{}", serde_json::to_string(&a)?);
+            outln!("{}", serde_json::to_string(&a)?);
         } else {
-            println!(
+            outln!(
                 "{:<20} {:<7} {:<9} {:<12} {:<14} {}",
                 time(a.time_ms),
                 if a.raised { "RAISED" } else { "cleared" },

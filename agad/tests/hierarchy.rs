@@ -341,10 +341,11 @@ fn a_redeploy_sends_only_hashes_the_node_already_has() {
 #[test]
 fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() {
     let mut d = Deployment::start();
+    use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
     d.publish(
         "misbehave",
-        agad_modules::test_guests::MISBEHAVE_WASM,
-        agad_modules::test_guests::MISBEHAVE_MANIFEST,
+        &std::fs::read(MISBEHAVE_WASM).unwrap(),
+        &std::fs::read_to_string(MISBEHAVE_MANIFEST).unwrap(),
     );
     d.apply(&one_domain("s1", &["n1"], "misbehave", "mode = \"alarm-every-tick\"\nperiod = \"200ms\""));
     let addr = d.start_station("s1");

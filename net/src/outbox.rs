@@ -70,7 +70,8 @@ impl Outbox {
 
     /// Queues `body` durably and returns its sequence number.
     pub fn push(&self, body: &Upward) -> Result<u64, StorageError> {
-        let seq = self.db.next_id()?;
+        // Never 0: senders ask for entries *after* the last one sent, starting at 0.
+        let seq = self.db.next_id()? + 1;
         let tree = self.tree(Class::of(body));
         tree.insert(&seq.to_be_bytes(), &wire::encode_value(body))?;
         tree.flush()?;
@@ -166,6 +167,7 @@ mod tests {
             let db = Database::open(dir.path()).unwrap();
             let outbox = Outbox::open(&db).unwrap();
             a = outbox.push(&report(1)).unwrap();
+            assert_ne!(a, 0, "senders resume after 0, so 0 would never be sent");
             b = outbox.push(&report(2)).unwrap();
             outbox.push(&alarm(3)).unwrap();
             outbox.ack(&[a]).unwrap();
