@@ -22,7 +22,12 @@ macro_rules! outln {
 #[derive(clap::Args, Clone)]
 pub struct MorDir {
     /// Data directory of the running `agad mor`.
-    #[arg(long = "mor-dir", env = "AGAD_MOR_DIR", default_value = "agad-data/mor", global = true)]
+    #[arg(
+        long = "mor-dir",
+        env = "AGAD_MOR_DIR",
+        default_value = "agad-data/mor",
+        global = true
+    )]
     pub dir: PathBuf,
 }
 
@@ -87,7 +92,9 @@ pub struct AlarmsArgs {
 }
 
 pub fn ask(dir: &Path, request: Request) -> anyhow::Result<Answer> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match runtime.block_on(admin::request(dir, &request))? {
         Answer::Error(e) => bail!("{e}"),
         answer => Ok(answer),
@@ -99,9 +106,20 @@ fn unexpected(answer: Answer) -> anyhow::Error {
 }
 
 pub fn publish(dir: &Path, bundle: &Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
-    match ask(dir, Request::Publish { bundle_hex: hex::encode(bytes) })? {
-        Answer::Published { module, version, sequence, outcome } => {
+    let bytes =
+        std::fs::read(bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
+    match ask(
+        dir,
+        Request::Publish {
+            bundle_hex: hex::encode(bytes),
+        },
+    )? {
+        Answer::Published {
+            module,
+            version,
+            sequence,
+            outcome,
+        } => {
             outln!("{module} {version} (sequence {sequence}): {outcome:?}");
             Ok(())
         }
@@ -114,9 +132,17 @@ pub fn topology(dir: &Path, cmd: TopologyCommand) -> anyhow::Result<()> {
         TopologyCommand::Apply { file, dry_run } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let request = Request::TopologyApply { file: file.display().to_string(), text, dry_run };
+            let request = Request::TopologyApply {
+                file: file.display().to_string(),
+                text,
+                dry_run,
+            };
             match ask(dir, request)? {
-                Answer::TopologyDiff { changes, applied, version } => {
+                Answer::TopologyDiff {
+                    changes,
+                    applied,
+                    version,
+                } => {
                     if changes.is_empty() {
                         outln!("no change");
                     }
@@ -154,11 +180,24 @@ pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
         Answer::Members(members) => {
             outln!("{:<24} {:<8} {:<9} FINGERPRINT", "NAME", "ROLE", "STATE");
             for m in members {
-                outln!("{:<24} {:<8} {:<9} {}", m.name, m.role, format!("{:?}", m.state).to_lowercase(), m.fingerprint);
+                outln!(
+                    "{:<24} {:<8} {:<9} {}",
+                    m.name,
+                    m.role,
+                    format!("{:?}", m.state).to_lowercase(),
+                    m.fingerprint
+                );
             }
         }
-        Answer::Member(m) => outln!("{} ({}) is now {}", m.name, m.role, format!("{:?}", m.state).to_lowercase()),
-        Answer::Ticket { name, ticket } => outln!("{ticket}\n(one use; start `{name}` with --ticket {ticket})"),
+        Answer::Member(m) => outln!(
+            "{} ({}) is now {}",
+            m.name,
+            m.role,
+            format!("{:?}", m.state).to_lowercase()
+        ),
+        Answer::Ticket { name, ticket } => {
+            outln!("{ticket}\n(one use; start `{name}` with --ticket {ticket})")
+        }
         other => return Err(unexpected(other)),
     }
     Ok(())
@@ -166,9 +205,20 @@ pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
 
 pub fn status(dir: &Path) -> anyhow::Result<()> {
     match ask(dir, Request::Status)? {
-        Answer::Status { version, modules, domains } => {
+        Answer::Status {
+            version,
+            modules,
+            domains,
+        } => {
             outln!("bases version {version}");
-            outln!("modules in BGC: {}", if modules.is_empty() { "none".into() } else { modules.join(", ") });
+            outln!(
+                "modules in BGC: {}",
+                if modules.is_empty() {
+                    "none".into()
+                } else {
+                    modules.join(", ")
+                }
+            );
             for d in domains {
                 let station = d.station.as_deref().unwrap_or("NO MANAGER");
                 let replica = match (d.replica_sent, d.replica_acked) {
@@ -202,21 +252,46 @@ fn time(ms: u64) -> String {
 }
 
 pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
-    let reports: Vec<DomainReport> = match ask(dir, Request::Reports { since_ms: since_ms(args.since), until_ms: u64::MAX })? {
+    let reports: Vec<DomainReport> = match ask(
+        dir,
+        Request::Reports {
+            since_ms: since_ms(args.since),
+            until_ms: u64::MAX,
+        },
+    )? {
         Answer::Reports(r) => r,
         other => return Err(unexpected(other)),
     };
     if !args.json {
         outln!(
             "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10} {:>6}",
-            "WINDOW", "DOMAIN", "NODE", "MODULE", "METRIC", "SUBJECT", "MIN", "MAX", "MEAN", "LAST", "COUNT"
+            "WINDOW",
+            "DOMAIN",
+            "NODE",
+            "MODULE",
+            "METRIC",
+            "SUBJECT",
+            "MIN",
+            "MAX",
+            "MEAN",
+            "LAST",
+            "COUNT"
         );
     }
-    for r in reports.iter().filter(|r| args.domain.as_ref().is_none_or(|d| *d == r.domain)) {
-        let rows = if args.per_domain { &r.domain_summaries } else { &r.nodes };
+    for r in reports
+        .iter()
+        .filter(|r| args.domain.as_ref().is_none_or(|d| *d == r.domain))
+    {
+        let rows = if args.per_domain {
+            &r.domain_summaries
+        } else {
+            &r.nodes
+        };
         for row in rows {
             let s = &row.summary;
-            if args.node.as_ref().is_some_and(|n| *n != row.node) || args.metric.as_ref().is_some_and(|m| *m != s.metric) {
+            if args.node.as_ref().is_some_and(|n| *n != row.node)
+                || args.metric.as_ref().is_some_and(|m| *m != s.metric)
+            {
                 continue;
             }
             if args.json {
@@ -228,8 +303,17 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
             } else {
                 outln!(
                     "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6}",
-                    time(r.window_start_ms), r.domain, row.node, row.module, s.metric, s.subject,
-                    s.min, s.max, s.mean, s.last, s.count
+                    time(r.window_start_ms),
+                    r.domain,
+                    row.node,
+                    row.module,
+                    s.metric,
+                    s.subject,
+                    s.min,
+                    s.max,
+                    s.mean,
+                    s.last,
+                    s.count
                 );
             }
         }
@@ -252,7 +336,14 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
         alarms.sort_by_key(|a| a.time_ms);
     }
     if !args.json {
-        outln!("{:<20} {:<7} {:<9} {:<12} {:<14} MESSAGE", "TIME", "STATE", "SEVERITY", "NODE", "MODULE");
+        outln!(
+            "{:<20} {:<7} {:<9} {:<12} {:<14} MESSAGE",
+            "TIME",
+            "STATE",
+            "SEVERITY",
+            "NODE",
+            "MODULE"
+        );
     }
     for a in alarms {
         if args.json {
@@ -263,7 +354,9 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
                 time(a.time_ms),
                 if a.raised { "RAISED" } else { "cleared" },
                 format!("{:?}", a.severity).to_lowercase(),
-                a.node, a.module, a.message
+                a.node,
+                a.module,
+                a.message
             );
         }
     }

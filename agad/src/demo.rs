@@ -46,10 +46,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let d = dir.display();
     // Keys and certificates are kept; the processes' bases start afresh so
     // every run shows the whole sequence (publish, apply, enroll, deploy).
-    for name in std::iter::once("mor").chain(DOMAINS.iter().flat_map(|(_, s, n)| std::iter::once(*s).chain(n.iter().copied()))) {
+    for name in std::iter::once("mor").chain(
+        DOMAINS
+            .iter()
+            .flat_map(|(_, s, n)| std::iter::once(*s).chain(n.iter().copied())),
+    ) {
         let data = dir.join(name);
         if data.exists() {
-            std::fs::remove_dir_all(&data).with_context(|| format!("cannot clear {}", data.display()))?;
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("cannot clear {}", data.display()))?;
         }
     }
     let publisher = publisher_key(&dir)?;
@@ -61,8 +66,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut children = Children::default();
 
-    eprintln!("#   agad mor --pki {d}/pki --name mor --listen {mor_addr} --data-dir {d}/mor --trust {d}/publisher.pub");
-    children.spawn(&dir, "mor", Command::new(&exe).args(["mor", "--pki"]).arg(&pki).args(["--name", "mor", "--listen", &mor_addr, "--data-dir"]).arg(&mor_dir).arg("--trust").arg(dir.join("publisher.pub")))?;
+    eprintln!(
+        "#   agad mor --pki {d}/pki --name mor --listen {mor_addr} --data-dir {d}/mor --trust {d}/publisher.pub"
+    );
+    children.spawn(
+        &dir,
+        "mor",
+        Command::new(&exe)
+            .args(["mor", "--pki"])
+            .arg(&pki)
+            .args(["--name", "mor", "--listen", &mor_addr, "--data-dir"])
+            .arg(&mor_dir)
+            .arg("--trust")
+            .arg(dir.join("publisher.pub")),
+    )?;
     wait_for(&mor_dir, &mut children)?;
     for path in &bundles {
         eprintln!("#   agad module publish {}", path.display());
@@ -71,19 +88,57 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let topology = dir.join("topology.toml");
     std::fs::write(&topology, demo_topology(&args.period, args.window_secs))?;
     eprintln!("#   agad topology apply {d}/topology.toml");
-    admin_cmd::topology(&mor_dir, admin_cmd::TopologyCommand::Apply { file: topology, dry_run: false })?;
+    admin_cmd::topology(
+        &mor_dir,
+        admin_cmd::TopologyCommand::Apply {
+            file: topology,
+            dry_run: false,
+        },
+    )?;
 
     let mut names = Vec::new();
     for (domain, station, nodes) in DOMAINS {
         let listen = free_port()?;
         let station_ticket = ticket(&mor_dir, station)?;
-        eprintln!("#   agad dominio --pki {d}/pki --name {station} --mor {mor_addr} --listen {listen} --data-dir {d}/{station} --ticket <from agad enroll ticket {station}>");
-        children.spawn(&dir, station, Command::new(&exe).args(["dominio", "--pki"]).arg(&pki).args(["--name", station, "--mor", &mor_addr, "--listen", &listen, "--data-dir"]).arg(dir.join(station)).args(["--ticket", &station_ticket, "--keepalive", "5s"]))?;
+        eprintln!(
+            "#   agad dominio --pki {d}/pki --name {station} --mor {mor_addr} --listen {listen} --data-dir {d}/{station} --ticket <from agad enroll ticket {station}>"
+        );
+        children.spawn(
+            &dir,
+            station,
+            Command::new(&exe)
+                .args(["dominio", "--pki"])
+                .arg(&pki)
+                .args([
+                    "--name",
+                    station,
+                    "--mor",
+                    &mor_addr,
+                    "--listen",
+                    &listen,
+                    "--data-dir",
+                ])
+                .arg(dir.join(station))
+                .args(["--ticket", &station_ticket, "--keepalive", "5s"]),
+        )?;
         names.push(station.to_string());
         for node in *nodes {
             let node_ticket = ticket(&mor_dir, node)?;
-            eprintln!("#   agad node --dominio {listen} --pki {d}/pki --name {node} --trust {d}/publisher.pub --data-dir {d}/{node} --ticket <...>   (domain {domain})");
-            children.spawn(&dir, node, Command::new(&exe).args(["node", "--dominio", &listen, "--pki"]).arg(&pki).args(["--name", node, "--trust"]).arg(dir.join("publisher.pub")).arg("--data-dir").arg(dir.join(node)).args(["--ticket", &node_ticket, "--keepalive", "5s"]))?;
+            eprintln!(
+                "#   agad node --dominio {listen} --pki {d}/pki --name {node} --trust {d}/publisher.pub --data-dir {d}/{node} --ticket <...>   (domain {domain})"
+            );
+            children.spawn(
+                &dir,
+                node,
+                Command::new(&exe)
+                    .args(["node", "--dominio", &listen, "--pki"])
+                    .arg(&pki)
+                    .args(["--name", node, "--trust"])
+                    .arg(dir.join("publisher.pub"))
+                    .arg("--data-dir")
+                    .arg(dir.join(node))
+                    .args(["--ticket", &node_ticket, "--keepalive", "5s"]),
+            )?;
             names.push(node.to_string());
         }
     }
@@ -93,8 +148,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("Look at it from another terminal:");
     eprintln!("  export AGAD_MOR_DIR={d}/mor");
     eprintln!("  agad status             # domains, their managers, nodes and modules");
-    eprintln!("  agad alarms             # alarms in BIG (lab-1 alarms: a process it watches is missing)");
-    eprintln!("  agad report             # consolidated reports, one per domain per {}s window", args.window_secs);
+    eprintln!(
+        "  agad alarms             # alarms in BIG (lab-1 alarms: a process it watches is missing)"
+    );
+    eprintln!(
+        "  agad report             # consolidated reports, one per domain per {}s window",
+        args.window_secs
+    );
     eprintln!("  (from the source tree: cargo run --release -p agad -- status, ...)");
     eprintln!("Ctrl-C stops everything.");
     let deadline = args.run_for.map(|d| Instant::now() + d);
@@ -102,14 +162,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(crate::shutdown_signal());
             }
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
         });
     }
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst)
+        && deadline.is_none_or(|d| Instant::now() < d)
+    {
         if let Some(name) = children.exited() {
             children.stop_all();
             bail!("{name} stopped unexpectedly; see {d}/logs/{name}.log");
@@ -143,11 +207,18 @@ fn sign_builtins(dir: &Path, key: &SecretKey) -> anyhow::Result<Vec<PathBuf>> {
         let spec = ManifestSpec::from_toml(builtin.manifest_toml)
             .with_context(|| format!("built-in manifest of {}", builtin.name))?;
         std::fs::write(dir.join(format!("{}.wasm", builtin.name)), builtin.wasm)?;
-        std::fs::write(dir.join(format!("{}.toml", builtin.name)), builtin.manifest_toml)?;
+        std::fs::write(
+            dir.join(format!("{}.toml", builtin.name)),
+            builtin.manifest_toml,
+        )?;
         let bundle_path = dir.join(format!("{}.agad", builtin.name));
         let bundle = Bundle::sign(spec, builtin.wasm.to_vec(), key, unix_now());
         std::fs::write(&bundle_path, bundle.to_bytes())?;
-        eprintln!("#   agad module sign {0}/{1}.wasm --manifest {0}/{1}.toml --key {0}/publisher.secret --out {0}/{1}.agad", dir.display(), builtin.name);
+        eprintln!(
+            "#   agad module sign {0}/{1}.wasm --manifest {0}/{1}.toml --key {0}/publisher.secret --out {0}/{1}.agad",
+            dir.display(),
+            builtin.name
+        );
         bundles.push(bundle_path);
     }
     Ok(bundles)
@@ -166,7 +237,10 @@ fn issue_certificates(pki: &Path) -> anyhow::Result<()> {
     for (name, role) in all {
         if !pki.join(format!("{name}.key")).exists() {
             agad_net::pki::issue(pki, role, name, pki)?;
-            eprintln!("#   agad pki issue --ca-dir {0} --role {role} --name {name} --out {0}", pki.display());
+            eprintln!(
+                "#   agad pki issue --ca-dir {0} --role {role} --name {name} --out {0}",
+                pki.display()
+            );
         }
     }
     Ok(())
@@ -175,30 +249,51 @@ fn issue_certificates(pki: &Path) -> anyhow::Result<()> {
 fn demo_topology(period: &str, window_secs: u64) -> String {
     let mut t = String::from("# The demo's network: two domains, three nodes.\n");
     for (domain, station, nodes) in DOMAINS {
-        t += &format!("\n[[domain]]\nname = \"{domain}\"\nstations = [\"{station}\"]\nreport_window = \"{window_secs}s\"\n");
+        t += &format!(
+            "\n[[domain]]\nname = \"{domain}\"\nstations = [\"{station}\"]\nreport_window = \"{window_secs}s\"\n"
+        );
         for node in *nodes {
-            t += &format!("\n[[node]]\nname = \"{node}\"\ndomain = \"{domain}\"\naddress = \"127.0.0.1\"\n");
+            t += &format!(
+                "\n[[node]]\nname = \"{node}\"\ndomain = \"{domain}\"\naddress = \"127.0.0.1\"\n"
+            );
         }
     }
     t += "\n[[link]]\nbetween = [\"campus-1\", \"campus-2\"]\n";
     let common = format!("period = \"{period}\"\nwindow_secs = {window_secs}\n");
-    t += &format!("\n[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"campus\"\nnodes = [\"lab-1\"]\n[assign.config]\n{common}");
-    t += &format!("\n[[assign]]\nmodule = \"disk-space\"\ndomain = \"campus\"\n[assign.config]\n{common}");
-    t += &format!("\n[[assign]]\nmodule = \"if-health\"\nnodes = [\"campus-1\"]\n[assign.config]\nsource = \"os\"\n{common}");
+    t += &format!(
+        "\n[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"campus\"\nnodes = [\"lab-1\"]\n[assign.config]\n{common}"
+    );
+    t += &format!(
+        "\n[[assign]]\nmodule = \"disk-space\"\ndomain = \"campus\"\n[assign.config]\n{common}"
+    );
+    t += &format!(
+        "\n[[assign]]\nmodule = \"if-health\"\nnodes = [\"campus-1\"]\n[assign.config]\nsource = \"os\"\n{common}"
+    );
     // A process that is certainly not running, so the demo shows an alarm.
-    t += &format!("\n[[assign]]\nmodule = \"app-watch\"\ndomain = \"lab\"\n[assign.config]\nprocesses = \"agad,agad-demo-missing-daemon\"\n{common}");
+    t += &format!(
+        "\n[[assign]]\nmodule = \"app-watch\"\ndomain = \"lab\"\n[assign.config]\nprocesses = \"agad,agad-demo-missing-daemon\"\n{common}"
+    );
     t
 }
 
 fn ticket(mor_dir: &Path, name: &str) -> anyhow::Result<String> {
-    match admin_cmd::ask(mor_dir, Request::EnrollTicket { name: name.to_owned() })? {
+    match admin_cmd::ask(
+        mor_dir,
+        Request::EnrollTicket {
+            name: name.to_owned(),
+        },
+    )? {
         Answer::Ticket { ticket, .. } => Ok(ticket),
         other => bail!("unexpected answer: {other:?}"),
     }
 }
 
 /// Tickets approve; the operator still activates. The demo plays the operator.
-fn activate_when_approved(mor_dir: &Path, names: &[String], children: &mut Children) -> anyhow::Result<()> {
+fn activate_when_approved(
+    mor_dir: &Path,
+    names: &[String],
+    children: &mut Children,
+) -> anyhow::Result<()> {
     let mut waiting: Vec<&String> = names.iter().collect();
     let started = Instant::now();
     while !waiting.is_empty() {
@@ -215,7 +310,12 @@ fn activate_when_approved(mor_dir: &Path, names: &[String], children: &mut Child
             if waiting.iter().any(|w| **w == m.name) {
                 if m.state == Enrollment::Inactive {
                     eprintln!("#   agad enroll activate {}", m.name);
-                    admin_cmd::ask(mor_dir, Request::EnrollActivate { name: m.name.clone() })?;
+                    admin_cmd::ask(
+                        mor_dir,
+                        Request::EnrollActivate {
+                            name: m.name.clone(),
+                        },
+                    )?;
                 }
                 waiting.retain(|w| **w != m.name);
             }
@@ -229,7 +329,10 @@ fn wait_for(mor_dir: &Path, children: &mut Children) -> anyhow::Result<()> {
     let started = Instant::now();
     while !agad_gerente_mor::admin_socket(mor_dir).exists() {
         if children.exited().is_some() || started.elapsed() > Duration::from_secs(30) {
-            bail!("the top manager did not start; see {}/../logs/mor.log", mor_dir.display());
+            bail!(
+                "the top manager did not start; see {}/../logs/mor.log",
+                mor_dir.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -251,7 +354,10 @@ impl Children {
     fn spawn(&mut self, dir: &Path, name: &str, command: &mut Command) -> anyhow::Result<()> {
         let log = std::fs::File::create(dir.join("logs").join(format!("{name}.log")))?;
         let child = command
-            .env("AGAD_LOG", std::env::var("AGAD_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "AGAD_LOG",
+                std::env::var("AGAD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -23,14 +23,22 @@ impl IdentityArgs {
             &self.pki.join(format!("{}.crt", self.name)),
             &self.pki.join(format!("{}.key", self.name)),
         )
-        .with_context(|| format!("no usable certificate for `{}` in {}", self.name, self.pki.display()))?;
+        .with_context(|| {
+            format!(
+                "no usable certificate for `{}` in {}",
+                self.name,
+                self.pki.display()
+            )
+        })?;
         let ca = tls::TrustAnchor::load(&self.pki.join("ca.crt"))?;
         Ok((identity, ca))
     }
 
     pub fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
         let (identity, ca) = self.load()?;
-        Ok(tokio_rustls::TlsAcceptor::from(tls::server_config(&identity, &ca)?))
+        Ok(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            &identity, &ca,
+        )?))
     }
 
     pub fn client(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {

@@ -79,7 +79,6 @@ pub struct RunArgs {
     pub run_for: Option<Duration>,
 }
 
-
 /// The node's settings file, as an operator writes it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,7 +201,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 /// Trusted keys from the node file and the command line; at least one.
-fn trusted_keys(file: &NodeFile, extra: &[PathBuf]) -> anyhow::Result<Vec<agad_protocol::PublicKey>> {
+fn trusted_keys(
+    file: &NodeFile,
+    extra: &[PathBuf],
+) -> anyhow::Result<Vec<agad_protocol::PublicKey>> {
     let mut key_paths = file.trusted_keys.clone();
     key_paths.extend(extra.iter().cloned());
     if key_paths.is_empty() {
@@ -222,7 +224,9 @@ fn read_node_file(path: &Option<PathBuf>) -> anyhow::Result<(NodeFile, String)> 
 
 fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
     let Some(identity) = &args.identity else {
-        bail!("`agad node` needs --dominio, --pki and --name (or use `agad node run` to run bundles locally)");
+        bail!(
+            "`agad node` needs --dominio, --pki and --name (or use `agad node run` to run bundles locally)"
+        );
     };
     if args.dominio.is_empty() {
         bail!("--dominio: give at least one domain manager address (HOST:PORT)");

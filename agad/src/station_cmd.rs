@@ -83,12 +83,17 @@ where
     F: FnOnce(tokio::net::TcpListener, tokio::sync::watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        eprintln!("{what} listening on {}; Ctrl-C stops", listener.local_addr()?);
+        eprintln!(
+            "{what} listening on {}; Ctrl-C stops",
+            listener.local_addr()?
+        );
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             crate::shutdown_signal().await;

@@ -50,8 +50,25 @@ impl Deployment {
         d.ok(&["module", "keygen", "--out", "publisher"]);
         d.issue("mor", "mor");
         let addr = d.mor_addr.clone();
-        d.spawn("mor", &["mor", "--pki", "pki", "--name", "mor", "--listen", &addr, "--data-dir", "mor", "--trust", "publisher.pub"]);
-        wait_for("the top manager's admin socket", &d, || d.path("mor/admin.sock").exists().then_some(()));
+        d.spawn(
+            "mor",
+            &[
+                "mor",
+                "--pki",
+                "pki",
+                "--name",
+                "mor",
+                "--listen",
+                &addr,
+                "--data-dir",
+                "mor",
+                "--trust",
+                "publisher.pub",
+            ],
+        );
+        wait_for("the top manager's admin socket", &d, || {
+            d.path("mor/admin.sock").exists().then_some(())
+        });
         d
     }
 
@@ -79,7 +96,9 @@ impl Deployment {
     }
 
     fn issue(&self, role: &str, name: &str) {
-        self.ok(&["pki", "issue", "--ca-dir", "pki", "--role", role, "--name", name, "--out", "pki"]);
+        self.ok(&[
+            "pki", "issue", "--ca-dir", "pki", "--role", role, "--name", name, "--out", "pki",
+        ]);
     }
 
     fn spawn(&mut self, name: &str, args: &[&str]) {
@@ -116,7 +135,10 @@ impl Deployment {
 
     fn stop(&mut self, name: &str) {
         let mut child = self.processes.get_mut(name).unwrap().1.take().unwrap();
-        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         child.wait().unwrap();
     }
 
@@ -124,7 +146,9 @@ impl Deployment {
     fn log(&self, name: &str) -> String {
         let runs = self.processes.get(name).map_or(0, |p| p.2);
         (1..=runs)
-            .map(|r| std::fs::read_to_string(self.path(&format!("{name}-{r}.log"))).unwrap_or_default())
+            .map(|r| {
+                std::fs::read_to_string(self.path(&format!("{name}-{r}.log"))).unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("")
     }
@@ -137,7 +161,10 @@ impl Deployment {
             .map(|n| {
                 let log = self.log(n);
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                format!("--- {n} (last lines)\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "--- {n} (last lines)\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -148,7 +175,17 @@ impl Deployment {
         std::fs::write(self.path(&format!("{name}.wasm")), wasm).unwrap();
         std::fs::write(self.path(&format!("{name}.toml")), manifest).unwrap();
         let bundle = format!("{name}.agad");
-        self.ok(&["module", "sign", &format!("{name}.wasm"), "--manifest", &format!("{name}.toml"), "--key", "publisher.secret", "--out", &bundle]);
+        self.ok(&[
+            "module",
+            "sign",
+            &format!("{name}.wasm"),
+            "--manifest",
+            &format!("{name}.toml"),
+            "--key",
+            "publisher.secret",
+            "--out",
+            &bundle,
+        ]);
         self.ok(&["module", "publish", &bundle]);
     }
 
@@ -163,7 +200,12 @@ impl Deployment {
     }
 
     fn ticket(&self, name: &str) -> String {
-        self.ok(&["enroll", "ticket", name]).lines().next().unwrap().trim().to_owned()
+        self.ok(&["enroll", "ticket", name])
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     /// A station with a fresh certificate and ticket; returns its node address.
@@ -172,7 +214,26 @@ impl Deployment {
         let ticket = self.ticket(name);
         let listen = free_port();
         let mor = self.mor_addr.clone();
-        self.spawn(name, &["dominio", "--pki", "pki", "--name", name, "--mor", &mor, "--listen", &listen, "--data-dir", name, "--ticket", &ticket, "--keepalive", "1s"]);
+        self.spawn(
+            name,
+            &[
+                "dominio",
+                "--pki",
+                "pki",
+                "--name",
+                name,
+                "--mor",
+                &mor,
+                "--listen",
+                &listen,
+                "--data-dir",
+                name,
+                "--ticket",
+                &ticket,
+                "--keepalive",
+                "1s",
+            ],
+        );
         self.activate(name);
         listen
     }
@@ -180,7 +241,26 @@ impl Deployment {
     fn start_node(&mut self, name: &str, dominio: &str) {
         self.issue("node", name);
         let ticket = self.ticket(name);
-        self.spawn(name, &["node", "--dominio", dominio, "--pki", "pki", "--name", name, "--trust", "publisher.pub", "--data-dir", name, "--ticket", &ticket, "--keepalive", "1s"]);
+        self.spawn(
+            name,
+            &[
+                "node",
+                "--dominio",
+                dominio,
+                "--pki",
+                "pki",
+                "--name",
+                name,
+                "--trust",
+                "publisher.pub",
+                "--data-dir",
+                name,
+                "--ticket",
+                &ticket,
+                "--keepalive",
+                "1s",
+            ],
+        );
         self.activate(name);
     }
 
@@ -235,11 +315,14 @@ fn free_port() -> String {
 }
 
 fn one_domain(station: &str, nodes: &[&str], module: &str, config: &str) -> String {
-    let mut t = format!("[[domain]]\nname = \"d1\"\nstations = [\"{station}\"]\nreport_window = \"2s\"\n");
+    let mut t =
+        format!("[[domain]]\nname = \"d1\"\nstations = [\"{station}\"]\nreport_window = \"2s\"\n");
     for n in nodes {
         t += &format!("\n[[node]]\nname = \"{n}\"\ndomain = \"d1\"\n");
     }
-    t += &format!("\n[[assign]]\nmodule = \"{module}\"\ndomain = \"d1\"\n[assign.config]\n{config}\n");
+    t += &format!(
+        "\n[[assign]]\nmodule = \"{module}\"\ndomain = \"d1\"\n[assign.config]\n{config}\n"
+    );
     t
 }
 
@@ -247,12 +330,21 @@ fn one_domain(station: &str, nodes: &[&str], module: &str, config: &str) -> Stri
 fn queued_ids(log: &str) -> BTreeSet<String> {
     log.lines()
         .filter(|l| l.contains("alarm queued"))
-        .filter_map(|l| l.split("id=").nth(1)?.split_whitespace().next().map(str::to_owned))
+        .filter_map(|l| {
+            l.split("id=")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
 fn ids(alarms: &[Value]) -> BTreeSet<String> {
-    alarms.iter().map(|a| a["id"].as_str().unwrap().to_owned()).collect()
+    alarms
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[test]
@@ -260,13 +352,23 @@ fn an_alarm_and_reports_travel_from_node_to_top_manager() {
     let mut d = Deployment::start();
     d.publish_inspector("cpu-mem");
     // Memory in use is certainly above 0.1 %: the alarm must fire.
-    let diff = d.apply(&one_domain("s1", &["n1"], "cpu-mem", "period = \"500ms\"\nwindow_secs = 1\nmem_percent = 0.1"));
-    assert!(diff.contains("+ node n1") && diff.contains("applied"), "{diff}");
+    let diff = d.apply(&one_domain(
+        "s1",
+        &["n1"],
+        "cpu-mem",
+        "period = \"500ms\"\nwindow_secs = 1\nmem_percent = 0.1",
+    ));
+    assert!(
+        diff.contains("+ node n1") && diff.contains("applied"),
+        "{diff}"
+    );
     let addr = d.start_station("s1");
     d.start_node("n1", &addr);
 
     let alarm = wait_for("the memory alarm in BIG", &d, || {
-        d.alarms().into_iter().find(|a| a["node"] == "n1" && a["metric"] == "mem.used-percent" && a["raised"] == true)
+        d.alarms()
+            .into_iter()
+            .find(|a| a["node"] == "n1" && a["metric"] == "mem.used-percent" && a["raised"] == true)
     });
     assert_eq!(alarm["module"], "cpu-mem");
     // Acknowledged once: BICD and BIG hold the same alarms, each once, and
@@ -275,11 +377,17 @@ fn an_alarm_and_reports_travel_from_node_to_top_manager() {
         let big = d.alarms();
         (d.bicd_alarms() == Some(big.len()) && queued_ids(&d.log("n1")) == ids(&big)).then_some(())
     });
-    let raised_mem = d.alarms().iter().filter(|a| a["metric"] == "mem.used-percent" && a["raised"] == true).count();
+    let raised_mem = d
+        .alarms()
+        .iter()
+        .filter(|a| a["metric"] == "mem.used-percent" && a["raised"] == true)
+        .count();
     assert_eq!(raised_mem, 1, "hysteresis: one raise, not one per tick");
 
     let row = wait_for("a consolidated report row for n1", &d, || {
-        d.reports().into_iter().find(|r| r["node"] == "n1" && r["summary"]["metric"] == "mem.used-percent")
+        d.reports()
+            .into_iter()
+            .find(|r| r["node"] == "n1" && r["summary"]["metric"] == "mem.used-percent")
     });
     assert_eq!(row["domain"], "d1");
     assert!(row["summary"]["count"].as_u64().unwrap() >= 1);
@@ -291,17 +399,43 @@ fn an_alarm_and_reports_travel_from_node_to_top_manager() {
 fn a_certificate_from_another_ca_is_refused() {
     let mut d = Deployment::start();
     d.publish_inspector("cpu-mem");
-    d.apply(&one_domain("s1", &["n1", "rogue"], "cpu-mem", "period = \"1s\""));
+    d.apply(&one_domain(
+        "s1",
+        &["n1", "rogue"],
+        "cpu-mem",
+        "period = \"1s\"",
+    ));
     let addr = d.start_station("s1");
     // Same name layout, other CA: TLS refuses it before any frame.
     d.ok(&["pki", "init", "--dir", "other-ca"]);
-    d.ok(&["pki", "issue", "--ca-dir", "other-ca", "--role", "node", "--name", "rogue", "--out", "other-ca"]);
-    d.spawn("rogue", &["node", "--dominio", &addr, "--pki", "other-ca", "--name", "rogue", "--trust", "publisher.pub", "--data-dir", "rogue"]);
+    d.ok(&[
+        "pki", "issue", "--ca-dir", "other-ca", "--role", "node", "--name", "rogue", "--out",
+        "other-ca",
+    ]);
+    d.spawn(
+        "rogue",
+        &[
+            "node",
+            "--dominio",
+            &addr,
+            "--pki",
+            "other-ca",
+            "--name",
+            "rogue",
+            "--trust",
+            "publisher.pub",
+            "--data-dir",
+            "rogue",
+        ],
+    );
     wait_for("the station to refuse the rogue handshake", &d, || {
         d.log("s1").contains("connection refused").then_some(())
     });
     let list = d.ok(&["enroll", "list"]);
-    assert!(!list.contains("rogue"), "a refused peer never reaches enrollment: {list}");
+    assert!(
+        !list.contains("rogue"),
+        "a refused peer never reaches enrollment: {list}"
+    );
     // Garbage on the port closes only that connection.
     {
         use std::io::Write;
@@ -347,7 +481,12 @@ fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() {
         &std::fs::read(MISBEHAVE_WASM).unwrap(),
         &std::fs::read_to_string(MISBEHAVE_MANIFEST).unwrap(),
     );
-    d.apply(&one_domain("s1", &["n1"], "misbehave", "mode = \"alarm-every-tick\"\nperiod = \"200ms\""));
+    d.apply(&one_domain(
+        "s1",
+        &["n1"],
+        "misbehave",
+        "mode = \"alarm-every-tick\"\nperiod = \"200ms\"",
+    ));
     let addr = d.start_station("s1");
     d.start_node("n1", &addr);
     let count = |d: &Deployment| d.alarms().len();
@@ -358,26 +497,70 @@ fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() {
     let in_big_at_kill = ids(&d.alarms());
     std::thread::sleep(Duration::from_secs(2));
     d.restart("s1");
-    wait_for("traffic through the restarted station", &d, || (count(&d) > in_big_at_kill.len() + 10).then_some(()));
+    wait_for("traffic through the restarted station", &d, || {
+        (count(&d) > in_big_at_kill.len() + 10).then_some(())
+    });
 
     // The node dies mid-traffic, with whatever it had queued.
     d.kill9("n1");
     d.restart("n1");
     let before = count(&d);
-    wait_for("traffic from the restarted node", &d, || (count(&d) > before + 10).then_some(()));
+    wait_for("traffic from the restarted node", &d, || {
+        (count(&d) > before + 10).then_some(())
+    });
     d.stop("n1");
 
-    wait_for("every queued alarm in BIG, once, and BICD = BIG", &d, || {
-        let big = d.alarms();
-        let queued = queued_ids(&d.log("n1"));
-        (queued.is_subset(&ids(&big)) && d.bicd_alarms() == Some(big.len())).then_some(())
-    });
+    wait_for(
+        "every queued alarm in BIG, once, and BICD = BIG",
+        &d,
+        || {
+            let big = d.alarms();
+            let queued = queued_ids(&d.log("n1"));
+            (queued.is_subset(&ids(&big)) && d.bicd_alarms() == Some(big.len())).then_some(())
+        },
+    );
     let big = d.alarms();
     let big_ids = ids(&big);
     assert_eq!(big_ids.len(), big.len(), "no duplicates in BIG");
-    assert!(in_big_at_kill.is_subset(&big_ids), "what BIG held before the kills is still there");
+    assert!(
+        in_big_at_kill.is_subset(&big_ids),
+        "what BIG held before the kills is still there"
+    );
     // Only an alarm queued in the instant before the kill, not yet logged,
     // may be in BIG without a log line.
     let unlogged = big_ids.difference(&queued_ids(&d.log("n1"))).count();
-    assert!(unlogged <= 1, "{unlogged} alarms in BIG that the node never queued");
+    assert!(
+        unlogged <= 1,
+        "{unlogged} alarms in BIG that the node never queued"
+    );
+}
+
+#[test]
+fn an_invalid_topology_is_refused_whole_with_file_and_line() {
+    let d = Deployment::start();
+    d.publish_inspector("cpu-mem");
+    d.apply(&one_domain("s1", &["n1"], "cpu-mem", "period = \"1s\""));
+    let shown = d.ok(&["topology", "show"]);
+
+    // Line 9 names a domain that does not exist; line 5 alone would be fine.
+    let bad = "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\n\n[[node]]\nname = \"n2\"\ndomain = \"d1\"\n[[node]]\nname = \"n3\"\ndomain = \"nowhere\"\n";
+    std::fs::write(d.path("bad.toml"), bad).unwrap();
+    let out = d.run(&["topology", "apply", "bad.toml"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:10:") && err.contains("nowhere"),
+        "{err}"
+    );
+    assert_eq!(d.ok(&["topology", "show"]), shown, "nothing half-applied");
+
+    // A dry run shows the difference and changes nothing.
+    let more = one_domain("s1", &["n1", "n2"], "cpu-mem", "period = \"1s\"");
+    std::fs::write(d.path("more.toml"), more).unwrap();
+    let diff = d.ok(&["topology", "apply", "more.toml", "--dry-run"]);
+    assert!(
+        diff.contains("+ node n2") && diff.contains("not applied"),
+        "{diff}"
+    );
+    assert_eq!(d.ok(&["topology", "show"]), shown);
 }

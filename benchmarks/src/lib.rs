@@ -18,6 +18,8 @@
 
 pub mod args;
 pub mod builtins;
+pub mod hierarchy;
 pub mod poller;
+pub mod processes;
 pub mod procfs;
 pub mod stats;

@@ -10,7 +10,9 @@ use agad_storage::{Database, StorageError, Tree};
 pub enum BaseError {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("replica {version}: module `{module}` ({hash}) arrived without its bytes and is not in BC")]
+    #[error(
+        "replica {version}: module `{module}` ({hash}) arrived without its bytes and is not in BC"
+    )]
     MissingModule {
         version: u64,
         module: String,
@@ -74,7 +76,8 @@ impl Bases {
         for module in &mut replica.modules {
             if module.wasm.is_some() {
                 let hash = module.manifest.sha256_hex();
-                self.bc.insert(hash.as_bytes(), &wire::encode_value(&*module))?;
+                self.bc
+                    .insert(hash.as_bytes(), &wire::encode_value(&*module))?;
                 module.wasm = None;
             }
         }
@@ -118,8 +121,10 @@ impl Bases {
     /// Records a node report in BICD, durably. Keyed by (time, node, the
     /// node's sequence), so a replayed report lands on itself.
     pub fn record_report(&self, report: &Report, seq: u64) -> Result<(), StorageError> {
-        self.bicd_reports
-            .insert(&report_key(report.time_ms, &report.node, seq), &wire::encode_value(report))?;
+        self.bicd_reports.insert(
+            &report_key(report.time_ms, &report.node, seq),
+            &wire::encode_value(report),
+        )?;
         self.db.flush()
     }
 
@@ -159,7 +164,8 @@ impl Bases {
     }
 
     pub fn set_consolidated_until(&self, end_ms: u64) -> Result<(), StorageError> {
-        self.meta.insert(CONSOLIDATED_UNTIL, &end_ms.to_be_bytes())?;
+        self.meta
+            .insert(CONSOLIDATED_UNTIL, &end_ms.to_be_bytes())?;
         self.db.flush()
     }
 }

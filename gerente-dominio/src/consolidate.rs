@@ -14,7 +14,11 @@ pub fn merge(a: &Summary, b: &Summary) -> Summary {
     } else {
         (a.mean * f64::from(a.count) + b.mean * f64::from(b.count)) / f64::from(count)
     };
-    let last = if b.window_end_ms >= a.window_end_ms { b.last } else { a.last };
+    let last = if b.window_end_ms >= a.window_end_ms {
+        b.last
+    } else {
+        a.last
+    };
     Summary {
         metric: a.metric.clone(),
         subject: a.subject.clone(),
@@ -42,7 +46,11 @@ fn fold(rows: impl Iterator<Item = (String, String, Summary)>) -> Vec<NodeSummar
     }
     merged
         .into_iter()
-        .map(|((node, module, _, _), summary)| NodeSummary { node, module, summary })
+        .map(|((node, module, _, _), summary)| NodeSummary {
+            node,
+            module,
+            summary,
+        })
         .collect()
 }
 
@@ -101,7 +109,10 @@ mod tests {
 
     #[test]
     fn merging_weights_the_mean_and_keeps_the_latest_last() {
-        let m = merge(&summary(1.0, 5.0, 2.0, 4.0, 1, 20), &summary(0.0, 3.0, 5.0, 3.0, 3, 30));
+        let m = merge(
+            &summary(1.0, 5.0, 2.0, 4.0, 1, 20),
+            &summary(0.0, 3.0, 5.0, 3.0, 3, 30),
+        );
         assert_eq!((m.min, m.max, m.count, m.last), (0.0, 5.0, 4, 3.0));
         assert!((m.mean - 4.25).abs() < 1e-9);
         assert_eq!((m.window_start_ms, m.window_end_ms), (10, 30));

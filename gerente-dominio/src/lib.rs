@@ -52,7 +52,10 @@ pub struct Station {
 
 impl Station {
     pub fn replica(&self) -> Option<Replica> {
-        self.replica.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.replica
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn domain(&self) -> Option<String> {
@@ -100,7 +103,10 @@ impl Element for Station {
             ComponentStatus {
                 name: "bicd".into(),
                 healthy: true,
-                detail: format!("alarms={alarms} reports={reports} outbox={}", self.outbox.len()),
+                detail: format!(
+                    "alarms={alarms} reports={reports} outbox={}",
+                    self.outbox.len()
+                ),
             },
         ];
         out.extend(self.nodes.status(self.replica().as_ref()));
@@ -143,13 +149,20 @@ pub async fn run(
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 match event {
-                    Downlink::Control(Control::Replicate(replica)) => station.apply_replica(*replica),
+                    Downlink::Control(Control::Replicate(replica)) => {
+                        station.apply_replica(*replica)
+                    }
                     Downlink::Control(Control::AssignDomain { domain }) => {
                         tracing::info!(%domain, "assigned by the top manager");
                     }
-                    Downlink::Control(other) => tracing::debug!("ignored from top manager: {other:?}"),
+                    Downlink::Control(other) => {
+                        tracing::debug!("ignored from top manager: {other:?}")
+                    }
                     Downlink::NotAdmitted { enrollment, reason } => {
-                        tracing::warn!(?enrollment, "top manager has not admitted this station: {reason}");
+                        tracing::warn!(
+                            ?enrollment,
+                            "top manager has not admitted this station: {reason}"
+                        );
                     }
                     Downlink::Connected { .. } | Downlink::Disconnected { .. } => {}
                 }

@@ -53,7 +53,9 @@ impl Nodes {
 
     /// One component per node of the domain: connected and keeping alive?
     pub fn status(&self, replica: Option<&Replica>) -> Vec<ComponentStatus> {
-        let Some(replica) = replica else { return Vec::new() };
+        let Some(replica) = replica else {
+            return Vec::new();
+        };
         let sessions = self.lock();
         replica
             .topology
@@ -62,7 +64,11 @@ impl Nodes {
             .map(|n| {
                 let name = format!("node:{}", n.name);
                 match sessions.get(&n.name) {
-                    None => ComponentStatus { name, healthy: false, detail: "not connected".into() },
+                    None => ComponentStatus {
+                        name,
+                        healthy: false,
+                        detail: "not connected".into(),
+                    },
                     Some(s) => {
                         let down: Vec<&str> = s
                             .components
@@ -101,9 +107,21 @@ fn deployment_for(
     held: &mut HashSet<String>,
 ) -> anyhow::Result<Control> {
     let mut modules = Vec::new();
-    for assignment in replica.topology.assignments.iter().filter(|a| a.node == node) {
-        let Some(copy) = replica.modules.iter().find(|m| m.manifest.name == assignment.module) else {
-            anyhow::bail!("module `{}` is assigned but not in this replica", assignment.module);
+    for assignment in replica
+        .topology
+        .assignments
+        .iter()
+        .filter(|a| a.node == node)
+    {
+        let Some(copy) = replica
+            .modules
+            .iter()
+            .find(|m| m.manifest.name == assignment.module)
+        else {
+            anyhow::bail!(
+                "module `{}` is assigned but not in this replica",
+                assignment.module
+            );
         };
         let hash = copy.manifest.sha256_hex();
         let wasm = if held.contains(&hash) {
@@ -142,7 +160,11 @@ pub async fn serve_node(station: std::sync::Arc<Station>, accepted: Connection) 
         return;
     }
     let held = match incoming.recv().await {
-        Some(Ok(Message::Control(Control::Hello { ticket, modules_held, .. }))) => {
+        Some(Ok(Message::Control(Control::Hello {
+            ticket,
+            modules_held,
+            ..
+        }))) => {
             if let Some((enrollment, reason)) = admission(&station, &peer, ticket) {
                 let _ = writer
                     .send(&Message::Control(Control::Welcome { enrollment, reason }))
@@ -165,7 +187,13 @@ pub async fn serve_node(station: std::sync::Arc<Station>, accepted: Connection) 
     };
     station.nodes.lock().insert(
         peer.name.clone(),
-        Session { id, to_node: to_node.clone(), held, last_seen: Instant::now(), components: Vec::new() },
+        Session {
+            id,
+            to_node: to_node.clone(),
+            held,
+            last_seen: Instant::now(),
+            components: Vec::new(),
+        },
     );
     tracing::info!(node = %peer.name, "node connected");
     let welcome = Message::Control(Control::Welcome {
@@ -222,7 +250,10 @@ fn admission(
     ticket: Option<String>,
 ) -> Option<(Enrollment, String)> {
     let Some(replica) = station.replica() else {
-        return Some((Enrollment::Pending, "this station serves no domain yet".into()));
+        return Some((
+            Enrollment::Pending,
+            "this station serves no domain yet".into(),
+        ));
     };
     let member = replica
         .members
@@ -236,11 +267,17 @@ fn admission(
                 // Admitted elsewhere perhaps: the node tries its next address.
                 Some((
                     Enrollment::Inactive,
-                    format!("node `{}` is not in domain `{}`", peer.name, replica.topology.domain.name),
+                    format!(
+                        "node `{}` is not in domain `{}`",
+                        peer.name, replica.topology.domain.name
+                    ),
                 ))
             }
         }
-        Some(m) => Some((m.state, format!("enrollment of `{}` is {:?}", peer.name, m.state))),
+        Some(m) => Some((
+            m.state,
+            format!("enrollment of `{}` is {:?}", peer.name, m.state),
+        )),
         None => {
             // Unknown here: ask the top manager (a ticket approves at once).
             station.send_up(Control::Enroll {
@@ -261,29 +298,51 @@ fn admission(
 }
 
 /// One frame from a node; the reply (an ack) if any, or why to close.
-fn handle(station: &Station, peer: &PeerIdentity, message: Message) -> Result<Option<Message>, String> {
+fn handle(
+    station: &Station,
+    peer: &PeerIdentity,
+    message: Message,
+) -> Result<Option<Message>, String> {
     match message {
-        Message::Alarm { seq, body: Upward::Alarm(alarm) } => {
+        Message::Alarm {
+            seq,
+            body: Upward::Alarm(alarm),
+        } => {
+            tracing::debug!(id = %alarm.id, "alarm received");
             if alarm.node != peer.name {
                 return Err(format!("alarm claims to come from `{}`", alarm.node));
             }
-            let new = station.bases.record_alarm(&alarm).map_err(|e| e.to_string())?;
+            let new = station
+                .bases
+                .record_alarm(&alarm)
+                .map_err(|e| e.to_string())?;
             if new {
-                station.outbox.push(&Upward::Alarm(alarm)).map_err(|e| e.to_string())?;
+                station
+                    .outbox
+                    .push(&Upward::Alarm(alarm))
+                    .map_err(|e| e.to_string())?;
             }
             Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
         }
-        Message::Report { seq, body: Upward::NodeReport(report) } => {
+        Message::Report {
+            seq,
+            body: Upward::NodeReport(report),
+        } => {
             if report.node != peer.name {
                 return Err(format!("report claims to come from `{}`", report.node));
             }
-            station.bases.record_report(&report, seq).map_err(|e| e.to_string())?;
+            station
+                .bases
+                .record_report(&report, seq)
+                .map_err(|e| e.to_string())?;
             Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
         }
         Message::Control(Control::KeepAlive { components }) => {
             if let Some(s) = station.nodes.lock().get_mut(&peer.name) {
                 s.last_seen = Instant::now();
-                s.components = components;
+                if !components.is_empty() {
+                    s.components = components;
+                }
             }
             Ok(None)
         }

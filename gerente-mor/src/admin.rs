@@ -5,10 +5,10 @@
 use crate::Mor;
 use crate::bases::Published;
 use crate::stations::DomainStatus;
+use agad_protocol::Bundle;
 use agad_protocol::message::Alarm;
 use agad_protocol::topology;
 use agad_protocol::wire::{DomainReport, Member};
-use agad_protocol::Bundle;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,29 +23,63 @@ const MAX_REQUEST: usize = 96 * 1024 * 1024;
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     /// A signed bundle (`.agad` bytes, hex).
-    Publish { bundle_hex: String },
+    Publish {
+        bundle_hex: String,
+    },
     /// A topology file's text; `file` names it in errors.
-    TopologyApply { file: String, text: String, dry_run: bool },
+    TopologyApply {
+        file: String,
+        text: String,
+        dry_run: bool,
+    },
     TopologyShow,
     EnrollList,
-    EnrollApprove { fingerprint: String },
-    EnrollActivate { name: String },
-    EnrollTicket { name: String },
+    EnrollApprove {
+        fingerprint: String,
+    },
+    EnrollActivate {
+        name: String,
+    },
+    EnrollTicket {
+        name: String,
+    },
     Status,
-    Reports { since_ms: u64, until_ms: u64 },
+    Reports {
+        since_ms: u64,
+        until_ms: u64,
+    },
     Alarms,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Answer {
-    Published { module: String, version: String, sequence: u64, outcome: Published },
-    TopologyDiff { changes: Vec<String>, applied: bool, version: Option<u64> },
-    Topology { text: String, version: u64 },
+    Published {
+        module: String,
+        version: String,
+        sequence: u64,
+        outcome: Published,
+    },
+    TopologyDiff {
+        changes: Vec<String>,
+        applied: bool,
+        version: Option<u64>,
+    },
+    Topology {
+        text: String,
+        version: u64,
+    },
     Members(Vec<Member>),
     Member(Member),
-    Ticket { name: String, ticket: String },
-    Status { version: u64, modules: Vec<String>, domains: Vec<DomainStatus> },
+    Ticket {
+        name: String,
+        ticket: String,
+    },
+    Status {
+        version: u64,
+        modules: Vec<String>,
+        domains: Vec<DomainStatus>,
+    },
     Reports(Vec<DomainReport>),
     Alarms(Vec<Alarm>),
     Error(String),
@@ -90,7 +124,9 @@ pub fn serve(
 async fn answer(mor: &Arc<Mor>, stream: UnixStream) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(MAX_REQUEST as u64)).read_line(&mut line).await?;
+    BufReader::new(read.take(MAX_REQUEST as u64))
+        .read_line(&mut line)
+        .await?;
     let answer = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
             let mor = mor.clone();
@@ -131,20 +167,40 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
                 outcome,
             }
         }
-        Request::TopologyApply { file, text, dry_run } => {
+        Request::TopologyApply {
+            file,
+            text,
+            dry_run,
+        } => {
             let published = b.bundles()?;
             let is_published = |name: &str| published.iter().any(|x| x.manifest.name == name);
             let new = topology::parse(&text, &file, &is_published)?;
-            let changes: Vec<String> = b.topology()?.diff(&new).iter().map(|c| c.to_string()).collect();
+            let changes: Vec<String> = b
+                .topology()?
+                .diff(&new)
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
             if dry_run || changes.is_empty() {
-                Answer::TopologyDiff { changes, applied: false, version: None }
+                Answer::TopologyDiff {
+                    changes,
+                    applied: false,
+                    version: None,
+                }
             } else {
                 let version = b.apply_topology(&new)?;
                 mor.reconcile();
-                Answer::TopologyDiff { changes, applied: true, version: Some(version) }
+                Answer::TopologyDiff {
+                    changes,
+                    applied: true,
+                    version: Some(version),
+                }
             }
         }
-        Request::TopologyShow => Answer::Topology { text: b.topology()?.to_toml(), version: b.version()? },
+        Request::TopologyShow => Answer::Topology {
+            text: b.topology()?.to_toml(),
+            version: b.version()?,
+        },
         Request::EnrollList => Answer::Members(b.members()?),
         Request::EnrollApprove { fingerprint } => {
             let m = b.approve(&fingerprint)?;
@@ -156,13 +212,21 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
             mor.reconcile();
             Answer::Member(m)
         }
-        Request::EnrollTicket { name } => Answer::Ticket { ticket: b.ticket(&name)?, name },
+        Request::EnrollTicket { name } => Answer::Ticket {
+            ticket: b.ticket(&name)?,
+            name,
+        },
         Request::Status => Answer::Status {
             version: b.version()?,
             modules: b
                 .bundles()?
                 .iter()
-                .map(|x| format!("{} {} (seq {})", x.manifest.name, x.manifest.version, x.manifest.sequence))
+                .map(|x| {
+                    format!(
+                        "{} {} (seq {})",
+                        x.manifest.name, x.manifest.version, x.manifest.sequence
+                    )
+                })
                 .collect(),
             domains: mor.domain_status(),
         },

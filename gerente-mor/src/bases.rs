@@ -84,13 +84,21 @@ impl Bases {
 
     /// Verifies a bundle against the trusted keys and keeps it as the
     /// module's current version; a lower sequence than the one held is refused.
-    pub fn publish(&self, bundle: &Bundle, trusted: &[PublicKey], now_secs: u64) -> Result<Published> {
+    pub fn publish(
+        &self,
+        bundle: &Bundle,
+        trusted: &[PublicKey],
+        now_secs: u64,
+    ) -> Result<Published> {
         bundle
             .verify(trusted, now_secs)
             .map_err(|e| BaseError::Refused(format!("bundle refused: {e}")))?;
         let name = &bundle.manifest.name;
         let outcome = match self.bundle(name)? {
-            Some(old) if old.manifest.sha256 == bundle.manifest.sha256 && old.manifest == bundle.manifest => {
+            Some(old)
+                if old.manifest.sha256 == bundle.manifest.sha256
+                    && old.manifest == bundle.manifest =>
+            {
                 return Ok(Published::AlreadyThere);
             }
             Some(old) if old.manifest.sequence >= bundle.manifest.sequence => {
@@ -113,7 +121,12 @@ impl Bases {
     pub fn bundle(&self, name: &str) -> Result<Option<Bundle>> {
         self.bgc
             .get(name.as_bytes())?
-            .map(|b| Bundle::from_bytes(&b).map_err(|e| BaseError::Corrupt { what: "bundle", reason: e.to_string() }))
+            .map(|b| {
+                Bundle::from_bytes(&b).map_err(|e| BaseError::Corrupt {
+                    what: "bundle",
+                    reason: e.to_string(),
+                })
+            })
             .transpose()
     }
 
@@ -121,7 +134,12 @@ impl Bases {
         self.bgc
             .scan_prefix(b"")?
             .into_iter()
-            .map(|(_, b)| Bundle::from_bytes(&b).map_err(|e| BaseError::Corrupt { what: "bundle", reason: e.to_string() }))
+            .map(|(_, b)| {
+                Bundle::from_bytes(&b).map_err(|e| BaseError::Corrupt {
+                    what: "bundle",
+                    reason: e.to_string(),
+                })
+            })
             .collect()
     }
 
@@ -160,7 +178,8 @@ impl Bases {
     }
 
     fn put_member(&self, member: &Member) -> Result<()> {
-        self.members.insert(member.name.as_bytes(), &wire::encode_value(member))?;
+        self.members
+            .insert(member.name.as_bytes(), &wire::encode_value(member))?;
         self.bump()?;
         self.db.flush()?;
         Ok(())
@@ -168,7 +187,13 @@ impl Bases {
 
     /// A peer with a CA certificate asks to join. Returns its state and
     /// whether the registry changed.
-    pub fn enroll(&self, name: &str, role: Role, fingerprint: &str, ticket: Option<&str>) -> Result<(Enrollment, bool)> {
+    pub fn enroll(
+        &self,
+        name: &str,
+        role: Role,
+        fingerprint: &str,
+        ticket: Option<&str>,
+    ) -> Result<(Enrollment, bool)> {
         if let Some(m) = self.member(name)? {
             if m.fingerprint != fingerprint || m.role != role {
                 return Err(BaseError::Refused(format!(
@@ -190,7 +215,11 @@ impl Bases {
             },
             None => false,
         };
-        let state = if by_ticket { Enrollment::Inactive } else { Enrollment::Pending };
+        let state = if by_ticket {
+            Enrollment::Inactive
+        } else {
+            Enrollment::Pending
+        };
         self.put_member(&Member {
             name: name.to_owned(),
             role,
@@ -205,8 +234,15 @@ impl Bases {
         let mut m = self
             .members()?
             .into_iter()
-            .find(|m| m.fingerprint == fingerprint || (fingerprint.len() >= 8 && m.fingerprint.starts_with(fingerprint)))
-            .ok_or_else(|| BaseError::Refused(format!("no enrollment request with fingerprint {fingerprint} (see `agad enroll list`)")))?;
+            .find(|m| {
+                m.fingerprint == fingerprint
+                    || (fingerprint.len() >= 8 && m.fingerprint.starts_with(fingerprint))
+            })
+            .ok_or_else(|| {
+                BaseError::Refused(format!(
+                    "no enrollment request with fingerprint {fingerprint} (see `agad enroll list`)"
+                ))
+            })?;
         if m.state == Enrollment::Pending {
             m.state = Enrollment::Inactive;
             self.put_member(&m)?;
@@ -215,9 +251,11 @@ impl Bases {
     }
 
     pub fn activate(&self, name: &str) -> Result<Member> {
-        let mut m = self
-            .member(name)?
-            .ok_or_else(|| BaseError::Refused(format!("`{name}` has not asked to enroll (see `agad enroll list`)")))?;
+        let mut m = self.member(name)?.ok_or_else(|| {
+            BaseError::Refused(format!(
+                "`{name}` has not asked to enroll (see `agad enroll list`)"
+            ))
+        })?;
         match m.state {
             Enrollment::Pending => Err(BaseError::Refused(format!(
                 "`{name}` is not approved yet: `agad enroll approve {}` first",
@@ -246,7 +284,9 @@ impl Bases {
 
     /// Stores an alarm once per id, durably; false if already there.
     pub fn record_alarm(&self, alarm: &Alarm) -> Result<bool> {
-        let new = self.big_alarms.insert_new(alarm.id.as_bytes(), &wire::encode_value(alarm))?;
+        let new = self
+            .big_alarms
+            .insert_new(alarm.id.as_bytes(), &wire::encode_value(alarm))?;
         self.db.flush()?;
         Ok(new)
     }
@@ -255,7 +295,9 @@ impl Bases {
     pub fn record_report(&self, report: &DomainReport) -> Result<bool> {
         let mut key = report.window_start_ms.to_be_bytes().to_vec();
         key.extend_from_slice(report.id.as_bytes());
-        let new = self.big_reports.insert_new(&key, &wire::encode_value(report))?;
+        let new = self
+            .big_reports
+            .insert_new(&key, &wire::encode_value(report))?;
         self.db.flush()?;
         Ok(new)
     }
@@ -281,7 +323,11 @@ impl Bases {
             let Some((last, _)) = page.last() else { break };
             after = last.clone();
             for (key, value) in &page {
-                let start = key.get(..8).and_then(|k| k.try_into().ok()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
+                let start = key
+                    .get(..8)
+                    .and_then(|k| k.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX);
                 if start >= until_ms {
                     return Ok(out);
                 }
@@ -289,5 +335,159 @@ impl Bases {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use agad_protocol::{ManifestSpec, SecretKey};
+
+    fn bases() -> Bases {
+        Bases::open(&Database::temporary().unwrap()).unwrap()
+    }
+
+    fn bundle(key: &SecretKey, sequence: u64, wasm: &[u8]) -> Bundle {
+        let spec = ManifestSpec::from_toml(&format!(
+            "name = \"m\"\nversion = \"0.1.0\"\nsequence = {sequence}\nkind = \"inspector\"\narea = \"fault\"\ncapabilities = []\n"
+        ))
+        .unwrap();
+        Bundle::sign(spec, wasm.to_vec(), key, crate::now_secs())
+    }
+
+    #[test]
+    fn bgc_takes_only_trusted_bundles_and_never_rolls_back() {
+        let b = bases();
+        let key = SecretKey::generate();
+        let trusted = [key.public()];
+        let stranger = SecretKey::generate();
+        let now = crate::now_secs();
+        assert!(matches!(
+            b.publish(&bundle(&stranger, 1, b"x"), &trusted, now),
+            Err(BaseError::Refused(_))
+        ));
+        assert_eq!(
+            b.publish(&bundle(&key, 2, b"v2"), &trusted, now).unwrap(),
+            Published::New
+        );
+        let v = b.version().unwrap();
+        let err = b
+            .publish(&bundle(&key, 1, b"v1"), &trusted, now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sequence 1 is not above the published 2"),
+            "{err}"
+        );
+        let again = b.bundle("m").unwrap().unwrap();
+        assert_eq!(
+            b.publish(&again, &trusted, now).unwrap(),
+            Published::AlreadyThere
+        );
+        assert_eq!(
+            b.version().unwrap(),
+            v,
+            "refusals and repeats change nothing"
+        );
+        assert_eq!(
+            b.publish(&bundle(&key, 3, b"v3"), &trusted, now).unwrap(),
+            Published::Replaced {
+                previous_sequence: 2
+            }
+        );
+        assert_eq!(b.bundle("m").unwrap().unwrap().wasm, b"v3");
+    }
+
+    #[test]
+    fn enrollment_goes_pending_approved_active() {
+        let b = bases();
+        assert_eq!(
+            b.enroll("n1", Role::Node, "ab12cd34ef", None).unwrap(),
+            (Enrollment::Pending, true)
+        );
+        let err = b.activate("n1").unwrap_err().to_string();
+        assert!(err.contains("agad enroll approve ab12cd34ef"), "{err}");
+        assert_eq!(
+            b.approve("ab12cd34").unwrap().state,
+            Enrollment::Inactive,
+            "a unique prefix approves"
+        );
+        assert_eq!(b.activate("n1").unwrap().state, Enrollment::Active);
+        assert_eq!(
+            b.enroll("n1", Role::Node, "ab12cd34ef", None).unwrap(),
+            (Enrollment::Active, false)
+        );
+        assert!(
+            b.enroll("n1", Role::Node, "ffff", None).is_err(),
+            "another certificate under the same name"
+        );
+        assert!(b.activate("ghost").is_err());
+    }
+
+    #[test]
+    fn a_ticket_approves_once_and_only_its_own_name() {
+        let b = bases();
+        let t = b.ticket("n2").unwrap();
+        assert_eq!(
+            b.enroll("other", Role::Node, "01", Some(&t)).unwrap().0,
+            Enrollment::Pending
+        );
+        assert_eq!(
+            b.enroll("n2", Role::Node, "02", Some(&t)).unwrap().0,
+            Enrollment::Inactive
+        );
+        let t2 = b.ticket("n3").unwrap();
+        b.enroll("n3", Role::Node, "03", Some(&t2)).unwrap();
+        b.members.remove(b"n3").unwrap();
+        assert_eq!(
+            b.enroll("n3", Role::Node, "03", Some(&t2)).unwrap().0,
+            Enrollment::Pending,
+            "used up"
+        );
+    }
+
+    #[test]
+    fn big_keeps_each_alarm_and_report_once() {
+        use agad_protocol::message::{Comparison, Severity};
+        let b = bases();
+        let alarm = Alarm {
+            id: "n1/m/1".into(),
+            node: "n1".into(),
+            module: "m".into(),
+            area: agad_protocol::Area::Fault,
+            key: "k".into(),
+            metric: "x".into(),
+            subject: String::new(),
+            severity: Severity::Major,
+            raised: true,
+            value: 1.0,
+            threshold: 0.0,
+            comparison: Comparison::Above,
+            message: String::new(),
+            time_ms: 5,
+        };
+        assert!(b.record_alarm(&alarm).unwrap());
+        assert!(!b.record_alarm(&alarm).unwrap());
+        assert_eq!(b.alarms().unwrap().len(), 1);
+        let report = |start: u64| DomainReport {
+            id: format!("d/{start}"),
+            domain: "d".into(),
+            window_start_ms: start,
+            window_end_ms: start + 10,
+            nodes: vec![],
+            domain_summaries: vec![],
+        };
+        assert!(b.record_report(&report(100)).unwrap());
+        assert!(!b.record_report(&report(100)).unwrap());
+        assert!(b.record_report(&report(200)).unwrap());
+        let ids: Vec<String> = b
+            .reports(150, u64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, vec!["d/200"]);
+        assert_eq!(b.reports(0, 150).unwrap().len(), 1);
     }
 }

@@ -54,7 +54,11 @@ pub fn admin_socket(data_dir: &std::path::Path) -> PathBuf {
 }
 
 /// Runs the top manager until `shutdown`.
-pub async fn run(config: MorConfig, listener: TcpListener, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    config: MorConfig,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let db = Database::open(&config.data_dir.join("db"))?;
     let mor = Arc::new(Mor {

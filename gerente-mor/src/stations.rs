@@ -53,15 +53,18 @@ impl Mor {
         let mut sessions = self.sessions();
         // A station whose domain left the topology stops serving it.
         for s in sessions.values_mut() {
-            if let Some(d) = &s.serving {
-                if !topology.domains.iter().any(|x| &x.name == d) {
-                    s.serving = None;
-                    s.sent = None;
-                }
+            if let Some(d) = &s.serving
+                && !topology.domains.iter().any(|x| &x.name == d)
+            {
+                s.serving = None;
+                s.sent = None;
             }
         }
         for domain in &topology.domains {
-            if sessions.values().any(|s| s.serving.as_deref() == Some(&domain.name)) {
+            if sessions
+                .values()
+                .any(|s| s.serving.as_deref() == Some(&domain.name))
+            {
                 continue;
             }
             let candidate = domain
@@ -69,18 +72,24 @@ impl Mor {
                 .iter()
                 .find(|name| sessions.get(*name).is_some_and(|s| s.serving.is_none()));
             if let Some(name) = candidate {
-                let Some(s) = sessions.get_mut(name) else { continue };
+                let Some(s) = sessions.get_mut(name) else {
+                    continue;
+                };
                 tracing::info!(domain = %domain.name, station = %name, "activating domain manager");
                 s.serving = Some(domain.name.clone());
                 s.sent = None;
-                let _ = s.to_station.try_send(Message::Control(Control::AssignDomain {
-                    domain: domain.name.clone(),
-                }));
+                let _ = s
+                    .to_station
+                    .try_send(Message::Control(Control::AssignDomain {
+                        domain: domain.name.clone(),
+                    }));
             }
         }
         let version = self.bases.version().unwrap_or(0);
         for (name, s) in sessions.iter_mut() {
-            let Some(domain) = s.serving.clone() else { continue };
+            let Some(domain) = s.serving.clone() else {
+                continue;
+            };
             match self.replica(&domain, version, &s.held) {
                 Ok(replica) => {
                     let digest = content_digest(&replica);
@@ -89,7 +98,10 @@ impl Mor {
                             s.held.insert(m.manifest.sha256_hex());
                         }
                         tracing::info!(%domain, station = %name, version, "replicating");
-                        if s.to_station.try_send(Message::Control(Control::Replicate(Box::new(replica)))).is_ok() {
+                        if s.to_station
+                            .try_send(Message::Control(Control::Replicate(Box::new(replica))))
+                            .is_ok()
+                        {
                             s.sent = Some((digest, version));
                         }
                     }
@@ -100,13 +112,21 @@ impl Mor {
     }
 
     /// BTPD, BC and BCN of `domain`; bytes only for modules the station lacks.
-    fn replica(&self, domain: &str, version: u64, held: &HashSet<String>) -> anyhow::Result<Replica> {
+    fn replica(
+        &self,
+        domain: &str,
+        version: u64,
+        held: &HashSet<String>,
+    ) -> anyhow::Result<Replica> {
         let topology = self.bases.topology()?;
         let slice = topology
             .slice(domain)
             .ok_or_else(|| anyhow::anyhow!("domain `{domain}` is not in BTPG"))?;
-        let names: std::collections::BTreeSet<&str> =
-            slice.assignments.iter().map(|a| a.module.as_str()).collect();
+        let names: std::collections::BTreeSet<&str> = slice
+            .assignments
+            .iter()
+            .map(|a| a.module.as_str())
+            .collect();
         let mut modules = Vec::new();
         for name in names {
             let bundle = self
@@ -157,7 +177,9 @@ impl Mor {
                     replica_sent: serving.and_then(|(_, s)| s.sent.map(|(_, v)| v)),
                     replica_acked: serving.map(|(_, s)| s.acked).filter(|v| *v > 0),
                     seconds_since_keepalive: serving.map(|(_, s)| s.last_seen.elapsed().as_secs()),
-                    components: serving.map(|(_, s)| s.components.clone()).unwrap_or_default(),
+                    components: serving
+                        .map(|(_, s)| s.components.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect()
@@ -185,19 +207,33 @@ pub async fn serve_station(mor: Arc<Mor>, accepted: Connection) {
         return;
     }
     let held = match incoming.recv().await {
-        Some(Ok(Message::Control(Control::Hello { ticket, modules_held, .. }))) => {
-            let (enrollment, reason) = match mor.bases.enroll(&peer.name, Role::Dominio, &peer.fingerprint, ticket.as_deref()) {
+        Some(Ok(Message::Control(Control::Hello {
+            ticket,
+            modules_held,
+            ..
+        }))) => {
+            let (enrollment, reason) = match mor.bases.enroll(
+                &peer.name,
+                Role::Dominio,
+                &peer.fingerprint,
+                ticket.as_deref(),
+            ) {
                 Ok((state, changed)) => {
                     if changed {
                         mor.reconcile();
                     }
-                    (state, format!("enrollment of `{}` is {:?}", peer.name, state))
+                    (
+                        state,
+                        format!("enrollment of `{}` is {:?}", peer.name, state),
+                    )
                 }
                 Err(e) => (Enrollment::Pending, e.to_string()),
             };
             if enrollment != Enrollment::Active {
                 tracing::info!(station = %peer.name, fingerprint = %peer.fingerprint, "not admitted: {reason}");
-                let _ = writer.send(&Message::Control(Control::Welcome { enrollment, reason })).await;
+                let _ = writer
+                    .send(&Message::Control(Control::Welcome { enrollment, reason }))
+                    .await;
                 let _ = writer.shutdown().await;
                 return;
             }
@@ -273,21 +309,31 @@ pub async fn serve_station(mor: Arc<Mor>, accepted: Connection) {
 fn handle(mor: &Mor, peer: &PeerIdentity, message: Message) -> Result<Option<Message>, String> {
     let ack = |seq| Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })));
     match message {
-        Message::Alarm { seq, body: Upward::Alarm(alarm) } => {
+        Message::Alarm {
+            seq,
+            body: Upward::Alarm(alarm),
+        } => {
             let new = mor.bases.record_alarm(&alarm).map_err(|e| e.to_string())?;
             if new {
                 tracing::info!(id = %alarm.id, raised = alarm.raised, "alarm: {}", alarm.message);
             }
             ack(seq)
         }
-        Message::Report { seq, body: Upward::DomainReport(report) } => {
-            mor.bases.record_report(&report).map_err(|e| e.to_string())?;
+        Message::Report {
+            seq,
+            body: Upward::DomainReport(report),
+        } => {
+            mor.bases
+                .record_report(&report)
+                .map_err(|e| e.to_string())?;
             ack(seq)
         }
         Message::Control(Control::KeepAlive { components }) => {
             if let Some(s) = mor.sessions().get_mut(&peer.name) {
                 s.last_seen = Instant::now();
-                s.components = components;
+                if !components.is_empty() {
+                    s.components = components;
+                }
             }
             Ok(None)
         }
@@ -297,8 +343,16 @@ fn handle(mor: &Mor, peer: &PeerIdentity, message: Message) -> Result<Option<Mes
             }
             Ok(None)
         }
-        Message::Control(Control::Enroll { name, role, fingerprint, ticket }) => {
-            match mor.bases.enroll(&name, role, &fingerprint, ticket.as_deref()) {
+        Message::Control(Control::Enroll {
+            name,
+            role,
+            fingerprint,
+            ticket,
+        }) => {
+            match mor
+                .bases
+                .enroll(&name, role, &fingerprint, ticket.as_deref())
+            {
                 Ok((state, changed)) => {
                     tracing::info!(%name, %fingerprint, ?state, "enrollment request via {}", peer.name);
                     if changed {

@@ -7,8 +7,8 @@
 
 use agad_protocol::wire::{self, Upward};
 use agad_storage::{Database, StorageError, Tree};
-use tokio::sync::Notify;
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -80,9 +80,17 @@ impl Outbox {
     }
 
     /// Entries of `class` after sequence `after`, oldest first.
-    pub fn after(&self, class: Class, after: u64, limit: usize) -> Result<Vec<Entry>, StorageError> {
+    pub fn after(
+        &self,
+        class: Class,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         let mut out = Vec::new();
-        for (key, value) in self.tree(class).entries_after(&after.to_be_bytes(), limit)? {
+        for (key, value) in self
+            .tree(class)
+            .entries_after(&after.to_be_bytes(), limit)?
+        {
             let Ok(seq) = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes) else {
                 continue;
             };
@@ -127,8 +135,8 @@ impl Outbox {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use agad_protocol::message::Report;
     use agad_protocol::Area;
+    use agad_protocol::message::Report;
 
     fn report(n: u64) -> Upward {
         Upward::NodeReport(Report {

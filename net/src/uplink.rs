@@ -44,11 +44,19 @@ impl std::fmt::Debug for UplinkConfig {
 /// What the element learns from its link.
 #[derive(Debug, Clone)]
 pub enum Downlink {
-    Connected { parent: PeerIdentity, address: String },
+    Connected {
+        parent: PeerIdentity,
+        address: String,
+    },
     /// The parent refused or parked this element (enrollment not finished).
-    NotAdmitted { enrollment: Enrollment, reason: String },
+    NotAdmitted {
+        enrollment: Enrollment,
+        reason: String,
+    },
     Control(Control),
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
 }
 
 /// Everything the element supplies to its link.
@@ -133,7 +141,10 @@ async fn session(
         .map_err(|e| e.to_string())?;
     let mut incoming = spawn_reader(reader);
     match incoming.recv().await {
-        Some(Ok(Message::Control(Control::Welcome { enrollment: Enrollment::Active, .. }))) => {}
+        Some(Ok(Message::Control(Control::Welcome {
+            enrollment: Enrollment::Active,
+            ..
+        }))) => {}
         Some(Ok(Message::Control(Control::Welcome { enrollment, reason }))) => {
             tracing::warn!(parent = %address, ?enrollment, "not admitted yet: {reason}");
             let _ = events
@@ -153,6 +164,9 @@ async fn session(
         })
         .await;
     let mut sent = Sent::default();
+    // Keep-alives repeat the component list only when it changed: most of
+    // a quiet node's traffic is keep-alives, so they must stay small.
+    let mut last_components: Option<Vec<ComponentStatus>> = None;
     let mut keepalive = tokio::time::interval(config.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -177,8 +191,13 @@ async fn session(
                 None => return Ok(Session::Admitted),
             },
             _ = keepalive.tick() => {
-                let status = Control::KeepAlive { components: element.components() };
+                let components = element.components();
+                let changed = last_components.as_ref() != Some(&components);
+                let status = Control::KeepAlive {
+                    components: if changed { components.clone() } else { Vec::new() },
+                };
                 writer.send(&Message::Control(status)).await.map_err(|e| e.to_string())?;
+                last_components = Some(components);
             }
         }
     }
@@ -217,11 +236,17 @@ impl Sent {
                 let message = match entry.class {
                     Class::Alarm => {
                         self.alarms = entry.seq;
-                        Message::Alarm { seq: entry.seq, body: entry.body }
+                        Message::Alarm {
+                            seq: entry.seq,
+                            body: entry.body,
+                        }
                     }
                     Class::Report => {
                         self.reports = entry.seq;
-                        Message::Report { seq: entry.seq, body: entry.body }
+                        Message::Report {
+                            seq: entry.seq,
+                            body: entry.body,
+                        }
                     }
                 };
                 writer.send(&message).await.map_err(|e| e.to_string())?;

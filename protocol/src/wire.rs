@@ -159,10 +159,14 @@ pub enum Control {
         reason: String,
     },
     /// Top manager → station: serve this domain (then `Replicate`).
-    AssignDomain { domain: String },
+    AssignDomain {
+        domain: String,
+    },
     /// Top manager → domain manager: a new version of the domain's bases.
     Replicate(Box<Replica>),
-    ReplicaAck { version: u64 },
+    ReplicaAck {
+        version: u64,
+    },
     /// Domain manager → top manager: someone asks to join this domain.
     Enroll {
         name: String,
@@ -175,10 +179,20 @@ pub enum Control {
         version: u64,
         modules: Vec<Deployment>,
     },
-    DeployAck { version: u64, problems: Vec<String> },
-    KeepAlive { components: Vec<ComponentStatus> },
+    DeployAck {
+        version: u64,
+        problems: Vec<String>,
+    },
+    /// "Still alive". `components` is the status of each component, sent
+    /// when it changed since the last keep-alive on this connection; empty
+    /// means unchanged.
+    KeepAlive {
+        components: Vec<ComponentStatus>,
+    },
     /// Receiver → sender: these outbox sequence numbers are stored for good.
-    Ack { seqs: Vec<u64> },
+    Ack {
+        seqs: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,8 +200,14 @@ pub enum Message {
     Control(Control),
     /// Alarms and reports carry the sender's outbox sequence number; the
     /// receiver acknowledges it once the message is stored.
-    Alarm { seq: u64, body: Upward },
-    Report { seq: u64, body: Upward },
+    Alarm {
+        seq: u64,
+        body: Upward,
+    },
+    Report {
+        seq: u64,
+        body: Upward,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -296,7 +316,10 @@ mod tests {
         let mut frame = encode(&keep_alive()).unwrap();
         frame[5] = 9;
         let (header, _) = split(&frame);
-        assert!(matches!(decode_header(header), Err(CodecError::Version { got: 9 })));
+        assert!(matches!(
+            decode_header(header),
+            Err(CodecError::Version { got: 9 })
+        ));
     }
 
     #[test]
@@ -304,12 +327,18 @@ mod tests {
         let mut header = [0u8; HEADER_LEN];
         header[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         header[4..].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-        assert!(matches!(decode_header(&header), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            decode_header(&header),
+            Err(CodecError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn garbage_and_trailing_bytes_are_malformed() {
-        assert!(matches!(decode_body(&[0xff; 7]), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode_body(&[0xff; 7]),
+            Err(CodecError::Malformed(_))
+        ));
         let frame = encode(&keep_alive()).unwrap();
         let mut body = frame[HEADER_LEN..].to_vec();
         body.push(0);

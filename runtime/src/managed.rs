@@ -40,7 +40,11 @@ impl Element for Managed {
     fn modules_held(&self) -> Vec<String> {
         self.bundles
             .scan_prefix(b"")
-            .map(|all| all.into_iter().map(|(k, _)| String::from_utf8_lossy(&k).into_owned()).collect())
+            .map(|all| {
+                all.into_iter()
+                    .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -64,7 +68,11 @@ impl Element for Managed {
 
 impl Managed {
     /// Makes the running set equal to `modules`; returns the problems.
-    fn deploy(self: &Arc<Self>, modules: Vec<Deployment>, events: &mpsc::Sender<Event>) -> Vec<String> {
+    fn deploy(
+        self: &Arc<Self>,
+        modules: Vec<Deployment>,
+        events: &mpsc::Sender<Event>,
+    ) -> Vec<String> {
         let mut problems = Vec::new();
         let mut wanted = HashMap::new();
         for d in modules {
@@ -78,9 +86,9 @@ impl Managed {
         }
         let mut running = lock(&self.running);
         running.retain(|name, r| {
-            let keep = wanted
-                .get(name)
-                .is_some_and(|(b, config)| b.manifest.sha256_hex() == r.hash && *config == r.config);
+            let keep = wanted.get(name).is_some_and(|(b, config)| {
+                b.manifest.sha256_hex() == r.hash && *config == r.config
+            });
             if !keep {
                 tracing::info!(module = %name, "stopping");
                 let _ = r.stop.send(true);
@@ -95,7 +103,15 @@ impl Managed {
                 Ok((stop, task)) => {
                     tracing::info!(module = %name, version = %bundle.manifest.version, "started");
                     lock(&self.faults).remove(&name);
-                    running.insert(name, Running { hash: bundle.manifest.sha256_hex(), config, stop, task });
+                    running.insert(
+                        name,
+                        Running {
+                            hash: bundle.manifest.sha256_hex(),
+                            config,
+                            stop,
+                            task,
+                        },
+                    );
                 }
                 Err(e) => problems.push(format!("{name}: {e:#}")),
             }
@@ -121,7 +137,11 @@ impl Managed {
                 None => anyhow::bail!("manifest {hash} came without bytes and is not stored here"),
             },
         };
-        let bundle = Bundle { manifest: copy.manifest, signature: copy.signature, wasm };
+        let bundle = Bundle {
+            manifest: copy.manifest,
+            signature: copy.signature,
+            wasm,
+        };
         // Stored only once it verified and linked (in `start`), never before.
         Ok(bundle)
     }
@@ -138,9 +158,12 @@ impl Managed {
             self.bundles.insert(hash.as_bytes(), &bundle.to_bytes())?;
         }
         let (stop, stopped) = watch::channel(false);
-        let task = self
-            .node
-            .start_inspector(module, ModuleConfig { values: config }, events.clone(), stopped)?;
+        let task = self.node.start_inspector(
+            module,
+            ModuleConfig { values: config },
+            events.clone(),
+            stopped,
+        )?;
         Ok((stop, task))
     }
 
@@ -152,7 +175,11 @@ impl Managed {
 }
 
 /// Runs `node` under the managers of `uplink` until `shutdown`.
-pub async fn run(node: Node, uplink: UplinkConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    node: Node,
+    uplink: UplinkConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let db = node.database().clone();
     let outbox = Outbox::open(&db)?;
     let managed = Arc::new(Managed {
@@ -164,7 +191,14 @@ pub async fn run(node: Node, uplink: UplinkConfig, mut shutdown: watch::Receiver
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
     let (down_tx, mut down) = mpsc::channel(16);
     let (up_tx, up_rx) = mpsc::channel(16);
-    let link = tokio::spawn(uplink::run(uplink, outbox.clone(), managed.clone(), down_tx, up_rx, shutdown.clone()));
+    let link = tokio::spawn(uplink::run(
+        uplink,
+        outbox.clone(),
+        managed.clone(),
+        down_tx,
+        up_rx,
+        shutdown.clone(),
+    ));
     loop {
         tokio::select! {
             event = events.recv() => {

@@ -1,0 +1,245 @@
+//! `alarm-latency`: how long an alarm takes from the node that raised it to
+//! its domain manager (GD) and to the top manager (GM), over loopback with
+//! mutual TLS 1.3 on every link.
+//!
+//! **System.** A real GM, one GD station and one node as separate release
+//! `agad` processes ([`agad_benchmarks::processes`]). The node runs the
+//! `misbehave` test guest in `alarm-every-tick` mode, which raises a new
+//! alarm on every tick (`--period-ms`, 100 ms by default).
+//!
+//! **What is timed.** Every alarm carries `time_ms`, when the node emitted
+//! it (after the tick; so the inspector period is not part of the figure).
+//! Receipt times come from the processes' logs (`AGAD_LOG`, timestamps in
+//! µs, one clock: all processes run on this machine):
+//! - node → GD: the GD's `alarm received` debug line (first receipt);
+//! - node → GM: the GM's `alarm:` line, written when BIG stores a new alarm;
+//! - and, to see where the time goes, the node's `alarm queued` line (the
+//!   alarm is flushed to the node's outbox on disk before it is sent).
+//!
+//! Alarms are matched by id with `agad alarms --json` (BIG). The first
+//! `--warmup` alarms are left out (connections and compiled code warming
+//! up). `time_ms` has millisecond resolution and is truncated, so every
+//! latency reads up to 1 ms high (0.5 ms on average).
+//!
+//! Run (about 70 s by default):
+//!
+//! ```sh
+//! cargo build --release -p agad -p agad-benchmarks
+//! target/release/alarm-latency
+//! target/release/alarm-latency --alarms 2000 --period-ms 50
+//! ```
+
+use agad_benchmarks::args::Args;
+use agad_benchmarks::processes::{Deployment, agad_binary};
+use agad_benchmarks::procfs::machine_load;
+use agad_benchmarks::stats::{Timings, duration};
+use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
+use anyhow::{Context, bail};
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+const HELP: &str =
+    "alarm-latency: alarm latency node → domain manager and node → top manager (real processes)
+usage: alarm-latency [--alarms N] [--period-ms MS] [--warmup N]
+  --alarms N      alarms measured (default 600)
+  --period-ms MS  tick period of the alarm-raising inspector (default 100)
+  --warmup N      first alarms left out (default 20)
+needs target/release/agad: cargo build --release -p agad -p agad-benchmarks";
+
+/// The GD's per-alarm receipt line is a debug line of its own crate.
+const LOG_FILTER: &str = "info,agad_gerente_dominio=debug";
+const STATION: &str = "s1";
+const NODE: &str = "edge-node-017";
+const MODULE: &str = "misbehave";
+/// Log lines that mark an alarm's arrival, by process.
+const GM_STORED: &str = "alarm: ";
+const GD_RECEIVED: &str = "alarm received";
+const NODE_QUEUED: &str = "alarm queued";
+const GOAL_P99: Duration = Duration::from_millis(10);
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::from_env();
+    if args.flag("--help") || args.flag("-h") {
+        println!("{HELP}");
+        return Ok(());
+    }
+    let measured: usize = args.value("--alarms")?.unwrap_or(600);
+    let period_ms: u64 = args.value("--period-ms")?.unwrap_or(100);
+    let warmup: usize = args.value("--warmup")?.unwrap_or(20);
+    args.finish()?;
+    if measured == 0 || period_ms == 0 {
+        bail!("--alarms and --period-ms must be at least 1");
+    }
+
+    let mut d = Deployment::start(&agad_binary()?, LOG_FILTER)?;
+    let wasm =
+        std::fs::read(MISBEHAVE_WASM).with_context(|| format!("reading {MISBEHAVE_WASM}"))?;
+    let manifest = std::fs::read_to_string(MISBEHAVE_MANIFEST)?;
+    d.publish(MODULE, &wasm, &manifest)?;
+    d.apply(&format!(
+        "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\n\n\
+         [[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\n\n\
+         [[assign]]\nmodule = \"{MODULE}\"\nnodes = [\"{NODE}\"]\n\
+         [assign.config]\nmode = \"alarm-every-tick\"\nperiod = \"{period_ms}ms\"\n"
+    ))?;
+    let station = d.start_station(STATION)?;
+    d.start_node(NODE, &station, None)?;
+
+    let wanted = warmup + measured;
+    eprintln!("collecting {wanted} alarms at one per {period_ms} ms...");
+    // Counted in the GM's log, not with `agad alarms`: a process started
+    // every 250 ms would compete for the CPU with the path being measured.
+    let patience = Duration::from_millis(period_ms * wanted as u64 * 2) + Duration::from_secs(120);
+    d.wait_for(&format!("{wanted} alarms in BIG"), patience, |d| {
+        Ok((d.log("mor").matches(GM_STORED).count() >= wanted).then_some(()))
+    })?;
+    d.stop(NODE)?;
+
+    let gm = arrivals(&d.log("mor"), GM_STORED)?;
+    let gd = arrivals(&d.log(STATION), GD_RECEIVED)?;
+    let queued = arrivals(&d.log(NODE), NODE_QUEUED)?;
+    let mut alarms = d.alarms()?;
+    alarms.retain(|a| a.node == NODE && a.module == MODULE);
+    alarms.sort_by_key(|a| a.time_ms);
+    let alarms = alarms.get(warmup..).unwrap_or_default();
+
+    let mut paths = [
+        Path::new("node → GD (received)", "the GD's `alarm received`"),
+        Path::new("node → GM (stored in BIG)", "the GM's `alarm:`"),
+        Path::new("  node: emitted → queued", "the node's `alarm queued`"),
+        Path::new("  GD received → GM stored", ""),
+    ];
+    for a in alarms {
+        let emitted = i64::try_from(a.time_ms).context("time_ms out of range")? * 1000;
+        let at = |times: &HashMap<String, i64>| times.get(&a.id).copied();
+        paths[0].add(at(&gd).map(|t| t - emitted));
+        paths[1].add(at(&gm).map(|t| t - emitted));
+        paths[2].add(at(&queued).map(|t| t - emitted));
+        paths[3].add(at(&gd).zip(at(&gm)).map(|(r, s)| s - r));
+    }
+
+    println!();
+    println!(
+        "== alarm latency: `{MODULE}` raising an alarm every {period_ms} ms tick, \
+         node → GD → GM, separate processes, mutual TLS 1.3 on loopback =="
+    );
+    println!("machine: {}", machine_load());
+    println!(
+        "alarms in BIG from {NODE}: {} measured after {warmup} warm-up alarms",
+        alarms.len()
+    );
+    println!(
+        "{:<28} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "path", "count", "mean", "p50", "p90", "p99", "max"
+    );
+    for p in &paths {
+        p.print();
+    }
+    println!(
+        "(from the alarm's time_ms, stamped when the tick's output is emitted, so the inspector \
+         period is not included; time_ms is truncated to the millisecond, so figures read up to \
+         1 ms high)"
+    );
+    if let Some(t) = Timings::of(&paths[1].samples) {
+        println!(
+            "goal: p99 ≤ {} node → GM beyond the inspector period: {} (p99 {})",
+            duration(GOAL_P99),
+            if t.p99 <= GOAL_P99 { "met" } else { "MISSED" },
+            duration(t.p99)
+        );
+    }
+    Ok(())
+}
+
+/// Latencies of one path, and how many alarms had no timestamp for it.
+struct Path {
+    name: &'static str,
+    source: &'static str,
+    samples: Vec<Duration>,
+    unmatched: usize,
+    negative: usize,
+}
+
+impl Path {
+    fn new(name: &'static str, source: &'static str) -> Path {
+        Path {
+            name,
+            source,
+            samples: Vec::new(),
+            unmatched: 0,
+            negative: 0,
+        }
+    }
+
+    /// One alarm's latency in µs, `None` when a log had no line for it.
+    fn add(&mut self, micros: Option<i64>) {
+        match micros.map(u64::try_from) {
+            Some(Ok(us)) => self.samples.push(Duration::from_micros(us)),
+            // Receipt before emission: only a clock step could do that.
+            Some(Err(_)) => self.negative += 1,
+            None => self.unmatched += 1,
+        }
+    }
+
+    fn print(&self) {
+        let Some(t) = Timings::of(&self.samples) else {
+            println!(
+                "{:<28} no samples ({} without a line in {})",
+                self.name, self.unmatched, self.source
+            );
+            return;
+        };
+        let mut sorted = self.samples.clone();
+        sorted.sort_unstable();
+        // Nearest rank, as `Timings` computes p50 and p99.
+        let p90 = sorted[((0.9 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+        let mut notes = Vec::new();
+        if self.unmatched > 0 {
+            notes.push(format!(
+                "{} alarms without a line in {}",
+                self.unmatched, self.source
+            ));
+        }
+        if self.negative > 0 {
+            notes.push(format!(
+                "{} received before emitted (clock step?)",
+                self.negative
+            ));
+        }
+        println!(
+            "{:<28} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}{}",
+            self.name,
+            t.count,
+            duration(t.mean),
+            duration(t.p50),
+            duration(p90),
+            duration(t.p99),
+            duration(t.max),
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", notes.join("; "))
+            }
+        );
+    }
+}
+
+/// Alarm id → µs since the epoch of the first log line with `marker` that
+/// names it (`2025-01-02T03:04:05.123456Z  INFO ...: <marker>... id=<id> ...`).
+fn arrivals(log: &str, marker: &str) -> anyhow::Result<HashMap<String, i64>> {
+    let mut times = HashMap::new();
+    for line in log.lines() {
+        let Some((head, rest)) = line.split_once(marker) else {
+            continue;
+        };
+        let Some(id) = rest.split_whitespace().find_map(|t| t.strip_prefix("id=")) else {
+            continue;
+        };
+        let stamp = head.split_whitespace().next().unwrap_or_default();
+        let at = humantime::parse_rfc3339(stamp)
+            .with_context(|| format!("log line without an RFC 3339 timestamp: {line}"))?;
+        let micros = i64::try_from(at.duration_since(UNIX_EPOCH)?.as_micros())?;
+        times.entry(id.to_owned()).or_insert(micros);
+    }
+    Ok(times)
+}
