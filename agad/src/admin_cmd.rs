@@ -70,6 +70,9 @@ pub struct ReportArgs {
     /// From this long ago (e.g. 15m, 1h, 2d is 48h).
     #[arg(long, default_value = "1h", value_parser = crate::parse_cli_duration)]
     since: Duration,
+    /// Up to this long ago (windows starting before then) [default: now].
+    #[arg(long, value_parser = crate::parse_cli_duration)]
+    until: Option<Duration>,
     /// Per-domain rows (every node merged) instead of per-node rows.
     #[arg(long)]
     per_domain: bool,
@@ -256,7 +259,7 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
         dir,
         Request::Reports {
             since_ms: since_ms(args.since),
-            until_ms: u64::MAX,
+            until_ms: args.until.map_or(u64::MAX, since_ms),
         },
     )? {
         Answer::Reports(r) => r,

@@ -175,6 +175,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         && deadline.is_none_or(|d| Instant::now() < d)
     {
         if let Some(name) = children.exited() {
+            // Ctrl-C reaches the children too; give our own handler a moment.
+            std::thread::sleep(Duration::from_millis(500));
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
             children.stop_all();
             bail!("{name} stopped unexpectedly; see {d}/logs/{name}.log");
         }

@@ -275,6 +275,15 @@ impl Deployment {
         self.ok(&["enroll", "activate", name]);
     }
 
+    /// Restarts the top manager (after a kill) and reads BIG as it found it.
+    fn alarms_after_restart_of_mor(&mut self) -> Vec<Value> {
+        self.restart("mor");
+        wait_for("the restarted top manager", self, || {
+            self.run(&["status"]).status.success().then_some(())
+        });
+        self.alarms()
+    }
+
     fn alarms(&self) -> Vec<Value> {
         json_lines(&self.ok(&["alarms", "--json"]))
     }
@@ -499,6 +508,14 @@ fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() {
     d.restart("s1");
     wait_for("traffic through the restarted station", &d, || {
         (count(&d) > in_big_at_kill.len() + 10).then_some(())
+    });
+
+    // The top manager dies mid-traffic; the station buffers meanwhile.
+    d.kill9("mor");
+    let in_big_at_mor_kill = ids(&d.alarms_after_restart_of_mor());
+    assert!(in_big_at_kill.is_subset(&in_big_at_mor_kill));
+    wait_for("traffic through the restarted top manager", &d, || {
+        (count(&d) > in_big_at_mor_kill.len() + 10).then_some(())
     });
 
     // The node dies mid-traffic, with whatever it had queued.
