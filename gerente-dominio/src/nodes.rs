@@ -222,7 +222,12 @@ pub async fn serve_node(station: std::sync::Arc<Station>, accepted: Connection) 
             Some(Err(e)) => break e,
             None => break "closed".to_owned(),
         };
-        match handle(&station, &peer, message) {
+        // Storing means an fsync: keep it off the reactor threads.
+        let (station2, peer2) = (station.clone(), peer.clone());
+        let handled = tokio::task::spawn_blocking(move || handle(&station2, &peer2, message))
+            .await
+            .unwrap_or_else(|e| Err(format!("frame handling failed: {e}")));
+        match handled {
             Ok(Some(reply)) => {
                 if to_node.send(reply).await.is_err() {
                     break "writer gone".to_owned();

@@ -280,7 +280,12 @@ pub async fn serve_station(mor: Arc<Mor>, accepted: Connection) {
             Some(Err(e)) => break e,
             None => break "closed".to_owned(),
         };
-        match handle(&mor, &peer, message) {
+        // Storing means an fsync: keep it off the reactor threads.
+        let (mor2, peer2) = (mor.clone(), peer.clone());
+        let handled = tokio::task::spawn_blocking(move || handle(&mor2, &peer2, message))
+            .await
+            .unwrap_or_else(|e| Err(format!("frame handling failed: {e}")));
+        match handled {
             Ok(Some(reply)) => {
                 if to_station.send(reply).await.is_err() {
                     break "writer gone".to_owned();

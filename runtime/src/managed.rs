@@ -12,6 +12,10 @@ use agad_protocol::wire::{ComponentStatus, Control, Deployment, Upward};
 use agad_storage::Tree;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A module fault this recent marks the module unhealthy in keep-alives.
+const RECENT_FAULT: Duration = Duration::from_secs(60);
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -28,8 +32,8 @@ struct Managed {
     /// Bundles received, by wasm hash: a redeploy sends only the manifest.
     bundles: Tree,
     running: Mutex<HashMap<String, Running>>,
-    /// Last fault per module since it was (re)started.
-    faults: Mutex<HashMap<String, String>>,
+    /// Last fault per module since it was deployed, and when it happened.
+    faults: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,10 +58,16 @@ impl Element for Managed {
             .iter()
             .map(|(name, r)| {
                 let fault = faults.get(name);
+                // A module that failed recently is restarting (with back-off);
+                // one whose last failure is old has been running since.
+                let recent = fault.is_some_and(|(_, at)| at.elapsed() < RECENT_FAULT);
                 ComponentStatus {
                     name: name.clone(),
-                    healthy: fault.is_none() && !r.task.is_finished(),
-                    detail: fault.cloned().unwrap_or_else(|| "running".into()),
+                    healthy: !recent && !r.task.is_finished(),
+                    detail: match fault {
+                        Some((message, _)) if recent => message.clone(),
+                        _ => "running".into(),
+                    },
                 }
             })
             .collect();
@@ -207,7 +217,8 @@ pub async fn run(
                     Event::Alarm(a) => Upward::Alarm(a),
                     Event::Report(r) => Upward::NodeReport(r),
                     Event::Fault(f) => {
-                        lock(&managed.faults).insert(f.module.clone(), format!("{:?}: {}", f.kind, f.message));
+                        let message = format!("{:?}: {}", f.kind, f.message);
+                        lock(&managed.faults).insert(f.module.clone(), (message, Instant::now()));
                         continue;
                     }
                 };
