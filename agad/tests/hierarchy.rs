@@ -210,10 +210,16 @@ impl Deployment {
 
     /// A station with a fresh certificate and ticket; returns its node address.
     fn start_station(&mut self, name: &str) -> String {
+        let mor = self.mor_addr.clone();
+        self.start_station_under(name, &mor)
+    }
+
+    /// A station whose parent manager listens at `parent`.
+    fn start_station_under(&mut self, name: &str, parent: &str) -> String {
         self.issue("dominio", name);
         let ticket = self.ticket(name);
         let listen = free_port();
-        let mor = self.mor_addr.clone();
+        let mor = parent.to_owned();
         self.spawn(
             name,
             &[
@@ -580,4 +586,38 @@ fn an_invalid_topology_is_refused_whole_with_file_and_line() {
         "{diff}"
     );
     assert_eq!(d.ok(&["topology", "show"]), shown);
+}
+
+#[test]
+fn a_sub_domain_manager_is_activated_and_relayed_by_its_parent() {
+    let mut d = Deployment::start();
+    d.publish_inspector("cpu-mem");
+    let topology = "[[domain]]\nname = \"campus\"\nstations = [\"s1\"]\nreport_window = \"2s\"\n\n\
+        [[domain]]\nname = \"lab\"\nparent = \"campus\"\nstations = [\"s2\"]\nreport_window = \"2s\"\n\n\
+        [[node]]\nname = \"n2\"\ndomain = \"lab\"\n\n\
+        [[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nperiod = \"500ms\"\nwindow_secs = 1\nmem_percent = 0.1\n";
+    d.apply(topology);
+    let campus = d.start_station("s1");
+    // Four levels: top manager -> campus manager -> lab manager -> node.
+    let lab = d.start_station_under("s2", &campus);
+    d.start_node("n2", &lab);
+    wait_for(
+        "n2's alarm in BIG, relayed by two domain managers",
+        &d,
+        || {
+            d.alarms()
+                .into_iter()
+                .find(|a| a["node"] == "n2" && a["raised"] == true)
+        },
+    );
+    wait_for("the lab domain's report in BIG", &d, || {
+        d.reports()
+            .into_iter()
+            .find(|r| r["domain"] == "lab" && r["node"] == "n2")
+    });
+    let status = d.ok(&["status"]);
+    assert!(
+        status.contains("subdomain:lab") && status.contains("served by s2"),
+        "{status}"
+    );
 }

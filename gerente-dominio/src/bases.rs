@@ -62,10 +62,17 @@ impl Bases {
 
     /// Stores a new replica whole: its module bytes into BC, then the replica
     /// itself. Refused (nothing changed) if a module is neither sent nor held.
-    pub fn store_replica(&self, mut replica: Replica) -> Result<Replica, BaseError> {
-        for module in &replica.modules {
+    /// Sub-domain replicas ride along: their modules go to BC too, since
+    /// this station hands them down.
+    pub fn store_replica(&self, replica: Replica) -> Result<Replica, BaseError> {
+        let modules = || replica.all().into_iter().flat_map(|r| &r.modules);
+        let sent: std::collections::HashSet<String> = modules()
+            .filter(|m| m.wasm.is_some())
+            .map(|m| m.manifest.sha256_hex())
+            .collect();
+        for module in modules() {
             let hash = module.manifest.sha256_hex();
-            if module.wasm.is_none() && self.bc.get(hash.as_bytes())?.is_none() {
+            if !sent.contains(&hash) && self.bc.get(hash.as_bytes())?.is_none() {
                 return Err(BaseError::MissingModule {
                     version: replica.version,
                     module: module.manifest.name.clone(),
@@ -73,17 +80,16 @@ impl Bases {
                 });
             }
         }
-        for module in &mut replica.modules {
-            if module.wasm.is_some() {
-                let hash = module.manifest.sha256_hex();
-                self.bc
-                    .insert(hash.as_bytes(), &wire::encode_value(&*module))?;
-                module.wasm = None;
-            }
+        for module in modules().filter(|m| m.wasm.is_some()) {
+            let hash = module.manifest.sha256_hex();
+            self.bc
+                .insert(hash.as_bytes(), &wire::encode_value(module))?;
         }
-        self.btpd.insert(CURRENT, &wire::encode_value(&replica))?;
+        let mut stored = replica.without_bytes();
+        restore_versions(&mut stored, &replica);
+        self.btpd.insert(CURRENT, &wire::encode_value(&stored))?;
         self.db.flush()?;
-        Ok(replica)
+        Ok(stored)
     }
 
     /// A module with its bytes, by hash.
@@ -167,6 +173,14 @@ impl Bases {
         self.meta
             .insert(CONSOLIDATED_UNTIL, &end_ms.to_be_bytes())?;
         self.db.flush()
+    }
+}
+
+/// `without_bytes` zeroes versions; put the received ones back.
+fn restore_versions(stored: &mut Replica, received: &Replica) {
+    stored.version = received.version;
+    for (s, r) in stored.subdomains.iter_mut().zip(&received.subdomains) {
+        restore_versions(s, r);
     }
 }
 

@@ -11,14 +11,16 @@
 //! - [`bases`]: BC, BTPD and BICD in the station's database.
 //! - [`consolidate`]: merging node reports into one domain report per window.
 //! - [`nodes`]: the sessions of the domain's nodes.
+//! - [`subdomains`]: sub-domain managers activated and relayed by this one.
 
 pub mod bases;
 pub mod consolidate;
 pub mod nodes;
+pub mod subdomains;
 
 use agad_net::outbox::Outbox;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
-use agad_protocol::wire::{ComponentStatus, Control, Replica, Upward};
+use agad_protocol::wire::{ComponentStatus, Control, Replica, Role, Upward};
 use agad_storage::Database;
 use bases::Bases;
 use nodes::Nodes;
@@ -46,6 +48,7 @@ pub struct Station {
     pub outbox: Outbox,
     replica: RwLock<Option<Replica>>,
     pub nodes: Nodes,
+    pub subdomains: subdomains::Subdomains,
     /// Control frames for the top manager (sent when the link is up).
     up: mpsc::Sender<Control>,
 }
@@ -78,6 +81,7 @@ impl Station {
                 *self.replica.write().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
                 self.send_up(Control::ReplicaAck { version });
                 self.nodes.redeploy(self, &stored);
+                self.subdomains.replicate(self, &stored);
             }
             Err(e) => tracing::error!(version, "replica refused: {e}"),
         }
@@ -109,7 +113,9 @@ impl Element for Station {
                 ),
             },
         ];
-        out.extend(self.nodes.status(self.replica().as_ref()));
+        let replica = self.replica();
+        out.extend(self.nodes.status(replica.as_ref()));
+        out.extend(self.subdomains.status(replica.as_ref()));
         out
     }
 }
@@ -132,6 +138,7 @@ pub async fn run(
         outbox: outbox.clone(),
         replica: RwLock::new(replica),
         nodes: Nodes::default(),
+        subdomains: subdomains::Subdomains::default(),
         up: up_tx,
     });
 
@@ -179,7 +186,15 @@ pub async fn run(
         agad_net::server::serve(
             listener,
             config.acceptor,
-            move |accepted| nodes::serve_node(station.clone(), accepted),
+            move |connection: agad_net::conn::Connection| {
+                let station = station.clone();
+                async move {
+                    match connection.peer.role {
+                        Role::Dominio => subdomains::serve_substation(station, connection).await,
+                        _ => nodes::serve_node(station, connection).await,
+                    }
+                }
+            },
             shutdown,
         )
     };

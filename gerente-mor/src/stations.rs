@@ -52,15 +52,17 @@ impl Mor {
         };
         let mut sessions = self.sessions();
         // A station whose domain left the topology stops serving it.
+        // (Sub-domains are activated by their parent's manager.)
+        let top_level = || topology.domains.iter().filter(|d| d.parent.is_none());
         for s in sessions.values_mut() {
             if let Some(d) = &s.serving
-                && !topology.domains.iter().any(|x| &x.name == d)
+                && !top_level().any(|x| &x.name == d)
             {
                 s.serving = None;
                 s.sent = None;
             }
         }
-        for domain in &topology.domains {
+        for domain in top_level() {
             if sessions
                 .values()
                 .any(|s| s.serving.as_deref() == Some(&domain.name))
@@ -90,19 +92,18 @@ impl Mor {
             let Some(domain) = s.serving.clone() else {
                 continue;
             };
-            match self.replica(&domain, version, &s.held) {
+            let mut held = s.held.clone();
+            match self.replica(&domain, version, &mut held) {
                 Ok(replica) => {
                     let digest = content_digest(&replica);
                     if s.sent.map(|(d, _)| d) != Some(digest) {
-                        for m in &replica.modules {
-                            s.held.insert(m.manifest.sha256_hex());
-                        }
                         tracing::info!(%domain, station = %name, version, "replicating");
                         if s.to_station
                             .try_send(Message::Control(Control::Replicate(Box::new(replica))))
                             .is_ok()
                         {
                             s.sent = Some((digest, version));
+                            s.held = held;
                         }
                     }
                 }
@@ -111,12 +112,13 @@ impl Mor {
         }
     }
 
-    /// BTPD, BC and BCN of `domain`; bytes only for modules the station lacks.
+    /// BTPD, BC and BCN of `domain` and, nested, of its sub-domains; bytes
+    /// only for modules not in `held` (which gains what is included).
     fn replica(
         &self,
         domain: &str,
         version: u64,
-        held: &HashSet<String>,
+        held: &mut HashSet<String>,
     ) -> anyhow::Result<Replica> {
         let topology = self.bases.topology()?;
         let slice = topology
@@ -137,7 +139,7 @@ impl Mor {
             modules.push(ModuleCopy {
                 manifest: bundle.manifest,
                 signature: bundle.signature,
-                wasm: (!held.contains(&hash)).then_some(bundle.wasm),
+                wasm: held.insert(hash).then_some(bundle.wasm),
             });
         }
         let in_domain: HashSet<&str> = slice
@@ -152,12 +154,18 @@ impl Mor {
             .into_iter()
             .filter(|m| in_domain.contains(m.name.as_str()))
             .collect();
+        let subdomains = slice
+            .subdomains
+            .iter()
+            .map(|sub| self.replica(&sub.name, version, held))
+            .collect::<anyhow::Result<_>>()?;
         Ok(Replica {
             version,
             topology: slice,
             modules,
             rules: Vec::new(),
             members,
+            subdomains,
         })
     }
 
@@ -173,7 +181,10 @@ impl Mor {
                     .find(|(_, s)| s.serving.as_deref() == Some(&d.name));
                 DomainStatus {
                     domain: d.name.clone(),
-                    station: serving.map(|(n, _)| n.clone()),
+                    station: match &d.parent {
+                        Some(parent) => Some(format!("(activated by the manager of {parent})")),
+                        None => serving.map(|(n, _)| n.clone()),
+                    },
                     replica_sent: serving.and_then(|(_, s)| s.sent.map(|(_, v)| v)),
                     replica_acked: serving.map(|(_, s)| s.acked).filter(|v| *v > 0),
                     seconds_since_keepalive: serving.map(|(_, s)| s.last_seen.elapsed().as_secs()),
@@ -189,12 +200,7 @@ impl Mor {
 /// The replica's content without version or module bytes: a change here is
 /// a change worth a new version.
 fn content_digest(replica: &Replica) -> [u8; 32] {
-    let mut stripped = replica.clone();
-    stripped.version = 0;
-    for m in &mut stripped.modules {
-        m.wasm = None;
-    }
-    Sha256::digest(wire::encode_value(&stripped)).into()
+    Sha256::digest(wire::encode_value(&replica.without_bytes())).into()
 }
 
 /// Serves one station connection until it closes or misbehaves.

@@ -91,6 +91,32 @@ pub struct Replica {
     pub rules: Vec<(String, String)>,
     /// Identities enrolled in this domain and their state.
     pub members: Vec<Member>,
+    /// Replicas of the domains whose `parent` is this one: this domain's
+    /// manager activates their managers and relays their traffic upward.
+    pub subdomains: Vec<Replica>,
+}
+
+impl Replica {
+    /// This replica and every nested one, depth first.
+    pub fn all(&self) -> Vec<&Replica> {
+        let mut out = vec![self];
+        for sub in &self.subdomains {
+            out.extend(sub.all());
+        }
+        out
+    }
+
+    /// The replica with module bytes and versions set aside: equal digests
+    /// mean nothing worth a new version changed.
+    pub fn without_bytes(&self) -> Replica {
+        let mut r = self.clone();
+        r.version = 0;
+        for m in &mut r.modules {
+            m.wasm = None;
+        }
+        r.subdomains = r.subdomains.iter().map(Replica::without_bytes).collect();
+        r
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
