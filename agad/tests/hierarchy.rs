@@ -621,3 +621,55 @@ fn a_sub_domain_manager_is_activated_and_relayed_by_its_parent() {
         "{status}"
     );
 }
+
+#[test]
+fn a_node_without_a_ticket_waits_for_approval_then_activation() {
+    let mut d = Deployment::start();
+    d.publish_inspector("cpu-mem");
+    d.apply(&one_domain("s1", &["n1"], "cpu-mem", "period = \"1s\""));
+    let addr = d.start_station("s1");
+    d.issue("node", "n1");
+    d.spawn(
+        "n1",
+        &[
+            "node",
+            "--dominio",
+            &addr,
+            "--pki",
+            "pki",
+            "--name",
+            "n1",
+            "--trust",
+            "publisher.pub",
+            "--data-dir",
+            "n1",
+            "--keepalive",
+            "1s",
+        ],
+    );
+    let line = wait_for("n1's request in `agad enroll list`", &d, || {
+        d.ok(&["enroll", "list"])
+            .lines()
+            .find(|l| l.starts_with("n1 ") && l.contains("pending"))
+            .map(str::to_owned)
+    });
+    let fingerprint = line.split_whitespace().last().unwrap().to_owned();
+    assert_eq!(fingerprint.len(), 64, "{line}");
+    let out = d.run(&["enroll", "activate", "n1"]);
+    assert!(
+        !out.status.success(),
+        "activation before approval is refused"
+    );
+    assert!(!d.log("s1").contains("node connected"));
+
+    d.ok(&["enroll", "approve", &fingerprint[..12]]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !d.log("s1").contains("node connected"),
+        "approved but not active yet"
+    );
+    d.ok(&["enroll", "activate", "n1"]);
+    wait_for("n1 admitted and running its module", &d, || {
+        d.log("n1").contains("started module=cpu-mem").then_some(())
+    });
+}
