@@ -4,6 +4,7 @@
 
 use crate::Station;
 use agad_net::conn::Connection;
+use agad_net::server::{peer_queue, serve_admitted};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{
@@ -154,7 +155,7 @@ pub async fn serve_node(station: std::sync::Arc<Station>, accepted: Connection) 
     let peer = accepted.peer;
     let mut incoming = spawn_reader(accepted.reader);
     let mut writer = accepted.writer;
-    let (to_node, mut outgoing) = mpsc::channel::<Message>(256);
+    let (to_node, outgoing) = peer_queue();
     if peer.role != Role::Node {
         tracing::warn!(peer = %peer.name, role = %peer.role, "refused: only nodes connect to a domain manager");
         return;
@@ -207,35 +208,12 @@ pub async fn serve_node(station: std::sync::Arc<Station>, accepted: Connection) 
         }
         Err(e) => tracing::error!(node = %peer.name, "cannot deploy: {e}"),
     }
-    let writing = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
-            if let Err(e) = writer.send(&message).await {
-                tracing::info!("node link write failed: {e}");
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-    let reason = loop {
-        let message = match incoming.recv().await {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => break e,
-            None => break "closed".to_owned(),
-        };
-        // Storing means an fsync: keep it off the reactor threads.
-        let (station2, peer2) = (station.clone(), peer.clone());
-        let handled = tokio::task::spawn_blocking(move || handle(&station2, &peer2, message))
-            .await
-            .unwrap_or_else(|e| Err(format!("frame handling failed: {e}")));
-        match handled {
-            Ok(Some(reply)) => {
-                if to_node.send(reply).await.is_err() {
-                    break "writer gone".to_owned();
-                }
-            }
-            Ok(None) => {}
-            Err(e) => break e,
-        }
+    let reason = {
+        let (station, peer) = (station.clone(), peer.clone());
+        serve_admitted(incoming, writer, to_node, outgoing, move |m| {
+            handle(&station, &peer, m)
+        })
+        .await
     };
     tracing::info!(node = %peer.name, "node disconnected: {reason}");
     {
@@ -244,8 +222,6 @@ pub async fn serve_node(station: std::sync::Arc<Station>, accepted: Connection) 
             sessions.remove(&peer.name);
         }
     }
-    drop(to_node);
-    let _ = writing.await;
 }
 
 /// `None` if the node may come in; otherwise its enrollment and why not.

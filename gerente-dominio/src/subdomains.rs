@@ -6,6 +6,7 @@
 
 use crate::Station;
 use agad_net::conn::Connection;
+use agad_net::server::{peer_queue, serve_admitted};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Replica, Role, Upward};
@@ -163,7 +164,7 @@ pub async fn serve_substation(station: Arc<Station>, connection: Connection) {
         }
     };
     let domain = sub.topology.domain.name.clone();
-    let (to_station, mut outgoing) = mpsc::channel::<Message>(256);
+    let (to_station, outgoing) = peer_queue();
     let id = station.subdomains.next_id.fetch_add(1, Ordering::Relaxed);
     let _ = to_station.try_send(Message::Control(Control::Welcome {
         enrollment: Enrollment::Active,
@@ -187,35 +188,12 @@ pub async fn serve_substation(station: Arc<Station>, connection: Connection) {
         station.subdomains.lock().insert(peer.name.clone(), session);
     }
     tracing::info!(%domain, station = %peer.name, "sub-domain manager activated");
-    let writing = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
-            if let Err(e) = writer.send(&message).await {
-                tracing::info!("sub-domain link write failed: {e}");
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-    let reason = loop {
-        let message = match incoming.recv().await {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => break e,
-            None => break "closed".to_owned(),
-        };
-        // Storing means an fsync: keep it off the reactor threads.
-        let (shared, who) = (station.clone(), peer.clone());
-        let handled = tokio::task::spawn_blocking(move || relay(&shared, &who, message))
-            .await
-            .unwrap_or_else(|e| Err(format!("frame handling failed: {e}")));
-        match handled {
-            Ok(Some(reply)) => {
-                if to_station.send(reply).await.is_err() {
-                    break "writer gone".to_owned();
-                }
-            }
-            Ok(None) => {}
-            Err(e) => break e,
-        }
+    let reason = {
+        let (station, peer) = (station.clone(), peer.clone());
+        serve_admitted(incoming, writer, to_station, outgoing, move |m| {
+            relay(&station, &peer, m)
+        })
+        .await
     };
     tracing::warn!(%domain, station = %peer.name, "sub-domain manager disconnected: {reason}");
     {
@@ -224,8 +202,6 @@ pub async fn serve_substation(station: Arc<Station>, connection: Connection) {
             sessions.remove(&peer.name);
         }
     }
-    drop(to_station);
-    let _ = writing.await;
 }
 
 /// The sub-domain `peer` may serve, or its enrollment and why not.

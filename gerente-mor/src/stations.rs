@@ -5,6 +5,7 @@
 
 use crate::Mor;
 use agad_net::conn::Connection;
+use agad_net::server::{peer_queue, serve_admitted};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{
@@ -250,7 +251,7 @@ pub async fn serve_station(mor: Arc<Mor>, accepted: Connection) {
             return;
         }
     };
-    let (to_station, mut outgoing) = mpsc::channel::<Message>(256);
+    let (to_station, outgoing) = peer_queue();
     let id = mor.next_session.fetch_add(1, Ordering::Relaxed);
     let _ = to_station.try_send(Message::Control(Control::Welcome {
         enrollment: Enrollment::Active,
@@ -270,36 +271,13 @@ pub async fn serve_station(mor: Arc<Mor>, accepted: Connection) {
         },
     );
     tracing::info!(station = %peer.name, "station connected");
-    let writing = tokio::spawn(async move {
-        while let Some(message) = outgoing.recv().await {
-            if let Err(e) = writer.send(&message).await {
-                tracing::info!("station link write failed: {e}");
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
     mor.reconcile();
-    let reason = loop {
-        let message = match incoming.recv().await {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => break e,
-            None => break "closed".to_owned(),
-        };
-        // Storing means an fsync: keep it off the reactor threads.
-        let (mor2, peer2) = (mor.clone(), peer.clone());
-        let handled = tokio::task::spawn_blocking(move || handle(&mor2, &peer2, message))
-            .await
-            .unwrap_or_else(|e| Err(format!("frame handling failed: {e}")));
-        match handled {
-            Ok(Some(reply)) => {
-                if to_station.send(reply).await.is_err() {
-                    break "writer gone".to_owned();
-                }
-            }
-            Ok(None) => {}
-            Err(e) => break e,
-        }
+    let reason = {
+        let (mor, peer) = (mor.clone(), peer.clone());
+        serve_admitted(incoming, writer, to_station, outgoing, move |m| {
+            handle(&mor, &peer, m)
+        })
+        .await
     };
     tracing::warn!(station = %peer.name, "station disconnected: {reason}");
     let was_serving = {
@@ -313,8 +291,6 @@ pub async fn serve_station(mor: Arc<Mor>, accepted: Connection) {
         tracing::warn!(%domain, station = %peer.name, "domain manager lost; looking for a standby");
         mor.reconcile();
     }
-    drop(to_station);
-    let _ = writing.await;
 }
 
 fn handle(mor: &Mor, peer: &PeerIdentity, message: Message) -> Result<Option<Message>, String> {

@@ -1,10 +1,13 @@
 //! Accepting children: TLS handshake per connection on its own task, so a
-//! peer that stalls or fails the handshake never holds up the others.
+//! peer that stalls or fails the handshake never holds up the others; and
+//! serving one once it is admitted.
 
-use crate::conn::{self, Connection};
+use crate::conn::{self, Connection, Writer};
+use agad_protocol::wire::Message;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 /// Accepts until `shutdown`, handing every authenticated peer to `handle`.
@@ -40,5 +43,57 @@ pub async fn serve<F, Fut>(
                 Err(e) => tracing::warn!(%address, "connection refused: {e}"),
             }
         });
+    }
+}
+
+/// Frames for one admitted peer: answers and pushes from elsewhere (a new
+/// deployment, a replica) share one queue and one writer.
+pub fn peer_queue() -> (mpsc::Sender<Message>, mpsc::Receiver<Message>) {
+    mpsc::channel(256)
+}
+
+/// Serves an admitted peer until it closes, breaks the protocol or a frame
+/// cannot be stored; returns why it ended. Frames are handled one at a time,
+/// in order, on the blocking pool (handlers store with an fsync before they
+/// answer). The writer stops once every sender of `to_peer` is gone.
+pub async fn serve_admitted<F>(
+    mut incoming: mpsc::Receiver<Result<Message, String>>,
+    mut writer: Writer,
+    to_peer: mpsc::Sender<Message>,
+    mut outgoing: mpsc::Receiver<Message>,
+    handle: F,
+) -> String
+where
+    F: Fn(Message) -> Result<Option<Message>, String> + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            if let Err(e) = writer.send(&message).await {
+                tracing::info!("write to peer failed: {e}");
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let handle = Arc::new(handle);
+    loop {
+        let message = match incoming.recv().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return e,
+            None => return "closed".to_owned(),
+        };
+        let handler = handle.clone();
+        let handled = tokio::task::spawn_blocking(move || handler(message))
+            .await
+            .unwrap_or_else(|e| Err(format!("frame handling failed: {e}")));
+        match handled {
+            Ok(Some(reply)) => {
+                if to_peer.send(reply).await.is_err() {
+                    return "writer gone".to_owned();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return e,
+        }
     }
 }
