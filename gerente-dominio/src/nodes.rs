@@ -4,7 +4,7 @@
 
 use crate::Station;
 use agad_net::conn::Connection;
-use agad_net::server::{peer_queue, serve_admitted};
+use agad_net::server::{peer_queue, read_hello, refuse, serve_admitted};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{
@@ -160,26 +160,12 @@ pub async fn serve_node(station: std::sync::Arc<Station>, accepted: Connection) 
         tracing::warn!(peer = %peer.name, role = %peer.role, "refused: only nodes connect to a domain manager");
         return;
     }
-    let held = match incoming.recv().await {
-        Some(Ok(Message::Control(Control::Hello {
-            ticket,
-            modules_held,
-            ..
-        }))) => {
-            if let Some((enrollment, reason)) = admission(&station, &peer, ticket) {
-                let _ = writer
-                    .send(&Message::Control(Control::Welcome { enrollment, reason }))
-                    .await;
-                let _ = writer.shutdown().await;
-                return;
-            }
-            modules_held
-        }
-        other => {
-            tracing::warn!(peer = %peer.name, "closing: expected a hello, got {other:?}");
-            return;
-        }
+    let Some((ticket, held)) = read_hello(&mut incoming, &peer).await else {
+        return;
     };
+    if let Some((enrollment, reason)) = admission(&station, &peer, ticket) {
+        return refuse(&mut writer, enrollment, reason).await;
+    }
     let id = station.nodes.next_id.fetch_add(1, Ordering::Relaxed);
     let mut held: HashSet<String> = held.into_iter().collect();
     let first = match station.replica() {

@@ -6,7 +6,7 @@
 
 use crate::Station;
 use agad_net::conn::Connection;
-use agad_net::server::{peer_queue, serve_admitted};
+use agad_net::server::{peer_queue, read_hello, refuse, serve_admitted};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Replica, Role, Upward};
@@ -143,24 +143,14 @@ pub async fn serve_substation(station: Arc<Station>, connection: Connection) {
     let peer = connection.peer;
     let mut incoming = spawn_reader(connection.reader);
     let mut writer = connection.writer;
-    let (held, sub) = match incoming.recv().await {
-        Some(Ok(Message::Control(Control::Hello {
-            ticket,
-            modules_held,
-            ..
-        }))) => match admission(&station, &peer, ticket) {
-            Ok(sub) => (modules_held, sub),
-            Err((enrollment, reason)) => {
-                tracing::info!(station = %peer.name, "sub-domain station not admitted: {reason}");
-                let welcome = Control::Welcome { enrollment, reason };
-                let _ = writer.send(&Message::Control(welcome)).await;
-                let _ = writer.shutdown().await;
-                return;
-            }
-        },
-        other => {
-            tracing::warn!(peer = %peer.name, "closing: expected a hello, got {other:?}");
-            return;
+    let Some((ticket, held)) = read_hello(&mut incoming, &peer).await else {
+        return;
+    };
+    let sub = match admission(&station, &peer, ticket) {
+        Ok(sub) => sub,
+        Err((enrollment, reason)) => {
+            tracing::info!(station = %peer.name, "sub-domain station not admitted: {reason}");
+            return refuse(&mut writer, enrollment, reason).await;
         }
     };
     let domain = sub.topology.domain.name.clone();

@@ -5,7 +5,7 @@
 
 use crate::Mor;
 use agad_net::conn::Connection;
-use agad_net::server::{peer_queue, serve_admitted};
+use agad_net::server::{peer_queue, read_hello, refuse, serve_admitted};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{
@@ -213,44 +213,28 @@ pub async fn serve_station(mor: Arc<Mor>, accepted: Connection) {
         tracing::warn!(peer = %peer.name, role = %peer.role, "refused: only domain-manager stations connect to the top manager");
         return;
     }
-    let held = match incoming.recv().await {
-        Some(Ok(Message::Control(Control::Hello {
-            ticket,
-            modules_held,
-            ..
-        }))) => {
-            let (enrollment, reason) = match mor.bases.enroll(
-                &peer.name,
-                Role::Dominio,
-                &peer.fingerprint,
-                ticket.as_deref(),
-            ) {
-                Ok((state, changed)) => {
-                    if changed {
-                        mor.reconcile();
-                    }
-                    (
-                        state,
-                        format!("enrollment of `{}` is {:?}", peer.name, state),
-                    )
-                }
-                Err(e) => (Enrollment::Pending, e.to_string()),
-            };
-            if enrollment != Enrollment::Active {
-                tracing::info!(station = %peer.name, fingerprint = %peer.fingerprint, "not admitted: {reason}");
-                let _ = writer
-                    .send(&Message::Control(Control::Welcome { enrollment, reason }))
-                    .await;
-                let _ = writer.shutdown().await;
-                return;
-            }
-            modules_held
-        }
-        other => {
-            tracing::warn!(peer = %peer.name, "closing: expected a hello, got {other:?}");
-            return;
-        }
+    let Some((ticket, held)) = read_hello(&mut incoming, &peer).await else {
+        return;
     };
+    let enrolled = mor.bases.enroll(
+        &peer.name,
+        Role::Dominio,
+        &peer.fingerprint,
+        ticket.as_deref(),
+    );
+    let (enrollment, reason) = match enrolled {
+        Ok((state, changed)) => {
+            if changed {
+                mor.reconcile();
+            }
+            (state, format!("enrollment of `{}` is {state:?}", peer.name))
+        }
+        Err(e) => (Enrollment::Pending, e.to_string()),
+    };
+    if enrollment != Enrollment::Active {
+        tracing::info!(station = %peer.name, fingerprint = %peer.fingerprint, "not admitted: {reason}");
+        return refuse(&mut writer, enrollment, reason).await;
+    }
     let (to_station, outgoing) = peer_queue();
     let id = mor.next_session.fetch_add(1, Ordering::Relaxed);
     let _ = to_station.try_send(Message::Control(Control::Welcome {

@@ -3,7 +3,8 @@
 //! serving one once it is admitted.
 
 use crate::conn::{self, Connection, Writer};
-use agad_protocol::wire::Message;
+use crate::tls::PeerIdentity;
+use agad_protocol::wire::{Control, Enrollment, Message};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -96,4 +97,31 @@ where
             Err(e) => return e,
         }
     }
+}
+
+/// The first frame of a child: its ticket and the module hashes it holds;
+/// `None` (logged) if it sent anything else.
+pub async fn read_hello(
+    incoming: &mut mpsc::Receiver<Result<Message, String>>,
+    peer: &PeerIdentity,
+) -> Option<(Option<String>, Vec<String>)> {
+    match incoming.recv().await {
+        Some(Ok(Message::Control(Control::Hello {
+            ticket,
+            modules_held,
+            ..
+        }))) => Some((ticket, modules_held)),
+        other => {
+            tracing::warn!(peer = %peer.name, "closing: expected a hello, got {other:?}");
+            None
+        }
+    }
+}
+
+/// Tells a child why it is not admitted (it retries later), then closes.
+pub async fn refuse(writer: &mut Writer, enrollment: Enrollment, reason: String) {
+    let _ = writer
+        .send(&Message::Control(Control::Welcome { enrollment, reason }))
+        .await;
+    let _ = writer.shutdown().await;
 }
