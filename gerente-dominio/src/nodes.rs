@@ -270,6 +270,10 @@ fn handle(
     peer: &PeerIdentity,
     message: Message,
 ) -> Result<Option<Message>, String> {
+    // Any frame is a sign of life, not only keep-alives.
+    if let Some(s) = station.nodes.lock().get_mut(&peer.name) {
+        s.last_seen = Instant::now();
+    }
     match message {
         Message::Alarm {
             seq,
@@ -305,11 +309,10 @@ fn handle(
             Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
         }
         Message::Control(Control::KeepAlive { components }) => {
-            if let Some(s) = station.nodes.lock().get_mut(&peer.name) {
-                s.last_seen = Instant::now();
-                if !components.is_empty() {
-                    s.components = components;
-                }
+            if !components.is_empty()
+                && let Some(s) = station.nodes.lock().get_mut(&peer.name)
+            {
+                s.components = components;
             }
             Ok(None)
         }

@@ -278,6 +278,10 @@ pub async fn serve_station(mor: Arc<Mor>, accepted: Connection) {
 }
 
 fn handle(mor: &Mor, peer: &PeerIdentity, message: Message) -> Result<Option<Message>, String> {
+    // Any frame is a sign of life, not only keep-alives.
+    if let Some(s) = mor.sessions().get_mut(&peer.name) {
+        s.last_seen = Instant::now();
+    }
     let ack = |seq| Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })));
     match message {
         Message::Alarm {
@@ -300,11 +304,10 @@ fn handle(mor: &Mor, peer: &PeerIdentity, message: Message) -> Result<Option<Mes
             ack(seq)
         }
         Message::Control(Control::KeepAlive { components }) => {
-            if let Some(s) = mor.sessions().get_mut(&peer.name) {
-                s.last_seen = Instant::now();
-                if !components.is_empty() {
-                    s.components = components;
-                }
+            if !components.is_empty()
+                && let Some(s) = mor.sessions().get_mut(&peer.name)
+            {
+                s.components = components;
             }
             Ok(None)
         }

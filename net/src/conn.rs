@@ -117,6 +117,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Writes several frames with one write: one TLS record and usually one
+    /// TCP segment instead of one each (the report batch of a window).
+    pub async fn send_all(&mut self, messages: &[Message]) -> Result<(), NetError> {
+        let mut bytes = Vec::new();
+        for message in messages {
+            bytes.extend_from_slice(&encode(message)?);
+        }
+        self.inner.write_all(&bytes).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+
     /// Closes the sending direction (TLS `close_notify`); the peer's
     /// [`FrameReader::recv`] then returns `Ok(None)`.
     pub async fn shutdown(&mut self) -> Result<(), NetError> {

@@ -55,8 +55,8 @@ pub fn peer_queue() -> (mpsc::Sender<Message>, mpsc::Receiver<Message>) {
 
 /// Serves an admitted peer until it closes, breaks the protocol or a frame
 /// cannot be stored; returns why it ended. Frames are handled one at a time,
-/// in order, on the blocking pool (handlers store with an fsync before they
-/// answer). The writer stops once every sender of `to_peer` is gone.
+/// in order; alarms and reports on the blocking pool (handlers store them
+/// with an fsync before they answer). The writer stops once every sender of `to_peer` is gone.
 pub async fn serve_admitted<F>(
     mut incoming: mpsc::Receiver<Result<Message, String>>,
     mut writer: Writer,
@@ -77,17 +77,48 @@ where
         let _ = writer.shutdown().await;
     });
     let handle = Arc::new(handle);
+    // Acknowledgements of frames that arrived together go back as one.
+    let mut acks: Vec<u64> = Vec::new();
     loop {
-        let message = match incoming.recv().await {
+        let next = if acks.is_empty() {
+            incoming.recv().await
+        } else {
+            match incoming.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let ack = Control::Ack {
+                        seqs: std::mem::take(&mut acks),
+                    };
+                    if to_peer.send(Message::Control(ack)).await.is_err() {
+                        return "writer gone".to_owned();
+                    }
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        };
+        let message = match next {
             Some(Ok(m)) => m,
             Some(Err(e)) => return e,
-            None => return "closed".to_owned(),
+            None => {
+                if !acks.is_empty() {
+                    let _ = to_peer.try_send(Message::Control(Control::Ack { seqs: acks }));
+                }
+                return "closed".to_owned();
+            }
         };
-        let handler = handle.clone();
-        let handled = tokio::task::spawn_blocking(move || handler(message))
-            .await
-            .unwrap_or_else(|e| Err(format!("frame handling failed: {e}")));
+        let handled = match message {
+            // Keep-alives and answers touch memory only: no thread hop.
+            Message::Control(_) => handle(message),
+            _ => {
+                let handler = handle.clone();
+                tokio::task::spawn_blocking(move || handler(message))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("frame handling failed: {e}")))
+            }
+        };
         match handled {
+            Ok(Some(Message::Control(Control::Ack { seqs }))) => acks.extend(seqs),
             Ok(Some(reply)) => {
                 if to_peer.send(reply).await.is_err() {
                     return "writer gone".to_owned();

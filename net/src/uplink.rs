@@ -19,6 +19,11 @@ use tokio::sync::{mpsc, watch};
 /// Entries sent per outbox read; alarms are looked at again between batches.
 const BATCH: usize = 64;
 
+/// Reports wait this long for the rest of their window's batch (inspectors
+/// close their windows on the same grid), so a window costs one TLS record
+/// and one acknowledgement instead of one per module. Alarms never wait.
+const REPORT_LINGER: Duration = Duration::from_millis(300);
+
 #[derive(Clone)]
 pub struct UplinkConfig {
     /// Parent addresses in priority order (primary first, standbys after).
@@ -169,8 +174,12 @@ async fn session(
     let mut last_components: Option<Vec<ComponentStatus>> = None;
     let mut keepalive = tokio::time::interval(config.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Any frame proves liveness: a keep-alive goes out only after a quiet period.
+    let mut quiet = true;
     loop {
-        sent.drain(outbox, &mut writer).await?;
+        if sent.drain(outbox, &mut writer).await? {
+            quiet = false;
+        }
         tokio::select! {
             frame = incoming.recv() => match frame {
                 Some(Ok(Message::Control(Control::Ack { seqs }))) => {
@@ -185,12 +194,29 @@ async fn session(
                 Some(Err(e)) => return Err(e),
                 None => return Err("parent closed the connection".into()),
             },
-            () = outbox.wait_queued() => {}
+            () = outbox.wait_queued() => {
+                if !sent.alarm_waiting(outbox)? {
+                    let linger = tokio::time::sleep(REPORT_LINGER);
+                    tokio::pin!(linger);
+                    loop {
+                        tokio::select! {
+                            _ = &mut linger => break,
+                            () = outbox.wait_queued() => if sent.alarm_waiting(outbox)? { break },
+                        }
+                    }
+                }
+            }
             command = commands.recv() => match command {
-                Some(c) => writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?,
+                Some(c) => {
+                    writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?;
+                    quiet = false;
+                }
                 None => return Ok(Session::Admitted),
             },
             _ = keepalive.tick() => {
+                if !std::mem::replace(&mut quiet, true) {
+                    continue;
+                }
                 let components = element.components();
                 let changed = last_components.as_ref() != Some(&components);
                 let status = Control::KeepAlive {
@@ -217,7 +243,8 @@ impl Sent {
         &mut self,
         outbox: &Outbox,
         writer: &mut FrameWriter<W>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
+        let mut any = false;
         loop {
             let alarms = outbox
                 .after(Class::Alarm, self.alarms, BATCH)
@@ -230,8 +257,10 @@ impl Sent {
                 alarms
             };
             if batch.is_empty() {
-                return Ok(());
+                return Ok(any);
             }
+            any = true;
+            let mut frames = Vec::with_capacity(batch.len());
             for entry in batch {
                 let message = match entry.class {
                     Class::Alarm => {
@@ -249,9 +278,18 @@ impl Sent {
                         }
                     }
                 };
-                writer.send(&message).await.map_err(|e| e.to_string())?;
+                frames.push(message);
             }
+            writer.send_all(&frames).await.map_err(|e| e.to_string())?;
         }
+    }
+
+    /// Whether an alarm is queued that this connection has not sent yet.
+    fn alarm_waiting(&self, outbox: &Outbox) -> Result<bool, String> {
+        Ok(!outbox
+            .after(Class::Alarm, self.alarms, 1)
+            .map_err(|e| e.to_string())?
+            .is_empty())
     }
 }
 
