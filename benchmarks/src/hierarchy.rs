@@ -135,8 +135,7 @@ pub fn node_names(n: usize) -> Vec<String> {
 /// `nodes`, and each module of `modules` assigned to the whole domain with
 /// the benchmark configuration ([`module_config`]).
 pub fn topology_text(nodes: &[String], modules: &[&str]) -> String {
-    let mut text =
-        format!("[[domain]]\nname = \"{DOMAIN}\"\nstations = [\"{STATION}\"]\n");
+    let mut text = format!("[[domain]]\nname = \"{DOMAIN}\"\nstations = [\"{STATION}\"]\n");
     for node in nodes {
         text += &format!("\n[[node]]\nname = \"{node}\"\ndomain = \"{DOMAIN}\"\n");
     }
@@ -187,7 +186,10 @@ pub fn prepare_mor(
         let ticket = bases.ticket(&e.name)?;
         let (state, _) = bases.enroll(&e.name, e.role, &e.fingerprint, Some(&ticket))?;
         if state != Enrollment::Inactive {
-            bail!("{} enrolled as {state:?}, not approved by its ticket", e.name);
+            bail!(
+                "{} enrolled as {state:?}, not approved by its ticket",
+                e.name
+            );
         }
         bases.activate(&e.name)?;
     }
@@ -198,11 +200,11 @@ pub fn prepare_mor(
     Ok(())
 }
 
-/// Starts the top manager in this process on a loopback port; returns its
-/// address once its admin socket answers.
+/// Starts the top manager on a loopback port, on the current runtime;
+/// returns its address once its admin socket is there.
 pub async fn start_mor(
     data_dir: &Path,
-    pki: &Pki,
+    acceptor: TlsAcceptor,
     trusted: Vec<PublicKey>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
@@ -210,7 +212,7 @@ pub async fn start_mor(
     let address = listener.local_addr()?;
     let config = agad_gerente_mor::MorConfig {
         data_dir: data_dir.to_owned(),
-        acceptor: pki.acceptor(MOR)?,
+        acceptor,
         trusted,
     };
     let task = tokio::spawn(agad_gerente_mor::run(config, listener, shutdown));

@@ -124,13 +124,16 @@ impl Bases {
         Ok(new)
     }
 
-    /// Records a node report in BICD, durably. Keyed by (time, node, the
-    /// node's sequence), so a replayed report lands on itself.
-    pub fn record_report(&self, report: &Report, seq: u64) -> Result<(), StorageError> {
-        self.bicd_reports.insert(
-            &report_key(report.time_ms, &report.node, seq),
-            &wire::encode_value(report),
-        )?;
+    /// Records node reports in BICD, durably (one flush for the batch).
+    /// Keyed by (time, node, the node's sequence), so a replayed report
+    /// lands on itself.
+    pub fn record_reports(&self, reports: &[(Report, u64)]) -> Result<(), StorageError> {
+        for (report, seq) in reports {
+            self.bicd_reports.insert(
+                &report_key(report.time_ms, &report.node, *seq),
+                &wire::encode_value(report),
+            )?;
+        }
         self.db.flush()
     }
 

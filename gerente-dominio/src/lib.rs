@@ -46,7 +46,8 @@ pub struct DominioConfig {
 pub struct Station {
     pub bases: Bases,
     pub outbox: Outbox,
-    replica: RwLock<Option<Replica>>,
+    /// Shared, not cloned, by every session: a domain can be large.
+    replica: RwLock<Option<Arc<Replica>>>,
     pub nodes: Nodes,
     pub subdomains: subdomains::Subdomains,
     /// Control frames for the top manager (sent when the link is up).
@@ -54,7 +55,7 @@ pub struct Station {
 }
 
 impl Station {
-    pub fn replica(&self) -> Option<Replica> {
+    pub fn replica(&self) -> Option<Arc<Replica>> {
         self.replica
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -62,7 +63,7 @@ impl Station {
     }
 
     pub fn domain(&self) -> Option<String> {
-        self.replica().map(|r| r.topology.domain.name)
+        self.replica().map(|r| r.topology.domain.name.clone())
     }
 
     /// Sends a control frame to the top manager (dropped with a log line if
@@ -78,6 +79,7 @@ impl Station {
         match self.bases.store_replica(replica) {
             Ok(stored) => {
                 tracing::info!(domain = %stored.topology.domain.name, version, "replica in force");
+                let stored = Arc::new(stored);
                 *self.replica.write().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
                 self.send_up(Control::ReplicaAck { version });
                 self.nodes.redeploy(self, &stored);
@@ -114,8 +116,8 @@ impl Element for Station {
             },
         ];
         let replica = self.replica();
-        out.extend(self.nodes.status(replica.as_ref()));
-        out.extend(self.subdomains.status(replica.as_ref()));
+        out.extend(self.nodes.status(replica.as_deref()));
+        out.extend(self.subdomains.status(replica.as_deref()));
         out
     }
 }
@@ -136,7 +138,7 @@ pub async fn run(
     let station = Arc::new(Station {
         bases,
         outbox: outbox.clone(),
-        replica: RwLock::new(replica),
+        replica: RwLock::new(replica.map(Arc::new)),
         nodes: Nodes::default(),
         subdomains: subdomains::Subdomains::default(),
         up: up_tx,
@@ -217,7 +219,7 @@ async fn consolidate_on_windows(
             None => Duration::from_secs(1),
             Some(replica) => {
                 let window = replica.topology.domain.report_window_ms.max(1);
-                let domain = replica.topology.domain.name;
+                let domain = replica.topology.domain.name.clone();
                 if let Err(e) = send_completed_windows(&station, &domain, window, grace) {
                     tracing::error!("consolidation failed: {e}");
                 }

@@ -8,7 +8,8 @@ use agad_net::server::{peer_queue, read_hello, refuse, serve_admitted};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{
-    ComponentStatus, Control, Deployment, Enrollment, Message, ModuleCopy, Replica, Role, Upward,
+    ComponentStatus, Control, Deployment, Enrollment, Message, ModuleCopy, Queued, Replica, Role,
+    Upward,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -275,10 +276,10 @@ fn handle(
         s.last_seen = Instant::now();
     }
     match message {
-        Message::Alarm {
+        Message::Alarm(Queued {
             seq,
             body: Upward::Alarm(alarm),
-        } => {
+        }) => {
             tracing::debug!(id = %alarm.id, "alarm received");
             if alarm.node != peer.name {
                 return Err(format!("alarm claims to come from `{}`", alarm.node));
@@ -295,18 +296,23 @@ fn handle(
             }
             Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
         }
-        Message::Report {
-            seq,
-            body: Upward::NodeReport(report),
-        } => {
-            if report.node != peer.name {
-                return Err(format!("report claims to come from `{}`", report.node));
+        Message::Reports(batch) => {
+            let mut reports = Vec::with_capacity(batch.len());
+            for Queued { seq, body } in batch {
+                match body {
+                    Upward::NodeReport(r) if r.node == peer.name => reports.push((r, seq)),
+                    Upward::NodeReport(r) => {
+                        return Err(format!("report claims to come from `{}`", r.node));
+                    }
+                    other => return Err(format!("a node sent {other:?} as a report")),
+                }
             }
             station
                 .bases
-                .record_report(&report, seq)
+                .record_reports(&reports)
                 .map_err(|e| e.to_string())?;
-            Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
+            let seqs = reports.iter().map(|(_, seq)| *seq).collect();
+            Ok(Some(Message::Control(Control::Ack { seqs })))
         }
         Message::Control(Control::KeepAlive { components }) => {
             if !components.is_empty()

@@ -9,7 +9,9 @@ use agad_net::conn::Connection;
 use agad_net::server::{peer_queue, read_hello, refuse, serve_admitted};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::spawn_reader;
-use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Replica, Role, Upward};
+use agad_protocol::wire::{
+    ComponentStatus, Control, Enrollment, Message, Queued, Replica, Role, Upward,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -265,12 +267,12 @@ fn relay(
     peer: &PeerIdentity,
     message: Message,
 ) -> Result<Option<Message>, String> {
-    let ack = |seq| Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })));
+    let ack = |seqs| Ok(Some(Message::Control(Control::Ack { seqs })));
     match message {
-        Message::Alarm {
+        Message::Alarm(Queued {
             seq,
             body: Upward::Alarm(alarm),
-        } => {
+        }) => {
             if station
                 .bases
                 .record_alarm(&alarm)
@@ -281,15 +283,19 @@ fn relay(
                     .push(&Upward::Alarm(alarm))
                     .map_err(|e| e.to_string())?;
             }
-            ack(seq)
+            ack(vec![seq])
         }
         // The top manager keeps one per id, so a replay is harmless.
-        Message::Report {
-            seq,
-            body: body @ Upward::DomainReport(_),
-        } => {
-            station.outbox.push(&body).map_err(|e| e.to_string())?;
-            ack(seq)
+        Message::Reports(batch) => {
+            let mut seqs = Vec::with_capacity(batch.len());
+            for Queued { seq, body } in batch {
+                if !matches!(body, Upward::DomainReport(_)) {
+                    return Err(format!("a sub-domain station sent {body:?} as a report"));
+                }
+                station.outbox.push(&body).map_err(|e| e.to_string())?;
+                seqs.push(seq);
+            }
+            ack(seqs)
         }
         Message::Control(Control::KeepAlive { components }) => {
             if !components.is_empty()

@@ -9,7 +9,7 @@ use agad_net::server::{peer_queue, read_hello, refuse, serve_admitted};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{
-    self, ComponentStatus, Control, Enrollment, Message, ModuleCopy, Replica, Role, Upward,
+    self, ComponentStatus, Control, Enrollment, Message, ModuleCopy, Queued, Replica, Role, Upward,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -282,26 +282,30 @@ fn handle(mor: &Mor, peer: &PeerIdentity, message: Message) -> Result<Option<Mes
     if let Some(s) = mor.sessions().get_mut(&peer.name) {
         s.last_seen = Instant::now();
     }
-    let ack = |seq| Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })));
+    let ack = |seqs| Ok(Some(Message::Control(Control::Ack { seqs })));
     match message {
-        Message::Alarm {
+        Message::Alarm(Queued {
             seq,
             body: Upward::Alarm(alarm),
-        } => {
+        }) => {
             let new = mor.bases.record_alarm(&alarm).map_err(|e| e.to_string())?;
             if new {
                 tracing::info!(id = %alarm.id, raised = alarm.raised, "alarm: {}", alarm.message);
             }
-            ack(seq)
+            ack(vec![seq])
         }
-        Message::Report {
-            seq,
-            body: Upward::DomainReport(report),
-        } => {
-            mor.bases
-                .record_report(&report)
-                .map_err(|e| e.to_string())?;
-            ack(seq)
+        Message::Reports(batch) => {
+            let mut seqs = Vec::with_capacity(batch.len());
+            for Queued { seq, body } in batch {
+                let Upward::DomainReport(report) = body else {
+                    return Err(format!("a station sent {body:?} as a report"));
+                };
+                mor.bases
+                    .record_report(&report)
+                    .map_err(|e| e.to_string())?;
+                seqs.push(seq);
+            }
+            ack(seqs)
         }
         Message::Control(Control::KeepAlive { components }) => {
             if !components.is_empty()

@@ -1,14 +1,16 @@
 //! The link from an element to its parent manager: connect (to the first of
 //! several addresses that answers), say hello, then keep the parent informed —
 //! the outbox drained alarms first, keep-alives on a period, control answers —
-//! and hand down whatever the parent commands. Reconnects with back-off and
-//! jitter; on every new connection the unacknowledged outbox is replayed in
+//! and hand down whatever the parent commands. Alarms go at once; reports
+//! ride in the keep-alive's slot, batched (a report waits at most one
+//! keep-alive period). Reconnects with back-off and jitter; on every new
+//! connection the unacknowledged outbox is replayed in
 //! order, once.
 
 use crate::conn::{self, FrameReader, FrameWriter};
 use crate::outbox::{Class, Outbox};
 use crate::tls::PeerIdentity;
-use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Role};
+use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Queued, Role};
 use rand::Rng;
 use rustls::ClientConfig;
 use std::sync::Arc;
@@ -18,11 +20,6 @@ use tokio::sync::{mpsc, watch};
 
 /// Entries sent per outbox read; alarms are looked at again between batches.
 const BATCH: usize = 64;
-
-/// Reports wait this long for the rest of their window's batch (inspectors
-/// close their windows on the same grid), so a window costs one TLS record
-/// and one acknowledgement instead of one per module. Alarms never wait.
-const REPORT_LINGER: Duration = Duration::from_millis(300);
 
 #[derive(Clone)]
 pub struct UplinkConfig {
@@ -174,12 +171,9 @@ async fn session(
     let mut last_components: Option<Vec<ComponentStatus>> = None;
     let mut keepalive = tokio::time::interval(config.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Any frame proves liveness: a keep-alive goes out only after a quiet period.
-    let mut quiet = true;
+    // Everything unacknowledged goes at once on a new connection (the replay).
+    sent.drain(outbox, &mut writer, Drain::Everything).await?;
     loop {
-        if sent.drain(outbox, &mut writer).await? {
-            quiet = false;
-        }
         tokio::select! {
             frame = incoming.recv() => match frame {
                 Some(Ok(Message::Control(Control::Ack { seqs }))) => {
@@ -195,26 +189,16 @@ async fn session(
                 None => return Err("parent closed the connection".into()),
             },
             () = outbox.wait_queued() => {
-                if !sent.alarm_waiting(outbox)? {
-                    let linger = tokio::time::sleep(REPORT_LINGER);
-                    tokio::pin!(linger);
-                    loop {
-                        tokio::select! {
-                            _ = &mut linger => break,
-                            () = outbox.wait_queued() => if sent.alarm_waiting(outbox)? { break },
-                        }
-                    }
-                }
+                sent.drain(outbox, &mut writer, Drain::Urgent).await?;
             }
             command = commands.recv() => match command {
-                Some(c) => {
-                    writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?;
-                    quiet = false;
-                }
+                Some(c) => writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?,
                 None => return Ok(Session::Admitted),
             },
             _ = keepalive.tick() => {
-                if !std::mem::replace(&mut quiet, true) {
+                // Reports ride in the keep-alive's slot: one record every
+                // period, whatever the number of modules.
+                if sent.drain(outbox, &mut writer, Drain::Everything).await? {
                     continue;
                 }
                 let components = element.components();
@@ -236,60 +220,65 @@ struct Sent {
     reports: u64,
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Drain {
+    /// Alarms, and reports only if a whole batch is waiting.
+    Urgent,
+    Everything,
+}
+
 impl Sent {
-    /// Sends everything queued and not yet sent on this connection, alarms
-    /// first and re-checked between report batches.
+    /// Sends what is queued and not yet sent on this connection, alarms
+    /// first (one frame each) and re-checked between report batches (one
+    /// frame per batch). True if anything went out.
     async fn drain<W: AsyncWrite + Unpin>(
         &mut self,
         outbox: &Outbox,
         writer: &mut FrameWriter<W>,
+        what: Drain,
     ) -> Result<bool, String> {
         let mut any = false;
         loop {
             let alarms = outbox
                 .after(Class::Alarm, self.alarms, BATCH)
                 .map_err(|e| e.to_string())?;
-            let batch = if alarms.is_empty() {
-                outbox
-                    .after(Class::Report, self.reports, BATCH)
-                    .map_err(|e| e.to_string())?
-            } else {
-                alarms
-            };
-            if batch.is_empty() {
+            if !alarms.is_empty() {
+                let frames: Vec<Message> = alarms
+                    .into_iter()
+                    .map(|entry| {
+                        self.alarms = entry.seq;
+                        Message::Alarm(Queued {
+                            seq: entry.seq,
+                            body: entry.body,
+                        })
+                    })
+                    .collect();
+                writer.send_all(&frames).await.map_err(|e| e.to_string())?;
+                any = true;
+                continue;
+            }
+            let reports = outbox
+                .after(Class::Report, self.reports, BATCH)
+                .map_err(|e| e.to_string())?;
+            if reports.is_empty() || (what == Drain::Urgent && reports.len() < BATCH) {
                 return Ok(any);
             }
+            let batch: Vec<Queued> = reports
+                .into_iter()
+                .map(|entry| {
+                    self.reports = entry.seq;
+                    Queued {
+                        seq: entry.seq,
+                        body: entry.body,
+                    }
+                })
+                .collect();
+            writer
+                .send(&Message::Reports(batch))
+                .await
+                .map_err(|e| e.to_string())?;
             any = true;
-            let mut frames = Vec::with_capacity(batch.len());
-            for entry in batch {
-                let message = match entry.class {
-                    Class::Alarm => {
-                        self.alarms = entry.seq;
-                        Message::Alarm {
-                            seq: entry.seq,
-                            body: entry.body,
-                        }
-                    }
-                    Class::Report => {
-                        self.reports = entry.seq;
-                        Message::Report {
-                            seq: entry.seq,
-                            body: entry.body,
-                        }
-                    }
-                };
-                frames.push(message);
-            }
-            writer.send_all(&frames).await.map_err(|e| e.to_string())?;
         }
-    }
-
-    /// Whether an alarm is queued that this connection has not sent yet.
-    fn alarm_waiting(&self, outbox: &Outbox) -> Result<bool, String> {
-        Ok(!outbox
-            .after(Class::Alarm, self.alarms, 1)
-            .map_err(|e| e.to_string())?
-            .is_empty())
     }
 }
 

@@ -61,7 +61,9 @@ const ALLOWED_SKEW_SECS: u64 = 300;
 pub struct Bundle {
     pub manifest: Manifest,
     /// Ed25519 signature (64 bytes) over `manifest.canonical_bytes()`.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub wasm: Vec<u8>,
 }
 

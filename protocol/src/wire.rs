@@ -2,9 +2,12 @@
 //!
 //! Three classes travel on every link (DESIGN §2): control, alarm and
 //! report. A frame is `[u32 body length, big-endian][u16 protocol version]
-//! [body]`, the body being the bincode 2 encoding of one [`Message`]. This
-//! module is the only place that knows the byte layout, so the format can
-//! change in one place; everything else sends and receives [`Message`]s.
+//! [body]`; the body is one byte saying how the rest is packed (0: as is,
+//! 1: deflate) followed by the bincode 2 encoding of one [`Message`]. Bodies
+//! of a few hundred bytes and more — report batches — are deflated: their
+//! metric names, units and window times repeat. This module is the only
+//! place that knows the byte layout, so the format can change in one place;
+//! everything else sends and receives [`Message`]s.
 
 use crate::manifest::Manifest;
 use crate::message::{Alarm, Report, Summary};
@@ -12,7 +15,7 @@ use crate::topology::DomainTopology;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest body accepted; anything bigger closes the connection unread.
 /// Big enough for a replica carrying a domain's module bundles.
 pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
@@ -69,7 +72,9 @@ pub enum Enrollment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModuleCopy {
     pub manifest: Manifest,
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub wasm: Option<Vec<u8>>,
 }
 
@@ -221,19 +226,21 @@ pub enum Control {
     },
 }
 
+/// One outbox entry on the wire: the sender's sequence number, which the
+/// receiver acknowledges once the body is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Queued {
+    pub seq: u64,
+    pub body: Upward,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
     Control(Control),
-    /// Alarms and reports carry the sender's outbox sequence number; the
-    /// receiver acknowledges it once the message is stored.
-    Alarm {
-        seq: u64,
-        body: Upward,
-    },
-    Report {
-        seq: u64,
-        body: Upward,
-    },
+    /// Urgent: sent alone, at once.
+    Alarm(Queued),
+    /// Reports travel in batches, in the keep-alive's slot.
+    Reports(Vec<Queued>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,11 +257,23 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
 }
 
+/// Bodies at least this long are deflated.
+const DEFLATE_FROM: usize = 256;
+const PLAIN: u8 = 0;
+const DEFLATE: u8 = 1;
+
 /// The whole frame (header and body) for one message.
 pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
-    let mut frame = vec![0u8; HEADER_LEN];
-    bincode::serde::encode_into_std_write(message, &mut frame, config())
+    let plain = bincode::serde::encode_to_vec(message, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let mut frame = vec![0u8; HEADER_LEN];
+    if plain.len() >= DEFLATE_FROM {
+        frame.push(DEFLATE);
+        frame.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&plain, 6));
+    } else {
+        frame.push(PLAIN);
+        frame.extend_from_slice(&plain);
+    }
     let len = frame.len() - HEADER_LEN;
     if len > MAX_FRAME_LEN {
         return Err(CodecError::TooLarge {
@@ -285,6 +304,22 @@ pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize, CodecError> {
 
 /// Decodes one body; trailing bytes are an error, not ignored.
 pub fn decode_body(body: &[u8]) -> Result<Message, CodecError> {
+    let inflated;
+    let body = match body.split_first() {
+        Some((&PLAIN, rest)) => rest,
+        Some((&DEFLATE, rest)) => {
+            // The limit keeps a small frame from inflating into a huge one.
+            inflated = miniz_oxide::inflate::decompress_to_vec_with_limit(rest, MAX_FRAME_LEN)
+                .map_err(|e| CodecError::Malformed(format!("bad deflate stream: {e:?}")))?;
+            &inflated
+        }
+        Some((other, _)) => {
+            return Err(CodecError::Malformed(format!(
+                "unknown body packing {other}"
+            )));
+        }
+        None => return Err(CodecError::Malformed("empty body".into())),
+    };
     let (message, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != body.len() {
@@ -357,6 +392,37 @@ mod tests {
             decode_header(&header),
             Err(CodecError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn large_bodies_are_deflated_and_survive() {
+        let big = Message::Control(Control::KeepAlive {
+            components: (0..40)
+                .map(|i| ComponentStatus {
+                    name: format!("module-{i}"),
+                    healthy: true,
+                    detail: "running".into(),
+                })
+                .collect(),
+        });
+        let frame = encode(&big).unwrap();
+        let (header, body) = split(&frame);
+        assert_eq!(body[0], DEFLATE);
+        assert!(
+            body.len() < crate::wire::encode_value(&big).len() / 2,
+            "{}",
+            body.len()
+        );
+        assert_eq!(decode_header(header).unwrap(), body.len());
+        assert_eq!(decode_body(body).unwrap(), big);
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_refused() {
+        let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; MAX_FRAME_LEN + 1], 6);
+        let mut body = vec![DEFLATE];
+        body.extend_from_slice(&bomb);
+        assert!(matches!(decode_body(&body), Err(CodecError::Malformed(_))));
     }
 
     #[test]

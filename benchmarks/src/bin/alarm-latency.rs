@@ -103,19 +103,19 @@ fn main() -> anyhow::Result<()> {
     alarms.sort_by_key(|a| a.time_ms);
     let alarms = alarms.get(warmup..).unwrap_or_default();
 
-    let mut paths = [
-        Path::new("node → GD (received)", "the GD's `alarm received`"),
-        Path::new("node → GM (stored in BIG)", "the GM's `alarm:`"),
-        Path::new("  node: emitted → queued", "the node's `alarm queued`"),
-        Path::new("  GD received → GM stored", ""),
+    let mut legs = [
+        Leg::new("node → GD (received)", "the GD's `alarm received`"),
+        Leg::new("node → GM (stored in BIG)", "the GM's `alarm:`"),
+        Leg::new("  node: emitted → queued", "the node's `alarm queued`"),
+        Leg::new("  GD received → GM stored", "the GD's or the GM's log"),
     ];
     for a in alarms {
         let emitted = i64::try_from(a.time_ms).context("time_ms out of range")? * 1000;
         let at = |times: &HashMap<String, i64>| times.get(&a.id).copied();
-        paths[0].add(at(&gd).map(|t| t - emitted));
-        paths[1].add(at(&gm).map(|t| t - emitted));
-        paths[2].add(at(&queued).map(|t| t - emitted));
-        paths[3].add(at(&gd).zip(at(&gm)).map(|(r, s)| s - r));
+        legs[0].add(at(&gd).map(|t| t - emitted));
+        legs[1].add(at(&gm).map(|t| t - emitted));
+        legs[2].add(at(&queued).map(|t| t - emitted));
+        legs[3].add(at(&gd).zip(at(&gm)).map(|(r, s)| s - r));
     }
 
     println!();
@@ -132,15 +132,15 @@ fn main() -> anyhow::Result<()> {
         "{:<28} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "path", "count", "mean", "p50", "p90", "p99", "max"
     );
-    for p in &paths {
-        p.print();
+    for leg in &legs {
+        leg.print();
     }
     println!(
         "(from the alarm's time_ms, stamped when the tick's output is emitted, so the inspector \
          period is not included; time_ms is truncated to the millisecond, so figures read up to \
          1 ms high)"
     );
-    if let Some(t) = Timings::of(&paths[1].samples) {
+    if let Some(t) = Timings::of(&legs[1].samples) {
         println!(
             "goal: p99 ≤ {} node → GM beyond the inspector period: {} (p99 {})",
             duration(GOAL_P99),
@@ -151,8 +151,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Latencies of one path, and how many alarms had no timestamp for it.
-struct Path {
+/// Latencies of one leg of the path, and the alarms it has no figure for.
+struct Leg {
     name: &'static str,
     source: &'static str,
     samples: Vec<Duration>,
@@ -160,9 +160,9 @@ struct Path {
     negative: usize,
 }
 
-impl Path {
-    fn new(name: &'static str, source: &'static str) -> Path {
-        Path {
+impl Leg {
+    fn new(name: &'static str, source: &'static str) -> Leg {
+        Leg {
             name,
             source,
             samples: Vec::new(),

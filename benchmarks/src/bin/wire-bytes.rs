@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     let host_only = args.flag("--host-only");
     let inner: Option<PathBuf> = args.value("--inner-48")?;
     args.finish()?;
-    if seconds == 0 || seconds % WINDOW_SECS != 0 {
+    if seconds == 0 || !seconds.is_multiple_of(WINDOW_SECS) {
         bail!(
             "--seconds must be a positive multiple of {WINDOW_SECS}, so that the interval holds whole report windows"
         );
@@ -246,6 +246,8 @@ struct Outcome {
     modules: Vec<&'static str>,
     /// Counter differences over the interval, at the node's socket.
     link: Socket,
+    /// TCP timestamps on: 12 more header bytes per segment.
+    timestamps: bool,
     elapsed: Duration,
     traffic: Traffic,
     rounds: u64,
@@ -261,7 +263,7 @@ impl Outcome {
     fn header_bytes_per_segment(&self) -> u64 {
         IPV4_HEADER_BYTES
             + TCP_HEADER_BYTES
-            + if self.link.timestamps {
+            + if self.timestamps {
                 TCP_TIMESTAMPS_BYTES
             } else {
                 0
@@ -311,10 +313,10 @@ impl Outcome {
             l.segs_out,
             l.segs_in,
             self.header_bytes_per_segment(),
-            if l.timestamps {
-                " (20 + 20 + 12 timestamps option)"
+            if self.timestamps {
+                " (20 + 20 + 12 timestamps option, net.ipv4.tcp_timestamps on)"
             } else {
-                " (no TCP timestamps)"
+                " (net.ipv4.tcp_timestamps off)"
             },
             self.header_bytes_per_segment() * l.segments()
         );
@@ -465,6 +467,7 @@ fn measure(
     Ok(Outcome {
         modules: modules.iter().map(|m| m.name).collect(),
         link: after.since(&before),
+        timestamps: tcp_timestamps()?,
         elapsed,
         traffic: relay.traffic(),
         rounds,
@@ -485,8 +488,6 @@ struct Socket {
     bytes_received: u64,
     segs_out: u64,
     segs_in: u64,
-    /// TCP timestamps negotiated: 12 more header bytes per segment.
-    timestamps: bool,
 }
 
 impl Socket {
@@ -562,8 +563,16 @@ fn parse_info(local: SocketAddr, info: &str) -> Socket {
         bytes_received: field("bytes_received"),
         segs_out: field("segs_out"),
         segs_in: field("segs_in"),
-        timestamps: info.split_whitespace().any(|t| t == "ts"),
     }
+}
+
+/// Whether TCP timestamps are on for connections between two ends on this
+/// kernel (both ends of the loopback link are). Read from the sysctl: `ss`
+/// 6.1 on newer kernels may not show the option flags (`ts`, `sack`) at all.
+fn tcp_timestamps() -> anyhow::Result<bool> {
+    let path = "/proc/sys/net/ipv4/tcp_timestamps";
+    let value = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    Ok(value.trim() != "0")
 }
 
 /// `ss` (iproute2), installed with apt-get when missing and root.

@@ -1,0 +1,758 @@
+//! `dominio-capacity`: how many nodes one domain manager serves within half
+//! of one core, every node keeping alive every 10 s and sending one report a
+//! minute. Goal: ≥ 10,000 nodes.
+//!
+//! The domain manager is the real `agad dominio` process (the release
+//! binary beside this one), so that `/proc/<pid>/stat` gives its CPU alone.
+//! The top manager runs in this process, its bases prepared before it
+//! starts: the station and every node enrolled and active, and a topology
+//! with all the nodes in one domain and nothing assigned (deploying is what
+//! `deploy-latency` measures). The nodes are simulated in this process (see
+//! `agad_benchmarks::hierarchy`): each has its own certificate, connects
+//! with mutual TLS, acknowledges its deployment, keeps alive every 10 s (the
+//! first keep-alive carries its component, later ones are empty, as
+//! `agad node` does when nothing changed) and once a minute sends a report
+//! shaped like `cpu-mem`'s (four summaries). Node `i` fires at a fixed phase
+//! of each period, spread evenly over all the nodes.
+//!
+//! The number of nodes ramps up by levels (2,500, 5,000, 10,000 and 15,000
+//! by default). At each level the missing nodes connect, the load settles,
+//! and a steady window (60 s: one report per node and one consolidation)
+//! is measured: the domain manager's CPU (utime + stime) as % of one core,
+//! its RSS, the reports sent and acknowledged and how long acknowledgements
+//! took. The domain manager stores every report in BICD and flushes (fsync)
+//! before acknowledging it — slow disks show up in those latencies rather
+//! than in its CPU. At the end the nodes stop reporting and every report
+//! ever sent must have been acknowledged.
+//!
+//! Run (needs the release `agad` binary beside this one; about 8 minutes
+//! with the defaults, setup included):
+//!
+//! ```sh
+//! cargo build --release -p agad -p agad-benchmarks
+//! target/release/dominio-capacity                      # 2500, 5000, 10000, 15000 nodes
+//! target/release/dominio-capacity --quick              # 500 and 1000 nodes, 20 s windows
+//! target/release/dominio-capacity --nodes 10000 --secs 90
+//! ```
+//!
+//! It prints figures only; nothing here asserts a timing.
+
+use agad_benchmarks::args::Args;
+use agad_benchmarks::hierarchy::{self, Enrollee, MOR, NodeLink, Pki, STATION};
+use agad_benchmarks::procfs::{self, machine_load};
+use agad_benchmarks::stats::{Timings, bytes, duration};
+use agad_protocol::Area;
+use agad_protocol::message::{Report, Summary};
+use agad_protocol::wire::{ComponentStatus, Control, Message, Queued, Role, Upward};
+use anyhow::{Context, bail};
+use rustls::ClientConfig;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+const HELP: &str = "dominio-capacity: nodes one `agad dominio` serves within 50 % of one core
+  (keep-alive every 10 s, one cpu-mem report a minute per node)
+usage: dominio-capacity [--quick] [--nodes N,N,...] [--secs S] [--settle S] [--patience S]
+  --nodes N,...   levels, ramped up in order (default 2500,5000,10000,15000; --quick 500,1000)
+  --secs S        steady window measured per level (default 60; --quick 20)
+  --settle S      wait after the last node of a level connected (default 15; --quick 5)
+  --patience S    longest wait for a level's nodes to connect (default 600)
+needs target/release/agad: cargo build --release -p agad -p agad-benchmarks";
+
+const KEEPALIVE: Duration = Duration::from_secs(10);
+const REPORT_PERIOD: Duration = Duration::from_secs(60);
+const CPU_BUDGET_PERCENT: f64 = 50.0;
+const GOAL_NODES: usize = 10_000;
+/// TLS handshakes in flight at once while nodes connect.
+const CONNECTING: usize = 64;
+/// Open files besides one socket per node (databases, listeners, ...).
+const SPARE_FILES: u64 = 512;
+/// How long after a window every report sent in it may take to be acknowledged.
+const ACK_PATIENCE: Duration = Duration::from_secs(15);
+
+/// One level, measured over its steady window.
+struct Row {
+    nodes: usize,
+    connect: Duration,
+    window: Duration,
+    /// The domain manager's CPU, % of one core.
+    cpu_percent: f64,
+    rss: u64,
+    /// This process (top manager and simulated nodes), % of one core.
+    own_cpu_percent: f64,
+    keepalives: u64,
+    sent: u64,
+    acked: u64,
+    ack: Option<Timings>,
+    /// Every report sent until the window's end was acknowledged within
+    /// [`ACK_PATIENCE`] after it.
+    caught_up: bool,
+    /// TLS bytes the nodes sent and read in the window.
+    up: u64,
+    down: u64,
+}
+
+/// What the simulated nodes did, summed.
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    keepalives: AtomicU64,
+    up: AtomicU64,
+    down: AtomicU64,
+    /// Report → acknowledgement, since the last `take_latencies`.
+    latencies: Mutex<Vec<Duration>>,
+    failures: Mutex<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    sent: u64,
+    acked: u64,
+    keepalives: u64,
+    up: u64,
+    down: u64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            sent: self.sent.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            keepalives: self.keepalives.load(Ordering::Relaxed),
+            up: self.up.load(Ordering::Relaxed),
+            down: self.down.load(Ordering::Relaxed),
+        }
+    }
+
+    fn take_latencies(&self) -> Vec<Duration> {
+        std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn fail(&self, why: String) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(why);
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// What every simulated node shares.
+struct Shared {
+    address: SocketAddr,
+    patience: Duration,
+    gate: Semaphore,
+    counters: Counters,
+    joined: mpsc::UnboundedSender<()>,
+    /// True: stop keeping alive and reporting (acknowledgements still count).
+    quiet: watch::Receiver<bool>,
+    /// True: close the link.
+    stop: watch::Receiver<bool>,
+}
+
+/// The `agad dominio` process, killed on drop.
+struct Dominio {
+    child: Child,
+    log: PathBuf,
+    address: SocketAddr,
+}
+
+impl Dominio {
+    fn spawn(agad: &Path, dir: &Path, pki: &Pki, mor: SocketAddr) -> anyhow::Result<Dominio> {
+        // A port the kernel just handed out and took back: free for the child.
+        let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let log = dir.join("dominio.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(agad)
+            .args(["dominio", "--pki"])
+            .arg(pki.dir())
+            .args(["--name", STATION, "--mor"])
+            .arg(mor.to_string())
+            .arg("--listen")
+            .arg(address.to_string())
+            .arg("--data-dir")
+            .arg(dir.join("dominio"))
+            .env("AGAD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", agad.display()))?;
+        Ok(Dominio {
+            child,
+            log,
+            address,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails, with the end of its log, if the process has exited.
+    fn check(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!("the domain manager exited ({status}){}", self.log_tail()),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("; the end of its log:\n{tail}")
+    }
+}
+
+impl Drop for Dominio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Options {
+    levels: Vec<usize>,
+    window: Duration,
+    settle: Duration,
+    patience: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::from_env();
+    if args.flag("--help") || args.flag("-h") {
+        println!("{HELP}");
+        return Ok(());
+    }
+    let quick = args.flag("--quick");
+    let levels = parse_levels(&args.value::<String>("--nodes")?.unwrap_or_else(|| {
+        if quick {
+            "500,1000"
+        } else {
+            "2500,5000,10000,15000"
+        }
+        .to_owned()
+    }))?;
+    let secs = |value: Option<u64>, normal: u64, short: u64| {
+        Duration::from_secs(value.unwrap_or(if quick { short } else { normal }))
+    };
+    let options = Options {
+        levels,
+        window: secs(args.value("--secs")?, 60, 20),
+        settle: secs(args.value("--settle")?, 15, 5),
+        patience: secs(args.value("--patience")?, 600, 600),
+    };
+    args.finish()?;
+    let agad = std::env::current_exe()?
+        .parent()
+        .context("this program's directory")?
+        .join("agad");
+    if !agad.exists() {
+        bail!(
+            "{} is missing: cargo build --release -p agad -p agad-benchmarks",
+            agad.display()
+        );
+    }
+    let largest = options.levels.iter().copied().max().unwrap_or_default();
+    // One socket per node here, one in the domain manager (which inherits
+    // the limit).
+    hierarchy::ensure_open_files(largest as u64 + SPARE_FILES)?;
+
+    println!(
+        "== dominio-capacity: nodes served by one `agad dominio` (keep-alive every {}, a report every {}) ==",
+        duration(KEEPALIVE),
+        duration(REPORT_PERIOD)
+    );
+    eprintln!("setting up {largest} certificates and enrollments...");
+    let began = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("agad-dominio-capacity-")
+        .tempdir()?;
+    let pki = Pki::create(&dir.path().join("pki"))?;
+    pki.issue(Role::Mor, MOR)?;
+    let mut enrollees = vec![Enrollee {
+        name: STATION.to_owned(),
+        role: Role::Dominio,
+        fingerprint: pki.issue(Role::Dominio, STATION)?,
+    }];
+    let names = hierarchy::node_names(largest);
+    let fingerprints = pki.issue_nodes(&names)?;
+    enrollees.extend(
+        names
+            .iter()
+            .zip(fingerprints)
+            .map(|(name, fingerprint)| Enrollee {
+                name: name.clone(),
+                role: Role::Node,
+                fingerprint,
+            }),
+    );
+    let mor_dir = dir.path().join("mor");
+    hierarchy::prepare_mor(
+        &mor_dir,
+        &[],
+        &[],
+        &enrollees,
+        &hierarchy::topology_text(&names, &[]),
+    )?;
+    let nodes: Vec<(String, Arc<ClientConfig>)> = names
+        .iter()
+        .map(|name| Ok((name.clone(), pki.client(name)?)))
+        .collect::<anyhow::Result<_>>()?;
+    eprintln!("setup took {} (not measured)", duration(began.elapsed()));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rows = runtime.block_on(ramp(&agad, dir.path(), &pki, nodes, &options))?;
+    print_summary(&rows);
+    Ok(())
+}
+
+fn parse_levels(text: &str) -> anyhow::Result<Vec<usize>> {
+    let levels = text
+        .split(',')
+        .map(|part| {
+            part.trim()
+                .replace('_', "")
+                .parse::<usize>()
+                .with_context(|| format!("--nodes: `{part}` is not a number"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if levels.is_empty() || levels.contains(&0) || !levels.is_sorted() {
+        bail!("--nodes: give increasing node counts above 0, e.g. 2500,5000,10000");
+    }
+    Ok(levels)
+}
+
+/// Starts the managers and ramps the nodes up, level by level.
+async fn ramp(
+    agad: &Path,
+    dir: &Path,
+    pki: &Pki,
+    nodes: Vec<(String, Arc<ClientConfig>)>,
+    options: &Options,
+) -> anyhow::Result<Vec<Row>> {
+    let (stop_mor, mor_shutdown) = watch::channel(false);
+    let (mor_address, mor) = hierarchy::start_mor(
+        &dir.join("mor"),
+        pki.acceptor(MOR)?,
+        Vec::new(),
+        mor_shutdown,
+    )
+    .await?;
+    let mut dominio = Dominio::spawn(agad, dir, pki, mor_address)?;
+
+    let (joined_tx, mut joined) = mpsc::unbounded_channel();
+    let (quiet_tx, quiet) = watch::channel(false);
+    let (stop_tx, stop) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        address: dominio.address,
+        patience: options.patience,
+        gate: Semaphore::new(CONNECTING),
+        counters: Counters::default(),
+        joined: joined_tx,
+        quiet,
+        stop,
+    });
+    let mut tasks = JoinSet::new();
+    let mut nodes = nodes.into_iter().enumerate();
+    let mut connected = 0;
+    let mut rows = Vec::new();
+    for &level in &options.levels {
+        let connecting = Instant::now();
+        for (index, (name, tls)) in nodes.by_ref().take(level - connected) {
+            tasks.spawn(node(index, name, tls, shared.clone()));
+        }
+        eprintln!("{level} nodes: connecting...");
+        let deadline = tokio::time::Instant::now() + options.patience;
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        while connected < level {
+            tokio::select! {
+                Some(()) = joined.recv() => connected += 1,
+                _ = check.tick() => {
+                    dominio.check()?;
+                    healthy(&shared.counters)?;
+                    if tokio::time::Instant::now() > deadline {
+                        bail!("only {connected} of {level} nodes connected within {:?}", options.patience);
+                    }
+                }
+            }
+        }
+        let connect = connecting.elapsed();
+        eprintln!(
+            "{level} nodes: connected in {}; settling {}, then measuring {}...",
+            duration(connect),
+            duration(options.settle),
+            duration(options.window)
+        );
+        tokio::time::sleep(options.settle).await;
+        let row = measure(
+            level,
+            connect,
+            &mut dominio,
+            &shared.counters,
+            options.window,
+        )
+        .await?;
+        print_row(&row);
+        rows.push(row);
+    }
+
+    eprintln!("quiet: waiting for the last acknowledgements...");
+    let _ = quiet_tx.send(true);
+    let counters = &shared.counters;
+    let drained = all_acknowledged(counters, None, ACK_PATIENCE).await;
+    let last = counters.snapshot();
+    println!(
+        "end of run: {} reports sent, {} acknowledged{}",
+        last.sent,
+        last.acked,
+        if drained {
+            " — every report acknowledged".to_owned()
+        } else {
+            format!(
+                " — {} NOT acknowledged within {}",
+                last.sent - last.acked,
+                duration(ACK_PATIENCE)
+            )
+        }
+    );
+    dominio.check()?;
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        done.context("a node task panicked")?;
+    }
+    drop(dominio);
+    let _ = stop_mor.send(true);
+    tokio::time::timeout(Duration::from_secs(10), mor)
+        .await
+        .context("the top manager did not stop")?
+        .context("the top manager panicked")?
+        .context("the top manager failed")?;
+    Ok(rows)
+}
+
+/// Fails with the first node failure, if any.
+fn healthy(counters: &Counters) -> anyhow::Result<()> {
+    let failures = counters.failures();
+    match failures.first() {
+        None => Ok(()),
+        Some(first) => bail!(
+            "{} simulated nodes failed; the first: {first}",
+            failures.len()
+        ),
+    }
+}
+
+/// Waits until every report sent (all of them, or the first `sent`) is
+/// acknowledged; false if that takes longer than `patience`.
+async fn all_acknowledged(counters: &Counters, sent: Option<u64>, patience: Duration) -> bool {
+    let began = Instant::now();
+    loop {
+        let now = counters.snapshot();
+        if now.acked >= sent.unwrap_or(now.sent) {
+            return true;
+        }
+        if began.elapsed() > patience {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One steady window at `nodes` nodes.
+async fn measure(
+    nodes: usize,
+    connect: Duration,
+    dominio: &mut Dominio,
+    counters: &Counters,
+    window: Duration,
+) -> anyhow::Result<Row> {
+    let ticks = procfs::clock_ticks_per_sec();
+    let own = std::process::id();
+    dominio.check()?;
+    healthy(counters)?;
+    counters.take_latencies();
+    let before = procfs::sample(dominio.pid())?;
+    let own_before = procfs::sample(own)?;
+    let c0 = counters.snapshot();
+    let began = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = procfs::sample(dominio.pid())?;
+    let own_after = procfs::sample(own)?;
+    let wall = began.elapsed();
+    let c1 = counters.snapshot();
+    let latencies = counters.take_latencies();
+    let caught_up = all_acknowledged(counters, Some(c1.sent), ACK_PATIENCE).await;
+    dominio.check()?;
+    healthy(counters)?;
+    Ok(Row {
+        nodes,
+        connect,
+        window: wall,
+        cpu_percent: procfs::cpu_percent(&before, &after, wall, ticks),
+        rss: after.rss_bytes,
+        own_cpu_percent: procfs::cpu_percent(&own_before, &own_after, wall, ticks),
+        keepalives: c1.keepalives - c0.keepalives,
+        sent: c1.sent - c0.sent,
+        acked: c1.acked - c0.acked,
+        ack: Timings::of(&latencies),
+        caught_up,
+        up: c1.up - c0.up,
+        down: c1.down - c0.down,
+    })
+}
+
+/// One simulated node, until told to stop; a failure is counted, not fatal
+/// to the others.
+async fn node(index: usize, name: String, tls: Arc<ClientConfig>, shared: Arc<Shared>) {
+    if let Err(e) = serve(index, &name, &tls, &shared).await {
+        shared.counters.fail(format!("{name}: {e:#}"));
+    }
+}
+
+async fn serve(
+    index: usize,
+    name: &str,
+    tls: &Arc<ClientConfig>,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    let mut link = {
+        let _turn = shared.gate.acquire().await?;
+        hierarchy::join(shared.address, tls, shared.patience).await?
+    };
+    let _ = shared.joined.send(());
+    let counters = &shared.counters;
+    let (mut quiet, mut stop) = (shared.quiet.clone(), shared.stop.clone());
+    let mut sending = !*quiet.borrow();
+    let start = tokio::time::Instant::now();
+    let mut keepalive =
+        tokio::time::interval_at(start + KEEPALIVE.mul_f64(phase(index)), KEEPALIVE);
+    let mut reporting =
+        tokio::time::interval_at(start + REPORT_PERIOD.mul_f64(phase(index)), REPORT_PERIOD);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reporting.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first_keepalive = true;
+    let mut seq = 0;
+    let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
+    let (mut up, mut down) = (0, 0);
+    loop {
+        // Traffic is added up as it happens, so windows see their own share.
+        let (sent, received) = (link.traffic.sent(), link.traffic.received());
+        counters.up.fetch_add(sent - up, Ordering::Relaxed);
+        counters.down.fetch_add(received - down, Ordering::Relaxed);
+        (up, down) = (sent, received);
+        tokio::select! {
+            frame = link.reader.recv() => match frame? {
+                Some(Message::Control(Control::Deploy { version, .. })) => {
+                    send(&mut link, Control::DeployAck { version, problems: Vec::new() }).await?;
+                }
+                Some(Message::Control(Control::Ack { seqs })) => {
+                    acknowledged(&seqs, &mut pending, counters);
+                }
+                Some(other) => bail!("unexpected from the domain manager: {other:?}"),
+                None => bail!("the domain manager closed the link"),
+            },
+            _ = keepalive.tick(), if sending => {
+                let components = if first_keepalive {
+                    vec![ComponentStatus {
+                        name: "cpu-mem".into(),
+                        healthy: true,
+                        detail: "running".into(),
+                    }]
+                } else {
+                    Vec::new()
+                };
+                first_keepalive = false;
+                send(&mut link, Control::KeepAlive { components }).await?;
+                counters.keepalives.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = reporting.tick(), if sending => {
+                seq += 1;
+                let report = Message::Reports(vec![Queued { seq, body: Upward::NodeReport(cpu_mem_report(name)) }]);
+                link.writer.send(&report).await?;
+                pending.push_back((seq, Instant::now()));
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = quiet.changed(), if sending => sending = false,
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+async fn send(link: &mut NodeLink, control: Control) -> anyhow::Result<()> {
+    Ok(link.writer.send(&Message::Control(control)).await?)
+}
+
+/// Takes acknowledged reports off `pending` (acks come in order, so the
+/// search stops at the front), recording how long each took.
+fn acknowledged(seqs: &[u64], pending: &mut VecDeque<(u64, Instant)>, counters: &Counters) {
+    let mut latencies = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        if let Some(i) = pending.iter().position(|(s, _)| s == seq)
+            && let Some((_, sent)) = pending.remove(i)
+        {
+            latencies.push(sent.elapsed());
+        }
+    }
+    counters
+        .acked
+        .fetch_add(latencies.len() as u64, Ordering::Relaxed);
+    counters
+        .latencies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(latencies);
+}
+
+/// Where in each period node `index` fires, as a fraction of the period:
+/// the golden-ratio sequence spreads any number of nodes evenly, and the
+/// nodes a later level adds fall into the gaps of the earlier ones.
+fn phase(index: usize) -> f64 {
+    const GOLDEN: f64 = 0.618_033_988_749_894_9;
+    (index as f64 * GOLDEN).fract()
+}
+
+/// What `cpu-mem` sends once a window: CPU, memory, load and load per core.
+fn cpu_mem_report(node: &str) -> Report {
+    let now_ms = agad_gerente_dominio::now_ms();
+    let window_ms = REPORT_PERIOD.as_millis() as u64;
+    let summary = |metric: &str, unit: &str, mean: f64| Summary {
+        metric: metric.to_owned(),
+        subject: String::new(),
+        unit: unit.to_owned(),
+        min: mean * 0.5,
+        max: mean * 1.5,
+        mean,
+        last: mean,
+        count: 6,
+        window_start_ms: now_ms - window_ms,
+        window_end_ms: now_ms,
+    };
+    Report {
+        node: node.to_owned(),
+        module: "cpu-mem".to_owned(),
+        area: Area::Performance,
+        summaries: vec![
+            summary("cpu.total-percent", "%", 23.5),
+            summary("mem.used-percent", "%", 41.2),
+            summary("load.one", "", 0.7),
+            summary("load.per-core", "", 0.35),
+        ],
+        time_ms: now_ms,
+    }
+}
+
+fn print_row(r: &Row) {
+    let ack = match &r.ack {
+        Some(t) => format!(
+            "ack p50 {}, p99 {}, max {}",
+            duration(t.p50),
+            duration(t.p99),
+            duration(t.max)
+        ),
+        None => "no ack".to_owned(),
+    };
+    let caught_up = if r.caught_up {
+        "all acknowledged".to_owned()
+    } else {
+        format!(
+            "NOT all acknowledged within {} after",
+            duration(ACK_PATIENCE)
+        )
+    };
+    println!(
+        "{} nodes: domain manager CPU {:.1} % of one core, RSS {}; in {}: {} keep-alives, \
+         {} reports sent, {} acked ({ack}; {caught_up}); nodes sent {}/min, read {}/min; \
+         this process {:.1} %  [connecting took {}]",
+        r.nodes,
+        r.cpu_percent,
+        bytes(r.rss as f64),
+        duration(r.window),
+        r.keepalives,
+        r.sent,
+        r.acked,
+        bytes(per_minute(r.up, r.window)),
+        bytes(per_minute(r.down, r.window)),
+        r.own_cpu_percent,
+        duration(r.connect),
+    );
+}
+
+fn per_minute(n: u64, window: Duration) -> f64 {
+    n as f64 * 60.0 / window.as_secs_f64()
+}
+
+fn print_summary(rows: &[Row]) {
+    println!();
+    println!(
+        "{:>6} {:>8} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}",
+        "nodes", "GD CPU", "GD RSS", "ka/s", "rep/s", "acked", "ack p50", "ack p99", "caught"
+    );
+    for r in rows {
+        let secs = r.window.as_secs_f64();
+        let (p50, p99) = r.ack.map_or(("-".to_owned(), "-".to_owned()), |t| {
+            (duration(t.p50), duration(t.p99))
+        });
+        println!(
+            "{:>6} {:>7.1}% {:>10} {:>8.0} {:>8.1} {:>8} {:>10} {:>10} {:>8}",
+            r.nodes,
+            r.cpu_percent,
+            bytes(r.rss as f64),
+            r.keepalives as f64 / secs,
+            r.sent as f64 / secs,
+            format!("{}/{}", r.acked, r.sent),
+            p50,
+            p99,
+            if r.caught_up { "yes" } else { "NO" },
+        );
+    }
+    println!("GD CPU: utime+stime of the `agad dominio` process over the window, % of one core");
+    println!("acked: acknowledgements received / reports sent in the window; caught: every report");
+    println!(
+        "sent by the window's end acknowledged within {} after it; {}",
+        duration(ACK_PATIENCE),
+        machine_load()
+    );
+    let within: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.cpu_percent <= CPU_BUDGET_PERCENT && r.caught_up)
+        .collect();
+    let best = within.iter().map(|r| r.nodes).max();
+    let tried = rows.iter().map(|r| r.nodes).max().unwrap_or_default();
+    match best {
+        None => println!(
+            "no level stayed within {CPU_BUDGET_PERCENT} % of one core with every report acknowledged; \
+             goal ≥ {GOAL_NODES}: NOT met"
+        ),
+        Some(best) => println!(
+            "largest level within {CPU_BUDGET_PERCENT} % of one core with every report acknowledged: {best}{}; \
+             goal ≥ {GOAL_NODES}: {}",
+            if best == tried {
+                " (the largest tried)"
+            } else {
+                ""
+            },
+            match (best >= GOAL_NODES, best == tried) {
+                (true, _) => "met",
+                (false, true) => "not reached by this run's levels (try larger --nodes)",
+                (false, false) => "NOT met",
+            },
+        ),
+    }
+}
