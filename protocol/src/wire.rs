@@ -4,7 +4,7 @@
 //! report. A frame is `[u32 body length, big-endian][u16 protocol version]
 //! [body]`; the body is one byte saying how the rest is packed (0: as is,
 //! 1: deflate) followed by the bincode 2 encoding of one [`Message`]. Bodies
-//! of a few hundred bytes and more — report batches — are deflated: their
+//! from a few hundred bytes to 64 KiB — report batches — are deflated: their
 //! metric names, units and window times repeat. This module is the only
 //! place that knows the byte layout, so the format can change in one place;
 //! everything else sends and receives [`Message`]s.
@@ -257,18 +257,20 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
 }
 
-/// Bodies at least this long are deflated.
-const DEFLATE_FROM: usize = 256;
+/// Bodies in this range are deflated: report batches and the like, whose
+/// names and times repeat. Larger ones (module bytes) are already dense and
+/// would cost a manager CPU per receiver.
+const DEFLATE: std::ops::RangeInclusive<usize> = 256..=64 * 1024;
 const PLAIN: u8 = 0;
-const DEFLATE: u8 = 1;
+const DEFLATED: u8 = 1;
 
 /// The whole frame (header and body) for one message.
 pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
     let plain = bincode::serde::encode_to_vec(message, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     let mut frame = vec![0u8; HEADER_LEN];
-    if plain.len() >= DEFLATE_FROM {
-        frame.push(DEFLATE);
+    if DEFLATE.contains(&plain.len()) {
+        frame.push(DEFLATED);
         frame.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&plain, 6));
     } else {
         frame.push(PLAIN);
@@ -307,7 +309,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message, CodecError> {
     let inflated;
     let body = match body.split_first() {
         Some((&PLAIN, rest)) => rest,
-        Some((&DEFLATE, rest)) => {
+        Some((&DEFLATED, rest)) => {
             // The limit keeps a small frame from inflating into a huge one.
             inflated = miniz_oxide::inflate::decompress_to_vec_with_limit(rest, MAX_FRAME_LEN)
                 .map_err(|e| CodecError::Malformed(format!("bad deflate stream: {e:?}")))?;
@@ -407,7 +409,7 @@ mod tests {
         });
         let frame = encode(&big).unwrap();
         let (header, body) = split(&frame);
-        assert_eq!(body[0], DEFLATE);
+        assert_eq!(body[0], DEFLATED);
         assert!(
             body.len() < crate::wire::encode_value(&big).len() / 2,
             "{}",
@@ -420,7 +422,7 @@ mod tests {
     #[test]
     fn a_deflate_bomb_is_refused() {
         let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; MAX_FRAME_LEN + 1], 6);
-        let mut body = vec![DEFLATE];
+        let mut body = vec![DEFLATED];
         body.extend_from_slice(&bomb);
         assert!(matches!(decode_body(&body), Err(CodecError::Malformed(_))));
     }
