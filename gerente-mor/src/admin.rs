@@ -12,7 +12,7 @@ use agad_protocol::wire::{DomainReport, Member};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
@@ -142,8 +142,6 @@ async fn answer(mor: &Arc<Mor>, stream: UnixStream) -> anyhow::Result<()> {
     write.write_all(&out).await?;
     Ok(())
 }
-
-use tokio::io::AsyncReadExt as _;
 
 fn handle(mor: &Mor, request: Request) -> Answer {
     match try_handle(mor, request) {
