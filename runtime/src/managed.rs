@@ -53,7 +53,9 @@ impl Element for Managed {
     }
 
     fn components(&self) -> Vec<ComponentStatus> {
-        let faults = lock(&self.faults);
+        // A copy, so this never holds `faults` while waiting for `running`
+        // (`deploy` takes them in the other order).
+        let faults = lock(&self.faults).clone();
         let mut out: Vec<ComponentStatus> = lock(&self.running)
             .iter()
             .map(|(name, r)| {
