@@ -48,6 +48,7 @@
 use agad_benchmarks::args::Args;
 use agad_benchmarks::builtins::{Signed, THRESHOLD_OID, module_config, sign_all};
 use agad_benchmarks::poller::{self, Poller, Relay, Targets, Traffic};
+use agad_benchmarks::processes::Netns;
 use agad_benchmarks::procfs::{machine_load, own_comm, running_as_root};
 use agad_benchmarks::stats::bytes;
 use agad_protocol::{Capability, SecretKey};
@@ -56,7 +57,6 @@ use agad_tests::snmpd::{Snmpd, V2C_COMMUNITY};
 use anyhow::{Context, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -477,146 +477,12 @@ async fn collect_until(
     }
 }
 
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: &str) -> anyhow::Result<Netns> {
-        run("ip", &["netns", "add", name])?;
-        Ok(Netns {
-            name: name.to_owned(),
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status()
-        {
-            Ok(s) if s.success() => eprintln!("deleted network namespace {}", self.name),
-            _ => eprintln!(
-                "could not delete network namespace {}; run `ip netns del {}`",
-                self.name, self.name
-            ),
-        }
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Namespaces left by an earlier run that was killed (its pid is gone).
-fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(pid) = name.strip_prefix("agad-bench-") else {
-            continue;
-        };
-        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("removing stale network namespace {name}");
-            let _ = run("ip", &["netns", "del", name]);
-        }
-    }
-}
-
 /// Creates the 48-interface namespace and runs this program inside it.
 fn outer_48(windows: u32) -> anyhow::Result<()> {
-    remove_stale_namespaces();
-    let name = format!("agad-bench-{}", std::process::id());
-    eprintln!("== 48-interface part: network namespace {name} ==");
-    let ns = Netns::create(&name)?;
-    // Dummy links are the natural stand-in for a switch's ports; kernels
-    // built without the dummy driver (some VMs) get veth pairs instead, both
-    // ends inside the namespace: the same 48 interfaces to the agent.
-    let kind = if run(
-        "ip",
-        &["-n", &ns.name, "link", "add", "if1", "type", "dummy"],
-    )
-    .is_ok()
-    {
-        "dummy"
-    } else {
-        eprintln!(
-            "this kernel has no dummy link driver; using {} veth pairs instead",
-            DUMMY_INTERFACES / 2
-        );
-        "veth"
-    };
-    let mut batch = String::from("link set lo up\n");
-    for i in 1..=DUMMY_INTERFACES {
-        match kind {
-            "dummy" if i > 1 => batch.push_str(&format!("link add if{i} type dummy\n")),
-            "veth" if i % 2 == 1 => {
-                batch.push_str(&format!("link add if{i} type veth peer name if{}\n", i + 1))
-            }
-            _ => {}
-        }
-    }
-    for i in 1..=DUMMY_INTERFACES {
-        batch.push_str(&format!("link set if{i} up\n"));
-    }
-    let mut ip = Command::new("ip")
-        .args(["-n", &ns.name, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("running ip -batch")?;
-    {
-        use std::io::Write;
-        let mut stdin = ip.stdin.take().context("ip stdin")?;
-        stdin.write_all(batch.as_bytes())?;
-    }
-    if !ip.wait()?.success() {
-        bail!(
-            "creating {DUMMY_INTERFACES} {kind} interfaces in {} failed",
-            ns.name
-        );
-    }
+    let ns = Netns::with_links(DUMMY_INTERFACES)?;
+    eprintln!("== 48-interface part: network namespace {} ==", ns.name());
     let me = std::env::current_exe()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let status = runtime.block_on(async {
-        let mut child = tokio::process::Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(&me)
-            .args(["--inner-48", "--windows", &windows.to_string()])
-            .kill_on_drop(true)
-            .spawn()
-            .context("ip netns exec")?;
-        tokio::select! {
-            status = child.wait() => Ok(status?),
-            _ = tokio::signal::ctrl_c() => {
-                let _ = child.kill().await;
-                bail!("interrupted")
-            }
-        }
-    });
-    drop(ns);
-    let status = status?;
-    if !status.success() {
-        bail!("the 48-interface run inside the namespace failed ({status})");
-    }
-    Ok(())
+    ns.run(&me, &["--inner-48", "--windows", &windows.to_string()])
 }
 
 /// Inside the namespace: snmpd on its loopback, if-health against it.
