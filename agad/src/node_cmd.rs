@@ -161,6 +161,18 @@ fn host_name() -> String {
         .unwrap_or_else(|| "node".to_owned())
 }
 
+/// The command line's data directory, else the node file's, else the
+/// default; created if missing.
+fn data_dir(explicit: &Option<PathBuf>, file: &NodeFile) -> anyhow::Result<PathBuf> {
+    let dir = explicit
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    Ok(dir)
+}
+
 fn default_data_dir() -> PathBuf {
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -236,13 +248,7 @@ fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
     // The certificate is the node's identity; alarm ids carry it.
     settings.name = identity.name.clone();
     let keys = trusted_keys(&file, &args.trusted)?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or(file.data_dir.clone())
-        .unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let data_dir = data_dir(&args.data_dir, &file)?;
     let uplink = agad_net::uplink::UplinkConfig {
         parents: args.dominio.clone(),
         tls: identity.client()?,
@@ -283,13 +289,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
     let settings = file.settings(&source)?;
     let keys = trusted_keys(&file, &args.trusted)?;
     let mut config = split_config(&args.config)?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or(file.data_dir.clone())
-        .unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let data_dir = data_dir(&args.data_dir, &file)?;
 
     let runtime = node_runtime()?;
     runtime.block_on(async move {

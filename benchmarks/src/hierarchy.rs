@@ -161,6 +161,30 @@ pub struct Enrollee {
     pub fingerprint: String,
 }
 
+/// Certificates for [`MOR`], [`STATION`] and `n` nodes ([`node_names`]);
+/// the node names and everyone the top manager is to know as active.
+pub fn issue_all(pki: &Pki, n: usize) -> anyhow::Result<(Vec<String>, Vec<Enrollee>)> {
+    pki.issue(Role::Mor, MOR)?;
+    let mut enrollees = vec![Enrollee {
+        name: STATION.to_owned(),
+        role: Role::Dominio,
+        fingerprint: pki.issue(Role::Dominio, STATION)?,
+    }];
+    let names = node_names(n);
+    let fingerprints = pki.issue_nodes(&names)?;
+    enrollees.extend(
+        names
+            .iter()
+            .zip(fingerprints)
+            .map(|(name, fingerprint)| Enrollee {
+                name: name.clone(),
+                role: Role::Node,
+                fingerprint,
+            }),
+    );
+    Ok((names, enrollees))
+}
+
 /// Fills the bases of a top manager that is not running yet (the database
 /// has one opener at a time): `bundles` published, every enrollee enrolled
 /// and active, `topology` (a topology file's text) in force.

@@ -38,7 +38,7 @@
 
 use agad_benchmarks::args::Args;
 use agad_benchmarks::builtins::{Signed, sign_all};
-use agad_benchmarks::hierarchy::{self, Enrollee, MOR, NodeLink, Pki, STATION};
+use agad_benchmarks::hierarchy::{self, MOR, NodeLink, Pki, STATION};
 use agad_benchmarks::procfs::{self, machine_load};
 use agad_benchmarks::stats::{Timings, bytes, duration};
 use agad_gerente_mor::admin::{self, Answer, Request};
@@ -174,24 +174,7 @@ fn measure(
         .prefix("agad-deploy-latency-")
         .tempdir()?;
     let pki = Pki::create(&dir.path().join("pki"))?;
-    pki.issue(Role::Mor, MOR)?;
-    let mut enrollees = vec![Enrollee {
-        name: STATION.to_owned(),
-        role: Role::Dominio,
-        fingerprint: pki.issue(Role::Dominio, STATION)?,
-    }];
-    let names = hierarchy::node_names(n);
-    let fingerprints = pki.issue_nodes(&names)?;
-    enrollees.extend(
-        names
-            .iter()
-            .zip(fingerprints)
-            .map(|(name, fingerprint)| Enrollee {
-                name: name.clone(),
-                role: Role::Node,
-                fingerprint,
-            }),
-    );
+    let (names, enrollees) = hierarchy::issue_all(&pki, n)?;
     let bundles: Vec<_> = signed.iter().map(|s| s.bundle.clone()).collect();
     hierarchy::prepare_mor(
         &dir.path().join("mor"),

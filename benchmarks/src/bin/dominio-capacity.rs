@@ -38,12 +38,12 @@
 //! It prints figures only; nothing here asserts a timing.
 
 use agad_benchmarks::args::Args;
-use agad_benchmarks::hierarchy::{self, Enrollee, MOR, NodeLink, Pki, STATION};
+use agad_benchmarks::hierarchy::{self, MOR, NodeLink, Pki, STATION};
 use agad_benchmarks::procfs::{self, machine_load};
 use agad_benchmarks::stats::{Timings, bytes, duration};
 use agad_protocol::Area;
 use agad_protocol::message::{Report, Summary};
-use agad_protocol::wire::{ComponentStatus, Control, Message, Queued, Role, Upward};
+use agad_protocol::wire::{ComponentStatus, Control, Message, Queued, Upward};
 use anyhow::{Context, bail};
 use rustls::ClientConfig;
 use std::collections::VecDeque;
@@ -283,24 +283,7 @@ fn main() -> anyhow::Result<()> {
         .prefix("agad-dominio-capacity-")
         .tempdir()?;
     let pki = Pki::create(&dir.path().join("pki"))?;
-    pki.issue(Role::Mor, MOR)?;
-    let mut enrollees = vec![Enrollee {
-        name: STATION.to_owned(),
-        role: Role::Dominio,
-        fingerprint: pki.issue(Role::Dominio, STATION)?,
-    }];
-    let names = hierarchy::node_names(largest);
-    let fingerprints = pki.issue_nodes(&names)?;
-    enrollees.extend(
-        names
-            .iter()
-            .zip(fingerprints)
-            .map(|(name, fingerprint)| Enrollee {
-                name: name.clone(),
-                role: Role::Node,
-                fingerprint,
-            }),
-    );
+    let (names, enrollees) = hierarchy::issue_all(&pki, largest)?;
     let mor_dir = dir.path().join("mor");
     hierarchy::prepare_mor(
         &mor_dir,
