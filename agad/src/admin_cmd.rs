@@ -206,8 +206,16 @@ pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(dir: &Path) -> anyhow::Result<()> {
-    match ask(dir, Request::Status)? {
+pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let answer = ask(dir, Request::Status)?;
+    if json {
+        let Answer::Status { .. } = &answer else {
+            return Err(unexpected(answer));
+        };
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    match answer {
         Answer::Status {
             version,
             modules,
@@ -229,10 +237,26 @@ pub fn status(dir: &Path) -> anyhow::Result<()> {
                     (Some(s), None) => format!("replica v{s} sent"),
                     _ => "no replica".into(),
                 };
-                outln!("domain {}: {station}, {replica}", d.domain);
+                let heard = d
+                    .ms_since_heard
+                    .map(|ms| format!(", heard {:.1} s ago", ms as f64 / 1000.0))
+                    .unwrap_or_default();
+                outln!("domain {}: {station} ({}), {replica}{heard}", d.domain, d.state);
                 for c in d.components {
-                    let mark = if c.healthy { "ok  " } else { "DOWN" };
-                    outln!("  {mark} {:<20} {}", c.name, c.detail);
+                    let mark = if c.healthy() { "ok  " } else { "DOWN" };
+                    let what = match &c.component {
+                        agad_protocol::wire::Component::Store {
+                            alarms,
+                            reports,
+                            outbox,
+                        } => format!("store (alarms={alarms} reports={reports} outbox={outbox})"),
+                        agad_protocol::wire::Component::Domain {
+                            name: Some(name),
+                            replica_version,
+                        } => format!("domain {name} v{replica_version}"),
+                        other => other.to_string(),
+                    };
+                    outln!("  {mark} {what:<32} {}", c.state);
                 }
             }
             Ok(())

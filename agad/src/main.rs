@@ -68,6 +68,9 @@ enum Command {
     },
     /// Domains, their managers, replicas and components.
     Status {
+        /// Print the typed status as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         mor: admin_cmd::MorDir,
     },
@@ -96,7 +99,7 @@ fn main() -> ExitCode {
         Command::Topology { command, mor } => admin_cmd::topology(&mor.dir, command),
         Command::Report { args, mor } => admin_cmd::report(&mor.dir, args),
         Command::Alarms { args, mor } => admin_cmd::alarms(&mor.dir, args),
-        Command::Status { mor } => admin_cmd::status(&mor.dir),
+        Command::Status { json, mor } => admin_cmd::status(&mor.dir, json),
         Command::Demo(args) => demo::run(args),
     };
     match result {

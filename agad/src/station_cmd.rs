@@ -50,6 +50,8 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         acceptor: args.identity.acceptor()?,
         trusted: read_public_keys(&args.trusted)?,
+        children: Default::default(),
+        limits: Default::default(),
     };
     serve(&args.listen, "top manager", move |listener, shutdown| {
         agad_gerente_mor::run(config, listener, shutdown)
@@ -70,6 +72,8 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
         },
         acceptor: args.identity.acceptor()?,
         consolidation_grace: Duration::from_secs(2),
+        children: Default::default(),
+        limits: Default::default(),
     };
     serve(&args.listen, "domain manager", move |listener, shutdown| {
         agad_gerente_dominio::run(config, listener, shutdown)

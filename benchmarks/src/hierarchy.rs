@@ -238,6 +238,8 @@ pub async fn start_mor(
         data_dir: data_dir.to_owned(),
         acceptor,
         trusted,
+        children: Default::default(),
+        limits: Default::default(),
     };
     let task = tokio::spawn(agad_gerente_mor::run(config, listener, shutdown));
     let socket = agad_gerente_mor::admin_socket(data_dir);
@@ -374,6 +376,7 @@ async fn hello(address: SocketAddr, tls: &Arc<ClientConfig>) -> anyhow::Result<N
             software: concat!("agad-benchmarks ", env!("CARGO_PKG_VERSION")).to_owned(),
             ticket: None,
             modules_held: Vec::new(),
+            keepalive_ms: 10_000,
         }))
         .await?;
     match reader.recv().await? {

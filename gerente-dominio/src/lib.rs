@@ -18,12 +18,17 @@ pub mod consolidate;
 pub mod nodes;
 pub mod subdomains;
 
+use agad_net::children::{Children, ChildrenConfig, serve_child};
 use agad_net::outbox::Outbox;
+use agad_net::server::Limits;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
-use agad_protocol::wire::{ComponentStatus, Control, Replica, Role, Upward};
+use agad_protocol::wire::{
+    Component, ComponentStatus, Control, Message, Replica, Role, State, Upward,
+};
 use agad_storage::Database;
 use bases::Bases;
-use nodes::Nodes;
+use nodes::{NodeParent, Nodes};
+use subdomains::{SubdomainParent, Subdomains};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -40,6 +45,10 @@ pub struct DominioConfig {
     pub acceptor: TlsAcceptor,
     /// Late reports of a window are waited for this long before it is sent.
     pub consolidation_grace: Duration,
+    /// How the station bounds and watches its nodes and sub-domain stations.
+    pub children: ChildrenConfig,
+    /// What the listener accepts at once.
+    pub limits: Limits,
 }
 
 /// The state every task of the station shares.
@@ -48,8 +57,8 @@ pub struct Station {
     pub outbox: Outbox,
     /// Shared, not cloned, by every session: a domain can be large.
     replica: RwLock<Option<Arc<Replica>>>,
-    pub nodes: Nodes,
-    pub subdomains: subdomains::Subdomains,
+    pub nodes: Arc<Nodes>,
+    pub subdomains: Arc<Subdomains>,
     /// Control frames for the top manager (sent when the link is up).
     up: mpsc::Sender<Control>,
 }
@@ -74,6 +83,8 @@ impl Station {
         }
     }
 
+    /// Stores a replica and puts it in force. Blocking (an fsync, module
+    /// bytes): call it off the reactor threads.
     fn apply_replica(&self, replica: Replica) {
         let version = replica.version;
         match self.bases.store_replica(replica) {
@@ -82,8 +93,8 @@ impl Station {
                 let stored = Arc::new(stored);
                 *self.replica.write().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
                 self.send_up(Control::ReplicaAck { version });
-                self.nodes.redeploy(self, &stored);
-                self.subdomains.replicate(self, &stored);
+                nodes::redeploy(self, &stored, None);
+                subdomains::replicate(self, &stored, None);
             }
             Err(e) => tracing::error!(version, "replica refused: {e}"),
         }
@@ -97,27 +108,31 @@ impl Element for Station {
 
     fn components(&self) -> Vec<ComponentStatus> {
         let (alarms, reports) = self.bases.counts();
-        let mut out = vec![
-            ComponentStatus {
-                name: "domain".into(),
-                healthy: self.replica().is_some(),
-                detail: match self.replica() {
-                    Some(r) => format!("{} v{}", r.topology.domain.name, r.version),
-                    None => "waiting for an assignment".into(),
-                },
-            },
-            ComponentStatus {
-                name: "bicd".into(),
-                healthy: true,
-                detail: format!(
-                    "alarms={alarms} reports={reports} outbox={}",
-                    self.outbox.len()
-                ),
-            },
-        ];
         let replica = self.replica();
-        out.extend(self.nodes.status(replica.as_deref()));
-        out.extend(self.subdomains.status(replica.as_deref()));
+        let mut out = vec![
+            ComponentStatus::new(
+                Component::Domain {
+                    name: replica.as_ref().map(|r| r.topology.domain.name.clone()),
+                    replica_version: replica.as_ref().map_or(0, |r| r.version),
+                },
+                match &replica {
+                    Some(_) => State::Running,
+                    None => State::Waiting {
+                        reason: "no domain assigned yet".into(),
+                    },
+                },
+            ),
+            ComponentStatus::new(
+                Component::Store {
+                    alarms: alarms as u64,
+                    reports: reports as u64,
+                    outbox: self.outbox.len() as u64,
+                },
+                State::Running,
+            ),
+        ];
+        out.extend(nodes::status(&self.nodes, replica.as_deref()));
+        out.extend(subdomains::status(&self.subdomains, replica.as_deref()));
         out
     }
 }
@@ -139,8 +154,8 @@ pub async fn run(
         bases,
         outbox: outbox.clone(),
         replica: RwLock::new(replica.map(Arc::new)),
-        nodes: Nodes::default(),
-        subdomains: subdomains::Subdomains::default(),
+        nodes: Arc::new(Children::new(config.children.clone())),
+        subdomains: Arc::new(Children::new(config.children.clone())),
         up: up_tx,
     });
 
@@ -159,13 +174,15 @@ pub async fn run(
             while let Some(event) = events.recv().await {
                 match event {
                     Downlink::Control(Control::Replicate(replica)) => {
-                        station.apply_replica(*replica)
+                        let station = station.clone();
+                        let _ = tokio::task::spawn_blocking(move || station.apply_replica(*replica))
+                            .await;
                     }
                     Downlink::Control(Control::AssignDomain { domain }) => {
                         tracing::info!(%domain, "assigned by the top manager");
                     }
                     Downlink::Control(other) => {
-                        tracing::debug!("ignored from top manager: {other:?}")
+                        tracing::debug!(kind = Message::Control(other).kind(), "ignored from top manager")
                     }
                     Downlink::NotAdmitted { enrollment, reason } => {
                         tracing::warn!(
@@ -183,17 +200,23 @@ pub async fn run(
         config.consolidation_grace,
         shutdown.clone(),
     ));
+    let watchers = [
+        tokio::spawn(station.nodes.clone().watch(shutdown.clone())),
+        tokio::spawn(station.subdomains.clone().watch(shutdown.clone())),
+    ];
     let serving = {
-        let station = station.clone();
+        let nodes = Arc::new(NodeParent(station.clone()));
+        let subs = Arc::new(SubdomainParent(station.clone()));
         agad_net::server::serve(
             listener,
             config.acceptor,
-            move |connection: agad_net::conn::Connection| {
-                let station = station.clone();
+            config.limits,
+            move |connection: agad_net::conn::Connection, shutdown| {
+                let (nodes, subs) = (nodes.clone(), subs.clone());
                 async move {
                     match connection.peer.role {
-                        Role::Dominio => subdomains::serve_substation(station, connection).await,
-                        _ => nodes::serve_node(station, connection).await,
+                        Role::Dominio => serve_child(subs, connection, shutdown).await,
+                        _ => serve_child(nodes, connection, shutdown).await,
                     }
                 }
             },
@@ -202,6 +225,9 @@ pub async fn run(
     };
     serving.await;
     let _ = link.await;
+    for watcher in watchers {
+        let _ = watcher.await;
+    }
     consolidation.abort();
     from_mor.abort();
     Ok(())

@@ -3,102 +3,101 @@
 //! stream — each stored in BICD before it is acknowledged.
 
 use crate::Station;
-use agad_net::conn::Connection;
-use agad_net::server::{peer_queue, read_hello, refuse, serve_admitted};
+use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionError};
 use agad_net::tls::PeerIdentity;
-use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{
-    ComponentStatus, Control, Deployment, Enrollment, Message, ModuleCopy, Queued, Replica, Role,
-    Upward,
+    Component, ComponentStatus, Control, Deployment, Enrollment, Message, ModuleCopy, Queued,
+    Replica, Role, State, Upward,
 };
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-use tokio::sync::mpsc;
+use std::collections::HashSet;
+use std::sync::Arc;
 
-/// A keep-alive older than this many periods marks the node unhealthy.
-const MISSED_KEEPALIVES: u32 = 3;
+/// The domain's connected nodes (nothing kept beyond the common entry).
+pub type Nodes = Children<()>;
 
-#[derive(Default)]
-pub struct Nodes {
-    sessions: Mutex<HashMap<String, Session>>,
-    next_id: AtomicU64,
-}
+/// The domain manager as its nodes' parent.
+pub struct NodeParent(pub Arc<Station>);
 
-struct Session {
-    id: u64,
-    to_node: mpsc::Sender<Message>,
-    /// Module hashes the node holds (from its hello, plus what we sent).
-    held: HashSet<String>,
-    last_seen: Instant,
-    components: Vec<ComponentStatus>,
-}
+impl Parent for NodeParent {
+    type Data = ();
 
-impl Nodes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    fn children(&self) -> &Children<()> {
+        &self.0.nodes
     }
 
-    /// Sends every connected node its (possibly changed) deployment.
-    pub fn redeploy(&self, station: &Station, replica: &Replica) {
-        let mut sessions = self.lock();
-        for (name, session) in sessions.iter_mut() {
-            match deployment_for(station, replica, name, &mut session.held) {
-                Ok(deploy) => {
-                    let _ = session.to_node.try_send(Message::Control(deploy));
-                }
-                Err(e) => tracing::error!(node = %name, "cannot deploy: {e}"),
-            }
+    fn role(&self) -> Role {
+        Role::Node
+    }
+
+    fn admit(&self, peer: &PeerIdentity, hello: &Hello) -> Result<(), SessionError> {
+        match admission(&self.0, peer, hello.ticket.clone()) {
+            None => Ok(()),
+            Some((enrollment, reason)) => Err(SessionError::NotAdmitted { enrollment, reason }),
         }
     }
 
-    /// One component per node of the domain: connected and keeping alive?
-    pub fn status(&self, replica: Option<&Replica>) -> Vec<ComponentStatus> {
-        let Some(replica) = replica else {
-            return Vec::new();
-        };
-        let sessions = self.lock();
-        replica
-            .topology
-            .nodes
-            .iter()
-            .map(|n| {
-                let name = format!("node:{}", n.name);
-                match sessions.get(&n.name) {
-                    None => ComponentStatus {
-                        name,
-                        healthy: false,
-                        detail: "not connected".into(),
-                    },
-                    Some(s) => {
-                        let down: Vec<&str> = s
-                            .components
-                            .iter()
-                            .filter(|c| !c.healthy)
-                            .map(|c| c.name.as_str())
-                            .collect();
-                        ComponentStatus {
-                            name,
-                            healthy: down.is_empty(),
-                            detail: if down.is_empty() {
-                                format!("{} components ok", s.components.len())
-                            } else {
-                                format!("failing: {}", down.join(", "))
-                            },
-                        }
-                    }
-                }
-            })
-            .collect()
+    fn registered(&self, child: &ChildRef) {
+        if let Some(replica) = self.0.replica() {
+            redeploy(&self.0, &replica, Some(&child.name));
+        }
     }
 
-    /// Whether `node` kept alive within `MISSED_KEEPALIVES` periods.
-    pub fn is_alive(&self, node: &str, period: std::time::Duration) -> bool {
-        self.lock()
-            .get(node)
-            .is_some_and(|s| s.last_seen.elapsed() < period * MISSED_KEEPALIVES)
+    fn handle(&self, child: &ChildRef, message: Message) -> Result<Option<Message>, SessionError> {
+        handle(&self.0, child, message)
     }
+
+    fn unregistered(&self, _child: &ChildRef, _data: (), _reason: &SessionError) {}
+}
+
+/// Sends every connected node (or only `only`) its (possibly changed)
+/// deployment. Module bytes are read from BC outside the registry's lock.
+pub fn redeploy(station: &Station, replica: &Replica, only: Option<&str>) {
+    let targets: Vec<(String, u64, HashSet<String>)> = station
+        .nodes
+        .lock()
+        .iter()
+        .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
+        .map(|(name, e)| (name.clone(), e.session, e.held.clone()))
+        .collect();
+    for (name, session, mut held) in targets {
+        match deployment_for(station, replica, &name, &mut held) {
+            Ok(deploy) => {
+                if let Some(e) = station.nodes.lock().get_mut(&name)
+                    && e.session == session
+                    && e.send(Message::Control(deploy))
+                {
+                    e.held = held;
+                }
+            }
+            Err(e) => tracing::error!(node = %name, "cannot deploy: {e}"),
+        }
+    }
+}
+
+/// One component per node of the domain: connected, keeping alive, and
+/// how its own components are.
+pub fn status(nodes: &Nodes, replica: Option<&Replica>) -> Vec<ComponentStatus> {
+    let Some(replica) = replica else {
+        return Vec::new();
+    };
+    let sessions = nodes.lock();
+    replica
+        .topology
+        .nodes
+        .iter()
+        .map(|n| {
+            let state = match sessions.get(&n.name) {
+                None => State::NotConnected,
+                Some(e) => e.state(),
+            };
+            ComponentStatus::new(
+                Component::Node {
+                    name: n.name.clone(),
+                },
+                state,
+            )
+        })
+        .collect()
 }
 
 /// The `Deploy` for one node: manifests always, bytes only for hashes it lacks.
@@ -149,66 +148,6 @@ fn deployment_for(
         version: replica.version,
         modules,
     })
-}
-
-/// Serves one node connection until it closes or misbehaves.
-pub async fn serve_node(station: std::sync::Arc<Station>, accepted: Connection) {
-    let peer = accepted.peer;
-    let mut incoming = spawn_reader(accepted.reader);
-    let mut writer = accepted.writer;
-    let (to_node, outgoing) = peer_queue();
-    if peer.role != Role::Node {
-        tracing::warn!(peer = %peer.name, role = %peer.role, "refused: only nodes connect to a domain manager");
-        return;
-    }
-    let Some((ticket, held)) = read_hello(&mut incoming, &peer).await else {
-        return;
-    };
-    if let Some((enrollment, reason)) = admission(&station, &peer, ticket) {
-        return refuse(&mut writer, enrollment, reason).await;
-    }
-    let id = station.nodes.next_id.fetch_add(1, Ordering::Relaxed);
-    let mut held: HashSet<String> = held.into_iter().collect();
-    let first = match station.replica() {
-        Some(replica) => deployment_for(&station, &replica, &peer.name, &mut held),
-        None => Err(anyhow::anyhow!("no replica")),
-    };
-    station.nodes.lock().insert(
-        peer.name.clone(),
-        Session {
-            id,
-            to_node: to_node.clone(),
-            held,
-            last_seen: Instant::now(),
-            components: Vec::new(),
-        },
-    );
-    tracing::info!(node = %peer.name, "node connected");
-    let welcome = Message::Control(Control::Welcome {
-        enrollment: Enrollment::Active,
-        reason: String::new(),
-    });
-    let _ = to_node.send(welcome).await;
-    match first {
-        Ok(deploy) => {
-            let _ = to_node.send(Message::Control(deploy)).await;
-        }
-        Err(e) => tracing::error!(node = %peer.name, "cannot deploy: {e}"),
-    }
-    let reason = {
-        let (station, peer) = (station.clone(), peer.clone());
-        serve_admitted(incoming, writer, to_node, outgoing, move |m| {
-            handle(&station, &peer, m)
-        })
-        .await
-    };
-    tracing::info!(node = %peer.name, "node disconnected: {reason}");
-    {
-        let mut sessions = station.nodes.lock();
-        if sessions.get(&peer.name).is_some_and(|s| s.id == id) {
-            sessions.remove(&peer.name);
-        }
-    }
 }
 
 /// `None` if the node may come in; otherwise its enrollment and why not.
@@ -268,31 +207,31 @@ fn admission(
 /// One frame from a node; the reply (an ack) if any, or why to close.
 fn handle(
     station: &Station,
-    peer: &PeerIdentity,
+    child: &ChildRef,
     message: Message,
-) -> Result<Option<Message>, String> {
-    // Any frame is a sign of life, not only keep-alives.
-    if let Some(s) = station.nodes.lock().get_mut(&peer.name) {
-        s.last_seen = Instant::now();
-    }
+) -> Result<Option<Message>, SessionError> {
+    let storage = |e: agad_storage::StorageError| SessionError::Storage(e.to_string());
     match message {
         Message::Alarm(Queued {
             seq,
             body: Upward::Alarm(alarm),
         }) => {
-            tracing::debug!(id = %alarm.id, "alarm received");
-            if alarm.node != peer.name {
-                return Err(format!("alarm claims to come from `{}`", alarm.node));
+            if alarm.node != child.name {
+                return Err(SessionError::Protocol(format!(
+                    "an alarm about another node ({} bytes of name)",
+                    alarm.node.len()
+                )));
             }
-            let new = station
-                .bases
-                .record_alarm(&alarm)
-                .map_err(|e| e.to_string())?;
+            let new = station.bases.record_alarm(&alarm).map_err(storage)?;
             if new {
                 station
                     .outbox
-                    .push(&Upward::Alarm(alarm))
-                    .map_err(|e| e.to_string())?;
+                    .push(&Upward::Alarm(alarm.clone()))
+                    .map_err(|e| SessionError::Storage(e.to_string()))?;
+                station.nodes.publish(ChildEvent::AlarmStored {
+                    child: child.clone(),
+                    alarm: Arc::new(alarm),
+                });
             }
             Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
         }
@@ -300,36 +239,39 @@ fn handle(
             let mut reports = Vec::with_capacity(batch.len());
             for Queued { seq, body } in batch {
                 match body {
-                    Upward::NodeReport(r) if r.node == peer.name => reports.push((r, seq)),
-                    Upward::NodeReport(r) => {
-                        return Err(format!("report claims to come from `{}`", r.node));
+                    Upward::NodeReport(r) if r.node == child.name => reports.push((r, seq)),
+                    Upward::NodeReport(_) => {
+                        return Err(SessionError::Protocol(
+                            "a report about another node".into(),
+                        ));
                     }
-                    other => return Err(format!("a node sent {other:?} as a report")),
+                    _ => {
+                        return Err(SessionError::Protocol(
+                            "a node sent something other than its own reports in a report batch"
+                                .into(),
+                        ));
+                    }
                 }
             }
-            station
-                .bases
-                .record_reports(&reports)
-                .map_err(|e| e.to_string())?;
-            let seqs = reports.iter().map(|(_, seq)| *seq).collect();
+            station.bases.record_reports(&reports).map_err(storage)?;
+            let seqs: Vec<u64> = reports.iter().map(|(_, seq)| *seq).collect();
+            station.nodes.publish(ChildEvent::ReportsStored {
+                child: child.clone(),
+                count: seqs.len(),
+            });
             Ok(Some(Message::Control(Control::Ack { seqs })))
-        }
-        Message::Control(Control::KeepAlive { components }) => {
-            if !components.is_empty()
-                && let Some(s) = station.nodes.lock().get_mut(&peer.name)
-            {
-                s.components = components;
-            }
-            Ok(None)
         }
         Message::Control(Control::DeployAck { version, problems }) => {
             if problems.is_empty() {
-                tracing::info!(node = %peer.name, version, "deployment running");
+                tracing::info!(version, "deployment running");
             } else {
-                tracing::warn!(node = %peer.name, version, "deployment problems: {}", problems.join("; "));
+                tracing::warn!(version, problems = problems.len(), "deployment problems");
             }
             Ok(None)
         }
-        other => Err(format!("unexpected frame from a node: {other:?}")),
+        other => Err(SessionError::Protocol(format!(
+            "a node may not send a `{}` frame",
+            other.kind()
+        ))),
     }
 }

@@ -5,116 +5,147 @@
 //! enrollment requests are relayed upward through our own outbox.
 
 use crate::Station;
-use agad_net::conn::Connection;
-use agad_net::server::{peer_queue, read_hello, refuse, serve_admitted};
+use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionError};
 use agad_net::tls::PeerIdentity;
-use agad_net::uplink::spawn_reader;
 use agad_protocol::wire::{
-    ComponentStatus, Control, Enrollment, Message, Queued, Replica, Role, Upward,
+    Component, ComponentStatus, Control, Enrollment, Message, Queued, Replica, Role, State, Upward,
 };
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc;
+use std::collections::HashSet;
+use std::sync::Arc;
 
-#[derive(Default)]
-pub struct Subdomains {
-    /// By station name.
-    sessions: Mutex<HashMap<String, Session>>,
-    next_id: AtomicU64,
-}
-
-struct Session {
-    id: u64,
+/// What this manager keeps about a connected sub-domain station.
+pub struct Sub {
     domain: String,
-    to_station: mpsc::Sender<Message>,
-    held: HashSet<String>,
     /// The last replica sent, without bytes, to send only changes.
     sent: Option<Replica>,
-    components: Vec<ComponentStatus>,
 }
 
-impl Subdomains {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Session>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+/// Connected sub-domain stations, by station name.
+pub type Subdomains = Children<Sub>;
+
+/// The domain manager as the parent of its sub-domains' managers.
+pub struct SubdomainParent(pub Arc<Station>);
+
+impl Parent for SubdomainParent {
+    type Data = Sub;
+
+    fn children(&self) -> &Children<Sub> {
+        &self.0.subdomains
     }
 
-    /// Hands each connected sub-domain manager its part of a new replica.
-    pub fn replicate(&self, station: &Station, replica: &Replica) {
-        for (name, session) in self.lock().iter_mut() {
-            let Some(sub) = replica
-                .subdomains
-                .iter()
-                .find(|r| r.topology.domain.name == session.domain)
-            else {
-                continue;
-            };
-            if let Err(e) = send_replica(station, session, sub) {
-                tracing::error!(station = %name, "cannot replicate sub-domain: {e}");
+    fn role(&self) -> Role {
+        Role::Dominio
+    }
+
+    fn admit(&self, peer: &PeerIdentity, hello: &Hello) -> Result<Sub, SessionError> {
+        admission(&self.0, peer, hello.ticket.clone())
+            .map(|sub| Sub {
+                domain: sub.topology.domain.name.clone(),
+                sent: None,
+            })
+            .map_err(|(enrollment, reason)| SessionError::NotAdmitted { enrollment, reason })
+    }
+
+    fn registered(&self, child: &ChildRef) {
+        let station = &self.0;
+        let domain = match station.subdomains.lock().get(&child.name) {
+            Some(e) => {
+                e.send(Message::Control(Control::AssignDomain {
+                    domain: e.data.domain.clone(),
+                }));
+                e.data.domain.clone()
             }
+            None => return,
+        };
+        tracing::info!(%domain, "sub-domain manager activated");
+        if let Some(replica) = station.replica() {
+            replicate(station, &replica, Some(&child.name));
         }
     }
 
-    /// One component per sub-domain: which station serves it, and how it is.
-    pub fn status(&self, replica: Option<&Replica>) -> Vec<ComponentStatus> {
-        let Some(replica) = replica else {
-            return Vec::new();
-        };
-        let sessions = self.lock();
-        replica
-            .subdomains
-            .iter()
-            .map(|sub| {
-                let domain = &sub.topology.domain.name;
-                let name = format!("subdomain:{domain}");
-                match sessions.iter().find(|(_, s)| &s.domain == domain) {
-                    None => ComponentStatus {
-                        name,
-                        healthy: false,
-                        detail: "no station connected".into(),
-                    },
-                    Some((station, s)) => {
-                        let down: Vec<&str> = s
-                            .components
-                            .iter()
-                            .filter(|c| !c.healthy)
-                            .map(|c| c.name.as_str())
-                            .collect();
-                        ComponentStatus {
-                            name,
-                            healthy: down.is_empty(),
-                            detail: if down.is_empty() {
-                                format!("served by {station}")
-                            } else {
-                                format!("served by {station}; failing: {}", down.join(", "))
-                            },
-                        }
-                    }
-                }
-            })
-            .collect()
+    fn handle(&self, child: &ChildRef, message: Message) -> Result<Option<Message>, SessionError> {
+        relay(&self.0, child, message)
+    }
+
+    fn unregistered(&self, _child: &ChildRef, data: Sub, reason: &SessionError) {
+        tracing::warn!(domain = %data.domain, "sub-domain manager lost: {reason}");
     }
 }
 
-/// Sends `sub` if it differs from what the session last got, with module
-/// bytes only for hashes the station lacks.
-fn send_replica(station: &Station, session: &mut Session, sub: &Replica) -> anyhow::Result<()> {
-    let plain = sub.without_bytes();
-    if session.sent.as_ref() == Some(&plain) {
-        return Ok(());
+/// Hands each connected sub-domain manager (or only `only`) its part of a
+/// new replica. Module bytes are read outside the registry's lock.
+pub fn replicate(station: &Station, replica: &Replica, only: Option<&str>) {
+    let targets: Vec<(String, u64, String, Option<Replica>, HashSet<String>)> = station
+        .subdomains
+        .lock()
+        .iter()
+        .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
+        .map(|(name, e)| {
+            (
+                name.clone(),
+                e.session,
+                e.data.domain.clone(),
+                e.data.sent.clone(),
+                e.held.clone(),
+            )
+        })
+        .collect();
+    for (name, session, domain, sent, mut held) in targets {
+        let Some(sub) = replica
+            .subdomains
+            .iter()
+            .find(|r| r.topology.domain.name == domain)
+        else {
+            continue;
+        };
+        let plain = sub.without_bytes();
+        if sent.as_ref() == Some(&plain) {
+            continue;
+        }
+        let mut full = sub.clone();
+        if let Err(e) = fill_bytes(station, &mut full, &mut held) {
+            tracing::error!(station = %name, "cannot replicate sub-domain: {e}");
+            continue;
+        }
+        if let Some(e) = station.subdomains.lock().get_mut(&name)
+            && e.session == session
+            && e.send(Message::Control(Control::Replicate(Box::new(full))))
+        {
+            e.data.sent = Some(plain);
+            e.held = held;
+        }
     }
-    let mut held = session.held.clone();
-    let mut full = sub.clone();
-    fill_bytes(station, &mut full, &mut held)?;
-    if session
-        .to_station
-        .try_send(Message::Control(Control::Replicate(Box::new(full))))
-        .is_ok()
-    {
-        session.sent = Some(plain);
-        session.held = held;
-    }
-    Ok(())
+}
+
+/// One component per sub-domain: which station serves it, and how it is.
+pub fn status(subdomains: &Subdomains, replica: Option<&Replica>) -> Vec<ComponentStatus> {
+    let Some(replica) = replica else {
+        return Vec::new();
+    };
+    let sessions = subdomains.lock();
+    replica
+        .subdomains
+        .iter()
+        .map(|sub| {
+            let domain = &sub.topology.domain.name;
+            let state = match sessions.iter().find(|(_, e)| &e.data.domain == domain) {
+                None => State::NotConnected,
+                Some((station, e)) => match e.state() {
+                    State::Connected { failing, .. } => State::Connected {
+                        served_by: Some(station.clone()),
+                        failing,
+                    },
+                    other => other,
+                },
+            };
+            ComponentStatus::new(
+                Component::Subdomain {
+                    domain: domain.clone(),
+                },
+                state,
+            )
+        })
+        .collect()
 }
 
 fn fill_bytes(
@@ -138,62 +169,6 @@ fn fill_bytes(
         fill_bytes(station, sub, held)?;
     }
     Ok(())
-}
-
-/// Serves one sub-domain station until it closes or misbehaves.
-pub async fn serve_substation(station: Arc<Station>, connection: Connection) {
-    let peer = connection.peer;
-    let mut incoming = spawn_reader(connection.reader);
-    let mut writer = connection.writer;
-    let Some((ticket, held)) = read_hello(&mut incoming, &peer).await else {
-        return;
-    };
-    let sub = match admission(&station, &peer, ticket) {
-        Ok(sub) => sub,
-        Err((enrollment, reason)) => {
-            tracing::info!(station = %peer.name, "sub-domain station not admitted: {reason}");
-            return refuse(&mut writer, enrollment, reason).await;
-        }
-    };
-    let domain = sub.topology.domain.name.clone();
-    let (to_station, outgoing) = peer_queue();
-    let id = station.subdomains.next_id.fetch_add(1, Ordering::Relaxed);
-    let _ = to_station.try_send(Message::Control(Control::Welcome {
-        enrollment: Enrollment::Active,
-        reason: String::new(),
-    }));
-    let _ = to_station.try_send(Message::Control(Control::AssignDomain {
-        domain: domain.clone(),
-    }));
-    {
-        let mut session = Session {
-            id,
-            domain: domain.clone(),
-            to_station: to_station.clone(),
-            held: held.into_iter().collect(),
-            sent: None,
-            components: Vec::new(),
-        };
-        if let Err(e) = send_replica(&station, &mut session, &sub) {
-            tracing::error!(%domain, "cannot replicate sub-domain: {e}");
-        }
-        station.subdomains.lock().insert(peer.name.clone(), session);
-    }
-    tracing::info!(%domain, station = %peer.name, "sub-domain manager activated");
-    let reason = {
-        let (station, peer) = (station.clone(), peer.clone());
-        serve_admitted(incoming, writer, to_station, outgoing, move |m| {
-            relay(&station, &peer, m)
-        })
-        .await
-    };
-    tracing::warn!(%domain, station = %peer.name, "sub-domain manager disconnected: {reason}");
-    {
-        let mut sessions = station.subdomains.lock();
-        if sessions.get(&peer.name).is_some_and(|s| s.id == id) {
-            sessions.remove(&peer.name);
-        }
-    }
 }
 
 /// The sub-domain `peer` may serve, or its enrollment and why not.
@@ -250,7 +225,7 @@ fn admission(
         .subdomains
         .lock()
         .iter()
-        .find(|(name, s)| &s.domain == domain && *name != &peer.name)
+        .find(|(name, e)| &e.data.domain == domain && *name != &peer.name)
     {
         // A standby: it retries, and takes over when the active one is gone.
         return Err((
@@ -261,60 +236,145 @@ fn admission(
     Ok(sub.clone())
 }
 
-/// One frame from a sub-domain station: stored or relayed upward, then acknowledged.
+/// One frame from a sub-domain station: stored or relayed upward, then
+/// acknowledged. Only what concerns the station's own subtree is accepted.
 fn relay(
     station: &Station,
-    peer: &PeerIdentity,
+    child: &ChildRef,
     message: Message,
-) -> Result<Option<Message>, String> {
+) -> Result<Option<Message>, SessionError> {
+    let storage = |e: String| SessionError::Storage(e);
+    let subtree = subtree_of(station, child)?;
     let ack = |seqs| Ok(Some(Message::Control(Control::Ack { seqs })));
     match message {
         Message::Alarm(Queued {
             seq,
             body: Upward::Alarm(alarm),
         }) => {
+            if !subtree.nodes.contains(&alarm.node) {
+                return Err(SessionError::Protocol(
+                    "a relayed alarm about a node outside the station's sub-domain".into(),
+                ));
+            }
             if station
                 .bases
                 .record_alarm(&alarm)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| storage(e.to_string()))?
             {
                 station
                     .outbox
-                    .push(&Upward::Alarm(alarm))
-                    .map_err(|e| e.to_string())?;
+                    .push(&Upward::Alarm(alarm.clone()))
+                    .map_err(|e| storage(e.to_string()))?;
+                station.subdomains.publish(ChildEvent::AlarmStored {
+                    child: child.clone(),
+                    alarm: Arc::new(alarm),
+                });
             }
             ack(vec![seq])
         }
         // The top manager keeps one per id, so a replay is harmless.
         Message::Reports(batch) => {
             let mut seqs = Vec::with_capacity(batch.len());
-            for Queued { seq, body } in batch {
-                if !matches!(body, Upward::DomainReport(_)) {
-                    return Err(format!("a sub-domain station sent {body:?} as a report"));
+            for Queued { seq, body } in &batch {
+                match body {
+                    Upward::DomainReport(r) if subtree.domains.contains(&r.domain) => {}
+                    Upward::DomainReport(_) => {
+                        return Err(SessionError::Protocol(
+                            "a relayed report of a domain outside the station's sub-domain".into(),
+                        ));
+                    }
+                    _ => {
+                        return Err(SessionError::Protocol(
+                            "a sub-domain station may relay only domain reports".into(),
+                        ));
+                    }
                 }
-                station.outbox.push(&body).map_err(|e| e.to_string())?;
-                seqs.push(seq);
+                seqs.push(*seq);
             }
+            for Queued { body, .. } in &batch {
+                station
+                    .outbox
+                    .push(body)
+                    .map_err(|e| storage(e.to_string()))?;
+            }
+            station.subdomains.publish(ChildEvent::ReportsStored {
+                child: child.clone(),
+                count: seqs.len(),
+            });
             ack(seqs)
         }
-        Message::Control(Control::KeepAlive { components }) => {
-            if !components.is_empty()
-                && let Some(s) = station.subdomains.lock().get_mut(&peer.name)
-            {
-                s.components = components;
+        Message::Control(Control::Enroll {
+            name,
+            role,
+            fingerprint,
+            ticket,
+        }) => {
+            let known = match role {
+                Role::Node => subtree.nodes.contains(&name),
+                Role::Dominio => subtree.stations.contains(&name),
+                Role::Mor => false,
+            };
+            if !known {
+                return Err(SessionError::Protocol(
+                    "an enrollment request for an identity outside the station's sub-domain".into(),
+                ));
             }
-            Ok(None)
-        }
-        Message::Control(enroll @ Control::Enroll { .. }) => {
-            station.send_up(enroll);
+            station.send_up(Control::Enroll {
+                name,
+                role,
+                fingerprint,
+                ticket,
+            });
             Ok(None)
         }
         Message::Control(Control::ReplicaAck { version }) => {
-            tracing::info!(station = %peer.name, version, "sub-domain replica acknowledged");
+            tracing::info!(version, "sub-domain replica acknowledged");
             Ok(None)
         }
-        other => Err(format!(
-            "unexpected frame from a sub-domain station: {other:?}"
-        )),
+        other => Err(SessionError::Protocol(format!(
+            "a sub-domain station may not send a `{}` frame",
+            other.kind()
+        ))),
     }
+}
+
+/// Names in a replica's subtree: what a station serving it may speak for.
+#[derive(Debug, Default)]
+pub struct Subtree {
+    pub domains: HashSet<String>,
+    pub nodes: HashSet<String>,
+    pub stations: HashSet<String>,
+}
+
+impl Subtree {
+    pub fn of(replica: &Replica) -> Subtree {
+        let mut out = Subtree::default();
+        for r in replica.all() {
+            out.domains.insert(r.topology.domain.name.clone());
+            out.nodes
+                .extend(r.topology.nodes.iter().map(|n| n.name.clone()));
+            out.stations
+                .extend(r.topology.domain.stations.iter().cloned());
+        }
+        out
+    }
+}
+
+/// The subtree of the sub-domain `child` serves, from the replica in force.
+fn subtree_of(station: &Station, child: &ChildRef) -> Result<Subtree, SessionError> {
+    let domain = station
+        .subdomains
+        .lock()
+        .get(&child.name)
+        .map(|e| e.data.domain.clone())
+        .ok_or(SessionError::Replaced)?;
+    let replica = station
+        .replica()
+        .ok_or_else(|| SessionError::Handler("no replica in force".into()))?;
+    replica
+        .subdomains
+        .iter()
+        .find(|r| r.topology.domain.name == domain)
+        .map(Subtree::of)
+        .ok_or_else(|| SessionError::Handler(format!("sub-domain `{domain}` left the replica")))
 }

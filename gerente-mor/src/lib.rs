@@ -17,12 +17,14 @@ pub mod admin;
 pub mod bases;
 pub mod stations;
 
+use agad_net::children::{Children, ChildrenConfig, serve_child};
+use agad_net::server::Limits;
 use agad_protocol::PublicKey;
 use agad_storage::Database;
 use bases::Bases;
+use stations::{StationParent, Stations};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -33,19 +35,17 @@ pub struct MorConfig {
     pub acceptor: TlsAcceptor,
     /// Publishers whose bundles BGC accepts.
     pub trusted: Vec<PublicKey>,
+    /// How the stations are bounded and watched.
+    pub children: ChildrenConfig,
+    /// What the listener accepts at once.
+    pub limits: Limits,
 }
 
 pub struct Mor {
     pub bases: Bases,
     trusted: Vec<PublicKey>,
-    sessions: Mutex<stations::Sessions>,
-    next_session: AtomicU64,
-}
-
-impl Mor {
-    fn sessions(&self) -> MutexGuard<'_, stations::Sessions> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    /// The connected domain-manager stations; subscribe to their events here.
+    pub stations: Arc<Stations>,
 }
 
 /// The admin socket of a top manager whose data directory is `data_dir`.
@@ -64,22 +64,24 @@ pub async fn run(
     let mor = Arc::new(Mor {
         bases: Bases::open(&db)?,
         trusted: config.trusted,
-        sessions: Mutex::default(),
-        next_session: AtomicU64::new(0),
+        stations: Arc::new(Children::new(config.children)),
     });
+    let watcher = tokio::spawn(mor.stations.clone().watch(shutdown.clone()));
     let admin = tokio::spawn(admin::serve(
         mor.clone(),
         admin_socket(&config.data_dir),
         shutdown.clone(),
     )?);
-    let station_mor = mor.clone();
+    let parent = Arc::new(StationParent(mor.clone()));
     agad_net::server::serve(
         listener,
         config.acceptor,
-        move |accepted| stations::serve_station(station_mor.clone(), accepted),
+        config.limits,
+        move |connection, shutdown| serve_child(parent.clone(), connection, shutdown),
         shutdown,
     )
     .await;
+    let _ = watcher.await;
     admin.abort();
     let _ = std::fs::remove_file(admin_socket(&config.data_dir));
     db.flush()?;

@@ -4,111 +4,190 @@
 //! report stream into BIG.
 
 use crate::Mor;
-use agad_net::conn::Connection;
-use agad_net::server::{peer_queue, read_hello, refuse, serve_admitted};
+use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionError};
 use agad_net::tls::PeerIdentity;
-use agad_net::uplink::spawn_reader;
+use agad_protocol::topology::Topology;
 use agad_protocol::wire::{
-    self, ComponentStatus, Control, Enrollment, Message, ModuleCopy, Queued, Replica, Role, Upward,
+    self, ComponentStatus, Control, Enrollment, Message, ModuleCopy, Queued, Replica, Role, State,
+    Upward,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
-use tokio::sync::mpsc;
 
-pub(crate) struct Session {
-    id: u64,
-    to_station: mpsc::Sender<Message>,
-    held: HashSet<String>,
+/// What the top manager keeps about a connected station.
+#[derive(Debug, Default)]
+pub struct StationData {
+    /// The domain this station serves, if it was activated.
     serving: Option<String>,
     /// Digest of the last replica content sent, and its version.
     sent: Option<([u8; 32], u64)>,
     acked: u64,
-    components: Vec<ComponentStatus>,
-    last_seen: Instant,
 }
+
+/// The domain-manager stations connected to the top manager.
+pub type Stations = Children<StationData>;
 
 /// What `agad status` shows of a domain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DomainStatus {
     pub domain: String,
+    /// The parent domain, for a sub-domain (activated by its parent's manager).
+    pub parent: Option<String>,
+    /// The station serving it, as the top manager sees it.
     pub station: Option<String>,
+    /// `connected` (with failing components), `stale`, or `not-connected`.
+    pub state: State,
     pub replica_sent: Option<u64>,
     pub replica_acked: Option<u64>,
-    pub seconds_since_keepalive: Option<u64>,
+    pub ms_since_heard: Option<u64>,
+    /// The station's components as its last keep-alive described them.
     pub components: Vec<ComponentStatus>,
+}
+
+/// The top manager as its stations' parent.
+pub struct StationParent(pub Arc<Mor>);
+
+impl Parent for StationParent {
+    type Data = StationData;
+
+    fn children(&self) -> &Children<StationData> {
+        &self.0.stations
+    }
+
+    fn role(&self) -> Role {
+        Role::Dominio
+    }
+
+    fn admit(&self, peer: &PeerIdentity, hello: &Hello) -> Result<StationData, SessionError> {
+        let mor = &self.0;
+        let enrolled = mor.bases.enroll(
+            &peer.name,
+            Role::Dominio,
+            &peer.fingerprint,
+            hello.ticket.as_deref(),
+        );
+        match enrolled {
+            Ok((Enrollment::Active, changed)) => {
+                if changed {
+                    mor.reconcile();
+                }
+                Ok(StationData::default())
+            }
+            Ok((state, changed)) => {
+                if changed {
+                    mor.reconcile();
+                }
+                Err(SessionError::NotAdmitted {
+                    enrollment: state,
+                    reason: format!("enrollment of `{}` is {state:?}", peer.name),
+                })
+            }
+            Err(e) => Err(SessionError::NotAdmitted {
+                enrollment: Enrollment::Pending,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn registered(&self, _child: &ChildRef) {
+        self.0.reconcile();
+    }
+
+    fn handle(&self, child: &ChildRef, message: Message) -> Result<Option<Message>, SessionError> {
+        handle(&self.0, child, message)
+    }
+
+    fn unregistered(&self, child: &ChildRef, data: StationData, reason: &SessionError) {
+        if let Some(domain) = data.serving {
+            tracing::warn!(%domain, station = %child.name, "domain manager lost ({reason}); looking for a standby");
+            self.0.reconcile();
+        }
+    }
 }
 
 impl Mor {
     /// Brings assignments and replicas in line with the bases: every domain
     /// without a serving station gets its first connected candidate, and
-    /// every serving station gets a new replica version if its content changed.
+    /// every serving station gets a new replica version if its content
+    /// changed. Blocking (reads BGC and BTPG): call it off the reactor.
     pub(crate) fn reconcile(&self) {
         let topology = match self.bases.topology() {
             Ok(t) => t,
             Err(e) => return tracing::error!("cannot read BTPG: {e}"),
         };
-        let mut sessions = self.sessions();
-        // A station whose domain left the topology stops serving it.
-        // (Sub-domains are activated by their parent's manager.)
-        let top_level = || topology.domains.iter().filter(|d| d.parent.is_none());
-        for s in sessions.values_mut() {
-            if let Some(d) = &s.serving
-                && !top_level().any(|x| &x.name == d)
-            {
-                s.serving = None;
-                s.sent = None;
+        // Decide who serves what under the lock; build replicas outside it.
+        let serving: Vec<(String, u64, String, Option<[u8; 32]>, HashSet<String>)> = {
+            let mut stations = self.stations.lock();
+            // A station whose domain left the topology stops serving it.
+            // (Sub-domains are activated by their parent's manager.)
+            let top_level = || topology.domains.iter().filter(|d| d.parent.is_none());
+            for e in stations.values_mut() {
+                if let Some(d) = &e.data.serving
+                    && !top_level().any(|x| &x.name == d)
+                {
+                    e.data.serving = None;
+                    e.data.sent = None;
+                }
             }
-        }
-        for domain in top_level() {
-            if sessions
-                .values()
-                .any(|s| s.serving.as_deref() == Some(&domain.name))
-            {
-                continue;
-            }
-            let candidate = domain
-                .stations
-                .iter()
-                .find(|name| sessions.get(*name).is_some_and(|s| s.serving.is_none()));
-            if let Some(name) = candidate {
-                let Some(s) = sessions.get_mut(name) else {
+            for domain in top_level() {
+                if stations
+                    .values()
+                    .any(|e| e.data.serving.as_deref() == Some(&domain.name))
+                {
                     continue;
-                };
-                tracing::info!(domain = %domain.name, station = %name, "activating domain manager");
-                s.serving = Some(domain.name.clone());
-                s.sent = None;
-                let _ = s
-                    .to_station
-                    .try_send(Message::Control(Control::AssignDomain {
+                }
+                let candidate = domain
+                    .stations
+                    .iter()
+                    .find(|name| stations.get(*name).is_some_and(|e| e.data.serving.is_none()));
+                if let Some(e) = candidate.and_then(|name| stations.get_mut(name)) {
+                    tracing::info!(domain = %domain.name, station = %e.peer.name, "activating domain manager");
+                    e.data.serving = Some(domain.name.clone());
+                    e.data.sent = None;
+                    e.send(Message::Control(Control::AssignDomain {
                         domain: domain.name.clone(),
                     }));
-            }
-        }
-        let version = self.bases.version().unwrap_or(0);
-        for (name, s) in sessions.iter_mut() {
-            let Some(domain) = s.serving.clone() else {
-                continue;
-            };
-            let mut held = s.held.clone();
-            match self.replica(&domain, version, &mut held) {
-                Ok(replica) => {
-                    let digest = content_digest(&replica);
-                    if s.sent.map(|(d, _)| d) != Some(digest) {
-                        tracing::info!(%domain, station = %name, version, "replicating");
-                        if s.to_station
-                            .try_send(Message::Control(Control::Replicate(Box::new(replica))))
-                            .is_ok()
-                        {
-                            s.sent = Some((digest, version));
-                            s.held = held;
-                        }
-                    }
                 }
-                Err(e) => tracing::error!(%domain, "cannot build replica: {e}"),
+            }
+            stations
+                .iter()
+                .filter_map(|(name, e)| {
+                    let domain = e.data.serving.clone()?;
+                    Some((
+                        name.clone(),
+                        e.session,
+                        domain,
+                        e.data.sent.map(|(d, _)| d),
+                        e.held.clone(),
+                    ))
+                })
+                .collect()
+        };
+        let version = self.bases.version().unwrap_or(0);
+        for (name, session, domain, sent, mut held) in serving {
+            let replica = match self.replica(&topology, &domain, version, &mut held) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(%domain, "cannot build replica: {e}");
+                    continue;
+                }
+            };
+            let digest = content_digest(&replica);
+            if sent == Some(digest) {
+                continue;
+            }
+            let mut stations = self.stations.lock();
+            if let Some(e) = stations.get_mut(&name)
+                && e.session == session
+                && e.data.serving.as_deref() == Some(domain.as_str())
+            {
+                tracing::info!(%domain, station = %name, version, "replicating");
+                if e.send(Message::Control(Control::Replicate(Box::new(replica)))) {
+                    e.data.sent = Some((digest, version));
+                    e.held = held;
+                }
             }
         }
     }
@@ -117,11 +196,11 @@ impl Mor {
     /// only for modules not in `held` (which gains what is included).
     fn replica(
         &self,
+        topology: &Topology,
         domain: &str,
         version: u64,
         held: &mut HashSet<String>,
     ) -> anyhow::Result<Replica> {
-        let topology = self.bases.topology()?;
         let slice = topology
             .slice(domain)
             .ok_or_else(|| anyhow::anyhow!("domain `{domain}` is not in BTPG"))?;
@@ -158,7 +237,7 @@ impl Mor {
         let subdomains = slice
             .subdomains
             .iter()
-            .map(|sub| self.replica(&sub.name, version, held))
+            .map(|sub| self.replica(topology, &sub.name, version, held))
             .collect::<anyhow::Result<_>>()?;
         Ok(Replica {
             version,
@@ -172,25 +251,32 @@ impl Mor {
 
     pub fn domain_status(&self) -> Vec<DomainStatus> {
         let topology = self.bases.topology().unwrap_or_default();
-        let sessions = self.sessions();
+        let stations = self.stations.lock();
         topology
             .domains
             .iter()
             .map(|d| {
-                let serving = sessions
+                let serving = stations
                     .iter()
-                    .find(|(_, s)| s.serving.as_deref() == Some(&d.name));
+                    .find(|(_, e)| e.data.serving.as_deref() == Some(&d.name));
                 DomainStatus {
                     domain: d.name.clone(),
-                    station: match &d.parent {
-                        Some(parent) => Some(format!("(activated by the manager of {parent})")),
-                        None => serving.map(|(n, _)| n.clone()),
+                    parent: d.parent.clone(),
+                    station: serving.map(|(n, _)| n.clone()),
+                    state: match (serving, &d.parent) {
+                        (Some((_, e)), _) => e.state(),
+                        // Activated by the parent domain's manager: its
+                        // state travels in that manager's keep-alives.
+                        (None, Some(_)) => State::Waiting {
+                            reason: "activated by the parent domain's manager".into(),
+                        },
+                        (None, None) => State::NotConnected,
                     },
-                    replica_sent: serving.and_then(|(_, s)| s.sent.map(|(_, v)| v)),
-                    replica_acked: serving.map(|(_, s)| s.acked).filter(|v| *v > 0),
-                    seconds_since_keepalive: serving.map(|(_, s)| s.last_seen.elapsed().as_secs()),
+                    replica_sent: serving.and_then(|(_, e)| e.data.sent.map(|(_, v)| v)),
+                    replica_acked: serving.map(|(_, e)| e.data.acked).filter(|v| *v > 0),
+                    ms_since_heard: serving.map(|(_, e)| e.last_heard().elapsed().as_millis() as u64),
                     components: serving
-                        .map(|(_, s)| s.components.clone())
+                        .map(|(_, e)| e.components.clone())
                         .unwrap_or_default(),
                 }
             })
@@ -204,120 +290,120 @@ fn content_digest(replica: &Replica) -> [u8; 32] {
     Sha256::digest(wire::encode_value(&replica.without_bytes())).into()
 }
 
-/// Serves one station connection until it closes or misbehaves.
-pub async fn serve_station(mor: Arc<Mor>, accepted: Connection) {
-    let peer = accepted.peer;
-    let mut incoming = spawn_reader(accepted.reader);
-    let mut writer = accepted.writer;
-    if peer.role != Role::Dominio {
-        tracing::warn!(peer = %peer.name, role = %peer.role, "refused: only domain-manager stations connect to the top manager");
-        return;
-    }
-    let Some((ticket, held)) = read_hello(&mut incoming, &peer).await else {
-        return;
-    };
-    let enrolled = mor.bases.enroll(
-        &peer.name,
-        Role::Dominio,
-        &peer.fingerprint,
-        ticket.as_deref(),
-    );
-    let (enrollment, reason) = match enrolled {
-        Ok((state, changed)) => {
-            if changed {
-                mor.reconcile();
+/// The names a station serving `domain` may speak for: its domain and
+/// every sub-domain below it, their nodes and stations.
+struct Subtree {
+    domains: HashSet<String>,
+    nodes: HashSet<String>,
+    stations: HashSet<String>,
+}
+
+impl Subtree {
+    fn of(topology: &Topology, domain: &str) -> Subtree {
+        let mut domains = HashSet::from([domain.to_owned()]);
+        // Parents come before children nowhere in particular: grow to a fixed point.
+        loop {
+            let before = domains.len();
+            for d in &topology.domains {
+                if d.parent.as_ref().is_some_and(|p| domains.contains(p)) {
+                    domains.insert(d.name.clone());
+                }
             }
-            (state, format!("enrollment of `{}` is {state:?}", peer.name))
+            if domains.len() == before {
+                break;
+            }
         }
-        Err(e) => (Enrollment::Pending, e.to_string()),
-    };
-    if enrollment != Enrollment::Active {
-        tracing::info!(station = %peer.name, fingerprint = %peer.fingerprint, "not admitted: {reason}");
-        return refuse(&mut writer, enrollment, reason).await;
-    }
-    let (to_station, outgoing) = peer_queue();
-    let id = mor.next_session.fetch_add(1, Ordering::Relaxed);
-    let _ = to_station.try_send(Message::Control(Control::Welcome {
-        enrollment: Enrollment::Active,
-        reason: String::new(),
-    }));
-    mor.sessions().insert(
-        peer.name.clone(),
-        Session {
-            id,
-            to_station: to_station.clone(),
-            held: held.into_iter().collect(),
-            serving: None,
-            sent: None,
-            acked: 0,
-            components: Vec::new(),
-            last_seen: Instant::now(),
-        },
-    );
-    tracing::info!(station = %peer.name, "station connected");
-    mor.reconcile();
-    let reason = {
-        let (mor, peer) = (mor.clone(), peer.clone());
-        serve_admitted(incoming, writer, to_station, outgoing, move |m| {
-            handle(&mor, &peer, m)
-        })
-        .await
-    };
-    tracing::warn!(station = %peer.name, "station disconnected: {reason}");
-    let was_serving = {
-        let mut sessions = mor.sessions();
-        match sessions.get(&peer.name) {
-            Some(s) if s.id == id => sessions.remove(&peer.name).and_then(|s| s.serving),
-            _ => None,
+        let nodes = topology
+            .nodes
+            .iter()
+            .filter(|n| domains.contains(&n.domain))
+            .map(|n| n.name.clone())
+            .collect();
+        let stations = topology
+            .domains
+            .iter()
+            .filter(|d| domains.contains(&d.name))
+            .flat_map(|d| d.stations.iter().cloned())
+            .collect();
+        Subtree {
+            domains,
+            nodes,
+            stations,
         }
-    };
-    if let Some(domain) = was_serving {
-        tracing::warn!(%domain, station = %peer.name, "domain manager lost; looking for a standby");
-        mor.reconcile();
     }
 }
 
-fn handle(mor: &Mor, peer: &PeerIdentity, message: Message) -> Result<Option<Message>, String> {
-    // Any frame is a sign of life, not only keep-alives.
-    if let Some(s) = mor.sessions().get_mut(&peer.name) {
-        s.last_seen = Instant::now();
-    }
+/// One frame from a station: alarms and reports into BIG (only for the
+/// subtree it serves), replica acks, relayed enrollment requests.
+fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Message>, SessionError> {
+    let storage = |e: crate::bases::BaseError| SessionError::Storage(e.to_string());
     let ack = |seqs| Ok(Some(Message::Control(Control::Ack { seqs })));
+    let serving = mor
+        .stations
+        .lock()
+        .get(&child.name)
+        .and_then(|e| e.data.serving.clone());
+    let subtree = || -> Result<Subtree, SessionError> {
+        let domain = serving.as_deref().ok_or_else(|| {
+            SessionError::Protocol("alarms or reports from a station that serves no domain".into())
+        })?;
+        let topology = mor.bases.topology().map_err(storage)?;
+        Ok(Subtree::of(&topology, domain))
+    };
     match message {
         Message::Alarm(Queued {
             seq,
             body: Upward::Alarm(alarm),
         }) => {
-            let new = mor.bases.record_alarm(&alarm).map_err(|e| e.to_string())?;
+            if !subtree()?.nodes.contains(&alarm.node) {
+                return Err(SessionError::Protocol(
+                    "an alarm about a node outside the station's domain".into(),
+                ));
+            }
+            let new = mor.bases.record_alarm(&alarm).map_err(storage)?;
             if new {
-                tracing::info!(id = %alarm.id, raised = alarm.raised, "alarm: {}", alarm.message);
+                tracing::info!(id = %alarm.id, raised = alarm.raised, "alarm stored");
+                mor.stations.publish(ChildEvent::AlarmStored {
+                    child: child.clone(),
+                    alarm: Arc::new(alarm),
+                });
             }
             ack(vec![seq])
         }
         Message::Reports(batch) => {
-            let mut seqs = Vec::with_capacity(batch.len());
+            let subtree = subtree()?;
+            let mut reports = Vec::with_capacity(batch.len());
             for Queued { seq, body } in batch {
-                let Upward::DomainReport(report) = body else {
-                    return Err(format!("a station sent {body:?} as a report"));
-                };
-                mor.bases
-                    .record_report(&report)
-                    .map_err(|e| e.to_string())?;
-                seqs.push(seq);
+                match body {
+                    Upward::DomainReport(r) if subtree.domains.contains(&r.domain) => {
+                        reports.push((seq, r))
+                    }
+                    Upward::DomainReport(_) => {
+                        return Err(SessionError::Protocol(
+                            "a report of a domain outside the station's domain".into(),
+                        ));
+                    }
+                    _ => {
+                        return Err(SessionError::Protocol(
+                            "a station may send only domain reports".into(),
+                        ));
+                    }
+                }
             }
+            let mut seqs = Vec::with_capacity(reports.len());
+            for (seq, report) in &reports {
+                mor.bases.record_report(report).map_err(storage)?;
+                seqs.push(*seq);
+            }
+            mor.stations.publish(ChildEvent::ReportsStored {
+                child: child.clone(),
+                count: seqs.len(),
+            });
             ack(seqs)
         }
-        Message::Control(Control::KeepAlive { components }) => {
-            if !components.is_empty()
-                && let Some(s) = mor.sessions().get_mut(&peer.name)
-            {
-                s.components = components;
-            }
-            Ok(None)
-        }
         Message::Control(Control::ReplicaAck { version }) => {
-            if let Some(s) = mor.sessions().get_mut(&peer.name) {
-                s.acked = s.acked.max(version);
+            if let Some(e) = mor.stations.lock().get_mut(&child.name) {
+                e.data.acked = e.data.acked.max(version);
             }
             Ok(None)
         }
@@ -327,12 +413,23 @@ fn handle(mor: &Mor, peer: &PeerIdentity, message: Message) -> Result<Option<Mes
             fingerprint,
             ticket,
         }) => {
+            let subtree = subtree()?;
+            let known = match role {
+                Role::Node => subtree.nodes.contains(&name),
+                Role::Dominio => subtree.stations.contains(&name),
+                Role::Mor => false,
+            };
+            if !known {
+                return Err(SessionError::Protocol(
+                    "an enrollment request for an identity outside the station's domain".into(),
+                ));
+            }
             match mor
                 .bases
                 .enroll(&name, role, &fingerprint, ticket.as_deref())
             {
                 Ok((state, changed)) => {
-                    tracing::info!(%name, %fingerprint, ?state, "enrollment request via {}", peer.name);
+                    tracing::info!(%name, %fingerprint, ?state, "enrollment request relayed");
                     if changed {
                         mor.reconcile();
                     }
@@ -341,8 +438,9 @@ fn handle(mor: &Mor, peer: &PeerIdentity, message: Message) -> Result<Option<Mes
             }
             Ok(None)
         }
-        other => Err(format!("unexpected frame from a station: {other:?}")),
+        other => Err(SessionError::Protocol(format!(
+            "a station may not send a `{}` frame",
+            other.kind()
+        ))),
     }
 }
-
-pub(crate) type Sessions = HashMap<String, Session>;

@@ -199,6 +199,28 @@ pub async fn connect(
     Connection::new(TlsStream::Client(tls))
 }
 
+/// Reads frames on their own task: a frame half-read must never be dropped
+/// by a `select!` that picked another branch.
+pub fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
+    mut reader: FrameReader<R>,
+) -> tokio::sync::mpsc::Receiver<Result<Message, NetError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let item = match reader.recv().await {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -12,18 +12,26 @@
 //!   [`PeerIdentity`] read from a verified certificate.
 //! - [`outbox`]: the durable store-and-forward queue of alarms and reports.
 //! - [`uplink`]: an element's link to its parent (reconnect, replay, keep-alive).
-//! - [`server`]: accepting authenticated children.
+//! - [`server`]: accepting authenticated peers, bounded, with a shutdown
+//!   that waits for every session.
+//! - [`children`]: a manager's children — registry, session lifecycle,
+//!   liveness and the typed events other parts subscribe to.
+//! - [`liveness`]: accrual failure detection, used both ways on every link.
 //! - [`conn`]: [`accept`] and [`connect`] (handshake with a timeout), and
 //!   [`FrameReader`] / [`FrameWriter`] over any async byte stream.
 
+pub mod children;
 pub mod conn;
+pub mod liveness;
 pub mod outbox;
 pub mod pki;
 pub mod server;
 pub mod tls;
 pub mod uplink;
 
-pub use conn::{Connection, FrameReader, FrameWriter, NetError, Reader, Writer, accept, connect};
+pub use conn::{
+    Connection, FrameReader, FrameWriter, NetError, Reader, Writer, accept, connect, spawn_reader,
+};
 pub use pki::{CaFiles, IssuedFiles, PkiError, fingerprint, init_ca, issue};
 pub use tls::{Identity, PeerIdentity, TrustAnchor, client_config, peer_identity, server_config};
 /// Re-exported so callers can wrap a [`server_config`] without depending on

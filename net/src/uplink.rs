@@ -7,15 +7,16 @@
 //! connection the unacknowledged outbox is replayed in
 //! order, once.
 
-use crate::conn::{self, FrameReader, FrameWriter};
+use crate::conn::{self, FrameWriter, spawn_reader};
+use crate::liveness::{Detector, LivenessConfig, OwnLag};
 use crate::outbox::{Class, Outbox};
 use crate::tls::PeerIdentity;
 use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Queued, Role};
 use rand::Rng;
 use rustls::ClientConfig;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, watch};
 
 /// Entries sent per outbox read; alarms are looked at again between batches.
@@ -132,12 +133,31 @@ async fn session(
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
     let (peer, reader, mut writer) = (connected.peer, connected.reader, connected.writer);
+    // Checked before a single frame goes out: any certificate of the CA
+    // could otherwise pose as our parent, acknowledge (and so delete) our
+    // queued alarms or deploy an empty set.
+    if !config.role.parent_roles().contains(&peer.role) {
+        return Err(format!(
+            "{address} presented a `{}` certificate (`{}`); a {} accepts only {} as its parent",
+            peer.role,
+            peer.name,
+            config.role,
+            config
+                .role
+                .parent_roles()
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ));
+    }
     writer
         .send(&Message::Control(Control::Hello {
             role: config.role,
             software: concat!("agad ", env!("CARGO_PKG_VERSION")).to_owned(),
             ticket: config.ticket.clone(),
             modules_held: element.modules_held(),
+            keepalive_ms: config.keepalive.as_millis() as u64,
         }))
         .await
         .map_err(|e| e.to_string())?;
@@ -154,14 +174,14 @@ async fn session(
                 .await;
             return Ok(Session::NotAdmitted);
         }
-        Some(Ok(other)) => return Err(format!("expected a welcome, got {other:?}")),
-        Some(Err(e)) => return Err(e),
+        Some(Ok(other)) => return Err(format!("expected a welcome, got a `{}` frame", other.kind())),
+        Some(Err(e)) => return Err(e.to_string()),
         None => return Err("closed before welcoming".into()),
     }
     tracing::info!(parent = %peer.name, %address, "link up");
     let _ = events
         .send(Downlink::Connected {
-            parent: peer,
+            parent: peer.clone(),
             address: address.to_owned(),
         })
         .await;
@@ -171,11 +191,24 @@ async fn session(
     let mut last_components: Option<Vec<ComponentStatus>> = None;
     let mut keepalive = tokio::time::interval(config.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The parent answers every keep-alive: a parent that stops answering
+    // (stopped process, partition) is left for the next address.
+    let liveness = LivenessConfig::new(config.keepalive);
+    let mut parent_alive = Detector::new(liveness, Instant::now());
+    let mut own_lag = OwnLag::new(config.keepalive * 3, liveness.check_every() / 2);
+    let mut check = tokio::time::interval(liveness.check_every());
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check_due = Instant::now();
     // Everything unacknowledged goes at once on a new connection (the replay).
     sent.drain(outbox, &mut writer, Drain::Everything).await?;
     loop {
         tokio::select! {
-            frame = incoming.recv() => match frame {
+            frame = incoming.recv() => {
+                if matches!(frame, Some(Ok(_))) {
+                    parent_alive.heard(Instant::now());
+                }
+                match frame {
+                Some(Ok(Message::Control(Control::KeepAlive { .. }))) => {}
                 Some(Ok(Message::Control(Control::Ack { seqs }))) => {
                     outbox.ack(&seqs).map_err(|e| e.to_string())?;
                 }
@@ -184,10 +217,22 @@ async fn session(
                         return Ok(Session::Admitted);
                     }
                 }
-                Some(Ok(other)) => return Err(format!("unexpected frame from parent: {other:?}")),
-                Some(Err(e)) => return Err(e),
+                Some(Ok(other)) => return Err(format!("unexpected `{}` frame from parent", other.kind())),
+                Some(Err(e)) => return Err(e.to_string()),
                 None => return Err("parent closed the connection".into()),
-            },
+            }},
+            _ = check.tick() => {
+                let now = Instant::now();
+                let lag = own_lag.tick(check_due, now);
+                check_due = now + liveness.check_every();
+                if parent_alive.is_stale(now, lag) {
+                    return Err(format!(
+                        "parent `{}` silent for {} ms",
+                        peer.name,
+                        now.saturating_duration_since(parent_alive.last_heard()).as_millis()
+                    ));
+                }
+            }
             () = outbox.wait_queued() => {
                 sent.drain(outbox, &mut writer, Drain::Urgent).await?;
             }
@@ -282,24 +327,3 @@ impl Sent {
     }
 }
 
-/// Reads frames on their own task: a frame half-read must never be dropped
-/// by a `select!` that picked another branch.
-pub fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
-    mut reader: FrameReader<R>,
-) -> mpsc::Receiver<Result<Message, String>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let item = match reader.recv().await {
-                Ok(Some(m)) => Ok(m),
-                Ok(None) => return,
-                Err(e) => Err(e.to_string()),
-            };
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
-                return;
-            }
-        }
-    });
-    rx
-}

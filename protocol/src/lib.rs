@@ -13,6 +13,8 @@
 //!   file (`.agad`), and the checks a receiver makes before compiling it.
 //! - [`duration`]: `500ms` / `10s` / `2m` / `1h`, as operators write them.
 //! - [`message`]: alarms, summaries and reports as they travel upward.
+//! - [`status`]: the typed state of an element's components (keep-alives,
+//!   `agad status --json`).
 //! - [`topology`]: BTPG (the network as an operator describes it) and BTPD
 //!   (one domain's slice).
 //! - [`wire`]: the messages between levels and their one codec (framing,
@@ -23,6 +25,7 @@ pub mod duration;
 pub mod keys;
 pub mod manifest;
 pub mod message;
+pub mod status;
 pub mod topology;
 pub mod wire;
 

@@ -15,7 +15,7 @@ use crate::topology::DomainTopology;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest body accepted; anything bigger closes the connection unread.
 /// Big enough for a replica carrying a domain's module bundles.
 pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
@@ -37,6 +37,16 @@ impl Role {
             Role::Node => "node",
             Role::Dominio => "dominio",
             Role::Mor => "mor",
+        }
+    }
+
+    /// The roles this role accepts as its parent: only managers ever are,
+    /// so a stolen node certificate cannot pose as one.
+    pub fn parent_roles(self) -> &'static [Role] {
+        match self {
+            Role::Node => &[Role::Dominio],
+            Role::Dominio => &[Role::Mor, Role::Dominio],
+            Role::Mor => &[],
         }
     }
 
@@ -133,13 +143,7 @@ pub struct Member {
     pub state: Enrollment,
 }
 
-/// How one component of an element is doing, carried by every keep-alive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ComponentStatus {
-    pub name: String,
-    pub healthy: bool,
-    pub detail: String,
-}
+pub use crate::status::{Component, ComponentStatus, State};
 
 /// Consolidation of one domain over one window, sent up by its manager.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +186,9 @@ pub enum Control {
         software: String,
         ticket: Option<String>,
         modules_held: Vec<String>,
+        /// How often this peer sends at least one frame: its parent judges
+        /// its silence against this.
+        keepalive_ms: u64,
     },
     /// The answer to `Hello`. Anything but `Active` is followed by a close;
     /// the peer retries later.
@@ -216,7 +223,8 @@ pub enum Control {
     },
     /// "Still alive". `components` is the status of each component, sent
     /// when it changed since the last keep-alive on this connection; empty
-    /// means unchanged.
+    /// means unchanged. A parent answers each one with an empty keep-alive,
+    /// so the child can judge its parent's liveness too.
     KeepAlive {
         components: Vec<ComponentStatus>,
     },
@@ -241,6 +249,29 @@ pub enum Message {
     Alarm(Queued),
     /// Reports travel in batches, in the keep-alive's slot.
     Reports(Vec<Queued>),
+}
+
+impl Message {
+    /// What kind of frame this is, for logs: a peer's frame is logged by its
+    /// kind and size, never by its contents.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Alarm(_) => "alarm",
+            Message::Reports(_) => "reports",
+            Message::Control(c) => match c {
+                Control::Hello { .. } => "hello",
+                Control::Welcome { .. } => "welcome",
+                Control::AssignDomain { .. } => "assign-domain",
+                Control::Replicate(_) => "replicate",
+                Control::ReplicaAck { .. } => "replica-ack",
+                Control::Enroll { .. } => "enroll",
+                Control::Deploy { .. } => "deploy",
+                Control::DeployAck { .. } => "deploy-ack",
+                Control::KeepAlive { .. } => "keep-alive",
+                Control::Ack { .. } => "ack",
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -353,11 +384,12 @@ mod tests {
 
     fn keep_alive() -> Message {
         Message::Control(Control::KeepAlive {
-            components: vec![ComponentStatus {
-                name: "cpu-mem".into(),
-                healthy: true,
-                detail: String::new(),
-            }],
+            components: vec![ComponentStatus::new(
+                Component::Module {
+                    name: "cpu-mem".into(),
+                },
+                State::Running,
+            )],
         })
     }
 
@@ -400,10 +432,13 @@ mod tests {
     fn large_bodies_are_deflated_and_survive() {
         let big = Message::Control(Control::KeepAlive {
             components: (0..40)
-                .map(|i| ComponentStatus {
-                    name: format!("module-{i}"),
-                    healthy: true,
-                    detail: "running".into(),
+                .map(|i| {
+                    ComponentStatus::new(
+                        Component::Module {
+                            name: format!("module-{i}"),
+                        },
+                        State::Running,
+                    )
                 })
                 .collect(),
         });

@@ -8,7 +8,7 @@ use crate::node::{Event, ModuleConfig, Node};
 use agad_net::outbox::Outbox;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
 use agad_protocol::Bundle;
-use agad_protocol::wire::{ComponentStatus, Control, Deployment, Upward};
+use agad_protocol::wire::{Component, ComponentStatus, Control, Deployment, State, Upward};
 use agad_storage::Tree;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +33,9 @@ struct Managed {
     bundles: Tree,
     running: Mutex<HashMap<String, Running>>,
     /// Last fault per module since it was deployed, and when it happened.
-    faults: Mutex<HashMap<String, (String, Instant)>>,
+    faults: Mutex<HashMap<String, (String, Instant, u64)>>,
+    /// Modules of the last deployment that could not start, and why.
+    refused: Mutex<HashMap<String, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,21 +61,30 @@ impl Element for Managed {
         let mut out: Vec<ComponentStatus> = lock(&self.running)
             .iter()
             .map(|(name, r)| {
-                let fault = faults.get(name);
                 // A module that failed recently is restarting (with back-off);
                 // one whose last failure is old has been running since.
-                let recent = fault.is_some_and(|(_, at)| at.elapsed() < RECENT_FAULT);
-                ComponentStatus {
-                    name: name.clone(),
-                    healthy: !recent && !r.task.is_finished(),
-                    detail: match fault {
-                        Some((message, _)) if recent => message.clone(),
-                        _ => "running".into(),
+                let state = match faults.get(name) {
+                    _ if r.task.is_finished() => State::Refused {
+                        reason: "stopped: its configuration was refused".into(),
                     },
-                }
+                    Some((fault, at, at_ms)) if at.elapsed() < RECENT_FAULT => State::Restarting {
+                        last_fault: fault.clone(),
+                        fault_at_ms: *at_ms,
+                    },
+                    _ => State::Running,
+                };
+                ComponentStatus::new(Component::Module { name: name.clone() }, state)
             })
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.extend(lock(&self.refused).iter().map(|(name, reason)| {
+            ComponentStatus::new(
+                Component::Module { name: name.clone() },
+                State::Refused {
+                    reason: reason.clone(),
+                },
+            )
+        }));
+        out.sort_by(|a, b| a.component.to_string().cmp(&b.component.to_string()));
         out
     }
 }
@@ -86,6 +97,7 @@ impl Managed {
         events: &mpsc::Sender<Event>,
     ) -> Vec<String> {
         let mut problems = Vec::new();
+        let mut refused = HashMap::new();
         let mut wanted = HashMap::new();
         for d in modules {
             let name = d.module.manifest.name.clone();
@@ -93,7 +105,10 @@ impl Managed {
                 Ok(bundle) => {
                     wanted.insert(name, (bundle, d.config));
                 }
-                Err(e) => problems.push(format!("{name}: {e}")),
+                Err(e) => {
+                    problems.push(format!("{name}: {e}"));
+                    refused.insert(name, format!("{e}"));
+                }
             }
         }
         let mut running = lock(&self.running);
@@ -125,9 +140,14 @@ impl Managed {
                         },
                     );
                 }
-                Err(e) => problems.push(format!("{name}: {e:#}")),
+                Err(e) => {
+                    problems.push(format!("{name}: {e:#}"));
+                    refused.insert(name, format!("{e:#}"));
+                }
             }
         }
+        drop(running);
+        *lock(&self.refused) = refused;
         problems
     }
 
@@ -199,6 +219,7 @@ pub async fn run(
         node,
         running: Mutex::default(),
         faults: Mutex::default(),
+        refused: Mutex::default(),
     });
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
     let (down_tx, mut down) = mpsc::channel(16);
@@ -220,7 +241,7 @@ pub async fn run(
                     Event::Report(r) => Upward::NodeReport(r),
                     Event::Fault(f) => {
                         let message = format!("{:?}: {}", f.kind, f.message);
-                        lock(&managed.faults).insert(f.module.clone(), (message, Instant::now()));
+                        lock(&managed.faults).insert(f.module.clone(), (message, Instant::now(), f.time_ms));
                         continue;
                     }
                 };
@@ -253,7 +274,7 @@ pub async fn run(
                     }
                     let _ = up_tx.send(Control::DeployAck { version, problems }).await;
                 }
-                Some(Downlink::Control(other)) => tracing::debug!("ignored from manager: {other:?}"),
+                Some(Downlink::Control(other)) => tracing::debug!(kind = agad_protocol::wire::Message::Control(other).kind(), "ignored from manager"),
                 Some(Downlink::NotAdmitted { enrollment, reason }) => {
                     tracing::warn!(?enrollment, "manager has not admitted this node: {reason}");
                 }

@@ -344,6 +344,8 @@ async fn start_dominio(
         },
         acceptor: pki.acceptor(STATION)?,
         consolidation_grace: Duration::from_secs(2),
+        children: Default::default(),
+        limits: Default::default(),
     };
     let task = tokio::spawn(agad_gerente_dominio::run(config, listener, shutdown));
     Ok((address, task))

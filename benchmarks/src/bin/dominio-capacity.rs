@@ -43,7 +43,7 @@ use agad_benchmarks::procfs::{self, machine_load};
 use agad_benchmarks::stats::{Timings, bytes, duration};
 use agad_protocol::Area;
 use agad_protocol::message::{Report, Summary};
-use agad_protocol::wire::{ComponentStatus, Control, Message, Queued, Upward};
+use agad_protocol::wire::{Component, ComponentStatus, Control, Message, Queued, State, Upward};
 use anyhow::{Context, bail};
 use rustls::ClientConfig;
 use std::collections::VecDeque;
@@ -548,16 +548,17 @@ async fn serve(
                 Some(Message::Control(Control::Ack { seqs })) => {
                     acknowledged(&seqs, &mut pending, counters);
                 }
+                // The manager answers every keep-alive.
+                Some(Message::Control(Control::KeepAlive { .. })) => {}
                 Some(other) => bail!("unexpected from the domain manager: {other:?}"),
                 None => bail!("the domain manager closed the link"),
             },
             _ = keepalive.tick(), if sending => {
                 let components = if first_keepalive {
-                    vec![ComponentStatus {
-                        name: "cpu-mem".into(),
-                        healthy: true,
-                        detail: "running".into(),
-                    }]
+                    vec![ComponentStatus::new(
+                        Component::Module { name: "cpu-mem".into() },
+                        State::Running,
+                    )]
                 } else {
                     Vec::new()
                 };

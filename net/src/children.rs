@@ -1,0 +1,576 @@
+//! A manager's connected children, at every level: the top manager's
+//! stations, a domain manager's nodes and its sub-domain stations.
+//!
+//! For: the one registry (name → session, outgoing queue, module hashes
+//! held, typed status, liveness), the one session lifecycle
+//! (hello → admit → register → welcome → frames → unregister), liveness by
+//! accrual detection, and the typed [`ChildEvent`]s that other parts (the
+//! guardian, the knowledge-base dispatcher, the dashboard) subscribe to
+//! instead of adding code to the session loop. Not for: what a frame means
+//! or who may join — a level says that by implementing [`Parent`].
+//!
+//! Every session runs in a `tracing` span with the child's name and role.
+//! A child that stays silent (stopped process, partition) while its TCP
+//! connection stays open is declared stale by [`Children::watch`], which
+//! publishes [`ChildEvent::Stale`] and closes the session, so its role can
+//! move on exactly as for a closed connection.
+
+use crate::conn::{Connection, NetError, spawn_reader};
+use crate::liveness::{Detector, LivenessConfig, OwnLag};
+use crate::tls::PeerIdentity;
+use agad_protocol::message::Alarm;
+use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Role, State};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tracing::Instrument;
+
+/// Frames queued for one child (answers, deployments, replicas).
+const QUEUE: usize = 256;
+/// Events kept for a subscriber that falls behind; it then misses the
+/// oldest ones and is told how many (`RecvError::Lagged`).
+const EVENTS: usize = 4096;
+
+/// How a level bounds and watches its children.
+#[derive(Debug, Clone)]
+pub struct ChildrenConfig {
+    /// The stale threshold. Each child's interval is the one it declares in
+    /// its hello, kept within `keepalive_bounds`.
+    pub liveness: LivenessConfig,
+    /// The shortest and longest keep-alive interval a child may declare.
+    pub keepalive_bounds: (Duration, Duration),
+    /// How often the watcher looks at every child.
+    pub check_every: Duration,
+    /// Longest wait for a new child's hello.
+    pub hello_timeout: Duration,
+    /// Admitted children at once; more are refused until one leaves.
+    pub max_children: usize,
+}
+
+impl Default for ChildrenConfig {
+    fn default() -> ChildrenConfig {
+        ChildrenConfig::new()
+    }
+}
+
+impl ChildrenConfig {
+    pub fn new() -> ChildrenConfig {
+        ChildrenConfig {
+            liveness: LivenessConfig::new(Duration::from_secs(10)),
+            keepalive_bounds: (Duration::from_millis(100), Duration::from_secs(600)),
+            check_every: Duration::from_millis(100),
+            hello_timeout: Duration::from_secs(10),
+            max_children: 50_000,
+        }
+    }
+}
+
+/// Which session of which child an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildRef {
+    pub name: String,
+    pub role: Role,
+    /// Distinguishes a reconnection from the session it replaced.
+    pub session: u64,
+}
+
+/// What happens to a manager's children, for whoever subscribes.
+#[derive(Debug, Clone)]
+pub enum ChildEvent {
+    Connected(ChildRef),
+    /// A keep-alive; `components` is empty when nothing changed.
+    KeepAlive {
+        child: ChildRef,
+        components: Arc<Vec<ComponentStatus>>,
+    },
+    /// An alarm from (or relayed by) this child is stored for good.
+    AlarmStored { child: ChildRef, alarm: Arc<Alarm> },
+    /// Reports from this child are stored for good.
+    ReportsStored { child: ChildRef, count: usize },
+    /// The child stopped sending while its connection stayed open; its
+    /// session is being closed.
+    Stale {
+        child: ChildRef,
+        silent: Duration,
+        phi: f64,
+    },
+    Disconnected { child: ChildRef, reason: String },
+}
+
+/// Why a session ended (or never started).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("a `{0}` may not connect here")]
+    Role(Role),
+    #[error("no hello within {} s", .0.as_secs())]
+    HelloTimeout(Duration),
+    #[error("expected a hello, got a `{0}` frame")]
+    NotHello(&'static str),
+    #[error("not admitted ({enrollment:?}): {reason}")]
+    NotAdmitted {
+        enrollment: Enrollment,
+        reason: String,
+    },
+    #[error("{0} children already connected")]
+    Full(usize),
+    #[error("closed by the child")]
+    Closed,
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The child broke the protocol (a frame it may not send, data about
+    /// another origin); the frame is described by kind, never by content.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("silent for {} ms", .0.as_millis())]
+    Stale(Duration),
+    #[error("replaced by a newer session of the same child")]
+    Replaced,
+    #[error("shutting down")]
+    Shutdown,
+    #[error("frame handler failed: {0}")]
+    Handler(String),
+}
+
+/// What a child said in its hello.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub ticket: Option<String>,
+    /// The interval at which the child promises a frame.
+    pub keepalive: Duration,
+    /// Module hashes (hex) the child already stores.
+    pub modules_held: Vec<String>,
+}
+
+/// One connected child.
+pub struct Entry<T> {
+    pub session: u64,
+    pub peer: PeerIdentity,
+    /// Frames for the child; its writer task sends them in order.
+    pub to_child: mpsc::Sender<Message>,
+    /// Module hashes the child holds (from its hello, plus what was sent).
+    pub held: HashSet<String>,
+    /// Its components as its last changed keep-alive described them.
+    pub components: Vec<ComponentStatus>,
+    pub connected_at: Instant,
+    /// What the level keeps about this child.
+    pub data: T,
+    detector: Detector,
+    close: Option<oneshot::Sender<SessionError>>,
+}
+
+impl<T> Entry<T> {
+    pub fn child(&self) -> ChildRef {
+        ChildRef {
+            name: self.peer.name.clone(),
+            role: self.peer.role,
+            session: self.session,
+        }
+    }
+
+    /// Queues a frame for the child; false if its queue is full or closed
+    /// (the session is ending or the child reads too slowly).
+    pub fn send(&self, message: Message) -> bool {
+        self.to_child.try_send(message).is_ok()
+    }
+
+    pub fn last_heard(&self) -> Instant {
+        self.detector.last_heard()
+    }
+
+    /// Connected, with the names of its unhealthy components.
+    pub fn state(&self) -> State {
+        State::Connected {
+            served_by: None,
+            failing: self
+                .components
+                .iter()
+                .filter(|c| !c.healthy())
+                .map(|c| c.component.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// The registry of one kind of child, and the events about them.
+pub struct Children<T> {
+    entries: Mutex<HashMap<String, Entry<T>>>,
+    events: broadcast::Sender<ChildEvent>,
+    next_session: AtomicU64,
+    config: ChildrenConfig,
+    admitted: Arc<Semaphore>,
+    /// The watcher's own recent lateness, in ms, granted before accusing.
+    own_lag_ms: AtomicU64,
+}
+
+impl<T: Send + 'static> Children<T> {
+    pub fn new(config: ChildrenConfig) -> Children<T> {
+        Children {
+            entries: Mutex::default(),
+            events: broadcast::channel(EVENTS).0,
+            next_session: AtomicU64::new(1),
+            admitted: Arc::new(Semaphore::new(config.max_children)),
+            own_lag_ms: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &ChildrenConfig {
+        &self.config
+    }
+
+    /// The connected children. Hold the guard briefly: every frame of every
+    /// child takes it too. Never read storage or decode modules under it.
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry<T>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ChildEvent> {
+        self.events.subscribe()
+    }
+
+    /// Publishes an event (nobody listening is fine).
+    pub fn publish(&self, event: ChildEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// The child's current session, if connected.
+    pub fn child(&self, name: &str) -> Option<ChildRef> {
+        self.lock().get(name).map(Entry::child)
+    }
+
+    /// Declares stale every child whose silence crossed the threshold, until
+    /// `shutdown`. One task per registry, not one timer per child.
+    pub async fn watch(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let every = self.config.check_every;
+        let mut own = OwnLag::new(Duration::from_secs(30), every / 2);
+        let mut due = Instant::now() + every;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = Instant::now();
+            let lag = own.tick(due, now);
+            self.own_lag_ms
+                .store(lag.as_millis() as u64, Ordering::Relaxed);
+            due = now + every;
+            let mut stale = Vec::new();
+            for entry in self.lock().values_mut() {
+                if entry.close.is_some() && entry.detector.is_stale(now, lag) {
+                    let silent = now.saturating_duration_since(entry.detector.last_heard());
+                    let phi = entry.detector.phi(now, lag);
+                    if let Some(close) = entry.close.take() {
+                        let _ = close.send(SessionError::Stale(silent));
+                    }
+                    stale.push(ChildEvent::Stale {
+                        child: entry.child(),
+                        silent,
+                        phi,
+                    });
+                }
+            }
+            for event in stale {
+                if let ChildEvent::Stale { child, silent, .. } = &event {
+                    tracing::warn!(child = %child.name, role = %child.role, silent_ms = silent.as_millis() as u64, "child stale: closing its session");
+                }
+                self.publish(event);
+            }
+        }
+    }
+
+    fn heard(&self, name: &str, session: u64) {
+        if let Some(e) = self.lock().get_mut(name)
+            && e.session == session
+        {
+            e.detector.heard(Instant::now());
+        }
+    }
+}
+
+/// What a level supplies to serve its children.
+pub trait Parent: Send + Sync + 'static {
+    /// What the level keeps about each child.
+    type Data: Send + 'static;
+
+    /// The registry these children live in.
+    fn children(&self) -> &Children<Self::Data>;
+
+    /// The role these children must have in their certificate.
+    fn role(&self) -> Role;
+
+    /// Whether `peer` may come in, and what to keep about it. Runs on the
+    /// blocking pool: enrollment reads and writes storage.
+    fn admit(&self, peer: &PeerIdentity, hello: &Hello) -> Result<Self::Data, SessionError>;
+
+    /// The child is registered and welcomed: send it what it needs first
+    /// (assignment, replica, deployment) through the registry. Runs on the
+    /// blocking pool.
+    fn registered(&self, child: &ChildRef);
+
+    /// One frame from the child: the answer to send (acks of several
+    /// frames that arrive together are merged), or why to close. Runs on the
+    /// blocking pool (alarms and reports are stored with an fsync before
+    /// they are acknowledged); keep-alives never reach it (the layer
+    /// records and answers them).
+    fn handle(&self, child: &ChildRef, message: Message) -> Result<Option<Message>, SessionError>;
+
+    /// The session ended; its entry is already out of the registry. Runs
+    /// on the blocking pool.
+    fn unregistered(&self, child: &ChildRef, data: Self::Data, reason: &SessionError);
+}
+
+/// Serves one authenticated connection as a child of `parent`, from hello to
+/// unregister, in a span named after the child.
+pub async fn serve_child<P: Parent>(
+    parent: Arc<P>,
+    connection: Connection,
+    shutdown: watch::Receiver<bool>,
+) {
+    let span = tracing::info_span!("child", name = %connection.peer.name, role = %connection.peer.role);
+    async move {
+        match session(parent, connection, shutdown).await {
+            Ok(reason) | Err(reason) => {
+                tracing::info!("session ended: {reason}");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The lifecycle; `Ok` if the child was registered (the reason it left),
+/// `Err` if it never was.
+async fn session<P: Parent>(
+    parent: Arc<P>,
+    connection: Connection,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SessionError, SessionError> {
+    let Connection {
+        peer,
+        reader,
+        mut writer,
+    } = connection;
+    if peer.role != parent.role() {
+        return Err(SessionError::Role(peer.role));
+    }
+    let mut incoming = spawn_reader(reader);
+    let config = parent.children().config().clone();
+    let hello = match tokio::time::timeout(config.hello_timeout, incoming.recv()).await {
+        Err(_) => return Err(SessionError::HelloTimeout(config.hello_timeout)),
+        Ok(None) => return Err(SessionError::Closed),
+        Ok(Some(Err(e))) => return Err(e.into()),
+        Ok(Some(Ok(Message::Control(Control::Hello {
+            ticket,
+            modules_held,
+            keepalive_ms,
+            ..
+        })))) => Hello {
+            ticket,
+            modules_held,
+            keepalive: Duration::from_millis(keepalive_ms)
+                .clamp(config.keepalive_bounds.0, config.keepalive_bounds.1),
+        },
+        Ok(Some(Ok(other))) => return Err(SessionError::NotHello(other.kind())),
+    };
+    let Ok(permit) = parent.children().admitted.clone().try_acquire_owned() else {
+        let refusal = SessionError::Full(config.max_children);
+        refuse(&mut writer, Enrollment::Active, refusal.to_string()).await;
+        return Err(refusal);
+    };
+    let admitted = {
+        let (parent, peer, hello) = (parent.clone(), peer.clone(), hello.clone());
+        tokio::task::spawn_blocking(move || parent.admit(&peer, &hello))
+            .await
+            .map_err(|e| SessionError::Handler(e.to_string()))?
+    };
+    let data = match admitted {
+        Ok(data) => data,
+        Err(SessionError::NotAdmitted { enrollment, reason }) => {
+            refuse(&mut writer, enrollment, reason.clone()).await;
+            return Err(SessionError::NotAdmitted { enrollment, reason });
+        }
+        Err(other) => return Err(other),
+    };
+
+    // Register, replacing (and closing) an older session of the same child.
+    let (to_child, mut outgoing) = mpsc::channel::<Message>(QUEUE);
+    let (close_tx, mut close_rx) = oneshot::channel();
+    let children = parent.children();
+    let session_id = children.next_session.fetch_add(1, Ordering::Relaxed);
+    {
+        let entry = Entry {
+            session: session_id,
+            peer: peer.clone(),
+            to_child: to_child.clone(),
+            held: hello.modules_held.into_iter().collect(),
+            components: Vec::new(),
+            connected_at: Instant::now(),
+            data,
+            detector: Detector::new(
+                config.liveness.with_interval(hello.keepalive),
+                Instant::now(),
+            ),
+            close: Some(close_tx),
+        };
+        let old = children.lock().insert(peer.name.clone(), entry);
+        if let Some(mut old) = old
+            && let Some(close) = old.close.take()
+        {
+            let _ = close.send(SessionError::Replaced);
+        }
+    }
+    let child = ChildRef {
+        name: peer.name.clone(),
+        role: peer.role,
+        session: session_id,
+    };
+    let _ = to_child.try_send(Message::Control(Control::Welcome {
+        enrollment: Enrollment::Active,
+        reason: String::new(),
+    }));
+    tracing::info!(session = session_id, "child registered");
+    children.publish(ChildEvent::Connected(child.clone()));
+    {
+        let (parent, child) = (parent.clone(), child.clone());
+        let _ = tokio::task::spawn_blocking(move || parent.registered(&child)).await;
+    }
+
+    let writing = tokio::spawn(
+        async move {
+            while let Some(message) = outgoing.recv().await {
+                if let Err(e) = writer.send(&message).await {
+                    tracing::info!("write to child failed: {e}");
+                    return;
+                }
+            }
+            let _ = writer.shutdown().await;
+        }
+        .in_current_span(),
+    );
+
+    // Acknowledgements of frames that arrive together go back as one.
+    let mut acks: Vec<u64> = Vec::new();
+    let reason = loop {
+        let next = if acks.is_empty() {
+            tokio::select! {
+                next = incoming.recv() => next,
+                reason = &mut close_rx => break reason.unwrap_or(SessionError::Replaced),
+                _ = shutdown.changed() => break SessionError::Shutdown,
+            }
+        } else {
+            match incoming.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let ack = Control::Ack {
+                        seqs: std::mem::take(&mut acks),
+                    };
+                    if to_child.send(Message::Control(ack)).await.is_err() {
+                        break SessionError::Closed;
+                    }
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            }
+        };
+        let message = match next {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => break e.into(),
+            None => break SessionError::Closed,
+        };
+        children.heard(&child.name, session_id);
+        let handled = match message {
+            Message::Control(Control::KeepAlive { components }) => {
+                keep_alive(children, &child, components);
+                // The answer lets the child watch its parent's liveness.
+                Ok(Some(Message::Control(Control::KeepAlive {
+                    components: Vec::new(),
+                })))
+            }
+            _ => {
+                let (parent, child) = (parent.clone(), child.clone());
+                tokio::task::spawn_blocking(move || parent.handle(&child, message))
+                    .await
+                    .unwrap_or_else(|e| Err(SessionError::Handler(e.to_string())))
+            }
+        };
+        match handled {
+            Ok(Some(Message::Control(Control::Ack { seqs }))) => acks.extend(seqs),
+            Ok(Some(reply)) => {
+                if to_child.send(reply).await.is_err() {
+                    break SessionError::Closed;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => break e,
+        }
+    };
+    if !acks.is_empty() {
+        let _ = to_child.try_send(Message::Control(Control::Ack { seqs: acks }));
+    }
+
+    // Unregister (unless a newer session already took the name), let the
+    // writer flush what is queued, and tell the level.
+    let removed = {
+        let mut entries = children.lock();
+        match entries.get(&child.name) {
+            Some(e) if e.session == session_id => entries.remove(&child.name),
+            _ => None,
+        }
+    };
+    drop(to_child);
+    drop(permit);
+    if tokio::time::timeout(Duration::from_secs(5), writing)
+        .await
+        .is_err()
+    {
+        tracing::info!("writer did not finish within 5 s");
+    }
+    let reason = match removed {
+        Some(entry) => {
+            let child = child.clone();
+            let parent = parent.clone();
+            tokio::task::spawn_blocking(move || {
+                parent.unregistered(&child, entry.data, &reason);
+                reason
+            })
+            .await
+            .unwrap_or_else(|e| SessionError::Handler(e.to_string()))
+        }
+        None => reason,
+    };
+    children.publish(ChildEvent::Disconnected {
+        child,
+        reason: reason.to_string(),
+    });
+    Ok(reason)
+}
+
+fn keep_alive<T: Send + 'static>(
+    children: &Children<T>,
+    child: &ChildRef,
+    components: Vec<ComponentStatus>,
+) {
+    let components = Arc::new(components);
+    if !components.is_empty()
+        && let Some(e) = children.lock().get_mut(&child.name)
+        && e.session == child.session
+    {
+        e.components = components.as_ref().clone();
+    }
+    children.publish(ChildEvent::KeepAlive {
+        child: child.clone(),
+        components,
+    });
+}
+
+/// Tells a child why it is not admitted (it retries later), then closes.
+async fn refuse(writer: &mut crate::conn::Writer, enrollment: Enrollment, reason: String) {
+    let _ = writer
+        .send(&Message::Control(Control::Welcome { enrollment, reason }))
+        .await;
+    let _ = writer.shutdown().await;
+}

@@ -1,0 +1,109 @@
+//! The state of an element's components as data: what a keep-alive carries
+//! upward and what `agad status --json` prints. The guardian and the
+//! dashboard match on these variants; nothing parses strings such as
+//! `node:<name>`.
+
+use serde::{Deserialize, Serialize};
+
+/// One component of an element and how it is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    pub component: Component,
+    pub state: State,
+}
+
+/// What the component is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+// Externally tagged: bincode cannot decode internally tagged enums.
+#[serde(rename_all = "kebab-case")]
+pub enum Component {
+    /// An inspector or specialist running on a node.
+    Module { name: String },
+    /// The domain a manager serves (or waits to be assigned).
+    Domain { name: Option<String>, replica_version: u64 },
+    /// A manager's store (BICD): what it holds and what waits to go up.
+    Store {
+        alarms: u64,
+        reports: u64,
+        outbox: u64,
+    },
+    /// A node of the domain, as its manager sees it.
+    Node { name: String },
+    /// A sub-domain, as its parent's manager sees it.
+    Subdomain { domain: String },
+}
+
+/// How the component is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Running,
+    /// Failed recently and is being restarted with back-off.
+    Restarting { last_fault: String, fault_at_ms: u64 },
+    /// Will not run: its bundle or configuration was refused.
+    Refused { reason: String },
+    /// Its code failed an integrity check and is kept from running.
+    Quarantined { reason: String },
+    /// Has nothing to do yet (no domain assigned, no replica).
+    Waiting { reason: String },
+    /// A child connected and keeping alive; `failing` names its unhealthy
+    /// components; `served_by` is the station serving a sub-domain.
+    Connected {
+        served_by: Option<String>,
+        failing: Vec<String>,
+    },
+    /// A child whose keep-alives stopped while its connection stayed open.
+    Stale { silent_ms: u64 },
+    NotConnected,
+}
+
+impl ComponentStatus {
+    pub fn new(component: Component, state: State) -> ComponentStatus {
+        ComponentStatus { component, state }
+    }
+
+    pub fn healthy(&self) -> bool {
+        match &self.state {
+            State::Running => true,
+            State::Connected { failing, .. } => failing.is_empty(),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Component::Module { name } => write!(f, "module {name}"),
+            Component::Domain { name: Some(n), .. } => write!(f, "domain {n}"),
+            Component::Domain { name: None, .. } => f.write_str("domain"),
+            Component::Store { .. } => f.write_str("store"),
+            Component::Node { name } => write!(f, "node {name}"),
+            Component::Subdomain { domain } => write!(f, "sub-domain {domain}"),
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Running => f.write_str("running"),
+            State::Restarting { last_fault, .. } => write!(f, "restarting: {last_fault}"),
+            State::Refused { reason } => write!(f, "refused: {reason}"),
+            State::Quarantined { reason } => write!(f, "quarantined: {reason}"),
+            State::Waiting { reason } => write!(f, "waiting: {reason}"),
+            State::Connected { served_by, failing } => {
+                f.write_str("connected")?;
+                if let Some(s) = served_by {
+                    write!(f, " (served by {s})")?;
+                }
+                if !failing.is_empty() {
+                    write!(f, "; failing: {}", failing.join(", "))?;
+                }
+                Ok(())
+            }
+            State::Stale { silent_ms } => write!(f, "stale: silent for {} s", silent_ms / 1000),
+            State::NotConnected => f.write_str("not connected"),
+        }
+    }
+}
