@@ -80,6 +80,22 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
     })
 }
 
+/// A manager holds one descriptor per child: raise the soft limit on open
+/// files to the hard one (the kernel's default soft limit, 1,024, would cap a
+/// domain at about a thousand nodes).
+fn raise_open_files() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let soft = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit.clone()) {
+            Ok(()) => tracing::info!(?soft, hard = ?limit.maximum, "open-file limit raised to the hard limit"),
+            Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+        }
+    }
+}
+
 /// Binds `listen`, runs `process` until Ctrl-C or SIGTERM, then lets it
 /// shut down cleanly.
 fn serve<F, Fut>(listen: &str, what: &str, process: F) -> anyhow::Result<()>
@@ -90,6 +106,7 @@ where
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    raise_open_files();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await

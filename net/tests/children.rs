@@ -1,0 +1,564 @@
+//! The children layer over real TLS on loopback: the session lifecycle and
+//! its events, liveness both ways (a silent child, a silent parent), trust
+//! (a node certificate posing as a parent, a wrong role), bounds and shutdown.
+//! The parent here is a small test level; the layer, the uplink, TLS and the
+//! outbox are the real ones.
+
+#![allow(clippy::unwrap_used)]
+
+use agad_net::children::{
+    ChildEvent, ChildRef, Children, ChildrenConfig, Hello, Parent, SessionError, serve_child,
+};
+use agad_net::outbox::Outbox;
+use agad_net::server::{Limits, serve};
+use agad_net::tls::PeerIdentity;
+use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
+use agad_net::{
+    Connection, Identity, TlsAcceptor, TrustAnchor, accept, client_config, connect, init_ca, issue,
+    server_config,
+};
+use agad_protocol::message::{Alarm, Comparison, Severity};
+use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Queued, Role, Upward};
+use agad_protocol::Area;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Long enough for a loaded CI machine; the tests never measure time.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "children-test").unwrap();
+        Pki { dir }
+    }
+
+    fn identity(&self, role: Role, name: &str) -> Identity {
+        let files = issue(self.dir.path(), role, name, &self.dir.path().join("issued")).unwrap();
+        Identity::load(&files.cert, &files.key).unwrap()
+    }
+
+    fn trust(&self) -> TrustAnchor {
+        TrustAnchor::load(&self.dir.path().join("ca.crt")).unwrap()
+    }
+
+    fn acceptor(&self, role: Role, name: &str) -> TlsAcceptor {
+        TlsAcceptor::from(server_config(&self.identity(role, name), &self.trust()).unwrap())
+    }
+
+    fn client(&self, role: Role, name: &str) -> Arc<rustls::ClientConfig> {
+        client_config(&self.identity(role, name), &self.trust()).unwrap()
+    }
+}
+
+/// A level whose children are nodes: admits all but `stranger`, acknowledges
+/// alarms (after checking their origin) and publishes them as stored.
+struct TestLevel {
+    children: Arc<Children<()>>,
+}
+
+impl Parent for TestLevel {
+    type Data = ();
+
+    fn children(&self) -> &Children<()> {
+        &self.children
+    }
+
+    fn role(&self) -> Role {
+        Role::Node
+    }
+
+    fn admit(&self, peer: &PeerIdentity, _hello: &Hello) -> Result<(), SessionError> {
+        if peer.name == "stranger" {
+            return Err(SessionError::NotAdmitted {
+                enrollment: Enrollment::Pending,
+                reason: "unknown here".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn registered(&self, _child: &ChildRef) {}
+
+    fn handle(&self, child: &ChildRef, message: Message) -> Result<Option<Message>, SessionError> {
+        match message {
+            Message::Alarm(Queued {
+                seq,
+                body: Upward::Alarm(alarm),
+            }) if alarm.node == child.name => {
+                self.children.publish(ChildEvent::AlarmStored {
+                    child: child.clone(),
+                    alarm: Arc::new(alarm),
+                });
+                Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
+            }
+            other => Err(SessionError::Protocol(format!("`{}`", other.kind()))),
+        }
+    }
+
+    fn unregistered(&self, _child: &ChildRef, _data: (), _reason: &SessionError) {}
+}
+
+struct Level {
+    level: Arc<TestLevel>,
+    address: String,
+    stop: watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<()>,
+    watching: tokio::task::JoinHandle<()>,
+}
+
+async fn start_level(pki: &Pki, config: ChildrenConfig) -> Level {
+    let level = Arc::new(TestLevel {
+        children: Arc::new(Children::new(config)),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (stop, shutdown) = watch::channel(false);
+    let watching = tokio::spawn(level.children.clone().watch(shutdown.clone()));
+    let parent = level.clone();
+    let serving = tokio::spawn(serve(
+        listener,
+        pki.acceptor(Role::Dominio, "station"),
+        Limits::default(),
+        move |connection, shutdown| serve_child(parent.clone(), connection, shutdown),
+        shutdown,
+    ));
+    Level {
+        level,
+        address,
+        stop,
+        serving,
+        watching,
+    }
+}
+
+fn fast() -> ChildrenConfig {
+    ChildrenConfig {
+        check_every: Duration::from_millis(20),
+        ..ChildrenConfig::new()
+    }
+}
+
+async fn next_event(
+    events: &mut broadcast::Receiver<ChildEvent>,
+    what: &str,
+    mut wanted: impl FnMut(&ChildEvent) -> bool,
+) -> ChildEvent {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if wanted(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {what} event"))
+}
+
+fn alarm(node: &str) -> Alarm {
+    Alarm {
+        id: format!("{node}/cpu/1"),
+        node: node.into(),
+        module: "cpu-mem".into(),
+        area: Area::Performance,
+        key: "cpu".into(),
+        metric: "cpu.usage".into(),
+        subject: String::new(),
+        severity: Severity::Major,
+        raised: true,
+        value: 95.0,
+        threshold: 90.0,
+        comparison: Comparison::Above,
+        message: "cpu above 90".into(),
+        time_ms: 1,
+    }
+}
+
+struct Quiet;
+
+impl Element for Quiet {
+    fn modules_held(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn components(&self) -> Vec<ComponentStatus> {
+        Vec::new()
+    }
+}
+
+fn uplink_config(pki: &Pki, name: &str, parents: Vec<String>) -> UplinkConfig {
+    UplinkConfig {
+        parents,
+        tls: pki.client(Role::Node, name),
+        role: Role::Node,
+        ticket: None,
+        keepalive: Duration::from_millis(200),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+    }
+}
+
+/// A node's uplink in this process, with its own outbox.
+struct Link {
+    outbox: Outbox,
+    downlink: mpsc::Receiver<Downlink>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+}
+
+fn start_link(config: UplinkConfig) -> Link {
+    let dir = tempfile::tempdir().unwrap();
+    let db = agad_storage::Database::open(&dir.path().join("db")).unwrap();
+    let outbox = Outbox::open(&db).unwrap();
+    let (down_tx, downlink) = mpsc::channel(64);
+    let (_up_tx, up_rx) = mpsc::channel(1);
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(uplink::run(
+        config,
+        outbox.clone(),
+        Arc::new(Quiet),
+        down_tx,
+        up_rx,
+        shutdown,
+    ));
+    // Keep the command sender alive for the link's lifetime.
+    std::mem::forget(_up_tx);
+    Link {
+        outbox,
+        downlink,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_child_goes_through_the_lifecycle_and_each_step_is_an_event() {
+    let pki = Pki::new();
+    let level = start_level(&pki, fast()).await;
+    let mut events = level.level.children.subscribe();
+    let link = start_link(uplink_config(&pki, "web-1", vec![level.address.clone()]));
+    link.outbox.push(&Upward::Alarm(alarm("web-1"))).unwrap();
+
+    let ChildEvent::Connected(child) =
+        next_event(&mut events, "connected", |e| matches!(e, ChildEvent::Connected(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!((child.name.as_str(), child.role), ("web-1", Role::Node));
+    let stored = next_event(&mut events, "alarm stored", |e| {
+        matches!(e, ChildEvent::AlarmStored { .. })
+    })
+    .await;
+    let ChildEvent::AlarmStored { alarm: a, .. } = stored else {
+        unreachable!()
+    };
+    assert_eq!(a.id, "web-1/cpu/1");
+    next_event(&mut events, "keep-alive", |e| {
+        matches!(e, ChildEvent::KeepAlive { child: c, .. } if c.name == "web-1")
+    })
+    .await;
+    // The alarm was acknowledged, so the node's outbox let it go.
+    tokio::time::timeout(PATIENCE, async {
+        while !link.outbox.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the alarm was never acknowledged");
+    assert!(level.level.children.child("web-1").is_some());
+
+    link.stop.send(true).unwrap();
+    let gone = next_event(&mut events, "disconnected", |e| {
+        matches!(e, ChildEvent::Disconnected { .. })
+    })
+    .await;
+    let ChildEvent::Disconnected { child: c, .. } = gone else {
+        unreachable!()
+    };
+    assert_eq!(c, child);
+    assert!(level.level.children.child("web-1").is_none());
+    level.stop.send(true).unwrap();
+}
+
+/// Connects as `name` with a raw link, says hello promising a frame every
+/// `keepalive`, and returns the link and the parent's answer.
+async fn raw_child(
+    pki: &Pki,
+    role: Role,
+    name: &str,
+    address: &str,
+    keepalive: Duration,
+) -> (Connection, Option<Message>) {
+    let mut link = connect(address, pki.client(role, name)).await.unwrap();
+    link.writer
+        .send(&Message::Control(Control::Hello {
+            role,
+            software: "test".into(),
+            ticket: None,
+            modules_held: Vec::new(),
+            keepalive_ms: keepalive.as_millis() as u64,
+        }))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, link.reader.recv())
+        .await
+        .unwrap()
+        .ok()
+        .flatten();
+    (link, answer)
+}
+
+#[tokio::test]
+async fn a_silent_child_is_declared_stale_and_its_session_closed() {
+    let pki = Pki::new();
+    let level = start_level(&pki, fast()).await;
+    let mut events = level.level.children.subscribe();
+    // Says hello, then never sends again while its connection stays open
+    // (as a stopped process or a partition would).
+    let (_link, answer) =
+        raw_child(&pki, Role::Node, "frozen", &level.address, Duration::from_millis(200)).await;
+    assert!(matches!(
+        answer,
+        Some(Message::Control(Control::Welcome {
+            enrollment: Enrollment::Active,
+            ..
+        }))
+    ));
+    let stale = next_event(&mut events, "stale", |e| matches!(e, ChildEvent::Stale { .. })).await;
+    let ChildEvent::Stale { child, silent, phi } = stale else {
+        unreachable!()
+    };
+    assert_eq!(child.name, "frozen");
+    assert!(phi >= 8.0, "{phi}");
+    assert!(silent >= Duration::from_millis(200), "{silent:?}");
+    let gone = next_event(&mut events, "disconnected", |e| {
+        matches!(e, ChildEvent::Disconnected { .. })
+    })
+    .await;
+    let ChildEvent::Disconnected { reason, .. } = gone else {
+        unreachable!()
+    };
+    assert!(reason.contains("silent"), "{reason}");
+    assert!(level.level.children.child("frozen").is_none());
+    level.stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn a_child_that_keeps_alive_is_never_stale() {
+    let pki = Pki::new();
+    let level = start_level(&pki, fast()).await;
+    let mut events = level.level.children.subscribe();
+    let link = start_link(uplink_config(&pki, "steady", vec![level.address.clone()]));
+    next_event(&mut events, "connected", |e| matches!(e, ChildEvent::Connected(_))).await;
+    // Fifteen keep-alive intervals: every one answered, none judged late.
+    let mut keep_alives = 0;
+    while keep_alives < 15 {
+        match next_event(&mut events, "keep-alive", |_| true).await {
+            ChildEvent::KeepAlive { .. } => keep_alives += 1,
+            ChildEvent::Stale { .. } | ChildEvent::Disconnected { .. } => {
+                panic!("a child keeping alive was dropped")
+            }
+            _ => {}
+        }
+    }
+    link.stop.send(true).unwrap();
+    level.stop.send(true).unwrap();
+}
+
+/// A "parent" that welcomes a child and then never says anything again.
+async fn silent_parent(pki: &Pki, role: Role) -> (String, tokio::task::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let acceptor = pki.acceptor(role, "impostor");
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut link = accept(&acceptor, tcp).await.unwrap();
+        let mut frames = 0;
+        // Welcome whoever says hello, then stay silent; count what arrives.
+        while let Ok(Ok(Some(frame))) =
+            tokio::time::timeout(Duration::from_secs(5), link.reader.recv()).await
+        {
+            frames += 1;
+            if matches!(frame, Message::Control(Control::Hello { .. })) {
+                link.writer
+                    .send(&Message::Control(Control::Welcome {
+                        enrollment: Enrollment::Active,
+                        reason: String::new(),
+                    }))
+                    .await
+                    .unwrap();
+            }
+        }
+        frames
+    });
+    (address, task)
+}
+
+#[tokio::test]
+async fn a_child_leaves_a_silent_parent_for_its_standby() {
+    let pki = Pki::new();
+    let (silent, _impostor) = silent_parent(&pki, Role::Dominio).await;
+    let standby = start_level(&pki, fast()).await;
+    let mut events = standby.level.children.subscribe();
+    let mut link = start_link(uplink_config(
+        &pki,
+        "web-2",
+        vec![silent.clone(), standby.address.clone()],
+    ));
+    let reason = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(Downlink::Disconnected { reason }) = link.downlink.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the child never left its silent parent");
+    assert!(reason.contains("silent"), "{reason}");
+    next_event(&mut events, "connected to the standby", |e| {
+        matches!(e, ChildEvent::Connected(c) if c.name == "web-2")
+    })
+    .await;
+    link.stop.send(true).unwrap();
+    standby.stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn a_node_certificate_is_never_accepted_as_a_parent() {
+    let pki = Pki::new();
+    let (impostor, frames) = silent_parent(&pki, Role::Node).await;
+    let mut link = start_link(uplink_config(&pki, "web-3", vec![impostor]));
+    let reason = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(Downlink::Disconnected { reason }) = link.downlink.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the node never refused its impostor parent");
+    assert!(reason.contains("`node` certificate"), "{reason}");
+    link.stop.send(true).unwrap();
+    let _ = link.task.await;
+    // Not a single frame (not even the hello, which lists held modules)
+    // reached the impostor.
+    assert_eq!(frames.await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_wrong_role_a_refused_child_and_a_full_registry_are_turned_away() {
+    let pki = Pki::new();
+    let level = start_level(
+        &pki,
+        ChildrenConfig {
+            max_children: 1,
+            ..fast()
+        },
+    )
+    .await;
+    let mut events = level.level.children.subscribe();
+
+    // A station certificate where nodes are expected: closed before any answer.
+    let (_wrong, answer) = raw_child(
+        &pki,
+        Role::Dominio,
+        "station-x",
+        &level.address,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(answer.is_none(), "{answer:?}");
+
+    let (_stranger, answer) =
+        raw_child(&pki, Role::Node, "stranger", &level.address, Duration::from_secs(1)).await;
+    assert!(matches!(
+        answer,
+        Some(Message::Control(Control::Welcome {
+            enrollment: Enrollment::Pending,
+            ..
+        }))
+    ));
+
+    let (_first, answer) =
+        raw_child(&pki, Role::Node, "first", &level.address, Duration::from_secs(1)).await;
+    assert!(matches!(
+        answer,
+        Some(Message::Control(Control::Welcome {
+            enrollment: Enrollment::Active,
+            ..
+        }))
+    ));
+    let (_second, answer) =
+        raw_child(&pki, Role::Node, "second", &level.address, Duration::from_secs(1)).await;
+    match answer {
+        Some(Message::Control(Control::Welcome { reason, .. })) => {
+            assert!(reason.contains("already connected"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Only `first` was ever registered.
+    let ChildEvent::Connected(c) =
+        next_event(&mut events, "connected", |e| matches!(e, ChildEvent::Connected(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(c.name, "first");
+    assert_eq!(level.level.children.lock().len(), 1);
+    level.stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_session_and_waits_for_it() {
+    let pki = Pki::new();
+    let level = start_level(&pki, fast()).await;
+    let mut events = level.level.children.subscribe();
+    let mut links = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (link, _) =
+            raw_child(&pki, Role::Node, name, &level.address, Duration::from_secs(60)).await;
+        links.push(link);
+    }
+    assert_eq!(level.level.children.lock().len(), 3);
+    level.stop.send(true).unwrap();
+    tokio::time::timeout(PATIENCE, level.serving)
+        .await
+        .expect("serve did not return after shutdown")
+        .unwrap();
+    tokio::time::timeout(PATIENCE, level.watching)
+        .await
+        .unwrap()
+        .unwrap();
+    // serve returned only after every session unregistered.
+    assert!(level.level.children.lock().is_empty());
+    let mut ended = 0;
+    while let Ok(event) = events.try_recv() {
+        if let ChildEvent::Disconnected { reason, .. } = event {
+            assert!(reason.contains("shutting down"), "{reason}");
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, 3);
+    // And each child saw its connection close.
+    for mut link in links {
+        let end = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match link.reader.recv().await {
+                    Ok(Some(_)) => continue,
+                    other => return other.map(|_| ()),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let _ = end;
+    }
+}
