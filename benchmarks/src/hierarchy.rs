@@ -238,6 +238,7 @@ pub async fn start_mor(
         data_dir: data_dir.to_owned(),
         acceptor,
         trusted,
+        retention: None,
     };
     let task = tokio::spawn(agad_gerente_mor::run(config, listener, shutdown));
     let socket = agad_gerente_mor::admin_socket(data_dir);
