@@ -328,9 +328,9 @@ mod tests {
             x ^= x << 17;
             let node = ["n1", "n2", "n3"][(x % 3) as usize];
             let key = ["a", "b", "c"][((x >> 8) % 3) as usize];
-            let a = alarm(node, key, n, (x >> 16) % 2 == 0, (x >> 24) % 50);
+            let a = alarm(node, key, n, (x >> 16).is_multiple_of(2), (x >> 24) % 50);
             b.record_alarm(&a).unwrap();
-            if (x >> 32) % 5 == 0 {
+            if (x >> 32).is_multiple_of(5) {
                 b.record_alarm(&a).unwrap();
             }
             sent.push(a);
