@@ -2,8 +2,10 @@
 //! socket): publish modules, apply the topology, enroll, and read BIG.
 
 use agad_gerente_mor::admin::{self, Answer, Request};
-use agad_protocol::message::Alarm;
-use agad_protocol::wire::DomainReport;
+use agad_gerente_mor::query::{AlarmQuery, ReportQuery};
+use agad_protocol::Area;
+use agad_protocol::message::Severity;
+use agad_protocol::wire::Component;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -64,10 +66,13 @@ pub struct ReportArgs {
     /// Only this node (per-node rows).
     #[arg(long)]
     node: Option<String>,
+    /// Only this module.
+    #[arg(long)]
+    module: Option<String>,
     /// Only this metric.
     #[arg(long)]
     metric: Option<String>,
-    /// From this long ago (e.g. 15m, 1h, 2d is 48h).
+    /// From this long ago (e.g. 15m, 1h, 48h).
     #[arg(long, default_value = "1h", value_parser = crate::parse_cli_duration)]
     since: Duration,
     /// Up to this long ago (windows starting before then) [default: now].
@@ -76,6 +81,9 @@ pub struct ReportArgs {
     /// Per-domain rows (every node merged) instead of per-node rows.
     #[arg(long)]
     per_domain: bool,
+    /// At most this many rows, the newest.
+    #[arg(long)]
+    limit: Option<usize>,
     /// JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -83,15 +91,39 @@ pub struct ReportArgs {
 
 #[derive(clap::Args)]
 pub struct AlarmsArgs {
-    /// Only this node.
-    #[arg(long)]
-    node: Option<String>,
     /// Only conditions still raised (the latest event per node, module and key).
     #[arg(long)]
     active: bool,
+    /// Only nodes the topology places in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Only this node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Only this management area (fault, configuration, accounting, performance, security).
+    #[arg(long, value_parser = parse_kebab::<Area>)]
+    area: Option<Area>,
+    /// Only this severity or worse (info, warning, minor, major, critical).
+    #[arg(long, value_parser = parse_kebab::<Severity>)]
+    severity: Option<Severity>,
+    /// From this long ago (e.g. 15m, 1h, 48h) [default: all].
+    #[arg(long, value_parser = crate::parse_cli_duration)]
+    since: Option<Duration>,
+    /// Up to this long ago [default: now].
+    #[arg(long, value_parser = crate::parse_cli_duration)]
+    until: Option<Duration>,
+    /// At most this many, the newest.
+    #[arg(long)]
+    limit: Option<usize>,
     /// JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// A value of one of the protocol's kebab-case enums (`--area fault`).
+fn parse_kebab<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("`{text}` is not one of the accepted values"))
 }
 
 pub fn ask(dir: &Path, request: Request) -> anyhow::Result<Answer> {
@@ -207,65 +239,56 @@ pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
 }
 
 pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
-    let answer = ask(dir, Request::Status)?;
+    let status = match ask(dir, Request::Status)? {
+        Answer::Status(s) => s,
+        other => return Err(unexpected(other)),
+    };
     if json {
-        let Answer::Status { .. } = &answer else {
-            return Err(unexpected(answer));
-        };
-        outln!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    match answer {
-        Answer::Status {
-            version,
-            modules,
-            domains,
-        } => {
-            outln!("bases version {version}");
-            outln!(
-                "modules in BGC: {}",
-                if modules.is_empty() {
-                    "none".into()
-                } else {
-                    modules.join(", ")
-                }
-            );
-            for d in domains {
-                let station = d.station.as_deref().unwrap_or("NO MANAGER");
-                let replica = match (d.replica_sent, d.replica_acked) {
-                    (Some(s), Some(a)) => format!("replica v{s} sent, v{a} acknowledged"),
-                    (Some(s), None) => format!("replica v{s} sent"),
-                    _ => "no replica".into(),
-                };
-                let heard = d
-                    .ms_since_heard
-                    .map(|ms| format!(", heard {:.1} s ago", ms as f64 / 1000.0))
-                    .unwrap_or_default();
-                outln!("domain {}: {station} ({}), {replica}{heard}", d.domain, d.state);
-                for c in d.components {
-                    let mark = if c.healthy() { "ok  " } else { "DOWN" };
-                    let what = match &c.component {
-                        agad_protocol::wire::Component::Store {
-                            alarms,
-                            reports,
-                            outbox,
-                        } => format!("store (alarms={alarms} reports={reports} outbox={outbox})"),
-                        agad_protocol::wire::Component::Domain {
-                            name: Some(name),
-                            replica_version,
-                        } => format!("domain {name} v{replica_version}"),
-                        other => other.to_string(),
-                    };
-                    outln!("  {mark} {what:<32} {}", c.state);
-                }
-            }
-            Ok(())
+    outln!("bases version {}", status.version);
+    outln!(
+        "modules in BGC: {}",
+        if status.modules.is_empty() {
+            "none".into()
+        } else {
+            status.modules.join(", ")
         }
-        other => Err(unexpected(other)),
+    );
+    for d in status.domains {
+        let station = d.station.as_deref().unwrap_or("NO MANAGER");
+        let replica = match (d.replica_sent, d.replica_acked) {
+            (Some(s), Some(a)) => format!("replica v{s} sent, v{a} acknowledged"),
+            (Some(s), None) => format!("replica v{s} sent"),
+            _ => "no replica".into(),
+        };
+        let heard = d
+            .ms_since_heard
+            .map(|ms| format!(", heard {:.1} s ago", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        outln!("domain {}: {station} ({}), {replica}{heard}", d.domain, d.state);
+        for c in d.components {
+            let mark = if c.healthy() { "ok  " } else { "DOWN" };
+            let what = match &c.component {
+                Component::Store {
+                    alarms,
+                    reports,
+                    outbox,
+                } => format!("store (alarms={alarms} reports={reports} outbox={outbox})"),
+                Component::Domain {
+                    name: Some(name),
+                    replica_version,
+                } => format!("domain {name} v{replica_version}"),
+                other => other.to_string(),
+            };
+            outln!("  {mark} {what:<32} {}", c.state);
+        }
     }
+    Ok(())
 }
 
-fn since_ms(ago: Duration) -> u64 {
+fn ago_ms(ago: Duration) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -278,14 +301,26 @@ fn time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Tells the operator (on stderr, so `--json` output stays clean) that the
+/// limit left older entries out.
+fn note_truncated(truncated: bool, limit: Option<usize>) {
+    if truncated && let Some(l) = limit {
+        eprintln!("(only the newest {l}; raise --limit or narrow --since for more)");
+    }
+}
+
 pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
-    let reports: Vec<DomainReport> = match ask(
-        dir,
-        Request::Reports {
-            since_ms: since_ms(args.since),
-            until_ms: args.until.map_or(u64::MAX, since_ms),
-        },
-    )? {
+    let query = ReportQuery {
+        domain: args.domain,
+        node: args.node,
+        module: args.module,
+        metric: args.metric,
+        since_ms: Some(ago_ms(args.since)),
+        until_ms: args.until.map(ago_ms),
+        per_domain: args.per_domain,
+        limit: args.limit,
+    };
+    let answer = match ask(dir, Request::Reports(query))? {
         Answer::Reports(r) => r,
         other => return Err(unexpected(other)),
     };
@@ -305,63 +340,50 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
             "COUNT"
         );
     }
-    for r in reports
-        .iter()
-        .filter(|r| args.domain.as_ref().is_none_or(|d| *d == r.domain))
-    {
-        let rows = if args.per_domain {
-            &r.domain_summaries
+    for r in &answer.rows {
+        let s = &r.summary;
+        if args.json {
+            let line = serde_json::json!({
+                "window_start": time(r.window_start_ms), "window_end": time(r.window_end_ms),
+                "domain": r.domain, "node": r.node, "module": r.module, "summary": s,
+            });
+            outln!("{line}");
         } else {
-            &r.nodes
-        };
-        for row in rows {
-            let s = &row.summary;
-            if args.node.as_ref().is_some_and(|n| *n != row.node)
-                || args.metric.as_ref().is_some_and(|m| *m != s.metric)
-            {
-                continue;
-            }
-            if args.json {
-                let line = serde_json::json!({
-                    "window_start": time(r.window_start_ms), "window_end": time(r.window_end_ms),
-                    "domain": r.domain, "node": row.node, "module": row.module, "summary": s,
-                });
-                outln!("{line}");
-            } else {
-                outln!(
-                    "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6}",
-                    time(r.window_start_ms),
-                    r.domain,
-                    row.node,
-                    row.module,
-                    s.metric,
-                    s.subject,
-                    s.min,
-                    s.max,
-                    s.mean,
-                    s.last,
-                    s.count
-                );
-            }
+            outln!(
+                "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6}",
+                time(r.window_start_ms),
+                r.domain,
+                r.node,
+                r.module,
+                s.metric,
+                s.subject,
+                s.min,
+                s.max,
+                s.mean,
+                s.last,
+                s.count
+            );
         }
     }
+    note_truncated(answer.truncated, args.limit);
     Ok(())
 }
 
 pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
-    let mut alarms: Vec<Alarm> = match ask(dir, Request::Alarms)? {
+    let query = AlarmQuery {
+        active_only: args.active,
+        domain: args.domain,
+        node: args.node,
+        area: args.area,
+        severity: args.severity,
+        since_ms: args.since.map(ago_ms),
+        until_ms: args.until.map(ago_ms),
+        limit: args.limit,
+    };
+    let answer = match ask(dir, Request::Alarms(query))? {
         Answer::Alarms(a) => a,
         other => return Err(unexpected(other)),
     };
-    alarms.retain(|a| args.node.as_ref().is_none_or(|n| *n == a.node));
-    if args.active {
-        let mut latest = std::collections::BTreeMap::new();
-        for a in alarms {
-            latest.insert((a.node.clone(), a.module.clone(), a.key.clone()), a);
-        }
-        alarms = latest.into_values().filter(|a| a.raised).collect();
-        alarms.sort_by_key(|a| a.time_ms);
-    }
     if !args.json {
         outln!(
             "{:<20} {:<7} {:<9} {:<12} {:<14} MESSAGE",
@@ -372,9 +394,9 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
             "MODULE"
         );
     }
-    for a in alarms {
+    for a in &answer.alarms {
         if args.json {
-            outln!("{}", serde_json::to_string(&a)?);
+            outln!("{}", serde_json::to_string(a)?);
         } else {
             outln!(
                 "{:<20} {:<7} {:<9} {:<12} {:<14} {}",
@@ -387,5 +409,6 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
             );
         }
     }
+    note_truncated(answer.truncated, args.limit);
     Ok(())
 }

@@ -22,6 +22,35 @@ pub struct MorArgs {
     /// Public key of a publisher whose bundles BGC accepts (repeatable).
     #[arg(long = "trust", required = true)]
     trusted: Vec<PathBuf>,
+    /// How long BIG keeps alarms and reports (e.g. 90d, 36h); alarms still
+    /// raised are kept however old. `off` keeps everything.
+    #[arg(long, default_value = "90d", value_parser = parse_retention, value_name = "AGE")]
+    retention: Retention,
+}
+
+/// `--retention`: an age, or `off`.
+#[derive(Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn parse_retention(text: &str) -> Result<Retention, String> {
+    if text == "off" {
+        return Ok(Retention(None));
+    }
+    let age = match text.strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .ok()
+            .and_then(|d| d.checked_mul(86_400))
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{text}` is not a number of days"))?,
+        None => crate::parse_cli_duration(text)?,
+    };
+    if age.is_zero() {
+        return Err(
+            "a retention of zero would prune everything; use `off` to keep everything".into(),
+        );
+    }
+    Ok(Retention(Some(age)))
 }
 
 #[derive(clap::Args)]
@@ -52,6 +81,7 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
         trusted: read_public_keys(&args.trusted)?,
         children: Default::default(),
         limits: Default::default(),
+        retention: args.retention.0,
     };
     serve(&args.listen, "top manager", move |listener, shutdown| {
         agad_gerente_mor::run(config, listener, shutdown)

@@ -240,6 +240,7 @@ pub async fn start_mor(
         trusted,
         children: Default::default(),
         limits: Default::default(),
+        retention: None,
     };
     let task = tokio::spawn(agad_gerente_mor::run(config, listener, shutdown));
     let socket = agad_gerente_mor::admin_socket(data_dir);

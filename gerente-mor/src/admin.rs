@@ -4,11 +4,10 @@
 
 use crate::Mor;
 use crate::bases::Published;
-use crate::stations::DomainStatus;
+use crate::query::{self, AlarmList, AlarmQuery, ReportQuery, ReportRows, Status};
 use agad_protocol::Bundle;
-use agad_protocol::message::Alarm;
 use agad_protocol::topology;
-use agad_protocol::wire::{DomainReport, Member};
+use agad_protocol::wire::Member;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,11 +43,8 @@ pub enum Request {
         name: String,
     },
     Status,
-    Reports {
-        since_ms: u64,
-        until_ms: u64,
-    },
-    Alarms,
+    Reports(ReportQuery),
+    Alarms(AlarmQuery),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,13 +71,9 @@ pub enum Answer {
         name: String,
         ticket: String,
     },
-    Status {
-        version: u64,
-        modules: Vec<String>,
-        domains: Vec<DomainStatus>,
-    },
-    Reports(Vec<DomainReport>),
-    Alarms(Vec<Alarm>),
+    Status(Status),
+    Reports(ReportRows),
+    Alarms(AlarmList),
     Error(String),
 }
 
@@ -214,22 +206,9 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
             ticket: b.ticket(&name)?,
             name,
         },
-        Request::Status => Answer::Status {
-            version: b.version()?,
-            modules: b
-                .bundles()?
-                .iter()
-                .map(|x| {
-                    format!(
-                        "{} {} (seq {})",
-                        x.manifest.name, x.manifest.version, x.manifest.sequence
-                    )
-                })
-                .collect(),
-            domains: mor.domain_status(),
-        },
-        Request::Reports { since_ms, until_ms } => Answer::Reports(b.reports(since_ms, until_ms)?),
-        Request::Alarms => Answer::Alarms(b.alarms()?),
+        Request::Status => Answer::Status(query::status(mor)?),
+        Request::Reports(q) => Answer::Reports(query::reports(b, &q)?),
+        Request::Alarms(q) => Answer::Alarms(query::alarms(b, &q)?),
     })
 }
 

@@ -1,9 +1,12 @@
 //! The top manager's bases in its database: BGC (signed bundles by module
 //! name), BTPG (the topology in force, with a version), the enrollment
-//! registry, and BIG (every alarm and domain report received).
+//! registry, and BIG (every alarm and domain report received, indexed;
+//! see [`big`]).
 //!
 //! One version number covers everything replicated: any change to BGC,
 //! BTPG or enrollment bumps it, and replicas carry it.
+
+pub mod big;
 
 use agad_protocol::message::Alarm;
 use agad_protocol::topology::Topology;
@@ -31,8 +34,7 @@ pub struct Bases {
     btpg: Tree,
     members: Tree,
     tickets: Tree,
-    big_alarms: Tree,
-    big_reports: Tree,
+    pub big: big::Big,
 }
 
 const TOPOLOGY: &[u8] = b"topology";
@@ -54,15 +56,14 @@ pub enum Published {
 }
 
 impl Bases {
-    pub fn open(db: &Database) -> std::result::Result<Bases, StorageError> {
+    pub fn open(db: &Database) -> Result<Bases> {
         Ok(Bases {
             db: db.clone(),
             bgc: db.tree("bgc")?,
             btpg: db.tree("btpg")?,
             members: db.tree("members")?,
             tickets: db.tree("tickets")?,
-            big_alarms: db.tree("big-alarms")?,
-            big_reports: db.tree("big-reports")?,
+            big: big::Big::open(db)?,
         })
     }
 
@@ -284,57 +285,12 @@ impl Bases {
 
     /// Stores an alarm once per id, durably; false if already there.
     pub fn record_alarm(&self, alarm: &Alarm) -> Result<bool> {
-        let new = self
-            .big_alarms
-            .insert_new(alarm.id.as_bytes(), &wire::encode_value(alarm))?;
-        self.db.flush()?;
-        Ok(new)
+        self.big.record_alarm(alarm)
     }
 
     /// Stores a domain report once per id, durably; false if already there.
     pub fn record_report(&self, report: &DomainReport) -> Result<bool> {
-        let mut key = report.window_start_ms.to_be_bytes().to_vec();
-        key.extend_from_slice(report.id.as_bytes());
-        let new = self
-            .big_reports
-            .insert_new(&key, &wire::encode_value(report))?;
-        self.db.flush()?;
-        Ok(new)
-    }
-
-    pub fn alarms(&self) -> Result<Vec<Alarm>> {
-        let mut all: Vec<Alarm> = self
-            .big_alarms
-            .scan_prefix(b"")?
-            .into_iter()
-            .map(|(_, v)| decode("alarm", &v))
-            .collect::<Result<_>>()?;
-        all.sort_by_key(|a| a.time_ms);
-        Ok(all)
-    }
-
-    /// Domain reports whose window starts in `[since, until)`, oldest first.
-    pub fn reports(&self, since_ms: u64, until_ms: u64) -> Result<Vec<DomainReport>> {
-        let mut out = Vec::new();
-        let mut after = since_ms.saturating_sub(1).to_be_bytes().to_vec();
-        after.push(0xff);
-        loop {
-            let page = self.big_reports.entries_after(&after, 256)?;
-            let Some((last, _)) = page.last() else { break };
-            after = last.clone();
-            for (key, value) in &page {
-                let start = key
-                    .get(..8)
-                    .and_then(|k| k.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(u64::MAX);
-                if start >= until_ms {
-                    return Ok(out);
-                }
-                out.push(decode("report", value)?);
-            }
-        }
-        Ok(out)
+        self.big.record_report(report)
     }
 }
 
@@ -445,49 +401,5 @@ mod tests {
             Enrollment::Pending,
             "used up"
         );
-    }
-
-    #[test]
-    fn big_keeps_each_alarm_and_report_once() {
-        use agad_protocol::message::{Comparison, Severity};
-        let b = bases();
-        let alarm = Alarm {
-            id: "n1/m/1".into(),
-            node: "n1".into(),
-            module: "m".into(),
-            area: agad_protocol::Area::Fault,
-            key: "k".into(),
-            metric: "x".into(),
-            subject: String::new(),
-            severity: Severity::Major,
-            raised: true,
-            value: 1.0,
-            threshold: 0.0,
-            comparison: Comparison::Above,
-            message: String::new(),
-            time_ms: 5,
-        };
-        assert!(b.record_alarm(&alarm).unwrap());
-        assert!(!b.record_alarm(&alarm).unwrap());
-        assert_eq!(b.alarms().unwrap().len(), 1);
-        let report = |start: u64| DomainReport {
-            id: format!("d/{start}"),
-            domain: "d".into(),
-            window_start_ms: start,
-            window_end_ms: start + 10,
-            nodes: vec![],
-            domain_summaries: vec![],
-        };
-        assert!(b.record_report(&report(100)).unwrap());
-        assert!(!b.record_report(&report(100)).unwrap());
-        assert!(b.record_report(&report(200)).unwrap());
-        let ids: Vec<String> = b
-            .reports(150, u64::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(ids, vec!["d/200"]);
-        assert_eq!(b.reports(0, 150).unwrap().len(), 1);
     }
 }

@@ -12,9 +12,12 @@
 //! - [`bases`]: BGC, BTPG, enrollment and BIG in the manager's database.
 //! - [`stations`]: station sessions, domain activation and replication.
 //! - [`admin`]: the operator's requests and their answers.
+//! - [`query`]: typed queries over BIG and the status, for the admin socket
+//!   (and the web API).
 
 pub mod admin;
 pub mod bases;
+pub mod query;
 pub mod stations;
 
 use agad_net::children::{Children, ChildrenConfig, serve_child};
@@ -39,6 +42,9 @@ pub struct MorConfig {
     pub children: ChildrenConfig,
     /// What the listener accepts at once.
     pub limits: Limits,
+    /// How long BIG keeps alarms and reports (active alarms stay however
+    /// old); `None` keeps everything.
+    pub retention: Option<std::time::Duration>,
 }
 
 pub struct Mor {
@@ -72,6 +78,13 @@ pub async fn run(
         admin_socket(&config.data_dir),
         shutdown.clone(),
     )?);
+    let prune = config.retention.map(|keep| {
+        tokio::spawn(bases::big::prune_periodically(
+            mor.bases.big.clone(),
+            keep,
+            shutdown.clone(),
+        ))
+    });
     let parent = Arc::new(StationParent(mor.clone()));
     agad_net::server::serve(
         listener,
@@ -83,6 +96,10 @@ pub async fn run(
     .await;
     let _ = watcher.await;
     admin.abort();
+    if let Some(prune) = prune {
+        // A prune cut short is finished by the next one.
+        prune.abort();
+    }
     let _ = std::fs::remove_file(admin_socket(&config.data_dir));
     db.flush()?;
     Ok(())

@@ -122,6 +122,20 @@ impl Tree {
             .collect()
     }
 
+    /// Up to `limit` entries with keys less than `before`, newest key first
+    /// (so a query for the latest rows need not read the older ones).
+    pub fn entries_before(&self, before: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.tree
+            .range::<&[u8], _>(..before)
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
     /// Inserts `value` under `key` unless the key is already there; true if inserted.
     pub fn insert_new(&self, key: &[u8], value: &[u8]) -> Result<bool> {
         Ok(self
@@ -170,6 +184,8 @@ mod tests {
         assert_eq!(a, vec![(b"a/1".to_vec(), b"one".to_vec())]);
         let after: Vec<_> = t.entries_after(b"a/1", 10).unwrap();
         assert_eq!(after, vec![(b"b/1".to_vec(), b"other".to_vec())]);
+        let before: Vec<_> = t.entries_before(b"b/1", 10).unwrap();
+        assert_eq!(before, vec![(b"a/1".to_vec(), b"one".to_vec())]);
         assert!(!t.insert_new(b"b/1", b"again").unwrap());
         assert!(t.insert_new(b"c/1", b"new").unwrap());
         assert_eq!(t.get(b"b/1").unwrap().as_deref(), Some(&b"other"[..]));

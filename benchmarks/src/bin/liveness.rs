@@ -105,7 +105,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn parse(text: &str) -> anyhow::Result<Duration> {
-    agad_protocol::parse_duration(text).map_err(|e| anyhow::anyhow!("{text}: {e}"))
+    agad_protocol::parse_duration(text)
+        .with_context(|| format!("`{text}` is not a duration (500ms, 1s, 2m)"))
 }
 
 fn child_name(i: usize) -> String {
@@ -277,9 +278,12 @@ async fn freezing_child(
             keepalive_ms: interval.as_millis() as u64,
         }))
         .await?;
-    let beats = rand::thread_rng().gen_range(3..=8);
+    let (beats, phase, freeze_after) = {
+        let mut rng = rand::thread_rng();
+        (rng.gen_range(3..=8), rng.r#gen::<f64>(), rng.r#gen::<f64>())
+    };
     // Start at a random phase so freezes spread over the watcher's ticks.
-    tokio::time::sleep(interval.mul_f64(rand::thread_rng().r#gen::<f64>())).await;
+    tokio::time::sleep(interval.mul_f64(phase)).await;
     let mut last = Instant::now();
     let mut ticker = tokio::time::interval(interval);
     for _ in 0..beats {
@@ -292,7 +296,7 @@ async fn freezing_child(
         last = Instant::now();
     }
     // Freeze somewhere within the next interval, as kill -STOP would.
-    tokio::time::sleep(interval.mul_f64(rand::thread_rng().r#gen::<f64>())).await;
+    tokio::time::sleep(interval.mul_f64(freeze_after)).await;
     frozen.send((name.to_owned(), last, Instant::now()))?;
     // Read (and ignore) until the parent closes the session.
     while let Ok(Some(_)) = link.reader.recv().await {}

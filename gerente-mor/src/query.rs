@@ -1,0 +1,529 @@
+//! The top manager's questions and answers: which alarms, which report
+//! rows, what state the domains are in. Typed queries in, typed answers
+//! out, executed against BIG through its indexes; the admin socket carries
+//! them as they are, and the web API will too. Callers only parse, send
+//! and print.
+//!
+//! What it is not for: changing anything (publishing, topology, enrollment
+//! stay in the admin requests), and deciding what a domain's status is
+//! (that is the session layer's, see [`crate::stations`]).
+
+use crate::Mor;
+use crate::bases::big::{AlarmIndex, ReportIndex};
+use crate::bases::{BaseError, Bases};
+use crate::stations::DomainStatus;
+use agad_protocol::Area;
+use agad_protocol::message::{Alarm, Severity, Summary};
+use agad_protocol::wire::DomainReport;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+/// Which alarms. Every field narrows; the default is every alarm event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AlarmQuery {
+    /// Only conditions still in force: for each (node, module, key) the
+    /// latest event (by time, then id), kept if it is a raise.
+    pub active_only: bool,
+    /// Only nodes that the topology in force places in this domain.
+    pub domain: Option<String>,
+    pub node: Option<String>,
+    pub area: Option<Area>,
+    /// This severity or worse.
+    pub severity: Option<Severity>,
+    /// Events at or after this time (milliseconds since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// Events before this time (milliseconds since the Unix epoch).
+    pub until_ms: Option<u64>,
+    /// At most this many: the newest.
+    pub limit: Option<usize>,
+}
+
+/// The alarms a query found, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmList {
+    pub alarms: Vec<Alarm>,
+    /// Older matching alarms were left out because of the limit.
+    pub truncated: bool,
+}
+
+/// Which report rows. Every field narrows; the default is every per-node
+/// row of every window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportQuery {
+    pub domain: Option<String>,
+    /// Only rows of this node (with `per_domain`, rows are named after
+    /// their domain, so this matches the domain's name).
+    pub node: Option<String>,
+    pub module: Option<String>,
+    pub metric: Option<String>,
+    /// Windows starting at or after this time (ms since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// Windows starting before this time (ms since the Unix epoch).
+    pub until_ms: Option<u64>,
+    /// Per-domain rows (every node merged) instead of per-node rows.
+    pub per_domain: bool,
+    /// At most this many rows: the newest.
+    pub limit: Option<usize>,
+}
+
+/// One summary of one window: a node's, or with `per_domain` the domain's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    pub domain: String,
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
+    /// The node, or the domain's name for a per-domain row.
+    pub node: String,
+    pub module: String,
+    pub summary: Summary,
+}
+
+/// The rows a query found, oldest window first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRows {
+    pub rows: Vec<ReportRow>,
+    /// Older matching rows were left out because of the limit.
+    pub truncated: bool,
+}
+
+/// What `agad status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The version of the replicated bases (BGC, BTPG, enrollment).
+    pub version: u64,
+    /// `name version (seq n)` of every module in BGC.
+    pub modules: Vec<String>,
+    pub domains: Vec<DomainStatus>,
+}
+
+/// Collects what a newest-first scan finds, up to one more than `limit`
+/// (which is how it knows more was there).
+struct Newest<T> {
+    found: Vec<T>,
+    limit: Option<usize>,
+}
+
+impl<T> Newest<T> {
+    fn new(limit: Option<usize>) -> Self {
+        Newest {
+            found: Vec::new(),
+            limit,
+        }
+    }
+
+    fn push(&mut self, item: T) -> ControlFlow<()> {
+        self.found.push(item);
+        match self.limit {
+            Some(l) if self.found.len() > l => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    /// Oldest first, and whether the limit left some out.
+    fn finish(mut self) -> (Vec<T>, bool) {
+        let truncated = self.limit.is_some_and(|l| self.found.len() > l);
+        if let Some(l) = self.limit {
+            self.found.truncate(l);
+        }
+        self.found.reverse();
+        (self.found, truncated)
+    }
+}
+
+/// The alarms `query` asks for.
+pub fn alarms(bases: &Bases, query: &AlarmQuery) -> Result<AlarmList, BaseError> {
+    let since = query.since_ms.unwrap_or(0);
+    let until = query.until_ms.unwrap_or(u64::MAX);
+    let in_domain: Option<BTreeSet<String>> = match &query.domain {
+        Some(d) => Some(
+            bases
+                .topology()?
+                .nodes
+                .into_iter()
+                .filter(|n| n.domain == *d)
+                .map(|n| n.name)
+                .collect(),
+        ),
+        None => None,
+    };
+    let wanted = |a: &Alarm| {
+        query.node.as_ref().is_none_or(|n| *n == a.node)
+            && in_domain.as_ref().is_none_or(|d| d.contains(&a.node))
+            && query.area.is_none_or(|x| x == a.area)
+            && query.severity.is_none_or(|s| a.severity >= s)
+            && (since..until).contains(&a.time_ms)
+    };
+    // One node, the domain's nodes, or everyone: the narrowest index.
+    let nodes: Option<Vec<&str>> = match (&query.node, &in_domain) {
+        (Some(n), _) => Some(vec![n.as_str()]),
+        (None, Some(d)) => Some(d.iter().map(String::as_str).collect()),
+        (None, None) => None,
+    };
+    let indexes: Vec<AlarmIndex> = match (nodes, query.active_only) {
+        (Some(nodes), true) => nodes
+            .into_iter()
+            .map(|n| AlarmIndex::Active(Some(n)))
+            .collect(),
+        (Some(nodes), false) => nodes.into_iter().map(AlarmIndex::Node).collect(),
+        (None, true) => vec![AlarmIndex::Active(None)],
+        (None, false) => vec![AlarmIndex::Time],
+    };
+    let mut found = Vec::new();
+    for index in indexes {
+        let mut newest = Newest::new(query.limit);
+        bases.big.alarms_newest_first(index, since, until, |a| {
+            if wanted(&a) {
+                newest.push(a)
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        found.append(&mut newest.found);
+    }
+    // Several nodes' scans are merged here; one scan is already in order.
+    found.sort_by(|a, b| (b.time_ms, &b.id).cmp(&(a.time_ms, &a.id)));
+    let mut newest = Newest::new(query.limit);
+    for a in found {
+        if newest.push(a).is_break() {
+            break;
+        }
+    }
+    let (alarms, truncated) = newest.finish();
+    Ok(AlarmList { alarms, truncated })
+}
+
+/// The report rows `query` asks for.
+pub fn reports(bases: &Bases, query: &ReportQuery) -> Result<ReportRows, BaseError> {
+    let since = query.since_ms.unwrap_or(0);
+    let until = query.until_ms.unwrap_or(u64::MAX);
+    let index = match (&query.domain, &query.node) {
+        (Some(d), _) => ReportIndex::Domain(d),
+        // Per-domain rows carry the domain's name, not the node's.
+        (None, Some(n)) if !query.per_domain => ReportIndex::Node(n),
+        _ => ReportIndex::Time,
+    };
+    let mut newest = Newest::new(query.limit);
+    bases.big.reports_newest_first(index, since, until, |r| {
+        if query.domain.as_ref().is_some_and(|d| *d != r.domain) {
+            return ControlFlow::Continue(());
+        }
+        rows_of(query, r, &mut newest)
+    })?;
+    let (rows, truncated) = newest.finish();
+    Ok(ReportRows { rows, truncated })
+}
+
+/// Adds the rows of one report that `query` wants, last row first (the
+/// scan runs newest first and is reversed at the end).
+fn rows_of(
+    query: &ReportQuery,
+    r: DomainReport,
+    newest: &mut Newest<ReportRow>,
+) -> ControlFlow<()> {
+    let rows = if query.per_domain {
+        r.domain_summaries
+    } else {
+        r.nodes
+    };
+    for row in rows.into_iter().rev() {
+        if query.node.as_ref().is_some_and(|n| *n != row.node)
+            || query.module.as_ref().is_some_and(|m| *m != row.module)
+            || query
+                .metric
+                .as_ref()
+                .is_some_and(|m| *m != row.summary.metric)
+        {
+            continue;
+        }
+        newest.push(ReportRow {
+            domain: r.domain.clone(),
+            window_start_ms: r.window_start_ms,
+            window_end_ms: r.window_end_ms,
+            node: row.node,
+            module: row.module,
+            summary: row.summary,
+        })?;
+    }
+    ControlFlow::Continue(())
+}
+
+/// The bases' version, the modules in BGC and each domain's manager,
+/// replica and components.
+pub fn status(mor: &Mor) -> Result<Status, BaseError> {
+    let b = &mor.bases;
+    Ok(Status {
+        version: b.version()?,
+        modules: b
+            .bundles()?
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} {} (seq {})",
+                    x.manifest.name, x.manifest.version, x.manifest.sequence
+                )
+            })
+            .collect(),
+        domains: mor.domain_status(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::bases::big::tests::{alarm, report};
+    use agad_protocol::topology;
+    use agad_storage::Database;
+
+    fn bases() -> Bases {
+        let b = Bases::open(&Database::temporary().unwrap()).unwrap();
+        let text = "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\n\n\
+            [[domain]]\nname = \"d2\"\nstations = [\"s2\"]\n\n\
+            [[node]]\nname = \"n1\"\ndomain = \"d1\"\n\n\
+            [[node]]\nname = \"n2\"\ndomain = \"d1\"\n\n\
+            [[node]]\nname = \"n3\"\ndomain = \"d2\"\n";
+        b.apply_topology(&topology::parse(text, "t.toml", &|_| true).unwrap())
+            .unwrap();
+        b
+    }
+
+    fn alarm_ids(b: &Bases, q: AlarmQuery) -> Vec<String> {
+        alarms(b, &q)
+            .unwrap()
+            .alarms
+            .into_iter()
+            .map(|a| a.id)
+            .collect()
+    }
+
+    /// How `agad alarms --active` decided before the query module: every
+    /// event sorted by time (stable, over id order), the last one of each
+    /// (node, module, key), kept if raised.
+    fn active_as_the_cli_did(all: &[Alarm]) -> Vec<String> {
+        let mut all = all.to_vec();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all.sort_by_key(|a| a.time_ms);
+        let mut latest = std::collections::BTreeMap::new();
+        for a in all {
+            latest.insert((a.node.clone(), a.module.clone(), a.key.clone()), a);
+        }
+        let mut active: Vec<Alarm> = latest.into_values().filter(|a| a.raised).collect();
+        active.sort_by(|a, b| (a.time_ms, &a.id).cmp(&(b.time_ms, &b.id)));
+        active.into_iter().map(|a| a.id).collect()
+    }
+
+    #[test]
+    fn active_alarms_keep_the_semantics_of_the_cli() {
+        let b = bases();
+        let mut sent = Vec::new();
+        // A fixed pseudo-random stream: three nodes, three keys, raises and
+        // clears in any order, equal times, repeats.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for n in 0..400u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let node = ["n1", "n2", "n3"][(x % 3) as usize];
+            let key = ["a", "b", "c"][((x >> 8) % 3) as usize];
+            let a = alarm(node, key, n, (x >> 16).is_multiple_of(2), (x >> 24) % 50);
+            b.record_alarm(&a).unwrap();
+            if (x >> 32).is_multiple_of(5) {
+                b.record_alarm(&a).unwrap();
+            }
+            sent.push(a);
+        }
+        let active = alarm_ids(
+            &b,
+            AlarmQuery {
+                active_only: true,
+                ..Default::default()
+            },
+        );
+        assert!(!active.is_empty());
+        assert_eq!(active, active_as_the_cli_did(&sent));
+        let of_n2: Vec<Alarm> = sent.iter().filter(|a| a.node == "n2").cloned().collect();
+        assert_eq!(
+            alarm_ids(
+                &b,
+                AlarmQuery {
+                    active_only: true,
+                    node: Some("n2".into()),
+                    ..Default::default()
+                }
+            ),
+            active_as_the_cli_did(&of_n2)
+        );
+        assert_eq!(
+            alarms(&b, &AlarmQuery::default()).unwrap().alarms.len(),
+            400,
+            "every event once"
+        );
+    }
+
+    #[test]
+    fn alarm_filters_ranges_and_limit() {
+        let b = bases();
+        let mut critical = alarm("n3", "k", 1, true, 30);
+        critical.severity = Severity::Critical;
+        let mut info = alarm("n2", "k", 1, true, 20);
+        info.severity = Severity::Info;
+        info.area = Area::Performance;
+        for a in [alarm("n1", "k", 1, true, 10), info, critical] {
+            b.record_alarm(&a).unwrap();
+        }
+        b.record_alarm(&alarm("n1", "k", 2, false, 40)).unwrap();
+        let q = |f: fn(&mut AlarmQuery)| {
+            let mut q = AlarmQuery::default();
+            f(&mut q);
+            alarm_ids(&b, q)
+        };
+        assert_eq!(q(|_| {}), ["n1/m/1", "n2/m/1", "n3/m/1", "n1/m/2"]);
+        assert_eq!(
+            q(|q| q.domain = Some("d1".into())),
+            ["n1/m/1", "n2/m/1", "n1/m/2"]
+        );
+        assert_eq!(
+            q(|q| q.domain = Some("nowhere".into())),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            q(|q| {
+                q.domain = Some("d2".into());
+                q.node = Some("n1".into());
+            }),
+            Vec::<String>::new(),
+            "a node outside the domain"
+        );
+        assert_eq!(
+            q(|q| q.severity = Some(Severity::Major)),
+            ["n1/m/1", "n3/m/1", "n1/m/2"]
+        );
+        assert_eq!(q(|q| q.area = Some(Area::Performance)), ["n2/m/1"]);
+        assert_eq!(
+            q(|q| {
+                q.since_ms = Some(20);
+                q.until_ms = Some(40);
+            }),
+            ["n2/m/1", "n3/m/1"]
+        );
+        assert_eq!(
+            q(|q| {
+                q.active_only = true;
+                q.domain = Some("d1".into());
+            }),
+            ["n2/m/1"]
+        );
+        let newest = alarms(
+            &b,
+            &AlarmQuery {
+                limit: Some(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(newest.truncated);
+        let ids: Vec<_> = newest.alarms.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["n3/m/1", "n1/m/2"], "the newest, oldest first");
+        let all = alarms(
+            &b,
+            &AlarmQuery {
+                limit: Some(4),
+                domain: Some("d1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!all.truncated);
+        assert_eq!(all.alarms.len(), 3);
+    }
+
+    #[test]
+    fn report_rows_by_node_domain_module_metric_and_window() {
+        let b = bases();
+        for start in [100, 200, 300] {
+            b.record_report(&report("d1", start, &["n1", "n2"]))
+                .unwrap();
+            b.record_report(&report("d2", start, &["n3"])).unwrap();
+        }
+        let rows = |q: ReportQuery| reports(&b, &q).unwrap().rows;
+        let key = |r: &ReportRow| {
+            format!(
+                "{}:{}:{}:{}",
+                r.window_start_ms, r.domain, r.node, r.summary.metric
+            )
+        };
+        let all = rows(ReportQuery::default());
+        assert_eq!(all.len(), 18);
+        assert!(
+            all.windows(2)
+                .all(|w| w[0].window_start_ms <= w[1].window_start_ms)
+        );
+        let n1: Vec<String> = rows(ReportQuery {
+            node: Some("n1".into()),
+            metric: Some("y".into()),
+            since_ms: Some(150),
+            ..Default::default()
+        })
+        .iter()
+        .map(key)
+        .collect();
+        assert_eq!(n1, ["200:d1:n1:y", "300:d1:n1:y"]);
+        let d2: Vec<String> = rows(ReportQuery {
+            domain: Some("d2".into()),
+            until_ms: Some(300),
+            ..Default::default()
+        })
+        .iter()
+        .map(key)
+        .collect();
+        assert_eq!(
+            d2,
+            ["100:d2:n3:x", "100:d2:n3:y", "200:d2:n3:x", "200:d2:n3:y"]
+        );
+        let per_domain: Vec<String> = rows(ReportQuery {
+            per_domain: true,
+            domain: Some("d1".into()),
+            ..Default::default()
+        })
+        .iter()
+        .map(key)
+        .collect();
+        assert_eq!(per_domain, ["100:d1:d1:x", "200:d1:d1:x", "300:d1:d1:x"]);
+        assert!(
+            rows(ReportQuery {
+                module: Some("other".into()),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        let newest = reports(
+            &b,
+            &ReportQuery {
+                domain: Some("d1".into()),
+                limit: Some(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(newest.truncated);
+        let keys: Vec<String> = newest.rows.iter().map(key).collect();
+        assert_eq!(keys, ["300:d1:n1:y", "300:d1:n2:x", "300:d1:n2:y"]);
+    }
+
+    #[test]
+    fn queries_travel_as_json_with_every_field_optional() {
+        let q: AlarmQuery = serde_json::from_str(r#"{"active_only":true}"#).unwrap();
+        assert!(q.active_only && q.node.is_none());
+        let r: crate::admin::Request =
+            serde_json::from_str(r#"{"op":"reports","node":"n1","limit":5}"#).unwrap();
+        assert!(matches!(
+            r,
+            crate::admin::Request::Reports(ReportQuery { node: Some(ref n), limit: Some(5), .. }) if n == "n1"
+        ));
+        let a: crate::admin::Request = serde_json::from_str(r#"{"op":"alarms"}"#).unwrap();
+        assert!(matches!(a, crate::admin::Request::Alarms(ref q) if *q == AlarmQuery::default()));
+    }
+}
