@@ -8,7 +8,9 @@
 //! reads a header, asks the codec whether to go on, and reads the body.
 
 use crate::tls::{PeerIdentity, peer_identity, server_name};
-use agad_protocol::wire::{CodecError, HEADER_LEN, Message, decode_body, decode_header, encode};
+use agad_protocol::wire::{
+    CodecError, HEADER_LEN, Message, Sender, decode_body, decode_body_from, decode_header, encode,
+};
 use rustls::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,9 @@ pub struct FrameReader<R> {
     header_filled: usize,
     body: Vec<u8>,
     body_filled: usize,
+    /// Which end the frames come from, once known: kinds it may not send
+    /// are refused before their body is decoded.
+    from: Option<Sender>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -51,7 +56,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             header_filled: 0,
             body: Vec::new(),
             body_filled: 0,
+            from: None,
         }
+    }
+
+    /// From now on, frames come from `from` (a manager reading its child
+    /// says `Sender::Child`, a child reading its manager `Sender::Parent`);
+    /// a kind that end may not send fails [`FrameReader::recv`] with
+    /// [`CodecError::Forbidden`] before its body is decoded.
+    pub fn set_sender(&mut self, from: Sender) {
+        self.from = Some(from);
     }
 
     /// The next message; `Ok(None)` when the peer closed cleanly between
@@ -87,7 +101,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.header_filled = 0;
         self.body_filled = 0;
-        Ok(Some(decode_body(&std::mem::take(&mut self.body))?))
+        let body = std::mem::take(&mut self.body);
+        Ok(Some(match self.from {
+            Some(from) => decode_body_from(&body, from)?,
+            None => decode_body(&body)?,
+        }))
     }
 }
 
@@ -203,7 +221,7 @@ pub async fn connect(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use agad_protocol::wire::{Control, MAX_FRAME_LEN, PROTOCOL_VERSION};
+    use agad_protocol::wire::{Control, MAX_FRAME_LEN, MessageKind, PROTOCOL_VERSION};
 
     fn ack(seq: u64) -> Message {
         Message::Control(Control::Ack { seqs: vec![seq] })
@@ -296,5 +314,53 @@ mod tests {
         assert!(early.is_err(), "a partial frame must not complete");
         a.write_all(&frame[HEADER_LEN + 1..]).await.unwrap();
         assert_eq!(reader.recv().await.unwrap(), Some(ack(7)));
+    }
+
+    #[tokio::test]
+    async fn a_reader_told_its_sender_refuses_what_that_end_may_not_send() {
+        let assign = Message::Control(Control::AssignDomain {
+            domain: "lab".into(),
+        });
+        let reports = Message::Reports(vec![]);
+        // A manager reading its child: acks pass, orders do not.
+        let mut bytes = encode(&ack(1)).unwrap();
+        bytes.extend(encode(&assign).unwrap());
+        let mut from_child = FrameReader::new(bytes.as_slice());
+        from_child.set_sender(Sender::Child);
+        assert_eq!(from_child.recv().await.unwrap(), Some(ack(1)));
+        let err = from_child.recv().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::Codec(CodecError::Forbidden {
+                    kind: MessageKind::AssignDomain,
+                    from: Sender::Child
+                })
+            ),
+            "{err}"
+        );
+        // A child reading its manager: orders pass, reports do not.
+        let mut bytes = encode(&assign).unwrap();
+        bytes.extend(encode(&reports).unwrap());
+        let mut from_parent = FrameReader::new(bytes.as_slice());
+        from_parent.set_sender(Sender::Parent);
+        assert_eq!(from_parent.recv().await.unwrap(), Some(assign));
+        let err = from_parent.recv().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::Codec(CodecError::Forbidden {
+                    kind: MessageKind::Reports,
+                    from: Sender::Parent
+                })
+            ),
+            "{err}"
+        );
+        // Not told: anything well formed passes.
+        let mut bytes = encode(&reports).unwrap();
+        bytes.extend(encode(&ack(2)).unwrap());
+        let mut unknown = FrameReader::new(bytes.as_slice());
+        assert_eq!(unknown.recv().await.unwrap(), Some(reports));
+        assert_eq!(unknown.recv().await.unwrap(), Some(ack(2)));
     }
 }
