@@ -43,6 +43,10 @@ pub struct DominioArgs {
     /// How often the station tells the top manager it is alive.
     #[arg(long, default_value = "10s", value_parser = crate::parse_cli_duration)]
     keepalive: Duration,
+    /// Public key of a publisher whose modules a replica may carry
+    /// (repeatable): every module of every replica is checked against them.
+    #[arg(long = "trust", required = true)]
+    trusted: Vec<PathBuf>,
 }
 
 pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
@@ -70,6 +74,7 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
         },
         acceptor: args.identity.acceptor()?,
         consolidation_grace: Duration::from_secs(2),
+        trusted: read_public_keys(&args.trusted)?,
     };
     serve(&args.listen, "domain manager", move |listener, shutdown| {
         agad_gerente_dominio::run(config, listener, shutdown)

@@ -40,6 +40,8 @@ pub struct DominioConfig {
     pub acceptor: TlsAcceptor,
     /// Late reports of a window are waited for this long before it is sent.
     pub consolidation_grace: Duration,
+    /// Publisher keys every module of a replica must be signed by.
+    pub trusted: Vec<agad_protocol::PublicKey>,
 }
 
 /// The state every task of the station shares.
@@ -131,7 +133,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let db = Database::open(&config.data_dir.join("db"))?;
-    let bases = Bases::open(&db)?;
+    let bases = Bases::open(&db, config.trusted)?;
     let outbox = Outbox::open(&db)?;
     let (up_tx, up_rx) = mpsc::channel(1024);
     let replica = bases.replica()?;
