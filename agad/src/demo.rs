@@ -101,7 +101,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let listen = free_port()?;
         let station_ticket = ticket(&mor_dir, station)?;
         eprintln!(
-            "#   agad dominio --pki {d}/pki --name {station} --mor {mor_addr} --listen {listen} --data-dir {d}/{station} --ticket <from agad enroll ticket {station}>"
+            "#   agad dominio --pki {d}/pki --name {station} --mor {mor_addr} --listen {listen} --data-dir {d}/{station} --trust {d}/publisher.pub --ticket <from agad enroll ticket {station}>"
         );
         children.spawn(
             &dir,
@@ -119,6 +119,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                     "--data-dir",
                 ])
                 .arg(dir.join(station))
+                .arg("--trust")
+                .arg(dir.join("publisher.pub"))
                 .args(["--ticket", &station_ticket, "--keepalive", "5s"]),
         )?;
         names.push(station.to_string());

@@ -72,6 +72,10 @@ pub struct DominioArgs {
     /// How often the station tells the top manager it is alive.
     #[arg(long, default_value = "10s", value_parser = crate::parse_cli_duration)]
     keepalive: Duration,
+    /// Public key of a publisher whose modules a replica may carry
+    /// (repeatable): every module of every replica is checked against them.
+    #[arg(long = "trust", required = true)]
+    trusted: Vec<PathBuf>,
 }
 
 pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
@@ -104,6 +108,7 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
         consolidation_grace: Duration::from_secs(2),
         children: Default::default(),
         limits: Default::default(),
+        trusted: read_public_keys(&args.trusted)?,
     };
     serve(&args.listen, "domain manager", move |listener, shutdown| {
         agad_gerente_dominio::run(config, listener, shutdown)

@@ -234,6 +234,8 @@ impl Deployment {
                 &listen,
                 "--data-dir",
                 name,
+                "--trust",
+                "publisher.pub",
                 "--ticket",
                 &ticket,
                 "--keepalive",

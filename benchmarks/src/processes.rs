@@ -296,6 +296,8 @@ impl Deployment {
                 &listen,
                 "--data-dir",
                 name,
+                "--trust",
+                "publisher.pub",
                 "--ticket",
                 &ticket,
                 "--keepalive",

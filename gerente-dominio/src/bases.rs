@@ -1,10 +1,18 @@
 //! The domain manager's bases in its own database: BC (module bundles by
 //! hash), BTPD/BCN (the replica last acknowledged) and BICD (every alarm and
 //! report received from the domain's nodes).
+//!
+//! A replica is stored only if every module in it (and in its sub-domain
+//! replicas) is signed by one of the deployment's trusted publishers and
+//! matches its bytes, sent or held: a compromised top manager alone cannot
+//! push code through this station.
 
+use agad_protocol::PublicKey;
+use agad_protocol::bundle::{BundleError, verify_parts};
 use agad_protocol::message::{Alarm, Report};
 use agad_protocol::wire::{self, ModuleCopy, Replica};
 use agad_storage::{Database, StorageError, Tree};
+use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -20,6 +28,12 @@ pub enum BaseError {
     },
     #[error("stored {what} is unreadable: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    #[error("replica {version}: domain `{domain}`: {reason}")]
+    Untrusted {
+        version: u64,
+        domain: String,
+        reason: BundleError,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -30,13 +44,17 @@ pub struct Bases {
     bicd_alarms: Tree,
     bicd_reports: Tree,
     meta: Tree,
+    /// Publisher keys whose signatures a replica's modules must carry.
+    trusted: Vec<PublicKey>,
 }
 
 const CURRENT: &[u8] = b"current";
 const CONSOLIDATED_UNTIL: &[u8] = b"consolidated-until";
 
 impl Bases {
-    pub fn open(db: &Database) -> Result<Bases, StorageError> {
+    /// The bases in `db`; replicas are accepted only with modules signed by
+    /// one of `trusted`.
+    pub fn open(db: &Database, trusted: Vec<PublicKey>) -> Result<Bases, StorageError> {
         Ok(Bases {
             db: db.clone(),
             bc: db.tree("bc")?,
@@ -44,6 +62,7 @@ impl Bases {
             bicd_alarms: db.tree("bicd-alarms")?,
             bicd_reports: db.tree("bicd-reports")?,
             meta: db.tree("meta")?,
+            trusted,
         })
     }
 
@@ -61,23 +80,51 @@ impl Bases {
     }
 
     /// Stores a new replica whole: its module bytes into BC, then the replica
-    /// itself. Refused (nothing changed) if a module is neither sent nor held.
+    /// itself. Refused, with nothing changed, if a module is neither sent
+    /// nor held, or if any module fails [`verify_parts`] (trusted signer,
+    /// signature, bytes matching the signed hash, validity window) against
+    /// the bytes sent or, for a manifest alone, the bytes held in BC.
     /// Sub-domain replicas ride along: their modules go to BC too, since
     /// this station hands them down.
     pub fn store_replica(&self, replica: Replica) -> Result<Replica, BaseError> {
         let modules = || replica.all().into_iter().flat_map(|r| &r.modules);
-        let sent: std::collections::HashSet<String> = modules()
-            .filter(|m| m.wasm.is_some())
-            .map(|m| m.manifest.sha256_hex())
+        let sent: HashMap<String, &[u8]> = modules()
+            .filter_map(|m| Some((m.manifest.sha256_hex(), m.wasm.as_deref()?)))
             .collect();
-        for module in modules() {
-            let hash = module.manifest.sha256_hex();
-            if !sent.contains(&hash) && self.bc.get(hash.as_bytes())?.is_none() {
-                return Err(BaseError::MissingModule {
+        // Bytes of modules named by hash only, read once each from BC.
+        let mut held: HashMap<String, Vec<u8>> = HashMap::new();
+        let now_secs = crate::now_ms() / 1000;
+        for r in replica.all() {
+            for module in &r.modules {
+                let hash = module.manifest.sha256_hex();
+                let wasm = match module.wasm.as_deref().or(sent.get(&hash).copied()) {
+                    Some(wasm) => wasm,
+                    None => {
+                        if !held.contains_key(&hash) {
+                            let bytes = self.held_bytes(&hash)?.ok_or_else(|| {
+                                BaseError::MissingModule {
+                                    version: replica.version,
+                                    module: module.manifest.name.clone(),
+                                    hash: hash.clone(),
+                                }
+                            })?;
+                            held.insert(hash.clone(), bytes);
+                        }
+                        &held[&hash]
+                    }
+                };
+                verify_parts(
+                    &module.manifest,
+                    &module.signature,
+                    wasm,
+                    &self.trusted,
+                    now_secs,
+                )
+                .map_err(|reason| BaseError::Untrusted {
                     version: replica.version,
-                    module: module.manifest.name.clone(),
-                    hash,
-                });
+                    domain: r.topology.domain.name.clone(),
+                    reason,
+                })?;
             }
         }
         for module in modules().filter(|m| m.wasm.is_some()) {
@@ -90,6 +137,11 @@ impl Bases {
         self.btpd.insert(CURRENT, &wire::encode_value(&stored))?;
         self.db.flush()?;
         Ok(stored)
+    }
+
+    /// The wasm bytes BC holds under `hash`, if any.
+    fn held_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>, BaseError> {
+        Ok(self.module(hash)?.and_then(|m| m.wasm))
     }
 
     /// A module with its bytes, by hash.
@@ -193,4 +245,209 @@ fn report_key(time_ms: u64, node: &str, seq: u64) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use agad_protocol::topology::{Domain, DomainTopology};
+    use agad_protocol::{Bundle, ManifestSpec, SecretKey};
+
+    fn spec(name: &str) -> ManifestSpec {
+        ManifestSpec::from_toml(&format!(
+            "name = \"{name}\"\nversion = \"0.1.0\"\nsequence = 1\nkind = \"inspector\"\narea = \"performance\"\n"
+        ))
+        .unwrap()
+    }
+
+    fn copy(bundle: &Bundle, with_bytes: bool) -> ModuleCopy {
+        ModuleCopy {
+            manifest: bundle.manifest.clone(),
+            signature: bundle.signature.clone(),
+            wasm: with_bytes.then(|| bundle.wasm.clone()),
+        }
+    }
+
+    fn replica(domain: &str, version: u64, modules: Vec<ModuleCopy>) -> Replica {
+        Replica {
+            version,
+            topology: DomainTopology {
+                domain: Domain {
+                    name: domain.into(),
+                    parent: None,
+                    stations: vec![],
+                    report_window_ms: 1000,
+                },
+                nodes: vec![],
+                links: vec![],
+                assignments: vec![],
+                subdomains: vec![],
+            },
+            modules,
+            rules: vec![],
+            members: vec![],
+            subdomains: vec![],
+        }
+    }
+
+    struct Fixture {
+        bases: Bases,
+        publisher: SecretKey,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("db")).unwrap();
+        let publisher = SecretKey::generate();
+        let bases = Bases::open(&db, vec![publisher.public()]).unwrap();
+        Fixture {
+            bases,
+            publisher,
+            _dir: dir,
+        }
+    }
+
+    fn now() -> u64 {
+        crate::now_ms() / 1000
+    }
+
+    #[test]
+    fn a_replica_with_a_tampered_module_is_refused_whole_and_the_last_one_stays() {
+        let f = fixture();
+        let cpu = Bundle::sign(spec("cpu-mem"), b"cpu wasm".to_vec(), &f.publisher, now());
+        let disk = Bundle::sign(spec("disk"), b"disk wasm".to_vec(), &f.publisher, now());
+        f.bases
+            .store_replica(replica("lab", 1, vec![copy(&cpu, true)]))
+            .unwrap();
+
+        // Version 2: a good new module for the domain, and a sub-domain
+        // whose module's bytes were swapped after signing.
+        let mut tampered = copy(&disk, true);
+        tampered.wasm = Some(b"evil wasm".to_vec());
+        let mut v2 = replica("lab", 2, vec![copy(&cpu, false), copy(&disk, true)]);
+        let mut sub = replica("lab-east", 2, vec![copy(&cpu, false)]);
+        sub.modules.push(tampered);
+        v2.subdomains.push(sub);
+        let err = f.bases.store_replica(v2).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                &err,
+                BaseError::Untrusted { version: 2, domain, reason: BundleError::HashMismatch { module, .. } }
+                    if domain == "lab-east" && module == "disk"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("replica 2: domain `lab-east`: module `disk`"),
+            "{text}"
+        );
+
+        // Nothing of version 2 was kept: not the replica, not even the
+        // good module's bytes.
+        let kept = f.bases.replica().unwrap().unwrap();
+        assert_eq!(kept.version, 1);
+        assert_eq!(kept.modules.len(), 1);
+        assert_eq!(f.bases.held().unwrap(), vec![cpu.manifest.sha256_hex()]);
+    }
+
+    #[test]
+    fn modules_signed_by_an_unknown_key_or_forged_are_refused() {
+        let f = fixture();
+        let stranger = SecretKey::generate();
+        let foreign = Bundle::sign(spec("cpu-mem"), b"cpu wasm".to_vec(), &stranger, now());
+        let err = f
+            .bases
+            .store_replica(replica("lab", 1, vec![copy(&foreign, true)]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BaseError::Untrusted {
+                    reason: BundleError::UntrustedSigner { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // A manifest edited after signing (more capabilities), bytes intact.
+        let good = Bundle::sign(spec("cpu-mem"), b"cpu wasm".to_vec(), &f.publisher, now());
+        let mut forged = copy(&good, true);
+        forged
+            .manifest
+            .capabilities
+            .push(agad_protocol::Capability::Snmp);
+        let err = f
+            .bases
+            .store_replica(replica("lab", 1, vec![forged]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BaseError::Untrusted {
+                    reason: BundleError::BadSignature { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(f.bases.replica().unwrap().is_none());
+        assert!(f.bases.held().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_manifest_without_bytes_is_checked_against_the_bytes_held() {
+        let f = fixture();
+        let cpu = Bundle::sign(spec("cpu-mem"), b"cpu wasm".to_vec(), &f.publisher, now());
+        f.bases
+            .store_replica(replica("lab", 1, vec![copy(&cpu, true)]))
+            .unwrap();
+        // Held and signed: a manifest alone is enough.
+        f.bases
+            .store_replica(replica("lab", 2, vec![copy(&cpu, false)]))
+            .unwrap();
+        // A forged signature on a manifest alone is refused too.
+        let mut forged = copy(&cpu, false);
+        forged.signature[0] ^= 1;
+        let err = f
+            .bases
+            .store_replica(replica("lab", 3, vec![forged]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BaseError::Untrusted {
+                    reason: BundleError::BadSignature { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Bytes in BC that no longer match their hash are not handed down.
+        let hash = cpu.manifest.sha256_hex();
+        let mut damaged = copy(&cpu, true);
+        damaged.wasm = Some(b"rotten".to_vec());
+        f.bases
+            .bc
+            .insert(hash.as_bytes(), &wire::encode_value(&damaged))
+            .unwrap();
+        let err = f
+            .bases
+            .store_replica(replica("lab", 4, vec![copy(&cpu, false)]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BaseError::Untrusted {
+                    reason: BundleError::HashMismatch { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(f.bases.replica().unwrap().unwrap().version, 2);
+    }
 }

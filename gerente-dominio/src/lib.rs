@@ -49,6 +49,8 @@ pub struct DominioConfig {
     pub children: ChildrenConfig,
     /// What the listener accepts at once.
     pub limits: Limits,
+    /// Publisher keys every module of a replica must be signed by.
+    pub trusted: Vec<agad_protocol::PublicKey>,
 }
 
 /// The state every task of the station shares.
@@ -146,7 +148,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let db = Database::open(&config.data_dir.join("db"))?;
-    let bases = Bases::open(&db)?;
+    let bases = Bases::open(&db, config.trusted)?;
     let outbox = Outbox::open(&db)?;
     let (up_tx, up_rx) = mpsc::channel(1024);
     let replica = bases.replica()?;

@@ -19,7 +19,7 @@ use crate::conn::{Connection, NetError, spawn_reader};
 use crate::liveness::{Detector, LivenessConfig, OwnLag};
 use crate::tls::PeerIdentity;
 use agad_protocol::message::Alarm;
-use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Role, State};
+use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Role, Sender, State};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -351,12 +351,14 @@ async fn session<P: Parent>(
 ) -> Result<SessionError, SessionError> {
     let Connection {
         peer,
-        reader,
+        mut reader,
         mut writer,
     } = connection;
     if peer.role != parent.role() {
         return Err(SessionError::Role(peer.role));
     }
+    // Frames only a parent may send are refused before they are decoded.
+    reader.set_sender(Sender::Child);
     let mut incoming = spawn_reader(reader);
     let config = parent.children().config().clone();
     let hello = match tokio::time::timeout(config.hello_timeout, incoming.recv()).await {

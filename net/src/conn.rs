@@ -8,7 +8,9 @@
 //! reads a header, asks the codec whether to go on, and reads the body.
 
 use crate::tls::{PeerIdentity, peer_identity, server_name};
-use agad_protocol::wire::{CodecError, HEADER_LEN, Message, decode_body, decode_header, encode};
+use agad_protocol::wire::{
+    CodecError, HEADER_LEN, Message, Sender, decode_body, decode_body_from, decode_header, encode,
+};
 use rustls::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,13 +36,23 @@ pub enum NetError {
     Timeout,
 }
 
+/// A frame body grows by at most this much per read.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Receives whole messages from a byte stream.
 pub struct FrameReader<R> {
     inner: R,
     header: [u8; HEADER_LEN],
     header_filled: usize,
+    /// The body as received so far: it grows as bytes arrive, never to the
+    /// announced length up front, so a peer that announces 32 MiB and
+    /// trickles costs what it sent, not what it claimed.
     body: Vec<u8>,
+    body_len: usize,
     body_filled: usize,
+    /// Which end the frames come from, once known: kinds it may not send
+    /// are refused before their body is decoded.
+    from: Option<Sender>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -50,8 +62,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             header: [0; HEADER_LEN],
             header_filled: 0,
             body: Vec::new(),
+            body_len: 0,
             body_filled: 0,
+            from: None,
         }
+    }
+
+    /// From now on, frames come from `from` (a manager reading its child
+    /// says `Sender::Child`, a child reading its manager `Sender::Parent`);
+    /// a kind that end may not send fails [`FrameReader::recv`] with
+    /// [`CodecError::Forbidden`] before its body is decoded.
+    pub fn set_sender(&mut self, from: Sender) {
+        self.from = Some(from);
     }
 
     /// The next message; `Ok(None)` when the peer closed cleanly between
@@ -73,13 +95,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             self.header_filled += n;
             if self.header_filled == HEADER_LEN {
-                // Version and size are checked before anything is allocated,
-                // so a hostile length costs nothing.
-                self.body = vec![0; decode_header(&self.header)?];
+                // Version and size are checked before anything is read.
+                self.body_len = decode_header(&self.header)?;
             }
         }
-        while self.body_filled < self.body.len() {
-            let n = self.inner.read(&mut self.body[self.body_filled..]).await?;
+        while self.body_filled < self.body_len {
+            let end = self.body_filled + (self.body_len - self.body_filled).min(READ_CHUNK);
+            if self.body.len() < end {
+                self.body.resize(end, 0);
+            }
+            let n = self
+                .inner
+                .read(&mut self.body[self.body_filled..end])
+                .await?;
             if n == 0 {
                 return Err(truncated());
             }
@@ -87,7 +115,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.header_filled = 0;
         self.body_filled = 0;
-        Ok(Some(decode_body(&std::mem::take(&mut self.body))?))
+        let mut body = std::mem::take(&mut self.body);
+        body.truncate(self.body_len);
+        Ok(Some(match self.from {
+            Some(from) => decode_body_from(&body, from)?,
+            None => decode_body(&body)?,
+        }))
     }
 }
 
@@ -225,7 +258,7 @@ pub fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use agad_protocol::wire::{Control, MAX_FRAME_LEN, PROTOCOL_VERSION};
+    use agad_protocol::wire::{Control, MAX_FRAME_LEN, MessageKind, PROTOCOL_VERSION};
 
     fn ack(seq: u64) -> Message {
         Message::Control(Control::Ack { seqs: vec![seq] })
@@ -268,6 +301,22 @@ mod tests {
         );
         assert!(reader.body.is_empty());
         assert_eq!(reader.inner, b"body that must stay unread");
+    }
+
+    #[tokio::test]
+    async fn a_huge_announced_frame_costs_only_what_was_sent() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(b);
+        let len = u32::try_from(MAX_FRAME_LEN).unwrap();
+        a.write_all(&header(len, PROTOCOL_VERSION)).await.unwrap();
+        a.write_all(&[1u8; 100]).await.unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(50), reader.recv()).await;
+        assert!(pending.is_err(), "an unfinished frame must not complete");
+        assert!(
+            reader.body.capacity() <= 2 * READ_CHUNK,
+            "{} bytes held for 100 received",
+            reader.body.capacity()
+        );
     }
 
     #[tokio::test]
@@ -318,5 +367,53 @@ mod tests {
         assert!(early.is_err(), "a partial frame must not complete");
         a.write_all(&frame[HEADER_LEN + 1..]).await.unwrap();
         assert_eq!(reader.recv().await.unwrap(), Some(ack(7)));
+    }
+
+    #[tokio::test]
+    async fn a_reader_told_its_sender_refuses_what_that_end_may_not_send() {
+        let assign = Message::Control(Control::AssignDomain {
+            domain: "lab".into(),
+        });
+        let reports = Message::Reports(vec![]);
+        // A manager reading its child: acks pass, orders do not.
+        let mut bytes = encode(&ack(1)).unwrap();
+        bytes.extend(encode(&assign).unwrap());
+        let mut from_child = FrameReader::new(bytes.as_slice());
+        from_child.set_sender(Sender::Child);
+        assert_eq!(from_child.recv().await.unwrap(), Some(ack(1)));
+        let err = from_child.recv().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::Codec(CodecError::Forbidden {
+                    kind: MessageKind::AssignDomain,
+                    from: Sender::Child
+                })
+            ),
+            "{err}"
+        );
+        // A child reading its manager: orders pass, reports do not.
+        let mut bytes = encode(&assign).unwrap();
+        bytes.extend(encode(&reports).unwrap());
+        let mut from_parent = FrameReader::new(bytes.as_slice());
+        from_parent.set_sender(Sender::Parent);
+        assert_eq!(from_parent.recv().await.unwrap(), Some(assign));
+        let err = from_parent.recv().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::Codec(CodecError::Forbidden {
+                    kind: MessageKind::Reports,
+                    from: Sender::Parent
+                })
+            ),
+            "{err}"
+        );
+        // Not told: anything well formed passes.
+        let mut bytes = encode(&reports).unwrap();
+        bytes.extend(encode(&ack(2)).unwrap());
+        let mut unknown = FrameReader::new(bytes.as_slice());
+        assert_eq!(unknown.recv().await.unwrap(), Some(reports));
+        assert_eq!(unknown.recv().await.unwrap(), Some(ack(2)));
     }
 }

@@ -11,7 +11,7 @@ use crate::conn::{self, FrameWriter, spawn_reader};
 use crate::liveness::{Detector, LivenessConfig, OwnLag};
 use crate::outbox::{Class, Outbox};
 use crate::tls::PeerIdentity;
-use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Queued, Role};
+use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Queued, Role, Sender};
 use rand::Rng;
 use rustls::ClientConfig;
 use std::sync::Arc;
@@ -132,7 +132,8 @@ async fn session(
     let connected = conn::connect(address, config.tls.clone())
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-    let (peer, reader, mut writer) = (connected.peer, connected.reader, connected.writer);
+    let (peer, mut reader, mut writer) = (connected.peer, connected.reader, connected.writer);
+    reader.set_sender(Sender::Parent);
     // Checked before a single frame goes out: any certificate of the CA
     // could otherwise pose as our parent, acknowledge (and so delete) our
     // queued alarms or deploy an empty set.

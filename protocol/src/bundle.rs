@@ -133,48 +133,63 @@ impl Bundle {
 
     /// Signature by a trusted key, hash of the exact bytes, validity window.
     pub fn verify(&self, trusted: &[PublicKey], now_secs: u64) -> Result<(), BundleError> {
-        let m = &self.manifest;
-        let module = m.name.clone();
-        let key = trusted.iter().find(|k| k.id() == m.signer).ok_or_else(|| {
-            BundleError::UntrustedSigner {
-                module: module.clone(),
-                signer: m.signer,
-            }
-        })?;
-        let signature: [u8; 64] =
-            self.signature
-                .as_slice()
-                .try_into()
-                .map_err(|_| BundleError::BadSignature {
-                    module: module.clone(),
-                })?;
-        if !key.verify(&m.canonical_bytes(), &signature) {
-            return Err(BundleError::BadSignature { module });
-        }
-        let actual = sha256(&self.wasm);
-        if actual != m.sha256 {
-            return Err(BundleError::HashMismatch {
-                module,
-                signed: hex::encode(m.sha256),
-                actual: hex::encode(actual),
-            });
-        }
-        if now_secs >= m.expires_at {
-            return Err(BundleError::Expired {
-                module,
-                expires_at: m.expires_at,
-                now: now_secs,
-            });
-        }
-        if m.issued_at > now_secs + ALLOWED_SKEW_SECS {
-            return Err(BundleError::NotYetValid {
-                module,
-                issued_at: m.issued_at,
-                now: now_secs,
-            });
-        }
-        Ok(())
+        verify_parts(
+            &self.manifest,
+            &self.signature,
+            &self.wasm,
+            trusted,
+            now_secs,
+        )
     }
+}
+
+/// [`Bundle::verify`] for a module whose parts are held apart (a manager's
+/// replica and its store of bytes), without copying the bytes.
+pub fn verify_parts(
+    m: &Manifest,
+    signature: &[u8],
+    wasm: &[u8],
+    trusted: &[PublicKey],
+    now_secs: u64,
+) -> Result<(), BundleError> {
+    let module = m.name.clone();
+    let key = trusted.iter().find(|k| k.id() == m.signer).ok_or_else(|| {
+        BundleError::UntrustedSigner {
+            module: module.clone(),
+            signer: m.signer,
+        }
+    })?;
+    let signature: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| BundleError::BadSignature {
+            module: module.clone(),
+        })?;
+    if !key.verify(&m.canonical_bytes(), &signature) {
+        return Err(BundleError::BadSignature { module });
+    }
+    let actual = sha256(wasm);
+    if actual != m.sha256 {
+        return Err(BundleError::HashMismatch {
+            module,
+            signed: hex::encode(m.sha256),
+            actual: hex::encode(actual),
+        });
+    }
+    if now_secs >= m.expires_at {
+        return Err(BundleError::Expired {
+            module,
+            expires_at: m.expires_at,
+            now: now_secs,
+        });
+    }
+    if m.issued_at > now_secs + ALLOWED_SKEW_SECS {
+        return Err(BundleError::NotYetValid {
+            module,
+            issued_at: m.issued_at,
+            now: now_secs,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

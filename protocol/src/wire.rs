@@ -8,11 +8,23 @@
 //! metric names, units and window times repeat. This module is the only
 //! place that knows the byte layout, so the format can change in one place;
 //! everything else sends and receives [`Message`]s.
+//!
+//! Every body comes from a certified but possibly hostile peer, so decoding
+//! is bounded before anything is allocated: the body's size
+//! ([`MAX_FRAME_LEN`], checked on the header), its nesting
+//! ([`MAX_NESTING`]) and the heap its decoded form holds
+//! ([`MAX_DECODED_LEN`]); see `bounded`. [`decode_body_from`] also refuses a
+//! kind of message the sending end may not send ([`Sender`],
+//! [`MessageKind::may_come_from`]) from its first bytes, before the rest is
+//! decoded.
 
 use crate::manifest::Manifest;
 use crate::message::{Alarm, Report, Summary};
 use crate::topology::DomainTopology;
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+mod bounded;
 
 /// Bumped on every incompatible change of [`Message`].
 pub const PROTOCOL_VERSION: u16 = 3;
@@ -21,6 +33,18 @@ pub const PROTOCOL_VERSION: u16 = 3;
 pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
 /// Length prefix plus protocol version.
 pub const HEADER_LEN: usize = 6;
+/// Most nesting a body may use (sequences, maps, enums, options and
+/// newtypes entered), so no frame can exhaust a stack: a `Replica` takes two
+/// levels per sub-domain level, which allows domain trees 29 levels deep.
+pub const MAX_NESTING: usize = 64;
+/// Most heap one decoded body may hold: collection slots (as `Vec` reserves
+/// them), text and bytes together. In-memory forms are wider than their
+/// varints (an empty `String` is one byte on the wire, 24 in memory): a
+/// replica of 25,000 nodes with five assignments each is 7 MB framed and
+/// 44 MB decoded, so this leaves room for domains of about 35,000 such
+/// nodes, while a hostile frame of tiny entries (200 MB decoded from 5 MB
+/// before this bound) gets no more.
+pub const MAX_DECODED_LEN: usize = 2 * MAX_FRAME_LEN;
 
 /// What a peer is, as its certificate says (`OU=<role>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -282,6 +306,137 @@ pub enum CodecError {
     Version { got: u16 },
     #[error("malformed frame: {0}")]
     Malformed(String),
+    #[error("frame nested deeper than {max} levels")]
+    TooDeep { max: usize },
+    #[error("frame would decode into more than {max} bytes")]
+    DecodedTooLarge { max: usize },
+    #[error("a {from} may not send `{kind}` (refused before decoding it)")]
+    Forbidden { kind: MessageKind, from: Sender },
+}
+
+/// Which end of a link a frame comes from: what it may send follows from
+/// that, and is checked before its body is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// The manager above (a domain manager for a node or a sub-domain
+    /// station, the top manager for a station).
+    Parent,
+    /// An element below: a node, or a station.
+    Child,
+}
+
+impl fmt::Display for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Sender::Parent => "parent",
+            Sender::Child => "child",
+        })
+    }
+}
+
+/// What a frame is, known from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    Hello,
+    Welcome,
+    AssignDomain,
+    Replicate,
+    ReplicaAck,
+    Enroll,
+    Deploy,
+    DeployAck,
+    KeepAlive,
+    Ack,
+    Alarm,
+    Reports,
+}
+
+/// `Control`'s variants in declaration order, which is their wire index.
+const CONTROL_KINDS: [MessageKind; 10] = [
+    MessageKind::Hello,
+    MessageKind::Welcome,
+    MessageKind::AssignDomain,
+    MessageKind::Replicate,
+    MessageKind::ReplicaAck,
+    MessageKind::Enroll,
+    MessageKind::Deploy,
+    MessageKind::DeployAck,
+    MessageKind::KeepAlive,
+    MessageKind::Ack,
+];
+/// `Message`'s variants in declaration order (`None`: a `Control`).
+const MESSAGE_KINDS: [Option<MessageKind>; 3] =
+    [None, Some(MessageKind::Alarm), Some(MessageKind::Reports)];
+
+impl MessageKind {
+    pub const ALL: [MessageKind; 12] = [
+        MessageKind::Hello,
+        MessageKind::Welcome,
+        MessageKind::AssignDomain,
+        MessageKind::Replicate,
+        MessageKind::ReplicaAck,
+        MessageKind::Enroll,
+        MessageKind::Deploy,
+        MessageKind::DeployAck,
+        MessageKind::KeepAlive,
+        MessageKind::Ack,
+        MessageKind::Alarm,
+        MessageKind::Reports,
+    ];
+
+    pub fn of(message: &Message) -> MessageKind {
+        match message {
+            Message::Control(control) => match control {
+                Control::Hello { .. } => MessageKind::Hello,
+                Control::Welcome { .. } => MessageKind::Welcome,
+                Control::AssignDomain { .. } => MessageKind::AssignDomain,
+                Control::Replicate(_) => MessageKind::Replicate,
+                Control::ReplicaAck { .. } => MessageKind::ReplicaAck,
+                Control::Enroll { .. } => MessageKind::Enroll,
+                Control::Deploy { .. } => MessageKind::Deploy,
+                Control::DeployAck { .. } => MessageKind::DeployAck,
+                Control::KeepAlive { .. } => MessageKind::KeepAlive,
+                Control::Ack { .. } => MessageKind::Ack,
+            },
+            Message::Alarm(_) => MessageKind::Alarm,
+            Message::Reports(_) => MessageKind::Reports,
+        }
+    }
+
+    /// Which end of a link may send this: orders and answers to joining
+    /// come from the parent, joining and everything reported from a child,
+    /// liveness and acknowledgements from both.
+    pub fn may_come_from(self, sender: Sender) -> bool {
+        use MessageKind::*;
+        match self {
+            Welcome | AssignDomain | Replicate | Deploy => sender == Sender::Parent,
+            Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports => sender == Sender::Child,
+            KeepAlive | Ack => true,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Hello => "hello",
+            MessageKind::Welcome => "welcome",
+            MessageKind::AssignDomain => "assign-domain",
+            MessageKind::Replicate => "replicate",
+            MessageKind::ReplicaAck => "replica-ack",
+            MessageKind::Enroll => "enroll",
+            MessageKind::Deploy => "deploy",
+            MessageKind::DeployAck => "deploy-ack",
+            MessageKind::KeepAlive => "keep-alive",
+            MessageKind::Ack => "ack",
+            MessageKind::Alarm => "alarm",
+            MessageKind::Reports => "reports",
+        }
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 fn config() -> impl bincode::config::Config {
@@ -335,30 +490,87 @@ pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize, CodecError> {
     Ok(len)
 }
 
-/// Decodes one body; trailing bytes are an error, not ignored.
+/// Decodes one body from a peer whose position is not known (or not
+/// checked); trailing bytes are an error, not ignored. Nesting and the
+/// decoded size are bounded either way ([`MAX_NESTING`], [`MAX_DECODED_LEN`]).
 pub fn decode_body(body: &[u8]) -> Result<Message, CodecError> {
-    let inflated;
-    let body = match body.split_first() {
-        Some((&PLAIN, rest)) => rest,
+    decode_plain(&unpack(body)?)
+}
+
+/// Decodes one body from `from`, refusing a kind that end may not send
+/// (a child's `Replicate`, a parent's `Alarm`) from its first bytes, before
+/// the rest is decoded.
+pub fn decode_body_from(body: &[u8], from: Sender) -> Result<Message, CodecError> {
+    let plain = unpack(body)?;
+    let kind = peek_kind(&plain)?;
+    if !kind.may_come_from(from) {
+        return Err(CodecError::Forbidden { kind, from });
+    }
+    decode_plain(&plain)
+}
+
+/// The bincode bytes of a body, inflated if need be.
+fn unpack(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, CodecError> {
+    match body.split_first() {
+        Some((&PLAIN, rest)) => Ok(rest.into()),
         Some((&DEFLATED, rest)) => {
             // The limit keeps a small frame from inflating into a huge one.
-            inflated = miniz_oxide::inflate::decompress_to_vec_with_limit(rest, MAX_FRAME_LEN)
-                .map_err(|e| CodecError::Malformed(format!("bad deflate stream: {e:?}")))?;
-            &inflated
+            miniz_oxide::inflate::decompress_to_vec_with_limit(rest, MAX_FRAME_LEN)
+                .map(Into::into)
+                .map_err(|e| CodecError::Malformed(format!("bad deflate stream: {e:?}")))
         }
-        Some((other, _)) => {
-            return Err(CodecError::Malformed(format!(
-                "unknown body packing {other}"
-            )));
-        }
-        None => return Err(CodecError::Malformed("empty body".into())),
+        Some((other, _)) => Err(CodecError::Malformed(format!(
+            "unknown body packing {other}"
+        ))),
+        None => Err(CodecError::Malformed("empty body".into())),
+    }
+}
+
+/// The kind of message in `plain` from its variant indices alone (bincode
+/// writes an enum as its variant's index, then the fields).
+fn peek_kind(plain: &[u8]) -> Result<MessageKind, CodecError> {
+    let index = |bytes: &[u8]| -> Result<(usize, usize), CodecError> {
+        let (index, used): (u32, usize) =
+            bincode::decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| CodecError::Malformed(format!("no message kind: {e}")))?;
+        Ok((index as usize, used))
     };
-    let (message, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if used != body.len() {
+    let unknown =
+        |what: &str, index: usize| CodecError::Malformed(format!("unknown {what} variant {index}"));
+    let (outer, used) = index(plain)?;
+    match MESSAGE_KINDS.get(outer) {
+        Some(Some(kind)) => Ok(*kind),
+        Some(None) => {
+            let (inner, _) = index(&plain[used..])?;
+            CONTROL_KINDS
+                .get(inner)
+                .copied()
+                .ok_or_else(|| unknown("control", inner))
+        }
+        None => Err(unknown("message", outer)),
+    }
+}
+
+fn decode_plain(plain: &[u8]) -> Result<Message, CodecError> {
+    let budget = bounded::Budget::new(MAX_NESTING, MAX_DECODED_LEN);
+    let root = bounded::Root::<Message> {
+        budget: &budget,
+        marker: std::marker::PhantomData,
+    };
+    let (message, used) =
+        bincode::serde::seed_decode_from_slice(root, plain, config()).map_err(|e| match budget
+            .exceeded()
+        {
+            Some(bounded::Exceeded::Depth) => CodecError::TooDeep { max: MAX_NESTING },
+            Some(bounded::Exceeded::Heap) => CodecError::DecodedTooLarge {
+                max: MAX_DECODED_LEN,
+            },
+            None => CodecError::Malformed(e.to_string()),
+        })?;
+    if used != plain.len() {
         return Err(CodecError::Malformed(format!(
             "{} bytes left over after the message",
-            body.len() - used
+            plain.len() - used
         )));
     }
     Ok(message)
@@ -472,5 +684,450 @@ mod tests {
         let mut body = frame[HEADER_LEN..].to_vec();
         body.push(0);
         assert!(matches!(decode_body(&body), Err(CodecError::Malformed(_))));
+    }
+
+    // --- Bounds: hostile bodies built by hand --------------------------
+
+    /// Heap bytes allocated by the current thread, live and at their peak,
+    /// so a test can show what one decode cost.
+    mod counting {
+        #![allow(unsafe_code)]
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        struct Counting;
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+
+        thread_local! {
+            static LIVE: Cell<isize> = const { Cell::new(0) };
+            static PEAK: Cell<isize> = const { Cell::new(0) };
+        }
+
+        fn note(delta: isize) {
+            let _ = LIVE.try_with(|live| {
+                let now = live.get() + delta;
+                live.set(now);
+                let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+            });
+        }
+
+        // SAFETY: every call goes to `System` unchanged; only counters move.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let p = unsafe { System.alloc(layout) };
+                if !p.is_null() {
+                    note(layout.size() as isize);
+                }
+                p
+            }
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                let p = unsafe { System.alloc_zeroed(layout) };
+                if !p.is_null() {
+                    note(layout.size() as isize);
+                }
+                p
+            }
+            unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+                unsafe { System.dealloc(p, layout) };
+                note(-(layout.size() as isize));
+            }
+            unsafe fn realloc(&self, p: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+                let q = unsafe { System.realloc(p, layout, new) };
+                if !q.is_null() {
+                    // Counted as both buffers at once: a moving realloc holds both.
+                    note(new as isize);
+                    note(-(layout.size() as isize));
+                }
+                q
+            }
+        }
+
+        /// `f`'s result and the most heap it held at once beyond what was
+        /// live when it started.
+        pub fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+            let start = LIVE.with(Cell::get);
+            PEAK.with(|p| p.set(start));
+            let out = f();
+            (out, (PEAK.with(Cell::get) - start).max(0) as usize)
+        }
+    }
+    use counting::peak_during;
+
+    const STACK: usize = 2 * 1024 * 1024;
+
+    /// Runs `f` on a thread with a 2 MiB stack, like a tokio worker's.
+    fn on_small_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        std::thread::Builder::new()
+            .stack_size(STACK)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn replica(version: u64, subdomains: Vec<Replica>) -> Replica {
+        Replica {
+            version,
+            topology: DomainTopology {
+                domain: crate::topology::Domain {
+                    name: String::new(),
+                    parent: None,
+                    stations: vec![],
+                    report_window_ms: 0,
+                },
+                nodes: vec![],
+                links: vec![],
+                assignments: vec![],
+                subdomains: vec![],
+            },
+            modules: vec![],
+            rules: vec![],
+            members: vec![],
+            subdomains,
+        }
+    }
+
+    fn module_copy(wasm: Option<Vec<u8>>) -> ModuleCopy {
+        ModuleCopy {
+            manifest: Manifest {
+                name: "cpu-mem".into(),
+                version: semver::Version::new(0, 1, 0),
+                sequence: 1,
+                kind: crate::manifest::Kind::Inspector,
+                area: crate::manifest::Area::Performance,
+                capabilities: vec![crate::manifest::Capability::Os],
+                limits: crate::manifest::Limits::default(),
+                sha256: [7; 32],
+                issued_at: 1,
+                expires_at: 2,
+                signer: crate::KeyId([1; 8]),
+            },
+            signature: vec![0; 64],
+            wasm,
+        }
+    }
+
+    /// Bincode bytes (without packing byte) of `Replicate` with an empty
+    /// replica, split before the replica: the message and variant tags.
+    fn replicate_parts() -> (Vec<u8>, Vec<u8>) {
+        let leaf = encode_value(&replica(0, vec![]));
+        let whole = encode_value(&Message::Control(Control::Replicate(Box::new(replica(
+            0,
+            vec![],
+        )))));
+        let tags = whole[..whole.len() - leaf.len()].to_vec();
+        // `subdomains` is the last field: its count is the last byte.
+        assert_eq!(leaf.last(), Some(&0));
+        (tags, leaf)
+    }
+
+    fn varint(n: u64) -> Vec<u8> {
+        encode_value(&n)
+    }
+
+    /// A `Replicate` whose replica nests `depth` levels, each level's
+    /// `subdomains` claiming `claimed` entries and holding the next level.
+    fn nested_replicate(depth: usize, claimed: u64) -> Vec<u8> {
+        let (tags, leaf) = replicate_parts();
+        let mut level = leaf[..leaf.len() - 1].to_vec();
+        level.extend(varint(claimed));
+        let mut body = vec![PLAIN];
+        body.extend(tags);
+        for _ in 0..depth {
+            body.extend_from_slice(&level);
+        }
+        body.extend(leaf);
+        body
+    }
+
+    #[test]
+    fn a_self_nested_replica_is_refused_without_exhausting_the_stack() {
+        let body = nested_replicate(100_000, 1);
+        assert!(body.len() <= MAX_FRAME_LEN);
+        let (result, peak) = on_small_stack(move || peak_during(|| decode_body(&body)));
+        assert!(
+            matches!(result, Err(CodecError::TooDeep { max: MAX_NESTING })),
+            "{result:?}"
+        );
+        assert!(peak < 1024 * 1024, "{peak} bytes");
+    }
+
+    #[test]
+    fn nested_vectors_each_claiming_a_huge_length_preallocate_nothing() {
+        // Before the bounds, every level reserved up to 1 MiB from its claim.
+        let body = nested_replicate(1_000, 1 << 60);
+        let (result, peak) = on_small_stack(move || peak_during(|| decode_body(&body)));
+        assert!(
+            matches!(result, Err(CodecError::TooDeep { .. })),
+            "{result:?}"
+        );
+        assert!(peak < 1024 * 1024, "{peak} bytes");
+    }
+
+    /// A domain tree `levels` deep, each level holding one full module.
+    fn replica_tree(levels: usize) -> Replica {
+        let mut tree = replica(levels as u64, vec![]);
+        tree.modules.push(module_copy(Some(vec![1, 2, 3])));
+        for level in (1..levels).rev() {
+            let mut parent = replica(level as u64, vec![tree]);
+            parent.modules.push(module_copy(None));
+            tree = parent;
+        }
+        tree
+    }
+
+    #[test]
+    fn a_domain_tree_29_levels_deep_decodes_on_a_small_stack() {
+        let ok = Message::Control(Control::Replicate(Box::new(replica_tree(29))));
+        let frame = encode(&ok).unwrap();
+        let decoded = on_small_stack(move || decode_body(&frame[HEADER_LEN..]).unwrap());
+        assert_eq!(decoded, ok);
+        let deeper = Message::Control(Control::Replicate(Box::new(replica_tree(30))));
+        let frame = encode(&deeper).unwrap();
+        assert!(matches!(
+            decode_body(&frame[HEADER_LEN..]),
+            Err(CodecError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn a_collection_claiming_2_pow_60_entries_is_refused_cleanly() {
+        // Message::Reports (variant 2), then its length as a bincode varint
+        // (0xfd: eight little-endian bytes follow), then no entries at all.
+        let mut body = vec![PLAIN, 2, 0xfd];
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert_eq!(&body[2..], varint(1 << 60).as_slice());
+        let (result, peak) = peak_during(|| decode_body(&body));
+        assert!(
+            matches!(result, Err(CodecError::Malformed(_))),
+            "{result:?}"
+        );
+        assert!(peak < 64 * 1024, "{peak} bytes");
+    }
+
+    #[test]
+    fn a_string_or_bytes_claiming_more_than_is_sent_allocate_nothing() {
+        // Control (0), Hello (0), role Node (0), `software` claiming 2^60 bytes.
+        let mut hello = vec![PLAIN, 0, 0, 0, 0xfd];
+        hello.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        // A deployment whose module claims 31 MiB of wasm and sends none.
+        let deploy = Message::Control(Control::Deploy {
+            version: 1,
+            modules: vec![Deployment {
+                module: module_copy(Some(vec![])),
+                config: vec![],
+            }],
+        });
+        let encoded = encode_value(&deploy);
+        // ... wasm: Some (1), length 0, then `config`'s length 0.
+        assert!(encoded.ends_with(&[1, 0, 0]));
+        let mut deploy = vec![PLAIN];
+        deploy.extend_from_slice(&encoded[..encoded.len() - 2]);
+        deploy.extend(varint(31 * 1024 * 1024));
+        for body in [hello, deploy] {
+            let (result, peak) = peak_during(|| decode_body(&body));
+            assert!(
+                matches!(result, Err(CodecError::Malformed(_))),
+                "{result:?}"
+            );
+            assert!(peak < 64 * 1024, "{peak} bytes");
+        }
+    }
+
+    #[test]
+    fn a_frame_of_tiny_entries_cannot_decode_past_the_heap_bound() {
+        // Empty sub-domain replicas: 13 bytes each on the wire, 280 in
+        // memory; a full frame of them would take 700 MB to 1.4 GB decoded.
+        let (tags, leaf) = replicate_parts();
+        let count = (MAX_FRAME_LEN - 64) / leaf.len();
+        let mut body = vec![PLAIN];
+        body.extend(tags);
+        body.extend_from_slice(&leaf[..leaf.len() - 1]);
+        body.extend(varint(count as u64));
+        for _ in 0..count {
+            body.extend_from_slice(&leaf);
+        }
+        assert!(body.len() <= MAX_FRAME_LEN);
+        let (result, peak) = peak_during(|| decode_body(&body));
+        eprintln!("{} bytes of tiny entries: {peak} bytes peak", body.len());
+        assert!(
+            matches!(result, Err(CodecError::DecodedTooLarge { .. })),
+            "{result:?}"
+        );
+        // The bound plus the one buffer a growing `Vec` moves out of.
+        assert!(peak <= MAX_DECODED_LEN * 3 / 2, "{peak} bytes");
+    }
+
+    #[test]
+    fn a_large_legitimate_replica_decodes() {
+        // 25,000 nodes with five assignments each, as dominio-capacity runs.
+        let mut big = replica(1, vec![]);
+        for i in 0..25_000 {
+            let node = format!("node-{i:05}");
+            big.topology.nodes.push(crate::topology::NodeEntry {
+                name: node.clone(),
+                domain: "lab".into(),
+                address: Some(format!("10.0.{}.{}:161", i / 256, i % 256)),
+            });
+            big.members.push(Member {
+                name: node.clone(),
+                role: Role::Node,
+                fingerprint: "ab".repeat(32),
+                state: Enrollment::Active,
+            });
+            for m in 0..5 {
+                big.topology
+                    .assignments
+                    .push(crate::topology::NodeAssignment {
+                        node: node.clone(),
+                        module: format!("inspector-{m}"),
+                        config: vec![("period".into(), "10s".into())],
+                    });
+            }
+        }
+        let message = Message::Control(Control::Replicate(Box::new(big)));
+        let frame = encode(&message).unwrap();
+        let (decoded, peak) = peak_during(|| decode_body(&frame[HEADER_LEN..]).unwrap());
+        assert_eq!(decoded, message);
+        // Legitimate replicas are about six times larger decoded than framed.
+        assert!(peak < MAX_DECODED_LEN * 3 / 4, "{peak} bytes");
+        eprintln!(
+            "25,000-node replica: {} bytes framed, {peak} bytes peak while decoding",
+            frame.len()
+        );
+    }
+
+    // --- Who may send what ---------------------------------------------
+
+    fn sample(kind: MessageKind) -> Message {
+        let control = |c| Message::Control(c);
+        match kind {
+            MessageKind::Hello => control(Control::Hello {
+                role: Role::Node,
+                software: "agad".into(),
+                ticket: None,
+                modules_held: vec![],
+            }),
+            MessageKind::Welcome => control(Control::Welcome {
+                enrollment: Enrollment::Active,
+                reason: String::new(),
+            }),
+            MessageKind::AssignDomain => control(Control::AssignDomain {
+                domain: "lab".into(),
+            }),
+            MessageKind::Replicate => control(Control::Replicate(Box::new(replica(1, vec![])))),
+            MessageKind::ReplicaAck => control(Control::ReplicaAck { version: 1 }),
+            MessageKind::Enroll => control(Control::Enroll {
+                name: "n".into(),
+                role: Role::Node,
+                fingerprint: "ab".into(),
+                ticket: None,
+            }),
+            MessageKind::Deploy => control(Control::Deploy {
+                version: 1,
+                modules: vec![],
+            }),
+            MessageKind::DeployAck => control(Control::DeployAck {
+                version: 1,
+                problems: vec![],
+            }),
+            MessageKind::KeepAlive => keep_alive(),
+            MessageKind::Ack => control(Control::Ack { seqs: vec![1] }),
+            MessageKind::Alarm => Message::Alarm(Queued {
+                seq: 1,
+                body: Upward::NodeReport(Report {
+                    node: "n".into(),
+                    module: "m".into(),
+                    area: crate::manifest::Area::Fault,
+                    summaries: vec![],
+                    time_ms: 0,
+                }),
+            }),
+            MessageKind::Reports => Message::Reports(vec![]),
+        }
+    }
+
+    #[test]
+    fn every_kind_is_known_from_its_first_bytes_and_checked_against_its_sender() {
+        for kind in MessageKind::ALL {
+            let message = sample(kind);
+            assert_eq!(MessageKind::of(&message), kind);
+            let frame = encode(&message).unwrap();
+            let body = &frame[HEADER_LEN..];
+            assert_eq!(peek_kind(&unpack(body).unwrap()).unwrap(), kind);
+            for from in [Sender::Parent, Sender::Child] {
+                match decode_body_from(body, from) {
+                    Ok(decoded) => {
+                        assert!(kind.may_come_from(from), "{kind} from {from}");
+                        assert_eq!(decoded, message);
+                    }
+                    Err(CodecError::Forbidden { kind: k, from: f }) => {
+                        assert!(!kind.may_come_from(from), "{kind} from {from}");
+                        assert_eq!((k, f), (kind, from));
+                    }
+                    Err(e) => panic!("{kind} from {from}: {e}"),
+                }
+            }
+        }
+        use MessageKind::*;
+        let parent_only = [Welcome, AssignDomain, Replicate, Deploy];
+        let child_only = [Hello, Enroll, ReplicaAck, DeployAck, Alarm, Reports];
+        for kind in MessageKind::ALL {
+            assert_eq!(
+                kind.may_come_from(Sender::Child),
+                !parent_only.contains(&kind)
+            );
+            assert_eq!(
+                kind.may_come_from(Sender::Parent),
+                !child_only.contains(&kind)
+            );
+        }
+    }
+
+    #[test]
+    fn a_child_replicate_is_refused_before_its_body_is_decoded() {
+        // Control, Replicate, then bytes that are no replica at all: only
+        // the tags are read.
+        let body = [PLAIN, 0, 3, 0xff, 0xff, 0xff];
+        let err = decode_body_from(&body, Sender::Child).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CodecError::Forbidden {
+                    kind: MessageKind::Replicate,
+                    from: Sender::Child
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "a child may not send `replicate` (refused before decoding it)"
+        );
+        assert!(matches!(
+            decode_body_from(&body, Sender::Parent),
+            Err(CodecError::Malformed(_))
+        ));
+        // A deep self-nested replica from a child costs no recursion at all.
+        let nested = nested_replicate(100_000, 1);
+        assert!(matches!(
+            decode_body_from(&nested, Sender::Child),
+            Err(CodecError::Forbidden { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_variants_are_malformed() {
+        for body in [&[PLAIN, 9][..], &[PLAIN, 0, 77], &[PLAIN]] {
+            assert!(
+                matches!(
+                    decode_body_from(body, Sender::Parent),
+                    Err(CodecError::Malformed(_))
+                ),
+                "{body:?}"
+            );
+        }
     }
 }

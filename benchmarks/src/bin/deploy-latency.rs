@@ -227,6 +227,7 @@ async fn deploy(h: Hierarchy, setup: Duration, nodes_runtime: &Handle) -> anyhow
         &h.dir.join("dominio"),
         &h.pki,
         mor_address,
+        h.trusted,
         shutdown.clone(),
     )
     .await?;
@@ -327,6 +328,7 @@ async fn start_dominio(
     data_dir: &Path,
     pki: &Pki,
     mor: SocketAddr,
+    trusted: PublicKey,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -346,6 +348,7 @@ async fn start_dominio(
         consolidation_grace: Duration::from_secs(2),
         children: Default::default(),
         limits: Default::default(),
+        trusted: vec![trusted],
     };
     let task = tokio::spawn(agad_gerente_dominio::run(config, listener, shutdown));
     Ok((address, task))

@@ -176,6 +176,12 @@ impl Dominio {
         let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let log = dir.join("dominio.log");
         let out = std::fs::File::create(&log)?;
+        // Nothing is deployed here, but a station needs a publisher to trust.
+        let publisher = dir.join("publisher.pub");
+        std::fs::write(
+            &publisher,
+            agad_protocol::SecretKey::generate().public().to_text(),
+        )?;
         let child = Command::new(agad)
             .args(["dominio", "--pki"])
             .arg(pki.dir())
@@ -185,6 +191,8 @@ impl Dominio {
             .arg(address.to_string())
             .arg("--data-dir")
             .arg(dir.join("dominio"))
+            .arg("--trust")
+            .arg(&publisher)
             .env("AGAD_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
