@@ -13,8 +13,9 @@
 //! - [`builtins`]: signing the built-in inspectors; their benchmark configs.
 //! - [`hierarchy`]: a top manager and domain manager in-process, simulated
 //!   nodes with their own certificates (deploy latency, manager capacity).
-//! - [`processes`]: a whole deployment as real `agad` processes, and network
-//!   namespaces with many links (alarm latency, wire bytes).
+//! - [`processes`]: the `agad` binary beside the benchmarks and the
+//!   settings they run the shared harness ([`agad_tests::hierarchy`]) with:
+//!   a whole deployment as real `agad` processes (alarm latency, wire bytes).
 //! - [`poller`]: SNMP walks, the poll set a central station would GET, and
 //!   the counting relay.
 //! - [`procfs`]: RSS and CPU time of a process, root check.

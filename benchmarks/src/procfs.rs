@@ -99,17 +99,6 @@ pub fn machine_load() -> String {
     format!("{cores} cores, load average {}", load.join(" "))
 }
 
-/// True when the effective user is root.
-pub fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0")
-    })
-}
-
 /// The kernel's name of this process (`comm`, at most 15 bytes), as process
 /// lists (and so the `app-watch` inspector and hrSWRunName) show it.
 pub fn own_comm() -> String {

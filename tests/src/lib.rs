@@ -1,14 +1,22 @@
 //! Whole-system test harness for AGAD: helpers that start the real programs
-//! the system talks to (Debian's `snmpd`, and later managers and nodes), so
-//! that the tests in `tests/all/` exercise real sockets, real processes and
-//! real protocol stacks rather than fakes.
+//! the system talks to (Debian's `snmpd`) and the system itself (the top
+//! manager, domain managers and nodes as `agad` processes), so that the
+//! tests in `tests/all/` and `agad/tests/`, and the benchmarks, exercise
+//! real sockets, real processes and real protocol stacks rather than fakes.
 //!
 //! It is not a mocking library and holds no assertions of its own: a helper
-//! either gives the test a working process or panics with that process's log.
+//! either gives the caller a working process or says why not, with that
+//! process's log.
 //!
 //! Layout:
+//! - [`hierarchy`]: a whole deployment as real `agad` processes in a
+//!   temporary folder (certificates, publishing, topology, enrollment), and
+//!   stopping, killing, restarting, freezing and thawing them by name.
+//! - [`netns`]: network namespaces with many interfaces (needs root).
 //! - [`snmpd`]: a throw-away net-snmp agent (v2c community and a v3
 //!   authPriv user) on a free loopback UDP port, optionally inside a network
 //!   namespace; killed on drop.
 
+pub mod hierarchy;
+pub mod netns;
 pub mod snmpd;

@@ -338,18 +338,8 @@ fn find_snmpd() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn running_as_root() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0")
-    })
-}
-
 fn install_snmpd() -> PathBuf {
-    if !running_as_root() {
+    if !crate::netns::running_as_root() {
         panic!(
             "these tests need net-snmp's agent, `snmpd`, which is not installed.\n\
              Install it with `sudo apt-get install -y snmpd` (Debian/Ubuntu) and run the tests \

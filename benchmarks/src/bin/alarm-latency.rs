@@ -3,7 +3,7 @@
 //! mutual TLS 1.3 on every link.
 //!
 //! **System.** A real GM, one GD station and one node as separate release
-//! `agad` processes ([`agad_benchmarks::processes`]). The node runs the
+//! `agad` processes ([`agad_tests::hierarchy`]). The node runs the
 //! `misbehave` test guest in `alarm-every-tick` mode, which raises a new
 //! alarm on every tick (`--period-ms`, 100 ms by default).
 //!
@@ -30,7 +30,7 @@
 //! ```
 
 use agad_benchmarks::args::Args;
-use agad_benchmarks::processes::{Deployment, agad_binary};
+use agad_benchmarks::processes;
 use agad_benchmarks::procfs::machine_load;
 use agad_benchmarks::stats::{Timings, duration};
 use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         bail!("--alarms and --period-ms must be at least 1");
     }
 
-    let mut d = Deployment::start(&agad_binary()?, LOG_FILTER)?;
+    let mut d = processes::start(LOG_FILTER)?;
     let wasm =
         std::fs::read(MISBEHAVE_WASM).with_context(|| format!("reading {MISBEHAVE_WASM}"))?;
     let manifest = std::fs::read_to_string(MISBEHAVE_MANIFEST)?;
@@ -83,14 +83,14 @@ fn main() -> anyhow::Result<()> {
          [assign.config]\nmode = \"alarm-every-tick\"\nperiod = \"{period_ms}ms\"\n"
     ))?;
     let station = d.start_station(STATION)?;
-    d.start_node(NODE, &station, None)?;
+    d.start_node(NODE, &station)?;
 
     let wanted = warmup + measured;
     eprintln!("collecting {wanted} alarms at one per {period_ms} ms...");
     // Counted in the GM's log, not with `agad alarms`: a process started
     // every 250 ms would compete for the CPU with the path being measured.
     let patience = Duration::from_millis(period_ms * wanted as u64 * 2) + Duration::from_secs(120);
-    d.wait_for(&format!("{wanted} alarms in BIG"), patience, |d| {
+    d.wait_for_within(&format!("{wanted} alarms in BIG"), patience, |d| {
         Ok((d.log("mor").matches(GM_STORED).count() >= wanted).then_some(()))
     })?;
     d.stop(NODE)?;

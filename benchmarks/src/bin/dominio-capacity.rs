@@ -39,17 +39,17 @@
 
 use agad_benchmarks::args::Args;
 use agad_benchmarks::hierarchy::{self, MOR, NodeLink, Pki, STATION};
+use agad_benchmarks::processes;
 use agad_benchmarks::procfs::{self, machine_load};
 use agad_benchmarks::stats::{Timings, bytes, duration};
 use agad_protocol::Area;
 use agad_protocol::message::{Report, Summary};
 use agad_protocol::wire::{Component, ComponentStatus, Control, Message, Queued, State, Upward};
+use agad_tests::hierarchy::{Deployment, free_address};
 use anyhow::{Context, bail};
 use rustls::ClientConfig;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -163,74 +163,43 @@ struct Shared {
     stop: watch::Receiver<bool>,
 }
 
-/// The `agad dominio` process, killed on drop.
-struct Dominio {
-    child: Child,
-    log: PathBuf,
-    address: SocketAddr,
-}
+/// The harness's name of the `agad dominio` process.
+const DOMINIO: &str = "dominio";
 
-impl Dominio {
-    fn spawn(agad: &Path, dir: &Path, pki: &Pki, mor: SocketAddr) -> anyhow::Result<Dominio> {
-        // A port the kernel just handed out and took back: free for the child.
-        let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let log = dir.join("dominio.log");
-        let out = std::fs::File::create(&log)?;
-        // Nothing is deployed here, but a station needs a publisher to trust.
-        let publisher = dir.join("publisher.pub");
-        std::fs::write(
+/// Starts `agad dominio` as the process [`DOMINIO`] of `d`, serving
+/// [`STATION`] under the top manager at `mor` with the certificates in
+/// `pki`; the address its nodes connect to.
+fn start_dominio(d: &mut Deployment, pki: &Pki, mor: SocketAddr) -> anyhow::Result<SocketAddr> {
+    // A port the kernel just handed out and took back: free for the child.
+    let address = free_address()?;
+    let pki_dir = pki.dir().to_str().context("the PKI path is not UTF-8")?;
+    let mor = mor.to_string();
+    // Nothing is deployed here, but a station needs a publisher to trust.
+    let publisher = d.path("publisher.pub");
+    std::fs::write(
+        &publisher,
+        agad_protocol::SecretKey::generate().public().to_text(),
+    )?;
+    let publisher = publisher.to_str().context("the path is not UTF-8")?.to_owned();
+    d.spawn(
+        DOMINIO,
+        &[
+            "dominio",
+            "--pki",
+            pki_dir,
+            "--name",
+            STATION,
+            "--mor",
+            &mor,
+            "--listen",
+            &address,
+            "--data-dir",
+            DOMINIO,
+            "--trust",
             &publisher,
-            agad_protocol::SecretKey::generate().public().to_text(),
-        )?;
-        let child = Command::new(agad)
-            .args(["dominio", "--pki"])
-            .arg(pki.dir())
-            .args(["--name", STATION, "--mor"])
-            .arg(mor.to_string())
-            .arg("--listen")
-            .arg(address.to_string())
-            .arg("--data-dir")
-            .arg(dir.join("dominio"))
-            .arg("--trust")
-            .arg(&publisher)
-            .env("AGAD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", agad.display()))?;
-        Ok(Dominio {
-            child,
-            log,
-            address,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails, with the end of its log, if the process has exited.
-    fn check(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => bail!("the domain manager exited ({status}){}", self.log_tail()),
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        format!("; the end of its log:\n{tail}")
-    }
-}
-
-impl Drop for Dominio {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        ],
+    )?;
+    Ok(address.parse()?)
 }
 
 struct Options {
@@ -265,16 +234,6 @@ fn main() -> anyhow::Result<()> {
         patience: secs(args.value("--patience")?, 600, 600),
     };
     args.finish()?;
-    let agad = std::env::current_exe()?
-        .parent()
-        .context("this program's directory")?
-        .join("agad");
-    if !agad.exists() {
-        bail!(
-            "{} is missing: cargo build --release -p agad -p agad-benchmarks",
-            agad.display()
-        );
-    }
     let largest = options.levels.iter().copied().max().unwrap_or_default();
     // One socket per node here, one in the domain manager (which inherits
     // the limit).
@@ -287,12 +246,12 @@ fn main() -> anyhow::Result<()> {
     );
     eprintln!("setting up {largest} certificates and enrollments...");
     let began = Instant::now();
-    let dir = tempfile::Builder::new()
-        .prefix("agad-dominio-capacity-")
-        .tempdir()?;
-    let pki = Pki::create(&dir.path().join("pki"))?;
+    // Only the domain manager runs as an `agad` process; this program
+    // prepares the certificates and the top manager in the same folder.
+    let mut d = Deployment::empty(&processes::agad_binary()?, processes::options("warn"))?;
+    let pki = Pki::create(&d.path("pki"))?;
     let (names, enrollees) = hierarchy::issue_all(&pki, largest)?;
-    let mor_dir = dir.path().join("mor");
+    let mor_dir = d.path("mor");
     hierarchy::prepare_mor(
         &mor_dir,
         &[],
@@ -309,7 +268,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let rows = runtime.block_on(ramp(&agad, dir.path(), &pki, nodes, &options))?;
+    let rows = runtime.block_on(ramp(&mut d, &pki, nodes, &options))?;
     print_summary(&rows);
     Ok(())
 }
@@ -332,27 +291,21 @@ fn parse_levels(text: &str) -> anyhow::Result<Vec<usize>> {
 
 /// Starts the managers and ramps the nodes up, level by level.
 async fn ramp(
-    agad: &Path,
-    dir: &Path,
+    d: &mut Deployment,
     pki: &Pki,
     nodes: Vec<(String, Arc<ClientConfig>)>,
     options: &Options,
 ) -> anyhow::Result<Vec<Row>> {
     let (stop_mor, mor_shutdown) = watch::channel(false);
-    let (mor_address, mor) = hierarchy::start_mor(
-        &dir.join("mor"),
-        pki.acceptor(MOR)?,
-        Vec::new(),
-        mor_shutdown,
-    )
-    .await?;
-    let mut dominio = Dominio::spawn(agad, dir, pki, mor_address)?;
+    let (mor_address, mor) =
+        hierarchy::start_mor(&d.path("mor"), pki.acceptor(MOR)?, Vec::new(), mor_shutdown).await?;
+    let dominio = start_dominio(d, pki, mor_address)?;
 
     let (joined_tx, mut joined) = mpsc::unbounded_channel();
     let (quiet_tx, quiet) = watch::channel(false);
     let (stop_tx, stop) = watch::channel(false);
     let shared = Arc::new(Shared {
-        address: dominio.address,
+        address: dominio,
         patience: options.patience,
         gate: Semaphore::new(CONNECTING),
         counters: Counters::default(),
@@ -376,7 +329,7 @@ async fn ramp(
             tokio::select! {
                 Some(()) = joined.recv() => connected += 1,
                 _ = check.tick() => {
-                    dominio.check()?;
+                    d.check()?;
                     healthy(&shared.counters)?;
                     if tokio::time::Instant::now() > deadline {
                         bail!("only {connected} of {level} nodes connected within {:?}", options.patience);
@@ -392,14 +345,7 @@ async fn ramp(
             duration(options.window)
         );
         tokio::time::sleep(options.settle).await;
-        let row = measure(
-            level,
-            connect,
-            &mut dominio,
-            &shared.counters,
-            options.window,
-        )
-        .await?;
+        let row = measure(level, connect, d, &shared.counters, options.window).await?;
         print_row(&row);
         rows.push(row);
     }
@@ -423,12 +369,12 @@ async fn ramp(
             )
         }
     );
-    dominio.check()?;
+    d.check()?;
     let _ = stop_tx.send(true);
     while let Some(done) = tasks.join_next().await {
         done.context("a node task panicked")?;
     }
-    drop(dominio);
+    d.kill9(DOMINIO)?;
     let _ = stop_mor.send(true);
     tokio::time::timeout(Duration::from_secs(10), mor)
         .await
@@ -470,27 +416,27 @@ async fn all_acknowledged(counters: &Counters, sent: Option<u64>, patience: Dura
 async fn measure(
     nodes: usize,
     connect: Duration,
-    dominio: &mut Dominio,
+    d: &mut Deployment,
     counters: &Counters,
     window: Duration,
 ) -> anyhow::Result<Row> {
     let ticks = procfs::clock_ticks_per_sec();
     let own = std::process::id();
-    dominio.check()?;
+    d.check()?;
     healthy(counters)?;
     counters.take_latencies();
-    let before = procfs::sample(dominio.pid())?;
+    let before = procfs::sample(d.pid(DOMINIO)?)?;
     let own_before = procfs::sample(own)?;
     let c0 = counters.snapshot();
     let began = Instant::now();
     tokio::time::sleep(window).await;
-    let after = procfs::sample(dominio.pid())?;
+    let after = procfs::sample(d.pid(DOMINIO)?)?;
     let own_after = procfs::sample(own)?;
     let wall = began.elapsed();
     let c1 = counters.snapshot();
     let latencies = counters.take_latencies();
     let caught_up = all_acknowledged(counters, Some(c1.sent), ACK_PATIENCE).await;
-    dominio.check()?;
+    d.check()?;
     healthy(counters)?;
     Ok(Row {
         nodes,

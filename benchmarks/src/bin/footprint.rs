@@ -37,9 +37,11 @@
 use agad_benchmarks::args::Args;
 use agad_benchmarks::builtins::{THRESHOLD_OID, module_config, sign_all};
 use agad_benchmarks::poller::{self, Poller, Targets};
-use agad_benchmarks::procfs::{self, ProcSample, running_as_root};
+use agad_benchmarks::processes;
+use agad_benchmarks::procfs::{self, ProcSample};
 use agad_benchmarks::stats::bytes;
 use agad_protocol::SecretKey;
+use agad_tests::netns::running_as_root;
 use agad_tests::snmpd::Snmpd;
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -84,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     let secs = Duration::from_secs(args.value("--secs")?.unwrap_or(if quick { 15 } else { 60 }));
     args.finish()?;
 
-    let agad = agad_binary()?;
+    let agad = processes::agad_binary()?;
     let exporter_bin = node_exporter_binary()?;
 
     eprintln!("starting two snmpd agents (one the node reads, one the poller reads)...");
@@ -342,19 +344,6 @@ fn main() -> anyhow::Result<()> {
     drop(exporter);
     drop(node);
     Ok(())
-}
-
-/// `agad` beside this program, or the message that says how to build it.
-fn agad_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().context("no parent directory")?.join("agad");
-    if !path.is_file() {
-        bail!(
-            "{} is missing: build it first with\n    cargo build --release -p agad -p agad-benchmarks\nand run target/release/footprint",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// `prometheus-node-exporter`, installed with apt when missing and root.

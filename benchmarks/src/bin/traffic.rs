@@ -48,11 +48,11 @@
 use agad_benchmarks::args::Args;
 use agad_benchmarks::builtins::{Signed, THRESHOLD_OID, module_config, sign_all};
 use agad_benchmarks::poller::{self, Poller, Relay, Targets, Traffic};
-use agad_benchmarks::processes::Netns;
-use agad_benchmarks::procfs::{machine_load, own_comm, running_as_root};
+use agad_benchmarks::procfs::{machine_load, own_comm};
 use agad_benchmarks::stats::bytes;
 use agad_protocol::{Capability, SecretKey};
 use agad_runtime::{Event, ModuleConfig, Node, NodeSettings, RestartPolicy};
+use agad_tests::netns::{Netns, running_as_root};
 use agad_tests::snmpd::{Snmpd, V2C_COMMUNITY};
 use anyhow::{Context, bail};
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,7 +3,7 @@
 //! reading the same metrics from Debian's `snmpd` every 10 s.
 //!
 //! **AGAD side.** A real top manager, domain manager and node as separate
-//! release `agad` processes ([`agad_benchmarks::processes`]), over loopback
+//! release `agad` processes ([`agad_tests::hierarchy`]), over loopback
 //! with mutual TLS 1.3. The node samples every 10 s, summarises over 60 s
 //! windows (`window_secs = 60`) and sends a keep-alive every 10 s. Once the
 //! deployment (module bytes) is acknowledged and has settled, the kernel's
@@ -42,9 +42,10 @@
 use agad_benchmarks::args::Args;
 use agad_benchmarks::builtins::{THRESHOLD_OID, module_config};
 use agad_benchmarks::poller::{self, IP_UDP_HEADER_BYTES, Poller, Relay, Targets, Traffic};
-use agad_benchmarks::processes::{Deployment, Netns, agad_binary};
-use agad_benchmarks::procfs::{machine_load, own_comm, running_as_root};
+use agad_benchmarks::processes;
+use agad_benchmarks::procfs::{machine_load, own_comm};
 use agad_benchmarks::stats::bytes;
+use agad_tests::netns::{Netns, running_as_root};
 use agad_tests::snmpd::{Snmpd, V2C_COMMUNITY};
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
@@ -298,7 +299,7 @@ impl Outcome {
             "node {NODE}: {} at period {PERIOD_SECS} s, window_secs {WINDOW_SECS}, keep-alive {}; \
              {secs:.1} s measured in steady state (deployment acknowledged + {} s)",
             self.modules.join(", "),
-            agad_benchmarks::processes::KEEPALIVE,
+            processes::KEEPALIVE,
             SETTLE.as_secs()
         );
         println!(
@@ -394,7 +395,7 @@ fn measure(
     targets: &Targets,
     measured: Duration,
 ) -> anyhow::Result<Outcome> {
-    let mut d = Deployment::start(&agad_binary()?, "info")?;
+    let mut d = processes::start("info")?;
     let mut topology = format!(
         "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\n\n[[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\n"
     );
@@ -417,8 +418,8 @@ fn measure(
     let node_config = format!(
         "[[agents]]\nname = \"local\"\naddress = \"{agent}\"\nversion = \"v2c\"\ncommunity = \"{V2C_COMMUNITY}\"\n"
     );
-    d.start_node(NODE, &station, Some(&node_config))?;
-    d.wait_for(
+    d.start_node_with_config(NODE, &station, &node_config)?;
+    d.wait_for_within(
         "the node's deployment to run",
         Duration::from_secs(120),
         |d| {
