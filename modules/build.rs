@@ -148,10 +148,11 @@ fn outer_target_dir(out_dir: &Path) -> PathBuf {
         .nth(4)
         .expect("OUT_DIR is <target>/<profile>/build/<package>-<hash>/out");
     let triple = std::env::var("TARGET").unwrap_or_default();
+    let under_triple = above_profile
+        .file_name()
+        .is_some_and(|name| *name == *triple);
     match above_profile.parent() {
-        Some(parent) if above_profile.file_name().is_some_and(|name| *name == *triple) => {
-            parent.to_path_buf()
-        }
+        Some(parent) if under_triple => parent.to_path_buf(),
         _ => above_profile.to_path_buf(),
     }
 }
