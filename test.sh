@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Runs AGAD's whole test suite on a fresh Debian machine with rustup and cargo.
-# What else the tests need is installed here: the wasm32-wasip2 target
-# (listed in rust-toolchain.toml) and Debian's real SNMP agent, snmpd.
+# Runs AGAD's whole test suite on a fresh Debian machine with rustup and cargo:
+# first the format check (rustfmt) and the lints (clippy, warnings are
+# errors), then every test. CI runs exactly this (.ci/run).
+# What else the tests need is installed here: the wasm32-wasip2 target and the
+# rustfmt and clippy components (listed in rust-toolchain.toml) and Debian's
+# real SNMP agent, snmpd.
+# Arguments go to `cargo test`, e.g. `./test.sh -p agad-net`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,6 +18,13 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
+# rustup installs what rust-toolchain.toml lists only along with the toolchain.
+for component in rustfmt clippy; do
+    if ! rustup component list --installed | grep -q "^$component"; then
+        rustup component add "$component"
+    fi
+done
+
 if ! command -v snmpd >/dev/null && [ ! -x /usr/sbin/snmpd ]; then
     [ "$(id -u)" = 0 ] || need_root snmpd "sudo apt-get install snmpd"
     apt-get update -qq
@@ -21,6 +32,15 @@ if ! command -v snmpd >/dev/null && [ ! -x /usr/sbin/snmpd ]; then
 fi
 # Debian starts the packaged agent on UDP 161; the tests run their own.
 if command -v systemctl >/dev/null; then systemctl stop snmpd 2>/dev/null || true; fi
+
+if ! cargo fmt --all --check; then
+    echo "test.sh: the code above is not formatted as rustfmt would; run \`cargo fmt --all\` and commit the result" >&2
+    exit 1
+fi
+if ! cargo clippy --workspace --all-targets -- -D warnings; then
+    echo "test.sh: clippy found the problems above (warnings count as errors); fix them, or allow one with a reason where it is wrong" >&2
+    exit 1
+fi
 
 # Also builds the benchmark programs (they are workspace members), so a
 # change that breaks them fails here too.

@@ -1,8 +1,9 @@
 //! Compiles every guest crate of the repository to a wasm component
 //! (`wasm32-wasip2`, release) with a nested cargo, copies the results into
 //! `OUT_DIR` and tells `lib.rs` where they are. Like wasmtime's
-//! test-programs: a separate target directory (`target/wasm-modules`), so the
-//! nested cargo never waits on the outer build's lock.
+//! test-programs: a separate target directory (`wasm-modules` inside the outer
+//! build's target directory, which follows `CARGO_TARGET_DIR`), so the nested
+//! cargo never waits on the outer build's lock.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,7 +75,8 @@ fn main() {
     }
     ensure_target();
 
-    let target_dir = root.join("target").join("wasm-modules");
+    let out_dir = PathBuf::from(env("OUT_DIR"));
+    let target_dir = outer_target_dir(&out_dir).join("wasm-modules");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -104,10 +106,9 @@ fn main() {
     );
 
     // Copies in OUT_DIR, so that a later guest build (from another cargo
-    // command sharing target/wasm-modules) cannot change the bytes under a
+    // command sharing <target>/wasm-modules) cannot change the bytes under a
     // running test, and the paths below stay valid for this build.
     let built = target_dir.join(TARGET).join("release");
-    let out_dir = PathBuf::from(env("OUT_DIR"));
     let mut generated = String::new();
     for (package, folder) in GUESTS {
         let file = format!("{}.wasm", package.replace('-', "_"));
@@ -123,6 +124,37 @@ fn main() {
         ));
     }
     std::fs::write(out_dir.join("modules.rs"), generated).expect("OUT_DIR is writable");
+}
+
+/// The outer build's target directory, wherever it is (`target/`,
+/// `CARGO_TARGET_DIR`, `build.target-dir` in a cargo config, `--target-dir`):
+/// a build script sees `CARGO_TARGET_DIR` only when it is an environment
+/// variable, but `OUT_DIR` always lies inside the target directory, as
+/// `<target>[/<triple>]/<profile>/build/<package>-<hash>/out`. Cargo marks
+/// the target directory's root with `CACHEDIR.TAG`; the layout is the
+/// fallback.
+fn outer_target_dir(out_dir: &Path) -> PathBuf {
+    if let Some(dir) = out_dir
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+    {
+        return dir.to_path_buf();
+    }
+    // out → <package>-<hash> → build → <profile> → the target directory, or
+    // the <triple> folder of a build with an explicit `--target`.
+    let above_profile = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("OUT_DIR is <target>/<profile>/build/<package>-<hash>/out");
+    let triple = std::env::var("TARGET").unwrap_or_default();
+    let under_triple = above_profile
+        .file_name()
+        .is_some_and(|name| *name == *triple);
+    match above_profile.parent() {
+        Some(parent) if under_triple => parent.to_path_buf(),
+        _ => above_profile.to_path_buf(),
+    }
 }
 
 fn env(name: &str) -> String {
