@@ -267,7 +267,11 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             .ms_since_heard
             .map(|ms| format!(", heard {:.1} s ago", ms as f64 / 1000.0))
             .unwrap_or_default();
-        outln!("domain {}: {station} ({}), {replica}{heard}", d.domain, d.state);
+        outln!(
+            "domain {}: {station} ({}), {replica}{heard}",
+            d.domain,
+            d.state
+        );
         for c in d.components {
             let mark = if c.healthy() { "ok  " } else { "DOWN" };
             let what = match &c.component {

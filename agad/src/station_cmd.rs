@@ -124,8 +124,10 @@ fn raise_open_files() {
     if limit.current != limit.maximum {
         let soft = limit.current;
         limit.current = limit.maximum;
-        match setrlimit(Resource::Nofile, limit.clone()) {
-            Ok(()) => tracing::info!(?soft, hard = ?limit.maximum, "open-file limit raised to the hard limit"),
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => {
+                tracing::info!(?soft, hard = ?limit.maximum, "open-file limit raised to the hard limit")
+            }
             Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
         }
     }

@@ -28,10 +28,10 @@ use agad_protocol::wire::{
 use agad_storage::Database;
 use bases::Bases;
 use nodes::{NodeParent, Nodes};
-use subdomains::{SubdomainParent, Subdomains};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use subdomains::{SubdomainParent, Subdomains};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -177,14 +177,18 @@ pub async fn run(
                 match event {
                     Downlink::Control(Control::Replicate(replica)) => {
                         let station = station.clone();
-                        let _ = tokio::task::spawn_blocking(move || station.apply_replica(*replica))
-                            .await;
+                        let _ =
+                            tokio::task::spawn_blocking(move || station.apply_replica(*replica))
+                                .await;
                     }
                     Downlink::Control(Control::AssignDomain { domain }) => {
                         tracing::info!(%domain, "assigned by the top manager");
                     }
                     Downlink::Control(other) => {
-                        tracing::debug!(kind = Message::Control(other).kind(), "ignored from top manager")
+                        tracing::debug!(
+                            kind = Message::Control(other).kind(),
+                            "ignored from top manager"
+                        )
                     }
                     Downlink::NotAdmitted { enrollment, reason } => {
                         tracing::warn!(

@@ -241,9 +241,7 @@ fn handle(
                 match body {
                     Upward::NodeReport(r) if r.node == child.name => reports.push((r, seq)),
                     Upward::NodeReport(_) => {
-                        return Err(SessionError::Protocol(
-                            "a report about another node".into(),
-                        ));
+                        return Err(SessionError::Protocol("a report about another node".into()));
                     }
                     _ => {
                         return Err(SessionError::Protocol(

@@ -75,22 +75,35 @@ impl Parent for SubdomainParent {
 /// Hands each connected sub-domain manager (or only `only`) its part of a
 /// new replica. Module bytes are read outside the registry's lock.
 pub fn replicate(station: &Station, replica: &Replica, only: Option<&str>) {
-    let targets: Vec<(String, u64, String, Option<Replica>, HashSet<String>)> = station
+    /// A copy of what a session needs, taken under the registry's lock.
+    struct Target {
+        name: String,
+        session: u64,
+        domain: String,
+        sent: Option<Replica>,
+        held: HashSet<String>,
+    }
+    let targets: Vec<Target> = station
         .subdomains
         .lock()
         .iter()
         .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
-        .map(|(name, e)| {
-            (
-                name.clone(),
-                e.session,
-                e.data.domain.clone(),
-                e.data.sent.clone(),
-                e.held.clone(),
-            )
+        .map(|(name, e)| Target {
+            name: name.clone(),
+            session: e.session,
+            domain: e.data.domain.clone(),
+            sent: e.data.sent.clone(),
+            held: e.held.clone(),
         })
         .collect();
-    for (name, session, domain, sent, mut held) in targets {
+    for Target {
+        name,
+        session,
+        domain,
+        sent,
+        mut held,
+    } in targets
+    {
         let Some(sub) = replica
             .subdomains
             .iter()

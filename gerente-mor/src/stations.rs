@@ -46,6 +46,16 @@ pub struct DomainStatus {
     pub components: Vec<ComponentStatus>,
 }
 
+/// A serving station as `reconcile` copies it out of the registry.
+struct Serving {
+    name: String,
+    session: u64,
+    domain: String,
+    /// Digest of the last replica content sent.
+    sent: Option<[u8; 32]>,
+    held: HashSet<String>,
+}
+
 /// The top manager as its stations' parent.
 pub struct StationParent(pub Arc<Mor>);
 
@@ -118,7 +128,7 @@ impl Mor {
             Err(e) => return tracing::error!("cannot read BTPG: {e}"),
         };
         // Decide who serves what under the lock; build replicas outside it.
-        let serving: Vec<(String, u64, String, Option<[u8; 32]>, HashSet<String>)> = {
+        let serving: Vec<Serving> = {
             let mut stations = self.stations.lock();
             // A station whose domain left the topology stops serving it.
             // (Sub-domains are activated by their parent's manager.)
@@ -138,10 +148,11 @@ impl Mor {
                 {
                     continue;
                 }
-                let candidate = domain
-                    .stations
-                    .iter()
-                    .find(|name| stations.get(*name).is_some_and(|e| e.data.serving.is_none()));
+                let candidate = domain.stations.iter().find(|name| {
+                    stations
+                        .get(*name)
+                        .is_some_and(|e| e.data.serving.is_none())
+                });
                 if let Some(e) = candidate.and_then(|name| stations.get_mut(name)) {
                     tracing::info!(domain = %domain.name, station = %e.peer.name, "activating domain manager");
                     e.data.serving = Some(domain.name.clone());
@@ -154,19 +165,25 @@ impl Mor {
             stations
                 .iter()
                 .filter_map(|(name, e)| {
-                    let domain = e.data.serving.clone()?;
-                    Some((
-                        name.clone(),
-                        e.session,
-                        domain,
-                        e.data.sent.map(|(d, _)| d),
-                        e.held.clone(),
-                    ))
+                    Some(Serving {
+                        name: name.clone(),
+                        session: e.session,
+                        domain: e.data.serving.clone()?,
+                        sent: e.data.sent.map(|(d, _)| d),
+                        held: e.held.clone(),
+                    })
                 })
                 .collect()
         };
         let version = self.bases.version().unwrap_or(0);
-        for (name, session, domain, sent, mut held) in serving {
+        for Serving {
+            name,
+            session,
+            domain,
+            sent,
+            mut held,
+        } in serving
+        {
             let replica = match self.replica(&topology, &domain, version, &mut held) {
                 Ok(r) => r,
                 Err(e) => {
@@ -274,7 +291,8 @@ impl Mor {
                     },
                     replica_sent: serving.and_then(|(_, e)| e.data.sent.map(|(_, v)| v)),
                     replica_acked: serving.map(|(_, e)| e.data.acked).filter(|v| *v > 0),
-                    ms_since_heard: serving.map(|(_, e)| e.last_heard().elapsed().as_millis() as u64),
+                    ms_since_heard: serving
+                        .map(|(_, e)| e.last_heard().elapsed().as_millis() as u64),
                     components: serving
                         .map(|(_, e)| e.components.clone())
                         .unwrap_or_default(),

@@ -86,9 +86,15 @@ pub enum ChildEvent {
         components: Arc<Vec<ComponentStatus>>,
     },
     /// An alarm from (or relayed by) this child is stored for good.
-    AlarmStored { child: ChildRef, alarm: Arc<Alarm> },
+    AlarmStored {
+        child: ChildRef,
+        alarm: Arc<Alarm>,
+    },
     /// Reports from this child are stored for good.
-    ReportsStored { child: ChildRef, count: usize },
+    ReportsStored {
+        child: ChildRef,
+        count: usize,
+    },
     /// The child stopped sending while its connection stayed open; its
     /// session is being closed.
     Stale {
@@ -96,7 +102,10 @@ pub enum ChildEvent {
         silent: Duration,
         phi: f64,
     },
-    Disconnected { child: ChildRef, reason: String },
+    Disconnected {
+        child: ChildRef,
+        reason: String,
+    },
 }
 
 /// Why a session ended (or never started).
@@ -330,7 +339,8 @@ pub async fn serve_child<P: Parent>(
     connection: Connection,
     shutdown: watch::Receiver<bool>,
 ) {
-    let span = tracing::info_span!("child", name = %connection.peer.name, role = %connection.peer.role);
+    let span =
+        tracing::info_span!("child", name = %connection.peer.name, role = %connection.peer.role);
     async move {
         match session(parent, connection, shutdown).await {
             Ok(reason) | Err(reason) => {

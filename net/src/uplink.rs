@@ -175,7 +175,12 @@ async fn session(
                 .await;
             return Ok(Session::NotAdmitted);
         }
-        Some(Ok(other)) => return Err(format!("expected a welcome, got a `{}` frame", other.kind())),
+        Some(Ok(other)) => {
+            return Err(format!(
+                "expected a welcome, got a `{}` frame",
+                other.kind()
+            ));
+        }
         Some(Err(e)) => return Err(e.to_string()),
         None => return Err("closed before welcoming".into()),
     }
@@ -327,4 +332,3 @@ impl Sent {
         }
     }
 }
-

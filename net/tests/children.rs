@@ -17,9 +17,9 @@ use agad_net::{
     Connection, Identity, TlsAcceptor, TrustAnchor, accept, client_config, connect, init_ca, issue,
     server_config,
 };
+use agad_protocol::Area;
 use agad_protocol::message::{Alarm, Comparison, Severity};
 use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Queued, Role, Upward};
-use agad_protocol::Area;
 use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -248,8 +248,10 @@ async fn a_child_goes_through_the_lifecycle_and_each_step_is_an_event() {
     let link = start_link(uplink_config(&pki, "web-1", vec![level.address.clone()]));
     link.outbox.push(&Upward::Alarm(alarm("web-1"))).unwrap();
 
-    let ChildEvent::Connected(child) =
-        next_event(&mut events, "connected", |e| matches!(e, ChildEvent::Connected(_))).await
+    let ChildEvent::Connected(child) = next_event(&mut events, "connected", |e| {
+        matches!(e, ChildEvent::Connected(_))
+    })
+    .await
     else {
         unreachable!()
     };
@@ -262,9 +264,11 @@ async fn a_child_goes_through_the_lifecycle_and_each_step_is_an_event() {
         unreachable!()
     };
     assert_eq!(a.id, "web-1/cpu/1");
-    next_event(&mut events, "keep-alive", |e| {
-        matches!(e, ChildEvent::KeepAlive { child: c, .. } if c.name == "web-1")
-    })
+    next_event(
+        &mut events,
+        "keep-alive",
+        |e| matches!(e, ChildEvent::KeepAlive { child: c, .. } if c.name == "web-1"),
+    )
     .await;
     // The alarm was acknowledged, so the node's outbox let it go.
     tokio::time::timeout(PATIENCE, async {
@@ -324,8 +328,14 @@ async fn a_silent_child_is_declared_stale_and_its_session_closed() {
     let mut events = level.level.children.subscribe();
     // Says hello, then never sends again while its connection stays open
     // (as a stopped process or a partition would).
-    let (_link, answer) =
-        raw_child(&pki, Role::Node, "frozen", &level.address, Duration::from_millis(200)).await;
+    let (_link, answer) = raw_child(
+        &pki,
+        Role::Node,
+        "frozen",
+        &level.address,
+        Duration::from_millis(200),
+    )
+    .await;
     assert!(matches!(
         answer,
         Some(Message::Control(Control::Welcome {
@@ -333,7 +343,10 @@ async fn a_silent_child_is_declared_stale_and_its_session_closed() {
             ..
         }))
     ));
-    let stale = next_event(&mut events, "stale", |e| matches!(e, ChildEvent::Stale { .. })).await;
+    let stale = next_event(&mut events, "stale", |e| {
+        matches!(e, ChildEvent::Stale { .. })
+    })
+    .await;
     let ChildEvent::Stale { child, silent, phi } = stale else {
         unreachable!()
     };
@@ -358,7 +371,10 @@ async fn a_child_that_keeps_alive_is_never_stale() {
     let level = start_level(&pki, fast()).await;
     let mut events = level.level.children.subscribe();
     let link = start_link(uplink_config(&pki, "steady", vec![level.address.clone()]));
-    next_event(&mut events, "connected", |e| matches!(e, ChildEvent::Connected(_))).await;
+    next_event(&mut events, "connected", |e| {
+        matches!(e, ChildEvent::Connected(_))
+    })
+    .await;
     // Fifteen keep-alive intervals: every one answered, none judged late.
     let mut keep_alives = 0;
     while keep_alives < 15 {
@@ -424,9 +440,11 @@ async fn a_child_leaves_a_silent_parent_for_its_standby() {
     .await
     .expect("the child never left its silent parent");
     assert!(reason.contains("silent"), "{reason}");
-    next_event(&mut events, "connected to the standby", |e| {
-        matches!(e, ChildEvent::Connected(c) if c.name == "web-2")
-    })
+    next_event(
+        &mut events,
+        "connected to the standby",
+        |e| matches!(e, ChildEvent::Connected(c) if c.name == "web-2"),
+    )
     .await;
     link.stop.send(true).unwrap();
     standby.stop.send(true).unwrap();
@@ -478,8 +496,14 @@ async fn a_wrong_role_a_refused_child_and_a_full_registry_are_turned_away() {
     .await;
     assert!(answer.is_none(), "{answer:?}");
 
-    let (_stranger, answer) =
-        raw_child(&pki, Role::Node, "stranger", &level.address, Duration::from_secs(1)).await;
+    let (_stranger, answer) = raw_child(
+        &pki,
+        Role::Node,
+        "stranger",
+        &level.address,
+        Duration::from_secs(1),
+    )
+    .await;
     assert!(matches!(
         answer,
         Some(Message::Control(Control::Welcome {
@@ -488,8 +512,14 @@ async fn a_wrong_role_a_refused_child_and_a_full_registry_are_turned_away() {
         }))
     ));
 
-    let (_first, answer) =
-        raw_child(&pki, Role::Node, "first", &level.address, Duration::from_secs(1)).await;
+    let (_first, answer) = raw_child(
+        &pki,
+        Role::Node,
+        "first",
+        &level.address,
+        Duration::from_secs(1),
+    )
+    .await;
     assert!(matches!(
         answer,
         Some(Message::Control(Control::Welcome {
@@ -497,8 +527,14 @@ async fn a_wrong_role_a_refused_child_and_a_full_registry_are_turned_away() {
             ..
         }))
     ));
-    let (_second, answer) =
-        raw_child(&pki, Role::Node, "second", &level.address, Duration::from_secs(1)).await;
+    let (_second, answer) = raw_child(
+        &pki,
+        Role::Node,
+        "second",
+        &level.address,
+        Duration::from_secs(1),
+    )
+    .await;
     match answer {
         Some(Message::Control(Control::Welcome { reason, .. })) => {
             assert!(reason.contains("already connected"), "{reason}")
@@ -506,8 +542,10 @@ async fn a_wrong_role_a_refused_child_and_a_full_registry_are_turned_away() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     // Only `first` was ever registered.
-    let ChildEvent::Connected(c) =
-        next_event(&mut events, "connected", |e| matches!(e, ChildEvent::Connected(_))).await
+    let ChildEvent::Connected(c) = next_event(&mut events, "connected", |e| {
+        matches!(e, ChildEvent::Connected(_))
+    })
+    .await
     else {
         unreachable!()
     };
@@ -523,8 +561,14 @@ async fn shutdown_ends_every_session_and_waits_for_it() {
     let mut events = level.level.children.subscribe();
     let mut links = Vec::new();
     for name in ["a", "b", "c"] {
-        let (link, _) =
-            raw_child(&pki, Role::Node, name, &level.address, Duration::from_secs(60)).await;
+        let (link, _) = raw_child(
+            &pki,
+            Role::Node,
+            name,
+            &level.address,
+            Duration::from_secs(60),
+        )
+        .await;
         links.push(link);
     }
     assert_eq!(level.level.children.lock().len(), 3);

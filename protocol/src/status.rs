@@ -20,7 +20,10 @@ pub enum Component {
     /// An inspector or specialist running on a node.
     Module { name: String },
     /// The domain a manager serves (or waits to be assigned).
-    Domain { name: Option<String>, replica_version: u64 },
+    Domain {
+        name: Option<String>,
+        replica_version: u64,
+    },
     /// A manager's store (BICD): what it holds and what waits to go up.
     Store {
         alarms: u64,
@@ -39,13 +42,22 @@ pub enum Component {
 pub enum State {
     Running,
     /// Failed recently and is being restarted with back-off.
-    Restarting { last_fault: String, fault_at_ms: u64 },
+    Restarting {
+        last_fault: String,
+        fault_at_ms: u64,
+    },
     /// Will not run: its bundle or configuration was refused.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// Its code failed an integrity check and is kept from running.
-    Quarantined { reason: String },
+    Quarantined {
+        reason: String,
+    },
     /// Has nothing to do yet (no domain assigned, no replica).
-    Waiting { reason: String },
+    Waiting {
+        reason: String,
+    },
     /// A child connected and keeping alive; `failing` names its unhealthy
     /// components; `served_by` is the station serving a sub-domain.
     Connected {
@@ -53,7 +65,9 @@ pub enum State {
         failing: Vec<String>,
     },
     /// A child whose keep-alives stopped while its connection stayed open.
-    Stale { silent_ms: u64 },
+    Stale {
+        silent_ms: u64,
+    },
     NotConnected,
 }
 

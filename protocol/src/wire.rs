@@ -1009,6 +1009,7 @@ mod tests {
                 software: "agad".into(),
                 ticket: None,
                 modules_held: vec![],
+                keepalive_ms: 10_000,
             }),
             MessageKind::Welcome => control(Control::Welcome {
                 enrollment: Enrollment::Active,

@@ -84,7 +84,7 @@ impl Element for Managed {
                 },
             )
         }));
-        out.sort_by(|a, b| a.component.to_string().cmp(&b.component.to_string()));
+        out.sort_by_key(|a| a.component.to_string());
         out
     }
 }

@@ -180,7 +180,10 @@ fn start_dominio(d: &mut Deployment, pki: &Pki, mor: SocketAddr) -> anyhow::Resu
         &publisher,
         agad_protocol::SecretKey::generate().public().to_text(),
     )?;
-    let publisher = publisher.to_str().context("the path is not UTF-8")?.to_owned();
+    let publisher = publisher
+        .to_str()
+        .context("the path is not UTF-8")?
+        .to_owned();
     d.spawn(
         DOMINIO,
         &[

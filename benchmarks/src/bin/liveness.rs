@@ -33,7 +33,9 @@ use agad_net::outbox::Outbox;
 use agad_net::server::{Limits, serve};
 use agad_net::tls::PeerIdentity;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
-use agad_net::{Identity, TlsAcceptor, TrustAnchor, client_config, connect, init_ca, issue, server_config};
+use agad_net::{
+    Identity, TlsAcceptor, TrustAnchor, client_config, connect, init_ca, issue, server_config,
+};
 use agad_protocol::wire::{ComponentStatus, Control, Message, Role};
 use anyhow::{Context, bail};
 use rand::Rng;
@@ -69,16 +71,24 @@ fn main() -> anyhow::Result<()> {
         let interval = parse(&args.value::<String>("--interval")?.context("--interval")?)?;
         let run_for = parse(&args.value::<String>("--for")?.context("--for")?)?;
         args.finish()?;
-        return runtime.block_on(children_in_namespace(parent, pki, children, interval, run_for));
+        return runtime.block_on(children_in_namespace(
+            parent, pki, children, interval, run_for,
+        ));
     }
     let quick = args.flag("--quick");
     let interval = match args.value::<String>("--interval")? {
         Some(text) => parse(&text)?,
         None => Duration::from_secs(1),
     };
-    let children: usize = args.value("--children")?.unwrap_or(if quick { 20 } else { 50 });
-    let samples: usize = args.value("--samples")?.unwrap_or(if quick { 60 } else { 200 });
-    let minutes: f64 = args.value("--minutes")?.unwrap_or(if quick { 2.0 } else { 10.0 });
+    let children: usize = args
+        .value("--children")?
+        .unwrap_or(if quick { 20 } else { 50 });
+    let samples: usize = args
+        .value("--samples")?
+        .unwrap_or(if quick { 60 } else { 200 });
+    let minutes: f64 = args
+        .value("--minutes")?
+        .unwrap_or(if quick { 2.0 } else { 10.0 });
     args.finish()?;
 
     let pki = tempfile::tempdir()?;
@@ -93,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         agad_benchmarks::procfs::machine_load()
     );
     runtime.block_on(detection(pki.path(), interval, children, samples))?;
-    if !agad_benchmarks::procfs::running_as_root() {
+    if !agad_tests::netns::running_as_root() {
         bail!("part 2 needs root (a network namespace, a veth, nftables): run as root");
     }
     runtime.block_on(false_suspicions(
@@ -128,7 +138,10 @@ impl Files<'_> {
     }
 
     fn acceptor(&self, name: &str) -> anyhow::Result<TlsAcceptor> {
-        Ok(TlsAcceptor::from(server_config(&self.identity(name)?, &self.trust()?)?))
+        Ok(TlsAcceptor::from(server_config(
+            &self.identity(name)?,
+            &self.trust()?,
+        )?))
     }
 
     fn client(&self, name: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -203,7 +216,8 @@ async fn detection(
         );
         tokio::spawn(async move {
             loop {
-                if let Err(e) = freezing_child(&name, &address, tls.clone(), interval, &frozen).await
+                if let Err(e) =
+                    freezing_child(&name, &address, tls.clone(), interval, &frozen).await
                 {
                     eprintln!("{name}: {e:#}");
                     tokio::time::sleep(interval).await;
@@ -475,7 +489,10 @@ async fn jitter_relay(listener: TcpListener, parent: String) {
     }
 }
 
-async fn delayed(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf) {
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let writer = tokio::spawn(async move {
         while let Some((at, chunk)) = rx.recv().await {
@@ -518,10 +535,15 @@ impl LossyNamespace {
         run("ip", &["netns", "add", &ns.name])?;
         run(
             "ip",
-            &["link", "add", &root_if, "type", "veth", "peer", "name", "alv-ns"],
+            &[
+                "link", "add", &root_if, "type", "veth", "peer", "name", "alv-ns",
+            ],
         )?;
         run("ip", &["link", "set", "alv-ns", "netns", &ns.name])?;
-        run("ip", &["addr", "add", &format!("{ROOT_IP}/30"), "dev", &root_if])?;
+        run(
+            "ip",
+            &["addr", "add", &format!("{ROOT_IP}/30"), "dev", &root_if],
+        )?;
         run("ip", &["link", "set", &root_if, "up"])?;
         let ns_address = format!("{NS_IP}/30");
         for args in [
@@ -542,7 +564,10 @@ impl LossyNamespace {
             .stdin(Stdio::piped())
             .spawn()
             .context("running nft")?;
-        std::io::Write::write_all(&mut nft.stdin.take().context("nft stdin")?, rules.as_bytes())?;
+        std::io::Write::write_all(
+            &mut nft.stdin.take().context("nft stdin")?,
+            rules.as_bytes(),
+        )?;
         if !nft.wait()?.success() {
             bail!("nftables refused the loss rules");
         }
