@@ -28,22 +28,6 @@ fn bicd_alarms(d: &Deployment) -> anyhow::Result<Option<usize>> {
     Ok(count.map(|n| n as usize))
 }
 
-/// The state of a component as the top manager's typed status shows it:
-/// `component` is e.g. `{"node": {"name": "n1"}}`.
-fn component_state(
-    d: &Deployment,
-    component: serde_json::Value,
-) -> anyhow::Result<Option<serde_json::Value>> {
-    let status: serde_json::Value = serde_json::from_str(&d.agad(&["status", "--json"])?)?;
-    Ok(status["domains"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|domain| domain["components"].as_array().into_iter().flatten())
-        .find(|c| c["component"] == component)
-        .map(|c| c["state"].clone()))
-}
-
 fn one_domain(station: &str, nodes: &[&str], module: &str, config: &str) -> String {
     let mut t =
         format!("[[domain]]\nname = \"d1\"\nstations = [\"{station}\"]\nreport_window = \"2s\"\n");
@@ -175,7 +159,7 @@ fn a_certificate_from_another_ca_is_refused() -> anyhow::Result<()> {
     }
     d.start_node("n1", &addr)?;
     d.wait_for("n1 to be connected through the same station", |d| {
-        let state = component_state(d, serde_json::json!({"node": {"name": "n1"}}))?;
+        let state = d.component_state(&serde_json::json!({"node": {"name": "n1"}}))?;
         Ok(state.filter(|s| s.get("connected").is_some()))
     })?;
     Ok(())
@@ -331,7 +315,7 @@ fn a_sub_domain_manager_is_activated_and_relayed_by_its_parent() -> anyhow::Resu
             .into_iter()
             .find(|r| r.domain == "lab" && r.node == "n2"))
     })?;
-    let lab = component_state(&d, serde_json::json!({"subdomain": {"domain": "lab"}}))?;
+    let lab = d.component_state(&serde_json::json!({"subdomain": {"domain": "lab"}}))?;
     let status = d.agad(&["status"])?;
     assert!(
         lab.as_ref()

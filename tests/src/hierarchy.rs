@@ -603,6 +603,27 @@ impl Deployment {
         Ok(())
     }
 
+    /// The top manager's typed status (`agad status --json`).
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.agad(&["status", "--json"])?)?)
+    }
+
+    /// The state of one component in the typed status, as the serving
+    /// stations' keep-alives describe it; `component` is for example
+    /// `json!({"node": {"name": "n1"}})`.
+    pub fn component_state(
+        &self,
+        component: &serde_json::Value,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        Ok(self.status()?["domains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|domain| domain["components"].as_array().into_iter().flatten())
+            .find(|c| &c["component"] == component)
+            .map(|c| c["state"].clone()))
+    }
+
     /// Starts the top manager again (after a stop or kill -9) and waits
     /// until it answers `agad status`.
     pub fn restart_mor(&mut self) -> anyhow::Result<()> {
