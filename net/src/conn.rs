@@ -240,7 +240,14 @@ pub fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let item = match reader.recv().await {
+            // When the receiver goes (session over, deadline passed), the
+            // reader goes too, and with it the socket: a peer that never
+            // finishes a frame must not keep its connection forever.
+            let read = tokio::select! {
+                read = reader.recv() => read,
+                () = tx.closed() => return,
+            };
+            let item = match read {
                 Ok(Some(m)) => Ok(m),
                 Ok(None) => return,
                 Err(e) => Err(e),

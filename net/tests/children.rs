@@ -606,3 +606,43 @@ async fn shutdown_ends_every_session_and_waits_for_it() {
         let _ = end;
     }
 }
+
+#[tokio::test]
+async fn a_child_that_never_finishes_its_hello_is_closed_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let level = start_level(
+        &pki,
+        ChildrenConfig {
+            hello_timeout: Duration::from_millis(300),
+            ..fast()
+        },
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(&level.address)
+        .await
+        .unwrap();
+    let mut link = tokio_rustls::TlsConnector::from(pki.client(Role::Node, "slow"))
+        .connect(
+            rustls::pki_types::ServerName::try_from("agad").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    // A header announcing the largest frame, a few bytes of it, then nothing.
+    let mut start = u32::try_from(agad_protocol::wire::MAX_FRAME_LEN)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    start.extend_from_slice(&agad_protocol::wire::PROTOCOL_VERSION.to_be_bytes());
+    start.extend_from_slice(&[0u8; 100]);
+    link.write_all(&start).await.unwrap();
+    link.flush().await.unwrap();
+    let mut byte = [0u8; 1];
+    let end = tokio::time::timeout(PATIENCE, link.read(&mut byte))
+        .await
+        .expect("the manager kept a connection that never finished its hello");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    assert!(level.level.children.lock().is_empty());
+    level.stop.send(true).unwrap();
+}
