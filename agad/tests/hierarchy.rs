@@ -365,12 +365,12 @@ fn a_node_without_a_ticket_waits_for_approval_then_activation() -> anyhow::Resul
         !out.status.success(),
         "activation before approval is refused"
     );
-    assert!(!d.log("s1").contains("node connected"));
+    assert!(!d.log("s1").contains("child registered"));
 
     d.agad(&["enroll", "approve", &fingerprint[..12]])?;
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        !d.log("s1").contains("node connected"),
+        !d.log("s1").contains("child registered"),
         "approved but not active yet"
     );
     d.agad(&["enroll", "activate", "n1"])?;

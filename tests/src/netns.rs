@@ -158,7 +158,7 @@ fn remove_stale_namespaces() {
 }
 
 /// Runs a command to completion; its stderr in the error when it fails.
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())

@@ -37,6 +37,7 @@ use agad_net::{
     Identity, TlsAcceptor, TrustAnchor, client_config, connect, init_ca, issue, server_config,
 };
 use agad_protocol::wire::{ComponentStatus, Control, Message, Role};
+use agad_tests::netns::run;
 use anyhow::{Context, bail};
 use rand::Rng;
 use std::collections::HashMap;
@@ -591,20 +592,4 @@ fn ensure_nft() -> anyhow::Result<()> {
     run("apt-get", &["update", "-qq"])?;
     run("apt-get", &["install", "-y", "-qq", "nftables"])
         .context("nftables is needed for part 2: apt-get install nftables")
-}
-
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
