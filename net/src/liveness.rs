@@ -14,12 +14,17 @@
 //! - the mean is never below the configured interval (a burst of alarms must
 //!   not make the next quiet interval look late);
 //! - the standard deviation is never below a fifth of the interval (a very
-//!   regular peer must not be accused for a few milliseconds of jitter);
+//!   regular peer must not be accused for a few milliseconds of jitter),
+//!   and never above a quarter of it, so a silent peer is always declared
+//!   stale within 2.8 intervals of its last frame whatever its history;
+//! - the history starts with a few gaps of exactly the interval the peer
+//!   promised, and the first real gap (from the hello to the next frame,
+//!   registration rather than cadence) is not counted;
 //! - an acceptable pause of half an interval is granted before suspicion
 //!   grows.
 //!
-//! With the default threshold φ = 8 a silent peer is declared stale about
-//! 2.6 intervals after its last frame.
+//! With the default threshold φ = 8 a silent peer is declared stale 2.5 to
+//! 2.8 intervals after its last frame.
 //!
 //! The watcher also weighs its own timeliness (the idea of HashiCorp's
 //! Lifeguard): a watcher whose timer fires late was itself starved (CPU,
@@ -60,6 +65,8 @@ impl LivenessConfig {
 
 /// Gaps remembered per peer.
 const WINDOW: usize = 100;
+/// Gaps of exactly the promised interval the history starts with.
+const PRIOR: usize = 4;
 
 /// The arrival history of one peer.
 #[derive(Debug, Clone)]
@@ -71,34 +78,47 @@ pub struct Detector {
     /// watcher can check tens of thousands of children several times a second.
     sum: f64,
     sum_sq: f64,
+    /// False until the first frame after the one that created the detector.
+    started: bool,
 }
 
 impl Detector {
     /// A detector whose peer was heard from at `now`.
     pub fn new(config: LivenessConfig, now: Instant) -> Detector {
-        Detector {
+        let mut d = Detector {
             config,
             last: now,
             gaps_ms: VecDeque::with_capacity(WINDOW),
             sum: 0.0,
             sum_sq: 0.0,
+            started: false,
+        };
+        let promised = config.interval.as_secs_f64() * 1000.0;
+        for _ in 0..PRIOR {
+            d.push(promised);
         }
+        d
     }
 
-    /// A frame arrived at `now`.
-    pub fn heard(&mut self, now: Instant) {
-        let gap = now.saturating_duration_since(self.last);
-        self.last = now;
+    fn push(&mut self, gap_ms: f64) {
         if self.gaps_ms.len() == WINDOW
             && let Some(old) = self.gaps_ms.pop_front()
         {
             self.sum -= old;
             self.sum_sq -= old * old;
         }
-        let gap = gap.as_secs_f64() * 1000.0;
-        self.gaps_ms.push_back(gap);
-        self.sum += gap;
-        self.sum_sq += gap * gap;
+        self.gaps_ms.push_back(gap_ms);
+        self.sum += gap_ms;
+        self.sum_sq += gap_ms * gap_ms;
+    }
+
+    /// A frame arrived at `now`.
+    pub fn heard(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last);
+        self.last = now;
+        if std::mem::replace(&mut self.started, true) {
+            self.push(gap.as_secs_f64() * 1000.0);
+        }
     }
 
     pub fn last_heard(&self) -> Instant {
@@ -114,16 +134,11 @@ impl Detector {
             .saturating_sub(own_lag)
             .as_secs_f64()
             * 1000.0;
-        let n = self.gaps_ms.len() as f64;
-        let (mean, std) = if self.gaps_ms.is_empty() {
-            (interval_ms, 0.0)
-        } else {
-            let mean = self.sum / n;
-            let var = (self.sum_sq / n - mean * mean).max(0.0);
-            (mean, var.sqrt())
-        };
+        let n = self.gaps_ms.len().max(1) as f64;
+        let mean = self.sum / n;
+        let std = (self.sum_sq / n - mean * mean).max(0.0).sqrt();
         let mean = mean.max(interval_ms) + interval_ms / 2.0;
-        let std = std.max(interval_ms / 5.0);
+        let std = std.clamp(interval_ms / 5.0, interval_ms / 4.0);
         phi(silent_ms, mean, std)
     }
 
@@ -229,6 +244,21 @@ mod tests {
             first_stale >= Duration::from_millis(2000) && first_stale < 3 * SECOND,
             "{first_stale:?}"
         );
+    }
+
+    #[test]
+    fn an_irregular_history_never_delays_the_verdict_past_three_intervals() {
+        let config = LivenessConfig::new(SECOND);
+        let start = Instant::now();
+        let mut d = Detector::new(config, start);
+        let mut at = start;
+        for ms in [50, 300, 1900, 100, 1000, 2200] {
+            at += Duration::from_millis(ms);
+            d.heard(at);
+        }
+        assert!(d.is_stale(at + Duration::from_millis(2900), Duration::ZERO));
+        // Nor does it make the peer suspect early.
+        assert!(!d.is_stale(at + Duration::from_millis(1500), Duration::ZERO));
     }
 
     #[test]

@@ -208,6 +208,8 @@ async fn detection(
     let mut events = registry.subscribe();
     // name → (last frame sent, freeze) of the child frozen now.
     let (frozen_tx, mut frozen_rx) = mpsc::unbounded_channel::<(String, Instant, Instant)>();
+    // Aborted when this part ends (dropped with the set).
+    let mut freezing = tokio::task::JoinSet::<()>::new();
     for i in 0..children {
         let (name, tls, address, frozen) = (
             child_name(i),
@@ -253,6 +255,7 @@ async fn detection(
             }
         }
     }
+    freezing.abort_all();
     let _ = stop.send(true);
     let in_intervals = |d: Duration| d.as_secs_f64() / interval.as_secs_f64();
     for (what, set) in [
@@ -529,6 +532,7 @@ struct LossyNamespace {
 impl LossyNamespace {
     fn create() -> anyhow::Result<LossyNamespace> {
         ensure_nft()?;
+        remove_stale_namespaces();
         let ns = LossyNamespace {
             name: format!("{NAMESPACE_PREFIX}{}", std::process::id()),
         };
@@ -580,6 +584,21 @@ impl Drop for LossyNamespace {
     fn drop(&mut self) {
         // Deleting the namespace deletes its veth end, and so the pair.
         let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Namespaces of earlier runs that were killed (their pid is gone).
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if let Some(pid) = name.strip_prefix(NAMESPACE_PREFIX)
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = run("ip", &["netns", "del", name]);
+        }
     }
 }
 
