@@ -217,7 +217,7 @@ async fn detection(
             address.clone(),
             frozen_tx.clone(),
         );
-        tokio::spawn(async move {
+        freezing.spawn(async move {
             loop {
                 if let Err(e) =
                     freezing_child(&name, &address, tls.clone(), interval, &frozen).await
