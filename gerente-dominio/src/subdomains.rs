@@ -332,6 +332,11 @@ fn relay(
                     "an enrollment request for an identity outside the station's sub-domain".into(),
                 ));
             }
+            if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(SessionError::Protocol(
+                    "an enrollment request whose fingerprint is not a SHA-256 in hex".into(),
+                ));
+            }
             station.send_up(Control::Enroll {
                 name,
                 role,

@@ -442,6 +442,11 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                     "an enrollment request for an identity outside the station's domain".into(),
                 ));
             }
+            if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(SessionError::Protocol(
+                    "an enrollment request whose fingerprint is not a SHA-256 in hex".into(),
+                ));
+            }
             match mor
                 .bases
                 .enroll(&name, role, &fingerprint, ticket.as_deref())
