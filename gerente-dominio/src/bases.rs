@@ -7,10 +7,10 @@
 //! matches its bytes, sent or held: a compromised top manager alone cannot
 //! push code through this station.
 
-use agad_protocol::PublicKey;
 use agad_protocol::bundle::{BundleError, verify_parts};
 use agad_protocol::message::{Alarm, Report};
-use agad_protocol::wire::{self, ModuleCopy, Replica};
+use agad_protocol::wire::{self, Replica};
+use agad_protocol::{Bundle, PublicKey};
 use agad_storage::{Database, StorageError, Tree};
 use std::collections::HashMap;
 
@@ -89,7 +89,8 @@ impl Bases {
     pub fn store_replica(&self, replica: Replica) -> Result<Replica, BaseError> {
         let modules = || replica.all().into_iter().flat_map(|r| &r.modules);
         let sent: HashMap<String, &[u8]> = modules()
-            .filter_map(|m| Some((m.manifest.sha256_hex(), m.wasm.as_deref()?)))
+            .filter(|m| m.has_bytes())
+            .map(|m| (m.manifest.sha256_hex(), m.wasm.as_slice()))
             .collect();
         // Bytes of modules named by hash only, read once each from BC.
         let mut held: HashMap<String, Vec<u8>> = HashMap::new();
@@ -97,7 +98,8 @@ impl Bases {
         for r in replica.all() {
             for module in &r.modules {
                 let hash = module.manifest.sha256_hex();
-                let wasm = match module.wasm.as_deref().or(sent.get(&hash).copied()) {
+                let sent_here = module.has_bytes().then_some(module.wasm.as_slice());
+                let wasm = match sent_here.or(sent.get(&hash).copied()) {
                     Some(wasm) => wasm,
                     None => {
                         if !held.contains_key(&hash) {
@@ -127,10 +129,9 @@ impl Bases {
                 })?;
             }
         }
-        for module in modules().filter(|m| m.wasm.is_some()) {
+        for module in modules().filter(|m| m.has_bytes()) {
             let hash = module.manifest.sha256_hex();
-            self.bc
-                .insert(hash.as_bytes(), &wire::encode_value(module))?;
+            self.bc.insert(hash.as_bytes(), &module.to_bytes())?;
         }
         let mut stored = replica.without_bytes();
         restore_versions(&mut stored, &replica);
@@ -141,20 +142,42 @@ impl Bases {
 
     /// The wasm bytes BC holds under `hash`, if any.
     fn held_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>, BaseError> {
-        Ok(self.module(hash)?.and_then(|m| m.wasm))
+        Ok(self.module(hash)?.map(|m| m.wasm))
     }
 
-    /// A module with its bytes, by hash.
-    pub fn module(&self, hash: &str) -> Result<Option<ModuleCopy>, BaseError> {
-        self.bc
-            .get(hash.as_bytes())?
-            .map(|bytes| {
-                wire::decode_value(&bytes).map_err(|e| BaseError::Corrupt {
-                    what: "module",
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
+    /// A module with its bytes, by hash. BC keeps bundles in the same form
+    /// as BGC and a node's store ([`Bundle::to_bytes`]); entries an earlier
+    /// version wrote (the bincode of a manifest, a signature and optional
+    /// bytes) are still read.
+    pub fn module(&self, hash: &str) -> Result<Option<Bundle>, BaseError> {
+        let Some(bytes) = self.bc.get(hash.as_bytes())? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| BaseError::Corrupt {
+            what: "module",
+            reason,
+        };
+        match Bundle::from_bytes(&bytes) {
+            Ok(bundle) => Ok(Some(bundle)),
+            Err(BundleError::NotABundle) => {
+                #[derive(serde::Deserialize)]
+                struct Earlier {
+                    manifest: agad_protocol::Manifest,
+                    #[serde(with = "serde_bytes")]
+                    signature: Vec<u8>,
+                    #[serde(with = "serde_bytes")]
+                    wasm: Option<Vec<u8>>,
+                }
+                let earlier: Earlier =
+                    wire::decode_value(&bytes).map_err(|e| corrupt(e.to_string()))?;
+                Ok(earlier.wasm.map(|wasm| Bundle {
+                    manifest: earlier.manifest,
+                    signature: earlier.signature,
+                    wasm,
+                }))
+            }
+            Err(e) => Err(corrupt(e.to_string())),
+        }
     }
 
     /// Hashes of every bundle in BC.
@@ -261,15 +284,19 @@ mod tests {
         .unwrap()
     }
 
-    fn copy(bundle: &Bundle, with_bytes: bool) -> ModuleCopy {
-        ModuleCopy {
+    fn copy(bundle: &Bundle, with_bytes: bool) -> Bundle {
+        Bundle {
             manifest: bundle.manifest.clone(),
             signature: bundle.signature.clone(),
-            wasm: with_bytes.then(|| bundle.wasm.clone()),
+            wasm: if with_bytes {
+                bundle.wasm.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 
-    fn replica(domain: &str, version: u64, modules: Vec<ModuleCopy>) -> Replica {
+    fn replica(domain: &str, version: u64, modules: Vec<Bundle>) -> Replica {
         Replica {
             version,
             topology: DomainTopology {
@@ -314,6 +341,41 @@ mod tests {
     }
 
     #[test]
+    fn bc_holds_bundles_as_every_base_does_and_still_reads_the_earlier_form() {
+        let f = fixture();
+        let cpu = Bundle::sign(spec("cpu-mem"), b"cpu wasm".to_vec(), &f.publisher, now());
+        f.bases
+            .store_replica(replica("lab", 1, vec![copy(&cpu, true)]))
+            .unwrap();
+        let hash = cpu.manifest.sha256_hex();
+        let stored = f.bases.bc.get(hash.as_bytes()).unwrap().unwrap();
+        assert_eq!(Bundle::from_bytes(&stored).unwrap(), cpu);
+
+        // What an earlier version wrote: manifest, signature, optional bytes.
+        #[derive(serde::Serialize)]
+        struct Earlier<'a> {
+            manifest: &'a agad_protocol::Manifest,
+            #[serde(with = "serde_bytes")]
+            signature: &'a [u8],
+            #[serde(with = "serde_bytes")]
+            wasm: Option<&'a [u8]>,
+        }
+        let disk = Bundle::sign(spec("disk"), b"disk wasm".to_vec(), &f.publisher, now());
+        let earlier = Earlier {
+            manifest: &disk.manifest,
+            signature: &disk.signature,
+            wasm: Some(&disk.wasm),
+        };
+        let disk_hash = disk.manifest.sha256_hex();
+        f.bases
+            .bc
+            .insert(disk_hash.as_bytes(), &wire::encode_value(&earlier))
+            .unwrap();
+        assert_eq!(f.bases.module(&disk_hash).unwrap(), Some(disk));
+        assert_eq!(f.bases.module(&hash).unwrap(), Some(cpu));
+    }
+
+    #[test]
     fn a_replica_with_a_tampered_module_is_refused_whole_and_the_last_one_stays() {
         let f = fixture();
         let cpu = Bundle::sign(spec("cpu-mem"), b"cpu wasm".to_vec(), &f.publisher, now());
@@ -325,7 +387,7 @@ mod tests {
         // Version 2: a good new module for the domain, and a sub-domain
         // whose module's bytes were swapped after signing.
         let mut tampered = copy(&disk, true);
-        tampered.wasm = Some(b"evil wasm".to_vec());
+        tampered.wasm = b"evil wasm".to_vec();
         let mut v2 = replica("lab", 2, vec![copy(&cpu, false), copy(&disk, true)]);
         let mut sub = replica("lab-east", 2, vec![copy(&cpu, false)]);
         sub.modules.push(tampered);
@@ -429,10 +491,10 @@ mod tests {
         // Bytes in BC that no longer match their hash are not handed down.
         let hash = cpu.manifest.sha256_hex();
         let mut damaged = copy(&cpu, true);
-        damaged.wasm = Some(b"rotten".to_vec());
+        damaged.wasm = b"rotten".to_vec();
         f.bases
             .bc
-            .insert(hash.as_bytes(), &wire::encode_value(&damaged))
+            .insert(hash.as_bytes(), &damaged.to_bytes())
             .unwrap();
         let err = f
             .bases

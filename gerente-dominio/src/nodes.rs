@@ -6,8 +6,8 @@ use crate::Station;
 use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionError};
 use agad_net::tls::PeerIdentity;
 use agad_protocol::wire::{
-    Component, ComponentStatus, Control, Deployment, Enrollment, Message, ModuleCopy, Queued,
-    Replica, Role, State, Upward,
+    Component, ComponentStatus, Control, Deployment, Enrollment, Message, Queued, Replica, Role,
+    State, Upward,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -125,22 +125,18 @@ fn deployment_for(
             );
         };
         let hash = copy.manifest.sha256_hex();
-        let wasm = if held.contains(&hash) {
-            None
+        let module = if held.contains(&hash) {
+            copy.without_bytes()
         } else {
             let full = station
                 .bases
                 .module(&hash)?
                 .ok_or_else(|| anyhow::anyhow!("module `{}` is not in BC", assignment.module))?;
             held.insert(hash);
-            full.wasm
+            full
         };
         modules.push(Deployment {
-            module: ModuleCopy {
-                manifest: copy.manifest.clone(),
-                signature: copy.signature.clone(),
-                wasm,
-            },
+            module,
             config: assignment.config.clone(),
         });
     }

@@ -169,13 +169,13 @@ fn fill_bytes(
     for module in &mut replica.modules {
         let hash = module.manifest.sha256_hex();
         module.wasm = if held.insert(hash.clone()) {
-            let copy = station
+            let stored = station
                 .bases
                 .module(&hash)?
                 .ok_or_else(|| anyhow::anyhow!("module `{}` is not in BC", module.manifest.name))?;
-            copy.wasm
+            stored.wasm
         } else {
-            None
+            Vec::new()
         };
     }
     for sub in &mut replica.subdomains {

@@ -8,8 +8,7 @@ use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionE
 use agad_net::tls::PeerIdentity;
 use agad_protocol::topology::Topology;
 use agad_protocol::wire::{
-    self, ComponentStatus, Control, Enrollment, Message, ModuleCopy, Queued, Replica, Role, State,
-    Upward,
+    self, ComponentStatus, Control, Enrollment, Message, Queued, Replica, Role, State, Upward,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -233,10 +232,10 @@ impl Mor {
                 .bundle(name)?
                 .ok_or_else(|| anyhow::anyhow!("module `{name}` is assigned but not in BGC"))?;
             let hash = bundle.manifest.sha256_hex();
-            modules.push(ModuleCopy {
-                manifest: bundle.manifest,
-                signature: bundle.signature,
-                wasm: held.insert(hash).then_some(bundle.wasm),
+            modules.push(if held.insert(hash) {
+                bundle
+            } else {
+                bundle.without_bytes()
             });
         }
         let in_domain: HashSet<&str> = slice

@@ -57,6 +57,11 @@ pub enum BundleError {
 /// Clock skew tolerated on `issued_at` between signer and node.
 const ALLOWED_SKEW_SECS: u64 = 300;
 
+/// One module, the one type for it at rest (BGC, a domain's BC, a node's
+/// store: all as [`Bundle::to_bytes`]) and in transit (deployments and
+/// replicas). In transit `wasm` is empty when the receiver already holds
+/// that hash ([`Bundle::without_bytes`]); an empty module never verifies,
+/// so it cannot be mistaken for the real bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
     pub manifest: Manifest,
@@ -96,6 +101,20 @@ impl Bundle {
             signature,
             wasm,
         }
+    }
+
+    /// The signed manifest alone, for a receiver that holds the bytes.
+    pub fn without_bytes(&self) -> Bundle {
+        Bundle {
+            manifest: self.manifest.clone(),
+            signature: self.signature.clone(),
+            wasm: Vec::new(),
+        }
+    }
+
+    /// Whether the wasm bytes travel with it.
+    pub fn has_bytes(&self) -> bool {
+        !self.wasm.is_empty()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

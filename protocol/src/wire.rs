@@ -18,7 +18,7 @@
 //! [`MessageKind::may_come_from`]) from its first bytes, before the rest is
 //! decoded.
 
-use crate::manifest::Manifest;
+use crate::bundle::Bundle;
 use crate::message::{Alarm, Report, Summary};
 use crate::topology::DomainTopology;
 use serde::{Deserialize, Serialize};
@@ -101,21 +101,12 @@ pub enum Enrollment {
     Active,
 }
 
-/// One module as a manager hands it down: the signed manifest always, the
-/// wasm bytes only when the receiver said it lacks that hash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModuleCopy {
-    pub manifest: Manifest,
-    #[serde(with = "serde_bytes")]
-    pub signature: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub wasm: Option<Vec<u8>>,
-}
-
 /// A module to run on a node, with its configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
-    pub module: ModuleCopy,
+    /// The module, with its bytes only when the node lacks that hash (see
+    /// [`Bundle::without_bytes`]).
+    pub module: Bundle,
     pub config: Vec<(String, String)>,
 }
 
@@ -125,7 +116,7 @@ pub struct Replica {
     pub version: u64,
     pub topology: DomainTopology,
     /// BC: the bundles the domain's assignments name.
-    pub modules: Vec<ModuleCopy>,
+    pub modules: Vec<Bundle>,
     /// BCN: knowledge-base rule files (name, text); may be empty.
     pub rules: Vec<(String, String)>,
     /// Identities enrolled in this domain and their state.
@@ -151,7 +142,7 @@ impl Replica {
         let mut r = self.clone();
         r.version = 0;
         for m in &mut r.modules {
-            m.wasm = None;
+            m.wasm = Vec::new();
         }
         r.subdomains = r.subdomains.iter().map(Replica::without_bytes).collect();
         r
@@ -789,9 +780,9 @@ mod tests {
         }
     }
 
-    fn module_copy(wasm: Option<Vec<u8>>) -> ModuleCopy {
-        ModuleCopy {
-            manifest: Manifest {
+    fn module_copy(wasm: Option<Vec<u8>>) -> Bundle {
+        Bundle {
+            manifest: crate::Manifest {
                 name: "cpu-mem".into(),
                 version: semver::Version::new(0, 1, 0),
                 sequence: 1,
@@ -805,7 +796,7 @@ mod tests {
                 signer: crate::KeyId([1; 8]),
             },
             signature: vec![0; 64],
-            wasm,
+            wasm: wasm.unwrap_or_default(),
         }
     }
 
@@ -921,8 +912,8 @@ mod tests {
             }],
         });
         let encoded = encode_value(&deploy);
-        // ... wasm: Some (1), length 0, then `config`'s length 0.
-        assert!(encoded.ends_with(&[1, 0, 0]));
+        // ... wasm: length 0, then `config`'s length 0.
+        assert!(encoded.ends_with(&[0, 0]));
         let mut deploy = vec![PLAIN];
         deploy.extend_from_slice(&encoded[..encoded.len() - 2]);
         deploy.extend(varint(31 * 1024 * 1024));

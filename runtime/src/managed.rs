@@ -153,29 +153,22 @@ impl Managed {
 
     /// The full bundle of a deployment: from the message, or from the local
     /// store when only the manifest came (the hash must match).
-    fn bundle_for(&self, copy: agad_protocol::wire::ModuleCopy) -> anyhow::Result<Bundle> {
-        let hash = copy.manifest.sha256_hex();
-        let name = &copy.manifest.name;
-        let wasm = match copy.wasm {
-            Some(w) => {
-                tracing::info!(module = %name, %hash, bytes = w.len(), "deployment with module bytes");
-                w
-            }
-            None => match self.bundles.get(hash.as_bytes())? {
-                Some(bytes) => {
-                    tracing::info!(module = %name, %hash, "deployment by hash; bytes from the local store");
-                    Bundle::from_bytes(&bytes)?.wasm
-                }
-                None => anyhow::bail!("manifest {hash} came without bytes and is not stored here"),
-            },
+    fn bundle_for(&self, shipped: Bundle) -> anyhow::Result<Bundle> {
+        let hash = shipped.manifest.sha256_hex();
+        let name = &shipped.manifest.name;
+        if shipped.has_bytes() {
+            tracing::info!(module = %name, %hash, bytes = shipped.wasm.len(), "deployment with module bytes");
+            // Stored only once it verified and linked (in `start`), never before.
+            return Ok(shipped);
+        }
+        let Some(bytes) = self.bundles.get(hash.as_bytes())? else {
+            anyhow::bail!("manifest {hash} came without bytes and is not stored here");
         };
-        let bundle = Bundle {
-            manifest: copy.manifest,
-            signature: copy.signature,
-            wasm,
-        };
-        // Stored only once it verified and linked (in `start`), never before.
-        Ok(bundle)
+        tracing::info!(module = %name, %hash, "deployment by hash; bytes from the local store");
+        Ok(Bundle {
+            wasm: Bundle::from_bytes(&bytes)?.wasm,
+            ..shipped
+        })
     }
 
     fn start(

@@ -385,7 +385,7 @@ async fn node(
     ready.send(()).await?;
     let deployed = next_deploy(&mut link).await?;
     let at = Instant::now();
-    let with_bytes = deployed.iter().filter(|d| d.module.wasm.is_some()).count();
+    let with_bytes = deployed.iter().filter(|d| d.module.has_bytes()).count();
     if deployed.len() != modules || with_bytes != modules {
         bail!(
             "deployed {} modules, {with_bytes} with their bytes; expected {modules} with bytes",
