@@ -345,6 +345,9 @@ impl Supervisor {
             .await;
             let (back, result) = match ticked {
                 Ok(pair) => pair,
+                // The runtime is shutting down (e.g. `agad node run`
+                // refusing its arguments): not a fault of the module.
+                Err(join) if join.is_cancelled() => return None,
                 Err(join) => {
                     return Some(Fault {
                         kind: FaultKind::Trap,
