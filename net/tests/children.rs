@@ -293,6 +293,14 @@ async fn a_child_goes_through_the_lifecycle_and_each_step_is_an_event() {
     level.stop.send(true).unwrap();
 }
 
+/// The enrollment a parent's answer welcomes with, if it was a welcome.
+fn welcome(answer: &Option<Message>) -> Option<Enrollment> {
+    match answer {
+        Some(Message::Control(Control::Welcome { enrollment, .. })) => Some(*enrollment),
+        _ => None,
+    }
+}
+
 /// Connects as `name` with a raw link, says hello promising a frame every
 /// `keepalive`, and returns the link and the parent's answer.
 async fn raw_child(
@@ -336,13 +344,7 @@ async fn a_silent_child_is_declared_stale_and_its_session_closed() {
         Duration::from_millis(200),
     )
     .await;
-    assert!(matches!(
-        answer,
-        Some(Message::Control(Control::Welcome {
-            enrollment: Enrollment::Active,
-            ..
-        }))
-    ));
+    assert_eq!(welcome(&answer), Some(Enrollment::Active), "{answer:?}");
     let stale = next_event(&mut events, "stale", |e| {
         matches!(e, ChildEvent::Stale { .. })
     })
@@ -504,13 +506,7 @@ async fn a_wrong_role_a_refused_child_and_a_full_registry_are_turned_away() {
         Duration::from_secs(1),
     )
     .await;
-    assert!(matches!(
-        answer,
-        Some(Message::Control(Control::Welcome {
-            enrollment: Enrollment::Pending,
-            ..
-        }))
-    ));
+    assert_eq!(welcome(&answer), Some(Enrollment::Pending), "{answer:?}");
 
     let (_first, answer) = raw_child(
         &pki,
@@ -520,13 +516,7 @@ async fn a_wrong_role_a_refused_child_and_a_full_registry_are_turned_away() {
         Duration::from_secs(1),
     )
     .await;
-    assert!(matches!(
-        answer,
-        Some(Message::Control(Control::Welcome {
-            enrollment: Enrollment::Active,
-            ..
-        }))
-    ));
+    assert_eq!(welcome(&answer), Some(Enrollment::Active), "{answer:?}");
     let (_second, answer) = raw_child(
         &pki,
         Role::Node,
