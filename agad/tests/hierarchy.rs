@@ -260,41 +260,6 @@ fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() ->
 }
 
 #[test]
-fn an_invalid_topology_is_refused_whole_with_file_and_line() -> anyhow::Result<()> {
-    let d = deployment()?;
-    d.publish_inspector("cpu-mem")?;
-    d.apply(&one_domain("s1", &["n1"], "cpu-mem", "period = \"1s\""))?;
-    let shown = d.agad(&["topology", "show"])?;
-
-    // Line 9 names a domain that does not exist; line 5 alone would be fine.
-    let bad = "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\n\n[[node]]\nname = \"n2\"\ndomain = \"d1\"\n[[node]]\nname = \"n3\"\ndomain = \"nowhere\"\n";
-    std::fs::write(d.path("bad.toml"), bad)?;
-    let out = d.run(&["topology", "apply", "bad.toml"])?;
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad.toml:10:") && err.contains("nowhere"),
-        "{err}"
-    );
-    assert_eq!(
-        d.agad(&["topology", "show"])?,
-        shown,
-        "nothing half-applied"
-    );
-
-    // A dry run shows the difference and changes nothing.
-    let more = one_domain("s1", &["n1", "n2"], "cpu-mem", "period = \"1s\"");
-    std::fs::write(d.path("more.toml"), more)?;
-    let diff = d.agad(&["topology", "apply", "more.toml", "--dry-run"])?;
-    assert!(
-        diff.contains("+ node n2") && diff.contains("not applied"),
-        "{diff}"
-    );
-    assert_eq!(d.agad(&["topology", "show"])?, shown);
-    Ok(())
-}
-
-#[test]
 fn a_sub_domain_manager_is_activated_and_relayed_by_its_parent() -> anyhow::Result<()> {
     let mut d = deployment()?;
     d.publish_inspector("cpu-mem")?;
@@ -324,59 +289,6 @@ fn a_sub_domain_manager_is_activated_and_relayed_by_its_parent() -> anyhow::Resu
             && status.contains("served by s2"),
         "{lab:?}\n{status}"
     );
-    Ok(())
-}
-
-#[test]
-fn a_node_without_a_ticket_waits_for_approval_then_activation() -> anyhow::Result<()> {
-    let mut d = deployment()?;
-    d.publish_inspector("cpu-mem")?;
-    d.apply(&one_domain("s1", &["n1"], "cpu-mem", "period = \"1s\""))?;
-    let addr = d.start_station("s1")?;
-    d.issue("node", "n1")?;
-    d.spawn(
-        "n1",
-        &[
-            "node",
-            "--dominio",
-            &addr,
-            "--pki",
-            "pki",
-            "--name",
-            "n1",
-            "--trust",
-            "publisher.pub",
-            "--data-dir",
-            "n1",
-            "--keepalive",
-            "1s",
-        ],
-    )?;
-    let line = d.wait_for("n1's request in `agad enroll list`", |d| {
-        Ok(d.agad(&["enroll", "list"])?
-            .lines()
-            .find(|l| l.starts_with("n1 ") && l.contains("pending"))
-            .map(str::to_owned))
-    })?;
-    let fingerprint = line.split_whitespace().last().unwrap().to_owned();
-    assert_eq!(fingerprint.len(), 64, "{line}");
-    let out = d.run(&["enroll", "activate", "n1"])?;
-    assert!(
-        !out.status.success(),
-        "activation before approval is refused"
-    );
-    assert!(!d.log("s1").contains("child registered"));
-
-    d.agad(&["enroll", "approve", &fingerprint[..12]])?;
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        !d.log("s1").contains("child registered"),
-        "approved but not active yet"
-    );
-    d.agad(&["enroll", "activate", "n1"])?;
-    d.wait_for("n1 admitted and running its module", |d| {
-        Ok(d.log("n1").contains("started module=cpu-mem").then_some(()))
-    })?;
     Ok(())
 }
 
