@@ -81,9 +81,10 @@ pub struct ReportArgs {
     /// Per-domain rows (every node merged) instead of per-node rows.
     #[arg(long)]
     per_domain: bool,
-    /// At most this many rows, the newest.
-    #[arg(long)]
-    limit: Option<usize>,
+    /// At most this many rows, the newest (at most 10000; page further
+    /// back with --until).
+    #[arg(long, default_value_t = 500)]
+    limit: usize,
     /// JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -112,9 +113,10 @@ pub struct AlarmsArgs {
     /// Up to this long ago [default: now].
     #[arg(long, value_parser = crate::parse_cli_duration)]
     until: Option<Duration>,
-    /// At most this many, the newest.
-    #[arg(long)]
-    limit: Option<usize>,
+    /// At most this many, the newest (at most 10000; page further back
+    /// with --until).
+    #[arg(long, default_value_t = 500)]
+    limit: usize,
     /// JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -307,9 +309,13 @@ fn time(ms: u64) -> String {
 
 /// Tells the operator (on stderr, so `--json` output stays clean) that the
 /// limit left older entries out.
-fn note_truncated(truncated: bool, limit: Option<usize>) {
-    if truncated && let Some(l) = limit {
-        eprintln!("(only the newest {l}; raise --limit or narrow --since for more)");
+fn note_truncated(truncated: bool, limit: usize) {
+    if truncated {
+        let shown = limit.min(agad_gerente_mor::query::MAX_ROWS);
+        eprintln!(
+            "(only the newest {shown}; raise --limit (up to {}), narrow --since, or page back with --until for more)",
+            agad_gerente_mor::query::MAX_ROWS
+        );
     }
 }
 
@@ -322,7 +328,7 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
         since_ms: Some(ago_ms(args.since)),
         until_ms: args.until.map(ago_ms),
         per_domain: args.per_domain,
-        limit: args.limit,
+        limit: Some(args.limit),
     };
     let answer = match ask(dir, Request::Reports(query))? {
         Answer::Reports(r) => r,
@@ -382,7 +388,7 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
         severity: args.severity,
         since_ms: args.since.map(ago_ms),
         until_ms: args.until.map(ago_ms),
-        limit: args.limit,
+        limit: Some(args.limit),
     };
     let answer = match ask(dir, Request::Alarms(query))? {
         Answer::Alarms(a) => a,

@@ -2,6 +2,7 @@
 
 use crate::identity::IdentityArgs;
 use crate::module_cmd::read_public_keys;
+use agad_net::server::Limits;
 use agad_net::uplink::UplinkConfig;
 use agad_protocol::wire::Role;
 use anyhow::{Context, bail};
@@ -79,12 +80,13 @@ pub struct DominioArgs {
 }
 
 pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
+    let open_files = raise_open_files();
     let config = agad_gerente_mor::MorConfig {
         data_dir: args.data_dir.clone(),
         acceptor: args.identity.acceptor()?,
         trusted: read_public_keys(&args.trusted)?,
         children: Default::default(),
-        limits: Default::default(),
+        limits: Limits::for_open_files(open_files),
         retention: args.retention.0,
     };
     serve(&args.listen, "top manager", move |listener, shutdown| {
@@ -93,6 +95,7 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
+    let open_files = raise_open_files();
     let config = agad_gerente_dominio::DominioConfig {
         data_dir: args.data_dir.clone(),
         uplink: UplinkConfig {
@@ -107,7 +110,7 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
         acceptor: args.identity.acceptor()?,
         consolidation_grace: Duration::from_secs(2),
         children: Default::default(),
-        limits: Default::default(),
+        limits: Limits::for_open_files(open_files),
         trusted: read_public_keys(&args.trusted)?,
     };
     serve(&args.listen, "domain manager", move |listener, shutdown| {
@@ -117,8 +120,9 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
 
 /// A manager holds one descriptor per child: raise the soft limit on open
 /// files to the hard one (the kernel's default soft limit, 1,024, would cap a
-/// domain at about a thousand nodes).
-fn raise_open_files() {
+/// domain at about a thousand nodes). Returns the limit in force, which
+/// bounds the connections the manager accepts.
+fn raise_open_files() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
@@ -128,9 +132,13 @@ fn raise_open_files() {
             Ok(()) => {
                 tracing::info!(?soft, hard = ?limit.maximum, "open-file limit raised to the hard limit")
             }
-            Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+            Err(e) => {
+                tracing::warn!("cannot raise the open-file limit: {e}");
+                limit.current = soft;
+            }
         }
     }
+    limit.current.unwrap_or(u64::MAX)
 }
 
 /// Binds `listen`, runs `process` until Ctrl-C or SIGTERM, then lets it
@@ -143,7 +151,6 @@ where
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    raise_open_files();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await

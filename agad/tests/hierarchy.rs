@@ -4,28 +4,13 @@
 //! inspectors built from this repository.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
-use agad_protocol::message::Alarm;
-use agad_tests::hierarchy::{Deployment, Options};
-use std::collections::BTreeSet;
+use agad_tests::hierarchy::{Deployment, Options, alarm_ids};
 use std::path::Path;
 use std::time::Duration;
 
 /// A deployment with a running top manager, as the tests run it.
 fn deployment() -> anyhow::Result<Deployment> {
     Deployment::start(Path::new(env!("CARGO_BIN_EXE_agad")), Options::default())
-}
-
-/// BICD's alarm count as the serving station reports it in its keep-alive
-/// (read from the typed `agad status --json`).
-fn bicd_alarms(d: &Deployment) -> anyhow::Result<Option<usize>> {
-    let status: serde_json::Value = serde_json::from_str(&d.agad(&["status", "--json"])?)?;
-    let count = status["domains"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|domain| domain["components"].as_array().into_iter().flatten())
-        .find_map(|c| c["component"]["store"]["alarms"].as_u64());
-    Ok(count.map(|n| n as usize))
 }
 
 fn one_domain(station: &str, nodes: &[&str], module: &str, config: &str) -> String {
@@ -38,24 +23,6 @@ fn one_domain(station: &str, nodes: &[&str], module: &str, config: &str) -> Stri
         "\n[[assign]]\nmodule = \"{module}\"\ndomain = \"d1\"\n[assign.config]\n{config}\n"
     );
     t
-}
-
-/// Ids of alarms a node logged as durably queued (every run of it).
-fn queued_ids(log: &str) -> BTreeSet<String> {
-    log.lines()
-        .filter(|l| l.contains("alarm queued"))
-        .filter_map(|l| {
-            l.split("id=")
-                .nth(1)?
-                .split_whitespace()
-                .next()
-                .map(str::to_owned)
-        })
-        .collect()
-}
-
-fn ids(alarms: &[Alarm]) -> BTreeSet<String> {
-    alarms.iter().map(|a| a.id.clone()).collect()
 }
 
 #[test]
@@ -87,7 +54,7 @@ fn an_alarm_and_reports_travel_from_node_to_top_manager() -> anyhow::Result<()> 
     d.wait_for("BICD and BIG to agree", |d| {
         let big = d.alarms()?;
         Ok(
-            (bicd_alarms(d)? == Some(big.len()) && queued_ids(&d.log("n1")) == ids(&big))
+            (d.bicd_alarms()? == Some(big.len()) && d.queued_alarm_ids("n1") == alarm_ids(&big))
                 .then_some(()),
         )
     })?;
@@ -212,7 +179,7 @@ fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() ->
 
     // The domain manager dies mid-traffic; the node buffers meanwhile.
     d.kill9("s1")?;
-    let in_big_at_kill = ids(&d.alarms()?);
+    let in_big_at_kill = alarm_ids(&d.alarms()?);
     std::thread::sleep(Duration::from_secs(2));
     d.restart("s1")?;
     d.wait_for("traffic through the restarted station", |d| {
@@ -222,7 +189,7 @@ fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() ->
     // The top manager dies mid-traffic; the station buffers meanwhile.
     d.kill9("mor")?;
     d.restart_mor()?;
-    let in_big_at_mor_kill = ids(&d.alarms()?);
+    let in_big_at_mor_kill = alarm_ids(&d.alarms()?);
     assert!(in_big_at_kill.is_subset(&in_big_at_mor_kill));
     d.wait_for("traffic through the restarted top manager", |d| {
         Ok((count(d)? > in_big_at_mor_kill.len() + 10).then_some(()))
@@ -239,11 +206,14 @@ fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() ->
 
     d.wait_for("every queued alarm in BIG, once, and BICD = BIG", |d| {
         let big = d.alarms()?;
-        let queued = queued_ids(&d.log("n1"));
-        Ok((queued.is_subset(&ids(&big)) && bicd_alarms(d)? == Some(big.len())).then_some(()))
+        let queued = d.queued_alarm_ids("n1");
+        Ok(
+            (queued.is_subset(&alarm_ids(&big)) && d.bicd_alarms()? == Some(big.len()))
+                .then_some(()),
+        )
     })?;
     let big = d.alarms()?;
-    let big_ids = ids(&big);
+    let big_ids = alarm_ids(&big);
     assert_eq!(big_ids.len(), big.len(), "no duplicates in BIG");
     assert!(
         in_big_at_kill.is_subset(&big_ids),
@@ -251,7 +221,7 @@ fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() ->
     );
     // Only an alarm queued in the instant before the kill, not yet logged,
     // may be in BIG without a log line.
-    let unlogged = big_ids.difference(&queued_ids(&d.log("n1"))).count();
+    let unlogged = big_ids.difference(&d.queued_alarm_ids("n1")).count();
     assert!(
         unlogged <= 1,
         "{unlogged} alarms in BIG that the node never queued"
@@ -310,15 +280,15 @@ fn a_frozen_node_does_nothing_until_thawed_and_stops_while_frozen() -> anyhow::R
     let addr = d.start_station("s1")?;
     d.start_node("n1", &addr)?;
     d.wait_for("alarm traffic", |d| {
-        Ok((queued_ids(&d.log("n1")).len() >= 3).then_some(()))
+        Ok((d.queued_alarm_ids("n1").len() >= 3).then_some(()))
     })?;
 
     // SIGSTOP: the node runs no tick and queues no alarm while frozen.
     d.sigstop("n1")?;
-    let frozen = queued_ids(&d.log("n1"));
+    let frozen = d.queued_alarm_ids("n1");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        queued_ids(&d.log("n1")),
+        d.queued_alarm_ids("n1"),
         frozen,
         "a frozen node queued alarms"
     );
@@ -326,7 +296,7 @@ fn a_frozen_node_does_nothing_until_thawed_and_stops_while_frozen() -> anyhow::R
     // SIGCONT: it goes on where it stopped.
     d.sigcont("n1")?;
     d.wait_for("alarms after the thaw", |d| {
-        Ok((queued_ids(&d.log("n1")).len() > frozen.len()).then_some(()))
+        Ok((d.queued_alarm_ids("n1").len() > frozen.len()).then_some(()))
     })?;
 
     // A clean stop of a frozen process thaws it so that it sees SIGTERM.

@@ -6,117 +6,22 @@
 //! memory bounded.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
-use agad_net::{Identity, TlsAcceptor, TrustAnchor, client_config, server_config};
-use agad_protocol::message::{Alarm, Comparison, Severity};
-use agad_protocol::wire::{
-    self, Control, Enrollment, HEADER_LEN, Message, PROTOCOL_VERSION, Queued, Replica, Role, Upward,
-};
+use agad_net::{TlsAcceptor, server_config};
+use agad_protocol::wire::{self, Control, Enrollment, Message, Queued, Replica, Role, Upward};
 use agad_tests::hierarchy::{Deployment, Options, free_address};
-use rustls::pki_types::ServerName;
+use agad_tests::peer::{
+    alarm, frame, hello, identity, peak_rss_bytes, raw_client, read_until_closed, runtime, trust,
+};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
+use tokio::net::TcpListener;
 
 /// A process that sends this many bytes of frames must stay far below it.
 const MEMORY_BOUND_BYTES: u64 = 300 * 1024 * 1024;
 
 fn deployment() -> anyhow::Result<Deployment> {
     Deployment::start(Path::new(env!("CARGO_BIN_EXE_agad")), Options::default())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn identity(d: &Deployment, name: &str) -> Identity {
-    Identity::load(
-        &d.path(&format!("pki/{name}.crt")),
-        &d.path(&format!("pki/{name}.key")),
-    )
-    .unwrap()
-}
-
-fn trust(d: &Deployment) -> TrustAnchor {
-    TrustAnchor::load(&d.path("pki/ca.crt")).unwrap()
-}
-
-/// A raw TLS stream to `address` as `name`: frames are written by hand.
-async fn raw_client(
-    d: &Deployment,
-    name: &str,
-    address: &str,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let config = client_config(&identity(d, name), &trust(d)).unwrap();
-    let tcp = TcpStream::connect(address).await.unwrap();
-    TlsConnector::from(config)
-        .connect(ServerName::try_from("agad").unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
-/// One frame with a plain (undeflated) body of `bincode` bytes.
-fn frame(bincode: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 1 + bincode.len());
-    out.extend_from_slice(&u32::try_from(bincode.len() + 1).unwrap().to_be_bytes());
-    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    out.push(0);
-    out.extend_from_slice(bincode);
-    out
-}
-
-/// Reads what the peer sends until it closes; the messages that decoded.
-async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: S) -> Vec<Message> {
-    let mut reader = agad_net::FrameReader::new(stream);
-    let mut got = Vec::new();
-    while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await {
-        got.push(m);
-    }
-    got
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
-fn hello(role: Role, ticket: Option<String>) -> Message {
-    Message::Control(Control::Hello {
-        role,
-        software: "trust-test".into(),
-        ticket,
-        modules_held: Vec::new(),
-        keepalive_ms: 1000,
-    })
-}
-
-fn alarm(node: &str, n: u32) -> Alarm {
-    Alarm {
-        id: format!("{node}/rogue/{n}"),
-        node: node.into(),
-        module: "rogue".into(),
-        area: agad_protocol::Area::Fault,
-        key: "k".into(),
-        metric: "m".into(),
-        subject: String::new(),
-        severity: Severity::Critical,
-        raised: true,
-        value: 1.0,
-        threshold: 0.0,
-        comparison: Comparison::Above,
-        message: "forged".into(),
-        time_ms: 1,
-    }
 }
 
 #[test]
@@ -193,12 +98,12 @@ fn a_relayed_alarm_for_another_subtree_is_refused() -> anyhow::Result<()> {
     // will relay an alarm about n1, which belongs to campus.
     d.issue("dominio", "s2")?;
     let ticket = d.ticket("s2")?;
-    let rt = runtime();
+    let rt = runtime()?;
     // Asks to join (with its ticket) until campus, once it serves, relays
     // the request to the top manager.
     for attempt in 0.. {
         let first = rt.block_on(async {
-            let mut link = raw_client(&d, "s2", &campus).await;
+            let mut link = raw_client(&d, "s2", &campus).await.unwrap();
             link.write_all(&wire::encode(&hello(Role::Dominio, Some(ticket.clone()))).unwrap())
                 .await
                 .unwrap();
@@ -221,7 +126,7 @@ fn a_relayed_alarm_for_another_subtree_is_refused() -> anyhow::Result<()> {
     let (accepted, refused_rest) = rt.block_on(async {
         // Until the activation reaches campus' replica, s2 is refused.
         let mut link = loop {
-            let mut link = raw_client(&d, "s2", &campus).await;
+            let mut link = raw_client(&d, "s2", &campus).await.unwrap();
             link.write_all(&wire::encode(&hello(Role::Dominio, None)).unwrap())
                 .await
                 .unwrap();
@@ -238,7 +143,7 @@ fn a_relayed_alarm_for_another_subtree_is_refused() -> anyhow::Result<()> {
         // An alarm about its own node is acknowledged...
         let own = Message::Alarm(Queued {
             seq: 1,
-            body: Upward::Alarm(alarm("n2", 1)),
+            body: Upward::Alarm(alarm("n2", "n2/rogue/1".into())),
         });
         link.1
             .write_all(&wire::encode(&own).unwrap())
@@ -256,7 +161,7 @@ fn a_relayed_alarm_for_another_subtree_is_refused() -> anyhow::Result<()> {
         // ... one about another subtree's node closes the session unacknowledged.
         let foreign = Message::Alarm(Queued {
             seq: 2,
-            body: Upward::Alarm(alarm("n1", 2)),
+            body: Upward::Alarm(alarm("n1", "n1/rogue/2".into())),
         });
         link.1
             .write_all(&wire::encode(&foreign).unwrap())
@@ -306,9 +211,9 @@ fn a_frame_claiming_a_huge_collection_is_refused_with_the_manager_up() -> anyhow
     let mut greedy = honest[..honest.len() - 4].to_vec();
     greedy.push(253);
     greedy.extend_from_slice(&(1u64 << 60).to_le_bytes());
-    let rt = runtime();
+    let rt = runtime()?;
     let answers = rt.block_on(async {
-        let mut link = raw_client(&d, "greedy", &s1).await;
+        let mut link = raw_client(&d, "greedy", &s1).await.unwrap();
         link.write_all(&frame(&greedy)).await.unwrap();
         read_until_closed(link).await
     });
@@ -318,10 +223,11 @@ fn a_frame_claiming_a_huge_collection_is_refused_with_the_manager_up() -> anyhow
     })?;
     d.check()?;
     let pid = d.pid("s1")?;
-    assert!(rss_bytes(pid) < MEMORY_BOUND_BYTES, "{}", rss_bytes(pid));
+    let peak = peak_rss_bytes(pid)?;
+    assert!(peak < MEMORY_BOUND_BYTES, "{peak}");
     // And it still answers an honest hello.
     let answers = rt.block_on(async {
-        let mut link = raw_client(&d, "greedy", &s1).await;
+        let mut link = raw_client(&d, "greedy", &s1).await.unwrap();
         link.write_all(&wire::encode(&hello(Role::Node, None)).unwrap())
             .await
             .unwrap();
@@ -342,11 +248,11 @@ fn a_self_nested_replica_from_a_rogue_parent_is_refused_with_the_station_up() ->
 {
     let mut d = deployment()?;
     d.issue("dominio", "s3")?;
-    let rt = runtime();
+    let rt = runtime()?;
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
     let rogue = listener.local_addr()?.to_string();
     // The rogue parent holds the top manager's own certificate.
-    let acceptor = TlsAcceptor::from(server_config(&identity(&d, "mor"), &trust(&d))?);
+    let acceptor = TlsAcceptor::from(server_config(&identity(&d, "mor")?, &trust(&d)?)?);
     d.spawn(
         "s3",
         &[
@@ -397,7 +303,8 @@ fn a_self_nested_replica_from_a_rogue_parent_is_refused_with_the_station_up() ->
     })?;
     d.check()?;
     let pid = d.pid("s3")?;
-    assert!(rss_bytes(pid) < MEMORY_BOUND_BYTES, "{}", rss_bytes(pid));
+    let peak = peak_rss_bytes(pid)?;
+    assert!(peak < MEMORY_BOUND_BYTES, "{peak}");
     // It comes back to its parent, as after any broken link.
     rt.block_on(async {
         let accepted = tokio::time::timeout(Duration::from_secs(60), listener.accept()).await;

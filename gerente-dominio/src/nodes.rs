@@ -212,12 +212,10 @@ fn handle(
             seq,
             body: Upward::Alarm(alarm),
         }) => {
-            if alarm.node != child.name {
-                return Err(SessionError::Protocol(format!(
-                    "an alarm about another node ({} bytes of name)",
-                    alarm.node.len()
-                )));
-            }
+            // Its id, which BICD deduplicates by, must be this node's own.
+            alarm
+                .check_origin(&child.name)
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
             let new = station.bases.record_alarm(&alarm).map_err(storage)?;
             if new {
                 station

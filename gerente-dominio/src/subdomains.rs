@@ -269,6 +269,9 @@ fn relay(
                     "a relayed alarm about a node outside the station's sub-domain".into(),
                 ));
             }
+            alarm
+                .check_origin(&alarm.node)
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
             if station
                 .bases
                 .record_alarm(&alarm)

@@ -99,35 +99,40 @@ pub struct Status {
     pub domains: Vec<DomainStatus>,
 }
 
-/// Collects what a newest-first scan finds, up to one more than `limit`
+/// Most rows one answer carries, whatever the query asks: an answer is
+/// built in memory and sent whole, so a base of millions of alarms is read
+/// page by page (`--limit`, `--until`), never at once.
+pub const MAX_ROWS: usize = 10_000;
+
+/// Collects what a newest-first scan finds, up to one more than its limit
 /// (which is how it knows more was there).
 struct Newest<T> {
     found: Vec<T>,
-    limit: Option<usize>,
+    limit: usize,
 }
 
 impl<T> Newest<T> {
+    /// At most `limit` rows, and never more than [`MAX_ROWS`].
     fn new(limit: Option<usize>) -> Self {
         Newest {
             found: Vec::new(),
-            limit,
+            limit: limit.unwrap_or(MAX_ROWS).min(MAX_ROWS),
         }
     }
 
     fn push(&mut self, item: T) -> ControlFlow<()> {
         self.found.push(item);
-        match self.limit {
-            Some(l) if self.found.len() > l => ControlFlow::Break(()),
-            _ => ControlFlow::Continue(()),
+        if self.found.len() > self.limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
     }
 
     /// Oldest first, and whether the limit left some out.
     fn finish(mut self) -> (Vec<T>, bool) {
-        let truncated = self.limit.is_some_and(|l| self.found.len() > l);
-        if let Some(l) = self.limit {
-            self.found.truncate(l);
-        }
+        let truncated = self.found.len() > self.limit;
+        self.found.truncate(self.limit);
         self.found.reverse();
         (self.found, truncated)
     }

@@ -377,9 +377,14 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                     "an alarm about a node outside the station's domain".into(),
                 ));
             }
+            // The id BIG deduplicates by must be that node's own.
+            alarm
+                .check_origin(&alarm.node)
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
             let new = mor.bases.record_alarm(&alarm).map_err(storage)?;
             if new {
-                tracing::info!(id = %alarm.id, raised = alarm.raised, "alarm stored");
+                // Debug only: BIG is the record, and a flood must not fill the log.
+                tracing::debug!(id = %alarm.id, raised = alarm.raised, "alarm stored");
                 mor.stations.publish(ChildEvent::AlarmStored {
                     child: child.clone(),
                     alarm: Arc::new(alarm),

@@ -17,9 +17,14 @@
 
 use crate::conn::{Connection, NetError, spawn_reader};
 use crate::liveness::{Detector, LivenessConfig, OwnLag};
+use crate::rate::{LogLimiter, TokenBucket, Verdict};
 use crate::tls::PeerIdentity;
+use crate::waiting::{TooManyWaiting, Waiting};
 use agad_protocol::message::Alarm;
-use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Role, Sender, State};
+use agad_protocol::text::{EXCERPT, excerpt};
+use agad_protocol::wire::{
+    ComponentStatus, Control, Enrollment, MAX_FRAME_LEN, Message, Role, Sender, State,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,6 +52,19 @@ pub struct ChildrenConfig {
     pub hello_timeout: Duration,
     /// Admitted children at once; more are refused until one leaves.
     pub max_children: usize,
+    /// Connections with a valid certificate not admitted yet, in all: a
+    /// newcomer beyond this sheds the oldest (see [`crate::waiting`]).
+    pub max_waiting: usize,
+    /// ... and per certificate: more are refused at once.
+    pub max_waiting_per_identity: usize,
+    /// Largest frame a child may send before it is admitted (its hello).
+    pub max_hello_frame: usize,
+    /// Frames a child's session serves per second, after a burst; beyond
+    /// that the session reads more slowly (the child's outbox holds the
+    /// rest), so one flooding child cannot take the manager's disk or CPU
+    /// from the others. Keep-alives do not count.
+    pub frames_per_sec: f64,
+    pub frame_burst: u32,
 }
 
 impl Default for ChildrenConfig {
@@ -63,6 +81,11 @@ impl ChildrenConfig {
             check_every: Duration::from_millis(100),
             hello_timeout: Duration::from_secs(10),
             max_children: 50_000,
+            max_waiting: 1_024,
+            max_waiting_per_identity: 2,
+            max_hello_frame: 64 * 1024,
+            frames_per_sec: 500.0,
+            frame_burst: 5_000,
         }
     }
 }
@@ -142,6 +165,10 @@ pub enum SessionError {
     Shutdown,
     #[error("frame handler failed: {0}")]
     Handler(String),
+    #[error(transparent)]
+    Waiting(#[from] TooManyWaiting),
+    #[error("shed: too many connections wait for admission, and this was the oldest")]
+    Shed,
 }
 
 /// What a child said in its hello.
@@ -213,6 +240,10 @@ pub struct Children<T> {
     admitted: Arc<Semaphore>,
     /// The watcher's own recent lateness, in ms, granted before accusing.
     own_lag_ms: AtomicU64,
+    /// Connected children not admitted yet.
+    waiting: Arc<Waiting>,
+    /// Lines each certificate may cause in the log.
+    log: LogLimiter,
 }
 
 impl<T: Send + 'static> Children<T> {
@@ -223,6 +254,11 @@ impl<T: Send + 'static> Children<T> {
             next_session: AtomicU64::new(1),
             admitted: Arc::new(Semaphore::new(config.max_children)),
             own_lag_ms: AtomicU64::new(0),
+            waiting: Arc::new(Waiting::new(
+                config.max_waiting,
+                config.max_waiting_per_identity,
+            )),
+            log: LogLimiter::per_peer(),
             config,
         }
     }
@@ -244,6 +280,11 @@ impl<T: Send + 'static> Children<T> {
     /// Publishes an event (nobody listening is fine).
     pub fn publish(&self, event: ChildEvent) {
         let _ = self.events.send(event);
+    }
+
+    /// Connections with a certificate that are not admitted yet.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
     }
 
     /// The child's current session, if connected.
@@ -339,13 +380,21 @@ pub async fn serve_child<P: Parent>(
     connection: Connection,
     shutdown: watch::Receiver<bool>,
 ) {
-    let span =
-        tracing::info_span!("child", name = %connection.peer.name, role = %connection.peer.role);
+    let span = tracing::info_span!(
+        "child",
+        name = %connection.peer.name,
+        role = %connection.peer.role,
+        from = %connection.address.map(|a| a.to_string()).unwrap_or_default(),
+    );
+    let fingerprint = connection.peer.fingerprint.clone();
     async move {
-        match session(parent, connection, shutdown).await {
-            Ok(reason) | Err(reason) => {
-                tracing::info!("session ended: {reason}");
-            }
+        let reason = match session(parent.clone(), connection, shutdown).await {
+            Ok(reason) | Err(reason) => reason,
+        };
+        // Whatever the child did, it costs a bounded number of lines.
+        if let Verdict::Log { suppressed } = parent.children().log.check(&fingerprint) {
+            let reason = excerpt(&reason.to_string(), 2 * EXCERPT);
+            tracing::info!(suppressed, "session ended: {reason}");
         }
     }
     .instrument(span)
@@ -363,19 +412,28 @@ async fn session<P: Parent>(
         peer,
         mut reader,
         mut writer,
+        ..
     } = connection;
     if peer.role != parent.role() {
         return Err(SessionError::Role(peer.role));
     }
+    let config = parent.children().config().clone();
+    // Until admitted, the child holds a place among the waiters (bounded)
+    // and may send one small frame, its hello.
+    let (waiting, mut shed) = parent.children().waiting.enter(&peer.fingerprint)?;
     // Frames only a parent may send are refused before they are decoded.
     reader.set_sender(Sender::Child);
-    let mut incoming = spawn_reader(reader);
-    let config = parent.children().config().clone();
-    let hello = match tokio::time::timeout(config.hello_timeout, incoming.recv()).await {
+    reader.set_max_frame(config.max_hello_frame);
+    let first = tokio::select! {
+        first = tokio::time::timeout(config.hello_timeout, reader.recv()) => first,
+        _ = &mut shed => return Err(SessionError::Shed),
+        _ = shutdown.changed() => return Err(SessionError::Shutdown),
+    };
+    let hello = match first {
         Err(_) => return Err(SessionError::HelloTimeout(config.hello_timeout)),
-        Ok(None) => return Err(SessionError::Closed),
-        Ok(Some(Err(e))) => return Err(e.into()),
-        Ok(Some(Ok(Message::Control(Control::Hello {
+        Ok(Ok(None)) => return Err(SessionError::Closed),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(Some(Message::Control(Control::Hello {
             ticket,
             modules_held,
             keepalive_ms,
@@ -386,7 +444,7 @@ async fn session<P: Parent>(
             keepalive: Duration::from_millis(keepalive_ms)
                 .clamp(config.keepalive_bounds.0, config.keepalive_bounds.1),
         },
-        Ok(Some(Ok(other))) => return Err(SessionError::NotHello(other.kind())),
+        Ok(Ok(Some(other))) => return Err(SessionError::NotHello(other.kind())),
     };
     let Ok(permit) = parent.children().admitted.clone().try_acquire_owned() else {
         let refusal = SessionError::Full(config.max_children);
@@ -428,13 +486,27 @@ async fn session<P: Parent>(
             ),
             close: Some(close_tx),
         };
+        // The rule for a second connection of the same certificate: the
+        // newer replaces the older, which is closed (a node that lost its
+        // link comes back before its old session is found stale). The old
+        // session's end never unregisters the new one (see below).
         let old = children.lock().insert(peer.name.clone(), entry);
-        if let Some(mut old) = old
-            && let Some(close) = old.close.take()
-        {
-            let _ = close.send(SessionError::Replaced);
+        if let Some(mut old) = old {
+            if let Verdict::Log { suppressed } = children.log.check(&peer.fingerprint) {
+                tracing::warn!(
+                    replaced = old.session,
+                    suppressed,
+                    "a second connection of this certificate replaces its session"
+                );
+            }
+            if let Some(close) = old.close.take() {
+                let _ = close.send(SessionError::Replaced);
+            }
         }
     }
+    drop(waiting);
+    reader.set_max_frame(MAX_FRAME_LEN);
+    let mut incoming = spawn_reader(reader);
     let child = ChildRef {
         name: peer.name.clone(),
         role: peer.role,
@@ -444,7 +516,9 @@ async fn session<P: Parent>(
         enrollment: Enrollment::Active,
         reason: String::new(),
     }));
-    tracing::info!(session = session_id, "child registered");
+    if let Verdict::Log { suppressed } = children.log.check(&peer.fingerprint) {
+        tracing::info!(session = session_id, suppressed, "child registered");
+    }
     children.publish(ChildEvent::Connected(child.clone()));
     {
         let (parent, child) = (parent.clone(), child.clone());
@@ -466,6 +540,7 @@ async fn session<P: Parent>(
 
     // Acknowledgements of frames that arrive together go back as one.
     let mut acks: Vec<u64> = Vec::new();
+    let mut pace = TokenBucket::new(config.frame_burst, config.frames_per_sec, Instant::now());
     let reason = loop {
         let next = if acks.is_empty() {
             tokio::select! {
@@ -503,6 +578,14 @@ async fn session<P: Parent>(
                 })))
             }
             _ => {
+                let wait = pace.take(Instant::now());
+                if !wait.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        reason = &mut close_rx => break reason.unwrap_or(SessionError::Replaced),
+                        _ = shutdown.changed() => break SessionError::Shutdown,
+                    }
+                }
                 let (parent, child) = (parent.clone(), child.clone());
                 tokio::task::spawn_blocking(move || parent.handle(&child, message))
                     .await
@@ -526,10 +609,14 @@ async fn session<P: Parent>(
 
     // Unregister (unless a newer session already took the name), let the
     // writer flush what is queued, and tell the level.
+    // Only the level's data is kept: the entry's copy of the queue's sender
+    // goes with the rest, so the writer sees the queue end and finishes.
     let removed = {
         let mut entries = children.lock();
         match entries.get(&child.name) {
-            Some(e) if e.session == session_id => entries.remove(&child.name),
+            Some(e) if e.session == session_id => {
+                entries.remove(&child.name).map(|entry| entry.data)
+            }
             _ => None,
         }
     };
@@ -542,11 +629,11 @@ async fn session<P: Parent>(
         tracing::info!("writer did not finish within 5 s");
     }
     let reason = match removed {
-        Some(entry) => {
+        Some(data) => {
             let child = child.clone();
             let parent = parent.clone();
             tokio::task::spawn_blocking(move || {
-                parent.unregistered(&child, entry.data, &reason);
+                parent.unregistered(&child, data, &reason);
                 reason
             })
             .await

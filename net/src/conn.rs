@@ -8,8 +8,10 @@
 //! reads a header, asks the codec whether to go on, and reads the body.
 
 use crate::tls::{PeerIdentity, peer_identity, server_name};
+use agad_protocol::text::{EXCERPT, excerpt};
 use agad_protocol::wire::{
-    CodecError, HEADER_LEN, Message, Sender, decode_body, decode_body_from, decode_header, encode,
+    CodecError, HEADER_LEN, MAX_FRAME_LEN, Message, Sender, decode_body, decode_body_from,
+    decode_header, encode,
 };
 use rustls::ClientConfig;
 use std::sync::Arc;
@@ -34,11 +36,21 @@ pub enum NetError {
     Identity(String),
     #[error("connection and TLS handshake did not finish within {} s", HANDSHAKE_TIMEOUT.as_secs())]
     Timeout,
+    #[error("a frame of {len} bytes did not arrive within {} s", .after.as_secs())]
+    FrameTimeout { len: usize, after: Duration },
 }
 
 /// A frame body grows by at most this much per read (and by less while
 /// little has arrived).
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Once a frame's first byte is in, the whole frame must follow within
+/// this, plus a second per [`FRAME_MIN_RATE`] bytes it announces: a peer
+/// that trickles holds its connection for a bounded time, not forever,
+/// while a replica over a slow link still arrives.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes per second a frame is allowed to arrive at (64 KiB/s).
+pub const FRAME_MIN_RATE: usize = 64 * 1024;
 
 /// Receives whole messages from a byte stream.
 pub struct FrameReader<R> {
@@ -54,6 +66,10 @@ pub struct FrameReader<R> {
     /// Which end the frames come from, once known: kinds it may not send
     /// are refused before their body is decoded.
     from: Option<Sender>,
+    /// Largest body accepted now (smaller before a peer is admitted).
+    max_frame: usize,
+    /// When the frame being read must be complete.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -66,7 +82,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             body_len: 0,
             body_filled: 0,
             from: None,
+            max_frame: MAX_FRAME_LEN,
+            deadline: None,
         }
+    }
+
+    /// Refuses bodies longer than `max` (at most the protocol's cap) from
+    /// now on: a peer not admitted yet has no business sending more than a
+    /// hello.
+    pub fn set_max_frame(&mut self, max: usize) {
+        self.max_frame = max.min(MAX_FRAME_LEN);
     }
 
     /// From now on, frames come from `from` (a manager reading its child
@@ -84,20 +109,34 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// or a timer in `select!` without losing half a frame.
     pub async fn recv(&mut self) -> Result<Option<Message>, NetError> {
         while self.header_filled < HEADER_LEN {
-            let n = self
-                .inner
-                .read(&mut self.header[self.header_filled..])
-                .await?;
+            let n = read(
+                &mut self.inner,
+                &mut self.header[self.header_filled..],
+                self.deadline,
+                0,
+            )
+            .await?;
             if n == 0 {
                 return match self.header_filled {
                     0 => Ok(None),
                     _ => Err(truncated()),
                 };
             }
+            if self.header_filled == 0 {
+                self.deadline = Some(tokio::time::Instant::now() + FRAME_TIMEOUT);
+            }
             self.header_filled += n;
             if self.header_filled == HEADER_LEN {
                 // Version and size are checked before anything is read.
                 self.body_len = decode_header(&self.header)?;
+                if self.body_len > self.max_frame {
+                    return Err(CodecError::TooLarge {
+                        len: self.body_len,
+                        max: self.max_frame,
+                    }
+                    .into());
+                }
+                self.deadline = self.deadline.map(|d| d + allowance(self.body_len));
             }
         }
         while self.body_filled < self.body_len {
@@ -107,10 +146,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.body.len() < end {
                 self.body.resize(end, 0);
             }
-            let n = self
-                .inner
-                .read(&mut self.body[self.body_filled..end])
-                .await?;
+            let n = read(
+                &mut self.inner,
+                &mut self.body[self.body_filled..end],
+                self.deadline,
+                self.body_len,
+            )
+            .await?;
             if n == 0 {
                 return Err(truncated());
             }
@@ -118,12 +160,37 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.header_filled = 0;
         self.body_filled = 0;
+        self.deadline = None;
         let mut body = std::mem::take(&mut self.body);
         body.truncate(self.body_len);
         Ok(Some(match self.from {
             Some(from) => decode_body_from(&body, from)?,
             None => decode_body(&body)?,
         }))
+    }
+}
+
+/// The time a frame of `len` bytes gets beyond [`FRAME_TIMEOUT`].
+fn allowance(len: usize) -> Duration {
+    Duration::from_secs((len / FRAME_MIN_RATE) as u64)
+}
+
+/// One read, failing with [`NetError::FrameTimeout`] past `deadline`.
+async fn read<R: AsyncRead + Unpin>(
+    inner: &mut R,
+    buf: &mut [u8],
+    deadline: Option<tokio::time::Instant>,
+    len: usize,
+) -> Result<usize, NetError> {
+    let Some(deadline) = deadline else {
+        return Ok(inner.read(buf).await?);
+    };
+    match tokio::time::timeout_at(deadline, inner.read(buf)).await {
+        Ok(read) => Ok(read?),
+        Err(_) => Err(NetError::FrameTimeout {
+            len,
+            after: FRAME_TIMEOUT + allowance(len),
+        }),
     }
 }
 
@@ -178,6 +245,8 @@ pub type Writer = FrameWriter<WriteHalf<TlsStream<TcpStream>>>;
 /// An authenticated link, from either end.
 pub struct Connection {
     pub peer: PeerIdentity,
+    /// Where the peer connects from (for logs; identity is the certificate).
+    pub address: Option<std::net::SocketAddr>,
     pub reader: Reader,
     pub writer: Writer,
 }
@@ -190,10 +259,12 @@ impl Connection {
             .and_then(|chain| chain.first())
             .ok_or_else(|| NetError::Identity("peer showed no certificate".to_string()))?;
         let peer = peer_identity(cert)?;
+        let address = stream.get_ref().0.peer_addr().ok();
         tracing::debug!(peer = %peer.name, role = %peer.role, fingerprint = %peer.fingerprint, "TLS link up");
         let (reader, writer) = tokio::io::split(stream);
         Ok(Connection {
             peer,
+            address,
             reader: FrameReader::new(reader),
             writer: FrameWriter::new(writer),
         })
@@ -207,8 +278,13 @@ pub async fn accept(acceptor: &TlsAcceptor, tcp: TcpStream) -> Result<Connection
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| NetError::Timeout)?
-        .map_err(|e| NetError::Handshake(e.to_string()))?;
+        .map_err(handshake_failed)?;
     Connection::new(TlsStream::Server(tls))
+}
+
+/// A handshake error, told in a short line (it may quote what the peer sent).
+fn handshake_failed(e: std::io::Error) -> NetError {
+    NetError::Handshake(excerpt(&e.to_string(), EXCERPT))
 }
 
 /// Client side: TCP connect to `addr`, handshake, and the server's identity.
@@ -227,7 +303,7 @@ pub async fn connect(
         connector
             .connect(server_name(), tcp)
             .await
-            .map_err(|e| NetError::Handshake(e.to_string()))
+            .map_err(handshake_failed)
     };
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
@@ -327,6 +403,58 @@ mod tests {
             "{} bytes held for 100 received",
             reader.body.capacity()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_frame_fails_at_its_deadline_but_idle_between_frames_is_fine() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(b);
+        // Nothing sent: no frame has begun, so no deadline (liveness, not
+        // the reader, judges a silent peer).
+        let idle = tokio::time::timeout(Duration::from_secs(3600), reader.recv()).await;
+        assert!(idle.is_err(), "an idle link must not fail: {idle:?}");
+        // A frame of 1 MiB begun, then a trickle of a byte every 5 s.
+        let len = 1024 * 1024;
+        a.write_all(&header(len as u32, PROTOCOL_VERSION))
+            .await
+            .unwrap();
+        let trickle = tokio::spawn(async move {
+            loop {
+                if a.write_all(&[1]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let err = reader.recv().await.unwrap_err();
+        let allowed = FRAME_TIMEOUT + Duration::from_secs((len / FRAME_MIN_RATE) as u64);
+        assert!(
+            matches!(err, NetError::FrameTimeout { len: l, after } if l == len && after == allowed),
+            "{err}"
+        );
+        assert!(started.elapsed() <= allowed, "{:?}", started.elapsed());
+        trickle.abort();
+    }
+
+    #[tokio::test]
+    async fn a_peer_not_admitted_may_not_announce_more_than_a_hello() {
+        let mut bytes = header(100_000, PROTOCOL_VERSION);
+        bytes.extend_from_slice(b"unread");
+        let mut reader = FrameReader::new(bytes.as_slice());
+        reader.set_max_frame(64 * 1024);
+        let err = reader.recv().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::Codec(CodecError::TooLarge {
+                    len: 100_000,
+                    max: 65_536
+                })
+            ),
+            "{err}"
+        );
+        assert_eq!(reader.inner, b"unread");
     }
 
     #[tokio::test]

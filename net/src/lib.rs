@@ -17,6 +17,9 @@
 //! - [`children`]: a manager's children — registry, session lifecycle,
 //!   liveness and the typed events other parts subscribe to.
 //! - [`liveness`]: accrual failure detection, used both ways on every link.
+//! - [`waiting`]: peers with a certificate not admitted yet, bounded in all
+//!   and per certificate.
+//! - [`rate`]: token buckets: a child's frame pace, log lines per peer.
 //! - [`conn`]: [`accept`] and [`connect`] (handshake with a timeout), and
 //!   [`FrameReader`] / [`FrameWriter`] over any async byte stream.
 
@@ -25,9 +28,11 @@ pub mod conn;
 pub mod liveness;
 pub mod outbox;
 pub mod pki;
+pub mod rate;
 pub mod server;
 pub mod tls;
 pub mod uplink;
+pub mod waiting;
 
 pub use conn::{
     Connection, FrameReader, FrameWriter, NetError, Reader, Writer, accept, connect, spawn_reader,

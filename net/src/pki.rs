@@ -153,12 +153,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// Station and deployment names end up in file names and log lines, so they
 /// are kept to a conservative alphabet.
 pub(crate) fn validate_name(name: &str) -> Result<(), PkiError> {
-    let valid = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
+    if agad_protocol::text::is_name(name) {
         Ok(())
     } else {
         Err(PkiError::BadName(name.to_string()))

@@ -40,9 +40,18 @@ impl Pki {
         Pki { dir }
     }
 
+    /// `name`'s certificate, issued on first use (a second connection of
+    /// the same name uses the same certificate).
     fn identity(&self, role: Role, name: &str) -> Identity {
-        let files = issue(self.dir.path(), role, name, &self.dir.path().join("issued")).unwrap();
-        Identity::load(&files.cert, &files.key).unwrap()
+        let issued = self.dir.path().join("issued");
+        let (cert, key) = (
+            issued.join(format!("{name}.crt")),
+            issued.join(format!("{name}.key")),
+        );
+        if !cert.exists() {
+            issue(self.dir.path(), role, name, &issued).unwrap();
+        }
+        Identity::load(&cert, &key).unwrap()
     }
 
     fn trust(&self) -> TrustAnchor {
@@ -634,5 +643,236 @@ async fn a_child_that_never_finishes_its_hello_is_closed_at_the_deadline() {
         .expect("the manager kept a connection that never finished its hello");
     assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
     assert!(level.level.children.lock().is_empty());
+    level.stop.send(true).unwrap();
+}
+
+/// Whether the manager closed `link` (within `PATIENCE`) or kept it open
+/// (`wait` passed with nothing from it).
+async fn closed_within(link: &mut Connection, wait: Duration) -> bool {
+    match tokio::time::timeout(wait, link.reader.recv()).await {
+        Err(_) => false,
+        Ok(Ok(Some(m))) => panic!("a waiting connection got {m:?}"),
+        Ok(_) => true,
+    }
+}
+
+#[tokio::test]
+async fn one_certificate_parks_no_more_than_its_share_and_real_nodes_still_get_in() {
+    let pki = Pki::new();
+    let level = start_level(
+        &pki,
+        ChildrenConfig {
+            hello_timeout: Duration::from_secs(600),
+            ..fast()
+        },
+    )
+    .await;
+    // A never-enrolled certificate opens 40 TLS connections and says nothing.
+    let client = pki.client(Role::Node, "parked");
+    let mut parked = Vec::new();
+    for _ in 0..40 {
+        parked.push(
+            connect(level.address.as_str(), client.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut closed = 0;
+    let mut open = 0;
+    for link in &mut parked {
+        if closed_within(link, Duration::from_millis(500)).await {
+            closed += 1;
+        } else {
+            open += 1;
+        }
+    }
+    let share = ChildrenConfig::new().max_waiting_per_identity;
+    assert_eq!(open, share, "{closed} closed, {open} kept waiting");
+    // A real node is admitted meanwhile.
+    let (_n1, answer) = raw_child(
+        &pki,
+        Role::Node,
+        "n1",
+        &level.address,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(welcome(&answer), Some(Enrollment::Active), "{answer:?}");
+    level.stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn a_newcomer_sheds_the_oldest_waiter_when_the_waiting_room_is_full() {
+    let pki = Pki::new();
+    let level = start_level(
+        &pki,
+        ChildrenConfig {
+            hello_timeout: Duration::from_secs(600),
+            max_waiting: 4,
+            ..fast()
+        },
+    )
+    .await;
+    let mut waiters = Vec::new();
+    for i in 0..4 {
+        let link = connect(
+            level.address.as_str(),
+            pki.client(Role::Node, &format!("w{i}")),
+        )
+        .await
+        .unwrap();
+        waiters.push(link);
+        // In arrival order: the server registers each before the next comes.
+        while level.level.children.waiting() < i + 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (_n1, answer) = raw_child(
+        &pki,
+        Role::Node,
+        "n1",
+        &level.address,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(welcome(&answer), Some(Enrollment::Active), "{answer:?}");
+    assert!(
+        closed_within(&mut waiters[0], PATIENCE).await,
+        "the oldest waiter was kept"
+    );
+    for (i, w) in waiters.iter_mut().enumerate().skip(1) {
+        assert!(
+            !closed_within(w, Duration::from_millis(200)).await,
+            "w{i} was shed"
+        );
+    }
+    level.stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn a_second_connection_of_a_certificate_replaces_the_first_and_never_orphans_it() {
+    let pki = Pki::new();
+    let level = start_level(&pki, fast()).await;
+    let mut events = level.level.children.subscribe();
+    let (mut first, answer) = raw_child(
+        &pki,
+        Role::Node,
+        "n1",
+        &level.address,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(welcome(&answer), Some(Enrollment::Active));
+    let (mut second, answer) = raw_child(
+        &pki,
+        Role::Node,
+        "n1",
+        &level.address,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(welcome(&answer), Some(Enrollment::Active));
+    // The older session is closed and says why; the newer one is registered.
+    assert!(
+        closed_within(&mut first, PATIENCE).await,
+        "the replaced session stayed open"
+    );
+    let ChildEvent::Disconnected {
+        child: gone,
+        reason,
+    } = next_event(&mut events, "disconnected", |e| {
+        matches!(e, ChildEvent::Disconnected { .. })
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("replaced"), "{reason}");
+    let live = level
+        .level
+        .children
+        .child("n1")
+        .expect("n1 orphaned by its old session's end");
+    assert!(live.session > gone.session);
+    // The live session still works: an alarm is stored and acknowledged.
+    second
+        .writer
+        .send(&Message::Alarm(Queued {
+            seq: 1,
+            body: Upward::Alarm(alarm("n1")),
+        }))
+        .await
+        .unwrap();
+    let ack = tokio::time::timeout(PATIENCE, second.reader.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ack, Some(Message::Control(Control::Ack { ref seqs })) if seqs == &[1]),
+        "{ack:?}"
+    );
+    // When the newer one leaves, nothing is left behind.
+    drop(second);
+    next_event(
+        &mut events,
+        "disconnected",
+        |e| matches!(e, ChildEvent::Disconnected { child, .. } if child.session == live.session),
+    )
+    .await;
+    assert!(level.level.children.child("n1").is_none());
+    level.stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn a_flooding_child_is_paced_and_loses_nothing() {
+    let pki = Pki::new();
+    let level = start_level(
+        &pki,
+        ChildrenConfig {
+            frames_per_sec: 200.0,
+            frame_burst: 10,
+            ..fast()
+        },
+    )
+    .await;
+    let (mut link, answer) = raw_child(
+        &pki,
+        Role::Node,
+        "n1",
+        &level.address,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(welcome(&answer), Some(Enrollment::Active));
+    let sent = 300u64;
+    let (mut reader, mut writer) = (link.reader, link.writer);
+    let sending = tokio::spawn(async move {
+        for seq in 1..=sent {
+            let body = Upward::Alarm(Alarm {
+                id: format!("n1/cpu/{seq}"),
+                ..alarm("n1")
+            });
+            writer
+                .send(&Message::Alarm(Queued { seq, body }))
+                .await
+                .unwrap();
+        }
+        writer
+    });
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < sent as usize {
+        match tokio::time::timeout(PATIENCE, reader.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(Message::Control(Control::Ack { seqs })) => acked.extend(seqs),
+            Some(_) => {}
+            None => panic!("closed after {} acks", acked.len()),
+        }
+    }
+    assert_eq!(acked, (1..=sent).collect());
+    link.writer = sending.await.unwrap();
+    link.reader = reader;
     level.stop.send(true).unwrap();
 }

@@ -15,6 +15,8 @@
 //! - [`message`]: alarms, summaries and reports as they travel upward.
 //! - [`status`]: the typed state of an element's components (keep-alives,
 //!   `agad status --json`).
+//! - [`text`]: peer text made safe to log ([`text::excerpt`]) and what a
+//!   name may be.
 //! - [`topology`]: BTPG (the network as an operator describes it) and BTPD
 //!   (one domain's slice).
 //! - [`wire`]: the messages between levels and their one codec (framing,
@@ -26,6 +28,7 @@ pub mod keys;
 pub mod manifest;
 pub mod message;
 pub mod status;
+pub mod text;
 pub mod topology;
 pub mod wire;
 

@@ -46,6 +46,65 @@ pub struct Alarm {
     pub time_ms: u64,
 }
 
+/// Longest text an alarm's id, key, metric, subject or message may be.
+pub const MAX_ALARM_TEXT: usize = 1024;
+
+/// Why a manager refuses an alarm a child sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlarmRefused {
+    #[error("an alarm about another node ({0} bytes of name)")]
+    OtherNode(usize),
+    #[error("an alarm id that is not `<its node>/<its module>/<sequence>` ({0} bytes)")]
+    ForeignId(usize),
+    #[error("an alarm whose {field} has {len} bytes (at most {MAX_ALARM_TEXT})")]
+    TooLong { field: &'static str, len: usize },
+}
+
+impl Alarm {
+    /// Whether this alarm may come from `node` (a child's authenticated
+    /// name, or a node in the subtree a relaying manager serves): it is
+    /// about `node`, its id is `<node>/<module>/<sequence>` with its own
+    /// module — so the id receivers deduplicate by is bound to its origin,
+    /// and no node can claim, and so silence, another's — and no text is
+    /// longer than [`MAX_ALARM_TEXT`].
+    pub fn check_origin(&self, node: &str) -> Result<(), AlarmRefused> {
+        if self.node != node {
+            return Err(AlarmRefused::OtherNode(self.node.len()));
+        }
+        for (field, text) in [
+            ("id", &self.id),
+            ("module", &self.module),
+            ("key", &self.key),
+            ("metric", &self.metric),
+            ("subject", &self.subject),
+            ("message", &self.message),
+        ] {
+            if text.len() > MAX_ALARM_TEXT {
+                return Err(AlarmRefused::TooLong {
+                    field,
+                    len: text.len(),
+                });
+            }
+        }
+        let sequence = self
+            .id
+            .strip_prefix(node)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|rest| rest.strip_prefix(self.module.as_str()))
+            .and_then(|rest| rest.strip_prefix('/'));
+        match sequence {
+            Some(seq)
+                if crate::text::is_name(&self.module)
+                    && !seq.is_empty()
+                    && seq.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                Ok(())
+            }
+            _ => Err(AlarmRefused::ForeignId(self.id.len())),
+        }
+    }
+}
+
 /// Consolidation of one metric over one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -98,4 +157,72 @@ pub struct ModuleFault {
     /// When the next attempt is made.
     pub restart_in_ms: u64,
     pub time_ms: u64,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn alarm(node: &str, module: &str, id: &str) -> Alarm {
+        Alarm {
+            id: id.into(),
+            node: node.into(),
+            module: module.into(),
+            area: Area::Performance,
+            key: "k".into(),
+            metric: "cpu".into(),
+            subject: String::new(),
+            severity: Severity::Major,
+            raised: true,
+            value: 1.0,
+            threshold: 0.5,
+            comparison: Comparison::Above,
+            message: "m".into(),
+            time_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_alarm_id_is_bound_to_its_node_and_module() {
+        assert_eq!(
+            alarm("n1", "cpu-mem", "n1/cpu-mem/7").check_origin("n1"),
+            Ok(())
+        );
+        assert_eq!(
+            alarm("n1", "cpu-mem", "n1/cpu-mem/t1700000000000").check_origin("n1"),
+            Ok(())
+        );
+        // Another node's id, or a sender that is not the alarm's node.
+        assert!(matches!(
+            alarm("n1", "cpu-mem", "n2/cpu-mem/7").check_origin("n1"),
+            Err(AlarmRefused::ForeignId(_))
+        ));
+        assert!(matches!(
+            alarm("n2", "cpu-mem", "n2/cpu-mem/7").check_origin("n1"),
+            Err(AlarmRefused::OtherNode(_))
+        ));
+        // A module name that reaches into another node's ids ("n1" claiming
+        // node "n1/x"'s), and ids with anything after the sequence.
+        for (module, id) in [
+            ("x/m", "n1/x/m/1"),
+            ("cpu-mem", "n1/cpu-mem/7/8"),
+            ("cpu-mem", "n1/cpu-mem/"),
+            ("cpu-mem", "n1/cpu-mem/7\n"),
+        ] {
+            assert!(
+                alarm("n1", module, id).check_origin("n1").is_err(),
+                "{id:?}"
+            );
+        }
+        let mut long = alarm("n1", "cpu-mem", "n1/cpu-mem/1");
+        long.message = "x".repeat(MAX_ALARM_TEXT + 1);
+        assert!(matches!(
+            long.check_origin("n1"),
+            Err(AlarmRefused::TooLong {
+                field: "message",
+                ..
+            })
+        ));
+    }
 }

@@ -295,6 +295,8 @@ pub enum CodecError {
     TooLarge { len: usize, max: usize },
     #[error("protocol version {got} is not supported (this side speaks {PROTOCOL_VERSION})")]
     Version { got: u16 },
+    /// What was wrong, quoting at most [`crate::text::EXCERPT`] bytes of
+    /// the frame's content (see [`CodecError::malformed`]).
     #[error("malformed frame: {0}")]
     Malformed(String),
     #[error("frame nested deeper than {max} levels")]
@@ -303,6 +305,18 @@ pub enum CodecError {
     DecodedTooLarge { max: usize },
     #[error("a {from} may not send `{kind}` (refused before decoding it)")]
     Forbidden { kind: MessageKind, from: Sender },
+}
+
+impl CodecError {
+    /// A malformed frame, described by `what` cut to a short, printable
+    /// excerpt: decoder errors quote the peer's bytes (a bad string is
+    /// printed whole), and these end up in logs.
+    pub fn malformed(what: impl fmt::Display) -> CodecError {
+        CodecError::Malformed(crate::text::excerpt(
+            &what.to_string(),
+            crate::text::EXCERPT,
+        ))
+    }
 }
 
 /// Which end of a link a frame comes from: what it may send follows from
@@ -443,8 +457,7 @@ const DEFLATED: u8 = 1;
 
 /// The whole frame (header and body) for one message.
 pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
-    let plain = bincode::serde::encode_to_vec(message, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let plain = bincode::serde::encode_to_vec(message, config()).map_err(CodecError::malformed)?;
     let mut frame = vec![0u8; HEADER_LEN];
     if DEFLATE.contains(&plain.len()) {
         frame.push(DEFLATED);
@@ -508,7 +521,8 @@ fn unpack(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, CodecError> {
             // The limit keeps a small frame from inflating into a huge one.
             miniz_oxide::inflate::decompress_to_vec_with_limit(rest, MAX_FRAME_LEN)
                 .map(Into::into)
-                .map_err(|e| CodecError::Malformed(format!("bad deflate stream: {e:?}")))
+                // The error carries everything inflated so far: only its status is told.
+                .map_err(|e| CodecError::malformed(format!("bad deflate stream: {:?}", e.status)))
         }
         Some((other, _)) => Err(CodecError::Malformed(format!(
             "unknown body packing {other}"
@@ -523,7 +537,7 @@ fn peek_kind(plain: &[u8]) -> Result<MessageKind, CodecError> {
     let index = |bytes: &[u8]| -> Result<(usize, usize), CodecError> {
         let (index, used): (u32, usize) =
             bincode::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| CodecError::Malformed(format!("no message kind: {e}")))?;
+                .map_err(|e| CodecError::malformed(format!("no message kind: {e}")))?;
         Ok((index as usize, used))
     };
     let unknown =
@@ -556,7 +570,7 @@ fn decode_plain(plain: &[u8]) -> Result<Message, CodecError> {
             Some(bounded::Exceeded::Heap) => CodecError::DecodedTooLarge {
                 max: MAX_DECODED_LEN,
             },
-            None => CodecError::Malformed(e.to_string()),
+            None => CodecError::malformed(e),
         })?;
     if used != plain.len() {
         return Err(CodecError::Malformed(format!(
@@ -576,7 +590,7 @@ pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, _) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+        .map_err(CodecError::malformed)?;
     Ok(value)
 }
 
@@ -662,7 +676,33 @@ mod tests {
         let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; MAX_FRAME_LEN + 1], 6);
         let mut body = vec![DEFLATED];
         body.extend_from_slice(&bomb);
-        assert!(matches!(decode_body(&body), Err(CodecError::Malformed(_))));
+        let error = decode_body(&body).unwrap_err();
+        assert!(matches!(error, CodecError::Malformed(_)));
+        // The inflater's error holds all it inflated (32 MiB): none of it
+        // may reach the message, which ends up in a log.
+        assert!(
+            error.to_string().len() < 200,
+            "{} bytes",
+            error.to_string().len()
+        );
+    }
+
+    #[test]
+    fn errors_quote_a_peer_s_bytes_short_and_escaped() {
+        // A deflated body of 60 KiB of newlines and escapes that is no message.
+        let junk: Vec<u8> = b"\n\x1b[2J".iter().copied().cycle().take(60_000).collect();
+        let mut body = vec![DEFLATED];
+        body.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&junk, 6));
+        for error in [
+            decode_body(&body).unwrap_err(),
+            CodecError::malformed(String::from_utf8_lossy(&junk)),
+        ] {
+            let line = error.to_string();
+            assert!(
+                line.len() < 200 && !line.contains(['\n', '\x1b']),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

@@ -40,7 +40,7 @@ use agad_protocol::message::{Alarm, Summary};
 use anyhow::{Context, bail};
 use rustix::process::{Pid, Signal, kill_process};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -633,15 +633,46 @@ impl Deployment {
         })
     }
 
-    /// BIG's alarms (`agad alarms --json`).
+    /// BIG's alarms, the newest 10,000 (`agad alarms --json --limit 10000`).
     pub fn alarms(&self) -> anyhow::Result<Vec<Alarm>> {
-        json_lines(&self.agad(&["alarms", "--json"])?, "agad alarms --json")
+        json_lines(
+            &self.agad(&["alarms", "--json", "--limit", "10000"])?,
+            "agad alarms --json",
+        )
+    }
+
+    /// Ids of the alarms `node` logged as durably queued (every run of it).
+    pub fn queued_alarm_ids(&self, node: &str) -> BTreeSet<String> {
+        self.log(node)
+            .lines()
+            .filter(|l| l.contains("alarm queued"))
+            .filter_map(|l| {
+                l.split("id=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// BICD's alarm count as the serving station reports it in its
+    /// keep-alive (read from the typed `agad status --json`).
+    pub fn bicd_alarms(&self) -> anyhow::Result<Option<usize>> {
+        let status = self.status()?;
+        let count = status["domains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|domain| domain["components"].as_array().into_iter().flatten())
+            .find_map(|c| c["component"]["store"]["alarms"].as_u64());
+        Ok(count.map(|n| n as usize))
     }
 
     /// BIG's report rows of the last hour (`agad report --json --since 1h`).
     pub fn reports(&self) -> anyhow::Result<Vec<ReportRow>> {
         json_lines(
-            &self.agad(&["report", "--json", "--since", "1h"])?,
+            &self.agad(&["report", "--json", "--since", "1h", "--limit", "10000"])?,
             "agad report --json",
         )
     }
@@ -651,6 +682,11 @@ impl Deployment {
             .get_mut(name)
             .with_context(|| format!("no process called {name}"))
     }
+}
+
+/// The ids of `alarms`.
+pub fn alarm_ids(alarms: &[Alarm]) -> BTreeSet<String> {
+    alarms.iter().map(|a| a.id.clone()).collect()
 }
 
 impl Drop for Deployment {

@@ -12,6 +12,8 @@
 //! - [`hierarchy`]: a whole deployment as real `agad` processes in a
 //!   temporary folder (certificates, publishing, topology, enrollment), and
 //!   stopping, killing, restarting, freezing and thawing them by name.
+//! - [`peer`]: raw TLS peers written by hand, for tests that play an
+//!   attacker holding a certificate.
 //! - [`netns`]: network namespaces with many interfaces (needs root).
 //! - [`snmpd`]: a throw-away net-snmp agent (v2c community and a v3
 //!   authPriv user) on a free loopback UDP port, optionally inside a network
@@ -19,4 +21,5 @@
 
 pub mod hierarchy;
 pub mod netns;
+pub mod peer;
 pub mod snmpd;

@@ -1,14 +1,25 @@
-//! What idle, never-finished connections cost a real domain manager.
+//! What idle, never-finished connections cost a real domain manager, and
+//! whether a real node still gets in meanwhile.
 //!
-//! A real `agad dominio` (under a real `agad mor`) is held by `--connections`
-//! (default 1,000) mutually authenticated TLS connections from one certified
-//! but never-enrolled node. Each announces a frame of the full 32 MiB cap,
-//! sends 1 KiB of it, and then nothing more. Prints the manager's resident
-//! memory before, while they are held, its peak, and after the manager's
-//! hello deadline has closed them, with the cost per connection.
+//! A real `agad dominio` (under a real `agad mor`, logging at `info` as
+//! deployed) is attacked twice by certified but never-enrolled nodes:
 //!
-//! Before frames were allocated as bytes arrive, each such connection made
-//! the manager allocate the announced 32 MiB at once (about 32 GB for 1,000).
+//! 1. **Many certificates**: `--connections` (default 1,000) TLS connections,
+//!    one per certificate, each announcing the largest frame a peer not yet
+//!    admitted may send (64 KiB), sending 1 KiB of it, then nothing: the
+//!    most a waiting room of strangers can hold. Printed: the manager's
+//!    RSS before, holding them, and its peak, per connection; how many it
+//!    closed by its hello deadline (10 s).
+//! 2. **One certificate**: the same number of connections from one
+//!    certificate, sending nothing; printed: how many the manager kept
+//!    (its per-certificate share of the waiting room) and how many it
+//!    refused at the handshake (per-source bound).
+//!
+//! During each attack a real `agad node` enrolls, and the time until its
+//! first alarm is in BIG is printed. The manager's log growth is printed
+//! per attacking certificate. A certificate announcing a 32 MiB frame before
+//! its hello is refused at its header (not measured here: see the
+//! `hostile_peers` tests).
 //!
 //! Usage: `idle-connections [--connections 1000]`; build with
 //! `cargo build --release -p agad -p agad-benchmarks` first.
@@ -18,16 +29,23 @@ use agad_benchmarks::hierarchy::ensure_open_files;
 use agad_benchmarks::procfs;
 use agad_benchmarks::stats::bytes;
 use agad_net::{Identity, TrustAnchor, client_config};
-use agad_protocol::wire::{HEADER_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use agad_protocol::wire::{HEADER_LEN, PROTOCOL_VERSION, Role};
+use agad_tests::hierarchy::Deployment;
 use anyhow::Context;
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// The hello deadline of every manager (`ChildrenConfig::hello_timeout`).
 const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+/// The largest frame a peer may send before it is admitted
+/// (`ChildrenConfig::max_hello_frame`).
+const HELLO_FRAME: usize = 64 * 1024;
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::from_env();
@@ -39,87 +57,162 @@ fn main() -> anyhow::Result<()> {
     args.finish()?;
     ensure_open_files(connections as u64 + 256)?;
 
-    let mut d = agad_benchmarks::processes::start("warn")?;
-    let station = d.start_station("s1")?;
-    d.issue("node", "idle")?;
-    let pid = d.pid("s1")?;
-    let tls = client_config(
-        &Identity::load(&d.path("pki/idle.crt"), &d.path("pki/idle.key"))?,
-        &TrustAnchor::load(&d.path("pki/ca.crt"))?,
+    let mut d = agad_benchmarks::processes::start("info")?;
+    d.publish_inspector("cpu-mem")?;
+    d.apply(
+        "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\n\n\
+         [[node]]\nname = \"real-1\"\ndomain = \"d1\"\n[[node]]\nname = \"real-2\"\ndomain = \"d1\"\n\n\
+         [[assign]]\nmodule = \"cpu-mem\"\ndomain = \"d1\"\n[assign.config]\nperiod = \"1s\"\nmem_percent = 0.1\nwindow_secs = 1\n",
     )?;
+    let station = d.start_station("s1")?;
+    let pid = d.pid("s1")?;
+    let trust = TrustAnchor::load(&d.path("pki/ca.crt"))?;
+    let pki = d.path("pki");
+    let strangers: Vec<Arc<ClientConfig>> = (0..connections)
+        .map(|i| {
+            let name = format!("stranger-{i}");
+            agad_net::issue(&pki, Role::Node, &name, &pki.join("strangers"))?;
+            let dir = pki.join("strangers");
+            let identity = Identity::load(
+                &dir.join(format!("{name}.crt")),
+                &dir.join(format!("{name}.key")),
+            )?;
+            Ok(client_config(&identity, &trust)?)
+        })
+        .collect::<anyhow::Result<_>>()?;
     // Settle: the station has its replica and nothing else to do.
     std::thread::sleep(Duration::from_secs(2));
-    let before = procfs::sample(pid)?;
-
+    let idle = procfs::sample(pid)?;
+    println!(
+        "idle-connections: agad dominio idle RSS {}; {connections} connections per attack",
+        bytes(idle.rss_bytes as f64)
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let started = Instant::now();
-    let held = runtime.block_on(async {
-        // The header of a frame at the cap, and the first KiB of its body.
-        let mut start = Vec::with_capacity(HEADER_LEN + 1024);
-        start.extend_from_slice(&u32::try_from(MAX_FRAME_LEN)?.to_be_bytes());
-        start.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-        start.extend_from_slice(&[0u8; 1024]);
-        let mut held = Vec::with_capacity(connections);
-        // In waves below the manager's bound on handshakes in flight.
-        for wave in (0..connections).collect::<Vec<_>>().chunks(100) {
-            let mut opening = tokio::task::JoinSet::new();
-            for _ in wave {
-                let (tls, station, start) = (tls.clone(), station.clone(), start.clone());
-                opening.spawn(async move {
-                    let tcp = TcpStream::connect(&station).await?;
-                    let mut link = TlsConnector::from(tls)
-                        .connect(ServerName::try_from("agad")?, tcp)
-                        .await?;
-                    link.write_all(&start).await?;
-                    link.flush().await?;
-                    anyhow::Ok(link)
-                });
-            }
-            while let Some(link) = opening.join_next().await {
-                held.push(link??);
-            }
-        }
-        anyhow::Ok(held)
-    })?;
-    let opened_in = started.elapsed();
-    std::thread::sleep(Duration::from_secs(2));
+
+    // 1. One connection per certificate, each a started hello frame.
+    let mut start = Vec::with_capacity(HEADER_LEN + 1024);
+    start.extend_from_slice(&u32::try_from(HELLO_FRAME)?.to_be_bytes());
+    start.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    start.extend_from_slice(&[0u8; 1024]);
+    let log_before = d.log("s1").len();
+    let opened = Instant::now();
+    let (held, refused) = runtime.block_on(open(&station, strangers.clone(), &start));
+    let opened_in = opened.elapsed();
+    let admitted_in = admit_real_node(&mut d, "real-1", &station)?;
     let holding = procfs::sample(pid)?;
     println!(
-        "idle-connections: {} connections, each announcing a {} frame and sending 1 KiB, opened in {:.1} s",
+        "1. {} certificates, one connection each announcing a {} hello and sending 1 KiB: {} held, {refused} refused, opened in {:.1} s",
+        connections,
+        bytes(HELLO_FRAME as f64),
         held.len(),
-        bytes(MAX_FRAME_LEN as f64),
         opened_in.as_secs_f64()
     );
     println!(
-        "  agad dominio RSS: before {}, holding them {}, peak {} → {} per connection",
-        bytes(before.rss_bytes as f64),
+        "   RSS holding them {} (peak {}, {:.2}× idle) → {} per connection; real node's first alarm in BIG {:.1} s after it started",
         bytes(holding.rss_bytes as f64),
         bytes(holding.peak_rss_bytes as f64),
-        bytes(holding.rss_bytes.saturating_sub(before.rss_bytes) as f64 / held.len() as f64)
+        holding.peak_rss_bytes as f64 / idle.rss_bytes as f64,
+        bytes(holding.rss_bytes.saturating_sub(idle.rss_bytes) as f64 / held.len().max(1) as f64),
+        admitted_in.as_secs_f64()
     );
-    // The hello deadline closes every one of them.
     std::thread::sleep(HELLO_DEADLINE + Duration::from_secs(3));
+    let closed = runtime.block_on(count_closed(held));
     let after = procfs::sample(pid)?;
-    let closed = runtime.block_on(async {
-        let mut closed = 0;
-        for mut link in held {
-            let mut byte = [0u8; 1];
-            use tokio::io::AsyncReadExt;
-            if let Ok(Ok(0) | Err(_)) =
-                tokio::time::timeout(Duration::from_millis(50), link.read(&mut byte)).await
-            {
-                closed += 1;
-            }
-        }
-        closed
-    });
+    let grown = d.log("s1").len() - log_before;
     println!(
-        "  after the {} s hello deadline: {closed} of {connections} closed by the manager, RSS {}",
+        "   after the {} s hello deadline: {closed} closed by the manager, RSS {}; log grew {} ({} per certificate)",
         HELLO_DEADLINE.as_secs(),
-        bytes(after.rss_bytes as f64)
+        bytes(after.rss_bytes as f64),
+        bytes(grown as f64),
+        bytes(grown as f64 / connections as f64)
+    );
+
+    // 2. All from one certificate, sending nothing.
+    let one = vec![strangers[0].clone(); connections];
+    let log_before = d.log("s1").len();
+    let (held, refused) = runtime.block_on(open(&station, one, &[]));
+    let admitted_in = admit_real_node(&mut d, "real-2", &station)?;
+    let attempted = held.len();
+    let kept = runtime.block_on(count_open(held));
+    let grown = d.log("s1").len() - log_before;
+    let now = procfs::sample(pid)?;
+    println!(
+        "2. one certificate, {connections} idle connections: {attempted} completed the handshake, {refused} refused at it, {kept} kept waiting by the manager"
+    );
+    println!(
+        "   real node's first alarm in BIG {:.1} s after it started; peak RSS so far {} ({:.2}× idle); log grew {} for this certificate",
+        admitted_in.as_secs_f64(),
+        bytes(now.peak_rss_bytes as f64),
+        now.peak_rss_bytes as f64 / idle.rss_bytes as f64,
+        bytes(grown as f64)
     );
     d.check().context("the domain manager did not survive")?;
     Ok(())
+}
+
+/// Opens a TLS connection per config and writes `start` on each; returns
+/// those that completed the handshake and how many did not.
+async fn open(
+    station: &str,
+    configs: Vec<Arc<ClientConfig>>,
+    start: &[u8],
+) -> (Vec<TlsStream<TcpStream>>, usize) {
+    let (mut held, mut refused) = (Vec::new(), 0);
+    // In waves of 32, the handshakes one source address may have in flight.
+    for wave in configs.chunks(32) {
+        let mut opening = tokio::task::JoinSet::new();
+        for tls in wave {
+            let (tls, station, start) = (tls.clone(), station.to_owned(), start.to_vec());
+            opening.spawn(async move {
+                let tcp = TcpStream::connect(&station).await?;
+                let mut link = TlsConnector::from(tls)
+                    .connect(ServerName::try_from("agad")?, tcp)
+                    .await?;
+                link.write_all(&start).await?;
+                link.flush().await?;
+                anyhow::Ok(link)
+            });
+        }
+        while let Some(link) = opening.join_next().await {
+            match link {
+                Ok(Ok(link)) => held.push(link),
+                _ => refused += 1,
+            }
+        }
+    }
+    (held, refused)
+}
+
+/// How many of `links` the manager has closed.
+async fn count_closed(links: Vec<TlsStream<TcpStream>>) -> usize {
+    let total = links.len();
+    total - count_open(links).await
+}
+
+/// How many of `links` the manager keeps open (nothing to read within 50 ms).
+async fn count_open(links: Vec<TlsStream<TcpStream>>) -> usize {
+    let mut open = 0;
+    for mut link in links {
+        let mut byte = [0u8; 1];
+        if tokio::time::timeout(Duration::from_millis(50), link.read(&mut byte))
+            .await
+            .is_err()
+        {
+            open += 1;
+        }
+    }
+    open
+}
+
+/// Starts a real node under `station` (certificate, ticket, activation) and
+/// returns how long until its first alarm was in BIG.
+fn admit_real_node(d: &mut Deployment, name: &str, station: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    d.start_node(name, station)?;
+    d.wait_for(&format!("{name}'s first alarm in BIG"), |d| {
+        Ok(d.alarms()?.into_iter().find(|a| a.node == name))
+    })?;
+    Ok(started.elapsed())
 }

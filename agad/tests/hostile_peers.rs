@@ -1,0 +1,279 @@
+//! Peers that hold a certificate of the deployment and abuse it, against a
+//! real `agad dominio` (and a real top manager and nodes): garbage that
+//! would have written megabytes of log per frame, a thousand idle
+//! connections of one never-enrolled certificate, a node claiming another
+//! node's alarm ids, a second connection with a node's certificate. Each
+//! is contained: the manager stays up, its log and memory stay bounded, and
+//! the real nodes get in and lose nothing.
+#![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
+
+use agad_protocol::wire::{self, Control, Enrollment, Message, Queued, Role, Upward};
+use agad_tests::hierarchy::{Deployment, Options};
+use agad_tests::peer::{
+    alarm, hello, packed_frame, peak_rss_bytes, raw_client, read_until_closed, runtime,
+};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+fn deployment() -> anyhow::Result<Deployment> {
+    Deployment::start(Path::new(env!("CARGO_BIN_EXE_agad")), Options::default())
+}
+
+/// One domain `d1` served by `s1` with `nodes`, running `cpu-mem` with a
+/// threshold every node crosses (so each raises an alarm at once).
+fn alarming_domain(d: &Deployment, nodes: &[&str]) -> anyhow::Result<()> {
+    d.publish_inspector("cpu-mem")?;
+    let mut t =
+        "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\nreport_window = \"2s\"\n".to_owned();
+    for n in nodes {
+        t += &format!("\n[[node]]\nname = \"{n}\"\ndomain = \"d1\"\n");
+    }
+    t += "\n[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"d1\"\n[assign.config]\nperiod = \"500ms\"\nwindow_secs = 1\nmem_percent = 0.1\n";
+    d.apply(&t)?;
+    Ok(())
+}
+
+fn log_len(d: &Deployment, name: &str) -> usize {
+    d.log(name).len()
+}
+
+/// Frames an attacker sends before its hello: each once made a manager
+/// write megabytes (a deflate error carried all it had inflated; decoded
+/// messages were printed whole).
+fn poison() -> Vec<Vec<u8>> {
+    // 35 KB that inflate to 30 MB of zeros, then a broken stream.
+    let mut bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; 30 << 20], 1);
+    bomb.truncate(bomb.len() - 8);
+    bomb.extend_from_slice(&[0xff; 8]);
+    // A well-formed alarm with a 60 KB message, where a hello is expected.
+    let mut loud = alarm("intruder", "intruder/rogue/1".into());
+    loud.message = "\n\u{1b}[2J forged log line ".repeat(2_500);
+    let loud = wire::encode_value(&Message::Alarm(Queued {
+        seq: 1,
+        body: Upward::Alarm(loud),
+    }));
+    // A bincode string of 60 KB where a variant index belongs.
+    let junk = [vec![0u8], vec![0xfc], "x".repeat(60_000).into_bytes()].concat();
+    vec![
+        packed_frame(1, &bomb),
+        packed_frame(0, &loud),
+        packed_frame(0, &junk),
+    ]
+}
+
+#[test]
+fn garbage_from_a_never_enrolled_certificate_costs_a_bounded_log() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    alarming_domain(&d, &[])?;
+    let s1 = d.start_station("s1")?;
+    d.issue("node", "intruder")?;
+    let before = (log_len(&d, "s1"), log_len(&d, "mor"));
+    let frames = poison();
+    let sent: usize = 300 * frames.iter().map(Vec::len).sum::<usize>() / frames.len();
+    runtime()?.block_on(async {
+        for i in 0..300 {
+            let Ok(mut link) = raw_client(&d, "intruder", &s1).await else {
+                continue;
+            };
+            let _ = link.write_all(&frames[i % frames.len()]).await;
+            let _ = link.flush().await;
+            read_until_closed(link).await;
+        }
+    });
+    d.check()?;
+    let grown = (log_len(&d, "s1") - before.0, log_len(&d, "mor") - before.1);
+    // 300 sessions of one certificate: a burst of lines, then counts.
+    assert!(
+        grown.0 < 16 * 1024 && grown.1 < 16 * 1024,
+        "{sent} bytes sent made the logs grow by {grown:?} bytes:\n{}",
+        &d.log("s1")[before.0..]
+    );
+    let tail = &d.log("s1")[before.0..];
+    assert!(!tail.contains("forged log line"), "{tail}");
+    let ended = tail.matches("session ended").count();
+    assert!(
+        (1..=21).contains(&ended),
+        "{ended} session lines for 300 sessions:\n{tail}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_thousand_idle_connections_of_one_certificate_do_not_lock_real_nodes_out() -> anyhow::Result<()>
+{
+    let mut d = deployment()?;
+    alarming_domain(&d, &["n1"])?;
+    let s1 = d.start_station("s1")?;
+    d.issue("node", "intruder")?;
+    let pid = d.pid("s1")?;
+    let rt = runtime()?;
+    let idle_rss = peak_rss_bytes(pid)?;
+    // Open 1,000 TLS connections and keep them, sending nothing.
+    let (mut held, mut refused) = (Vec::new(), 0);
+    rt.block_on(async {
+        for _ in 0..1_000 {
+            match raw_client(&d, "intruder", &s1).await {
+                Ok(link) => held.push(link),
+                Err(_) => refused += 1,
+            }
+        }
+    });
+    // A real node enrolls and is admitted while they are open.
+    d.start_node("n1", &s1)?;
+    d.wait_for("n1's alarm in BIG during the attack", |d| {
+        Ok(d.alarms()?.into_iter().find(|a| a.node == "n1"))
+    })?;
+    // The manager kept at most two of them (the certificate's share of the
+    // waiting room) and closed the rest.
+    let open = rt.block_on(async {
+        let mut open = 0;
+        for link in held {
+            let mut reader = agad_net::FrameReader::new(link);
+            if tokio::time::timeout(Duration::from_millis(20), reader.recv())
+                .await
+                .is_err()
+            {
+                open += 1;
+            }
+        }
+        open
+    });
+    assert!(
+        open <= 2,
+        "{open} idle connections kept, {refused} refused at the handshake"
+    );
+    d.check()?;
+    let peak = peak_rss_bytes(pid)?;
+    assert!(
+        peak <= 2 * idle_rss.max(32 << 20),
+        "peak {peak} bytes, idle {idle_rss}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_node_cannot_claim_another_node_s_alarm_ids() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    alarming_domain(&d, &["n1", "n2"])?;
+    let s1 = d.start_station("s1")?;
+    // n1 is a real, enrolled node gone rogue: it holds its own certificate.
+    d.issue("node", "n1")?;
+    let ticket = d.ticket("n1")?;
+    let rt = runtime()?;
+    d.wait_for("n1's ticket accepted", |d| {
+        let answer = rt.block_on(async {
+            let mut link = raw_client(d, "n1", &s1).await.unwrap();
+            let hello = hello(Role::Node, Some(ticket.clone()));
+            link.write_all(&wire::encode(&hello).unwrap())
+                .await
+                .unwrap();
+            read_until_closed(link).await
+        });
+        Ok(matches!(
+            answer.first(),
+            Some(Message::Control(Control::Welcome {
+                enrollment: Enrollment::Inactive,
+                ..
+            }))
+        )
+        .then_some(()))
+    })?;
+    d.activate("n1")?;
+    // It pre-claims n2's first alarm ids, as alarms about n1 and about n2.
+    let answers = rt.block_on(async {
+        let mut answers = Vec::new();
+        for node in ["n1", "n2"] {
+            let mut link = raw_client(&d, "n1", &s1).await.unwrap();
+            let mut frames = wire::encode(&hello(Role::Node, None)).unwrap();
+            for seq in 0..200u64 {
+                let body = Upward::Alarm(alarm(node, format!("n2/cpu-mem/{seq}")));
+                frames.extend(wire::encode(&Message::Alarm(Queued { seq, body })).unwrap());
+            }
+            link.write_all(&frames).await.unwrap();
+            answers.push(read_until_closed(link).await);
+        }
+        answers
+    });
+    for got in &answers {
+        assert!(
+            matches!(
+                got.first(),
+                Some(Message::Control(Control::Welcome {
+                    enrollment: Enrollment::Active,
+                    ..
+                }))
+            ),
+            "{got:?}"
+        );
+        assert!(
+            !got.iter()
+                .any(|m| matches!(m, Message::Control(Control::Ack { .. }))),
+            "a claimed id was acknowledged: {got:?}"
+        );
+    }
+    assert!(
+        d.log("s1").contains("alarm id that is not"),
+        "{}",
+        d.log("s1")
+    );
+    assert!(
+        d.log("s1").contains("alarm about another node"),
+        "{}",
+        d.log("s1")
+    );
+    // n2's own alarms, with exactly those ids, arrive.
+    d.start_node("n2", &s1)?;
+    d.wait_for("n2's first alarm in BIG", |d| {
+        Ok(d.alarms()?.into_iter().find(|a| a.id == "n2/cpu-mem/0"))
+    })?;
+    d.check()?;
+    Ok(())
+}
+
+#[test]
+fn a_second_connection_with_a_node_s_certificate_never_orphans_the_node() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    alarming_domain(&d, &["n1"])?;
+    let s1 = d.start_station("s1")?;
+    d.start_node("n1", &s1)?;
+    let connected = |d: &Deployment| -> anyhow::Result<Option<()>> {
+        let state = d.component_state(&serde_json::json!({"node": {"name": "n1"}}))?;
+        Ok(state.filter(|s| s.get("connected").is_some()).map(|_| ()))
+    };
+    d.wait_for("n1 connected", connected)?;
+    let redeploys = |d: &Deployment| d.log("n1").matches("deployment").count();
+    let before = redeploys(&d);
+    // Someone with n1's certificate connects: it replaces n1's session (the
+    // documented rule), which is logged; then it goes away.
+    let answers = runtime()?.block_on(async {
+        let mut link = raw_client(&d, "n1", &s1).await.unwrap();
+        link.write_all(&wire::encode(&hello(Role::Node, None)).unwrap())
+            .await
+            .unwrap();
+        let mut reader = agad_net::FrameReader::new(link);
+        let first = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await;
+        drop(reader);
+        first
+    });
+    assert!(
+        matches!(
+            answers,
+            Ok(Ok(Some(Message::Control(Control::Welcome {
+                enrollment: Enrollment::Active,
+                ..
+            }))))
+        ),
+        "{answers:?}"
+    );
+    d.wait_for("the replacement in the station's log", |d| {
+        Ok(d.log("s1").contains("replaces its session").then_some(()))
+    })?;
+    // The real node comes back, is connected, and still gets deployments.
+    d.wait_for("n1 connected again", connected)?;
+    d.wait_for("n1 deployed again after reconnecting", |d| {
+        Ok((redeploys(d) > before).then_some(()))
+    })?;
+    d.check()?;
+    Ok(())
+}
