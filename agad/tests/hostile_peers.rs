@@ -38,9 +38,9 @@ fn log_len(d: &Deployment, name: &str) -> usize {
     d.log(name).len()
 }
 
-/// Frames an attacker sends before its hello: each once made a manager
-/// write megabytes (a deflate error carried all it had inflated; decoded
-/// messages were printed whole).
+/// Frames an attacker sends in place of (or as) its hello: each of the
+/// first three once made a manager write megabytes (a deflate error carried
+/// all it had inflated; decoded messages were printed whole).
 fn poison() -> Vec<Vec<u8>> {
     // 35 KB that inflate to 30 MB of zeros, then a broken stream.
     let mut bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; 30 << 20], 1);
@@ -59,6 +59,9 @@ fn poison() -> Vec<Vec<u8>> {
         packed_frame(1, &bomb),
         packed_frame(0, &loud),
         packed_frame(0, &junk),
+        // A proper hello: each asks for enrollment, which the station
+        // passes up to the top manager only a few times.
+        wire::encode(&hello(Role::Node, None)).unwrap(),
     ]
 }
 
@@ -91,6 +94,8 @@ fn garbage_from_a_never_enrolled_certificate_costs_a_bounded_log() -> anyhow::Re
     );
     let tail = &d.log("s1")[before.0..];
     assert!(!tail.contains("forged log line"), "{tail}");
+    let relayed = d.log("mor")[before.1..].matches("enrollment request relayed").count();
+    assert!((1..=3).contains(&relayed), "{relayed} enrollment requests passed up for 75 hellos");
     let ended = tail.matches("session ended").count();
     assert!(
         (1..=21).contains(&ended),

@@ -20,6 +20,7 @@ pub mod subdomains;
 
 use agad_net::children::{Children, ChildrenConfig, serve_child};
 use agad_net::outbox::Outbox;
+use agad_net::rate::{RateByKey, Verdict};
 use agad_net::server::Limits;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
 use agad_protocol::wire::{
@@ -63,6 +64,9 @@ pub struct Station {
     pub subdomains: Arc<Subdomains>,
     /// Control frames for the top manager (sent when the link is up).
     up: mpsc::Sender<Control>,
+    /// Enrollment requests passed up, per certificate: a stranger that
+    /// reconnects in a loop costs the top manager a few, not one each.
+    enrollments: RateByKey,
 }
 
 impl Station {
@@ -75,6 +79,25 @@ impl Station {
 
     pub fn domain(&self) -> Option<String> {
         self.replica().map(|r| r.topology.domain.name.clone())
+    }
+
+    /// Asks the top manager to enroll a certificate (a ticket approves it at
+    /// once); at most 3 at once and one every 20 s per certificate.
+    pub fn request_enrollment(
+        &self,
+        name: String,
+        role: Role,
+        fingerprint: String,
+        ticket: Option<String>,
+    ) {
+        if let Verdict::Allowed { .. } = self.enrollments.check(&fingerprint) {
+            self.send_up(Control::Enroll {
+                name,
+                role,
+                fingerprint,
+                ticket,
+            });
+        }
     }
 
     /// Sends a control frame to the top manager (dropped with a log line if
@@ -159,6 +182,7 @@ pub async fn run(
         nodes: Arc::new(Children::new(config.children.clone())),
         subdomains: Arc::new(Children::new(config.children.clone())),
         up: up_tx,
+        enrollments: RateByKey::new(3, Duration::from_secs(20), 10_000),
     });
 
     let (events_tx, mut events) = mpsc::channel(64);

@@ -183,12 +183,12 @@ fn admission(
         )),
         None => {
             // Unknown here: ask the top manager (a ticket approves at once).
-            station.send_up(Control::Enroll {
-                name: peer.name.clone(),
-                role: Role::Node,
-                fingerprint: peer.fingerprint.clone(),
+            station.request_enrollment(
+                peer.name.clone(),
+                Role::Node,
+                peer.fingerprint.clone(),
                 ticket,
-            });
+            );
             Some((
                 Enrollment::Pending,
                 format!(

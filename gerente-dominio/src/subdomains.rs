@@ -221,12 +221,12 @@ fn admission(
             ));
         }
         None => {
-            station.send_up(Control::Enroll {
-                name: peer.name.clone(),
-                role: Role::Dominio,
-                fingerprint: peer.fingerprint.clone(),
+            station.request_enrollment(
+                peer.name.clone(),
+                Role::Dominio,
+                peer.fingerprint.clone(),
                 ticket,
-            });
+            );
             return Err((
                 Enrollment::Pending,
                 "enrollment requested from the top manager".into(),
@@ -340,12 +340,7 @@ fn relay(
                     "an enrollment request whose fingerprint is not a SHA-256 in hex".into(),
                 ));
             }
-            station.send_up(Control::Enroll {
-                name,
-                role,
-                fingerprint,
-                ticket,
-            });
+            station.request_enrollment(name, role, fingerprint, ticket);
             Ok(None)
         }
         Message::Control(Control::ReplicaAck { version }) => {

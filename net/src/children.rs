@@ -17,7 +17,7 @@
 
 use crate::conn::{Connection, NetError, spawn_reader};
 use crate::liveness::{Detector, LivenessConfig, OwnLag};
-use crate::rate::{LogLimiter, TokenBucket, Verdict};
+use crate::rate::{RateByKey, TokenBucket, Verdict};
 use crate::tls::PeerIdentity;
 use crate::waiting::{TooManyWaiting, Waiting};
 use agad_protocol::message::Alarm;
@@ -243,7 +243,7 @@ pub struct Children<T> {
     /// Connected children not admitted yet.
     waiting: Arc<Waiting>,
     /// Lines each certificate may cause in the log.
-    log: LogLimiter,
+    log: RateByKey,
 }
 
 impl<T: Send + 'static> Children<T> {
@@ -258,7 +258,7 @@ impl<T: Send + 'static> Children<T> {
                 config.max_waiting,
                 config.max_waiting_per_identity,
             )),
-            log: LogLimiter::per_peer(),
+            log: RateByKey::log_lines(),
             config,
         }
     }
@@ -392,7 +392,7 @@ pub async fn serve_child<P: Parent>(
             Ok(reason) | Err(reason) => reason,
         };
         // Whatever the child did, it costs a bounded number of lines.
-        if let Verdict::Log { suppressed } = parent.children().log.check(&fingerprint) {
+        if let Verdict::Allowed { suppressed } = parent.children().log.check(&fingerprint) {
             let reason = excerpt(&reason.to_string(), 2 * EXCERPT);
             tracing::info!(suppressed, "session ended: {reason}");
         }
@@ -492,7 +492,7 @@ async fn session<P: Parent>(
         // session's end never unregisters the new one (see below).
         let old = children.lock().insert(peer.name.clone(), entry);
         if let Some(mut old) = old {
-            if let Verdict::Log { suppressed } = children.log.check(&peer.fingerprint) {
+            if let Verdict::Allowed { suppressed } = children.log.check(&peer.fingerprint) {
                 tracing::warn!(
                     replaced = old.session,
                     suppressed,
@@ -516,7 +516,7 @@ async fn session<P: Parent>(
         enrollment: Enrollment::Active,
         reason: String::new(),
     }));
-    if let Verdict::Log { suppressed } = children.log.check(&peer.fingerprint) {
+    if let Verdict::Allowed { suppressed } = children.log.check(&peer.fingerprint) {
         tracing::info!(session = session_id, suppressed, "child registered");
     }
     children.publish(ChildEvent::Connected(child.clone()));

@@ -1,13 +1,13 @@
-//! Rates a peer may impose: how fast its frames are served and how many log
-//! lines it may cause.
+//! Rates a peer may impose: how fast its frames are served, how many log
+//! lines it may cause, how often its requests are passed on.
 //!
 //! For: [`TokenBucket`] (a rate with a burst), used to pace one child's
 //! frames (the session waits for a token instead of dropping: the child's
 //! outbox keeps what is not read yet, and only the flooding child slows
-//! down), and [`LogLimiter`], token buckets keyed by who caused a line (a
+//! down), and [`RateByKey`], token buckets keyed by who caused the work (a
 //! certificate fingerprint, a source address), so that a peer that
 //! reconnects in a loop or sends garbage costs a bounded number of log
-//! lines per hour however fast it goes.
+//! lines (or relayed requests) per hour however fast it goes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -68,14 +68,14 @@ impl TokenBucket {
     }
 }
 
-/// Whether to write a line a peer caused.
+/// Whether to do what a peer caused (write its line, pass its request on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Write it; `suppressed` lines of this peer were left out since the
-    /// last one written (say so in the line).
-    Log { suppressed: u64 },
+    /// Do it; `suppressed` were left out since the last one allowed (a log
+    /// line says so).
+    Allowed { suppressed: u64 },
     /// Leave it out (it is counted).
-    Quiet,
+    Limited,
 }
 
 struct Keyed {
@@ -83,10 +83,10 @@ struct Keyed {
     suppressed: u64,
 }
 
-/// Log lines per peer: a burst, then a steady trickle. Keys are bounded:
+/// Events per key: a burst, then a steady trickle. Keys are bounded:
 /// when `max_keys` peers are tracked, those whose bucket refilled are
 /// forgotten, and if none has, unknown peers share one bucket.
-pub struct LogLimiter {
+pub struct RateByKey {
     keys: Mutex<HashMap<String, Keyed>>,
     burst: u32,
     per_sec: f64,
@@ -96,9 +96,9 @@ pub struct LogLimiter {
 /// The shared key of peers beyond `max_keys`.
 const OTHERS: &str = "\0others";
 
-impl LogLimiter {
-    pub fn new(burst: u32, every: Duration, max_keys: usize) -> LogLimiter {
-        LogLimiter {
+impl RateByKey {
+    pub fn new(burst: u32, every: Duration, max_keys: usize) -> RateByKey {
+        RateByKey {
             keys: Mutex::default(),
             burst,
             per_sec: 1.0 / every.as_secs_f64().max(1e-3),
@@ -106,13 +106,13 @@ impl LogLimiter {
         }
     }
 
-    /// For peers: 20 lines at once, then one every 10 s (at most ~380 lines
-    /// an hour each, well under 1 MB); 10,000 peers tracked.
-    pub fn per_peer() -> LogLimiter {
-        LogLimiter::new(20, Duration::from_secs(10), 10_000)
+    /// Log lines per peer: 20 at once, then one every 10 s (at most ~380
+    /// lines an hour each, well under 1 MB); 10,000 peers tracked.
+    pub fn log_lines() -> RateByKey {
+        RateByKey::new(20, Duration::from_secs(10), 10_000)
     }
 
-    /// May `key` cause one more line now?
+    /// May `key` cause one more now?
     pub fn check(&self, key: &str) -> Verdict {
         let now = Instant::now();
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
@@ -129,12 +129,12 @@ impl LogLimiter {
             suppressed: 0,
         });
         if keyed.bucket.try_take(now) {
-            Verdict::Log {
+            Verdict::Allowed {
                 suppressed: std::mem::take(&mut keyed.suppressed),
             }
         } else {
             keyed.suppressed += 1;
-            Verdict::Quiet
+            Verdict::Limited
         }
     }
 }
@@ -165,26 +165,29 @@ mod tests {
 
     #[test]
     fn a_peer_gets_its_burst_and_then_is_counted_not_logged() {
-        let limiter = LogLimiter::new(5, Duration::from_secs(3600), 100);
+        let limiter = RateByKey::new(5, Duration::from_secs(3600), 100);
         let verdicts: Vec<Verdict> = (0..1000).map(|_| limiter.check("attacker")).collect();
-        assert_eq!(verdicts.iter().filter(|v| **v != Verdict::Quiet).count(), 5);
+        assert_eq!(
+            verdicts.iter().filter(|v| **v != Verdict::Limited).count(),
+            5
+        );
         // Another peer is not silenced by the first.
-        assert_eq!(limiter.check("node"), Verdict::Log { suppressed: 0 });
+        assert_eq!(limiter.check("node"), Verdict::Allowed { suppressed: 0 });
     }
 
     #[test]
     fn suppressed_lines_are_counted_in_the_next_one() {
-        let limiter = LogLimiter::new(1, Duration::from_millis(20), 100);
-        assert_eq!(limiter.check("p"), Verdict::Log { suppressed: 0 });
-        assert_eq!(limiter.check("p"), Verdict::Quiet);
-        assert_eq!(limiter.check("p"), Verdict::Quiet);
+        let limiter = RateByKey::new(1, Duration::from_millis(20), 100);
+        assert_eq!(limiter.check("p"), Verdict::Allowed { suppressed: 0 });
+        assert_eq!(limiter.check("p"), Verdict::Limited);
+        assert_eq!(limiter.check("p"), Verdict::Limited);
         std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(limiter.check("p"), Verdict::Log { suppressed: 2 });
+        assert_eq!(limiter.check("p"), Verdict::Allowed { suppressed: 2 });
     }
 
     #[test]
     fn many_peers_cannot_grow_the_table_past_its_bound() {
-        let limiter = LogLimiter::new(1, Duration::from_secs(3600), 10);
+        let limiter = RateByKey::new(1, Duration::from_secs(3600), 10);
         for i in 0..10_000 {
             limiter.check(&format!("peer-{i}"));
         }

@@ -4,7 +4,7 @@
 //! it (mini-redis' server loop is the model).
 
 use crate::conn::{self, Connection};
-use crate::rate::{LogLimiter, Verdict};
+use crate::rate::{RateByKey, Verdict};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -72,7 +72,7 @@ pub async fn serve<F, Fut>(
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
     let per_source = Arc::new(PerSource::default());
     // Refusals are logged per source address, a bounded number an hour.
-    let log = Arc::new(LogLimiter::per_peer());
+    let log = Arc::new(RateByKey::log_lines());
     let mut tasks = JoinSet::new();
     loop {
         // Wait for a free slot before accepting: a full server leaves new
@@ -99,13 +99,13 @@ pub async fn serve<F, Fut>(
         };
         let source = address.ip();
         let Some(from_source) = per_source.enter(source, limits.max_handshakes_per_source) else {
-            if let Verdict::Log { suppressed } = log.check(&source.to_string()) {
+            if let Verdict::Allowed { suppressed } = log.check(&source.to_string()) {
                 tracing::warn!(%address, suppressed, "refused: {} TLS handshakes from this address already in flight", limits.max_handshakes_per_source);
             }
             continue;
         };
         let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-            if let Verdict::Log { suppressed } = log.check(&source.to_string()) {
+            if let Verdict::Allowed { suppressed } = log.check(&source.to_string()) {
                 tracing::warn!(%address, suppressed, "refused: {} TLS handshakes already in flight", limits.max_handshakes);
             }
             continue;
@@ -122,7 +122,7 @@ pub async fn serve<F, Fut>(
             match accepted {
                 Ok(connection) => handle(connection, shutdown).await,
                 Err(e) => {
-                    if let Verdict::Log { suppressed } = log.check(&source.to_string()) {
+                    if let Verdict::Allowed { suppressed } = log.check(&source.to_string()) {
                         tracing::warn!(%address, suppressed, "connection refused: {e}");
                     }
                 }

@@ -11,6 +11,7 @@ use crate::conn::{self, FrameWriter, spawn_reader};
 use crate::liveness::{Detector, LivenessConfig, OwnLag};
 use crate::outbox::{Class, Outbox};
 use crate::tls::PeerIdentity;
+use agad_protocol::text::excerpt;
 use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Queued, Role, Sender};
 use rand::Rng;
 use rustls::ClientConfig;
@@ -170,7 +171,9 @@ async fn session(
         }))) => {}
         Some(Ok(Message::Control(Control::Welcome { enrollment, reason }))) => {
             // The parent's words: logged and passed on, but never unbounded.
-            let reason = bounded(reason);
+            // The parent's words, short and printable: a rogue parent cannot
+            // fill the log or forge lines.
+            let reason = excerpt(&reason, 512);
             tracing::warn!(parent = %address, ?enrollment, "not admitted yet: {reason}");
             let _ = events
                 .send(Downlink::NotAdmitted { enrollment, reason })
@@ -266,24 +269,6 @@ async fn session(
     }
 }
 
-/// Longest text from a peer that is logged or passed on.
-const MAX_PEER_TEXT: usize = 512;
-
-/// `text` cut to [`MAX_PEER_TEXT`] bytes (on a character boundary), marked
-/// when it was cut.
-fn bounded(mut text: String) -> String {
-    if text.len() > MAX_PEER_TEXT {
-        let mut end = MAX_PEER_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let cut = text.len() - end;
-        text.truncate(end);
-        text.push_str(&format!("… ({cut} more bytes)"));
-    }
-    text
-}
-
 /// How far this connection has sent each class of the outbox.
 #[derive(Default)]
 struct Sent {
@@ -350,22 +335,5 @@ impl Sent {
                 .map_err(|e| e.to_string())?;
             any = true;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_from_a_peer_is_cut_on_a_character_boundary() {
-        assert_eq!(bounded("short".into()), "short");
-        let long = "é".repeat(MAX_PEER_TEXT);
-        let cut = bounded(long.clone());
-        assert!(cut.len() < MAX_PEER_TEXT + 32, "{}", cut.len());
-        assert!(
-            cut.starts_with("éé")
-                && cut.ends_with(&format!("({} more bytes)", long.len() - MAX_PEER_TEXT))
-        );
     }
 }
