@@ -68,9 +68,15 @@ fn poison() -> Vec<Vec<u8>> {
 #[test]
 fn garbage_from_a_never_enrolled_certificate_costs_a_bounded_log() -> anyhow::Result<()> {
     let mut d = deployment()?;
-    alarming_domain(&d, &[])?;
+    // The intruder is a node of the topology that was never enrolled; the
+    // outsider is not even in the topology.
+    alarming_domain(&d, &["intruder"])?;
     let s1 = d.start_station("s1")?;
     d.issue("node", "intruder")?;
+    d.issue("node", "outsider")?;
+    d.wait_for("s1 serving d1", |d| {
+        Ok(d.log("s1").contains("replica in force").then_some(()))
+    })?;
     let before = (log_len(&d, "s1"), log_len(&d, "mor"));
     let frames = poison();
     let sent: usize = 300 * frames.iter().map(Vec::len).sum::<usize>() / frames.len();
@@ -83,10 +89,20 @@ fn garbage_from_a_never_enrolled_certificate_costs_a_bounded_log() -> anyhow::Re
             let _ = link.flush().await;
             read_until_closed(link).await;
         }
+        for _ in 0..20 {
+            let Ok(mut link) = raw_client(&d, "outsider", &s1).await else {
+                continue;
+            };
+            let _ = link
+                .write_all(&wire::encode(&hello(Role::Node, None)).unwrap())
+                .await;
+            read_until_closed(link).await;
+        }
     });
     d.check()?;
     let grown = (log_len(&d, "s1") - before.0, log_len(&d, "mor") - before.1);
-    // 300 sessions of one certificate: a burst of lines, then counts.
+    // 300 sessions of one certificate (and 20 of another): a burst of
+    // lines each, then counts.
     assert!(
         grown.0 < 16 * 1024 && grown.1 < 16 * 1024,
         "{sent} bytes sent made the logs grow by {grown:?} bytes:\n{}",
@@ -94,9 +110,22 @@ fn garbage_from_a_never_enrolled_certificate_costs_a_bounded_log() -> anyhow::Re
     );
     let tail = &d.log("s1")[before.0..];
     assert!(!tail.contains("forged log line"), "{tail}");
-    let relayed = d.log("mor")[before.1..].matches("enrollment request relayed").count();
-    assert!((1..=3).contains(&relayed), "{relayed} enrollment requests passed up for 75 hellos");
-    let ended = tail.matches("session ended").count();
+    let mor_tail = &d.log("mor")[before.1..];
+    let relayed = mor_tail.matches("enrollment request relayed").count();
+    assert!(
+        (1..=3).contains(&relayed),
+        "{relayed} enrollment requests passed up for 75 hellos:\n{mor_tail}"
+    );
+    // A name outside the domain is refused by the station itself: it never
+    // reaches the top manager, which would take it as the station's fault.
+    assert!(
+        !mor_tail.contains("outsider") && !mor_tail.contains("lost"),
+        "{mor_tail}"
+    );
+    let ended = tail
+        .lines()
+        .filter(|l| l.contains("name=intruder") && l.contains("session ended"))
+        .count();
     assert!(
         (1..=21).contains(&ended),
         "{ended} session lines for 300 sessions:\n{tail}"

@@ -158,25 +158,22 @@ fn admission(
             "this station serves no domain yet".into(),
         ));
     };
+    // Only a node of this domain may ask to join it: passing up a request
+    // for any other name would be a protocol violation of this station,
+    // and a stranger could have it disconnected at will.
+    let domain = &replica.topology.domain.name;
+    if !replica.topology.nodes.iter().any(|n| n.name == peer.name) {
+        return Some((
+            Enrollment::Inactive,
+            format!("node `{}` is not in domain `{domain}`", peer.name),
+        ));
+    }
     let member = replica
         .members
         .iter()
         .find(|m| m.name == peer.name && m.role == Role::Node && m.fingerprint == peer.fingerprint);
     match member {
-        Some(m) if m.state == Enrollment::Active => {
-            if replica.topology.nodes.iter().any(|n| n.name == peer.name) {
-                None
-            } else {
-                // Admitted elsewhere perhaps: the node tries its next address.
-                Some((
-                    Enrollment::Inactive,
-                    format!(
-                        "node `{}` is not in domain `{}`",
-                        peer.name, replica.topology.domain.name
-                    ),
-                ))
-            }
-        }
+        Some(m) if m.state == Enrollment::Active => None,
         Some(m) => Some((
             m.state,
             format!("enrollment of `{}` is {:?}", peer.name, m.state),
