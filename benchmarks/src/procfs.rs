@@ -46,6 +46,13 @@ pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
     })
 }
 
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS, so the next
+/// [`sample`] tells the peak of what happened since (Linux 4.0 and later).
+pub fn reset_peak(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("cannot reset the peak RSS of process {pid}"))
+}
+
 /// utime + stime from `/proc/<pid>/stat` (fields 14 and 15).
 pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -81,7 +81,7 @@ impl ChildrenConfig {
             check_every: Duration::from_millis(100),
             hello_timeout: Duration::from_secs(10),
             max_children: 50_000,
-            max_waiting: 1_024,
+            max_waiting: 256,
             max_waiting_per_identity: 2,
             max_hello_frame: 64 * 1024,
             frames_per_sec: 500.0,
