@@ -259,10 +259,10 @@ fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
         backoff_max: Duration::from_secs(30),
     };
     let runtime = node_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let node = Node::open(settings, keys, &data_dir)?;
         eprintln!(
-            "node `{}` managed by {} (data in {}); Ctrl-C stops",
+            "node `{}` managed by {} (data in {}); Ctrl-C or SIGTERM stops",
             identity.name,
             args.dominio.join(", "),
             data_dir.display()
@@ -273,15 +273,32 @@ fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
             let _ = stop.send(true);
         });
         agad_runtime::managed::run(node, uplink, shutdown).await
-    })
+    });
+    finish(runtime);
+    result
 }
 
 fn node_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(32)
+        // Above the node's bound on blocking host calls
+        // (`HostPool::DEFAULT_THREADS`), which must leave threads for the
+        // outbox and deployments.
+        .max_blocking_threads(96)
         .enable_all()
         .build()
+}
+
+/// How long shutdown waits for host calls still running on blocking
+/// threads (a module's SNMP request, a read of a hung mount).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Drops the runtime without waiting for ever: a plain drop would wait for
+/// every blocking host call a module left behind, and one that never
+/// returns would keep the process alive after Ctrl-C or SIGTERM. The
+/// database was flushed before this point.
+fn finish(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
 }
 
 pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
@@ -292,7 +309,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
     let data_dir = data_dir(&args.data_dir, &file)?;
 
     let runtime = node_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let node = Node::open(settings, keys, &data_dir)?;
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(1024);
         let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -314,6 +331,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
                     events_tx.clone(),
                     shutdown.clone(),
                 )
+                .await
                 .with_context(|| path.display().to_string())?;
             tasks.push(handle);
             started.push(name);
@@ -323,7 +341,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
         }
         drop(events_tx);
         eprintln!(
-            "node `{}` running {} (data in {}); Ctrl-C stops",
+            "node `{}` running {} (data in {}); Ctrl-C or SIGTERM stops",
             node.settings().name,
             started.join(", "),
             data_dir.display()
@@ -335,6 +353,8 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
             }
         };
         tokio::pin!(deadline);
+        let signal = crate::shutdown_signal();
+        tokio::pin!(signal);
         let mut stdout = std::io::stdout().lock();
         loop {
             tokio::select! {
@@ -347,16 +367,26 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
                     None => break,
                 },
                 _ = &mut deadline => break,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = &mut signal => break,
             }
         }
         let _ = stop.send(true);
         drop(events);
-        for task in tasks {
-            let _ = task.await;
+        // Supervisors stop at once (a tick in progress is dropped); the
+        // bound is for a bug, not a wait.
+        let stopped = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
+            eprintln!("some modules did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
         }
+        node.database().flush()?;
         Ok(())
-    })
+    });
+    finish(runtime);
+    result
 }
 
 #[cfg(test)]

@@ -292,3 +292,74 @@ fn a_bundle_signed_by_an_unknown_key_is_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("does not trust"), "{}", stderr(&out));
 }
+
+/// `agad node run` with a module asleep in a host call stops on SIGTERM (and
+/// on Ctrl-C's SIGINT): the sleeping call neither keeps it alive nor makes
+/// it ignore the signal.
+#[test]
+fn node_run_stops_on_sigterm_and_sigint_even_with_a_sleeping_module() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let ws = Workspace::new();
+    std::fs::copy(
+        agad_modules::test_guests::MISBEHAVE_WASM,
+        ws.path("misbehave.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(
+        agad_modules::test_guests::MISBEHAVE_MANIFEST,
+        ws.path("misbehave.toml"),
+    )
+    .unwrap();
+    ws.sign("misbehave");
+    for signal in ["TERM", "INT"] {
+        let mut child = Command::new(AGAD)
+            .args([
+                "node",
+                "run",
+                "--bundle",
+                "misbehave.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "data",
+                "--config",
+                "mode=sleep",
+                "--config",
+                "period=100ms",
+            ])
+            .current_dir(ws.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A fault line means a tick slept past its deadline; the module is
+        // restarted and asleep again (or about to be) when the signal comes.
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let first: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(first["type"], "fault", "{line}");
+        assert_eq!(first["kind"], "timeout", "{line}");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let exited = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        if exited.is_none() {
+            let _ = child.kill();
+        }
+        let status = exited.unwrap_or_else(|| panic!("SIG{signal} did not stop `agad node run`"));
+        assert!(status.success(), "SIG{signal}: {status:?}");
+    }
+}

@@ -23,7 +23,7 @@
 //! let module = node.load(&bundle)?; // verify, compile (or reuse the cache), link
 //! let (events_tx, mut events) = tokio::sync::mpsc::channel(1024);
 //! let (_stop, shutdown) = tokio::sync::watch::channel(false);
-//! node.start_inspector(module, ModuleConfig::default(), events_tx, shutdown)?;
+//! node.start_inspector(module, ModuleConfig::default(), events_tx, shutdown).await?;
 //! while let Some(event) = events.recv().await {
 //!     println!("{}", serde_json::to_string(&event)?);
 //! }

@@ -4,6 +4,7 @@
 use crate::bindings::types as wit;
 use crate::engine::{LinkError, LinkedModule, ModuleEngine};
 use crate::host::HostState;
+use crate::host::blocking::HostPool;
 use crate::host::clock::now_ms;
 use crate::host::snmp::{AgentConfig, SnmpClient};
 use crate::host::state::ModuleState;
@@ -18,7 +19,7 @@ use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,8 @@ pub struct Node {
     trust: TrustStore,
     db: Database,
     state: Tree,
+    /// The node-wide bound on blocking host calls ([`HostPool`]).
+    host_threads: Arc<Semaphore>,
 }
 
 impl Node {
@@ -138,6 +141,7 @@ impl Node {
             trust,
             db,
             state,
+            host_threads: HostPool::node_limit(HostPool::DEFAULT_THREADS),
         })
     }
 
@@ -165,12 +169,14 @@ impl Node {
 
     /// A configured instance of `module`, outside any supervisor (for
     /// tools and benchmarks that drive ticks themselves).
-    pub fn instantiate(
+    pub async fn instantiate(
         &self,
         module: &LinkedModule,
         config: &ModuleConfig,
     ) -> Result<InspectorInstance, InitError> {
-        self.factory(module.clone()).configured(&config.values)
+        self.factory(module.clone())
+            .configured(&config.values)
+            .await
     }
 
     fn factory(&self, module: LinkedModule) -> InstanceFactory {
@@ -178,12 +184,13 @@ impl Node {
             module,
             snmp_agents: self.settings.agents.clone(),
             state: self.state.clone(),
+            pool: HostPool::for_module(self.host_threads.clone()),
         }
     }
 
     /// Instantiates and configures an inspector now (so a refused config is
     /// an error here), then keeps it ticking on its period until `shutdown`.
-    pub fn start_inspector(
+    pub async fn start_inspector(
         &self,
         module: LinkedModule,
         config: ModuleConfig,
@@ -201,6 +208,7 @@ impl Node {
         let factory = self.factory(module);
         let first = factory
             .configured(&config.values)
+            .await
             .map_err(|source| LoadError::Init {
                 module: name,
                 source,
@@ -223,25 +231,31 @@ struct InstanceFactory {
     module: LinkedModule,
     snmp_agents: Arc<[AgentConfig]>,
     state: Tree,
+    /// Shared by every instance of the module, across restarts.
+    pool: HostPool,
 }
 
 impl InstanceFactory {
-    fn configured(&self, config: &[(String, String)]) -> Result<InspectorInstance, InitError> {
+    async fn configured(
+        &self,
+        config: &[(String, String)],
+    ) -> Result<InspectorInstance, InitError> {
         let m = &self.module.manifest;
-        let host = HostState::new(
+        let host = HostState::with_pool(
             &m.name,
             SnmpClient::new(self.snmp_agents.clone()),
             ModuleState::new(self.state.clone(), &m.name),
             m.limits.max_memory_bytes,
+            self.pool.clone(),
         );
-        let mut instance = InspectorInstance::new(&self.module, host)?;
-        instance.init(config)?;
+        let mut instance = InspectorInstance::new(&self.module, host).await?;
+        instance.init(config).await?;
         Ok(instance)
     }
 
     /// After a failure, a refused configuration is one more fault to retry.
-    fn restarted(&self, config: &[(String, String)]) -> Result<InspectorInstance, Fault> {
-        self.configured(config).map_err(|e| match e {
+    async fn restarted(&self, config: &[(String, String)]) -> Result<InspectorInstance, Fault> {
+        self.configured(config).await.map_err(|e| match e {
             InitError::Fault(f) => f,
             InitError::Config(reason) => Fault {
                 kind: FaultKind::InitFailed,
@@ -274,11 +288,13 @@ impl Supervisor {
             let current = match instance.take() {
                 Some(i) => i,
                 None => {
-                    let me = this.clone();
-                    let config = this.config.values.clone();
-                    match tokio::task::spawn_blocking(move || me.factory.restarted(&config)).await {
-                        Ok(Ok(i)) => i,
-                        Ok(Err(fault)) => {
+                    let restarted = tokio::select! {
+                        r = this.factory.restarted(&this.config.values) => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    match restarted {
+                        Ok(i) => i,
+                        Err(fault) => {
                             failures += 1;
                             if !this
                                 .pause_after(fault, failures, &mut backoff, &mut shutdown)
@@ -287,10 +303,6 @@ impl Supervisor {
                                 return;
                             }
                             continue;
-                        }
-                        Err(join) => {
-                            tracing::error!(module = %this.module(), "instantiation task failed: {join}");
-                            return;
                         }
                     }
                 }
@@ -338,24 +350,12 @@ impl Supervisor {
                 _ = interval.tick() => {}
                 _ = shutdown.changed() => return None,
             }
-            let ticked = tokio::task::spawn_blocking(move || {
-                let result = instance.tick();
-                (instance, result)
-            })
-            .await;
-            let (back, result) = match ticked {
-                Ok(pair) => pair,
-                // The runtime is shutting down (e.g. `agad node run`
-                // refusing its arguments): not a fault of the module.
-                Err(join) if join.is_cancelled() => return None,
-                Err(join) => {
-                    return Some(Fault {
-                        kind: FaultKind::Trap,
-                        message: format!("tick task failed: {join}"),
-                    });
-                }
+            // The tick is bounded by the module's deadline; shutdown does
+            // not wait for it.
+            let result = tokio::select! {
+                r = instance.tick() => r,
+                _ = shutdown.changed() => return None,
             };
-            instance = back;
             match result {
                 Ok(output) => {
                     self.emit(output).await;

@@ -340,6 +340,7 @@ fn run_comparison(
                 events_tx.clone(),
                 shutdown.clone(),
             )
+            .await
             .with_context(|| format!("starting {name}"))?;
         }
         drop(events_tx);

@@ -3,6 +3,7 @@
 //! module and of the runtime.
 
 use crate::bindings::state;
+use crate::host::blocking::Offloaded;
 use agad_storage::Tree;
 
 pub struct ModuleState {
@@ -25,8 +26,10 @@ impl ModuleState {
     }
 }
 
-impl state::Host for ModuleState {
-    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+/// The `state` calls, run on the blocking pool by [`Offloaded`] (sled may
+/// wait on the disk).
+impl ModuleState {
+    pub fn get(&mut self, key: String) -> Option<Vec<u8>> {
         match self.tree.get(&self.key(&key)) {
             Ok(value) => value,
             Err(e) => {
@@ -36,15 +39,27 @@ impl state::Host for ModuleState {
         }
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) {
+    pub fn set(&mut self, key: String, value: Vec<u8>) {
         if let Err(e) = self.tree.insert(&self.key(&key), &value) {
             tracing::error!(key, "state write failed: {e}");
         }
     }
 
-    fn delete(&mut self, key: String) {
+    pub fn delete(&mut self, key: String) {
         if let Err(e) = self.tree.remove(&self.key(&key)) {
             tracing::error!(key, "state delete failed: {e}");
         }
+    }
+}
+
+impl state::Host for Offloaded<ModuleState> {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.run("state.get", move |s| s.get(key)).await
+    }
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        self.run("state.set", move |s| s.set(key, value)).await
+    }
+    async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.run("state.delete", move |s| s.delete(key)).await
     }
 }

@@ -17,6 +17,8 @@
 //! - `alarm`: raises alarm `misbehave` on the first tick of each instance.
 //! - `alarm-every-tick`: raises alarm `tick` on every tick (a load for tests).
 //! - `trap-every-4th`: three clean ticks, then a panic, in every instance.
+//! - `sleep`: sleeps an hour in `tick` (`std::thread::sleep`, a WASI poll:
+//!   the guest waits in a host call, where no epoch check can reach it).
 //!
 //! Layout: one file; [`Mode`] parses the config, `tick` acts on it.
 
@@ -35,6 +37,7 @@ enum Mode {
     Alarm,
     AlarmEveryTick,
     TrapEvery4th,
+    Sleep,
 }
 
 impl Mode {
@@ -49,6 +52,7 @@ impl Mode {
             "alarm" => Mode::Alarm,
             "alarm-every-tick" => Mode::AlarmEveryTick,
             "trap-every-4th" => Mode::TrapEvery4th,
+            "sleep" => Mode::Sleep,
             _ => return None,
         })
     }
@@ -137,6 +141,10 @@ impl Guest for Misbehave {
             Mode::AlarmEveryTick => with_alarm("tick"),
             Mode::TrapEvery4th if ticks % 4 == 0 => panic!("misbehave: fourth tick"),
             Mode::TrapEvery4th => Output::default(),
+            Mode::Sleep => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Output::default()
+            }
             Mode::Ok => {
                 let stored = state::get("ticks")
                     .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
