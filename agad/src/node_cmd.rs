@@ -4,7 +4,8 @@ use crate::identity::IdentityArgs;
 use crate::module_cmd::{read_bundle, read_public_keys};
 use agad_protocol::Capability;
 use agad_runtime::{
-    AgentConfig, Event, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration,
+    AgentConfig, Ceilings, Event, ModuleConfig, Node, NodeSettings, OutputLimits, RestartPolicy,
+    parse_duration,
 };
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -101,6 +102,24 @@ pub struct NodeFile {
     /// SNMP agents modules may query; the first is the default one.
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
+    /// Most linear memory any module gets, in bytes; a manifest asking for
+    /// more is granted this (and the node logs a warning) [default: 256 MiB].
+    pub max_module_memory_bytes: Option<u64>,
+    /// Longest any one call into a module may run, in milliseconds; a
+    /// manifest asking for more is granted this [default: 60000].
+    pub max_call_time_ms: Option<u64>,
+    /// Alarms one module may send per minute (a burst of this many, then
+    /// an even refill); the excess is dropped, counted and reported once as
+    /// an `agad.output-dropped` alarm of that module [default: 120].
+    pub alarms_per_minute: Option<u32>,
+    /// Reports one module may send per minute, likewise [default: 120].
+    pub reports_per_minute: Option<u32>,
+    /// Largest alarm a module may send (its strings plus 64), in bytes;
+    /// larger ones are dropped and counted [default: 4096].
+    pub max_alarm_bytes: Option<usize>,
+    /// Largest report a module may send (its summaries' strings plus 64
+    /// per summary), in bytes [default: 262144].
+    pub max_report_bytes: Option<usize>,
 }
 
 impl NodeFile {
@@ -129,6 +148,58 @@ impl NodeFile {
         };
         agad_runtime::host::snmp::validate_agents(&self.agents)
             .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        let at_least = |field: &str, value: Option<u64>, min: u64, default: u64| match value {
+            None => Ok(default),
+            Some(v) if v >= min => Ok(v),
+            Some(v) => bail!("{source}: `{field}`: {v} is below the minimum of {min}"),
+        };
+        let ceilings = Ceilings::default();
+        let output = OutputLimits::default();
+        let ceilings = Ceilings {
+            // One wasm page: nothing can run in less.
+            max_memory_bytes: at_least(
+                "max_module_memory_bytes",
+                self.max_module_memory_bytes,
+                64 * 1024,
+                ceilings.max_memory_bytes,
+            )?,
+            max_time_per_call_ms: at_least(
+                "max_call_time_ms",
+                self.max_call_time_ms,
+                1,
+                ceilings.max_time_per_call_ms,
+            )?,
+        };
+        let output = OutputLimits {
+            alarms_per_minute: at_least(
+                "alarms_per_minute",
+                self.alarms_per_minute.map(u64::from),
+                1,
+                output.alarms_per_minute.into(),
+            )?
+            .try_into()?,
+            reports_per_minute: at_least(
+                "reports_per_minute",
+                self.reports_per_minute.map(u64::from),
+                1,
+                output.reports_per_minute.into(),
+            )?
+            .try_into()?,
+            max_alarm_bytes: at_least(
+                "max_alarm_bytes",
+                self.max_alarm_bytes.map(|v| v as u64),
+                256,
+                output.max_alarm_bytes as u64,
+            )?
+            .try_into()?,
+            max_report_bytes: at_least(
+                "max_report_bytes",
+                self.max_report_bytes.map(|v| v as u64),
+                256,
+                output.max_report_bytes as u64,
+            )?
+            .try_into()?,
+        };
         Ok(NodeSettings {
             name: self.name.clone().unwrap_or_else(host_name),
             agents: Arc::from(self.agents.clone()),
@@ -149,6 +220,8 @@ impl NodeFile {
                 )?,
                 max: duration("restart_max", &self.restart_max, Duration::from_secs(60))?,
             },
+            ceilings,
+            output,
         })
     }
 }
@@ -415,6 +488,25 @@ mod tests {
         );
         assert!(split_config(&["nokey".into()]).is_err());
         assert!(split_config(&["m:=1".into()]).is_err());
+    }
+
+    #[test]
+    fn node_file_sets_ceilings_and_output_budgets_and_refuses_zero() {
+        let file: NodeFile = toml::from_str(
+            "max_module_memory_bytes = 1048576\nmax_call_time_ms = 250\nalarms_per_minute = 5\n",
+        )
+        .unwrap();
+        let settings = file.settings("n.toml").unwrap();
+        assert_eq!(settings.ceilings.max_memory_bytes, 1_048_576);
+        assert_eq!(settings.ceilings.max_time_per_call_ms, 250);
+        assert_eq!(settings.output.alarms_per_minute, 5);
+        assert_eq!(
+            settings.output.reports_per_minute,
+            OutputLimits::default().reports_per_minute
+        );
+        let file: NodeFile = toml::from_str("max_call_time_ms = 0").unwrap();
+        let err = file.settings("n.toml").unwrap_err().to_string();
+        assert!(err.contains("max_call_time_ms"), "{err}");
     }
 
     #[test]

@@ -363,3 +363,55 @@ fn node_run_stops_on_sigterm_and_sigint_even_with_a_sleeping_module() {
         assert!(status.success(), "SIG{signal}: {status:?}");
     }
 }
+
+/// `agad node run` with a module raising a million alarms per tick prints
+/// no more than the module's budget, and one notice about the rest.
+#[test]
+fn node_run_cuts_an_alarm_flood_to_the_budget_and_says_so_once() {
+    let ws = Workspace::new();
+    std::fs::copy(
+        agad_modules::test_guests::MISBEHAVE_WASM,
+        ws.path("misbehave.wasm"),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(agad_modules::test_guests::MISBEHAVE_MANIFEST)
+        .unwrap()
+        .replace(
+            "max_memory_bytes = 16777216",
+            "max_memory_bytes = 268435456",
+        )
+        .replace("max_time_per_call_ms = 500", "max_time_per_call_ms = 20000");
+    std::fs::write(ws.path("misbehave.toml"), manifest).unwrap();
+    ws.sign("misbehave");
+    std::fs::write(ws.path("node.toml"), "alarms_per_minute = 30\n").unwrap();
+    let out = ws.run(&[
+        "node",
+        "run",
+        "--bundle",
+        "misbehave.agad",
+        "--trust",
+        "pub.pub",
+        "--node-config",
+        "node.toml",
+        "--data-dir",
+        "data",
+        "--config",
+        "mode=flood",
+        "--config",
+        "period=500ms",
+        "--for",
+        "4s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let flood = lines.iter().filter(|l| l["key"] == "flood").count();
+    // The burst of 30 and at most a few more from the refill (0.5 a second).
+    assert!((30..=35).contains(&flood), "{flood} flood alarms");
+    let notices: Vec<_> = lines
+        .iter()
+        .filter(|l| l["key"] == "agad.output-dropped")
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0]["raised"], true);
+    assert!(lines.iter().all(|l| l["type"] != "fault"), "{lines:?}");
+}

@@ -103,7 +103,7 @@ async fn instantiate(
     module: &LinkedModule,
     host: HostState,
 ) -> Result<(Store<HostState>, wasmtime::component::Instance, Duration), Fault> {
-    let limits = module.manifest.limits;
+    let limits = module.limits;
     let deadline = Duration::from_millis(limits.max_time_per_call_ms.max(1));
     let mut store = Store::new(module.pre.engine(), host);
     store.limiter(|s| &mut s.limits);

@@ -12,6 +12,7 @@
 //! - [`trust`]: signature, hash, expiry and rollback checks.
 //! - [`engine`]: wasmtime engine, compiled-module cache, capability-checked linking.
 //! - [`instance`]: one inspector instance with its limits; faults classified.
+//! - [`budget`]: per-module rate and size budgets for what goes upward.
 //! - [`node`]: loading modules and supervising them on their periods.
 //! - [`managed`]: the node under a domain manager (deployments, outbox, keep-alives).
 //!
@@ -31,6 +32,7 @@
 //! ```
 
 pub mod bindings;
+pub mod budget;
 pub mod engine;
 pub mod host;
 pub mod instance;
@@ -38,8 +40,11 @@ pub mod managed;
 pub mod node;
 pub mod trust;
 
+pub use budget::OutputLimits;
 pub use engine::{LinkError, LinkedModule, ModuleEngine};
 pub use host::snmp::AgentConfig;
 pub use instance::{Fault, InitError, InspectorInstance, SpecialistInstance};
-pub use node::{Event, LoadError, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration};
+pub use node::{
+    Ceilings, Event, LoadError, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration,
+};
 pub use trust::{TrustError, TrustStore};

@@ -2,6 +2,7 @@
 //! per running inspector (ticked on its period, restarted with back-off).
 
 use crate::bindings::types as wit;
+use crate::budget::{self, Notice, OutputBudget, OutputLimits};
 use crate::engine::{LinkError, LinkedModule, ModuleEngine};
 use crate::host::HostState;
 use crate::host::blocking::HostPool;
@@ -13,12 +14,12 @@ use crate::trust::{TrustError, TrustStore};
 use agad_protocol::message::{
     Alarm, Comparison, FaultKind, ModuleFault, Report, Severity, Summary,
 };
-use agad_protocol::{Bundle, Capability, Kind, PublicKey};
+use agad_protocol::{Bundle, Capability, Kind, Limits, PublicKey};
 use agad_storage::{Database, Tree};
 use serde::Serialize;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -68,6 +69,45 @@ pub struct NodeSettings {
     /// Tick period for modules whose config sets no `period`.
     pub default_period: Duration,
     pub restart: RestartPolicy,
+    /// The most any manifest is granted.
+    pub ceilings: Ceilings,
+    /// What each module may send upward.
+    pub output: OutputLimits,
+}
+
+/// The node's ceilings on the limits a manifest asks for.
+///
+/// A manifest asking for more than a ceiling is **granted the ceiling**, not
+/// refused: a module is signed once and runs on many nodes, and each node's
+/// operator decides what any module may take there. The node logs a warning
+/// naming the module, what it asked and what it got; a module that really
+/// needs more then fails with a memory-limit or timeout fault, reported
+/// upward like any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceilings {
+    /// Most linear memory one module instance may have, in bytes.
+    pub max_memory_bytes: u64,
+    /// Longest one call into a module may take, in milliseconds.
+    pub max_time_per_call_ms: u64,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        Ceilings {
+            max_memory_bytes: 256 * 1024 * 1024,
+            max_time_per_call_ms: 60_000,
+        }
+    }
+}
+
+impl Ceilings {
+    /// The limits a manifest asking for `asked` runs under.
+    pub fn grant(&self, asked: Limits) -> Limits {
+        Limits {
+            max_memory_bytes: asked.max_memory_bytes.min(self.max_memory_bytes),
+            max_time_per_call_ms: asked.max_time_per_call_ms.min(self.max_time_per_call_ms),
+        }
+    }
 }
 
 /// Everything a node emits; `agad node run` prints each as one JSON line.
@@ -162,9 +202,22 @@ impl Node {
         self.trust.admit(bundle, now_ms() / 1000)?;
         let component = self.engine.compile(bundle)?;
         let manifest = Arc::new(bundle.manifest.clone());
-        Ok(self
+        let mut linked = self
             .engine
-            .link(manifest, &component, &self.settings.policy)?)
+            .link(manifest, &component, &self.settings.policy)?;
+        let asked = linked.manifest.limits;
+        linked.limits = self.settings.ceilings.grant(asked);
+        if linked.limits != asked {
+            tracing::warn!(
+                module = %linked.manifest.name,
+                asked_memory_bytes = asked.max_memory_bytes,
+                asked_time_per_call_ms = asked.max_time_per_call_ms,
+                granted_memory_bytes = linked.limits.max_memory_bytes,
+                granted_time_per_call_ms = linked.limits.max_time_per_call_ms,
+                "manifest asks for more than this node's ceilings; granted the ceilings"
+            );
+        }
+        Ok(linked)
     }
 
     /// A configured instance of `module`, outside any supervisor (for
@@ -214,6 +267,7 @@ impl Node {
                 source,
             })?;
         let supervisor = Supervisor {
+            budget: Mutex::new(OutputBudget::new(self.settings.output, Instant::now())),
             node: self.settings.name.clone(),
             factory,
             config,
@@ -245,7 +299,7 @@ impl InstanceFactory {
             &m.name,
             SnmpClient::new(self.snmp_agents.clone()),
             ModuleState::new(self.state.clone(), &m.name),
-            m.limits.max_memory_bytes,
+            self.module.limits.max_memory_bytes,
             self.pool.clone(),
         );
         let mut instance = InspectorInstance::new(&self.module, host).await?;
@@ -273,6 +327,8 @@ struct Supervisor {
     restart: RestartPolicy,
     db: Database,
     events: mpsc::Sender<Event>,
+    /// What this module may still send upward (kept across restarts).
+    budget: Mutex<OutputBudget>,
 }
 
 /// Clean ticks after which a module counts as healthy again.
@@ -398,19 +454,30 @@ impl Supervisor {
         }
     }
 
+    /// Sends what the module emitted, within its budget; then the notice
+    /// about what the budget dropped, if one is due.
     async fn emit(&self, output: wit::Output) {
         let time_ms = now_ms();
+        let now = Instant::now();
         let manifest = &self.factory.module.manifest;
-        for alarm in output.alarms {
-            let id = match self.db.next_id() {
-                Ok(n) => format!("{}/{}/{n}", self.node, manifest.name),
-                Err(e) => {
-                    tracing::error!("cannot number alarm: {e}");
-                    format!("{}/{}/t{time_ms}", self.node, manifest.name)
-                }
-            };
+        // Decided first and all at once: the lock is never held across a
+        // send, and a flood costs one pass over the list, nothing more.
+        let (alarms, report, notice) = {
+            let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+            let alarms: Vec<wit::Alarm> = output
+                .alarms
+                .into_iter()
+                .filter(|a| budget.admit_alarm(alarm_bytes(a), now))
+                .collect();
+            let report = (!output.summaries.is_empty()
+                && budget.admit_report(report_bytes(&output.summaries), now))
+            .then_some(output.summaries);
+            let notice = budget.notice(now).map(|n| (n, *budget.limits()));
+            (alarms, report, notice)
+        };
+        for alarm in alarms {
             let alarm = Alarm {
-                id,
+                id: self.next_alarm_id(time_ms),
                 node: self.node.clone(),
                 module: manifest.name.clone(),
                 area: manifest.area,
@@ -427,17 +494,76 @@ impl Supervisor {
             };
             let _ = self.events.send(Event::Alarm(alarm)).await;
         }
-        if !output.summaries.is_empty() {
+        if let Some(summaries) = report {
             let report = Report {
                 node: self.node.clone(),
                 module: manifest.name.clone(),
                 area: manifest.area,
-                summaries: output.summaries.into_iter().map(summary).collect(),
+                summaries: summaries.into_iter().map(summary).collect(),
                 time_ms,
             };
             let _ = self.events.send(Event::Report(report)).await;
         }
+        if let Some((notice, limits)) = notice {
+            let (raised, dropped) = match notice {
+                Notice::Raise(d) => (true, d),
+                Notice::Clear(d) => (false, d),
+            };
+            let message = if raised {
+                format!(
+                    "module output over this node's budget is being dropped: {}",
+                    dropped.describe(&limits)
+                )
+            } else {
+                format!(
+                    "module output back within budget; dropped in all: {}",
+                    dropped.describe(&limits)
+                )
+            };
+            tracing::warn!(module = %manifest.name, dropped = dropped.total(), raised, "{message}");
+            let alarm = Alarm {
+                id: self.next_alarm_id(time_ms),
+                node: self.node.clone(),
+                module: manifest.name.clone(),
+                area: manifest.area,
+                key: budget::NOTICE_KEY.to_owned(),
+                metric: budget::NOTICE_METRIC.to_owned(),
+                subject: String::new(),
+                severity: Severity::Warning,
+                raised,
+                value: dropped.total() as f64,
+                threshold: 0.0,
+                comparison: Comparison::Above,
+                message,
+                time_ms,
+            };
+            let _ = self.events.send(Event::Alarm(alarm)).await;
+        }
     }
+
+    fn next_alarm_id(&self, time_ms: u64) -> String {
+        let name = &self.factory.module.manifest.name;
+        match self.db.next_id() {
+            Ok(n) => format!("{}/{name}/{n}", self.node),
+            Err(e) => {
+                tracing::error!("cannot number alarm: {e}");
+                format!("{}/{name}/t{time_ms}", self.node)
+            }
+        }
+    }
+}
+
+/// An alarm's size for its budget: its strings and a fixed part.
+fn alarm_bytes(a: &wit::Alarm) -> usize {
+    budget::FIXED_ITEM_BYTES + a.key.len() + a.metric.len() + a.subject.len() + a.message.len()
+}
+
+/// A report's size for its budget.
+fn report_bytes(summaries: &[wit::Summary]) -> usize {
+    summaries
+        .iter()
+        .map(|s| budget::FIXED_ITEM_BYTES + s.metric.len() + s.subject.len() + s.unit.len())
+        .sum()
 }
 
 fn severity(s: wit::Severity) -> Severity {

@@ -107,6 +107,8 @@ fn main() -> anyhow::Result<()> {
         policy: Capability::ALL.to_vec(),
         default_period: Duration::from_secs(10),
         restart: RestartPolicy::default(),
+        ceilings: Default::default(),
+        output: Default::default(),
     };
     let node = Node::open(settings, vec![key.public()], dir.path())?;
     // A second engine over the same cache directory: what a restarted node

@@ -311,6 +311,8 @@ fn run_comparison(
         policy: Capability::ALL.to_vec(),
         default_period: PERIOD,
         restart: RestartPolicy::default(),
+        ceilings: Default::default(),
+        output: Default::default(),
     };
     let names: BTreeSet<&str> = modules.iter().map(|m| m.name).collect();
 

@@ -4,9 +4,10 @@
 //! of that module. Limits are generous; nothing here asserts a timing.
 
 use crate::runtime::{TestNode, collect_until, faults, misbehave_spec, mode, settings};
-use agad_protocol::Capability;
-use agad_protocol::message::FaultKind;
-use agad_runtime::{AgentConfig, Event, ModuleConfig, NodeSettings};
+use agad_protocol::message::{Alarm, FaultKind};
+use agad_protocol::{Capability, Limits};
+use agad_runtime::budget::NOTICE_KEY;
+use agad_runtime::{AgentConfig, Ceilings, Event, ModuleConfig, NodeSettings, OutputLimits};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,4 +151,205 @@ async fn stuck_host_calls_do_not_starve_the_blocking_work_of_other_modules() {
         );
     }
     assert_eq!(faults(&events, "steady").count(), 0, "{events:?}");
+}
+
+/// A node whose ceilings and budgets are the test's, not the defaults.
+fn node_with(ceilings: Ceilings, output: OutputLimits) -> TestNode {
+    TestNode::with_settings(NodeSettings {
+        ceilings,
+        output,
+        ..settings(Capability::ALL.to_vec())
+    })
+}
+
+fn alarms_with_key<'a>(events: &'a [Event], key: &'a str) -> impl Iterator<Item = &'a Alarm> + 'a {
+    events.iter().filter_map(move |e| match e {
+        Event::Alarm(a) if a.key == key => Some(a),
+        _ => None,
+    })
+}
+
+/// A manifest asking for `u64::MAX` memory and time is granted the node's
+/// ceilings: a memory bomb stops at the memory ceiling, a loop at the time
+/// ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_manifest_limits_get_the_node_ceilings() {
+    let ceilings = Ceilings {
+        max_memory_bytes: 32 * 1024 * 1024,
+        max_time_per_call_ms: 300,
+    };
+    let t = node_with(ceilings, OutputLimits::default());
+    let (tx, mut rx) = mpsc::channel(1024);
+    let (_stop, shutdown) = watch::channel(false);
+    for (name, how) in [("bomb", "bomb"), ("looper", "loop")] {
+        let mut spec = misbehave_spec();
+        spec.name = name.into();
+        spec.limits = Limits {
+            max_memory_bytes: u64::MAX,
+            max_time_per_call_ms: u64::MAX,
+        };
+        let module = t.node.load(&t.sign(spec)).unwrap();
+        assert_eq!(module.manifest.limits.max_memory_bytes, u64::MAX);
+        assert_eq!(
+            module.limits,
+            Limits {
+                max_memory_bytes: 32 * 1024 * 1024,
+                max_time_per_call_ms: 300,
+            }
+        );
+        t.node
+            .start_inspector(module, mode(how), tx.clone(), shutdown.clone())
+            .await
+            .unwrap();
+    }
+    let events = collect_until(&mut rx, Duration::from_secs(60), |e| {
+        faults(e, "bomb").count() >= 1 && faults(e, "looper").count() >= 1
+    })
+    .await;
+    assert_eq!(
+        faults(&events, "bomb").next(),
+        Some(FaultKind::MemoryLimit),
+        "{events:?}"
+    );
+    assert_eq!(
+        faults(&events, "looper").next(),
+        Some(FaultKind::Timeout),
+        "{events:?}"
+    );
+}
+
+/// A module raising a million alarms in every tick gets its budget through
+/// (a burst, then the refill) and the node reports the drops once, as one
+/// alarm of that module; the other module keeps ticking and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_flood_is_cut_to_the_module_budget_and_reported_once() {
+    const PER_MINUTE: u32 = 1_000;
+    let t = node_with(
+        Ceilings {
+            max_memory_bytes: 1024 * 1024 * 1024,
+            max_time_per_call_ms: 30_000,
+        },
+        OutputLimits {
+            alarms_per_minute: PER_MINUTE,
+            ..OutputLimits::default()
+        },
+    );
+    let (tx, mut rx) = mpsc::channel(16_384);
+    let (_stop, shutdown) = watch::channel(false);
+    let started = std::time::Instant::now();
+    let mut spec = misbehave_spec();
+    spec.name = "flood".into();
+    spec.limits = Limits {
+        max_memory_bytes: 512 * 1024 * 1024,
+        max_time_per_call_ms: 20_000,
+    };
+    let flood = t.node.load(&t.sign(spec)).unwrap();
+    t.node
+        .start_inspector(flood, mode("flood"), tx.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let steady = t.node.load(&t.named("steady")).unwrap();
+    t.node
+        .start_inspector(steady, mode("alarm-every-tick"), tx, shutdown)
+        .await
+        .unwrap();
+    let steady_alarms = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Alarm(a) if a.module == "steady"))
+            .count()
+    };
+    let events = collect_until(&mut rx, Duration::from_secs(60), |e| {
+        steady_alarms(e) >= 30 && alarms_with_key(e, NOTICE_KEY).count() >= 1
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let flooded = alarms_with_key(&events, "flood").count() as f64;
+    let allowed = f64::from(PER_MINUTE) * (1.0 + (elapsed + 1.0) / 60.0);
+    assert!(
+        flooded >= f64::from(PER_MINUTE) && flooded <= allowed,
+        "{flooded} flood alarms in {elapsed:.1} s; the budget allows {allowed:.0}"
+    );
+    let notices: Vec<_> = alarms_with_key(&events, NOTICE_KEY).collect();
+    assert_eq!(
+        notices.len(),
+        1,
+        "reported once, not per dropped alarm: {notices:?}"
+    );
+    assert_eq!(notices[0].module, "flood");
+    assert!(notices[0].raised);
+    assert!(notices[0].value >= 999_000.0, "{:?}", notices[0]);
+    assert!(
+        notices[0].message.contains("over 1000/min"),
+        "{}",
+        notices[0].message
+    );
+    assert!(
+        steady_alarms(&events) >= 30,
+        "the other module kept ticking"
+    );
+    assert_eq!(faults(&events, "steady").count(), 0);
+    assert_eq!(
+        faults(&events, "flood").count(),
+        0,
+        "a flood is not a fault"
+    );
+}
+
+/// A module sending a 100 MiB message in every tick: nothing of it goes
+/// upward, the node reports the drops once, and the other module is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_message_is_dropped_and_reported_once() {
+    let t = node_with(
+        Ceilings {
+            max_memory_bytes: 1024 * 1024 * 1024,
+            max_time_per_call_ms: 30_000,
+        },
+        OutputLimits::default(),
+    );
+    let (tx, mut rx) = mpsc::channel(4096);
+    let (_stop, shutdown) = watch::channel(false);
+    let mut spec = misbehave_spec();
+    spec.name = "huge".into();
+    spec.limits = Limits {
+        max_memory_bytes: 512 * 1024 * 1024,
+        max_time_per_call_ms: 20_000,
+    };
+    let huge = t.node.load(&t.sign(spec)).unwrap();
+    t.node
+        .start_inspector(huge, mode("huge"), tx.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let steady = t.node.load(&t.named("steady")).unwrap();
+    t.node
+        .start_inspector(steady, mode("alarm-every-tick"), tx, shutdown)
+        .await
+        .unwrap();
+    let events = collect_until(&mut rx, Duration::from_secs(60), |e| {
+        let steady = e
+            .iter()
+            .filter(|e| matches!(e, Event::Alarm(a) if a.module == "steady"))
+            .count();
+        steady >= 20 && alarms_with_key(e, NOTICE_KEY).count() >= 1
+    })
+    .await;
+    assert_eq!(
+        alarms_with_key(&events, "huge").count(),
+        0,
+        "nothing of it went upward"
+    );
+    let notices: Vec<_> = alarms_with_key(&events, NOTICE_KEY).collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].module, "huge");
+    assert!(
+        notices[0].message.contains("over 4096 bytes"),
+        "{}",
+        notices[0].message
+    );
+    assert!(
+        notices[0].message.len() < 1024,
+        "the notice does not carry the message"
+    );
+    assert_eq!(faults(&events, "huge").count(), 0);
+    assert_eq!(faults(&events, "steady").count(), 0);
 }

@@ -28,6 +28,8 @@ impl Harness {
             policy: Capability::ALL.to_vec(),
             default_period: Duration::from_secs(1),
             restart: RestartPolicy::default(),
+            ceilings: Default::default(),
+            output: Default::default(),
         };
         let node = Node::open(settings, vec![key.public()], dir.path()).unwrap();
         Harness {

@@ -38,6 +38,8 @@ pub(crate) fn settings(policy: Vec<Capability>) -> NodeSettings {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(400),
         },
+        ceilings: Default::default(),
+        output: Default::default(),
     }
 }
 

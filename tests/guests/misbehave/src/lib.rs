@@ -19,6 +19,10 @@
 //! - `trap-every-4th`: three clean ticks, then a panic, in every instance.
 //! - `sleep`: sleeps an hour in `tick` (`std::thread::sleep`, a WASI poll:
 //!   the guest waits in a host call, where no epoch check can reach it).
+//! - `flood`: a million alarms (key `flood`) in every tick; needs about
+//!   200 MiB of memory.
+//! - `huge`: one alarm (key `huge`) whose message is 100 MiB, in every tick;
+//!   needs about 300 MiB of memory.
 //!
 //! Layout: one file; [`Mode`] parses the config, `tick` acts on it.
 
@@ -38,6 +42,8 @@ enum Mode {
     AlarmEveryTick,
     TrapEvery4th,
     Sleep,
+    Flood,
+    Huge,
 }
 
 impl Mode {
@@ -53,6 +59,8 @@ impl Mode {
             "alarm-every-tick" => Mode::AlarmEveryTick,
             "trap-every-4th" => Mode::TrapEvery4th,
             "sleep" => Mode::Sleep,
+            "flood" => Mode::Flood,
+            "huge" => Mode::Huge,
             _ => return None,
         })
     }
@@ -141,6 +149,20 @@ impl Guest for Misbehave {
             Mode::AlarmEveryTick => with_alarm("tick"),
             Mode::TrapEvery4th if ticks % 4 == 0 => panic!("misbehave: fourth tick"),
             Mode::TrapEvery4th => Output::default(),
+            Mode::Flood => Output {
+                alarms: (0..1_000_000)
+                    .map(|_| alarm("flood", "f").raised())
+                    .collect(),
+                summaries: Vec::new(),
+            },
+            Mode::Huge => Output {
+                alarms: vec![
+                    alarm("huge", "test.misbehave")
+                        .message("x".repeat(100 * 1024 * 1024))
+                        .raised(),
+                ],
+                summaries: Vec::new(),
+            },
             Mode::Sleep => {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
                 Output::default()
