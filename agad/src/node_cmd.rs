@@ -1,6 +1,6 @@
 //! `agad node ...`: the node runtime on its own, without a manager.
 
-use crate::identity::IdentityArgs;
+use crate::identity::{IdentityArgs, TicketArgs};
 use crate::module_cmd::{read_bundle, read_public_keys};
 use agad_protocol::Capability;
 use agad_runtime::{
@@ -34,9 +34,8 @@ pub struct ManagedArgs {
     dominio: Vec<String>,
     #[command(flatten)]
     identity: Option<IdentityArgs>,
-    /// One-time enrollment ticket from `agad enroll ticket`.
-    #[arg(long)]
-    ticket: Option<String>,
+    #[command(flatten)]
+    ticket: TicketArgs,
     /// Public key of a trusted publisher (repeatable; adds to the node file's keys).
     #[arg(long = "trust")]
     trusted: Vec<PathBuf>,
@@ -235,14 +234,22 @@ fn host_name() -> String {
 }
 
 /// The command line's data directory, else the node file's, else the
-/// default; created if missing.
+/// default; created if missing, and the node's alone (0700) either way: it
+/// holds the outbox, module state and compiled modules.
 fn data_dir(explicit: &Option<PathBuf>, file: &NodeFile) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = explicit
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    // One made by an older version, or by hand, may be open to everyone.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict data directory {} to 0700", dir.display()))?;
     Ok(dir)
 }
 
@@ -326,7 +333,7 @@ fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
         parents: args.dominio.clone(),
         tls: identity.client()?,
         role: agad_protocol::wire::Role::Node,
-        ticket: args.ticket.clone(),
+        ticket: args.ticket.resolve()?,
         keepalive: args.keepalive,
         backoff_initial: Duration::from_millis(500),
         backoff_max: Duration::from_secs(30),

@@ -415,3 +415,140 @@ fn node_run_cuts_an_alarm_flood_to_the_budget_and_says_so_once() {
     assert_eq!(notices[0]["raised"], true);
     assert!(lines.iter().all(|l| l["type"] != "fault"), "{lines:?}");
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file and directory under `dir`, `dir` included.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            out.extend(tree(&entry.unwrap().path()));
+        }
+    }
+    out
+}
+
+/// The node's data directory (outbox, state, compiled modules) is its
+/// own: 0700, and every file in it 0600, even one made earlier with 0755.
+#[test]
+fn node_data_is_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    ws.sign("cpu-mem");
+    std::fs::create_dir(ws.path("data")).unwrap();
+    std::fs::set_permissions(ws.path("data"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = ws.run(&[
+        "node",
+        "run",
+        "--bundle",
+        "cpu-mem.agad",
+        "--trust",
+        "pub.pub",
+        "--data-dir",
+        "data",
+        "--config",
+        "period=100ms",
+        "--for",
+        "1s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = tree(&ws.path("data"));
+    assert!(all.len() > 3, "a database and a compiled module: {all:?}");
+    for path in all {
+        let mode = mode_of(&path);
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+}
+
+/// A file far larger than any bundle is refused by its size, before it is
+/// read (a sparse file: nothing to read anyway, but the answer says why).
+#[test]
+fn an_oversized_bundle_file_is_refused_by_its_size() {
+    let ws = Workspace::new();
+    let file = std::fs::File::create(ws.path("big.agad")).unwrap();
+    file.set_len(10 * 1024 * 1024 * 1024).unwrap();
+    let out = ws.run(&["module", "verify", "big.agad", "--trust", "pub.pub"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("10737418240 bytes; a bundle is at most"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A name that would forge a log line is refused when the manifest is
+/// parsed (`module sign`) and when a bundle is published, before anything
+/// is sent; the error never echoes it raw.
+#[test]
+fn module_names_with_control_characters_are_refused_at_sign_and_publish() {
+    let ws = Workspace::new();
+    let manifest = agad_modules::inspector("cpu-mem")
+        .unwrap()
+        .manifest_toml
+        .replace(
+            "name = \"cpu-mem\"",
+            "name = \"cpu\\nINFO forged \\u001b[2J\"",
+        );
+    std::fs::write(ws.path("evil.toml"), manifest).unwrap();
+    let out = ws.run(&[
+        "module",
+        "sign",
+        "cpu-mem.wasm",
+        "--manifest",
+        "evil.toml",
+        "--key",
+        "pub.secret",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("module name may hold only"), "{err}");
+    // The parser may quote the TOML source (escapes as written), never the
+    // decoded name.
+    assert!(
+        !err.contains('\u{1b}') && !err.contains("\nINFO forged"),
+        "{err}"
+    );
+
+    let key = agad_protocol::SecretKey::from_text(
+        &std::fs::read_to_string(ws.path("pub.secret")).unwrap(),
+    )
+    .unwrap();
+    let mut spec = agad_protocol::ManifestSpec::from_toml(
+        agad_modules::inspector("cpu-mem").unwrap().manifest_toml,
+    )
+    .unwrap();
+    spec.name = "cpu\nINFO forged \u{1b}[2J".into();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let forged = agad_protocol::Bundle::sign(spec, b"\0asm".to_vec(), &key, now);
+    std::fs::write(ws.path("evil.agad"), forged.to_bytes()).unwrap();
+    let out = ws.run(&["module", "publish", "evil.agad", "--mor-dir", "no-mor-here"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("module name may hold only"), "{err}");
+    assert!(!err.contains('\u{1b}') && !err.contains("forged"), "{err}");
+}
+
+/// `agad node --help` offers the ticket from a file or the environment and
+/// says why the flag is the last resort.
+#[test]
+fn node_help_prefers_a_ticket_file_or_the_environment() {
+    let ws = Workspace::new();
+    let out = ws.run(&["node", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--ticket-file"), "{help}");
+    assert!(help.contains("AGAD_TICKET"), "{help}");
+    assert!(
+        help.contains("prefer --ticket-file or AGAD_TICKET"),
+        "{help}"
+    );
+}

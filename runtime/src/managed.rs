@@ -106,7 +106,11 @@ impl Managed {
                 .into_iter()
                 .map(|d| {
                     let name = d.module.manifest.name.clone();
-                    (name, me.bundle_for(d.module), d.config)
+                    let bundle = match agad_protocol::validate_module_name(&name) {
+                        Ok(()) => me.bundle_for(d.module),
+                        Err(e) => Err(e.into()),
+                    };
+                    (name, bundle, d.config)
                 })
                 .collect::<Vec<_>>()
         })
@@ -116,6 +120,13 @@ impl Managed {
             Err(e) => return vec![format!("deployment task failed: {e}")],
         };
         for (name, bundle, config) in resolved {
+            // Refused before anything logs or stores it: a name with a
+            // newline or a terminal escape would forge log lines.
+            if let Err(e) = agad_protocol::validate_module_name(&name) {
+                let escaped: String = format!("{name:?}").chars().take(80).collect();
+                problems.push(format!("module {escaped}: {e}"));
+                continue;
+            }
             match bundle {
                 Ok(bundle) => {
                     wanted.insert(name, (bundle, config));

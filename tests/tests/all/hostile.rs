@@ -353,3 +353,19 @@ async fn a_huge_message_is_dropped_and_reported_once() {
     assert_eq!(faults(&events, "huge").count(), 0);
     assert_eq!(faults(&events, "steady").count(), 0);
 }
+
+/// A bundle whose name would forge a log line, or whose signature never
+/// expires, is refused by the node before anything runs or prints it.
+#[test]
+fn a_forged_name_and_an_endless_signature_are_refused_by_the_node() {
+    let t = TestNode::new();
+    let mut spec = misbehave_spec();
+    spec.name = "x\nINFO forged \u{1b}[2J".into();
+    let err = t.node.load(&t.sign(spec)).unwrap_err().to_string();
+    assert!(err.contains("module name may hold only"), "{err}");
+    assert!(!err.contains('\n') && !err.contains('\u{1b}'), "{err:?}");
+    let mut spec = misbehave_spec();
+    spec.valid_for_days = u64::MAX;
+    let err = t.node.load(&t.sign(spec)).unwrap_err().to_string();
+    assert!(err.contains("more than 100 years"), "{err}");
+}
