@@ -84,8 +84,8 @@ pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
             let caps: Vec<String> = m.capabilities.iter().map(|c| c.to_string()).collect();
             println!("  capabilities  {}", caps.join(", "));
             println!(
-                "  limits        {} bytes of memory, {} ms per call",
-                m.limits.max_memory_bytes, m.limits.max_time_per_call_ms
+                "  limits        {} bytes of memory, {} ms per call, {} bytes of state",
+                m.limits.max_memory_bytes, m.limits.max_time_per_call_ms, m.limits.max_state_bytes
             );
             println!("  sha256        {}", m.sha256_hex());
             println!("  signer        {}", m.signer);

@@ -107,6 +107,9 @@ pub struct NodeFile {
     /// Longest any one call into a module may run, in milliseconds; a
     /// manifest asking for more is granted this [default: 60000].
     pub max_call_time_ms: Option<u64>,
+    /// Largest `state` quota any module gets, in bytes; a manifest asking
+    /// for more is granted this [default: 64 MiB].
+    pub max_module_state_bytes: Option<u64>,
     /// Alarms one module may send per minute (a burst of this many, then
     /// an even refill); the excess is dropped, counted and reported once as
     /// an `agad.output-dropped` alarm of that module [default: 120].
@@ -167,6 +170,12 @@ impl NodeFile {
                 self.max_call_time_ms,
                 1,
                 ceilings.max_time_per_call_ms,
+            )?,
+            max_state_bytes: at_least(
+                "max_module_state_bytes",
+                self.max_module_state_bytes,
+                0,
+                ceilings.max_state_bytes,
             )?,
         };
         let output = OutputLimits {

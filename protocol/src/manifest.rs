@@ -132,6 +132,10 @@ pub struct Limits {
     /// Wall-clock budget of one call (`init`, `tick` or `run`), in milliseconds.
     #[serde(default = "Limits::default_time")]
     pub max_time_per_call_ms: u64,
+    /// Quota of the module's `state` on each node, keys and values
+    /// together, in bytes; a write past it is refused with an error value.
+    #[serde(default = "Limits::default_state")]
+    pub max_state_bytes: u64,
 }
 
 impl Limits {
@@ -141,6 +145,9 @@ impl Limits {
     fn default_time() -> u64 {
         1_000
     }
+    fn default_state() -> u64 {
+        1024 * 1024
+    }
 }
 
 impl Default for Limits {
@@ -148,6 +155,7 @@ impl Default for Limits {
         Limits {
             max_memory_bytes: Limits::default_memory(),
             max_time_per_call_ms: Limits::default_time(),
+            max_state_bytes: Limits::default_state(),
         }
     }
 }

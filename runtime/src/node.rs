@@ -89,6 +89,8 @@ pub struct Ceilings {
     pub max_memory_bytes: u64,
     /// Longest one call into a module may take, in milliseconds.
     pub max_time_per_call_ms: u64,
+    /// Largest `state` quota one module may have on this node, in bytes.
+    pub max_state_bytes: u64,
 }
 
 impl Default for Ceilings {
@@ -96,6 +98,7 @@ impl Default for Ceilings {
         Ceilings {
             max_memory_bytes: 256 * 1024 * 1024,
             max_time_per_call_ms: 60_000,
+            max_state_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -106,6 +109,7 @@ impl Ceilings {
         Limits {
             max_memory_bytes: asked.max_memory_bytes.min(self.max_memory_bytes),
             max_time_per_call_ms: asked.max_time_per_call_ms.min(self.max_time_per_call_ms),
+            max_state_bytes: asked.max_state_bytes.min(self.max_state_bytes),
         }
     }
 }
@@ -214,6 +218,8 @@ impl Node {
                 asked_time_per_call_ms = asked.max_time_per_call_ms,
                 granted_memory_bytes = linked.limits.max_memory_bytes,
                 granted_time_per_call_ms = linked.limits.max_time_per_call_ms,
+                asked_state_bytes = asked.max_state_bytes,
+                granted_state_bytes = linked.limits.max_state_bytes,
                 "manifest asks for more than this node's ceilings; granted the ceilings"
             );
         }
@@ -298,7 +304,8 @@ impl InstanceFactory {
         let host = HostState::with_pool(
             &m.name,
             SnmpClient::new(self.snmp_agents.clone()),
-            ModuleState::new(self.state.clone(), &m.name),
+            ModuleState::new(self.state.clone(), &m.name)
+                .with_quota(self.module.limits.max_state_bytes),
             self.module.limits.max_memory_bytes,
             self.pool.clone(),
         );

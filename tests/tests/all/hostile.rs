@@ -177,6 +177,7 @@ async fn absurd_manifest_limits_get_the_node_ceilings() {
     let ceilings = Ceilings {
         max_memory_bytes: 32 * 1024 * 1024,
         max_time_per_call_ms: 300,
+        max_state_bytes: 64 * 1024,
     };
     let t = node_with(ceilings, OutputLimits::default());
     let (tx, mut rx) = mpsc::channel(1024);
@@ -187,6 +188,7 @@ async fn absurd_manifest_limits_get_the_node_ceilings() {
         spec.limits = Limits {
             max_memory_bytes: u64::MAX,
             max_time_per_call_ms: u64::MAX,
+            max_state_bytes: u64::MAX,
         };
         let module = t.node.load(&t.sign(spec)).unwrap();
         assert_eq!(module.manifest.limits.max_memory_bytes, u64::MAX);
@@ -195,6 +197,7 @@ async fn absurd_manifest_limits_get_the_node_ceilings() {
             Limits {
                 max_memory_bytes: 32 * 1024 * 1024,
                 max_time_per_call_ms: 300,
+                max_state_bytes: 64 * 1024,
             }
         );
         t.node
@@ -228,6 +231,7 @@ async fn an_alarm_flood_is_cut_to_the_module_budget_and_reported_once() {
         Ceilings {
             max_memory_bytes: 1024 * 1024 * 1024,
             max_time_per_call_ms: 30_000,
+            ..Default::default()
         },
         OutputLimits {
             alarms_per_minute: PER_MINUTE,
@@ -242,6 +246,7 @@ async fn an_alarm_flood_is_cut_to_the_module_budget_and_reported_once() {
     spec.limits = Limits {
         max_memory_bytes: 512 * 1024 * 1024,
         max_time_per_call_ms: 20_000,
+        ..Default::default()
     };
     let flood = t.node.load(&t.sign(spec)).unwrap();
     t.node
@@ -304,6 +309,7 @@ async fn a_huge_message_is_dropped_and_reported_once() {
         Ceilings {
             max_memory_bytes: 1024 * 1024 * 1024,
             max_time_per_call_ms: 30_000,
+            ..Default::default()
         },
         OutputLimits::default(),
     );
@@ -314,6 +320,7 @@ async fn a_huge_message_is_dropped_and_reported_once() {
     spec.limits = Limits {
         max_memory_bytes: 512 * 1024 * 1024,
         max_time_per_call_ms: 20_000,
+        ..Default::default()
     };
     let huge = t.node.load(&t.sign(spec)).unwrap();
     t.node
@@ -368,4 +375,79 @@ fn a_forged_name_and_an_endless_signature_are_refused_by_the_node() {
     spec.valid_for_days = u64::MAX;
     let err = t.node.load(&t.sign(spec)).unwrap_err().to_string();
     assert!(err.contains("more than 100 years"), "{err}");
+}
+
+/// A module writing state without end is stopped at its quota (its
+/// manifest's, capped by the node's ceiling) with an error value it can
+/// handle; another module's state writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_writing_state_without_end_stops_at_its_quota() {
+    const QUOTA: u64 = 256 * 1024;
+    let t = node_with(
+        Ceilings {
+            max_state_bytes: QUOTA,
+            ..Ceilings::default()
+        },
+        OutputLimits::default(),
+    );
+    let (tx, mut rx) = mpsc::channel(4096);
+    let (_stop, shutdown) = watch::channel(false);
+    let mut spec = misbehave_spec();
+    spec.name = "filler".into();
+    spec.limits.max_state_bytes = u64::MAX;
+    let filler = t.node.load(&t.sign(spec)).unwrap();
+    assert_eq!(filler.limits.max_state_bytes, QUOTA);
+    t.node
+        .start_inspector(filler, mode("fill"), tx.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let steady = t.node.load(&t.named("steady")).unwrap();
+    t.node
+        .start_inspector(steady, mode("ok"), tx, shutdown)
+        .await
+        .unwrap();
+    let state = t.node.database().tree("module-state").unwrap();
+    let steady_ticks = || {
+        state
+            .get(b"steady\0ticks")
+            .unwrap()
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    let events = collect_until(&mut rx, Duration::from_secs(60), |e| {
+        alarms_with_key(e, "state-full").count() >= 1
+    })
+    .await;
+    assert_eq!(
+        alarms_with_key(&events, "state-full").count(),
+        1,
+        "{events:?}"
+    );
+    // A few more refused ticks, while the other module keeps writing.
+    let ticks_then = steady_ticks();
+    // Nothing is emitted meanwhile: poll the state, keep what arrives.
+    let mut more = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while steady_ticks() < ticks_then + 5 && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+            more.push(e);
+        }
+    }
+    let held: u64 = state
+        .scan_prefix(b"filler\0")
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.len() - b"filler\0".len() + v.len()) as u64)
+        .sum();
+    assert!(held <= QUOTA, "{held} bytes held, quota {QUOTA}");
+    assert!(held > QUOTA / 2, "it did fill up to near its quota: {held}");
+    assert!(
+        steady_ticks() >= ticks_then + 5,
+        "the other module kept writing"
+    );
+    let all: Vec<_> = events.iter().chain(&more).collect();
+    assert!(
+        all.iter().all(|e| !matches!(e, Event::Fault(_))),
+        "a full quota is an error value, not a fault: {all:?}"
+    );
+    assert_eq!(alarms_with_key(&more, "state-refused").count(), 0);
 }

@@ -23,6 +23,9 @@
 //!   200 MiB of memory.
 //! - `huge`: one alarm (key `huge`) whose message is 100 MiB, in every tick;
 //!   needs about 300 MiB of memory.
+//! - `fill`: writes 64 KiB of state under a new key in every tick, without
+//!   end; raises alarm `state-full` (once per instance) when the node
+//!   refuses a write for its quota.
 //!
 //! Layout: one file; [`Mode`] parses the config, `tick` acts on it.
 
@@ -44,6 +47,7 @@ enum Mode {
     Sleep,
     Flood,
     Huge,
+    Fill,
 }
 
 impl Mode {
@@ -61,6 +65,7 @@ impl Mode {
             "sleep" => Mode::Sleep,
             "flood" => Mode::Flood,
             "huge" => Mode::Huge,
+            "fill" => Mode::Fill,
             _ => return None,
         })
     }
@@ -84,6 +89,12 @@ fn with_alarm(key: &str) -> Output {
         ],
         summaries: Vec::new(),
     }
+}
+
+/// True from the second call on, per instance.
+fn i_said_full() -> bool {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
 }
 
 struct Misbehave;
@@ -131,11 +142,11 @@ impl Guest for Misbehave {
             Mode::TrapOnce => {
                 if state::get("trapped").is_none() {
                     // Set before panicking: the panic ends the call.
-                    state::set("trapped", b"yes");
+                    let _ = state::set("trapped", b"yes");
                     panic!("misbehave: first trap");
                 }
                 if state::get("recovered").is_none() {
-                    state::set("recovered", b"yes");
+                    let _ = state::set("recovered", b"yes");
                     return with_alarm("recovered");
                 }
                 Output::default()
@@ -163,6 +174,16 @@ impl Guest for Misbehave {
                 ],
                 summaries: Vec::new(),
             },
+            Mode::Fill => {
+                let key = format!("fill-{ticks}");
+                match state::set(&key, &vec![7u8; 64 * 1024]) {
+                    Ok(()) => Output::default(),
+                    Err(state::StateError::QuotaExceeded(_)) if !i_said_full() => {
+                        with_alarm("state-full")
+                    }
+                    Err(_) => Output::default(),
+                }
+            }
             Mode::Sleep => {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
                 Output::default()
@@ -172,7 +193,9 @@ impl Guest for Misbehave {
                     .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
                     .map(u64::from_le_bytes)
                     .unwrap_or(0);
-                state::set("ticks", &(stored + 1).to_le_bytes());
+                if state::set("ticks", &(stored + 1).to_le_bytes()).is_err() {
+                    return with_alarm("state-refused");
+                }
                 Output::default()
             }
         }
