@@ -4,8 +4,8 @@ use crate::identity::{IdentityArgs, TicketArgs};
 use crate::module_cmd::{read_bundle, read_public_keys};
 use agad_protocol::Capability;
 use agad_runtime::{
-    AgentConfig, Ceilings, Event, ModuleConfig, Node, NodeSettings, OutputLimits, RestartPolicy,
-    parse_duration,
+    AgentConfig, Ceilings, DiskPolicy, Event, ModuleConfig, Node, NodeSettings, OutputLimits,
+    RestartPolicy, parse_duration,
 };
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -122,6 +122,13 @@ pub struct NodeFile {
     /// Largest report a module may send (its summaries' strings plus 64
     /// per summary), in bytes [default: 262144].
     pub max_report_bytes: Option<usize>,
+    /// Room kept in the data directory (a file of allocated blocks) and
+    /// given back when the disk is full, so that the node starts and its
+    /// outbox keeps queueing alarms; 0 keeps none [default: 16 MiB].
+    pub disk_reserve_bytes: Option<u64>,
+    /// Below this many bytes available on the data directory's filesystem
+    /// the node raises an `agad.disk-low` alarm [default: 64 MiB].
+    pub disk_low_free_bytes: Option<u64>,
 }
 
 impl NodeFile {
@@ -230,6 +237,15 @@ impl NodeFile {
             },
             ceilings,
             output,
+            disk: DiskPolicy {
+                reserve_bytes: self
+                    .disk_reserve_bytes
+                    .unwrap_or(DiskPolicy::default().reserve_bytes),
+                low_free_bytes: self
+                    .disk_low_free_bytes
+                    .unwrap_or(DiskPolicy::default().low_free_bytes),
+                ..DiskPolicy::default()
+            },
         })
     }
 }
@@ -428,6 +444,8 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
         if let Some(unknown) = config.keys().flatten().next() {
             bail!("--config names module `{unknown}`, which no --bundle provides");
         }
+        let disk = node.watch_disk(events_tx.clone(), shutdown.clone());
+        tasks.extend(disk);
         drop(events_tx);
         eprintln!(
             "node `{}` running {} (data in {}); Ctrl-C or SIGTERM stops",

@@ -552,3 +552,98 @@ fn node_help_prefers_a_ticket_file_or_the_environment() {
         "{help}"
     );
 }
+
+/// Unmounts a test's filesystem when the test ends, however it ends.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A node starts on a full disk: it gives its reserve back, opens its
+/// databases, runs its modules, and raises the low-disk alarm. Needs root
+/// (a small tmpfs is the full disk); skipped otherwise.
+#[test]
+fn a_node_starts_on_a_full_disk_and_raises_the_low_disk_alarm() {
+    use std::io::Write;
+    let ws = Workspace::new();
+    ws.sign("cpu-mem");
+    let disk = ws.path("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&disk)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let _unmount = Unmount(disk.clone());
+    std::fs::write(
+        ws.path("node.toml"),
+        "disk_reserve_bytes = 8388608\ndisk_low_free_bytes = 16777216\n",
+    )
+    .unwrap();
+    let run = |how_long: &str| {
+        ws.run(&[
+            "node",
+            "run",
+            "--bundle",
+            "cpu-mem.agad",
+            "--trust",
+            "pub.pub",
+            "--node-config",
+            "node.toml",
+            "--data-dir",
+            "disk/data",
+            "--config",
+            "mem_percent=0",
+            "--config",
+            "raise_after=1",
+            "--config",
+            "period=200ms",
+            "--for",
+            how_long,
+        ])
+    };
+    let first = run("1s");
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(ws.path("disk/data/disk-reserve").exists());
+    assert!(
+        json_lines(&first)
+            .iter()
+            .all(|l| l["key"] != "agad.disk-low"),
+        "plenty of room the first time"
+    );
+
+    // Fill the disk to the last byte.
+    let mut filler = std::fs::File::create(disk.join("filler")).unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    while filler.write_all(&chunk).is_ok() {}
+    let small = [1u8; 512];
+    while filler.write_all(&small).is_ok() {}
+    drop(filler);
+
+    let second = run("3s");
+    assert!(second.status.success(), "{}", stderr(&second));
+    let lines = json_lines(&second);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "alarm" && l["module"] == "cpu-mem"),
+        "its modules run: {lines:?}"
+    );
+    let low: Vec<_> = lines
+        .iter()
+        .filter(|l| l["key"] == "agad.disk-low")
+        .collect();
+    assert_eq!(low.len(), 1, "{lines:?}");
+    assert_eq!(low[0]["raised"], true);
+    assert!(
+        !ws.path("disk/data/disk-reserve").exists(),
+        "the reserve was given back"
+    );
+}

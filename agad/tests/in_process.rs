@@ -138,6 +138,7 @@ impl Hierarchy {
             restart: Default::default(),
             ceilings: Default::default(),
             output: Default::default(),
+            disk: Default::default(),
         };
         let node = Node::open(settings, vec![self.publisher.public()], &self.path(name)).unwrap();
         let shutdown = self.stop.subscribe();

@@ -13,6 +13,7 @@
 //! - [`engine`]: wasmtime engine, compiled-module cache, capability-checked linking.
 //! - [`instance`]: one inspector instance with its limits; faults classified.
 //! - [`budget`]: per-module rate and size budgets for what goes upward.
+//! - [`disk`]: the reserve kept for the outbox, and the low-disk alarm.
 //! - [`node`]: loading modules and supervising them on their periods.
 //! - [`managed`]: the node under a domain manager (deployments, outbox, keep-alives).
 //!
@@ -33,6 +34,7 @@
 
 pub mod bindings;
 pub mod budget;
+pub mod disk;
 pub mod engine;
 pub mod host;
 pub mod instance;
@@ -41,6 +43,7 @@ pub mod node;
 pub mod trust;
 
 pub use budget::OutputLimits;
+pub use disk::DiskPolicy;
 pub use engine::{LinkError, LinkedModule, ModuleEngine};
 pub use host::snmp::AgentConfig;
 pub use instance::{Fault, InitError, InspectorInstance, SpecialistInstance};

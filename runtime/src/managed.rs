@@ -245,6 +245,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = node.database().clone();
     let outbox = Outbox::open(&db)?;
+    let reserve = node.reserve();
     let managed = Arc::new(Managed {
         bundles: db.tree("bundles")?,
         node,
@@ -253,6 +254,7 @@ pub async fn run(
         refused: Mutex::default(),
     });
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    let _disk = managed.node.watch_disk(events_tx.clone(), shutdown.clone());
     let (down_tx, mut down) = mpsc::channel(16);
     let (up_tx, up_rx) = mpsc::channel(16);
     let link = tokio::spawn(uplink::run(
@@ -282,7 +284,19 @@ pub async fn run(
                     Upward::Alarm(a) => Some(a.id.clone()),
                     _ => None,
                 };
-                match tokio::task::spawn_blocking(move || outbox.push(&body)).await {
+                let reserve = reserve.clone();
+                let pushed = tokio::task::spawn_blocking(move || {
+                    outbox.push(&body).or_else(|e| {
+                        // Most likely a full disk: the reserve is there for
+                        // exactly this; the disk watcher remakes it later.
+                        tracing::error!("cannot queue for the manager ({e}); releasing the disk reserve");
+                        match reserve {
+                            Some(r) if r.release() => outbox.push(&body),
+                            _ => Err(e),
+                        }
+                    })
+                });
+                match pushed.await {
                     // Tests count these lines: logged only once the alarm is on disk.
                     Ok(Ok(seq)) => if let Some(id) = id {
                         tracing::info!(%id, seq, "alarm queued");

@@ -3,6 +3,7 @@
 
 use crate::bindings::types as wit;
 use crate::budget::{self, Notice, OutputBudget, OutputLimits};
+use crate::disk::{DiskPolicy, LowDisk, Reserve, available_bytes};
 use crate::engine::{LinkError, LinkedModule, ModuleEngine};
 use crate::host::HostState;
 use crate::host::blocking::HostPool;
@@ -17,7 +18,7 @@ use agad_protocol::message::{
 use agad_protocol::{Bundle, Capability, Kind, Limits, PublicKey};
 use agad_storage::{Database, Tree};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -73,6 +74,8 @@ pub struct NodeSettings {
     pub ceilings: Ceilings,
     /// What each module may send upward.
     pub output: OutputLimits,
+    /// The disk reserve and the low-disk alarm.
+    pub disk: DiskPolicy,
 }
 
 /// The node's ceilings on the limits a manifest asks for.
@@ -153,22 +156,45 @@ pub struct Node {
     engine: ModuleEngine,
     trust: TrustStore,
     db: Database,
+    /// Modules' state: a database of its own (when opened from a data
+    /// directory), so the outbox never shares one with what modules write.
+    state_db: Database,
     state: Tree,
     /// The node-wide bound on blocking host calls ([`HostPool`]).
     host_threads: Arc<Semaphore>,
+    data_dir: Option<PathBuf>,
+    reserve: Option<Arc<Reserve>>,
 }
 
 impl Node {
-    /// Opens the node's database and compiled-module cache under `data_dir`.
+    /// Opens the node's databases (its own: outbox, bundles, accepted
+    /// modules; and the modules' state) and compiled-module cache under
+    /// `data_dir`. On a full disk the disk reserve is given back first, so
+    /// that the databases open and the node starts.
     pub fn open(
         settings: NodeSettings,
         trusted: Vec<PublicKey>,
         data_dir: &Path,
     ) -> Result<Node, LoadError> {
+        let reserve = Reserve::new(data_dir, settings.disk.reserve_bytes);
+        if reserve.is_held()
+            && available_bytes(data_dir).is_none_or(|free| free < settings.disk.reserve_bytes)
+        {
+            tracing::warn!(data_dir = %data_dir.display(), "the disk is full; starting on the reserve");
+            reserve.release();
+        }
         let db = Database::open(&data_dir.join("db"))?;
+        let state_db = Database::open(&data_dir.join("state"))?;
+        migrate_state(&db, &state_db)?;
         let engine =
             ModuleEngine::new(Some(&data_dir.join("compiled"))).map_err(LoadError::Engine)?;
-        Node::with_parts(settings, trusted, db, engine)
+        reserve.ensure();
+        let mut node = Node::with_parts(settings, trusted, db, engine)?;
+        node.state = state_db.tree("module-state")?;
+        node.state_db = state_db;
+        node.data_dir = Some(data_dir.to_path_buf());
+        node.reserve = Some(Arc::new(reserve));
+        Ok(node)
     }
 
     pub fn with_parts(
@@ -183,9 +209,12 @@ impl Node {
             settings,
             engine,
             trust,
+            state_db: db.clone(),
             db,
             state,
             host_threads: HostPool::node_limit(HostPool::DEFAULT_THREADS),
+            data_dir: None,
+            reserve: None,
         })
     }
 
@@ -199,6 +228,93 @@ impl Node {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// Where modules' state lives (tree `module-state`).
+    pub fn state_database(&self) -> &Database {
+        &self.state_db
+    }
+
+    /// The disk reserve, when the node was opened from a data directory.
+    pub fn reserve(&self) -> Option<Arc<Reserve>> {
+        self.reserve.clone()
+    }
+
+    /// Every [`DiskPolicy::check_every`], looks at the data directory's
+    /// filesystem: raises `agad.disk-low` (an alarm of the node's own
+    /// module `agad`) when it runs low and clears it when there is room
+    /// again, and remakes the reserve once there is room for it. `None`
+    /// for a node without a data directory.
+    pub fn watch_disk(
+        &self,
+        events: mpsc::Sender<Event>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<JoinHandle<()>> {
+        let dir = self.data_dir.clone()?;
+        let reserve = self.reserve.clone()?;
+        let policy = self.settings.disk;
+        let node = self.settings.name.clone();
+        let db = self.db.clone();
+        Some(tokio::spawn(async move {
+            let mut low = LowDisk::default();
+            let mut every = tokio::time::interval(policy.check_every);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                let (dir_, reserve_) = (dir.clone(), reserve.clone());
+                let looked = tokio::task::spawn_blocking(move || {
+                    let available = available_bytes(&dir_);
+                    reserve_.ensure();
+                    available
+                })
+                .await;
+                let Ok(Some(available)) = looked else {
+                    continue;
+                };
+                let Some(raised) = low.update(available, &policy) else {
+                    continue;
+                };
+                let time_ms = now_ms();
+                let id = match db.next_id() {
+                    Ok(n) => format!("{node}/agad/{n}"),
+                    Err(_) => format!("{node}/agad/t{time_ms}"),
+                };
+                let message = if raised {
+                    format!(
+                        "{available} bytes left on the filesystem of {} (alarm below {})",
+                        dir.display(),
+                        policy.low_free_bytes
+                    )
+                } else {
+                    format!(
+                        "{available} bytes available again on the filesystem of {}",
+                        dir.display()
+                    )
+                };
+                tracing::warn!(available, raised, "{message}");
+                let alarm = Alarm {
+                    id,
+                    node: node.clone(),
+                    module: "agad".to_owned(),
+                    area: agad_protocol::Area::Fault,
+                    key: "agad.disk-low".to_owned(),
+                    metric: "fs.available-bytes".to_owned(),
+                    subject: dir.display().to_string(),
+                    severity: Severity::Major,
+                    raised,
+                    value: available as f64,
+                    threshold: policy.low_free_bytes as f64,
+                    comparison: Comparison::Below,
+                    message,
+                    time_ms,
+                };
+                if events.send(Event::Alarm(alarm)).await.is_err() {
+                    return;
+                }
+            }
+        }))
     }
 
     /// Verifies (signature, hash, expiry, rollback), compiles and links a bundle.
@@ -284,6 +400,27 @@ impl Node {
         };
         Ok(tokio::spawn(supervisor.run(first, shutdown)))
     }
+}
+
+/// Moves modules' state out of the node's own database, where versions
+/// before the state database kept it. Done once: the old tree is emptied.
+fn migrate_state(db: &Database, state_db: &Database) -> Result<(), LoadError> {
+    let old = db.tree("module-state")?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    let new = state_db.tree("module-state")?;
+    for (key, value) in old.scan_prefix(b"")? {
+        if new.get(&key)?.is_none() {
+            new.insert(&key, &value)?;
+        }
+    }
+    new.flush()?;
+    for (key, _) in old.scan_prefix(b"")? {
+        old.remove(&key)?;
+    }
+    tracing::info!("moved modules' state into its own database");
+    Ok(())
 }
 
 /// Makes fresh, configured instances of one module.

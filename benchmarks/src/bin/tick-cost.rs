@@ -109,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         restart: RestartPolicy::default(),
         ceilings: Default::default(),
         output: Default::default(),
+        disk: Default::default(),
     };
     let node = Node::open(settings, vec![key.public()], dir.path())?;
     // A second engine over the same cache directory: what a restarted node

@@ -313,6 +313,7 @@ fn run_comparison(
         restart: RestartPolicy::default(),
         ceilings: Default::default(),
         output: Default::default(),
+        disk: Default::default(),
     };
     let names: BTreeSet<&str> = modules.iter().map(|m| m.name).collect();
 

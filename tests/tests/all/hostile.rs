@@ -124,7 +124,7 @@ async fn stuck_host_calls_do_not_starve_the_blocking_work_of_other_modules() {
         .start_inspector(steady, mode("ok"), tx, shutdown)
         .await
         .unwrap();
-    let state = t.node.database().tree("module-state").unwrap();
+    let state = t.node.state_database().tree("module-state").unwrap();
     let steady_ticks = || {
         state
             .get(b"steady\0ticks")
@@ -406,7 +406,7 @@ async fn a_module_writing_state_without_end_stops_at_its_quota() {
         .start_inspector(steady, mode("ok"), tx, shutdown)
         .await
         .unwrap();
-    let state = t.node.database().tree("module-state").unwrap();
+    let state = t.node.state_database().tree("module-state").unwrap();
     let steady_ticks = || {
         state
             .get(b"steady\0ticks")

@@ -30,6 +30,7 @@ impl Harness {
             restart: RestartPolicy::default(),
             ceilings: Default::default(),
             output: Default::default(),
+            disk: Default::default(),
         };
         let node = Node::open(settings, vec![key.public()], dir.path()).unwrap();
         Harness {

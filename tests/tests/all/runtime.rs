@@ -40,6 +40,7 @@ pub(crate) fn settings(policy: Vec<Capability>) -> NodeSettings {
         },
         ceilings: Default::default(),
         output: Default::default(),
+        disk: Default::default(),
     }
 }
 
