@@ -490,6 +490,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
             eprintln!("some modules did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
         }
         node.database().flush()?;
+        node.state_database().flush()?;
         Ok(())
     });
     finish(runtime);

@@ -73,6 +73,11 @@ impl InspectorInstance {
         }
     }
 
+    /// The capabilities this instance holds (to look at, between calls).
+    pub fn host(&self) -> &HostState {
+        self.store.data()
+    }
+
     /// One tick. After a fault the instance must be dropped.
     pub async fn tick(&mut self) -> Result<Output, Fault> {
         let call = self.bindings.call_tick(&mut self.store);

@@ -331,5 +331,6 @@ pub async fn run(
     managed.stop_all();
     let _ = link.await;
     db.flush()?;
+    managed.node.state_database().flush()?;
     Ok(())
 }

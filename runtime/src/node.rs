@@ -390,6 +390,7 @@ impl Node {
             })?;
         let supervisor = Supervisor {
             budget: Mutex::new(OutputBudget::new(self.settings.output, Instant::now())),
+            state_nearly_full: Mutex::new(false),
             node: self.settings.name.clone(),
             factory,
             config,
@@ -473,7 +474,14 @@ struct Supervisor {
     events: mpsc::Sender<Event>,
     /// What this module may still send upward (kept across restarts).
     budget: Mutex<OutputBudget>,
+    /// Whether `agad.state-quota` is raised for this module.
+    state_nearly_full: Mutex<bool>,
 }
+
+/// Share of its state quota at which a module's `agad.state-quota` alarm
+/// is raised, and below which it clears (percent).
+const STATE_ALARM_AT_PERCENT: u128 = 90;
+const STATE_CLEAR_BELOW_PERCENT: u128 = 80;
 
 /// Clean ticks after which a module counts as healthy again.
 const HEALTHY_AFTER_TICKS: u32 = 3;
@@ -558,7 +566,11 @@ impl Supervisor {
             };
             match result {
                 Ok(output) => {
+                    let usage = instance.host().state.peek(|s| s.usage()).flatten();
                     self.emit(output).await;
+                    if let Some((used, quota)) = usage {
+                        self.watch_state(used, quota).await;
+                    }
                     clean += 1;
                     if clean >= HEALTHY_AFTER_TICKS {
                         *failures = 0;
@@ -683,6 +695,51 @@ impl Supervisor {
             };
             let _ = self.events.send(Event::Alarm(alarm)).await;
         }
+    }
+
+    /// Raises `agad.state-quota` (an alarm of this module, from the node)
+    /// when the module's state nears its quota, and clears it once there is
+    /// room again; so an operator hears of it before the module's writes
+    /// start failing.
+    async fn watch_state(&self, used: u64, quota: u64) {
+        let percent = u128::from(used) * 100 / u128::from(quota.max(1));
+        let change = {
+            let mut raised = self
+                .state_nearly_full
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !*raised && percent >= STATE_ALARM_AT_PERCENT {
+                *raised = true;
+                Some(true)
+            } else if *raised && percent < STATE_CLEAR_BELOW_PERCENT {
+                *raised = false;
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let Some(raised) = change else { return };
+        let manifest = &self.factory.module.manifest;
+        let time_ms = now_ms();
+        let message = format!("state holds {used} of its {quota}-byte quota ({percent}%)");
+        tracing::warn!(module = %manifest.name, used, quota, raised, "{message}");
+        let alarm = Alarm {
+            id: self.next_alarm_id(time_ms),
+            node: self.node.clone(),
+            module: manifest.name.clone(),
+            area: manifest.area,
+            key: "agad.state-quota".to_owned(),
+            metric: "state.used-bytes".to_owned(),
+            subject: String::new(),
+            severity: Severity::Warning,
+            raised,
+            value: used as f64,
+            threshold: (u128::from(quota) * STATE_ALARM_AT_PERCENT / 100) as f64,
+            comparison: Comparison::Above,
+            message,
+            time_ms,
+        };
+        let _ = self.events.send(Event::Alarm(alarm)).await;
     }
 
     fn next_alarm_id(&self, time_ms: u64) -> String {

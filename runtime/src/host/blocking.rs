@@ -65,6 +65,12 @@ impl<T: Send + 'static> Offloaded<T> {
         }
     }
 
+    /// A quick look at the capability from the async side; `None` while a
+    /// blocking call holds it (the look is skipped rather than waited for).
+    pub fn peek<R>(&self, look: impl FnOnce(&T) -> R) -> Option<R> {
+        self.inner.try_lock().ok().map(|guard| look(&guard))
+    }
+
     /// Runs `work` on a blocking thread once both permits are free.
     pub async fn run<R: Send + 'static>(
         &self,

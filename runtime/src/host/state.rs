@@ -49,6 +49,12 @@ impl ModuleState {
         Ok(used)
     }
 
+    /// `(used, quota)` once the module has written, if it has a quota.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        let used = self.used_bytes?;
+        (self.quota_bytes != u64::MAX).then_some((used, self.quota_bytes))
+    }
+
     /// Bytes `key` takes now (0 when absent).
     fn entry_bytes(&self, key: &str) -> Result<u64, agad_storage::StorageError> {
         Ok(self

@@ -382,7 +382,8 @@ fn a_forged_name_and_an_endless_signature_are_refused_by_the_node() {
 /// handle; another module's state writes go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_writing_state_without_end_stops_at_its_quota() {
-    const QUOTA: u64 = 256 * 1024;
+    // Sixteen 64 KiB writes do not fit; fifteen (94%) do.
+    const QUOTA: u64 = 1024 * 1024;
     let t = node_with(
         Ceilings {
             max_state_bytes: QUOTA,
@@ -450,4 +451,15 @@ async fn a_module_writing_state_without_end_stops_at_its_quota() {
         "a full quota is an error value, not a fault: {all:?}"
     );
     assert_eq!(alarms_with_key(&more, "state-refused").count(), 0);
+    // The node said so first, once, as an alarm of that module.
+    let nearly_full: Vec<_> = all
+        .iter()
+        .filter_map(|e| match e {
+            Event::Alarm(a) if a.key == "agad.state-quota" => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nearly_full.len(), 1, "{nearly_full:?}");
+    assert_eq!(nearly_full[0].module, "filler");
+    assert!(nearly_full[0].raised);
 }
