@@ -129,6 +129,8 @@ pub struct NodeFile {
     /// Below this many bytes available on the data directory's filesystem
     /// the node raises an `agad.disk-low` alarm [default: 64 MiB].
     pub disk_low_free_bytes: Option<u64>,
+    /// How often the node looks at its disk [default: 30s].
+    pub disk_check_every: Option<String>,
 }
 
 impl NodeFile {
@@ -244,7 +246,11 @@ impl NodeFile {
                 low_free_bytes: self
                     .disk_low_free_bytes
                     .unwrap_or(DiskPolicy::default().low_free_bytes),
-                ..DiskPolicy::default()
+                check_every: duration(
+                    "disk_check_every",
+                    &self.disk_check_every,
+                    DiskPolicy::default().check_every,
+                )?,
             },
         })
     }
