@@ -143,8 +143,13 @@ fn unexpected(answer: Answer) -> anyhow::Error {
 }
 
 pub fn publish(dir: &Path, bundle: &Path) -> anyhow::Result<()> {
-    let bytes =
-        std::fs::read(bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
+    let bytes = crate::module_cmd::read_bundle_bytes(bundle)?;
+    // Checked here too, so a forged name never reaches the top manager's
+    // log; the top manager checks it again.
+    let parsed =
+        agad_protocol::Bundle::from_bytes(&bytes).with_context(|| bundle.display().to_string())?;
+    agad_protocol::validate_module_name(&parsed.manifest.name)
+        .with_context(|| bundle.display().to_string())?;
     match ask(
         dir,
         Request::Publish {

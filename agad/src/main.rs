@@ -80,6 +80,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Node(_) | Command::Mor(_) | Command::Dominio(_) | Command::Demo(_)
+    ) {
+        private_files();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AGAD_LOG")
@@ -110,6 +116,13 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Everything a daemon creates — databases, outboxes, unused enrollment
+/// tickets, keys, compiled modules — is its own user's alone: directories
+/// 0700, files 0600, whatever the umask it was started with.
+fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 /// `500ms`, `30s`, `5m`, `1h` on the command line.

@@ -1,6 +1,6 @@
 //! `agad module ...`: keys, signing and verification of module bundles.
 
-use agad_protocol::{Bundle, ManifestSpec, PublicKey, SecretKey};
+use agad_protocol::{Bundle, MAX_BUNDLE_BYTES, ManifestSpec, PublicKey, SecretKey};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -84,8 +84,8 @@ pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
             let caps: Vec<String> = m.capabilities.iter().map(|c| c.to_string()).collect();
             println!("  capabilities  {}", caps.join(", "));
             println!(
-                "  limits        {} bytes of memory, {} ms per call",
-                m.limits.max_memory_bytes, m.limits.max_time_per_call_ms
+                "  limits        {} bytes of memory, {} ms per call, {} bytes of state",
+                m.limits.max_memory_bytes, m.limits.max_time_per_call_ms, m.limits.max_state_bytes
             );
             println!("  sha256        {}", m.sha256_hex());
             println!("  signer        {}", m.signer);
@@ -162,9 +162,39 @@ pub fn read_public_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
         .collect()
 }
 
+/// Reads a bundle file, refusing one larger than any bundle may be before
+/// reading it (and reading no more than that even if it grows meanwhile).
 pub fn read_bundle(path: &Path) -> anyhow::Result<Bundle> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = read_bundle_bytes(path)?;
     Bundle::from_bytes(&bytes).with_context(|| path.display().to_string())
+}
+
+pub fn read_bundle_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let size = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let max = MAX_BUNDLE_BYTES as u64;
+    if size > max {
+        bail!(
+            "{}: {size} bytes; a bundle is at most {MAX_BUNDLE_BYTES} bytes",
+            path.display()
+        );
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        bail!(
+            "{}: grew past {MAX_BUNDLE_BYTES} bytes while being read",
+            path.display()
+        );
+    }
+    Ok(bytes)
 }
 
 pub fn unix_now() -> u64 {

@@ -1,10 +1,11 @@
 //! `agad node ...`: the node runtime on its own, without a manager.
 
-use crate::identity::IdentityArgs;
+use crate::identity::{IdentityArgs, TicketArgs};
 use crate::module_cmd::{read_bundle, read_public_keys};
 use agad_protocol::Capability;
 use agad_runtime::{
-    AgentConfig, Event, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration,
+    AgentConfig, Ceilings, DiskPolicy, Event, ModuleConfig, Node, NodeSettings, OutputLimits,
+    RestartPolicy, parse_duration,
 };
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -33,9 +34,8 @@ pub struct ManagedArgs {
     dominio: Vec<String>,
     #[command(flatten)]
     identity: Option<IdentityArgs>,
-    /// One-time enrollment ticket from `agad enroll ticket`.
-    #[arg(long)]
-    ticket: Option<String>,
+    #[command(flatten)]
+    ticket: TicketArgs,
     /// Public key of a trusted publisher (repeatable; adds to the node file's keys).
     #[arg(long = "trust")]
     trusted: Vec<PathBuf>,
@@ -101,6 +101,36 @@ pub struct NodeFile {
     /// SNMP agents modules may query; the first is the default one.
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
+    /// Most linear memory any module gets, in bytes; a manifest asking for
+    /// more is granted this (and the node logs a warning) [default: 256 MiB].
+    pub max_module_memory_bytes: Option<u64>,
+    /// Longest any one call into a module may run, in milliseconds; a
+    /// manifest asking for more is granted this [default: 60000].
+    pub max_call_time_ms: Option<u64>,
+    /// Largest `state` quota any module gets, in bytes; a manifest asking
+    /// for more is granted this [default: 64 MiB].
+    pub max_module_state_bytes: Option<u64>,
+    /// Alarms one module may send per minute (a burst of this many, then
+    /// an even refill); the excess is dropped, counted and reported once as
+    /// an `agad.output-dropped` alarm of that module [default: 120].
+    pub alarms_per_minute: Option<u32>,
+    /// Reports one module may send per minute, likewise [default: 120].
+    pub reports_per_minute: Option<u32>,
+    /// Largest alarm a module may send (its strings plus 64), in bytes;
+    /// larger ones are dropped and counted [default: 4096].
+    pub max_alarm_bytes: Option<usize>,
+    /// Largest report a module may send (its summaries' strings plus 64
+    /// per summary), in bytes [default: 262144].
+    pub max_report_bytes: Option<usize>,
+    /// Room kept in the data directory (a file of allocated blocks) and
+    /// given back when the disk is full, so that the node starts and its
+    /// outbox keeps queueing alarms; 0 keeps none [default: 16 MiB].
+    pub disk_reserve_bytes: Option<u64>,
+    /// Below this many bytes available on the data directory's filesystem
+    /// the node raises an `agad.disk-low` alarm [default: 64 MiB].
+    pub disk_low_free_bytes: Option<u64>,
+    /// How often the node looks at its disk [default: 30s].
+    pub disk_check_every: Option<String>,
 }
 
 impl NodeFile {
@@ -129,6 +159,64 @@ impl NodeFile {
         };
         agad_runtime::host::snmp::validate_agents(&self.agents)
             .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        let at_least = |field: &str, value: Option<u64>, min: u64, default: u64| match value {
+            None => Ok(default),
+            Some(v) if v >= min => Ok(v),
+            Some(v) => bail!("{source}: `{field}`: {v} is below the minimum of {min}"),
+        };
+        let ceilings = Ceilings::default();
+        let output = OutputLimits::default();
+        let ceilings = Ceilings {
+            // One wasm page: nothing can run in less.
+            max_memory_bytes: at_least(
+                "max_module_memory_bytes",
+                self.max_module_memory_bytes,
+                64 * 1024,
+                ceilings.max_memory_bytes,
+            )?,
+            max_time_per_call_ms: at_least(
+                "max_call_time_ms",
+                self.max_call_time_ms,
+                1,
+                ceilings.max_time_per_call_ms,
+            )?,
+            max_state_bytes: at_least(
+                "max_module_state_bytes",
+                self.max_module_state_bytes,
+                0,
+                ceilings.max_state_bytes,
+            )?,
+        };
+        let output = OutputLimits {
+            alarms_per_minute: at_least(
+                "alarms_per_minute",
+                self.alarms_per_minute.map(u64::from),
+                1,
+                output.alarms_per_minute.into(),
+            )?
+            .try_into()?,
+            reports_per_minute: at_least(
+                "reports_per_minute",
+                self.reports_per_minute.map(u64::from),
+                1,
+                output.reports_per_minute.into(),
+            )?
+            .try_into()?,
+            max_alarm_bytes: at_least(
+                "max_alarm_bytes",
+                self.max_alarm_bytes.map(|v| v as u64),
+                256,
+                output.max_alarm_bytes as u64,
+            )?
+            .try_into()?,
+            max_report_bytes: at_least(
+                "max_report_bytes",
+                self.max_report_bytes.map(|v| v as u64),
+                256,
+                output.max_report_bytes as u64,
+            )?
+            .try_into()?,
+        };
         Ok(NodeSettings {
             name: self.name.clone().unwrap_or_else(host_name),
             agents: Arc::from(self.agents.clone()),
@@ -149,6 +237,21 @@ impl NodeFile {
                 )?,
                 max: duration("restart_max", &self.restart_max, Duration::from_secs(60))?,
             },
+            ceilings,
+            output,
+            disk: DiskPolicy {
+                reserve_bytes: self
+                    .disk_reserve_bytes
+                    .unwrap_or(DiskPolicy::default().reserve_bytes),
+                low_free_bytes: self
+                    .disk_low_free_bytes
+                    .unwrap_or(DiskPolicy::default().low_free_bytes),
+                check_every: duration(
+                    "disk_check_every",
+                    &self.disk_check_every,
+                    DiskPolicy::default().check_every,
+                )?,
+            },
         })
     }
 }
@@ -162,14 +265,22 @@ fn host_name() -> String {
 }
 
 /// The command line's data directory, else the node file's, else the
-/// default; created if missing.
+/// default; created if missing, and the node's alone (0700) either way: it
+/// holds the outbox, module state and compiled modules.
 fn data_dir(explicit: &Option<PathBuf>, file: &NodeFile) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = explicit
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    // One made by an older version, or by hand, may be open to everyone.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict data directory {} to 0700", dir.display()))?;
     Ok(dir)
 }
 
@@ -253,16 +364,16 @@ fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
         parents: args.dominio.clone(),
         tls: identity.client()?,
         role: agad_protocol::wire::Role::Node,
-        ticket: args.ticket.clone(),
+        ticket: args.ticket.resolve()?,
         keepalive: args.keepalive,
         backoff_initial: Duration::from_millis(500),
         backoff_max: Duration::from_secs(30),
     };
     let runtime = node_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let node = Node::open(settings, keys, &data_dir)?;
         eprintln!(
-            "node `{}` managed by {} (data in {}); Ctrl-C stops",
+            "node `{}` managed by {} (data in {}); Ctrl-C or SIGTERM stops",
             identity.name,
             args.dominio.join(", "),
             data_dir.display()
@@ -273,15 +384,32 @@ fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
             let _ = stop.send(true);
         });
         agad_runtime::managed::run(node, uplink, shutdown).await
-    })
+    });
+    finish(runtime);
+    result
 }
 
 fn node_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(32)
+        // Above the node's bound on blocking host calls
+        // (`HostPool::DEFAULT_THREADS`), which must leave threads for the
+        // outbox and deployments.
+        .max_blocking_threads(96)
         .enable_all()
         .build()
+}
+
+/// How long shutdown waits for host calls still running on blocking
+/// threads (a module's SNMP request, a read of a hung mount).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Drops the runtime without waiting for ever: a plain drop would wait for
+/// every blocking host call a module left behind, and one that never
+/// returns would keep the process alive after Ctrl-C or SIGTERM. The
+/// database was flushed before this point.
+fn finish(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
 }
 
 pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
@@ -292,7 +420,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
     let data_dir = data_dir(&args.data_dir, &file)?;
 
     let runtime = node_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let node = Node::open(settings, keys, &data_dir)?;
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(1024);
         let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -314,6 +442,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
                     events_tx.clone(),
                     shutdown.clone(),
                 )
+                .await
                 .with_context(|| path.display().to_string())?;
             tasks.push(handle);
             started.push(name);
@@ -321,9 +450,11 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
         if let Some(unknown) = config.keys().flatten().next() {
             bail!("--config names module `{unknown}`, which no --bundle provides");
         }
+        let disk = node.watch_disk(events_tx.clone(), shutdown.clone());
+        tasks.extend(disk);
         drop(events_tx);
         eprintln!(
-            "node `{}` running {} (data in {}); Ctrl-C stops",
+            "node `{}` running {} (data in {}); Ctrl-C or SIGTERM stops",
             node.settings().name,
             started.join(", "),
             data_dir.display()
@@ -335,6 +466,8 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
             }
         };
         tokio::pin!(deadline);
+        let signal = crate::shutdown_signal();
+        tokio::pin!(signal);
         let mut stdout = std::io::stdout().lock();
         loop {
             tokio::select! {
@@ -347,16 +480,27 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
                     None => break,
                 },
                 _ = &mut deadline => break,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = &mut signal => break,
             }
         }
         let _ = stop.send(true);
         drop(events);
-        for task in tasks {
-            let _ = task.await;
+        // Supervisors stop at once (a tick in progress is dropped); the
+        // bound is for a bug, not a wait.
+        let stopped = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
+            eprintln!("some modules did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
         }
+        node.database().flush()?;
+        node.state_database().flush()?;
         Ok(())
-    })
+    });
+    finish(runtime);
+    result
 }
 
 #[cfg(test)]
@@ -385,6 +529,25 @@ mod tests {
         );
         assert!(split_config(&["nokey".into()]).is_err());
         assert!(split_config(&["m:=1".into()]).is_err());
+    }
+
+    #[test]
+    fn node_file_sets_ceilings_and_output_budgets_and_refuses_zero() {
+        let file: NodeFile = toml::from_str(
+            "max_module_memory_bytes = 1048576\nmax_call_time_ms = 250\nalarms_per_minute = 5\n",
+        )
+        .unwrap();
+        let settings = file.settings("n.toml").unwrap();
+        assert_eq!(settings.ceilings.max_memory_bytes, 1_048_576);
+        assert_eq!(settings.ceilings.max_time_per_call_ms, 250);
+        assert_eq!(settings.output.alarms_per_minute, 5);
+        assert_eq!(
+            settings.output.reports_per_minute,
+            OutputLimits::default().reports_per_minute
+        );
+        let file: NodeFile = toml::from_str("max_call_time_ms = 0").unwrap();
+        let err = file.settings("n.toml").unwrap_err().to_string();
+        assert!(err.contains("max_call_time_ms"), "{err}");
     }
 
     #[test]

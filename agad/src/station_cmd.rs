@@ -67,9 +67,8 @@ pub struct DominioArgs {
     /// Where the station keeps BC, BTPD and BICD.
     #[arg(long, default_value = "agad-data/dominio")]
     data_dir: PathBuf,
-    /// One-time enrollment ticket from `agad enroll ticket`.
-    #[arg(long)]
-    ticket: Option<String>,
+    #[command(flatten)]
+    ticket: crate::identity::TicketArgs,
     /// How often the station tells the top manager it is alive.
     #[arg(long, default_value = "10s", value_parser = crate::parse_cli_duration)]
     keepalive: Duration,
@@ -102,7 +101,7 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
             parents: args.mor.clone(),
             tls: args.identity.client()?,
             role: Role::Dominio,
-            ticket: args.ticket.clone(),
+            ticket: args.ticket.resolve()?,
             keepalive: args.keepalive,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),

@@ -292,3 +292,465 @@ fn a_bundle_signed_by_an_unknown_key_is_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("does not trust"), "{}", stderr(&out));
 }
+
+/// `agad node run` with a module asleep in a host call stops on SIGTERM (and
+/// on Ctrl-C's SIGINT): the sleeping call neither keeps it alive nor makes
+/// it ignore the signal.
+#[test]
+fn node_run_stops_on_sigterm_and_sigint_even_with_a_sleeping_module() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let ws = Workspace::new();
+    std::fs::copy(
+        agad_modules::test_guests::MISBEHAVE_WASM,
+        ws.path("misbehave.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(
+        agad_modules::test_guests::MISBEHAVE_MANIFEST,
+        ws.path("misbehave.toml"),
+    )
+    .unwrap();
+    ws.sign("misbehave");
+    for signal in ["TERM", "INT"] {
+        let mut child = Command::new(AGAD)
+            .args([
+                "node",
+                "run",
+                "--bundle",
+                "misbehave.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "data",
+                "--config",
+                "mode=sleep",
+                "--config",
+                "period=100ms",
+            ])
+            .current_dir(ws.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A fault line means a tick slept past its deadline; the module is
+        // restarted and asleep again (or about to be) when the signal comes.
+        // (Other lines, such as a low-disk alarm on a crowded machine, may
+        // come first.)
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let fault = loop {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "agad node run ended"
+            );
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if value["type"] == "fault" {
+                break value;
+            }
+        };
+        assert_eq!(fault["kind"], "timeout", "{fault}");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let exited = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        if exited.is_none() {
+            let _ = child.kill();
+        }
+        let status = exited.unwrap_or_else(|| panic!("SIG{signal} did not stop `agad node run`"));
+        assert!(status.success(), "SIG{signal}: {status:?}");
+    }
+}
+
+/// `agad node run` with a module raising a million alarms per tick prints
+/// no more than the module's budget, and one notice about the rest.
+#[test]
+fn node_run_cuts_an_alarm_flood_to_the_budget_and_says_so_once() {
+    let ws = Workspace::new();
+    std::fs::copy(
+        agad_modules::test_guests::MISBEHAVE_WASM,
+        ws.path("misbehave.wasm"),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(agad_modules::test_guests::MISBEHAVE_MANIFEST)
+        .unwrap()
+        .replace(
+            "max_memory_bytes = 16777216",
+            "max_memory_bytes = 268435456",
+        )
+        .replace("max_time_per_call_ms = 500", "max_time_per_call_ms = 20000");
+    std::fs::write(ws.path("misbehave.toml"), manifest).unwrap();
+    ws.sign("misbehave");
+    std::fs::write(ws.path("node.toml"), "alarms_per_minute = 30\n").unwrap();
+    let out = ws.run(&[
+        "node",
+        "run",
+        "--bundle",
+        "misbehave.agad",
+        "--trust",
+        "pub.pub",
+        "--node-config",
+        "node.toml",
+        "--data-dir",
+        "data",
+        "--config",
+        "mode=flood",
+        "--config",
+        "period=500ms",
+        "--for",
+        "4s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let flood = lines.iter().filter(|l| l["key"] == "flood").count();
+    // The burst of 30 and at most a few more from the refill (0.5 a second).
+    assert!((30..=35).contains(&flood), "{flood} flood alarms");
+    let notices: Vec<_> = lines
+        .iter()
+        .filter(|l| l["key"] == "agad.output-dropped")
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0]["raised"], true);
+    assert!(lines.iter().all(|l| l["type"] != "fault"), "{lines:?}");
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file and directory under `dir`, `dir` included.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            out.extend(tree(&entry.unwrap().path()));
+        }
+    }
+    out
+}
+
+/// The node's data directory (outbox, state, compiled modules) is its
+/// own: 0700, and every file in it 0600, even one made earlier with 0755.
+#[test]
+fn node_data_is_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    ws.sign("cpu-mem");
+    std::fs::create_dir(ws.path("data")).unwrap();
+    std::fs::set_permissions(ws.path("data"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = ws.run(&[
+        "node",
+        "run",
+        "--bundle",
+        "cpu-mem.agad",
+        "--trust",
+        "pub.pub",
+        "--data-dir",
+        "data",
+        "--config",
+        "period=100ms",
+        "--for",
+        "1s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = tree(&ws.path("data"));
+    assert!(all.len() > 3, "a database and a compiled module: {all:?}");
+    for path in all {
+        let mode = mode_of(&path);
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+}
+
+/// A file far larger than any bundle is refused by its size, before it is
+/// read (a sparse file: nothing to read anyway, but the answer says why).
+#[test]
+fn an_oversized_bundle_file_is_refused_by_its_size() {
+    let ws = Workspace::new();
+    let file = std::fs::File::create(ws.path("big.agad")).unwrap();
+    file.set_len(10 * 1024 * 1024 * 1024).unwrap();
+    let out = ws.run(&["module", "verify", "big.agad", "--trust", "pub.pub"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("10737418240 bytes; a bundle is at most"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A name that would forge a log line is refused when the manifest is
+/// parsed (`module sign`) and when a bundle is published, before anything
+/// is sent; the error never echoes it raw.
+#[test]
+fn module_names_with_control_characters_are_refused_at_sign_and_publish() {
+    let ws = Workspace::new();
+    let manifest = agad_modules::inspector("cpu-mem")
+        .unwrap()
+        .manifest_toml
+        .replace(
+            "name = \"cpu-mem\"",
+            "name = \"cpu\\nINFO forged \\u001b[2J\"",
+        );
+    std::fs::write(ws.path("evil.toml"), manifest).unwrap();
+    let out = ws.run(&[
+        "module",
+        "sign",
+        "cpu-mem.wasm",
+        "--manifest",
+        "evil.toml",
+        "--key",
+        "pub.secret",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("module name may hold only"), "{err}");
+    // The parser may quote the TOML source (escapes as written), never the
+    // decoded name.
+    assert!(
+        !err.contains('\u{1b}') && !err.contains("\nINFO forged"),
+        "{err}"
+    );
+
+    let key = agad_protocol::SecretKey::from_text(
+        &std::fs::read_to_string(ws.path("pub.secret")).unwrap(),
+    )
+    .unwrap();
+    let mut spec = agad_protocol::ManifestSpec::from_toml(
+        agad_modules::inspector("cpu-mem").unwrap().manifest_toml,
+    )
+    .unwrap();
+    spec.name = "cpu\nINFO forged \u{1b}[2J".into();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let forged = agad_protocol::Bundle::sign(spec, b"\0asm".to_vec(), &key, now);
+    std::fs::write(ws.path("evil.agad"), forged.to_bytes()).unwrap();
+    let out = ws.run(&["module", "publish", "evil.agad", "--mor-dir", "no-mor-here"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("module name may hold only"), "{err}");
+    assert!(!err.contains('\u{1b}') && !err.contains("forged"), "{err}");
+}
+
+/// `agad node --help` offers the ticket from a file or the environment and
+/// says why the flag is the last resort.
+#[test]
+fn node_help_prefers_a_ticket_file_or_the_environment() {
+    let ws = Workspace::new();
+    let out = ws.run(&["node", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--ticket-file"), "{help}");
+    assert!(help.contains("AGAD_TICKET"), "{help}");
+    assert!(
+        help.contains("prefer --ticket-file or AGAD_TICKET"),
+        "{help}"
+    );
+}
+
+/// Unmounts a test's filesystem when the test ends, however it ends.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A node starts on a full disk: it gives its reserve back, opens its
+/// databases, runs its modules, and raises the low-disk alarm. Needs root
+/// (a small tmpfs is the full disk); skipped otherwise.
+#[test]
+fn a_node_starts_on_a_full_disk_and_raises_the_low_disk_alarm() {
+    use std::io::Write;
+    let ws = Workspace::new();
+    ws.sign("cpu-mem");
+    let disk = ws.path("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&disk)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let _unmount = Unmount(disk.clone());
+    std::fs::write(
+        ws.path("node.toml"),
+        "disk_reserve_bytes = 8388608\ndisk_low_free_bytes = 16777216\n",
+    )
+    .unwrap();
+    let run = |how_long: &str| {
+        ws.run(&[
+            "node",
+            "run",
+            "--bundle",
+            "cpu-mem.agad",
+            "--trust",
+            "pub.pub",
+            "--node-config",
+            "node.toml",
+            "--data-dir",
+            "disk/data",
+            "--config",
+            "mem_percent=0",
+            "--config",
+            "raise_after=1",
+            "--config",
+            "period=200ms",
+            "--config",
+            "window_secs=1",
+            "--for",
+            how_long,
+        ])
+    };
+    let first = run("1s");
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(ws.path("disk/data/disk-reserve").exists());
+    assert!(
+        json_lines(&first)
+            .iter()
+            .all(|l| l["key"] != "agad.disk-low"),
+        "plenty of room the first time"
+    );
+
+    // Fill the disk to the last byte.
+    let mut filler = std::fs::File::create(disk.join("filler")).unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    while filler.write_all(&chunk).is_ok() {}
+    let small = [1u8; 512];
+    while filler.write_all(&small).is_ok() {}
+    drop(filler);
+
+    let second = run("3s");
+    assert!(second.status.success(), "{}", stderr(&second));
+    let lines = json_lines(&second);
+    // Its alarm is still raised from the first run (kept in its state), so
+    // the sign of life is its one-second report.
+    assert!(
+        lines.iter().any(|l| l["module"] == "cpu-mem"),
+        "its modules run: {lines:?}"
+    );
+    let low: Vec<_> = lines
+        .iter()
+        .filter(|l| l["key"] == "agad.disk-low")
+        .collect();
+    assert_eq!(low.len(), 1, "{lines:?}");
+    assert_eq!(low[0]["raised"], true);
+    assert!(
+        !ws.path("disk/data/disk-reserve").exists(),
+        "the reserve was given back"
+    );
+}
+
+/// A node under a manager (here: an unreachable one, so everything waits
+/// in the outbox) whose disk fills up while it runs raises the low-disk
+/// alarm and still queues it durably. Needs root (a small tmpfs is the full
+/// disk); skipped otherwise.
+#[test]
+fn a_managed_node_whose_disk_fills_queues_the_low_disk_alarm() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let ws = Workspace::new();
+    for args in [
+        &["pki", "init", "--dir", "pki"][..],
+        &[
+            "pki", "issue", "--ca-dir", "pki", "--role", "node", "--name", "n1", "--out", "pki",
+        ][..],
+    ] {
+        let out = ws.run(args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let disk = ws.path("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&disk)
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let _unmount = Unmount(disk.clone());
+    std::fs::write(
+        ws.path("node.toml"),
+        "disk_reserve_bytes = 8388608\ndisk_low_free_bytes = 16777216\ndisk_check_every = \"200ms\"\n",
+    )
+    .unwrap();
+    // Port 9 (discard): nothing answers, the node buffers.
+    let mut node = Command::new(AGAD)
+        .args([
+            "node",
+            "--dominio",
+            "127.0.0.1:9",
+            "--pki",
+            "pki",
+            "--name",
+            "n1",
+            "--trust",
+            "pub.pub",
+            "--node-config",
+            "node.toml",
+            "--data-dir",
+            "disk/data",
+        ])
+        .env("AGAD_LOG", "info")
+        .current_dir(ws.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(node.stderr.take().unwrap());
+    let mut line = String::new();
+    // Started: its databases are open.
+    while !line.contains("managed by") {
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "the node exited");
+    }
+    let mut filler = std::fs::File::create(disk.join("filler")).unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    while filler.write_all(&chunk).is_ok() {}
+    let small = [1u8; 512];
+    while filler.write_all(&small).is_ok() {}
+    drop(filler);
+    let mut seen = Vec::new();
+    let queued = loop {
+        line.clear();
+        if log.read_line(&mut line).unwrap() == 0 {
+            break false;
+        }
+        seen.push(line.clone());
+        // Logged only once the alarm is on disk.
+        if line.contains("alarm queued") && line.contains("id=n1/agad/") {
+            break true;
+        }
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status();
+    let status = node.wait().unwrap();
+    assert!(queued, "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("bytes left on the filesystem")),
+        "{seen:?}"
+    );
+    assert!(status.success(), "{status:?}");
+}

@@ -136,6 +136,9 @@ impl Hierarchy {
             policy: Capability::ALL.to_vec(),
             default_period: Duration::from_secs(1),
             restart: Default::default(),
+            ceilings: Default::default(),
+            output: Default::default(),
+            disk: Default::default(),
         };
         let node = Node::open(settings, vec![self.publisher.public()], &self.path(name)).unwrap();
         let shutdown = self.stop.subscribe();

@@ -44,6 +44,21 @@ pub enum BundleError {
         expires_at: u64,
         now: u64,
     },
+    #[error("module {escaped}: {reason}")]
+    BadName {
+        /// The name as Rust escapes it (`\n`, `\u{1b}`), cut to a few dozen
+        /// characters: safe to print.
+        escaped: String,
+        reason: crate::manifest::NameError,
+    },
+    #[error(
+        "module `{module}`: expires at {expires_at}, more than 100 years after now ({now}, Unix seconds)"
+    )]
+    AbsurdExpiry {
+        module: String,
+        expires_at: u64,
+        now: u64,
+    },
     #[error(
         "module `{module}`: issued at {issued_at}, which is in the future (now {now}, Unix seconds)"
     )]
@@ -56,6 +71,10 @@ pub enum BundleError {
 
 /// Clock skew tolerated on `issued_at` between signer and node.
 const ALLOWED_SKEW_SECS: u64 = 300;
+
+/// An expiry further ahead than this is refused: no signature should
+/// outlive its key's owner, and `u64::MAX` means "never checked".
+const MAX_VALIDITY_SECS: u64 = crate::manifest::MAX_VALID_FOR_DAYS * 86_400 + 86_400;
 
 /// One module, the one type for it at rest (BGC, a domain's BC, a node's
 /// store: all as [`Bundle::to_bytes`]) and in transit (deployments and
@@ -171,6 +190,11 @@ pub fn verify_parts(
     trusted: &[PublicKey],
     now_secs: u64,
 ) -> Result<(), BundleError> {
+    // First: every error below prints the name.
+    if let Err(reason) = crate::manifest::validate_module_name(&m.name) {
+        let escaped: String = format!("{:?}", m.name).chars().take(80).collect();
+        return Err(BundleError::BadName { escaped, reason });
+    }
     let module = m.name.clone();
     let key = trusted.iter().find(|k| k.id() == m.signer).ok_or_else(|| {
         BundleError::UntrustedSigner {
@@ -196,6 +220,13 @@ pub fn verify_parts(
     }
     if now_secs >= m.expires_at {
         return Err(BundleError::Expired {
+            module,
+            expires_at: m.expires_at,
+            now: now_secs,
+        });
+    }
+    if m.expires_at > now_secs.saturating_add(MAX_VALIDITY_SECS) {
+        return Err(BundleError::AbsurdExpiry {
             module,
             expires_at: m.expires_at,
             now: now_secs,
@@ -274,6 +305,48 @@ mod tests {
         assert!(matches!(
             bundle.verify(&[key.public()], NOW),
             Err(BundleError::HashMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn an_expiry_more_than_100_years_ahead_is_refused() {
+        let key = SecretKey::generate();
+        let forever = ManifestSpec {
+            valid_for_days: u64::MAX,
+            ..spec()
+        };
+        let bundle = Bundle::sign(forever, b"wasm".to_vec(), &key, NOW);
+        assert_eq!(bundle.manifest.expires_at, u64::MAX);
+        assert!(matches!(
+            bundle.verify(&[key.public()], NOW),
+            Err(BundleError::AbsurdExpiry { .. })
+        ));
+        let century = ManifestSpec {
+            valid_for_days: 36_500,
+            ..spec()
+        };
+        let bundle = Bundle::sign(century, b"wasm".to_vec(), &key, NOW);
+        bundle.verify(&[key.public()], NOW).unwrap();
+    }
+
+    #[test]
+    fn a_forged_name_is_refused_and_never_printed_raw() {
+        let key = SecretKey::generate();
+        let forged = ManifestSpec {
+            name: "x\n2026-01-01T00:00:00Z INFO forged \u{1b}[31m".into(),
+            ..spec()
+        };
+        let bundle = Bundle::sign(forged, b"wasm".to_vec(), &key, NOW);
+        let err = bundle.verify(&[key.public()], NOW).unwrap_err();
+        assert!(matches!(err, BundleError::BadName { .. }), "{err}");
+        let text = err.to_string();
+        assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text:?}");
+        assert!(text.contains("\\n"), "{text}");
+        // Even from a stranger: the name is checked before anything prints it.
+        let stranger = SecretKey::generate();
+        assert!(matches!(
+            bundle.verify(&[stranger.public()], NOW),
+            Err(BundleError::BadName { .. })
         ));
     }
 

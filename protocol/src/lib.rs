@@ -32,7 +32,9 @@ pub mod text;
 pub mod topology;
 pub mod wire;
 
-pub use bundle::{Bundle, BundleError};
+pub use bundle::{Bundle, BundleError, MAX_BUNDLE_BYTES};
 pub use duration::parse_duration;
 pub use keys::{KeyError, KeyId, PublicKey, SecretKey};
-pub use manifest::{Area, Capability, Kind, Limits, Manifest, ManifestSpec};
+pub use manifest::{
+    Area, Capability, Kind, Limits, Manifest, ManifestSpec, NameError, validate_module_name,
+};

@@ -3,7 +3,7 @@
 //! linkers that hold only the capabilities the module was granted.
 
 use crate::host::{self, HostState};
-use agad_protocol::{Bundle, Capability, Manifest};
+use agad_protocol::{Bundle, Capability, Limits, Manifest};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,9 @@ pub enum LinkError {
 #[derive(Clone)]
 pub struct LinkedModule {
     pub manifest: Arc<Manifest>,
+    /// The limits every instance runs under: the manifest's, as granted by
+    /// the node's ceilings (`Node::load`).
+    pub limits: Limits,
     pub pre: InstancePre<HostState>,
 }
 
@@ -172,7 +175,11 @@ impl ModuleEngine {
                 module: module.clone(),
                 reason: format!("{e:#}"),
             })?;
-        Ok(LinkedModule { manifest, pre })
+        Ok(LinkedModule {
+            limits: manifest.limits,
+            manifest,
+            pre,
+        })
     }
 }
 

@@ -1,14 +1,28 @@
-//! One running instance of an inspector (or a one-shot specialist): its store (memory cap, epoch
+//! One running instance of an inspector (or a one-shot specialist): its store (memory cap, call
 //! deadline) and the typed `init`/`tick` exports, with failures classified
 //! into [`Fault`]s instead of taking the runtime down.
+//!
+//! Every call into a module (instantiation included) is bounded by the
+//! module's `max_time_per_call_ms`, wherever the guest spends that time:
+//! - running wasm: the epoch callback makes the guest yield to the executor
+//!   every [`EPOCH_TICK`], so a looping module shares its thread instead of
+//!   holding it, and the deadline below can fire;
+//! - waiting in a host call (a WASI poll such as a sleep, or a blocking
+//!   capability queued on the node's pool): the call is an async future,
+//!   dropped when the deadline passes.
+//!
+//! Either way the fault is a [`FaultKind::Timeout`] and the instance is
+//! thrown away: a call dropped halfway leaves its store unusable.
 
 use crate::bindings::inspector::Inspector;
 use crate::bindings::specialist::Specialist;
 use crate::bindings::types::{Diagnosis, Output};
-use crate::engine::{EPOCH_TICK, LinkedModule};
+use crate::engine::LinkedModule;
 use crate::host::HostState;
 use agad_protocol::message::FaultKind;
-use wasmtime::Store;
+use std::future::Future;
+use std::time::Duration;
+use wasmtime::{Store, UpdateDeadline};
 
 /// Why a call into a module failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,13 +44,13 @@ pub enum InitError {
 pub struct InspectorInstance {
     store: Store<HostState>,
     bindings: Inspector,
-    deadline_ticks: u64,
+    deadline: Duration,
 }
 
 impl InspectorInstance {
     /// Instantiates `module` with `host` as the store's data.
-    pub fn new(module: &LinkedModule, host: HostState) -> Result<InspectorInstance, Fault> {
-        let (mut store, instance, deadline_ticks) = instantiate(module, host)?;
+    pub async fn new(module: &LinkedModule, host: HostState) -> Result<InspectorInstance, Fault> {
+        let (mut store, instance, deadline) = instantiate(module, host).await?;
         let bindings = Inspector::new(&mut store, &instance).map_err(|e| Fault {
             kind: FaultKind::Trap,
             message: format!("component does not export the inspector world: {e:#}"),
@@ -44,69 +58,111 @@ impl InspectorInstance {
         Ok(InspectorInstance {
             store,
             bindings,
-            deadline_ticks,
+            deadline,
         })
     }
 
-    pub fn init(&mut self, config: &[(String, String)]) -> Result<(), InitError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        match self.bindings.call_init(&mut self.store, &config.to_vec()) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(refusal)) => Err(InitError::Config(refusal)),
-            Err(e) => Err(classify(&self.store, e).into()),
+    pub async fn init(&mut self, config: &[(String, String)]) -> Result<(), InitError> {
+        let config = config.to_vec();
+        let call = self.bindings.call_init(&mut self.store, &config);
+        match bounded(self.deadline, call).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(refusal))) => Err(InitError::Config(refusal)),
+            Ok(Err(e)) => Err(classify(&self.store, e).into()),
+            Err(timeout) => Err(timeout.into()),
         }
     }
 
-    pub fn tick(&mut self) -> Result<Output, Fault> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        self.bindings
-            .call_tick(&mut self.store)
-            .map_err(|e| classify(&self.store, e))
+    /// The capabilities this instance holds (to look at, between calls).
+    pub fn host(&self) -> &HostState {
+        self.store.data()
+    }
+
+    /// One tick. After a fault the instance must be dropped.
+    pub async fn tick(&mut self) -> Result<Output, Fault> {
+        let call = self.bindings.call_tick(&mut self.store);
+        match bounded(self.deadline, call).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(e)) => Err(classify(&self.store, e)),
+            Err(timeout) => Err(timeout),
+        }
     }
 }
 
-/// A store with the module's memory cap and call deadline, and an instance in it.
-fn instantiate(
+/// `call` within `deadline`, or the timeout fault.
+async fn bounded<T>(deadline: Duration, call: impl Future<Output = T>) -> Result<T, Fault> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .map_err(|_| Fault {
+            kind: FaultKind::Timeout,
+            message: format!(
+                "call exceeded max_time_per_call_ms ({} ms) and was interrupted",
+                deadline.as_millis()
+            ),
+        })
+}
+
+/// A store with the module's memory cap and cooperative scheduling, and an
+/// instance in it (its start functions bounded by the deadline too).
+async fn instantiate(
     module: &LinkedModule,
     host: HostState,
-) -> Result<(Store<HostState>, wasmtime::component::Instance, u64), Fault> {
-    let limits = module.manifest.limits;
+) -> Result<(Store<HostState>, wasmtime::component::Instance, Duration), Fault> {
+    let limits = module.limits;
+    let deadline = Duration::from_millis(limits.max_time_per_call_ms.max(1));
     let mut store = Store::new(module.pre.engine(), host);
     store.limiter(|s| &mut s.limits);
-    let deadline_ticks = limits
-        .max_time_per_call_ms
-        .div_ceil(EPOCH_TICK.as_millis() as u64)
-        .max(1);
-    store.set_epoch_deadline(deadline_ticks);
-    store.epoch_deadline_trap();
-    let instance = module
-        .pre
-        .instantiate(&mut store)
-        .map_err(|e| classify(&store, e))?;
-    Ok((store, instance, deadline_ticks))
+    // Every epoch tick, wasm yields to the executor (`tokio::task::yield_now`
+    // goes to the back of the queue): other modules and the node's own tasks
+    // run, and the deadline timer gets its chance.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    let instance = match bounded(deadline, module.pre.instantiate_async(&mut store)).await {
+        Ok(Ok(instance)) => instance,
+        Ok(Err(e)) => return Err(classify(&store, e)),
+        Err(timeout) => return Err(timeout),
+    };
+    Ok((store, instance, deadline))
 }
 
 /// A specialist: instantiated for one `run`, under the same limits.
 pub struct SpecialistInstance {
     store: Store<HostState>,
     bindings: Specialist,
+    deadline: Duration,
 }
 
 impl SpecialistInstance {
-    pub fn new(module: &LinkedModule, host: HostState) -> Result<SpecialistInstance, Fault> {
-        let (mut store, instance, _) = instantiate(module, host)?;
+    pub async fn new(module: &LinkedModule, host: HostState) -> Result<SpecialistInstance, Fault> {
+        let (mut store, instance, deadline) = instantiate(module, host).await?;
         let bindings = Specialist::new(&mut store, &instance).map_err(|e| Fault {
             kind: FaultKind::Trap,
             message: format!("component does not export the specialist world: {e:#}"),
         })?;
-        Ok(SpecialistInstance { store, bindings })
+        Ok(SpecialistInstance {
+            store,
+            bindings,
+            deadline,
+        })
     }
 
     /// Runs once; `Ok(Err(reason))` is the specialist's own refusal or failure.
-    pub fn run(mut self, args: &[(String, String)]) -> Result<Result<Diagnosis, String>, Fault> {
-        self.bindings
-            .call_run(&mut self.store, &args.to_vec())
-            .map_err(|e| classify(&self.store, e))
+    pub async fn run(
+        mut self,
+        args: &[(String, String)],
+    ) -> Result<Result<Diagnosis, String>, Fault> {
+        let args = args.to_vec();
+        let call = self.bindings.call_run(&mut self.store, &args);
+        match bounded(self.deadline, call).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(e)) => Err(classify(&self.store, e)),
+            Err(timeout) => Err(timeout),
+        }
     }
 }
 

@@ -12,6 +12,8 @@
 //! - [`trust`]: signature, hash, expiry and rollback checks.
 //! - [`engine`]: wasmtime engine, compiled-module cache, capability-checked linking.
 //! - [`instance`]: one inspector instance with its limits; faults classified.
+//! - [`budget`]: per-module rate and size budgets for what goes upward.
+//! - [`disk`]: the reserve kept for the outbox, and the low-disk alarm.
 //! - [`node`]: loading modules and supervising them on their periods.
 //! - [`managed`]: the node under a domain manager (deployments, outbox, keep-alives).
 //!
@@ -23,7 +25,7 @@
 //! let module = node.load(&bundle)?; // verify, compile (or reuse the cache), link
 //! let (events_tx, mut events) = tokio::sync::mpsc::channel(1024);
 //! let (_stop, shutdown) = tokio::sync::watch::channel(false);
-//! node.start_inspector(module, ModuleConfig::default(), events_tx, shutdown)?;
+//! node.start_inspector(module, ModuleConfig::default(), events_tx, shutdown).await?;
 //! while let Some(event) = events.recv().await {
 //!     println!("{}", serde_json::to_string(&event)?);
 //! }
@@ -31,6 +33,8 @@
 //! ```
 
 pub mod bindings;
+pub mod budget;
+pub mod disk;
 pub mod engine;
 pub mod host;
 pub mod instance;
@@ -38,8 +42,12 @@ pub mod managed;
 pub mod node;
 pub mod trust;
 
+pub use budget::OutputLimits;
+pub use disk::DiskPolicy;
 pub use engine::{LinkError, LinkedModule, ModuleEngine};
 pub use host::snmp::AgentConfig;
 pub use instance::{Fault, InitError, InspectorInstance, SpecialistInstance};
-pub use node::{Event, LoadError, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration};
+pub use node::{
+    Ceilings, Event, LoadError, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration,
+};
 pub use trust::{TrustError, TrustStore};

@@ -91,7 +91,7 @@ impl Element for Managed {
 
 impl Managed {
     /// Makes the running set equal to `modules`; returns the problems.
-    fn deploy(
+    async fn deploy(
         self: &Arc<Self>,
         modules: Vec<Deployment>,
         events: &mpsc::Sender<Event>,
@@ -99,11 +99,37 @@ impl Managed {
         let mut problems = Vec::new();
         let mut refused = HashMap::new();
         let mut wanted = HashMap::new();
-        for d in modules {
-            let name = d.module.manifest.name.clone();
-            match self.bundle_for(d.module) {
+        let me = self.clone();
+        // The local bundle store is sled: read it off the runtime's threads.
+        let resolved = tokio::task::spawn_blocking(move || {
+            modules
+                .into_iter()
+                .map(|d| {
+                    let name = d.module.manifest.name.clone();
+                    let bundle = match agad_protocol::validate_module_name(&name) {
+                        Ok(()) => me.bundle_for(d.module),
+                        Err(e) => Err(e.into()),
+                    };
+                    (name, bundle, d.config)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let resolved = match resolved {
+            Ok(resolved) => resolved,
+            Err(e) => return vec![format!("deployment task failed: {e}")],
+        };
+        for (name, bundle, config) in resolved {
+            // Refused before anything logs or stores it: a name with a
+            // newline or a terminal escape would forge log lines.
+            if let Err(e) = agad_protocol::validate_module_name(&name) {
+                let escaped: String = format!("{name:?}").chars().take(80).collect();
+                problems.push(format!("module {escaped}: {e}"));
+                continue;
+            }
+            match bundle {
                 Ok(bundle) => {
-                    wanted.insert(name, (bundle, d.config));
+                    wanted.insert(name, (bundle, config));
                 }
                 Err(e) => {
                     problems.push(format!("{name}: {e}"));
@@ -111,29 +137,32 @@ impl Managed {
                 }
             }
         }
-        let mut running = lock(&self.running);
-        running.retain(|name, r| {
-            let keep = wanted.get(name).is_some_and(|(b, config)| {
-                b.manifest.sha256_hex() == r.hash && *config == r.config
+        // Not held while modules start (instantiation and `init` await).
+        {
+            let mut running = lock(&self.running);
+            running.retain(|name, r| {
+                let keep = wanted.get(name).is_some_and(|(b, config)| {
+                    b.manifest.sha256_hex() == r.hash && *config == r.config
+                });
+                if !keep {
+                    tracing::info!(module = %name, "stopping");
+                    let _ = r.stop.send(true);
+                }
+                keep
             });
-            if !keep {
-                tracing::info!(module = %name, "stopping");
-                let _ = r.stop.send(true);
-            }
-            keep
-        });
+            wanted.retain(|name, _| !running.contains_key(name));
+        }
         for (name, (bundle, config)) in wanted {
-            if running.contains_key(&name) {
-                continue;
-            }
-            match self.start(&bundle, config.clone(), events) {
+            let version = bundle.manifest.version.clone();
+            let hash = bundle.manifest.sha256_hex();
+            match self.start(bundle, config.clone(), events).await {
                 Ok((stop, task)) => {
-                    tracing::info!(module = %name, version = %bundle.manifest.version, "started");
+                    tracing::info!(module = %name, %version, "started");
                     lock(&self.faults).remove(&name);
-                    running.insert(
+                    lock(&self.running).insert(
                         name,
                         Running {
-                            hash: bundle.manifest.sha256_hex(),
+                            hash,
                             config,
                             stop,
                             task,
@@ -146,7 +175,6 @@ impl Managed {
                 }
             }
         }
-        drop(running);
         *lock(&self.refused) = refused;
         problems
     }
@@ -171,24 +199,34 @@ impl Managed {
         })
     }
 
-    fn start(
-        &self,
-        bundle: &Bundle,
+    async fn start(
+        self: &Arc<Self>,
+        bundle: Bundle,
         config: Vec<(String, String)>,
         events: &mpsc::Sender<Event>,
     ) -> anyhow::Result<(watch::Sender<bool>, JoinHandle<()>)> {
-        let module = self.node.load(bundle)?;
-        let hash = bundle.manifest.sha256_hex();
-        if self.bundles.get(hash.as_bytes())?.is_none() {
-            self.bundles.insert(hash.as_bytes(), &bundle.to_bytes())?;
-        }
+        let me = self.clone();
+        // Verifying and compiling are CPU work, storing is sled: both off
+        // the runtime's threads.
+        let module = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let module = me.node.load(&bundle)?;
+            let hash = bundle.manifest.sha256_hex();
+            if me.bundles.get(hash.as_bytes())?.is_none() {
+                me.bundles.insert(hash.as_bytes(), &bundle.to_bytes())?;
+            }
+            Ok(module)
+        })
+        .await??;
         let (stop, stopped) = watch::channel(false);
-        let task = self.node.start_inspector(
-            module,
-            ModuleConfig { values: config },
-            events.clone(),
-            stopped,
-        )?;
+        let task = self
+            .node
+            .start_inspector(
+                module,
+                ModuleConfig { values: config },
+                events.clone(),
+                stopped,
+            )
+            .await?;
         Ok((stop, task))
     }
 
@@ -207,6 +245,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = node.database().clone();
     let outbox = Outbox::open(&db)?;
+    let reserve = node.reserve();
     let managed = Arc::new(Managed {
         bundles: db.tree("bundles")?,
         node,
@@ -215,6 +254,7 @@ pub async fn run(
         refused: Mutex::default(),
     });
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+    let _disk = managed.node.watch_disk(events_tx.clone(), shutdown.clone());
     let (down_tx, mut down) = mpsc::channel(16);
     let (up_tx, up_rx) = mpsc::channel(16);
     let link = tokio::spawn(uplink::run(
@@ -244,7 +284,19 @@ pub async fn run(
                     Upward::Alarm(a) => Some(a.id.clone()),
                     _ => None,
                 };
-                match tokio::task::spawn_blocking(move || outbox.push(&body)).await {
+                let reserve = reserve.clone();
+                let pushed = tokio::task::spawn_blocking(move || {
+                    outbox.push(&body).or_else(|e| {
+                        // Most likely a full disk: the reserve is there for
+                        // exactly this; the disk watcher remakes it later.
+                        tracing::error!("cannot queue for the manager ({e}); releasing the disk reserve");
+                        match reserve {
+                            Some(r) if r.release() => outbox.push(&body),
+                            _ => Err(e),
+                        }
+                    })
+                });
+                match pushed.await {
                     // Tests count these lines: logged only once the alarm is on disk.
                     Ok(Ok(seq)) => if let Some(id) = id {
                         tracing::info!(%id, seq, "alarm queued");
@@ -255,13 +307,7 @@ pub async fn run(
             }
             down_event = down.recv() => match down_event {
                 Some(Downlink::Control(Control::Deploy { version, modules })) => {
-                    let m = managed.clone();
-                    let tx = events_tx.clone();
-                    let problems = tokio::task::spawn_blocking(move || {
-                        // start_inspector spawns on the runtime; enter it from this thread.
-                        m.deploy(modules, &tx)
-                    });
-                    let problems = problems.await.unwrap_or_else(|e| vec![format!("deployment task failed: {e}")]);
+                    let problems = managed.deploy(modules, &events_tx).await;
                     for p in &problems {
                         tracing::warn!("deployment {version}: {p}");
                     }
@@ -285,5 +331,6 @@ pub async fn run(
     managed.stop_all();
     let _ = link.await;
     db.flush()?;
+    managed.node.state_database().flush()?;
     Ok(())
 }

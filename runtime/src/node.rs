@@ -2,8 +2,11 @@
 //! per running inspector (ticked on its period, restarted with back-off).
 
 use crate::bindings::types as wit;
+use crate::budget::{self, Notice, OutputBudget, OutputLimits};
+use crate::disk::{DiskPolicy, LowDisk, Reserve, available_bytes};
 use crate::engine::{LinkError, LinkedModule, ModuleEngine};
 use crate::host::HostState;
+use crate::host::blocking::HostPool;
 use crate::host::clock::now_ms;
 use crate::host::snmp::{AgentConfig, SnmpClient};
 use crate::host::state::ModuleState;
@@ -12,13 +15,13 @@ use crate::trust::{TrustError, TrustStore};
 use agad_protocol::message::{
     Alarm, Comparison, FaultKind, ModuleFault, Report, Severity, Summary,
 };
-use agad_protocol::{Bundle, Capability, Kind, PublicKey};
+use agad_protocol::{Bundle, Capability, Kind, Limits, PublicKey};
 use agad_storage::{Database, Tree};
 use serde::Serialize;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,51 @@ pub struct NodeSettings {
     /// Tick period for modules whose config sets no `period`.
     pub default_period: Duration,
     pub restart: RestartPolicy,
+    /// The most any manifest is granted.
+    pub ceilings: Ceilings,
+    /// What each module may send upward.
+    pub output: OutputLimits,
+    /// The disk reserve and the low-disk alarm.
+    pub disk: DiskPolicy,
+}
+
+/// The node's ceilings on the limits a manifest asks for.
+///
+/// A manifest asking for more than a ceiling is **granted the ceiling**, not
+/// refused: a module is signed once and runs on many nodes, and each node's
+/// operator decides what any module may take there. The node logs a warning
+/// naming the module, what it asked and what it got; a module that really
+/// needs more then fails with a memory-limit or timeout fault, reported
+/// upward like any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceilings {
+    /// Most linear memory one module instance may have, in bytes.
+    pub max_memory_bytes: u64,
+    /// Longest one call into a module may take, in milliseconds.
+    pub max_time_per_call_ms: u64,
+    /// Largest `state` quota one module may have on this node, in bytes.
+    pub max_state_bytes: u64,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        Ceilings {
+            max_memory_bytes: 256 * 1024 * 1024,
+            max_time_per_call_ms: 60_000,
+            max_state_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Ceilings {
+    /// The limits a manifest asking for `asked` runs under.
+    pub fn grant(&self, asked: Limits) -> Limits {
+        Limits {
+            max_memory_bytes: asked.max_memory_bytes.min(self.max_memory_bytes),
+            max_time_per_call_ms: asked.max_time_per_call_ms.min(self.max_time_per_call_ms),
+            max_state_bytes: asked.max_state_bytes.min(self.max_state_bytes),
+        }
+    }
 }
 
 /// Everything a node emits; `agad node run` prints each as one JSON line.
@@ -108,20 +156,45 @@ pub struct Node {
     engine: ModuleEngine,
     trust: TrustStore,
     db: Database,
+    /// Modules' state: a database of its own (when opened from a data
+    /// directory), so the outbox never shares one with what modules write.
+    state_db: Database,
     state: Tree,
+    /// The node-wide bound on blocking host calls ([`HostPool`]).
+    host_threads: Arc<Semaphore>,
+    data_dir: Option<PathBuf>,
+    reserve: Option<Arc<Reserve>>,
 }
 
 impl Node {
-    /// Opens the node's database and compiled-module cache under `data_dir`.
+    /// Opens the node's databases (its own: outbox, bundles, accepted
+    /// modules; and the modules' state) and compiled-module cache under
+    /// `data_dir`. On a full disk the disk reserve is given back first, so
+    /// that the databases open and the node starts.
     pub fn open(
         settings: NodeSettings,
         trusted: Vec<PublicKey>,
         data_dir: &Path,
     ) -> Result<Node, LoadError> {
+        let reserve = Reserve::new(data_dir, settings.disk.reserve_bytes);
+        if reserve.is_held()
+            && available_bytes(data_dir).is_none_or(|free| free < settings.disk.reserve_bytes)
+        {
+            tracing::warn!(data_dir = %data_dir.display(), "the disk is full; starting on the reserve");
+            reserve.release();
+        }
         let db = Database::open(&data_dir.join("db"))?;
+        let state_db = Database::open(&data_dir.join("state"))?;
+        migrate_state(&db, &state_db)?;
         let engine =
             ModuleEngine::new(Some(&data_dir.join("compiled"))).map_err(LoadError::Engine)?;
-        Node::with_parts(settings, trusted, db, engine)
+        reserve.ensure();
+        let mut node = Node::with_parts(settings, trusted, db, engine)?;
+        node.state = state_db.tree("module-state")?;
+        node.state_db = state_db;
+        node.data_dir = Some(data_dir.to_path_buf());
+        node.reserve = Some(Arc::new(reserve));
+        Ok(node)
     }
 
     pub fn with_parts(
@@ -136,8 +209,12 @@ impl Node {
             settings,
             engine,
             trust,
+            state_db: db.clone(),
             db,
             state,
+            host_threads: HostPool::node_limit(HostPool::DEFAULT_THREADS),
+            data_dir: None,
+            reserve: None,
         })
     }
 
@@ -153,24 +230,128 @@ impl Node {
         &self.db
     }
 
+    /// Where modules' state lives (tree `module-state`).
+    pub fn state_database(&self) -> &Database {
+        &self.state_db
+    }
+
+    /// The disk reserve, when the node was opened from a data directory.
+    pub fn reserve(&self) -> Option<Arc<Reserve>> {
+        self.reserve.clone()
+    }
+
+    /// Every [`DiskPolicy::check_every`], looks at the data directory's
+    /// filesystem: raises `agad.disk-low` (an alarm of the node's own
+    /// module `agad`) when it runs low and clears it when there is room
+    /// again, and remakes the reserve once there is room for it. `None`
+    /// for a node without a data directory.
+    pub fn watch_disk(
+        &self,
+        events: mpsc::Sender<Event>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<JoinHandle<()>> {
+        let dir = self.data_dir.clone()?;
+        let reserve = self.reserve.clone()?;
+        let policy = self.settings.disk;
+        let node = self.settings.name.clone();
+        let db = self.db.clone();
+        Some(tokio::spawn(async move {
+            let mut low = LowDisk::default();
+            let mut every = tokio::time::interval(policy.check_every);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                let (dir_, reserve_) = (dir.clone(), reserve.clone());
+                let looked = tokio::task::spawn_blocking(move || {
+                    let available = available_bytes(&dir_);
+                    reserve_.ensure();
+                    available
+                })
+                .await;
+                let Ok(Some(available)) = looked else {
+                    continue;
+                };
+                let Some(raised) = low.update(available, &policy) else {
+                    continue;
+                };
+                let time_ms = now_ms();
+                let id = match db.next_id() {
+                    Ok(n) => format!("{node}/agad/{n}"),
+                    Err(_) => format!("{node}/agad/t{time_ms}"),
+                };
+                let message = if raised {
+                    format!(
+                        "{available} bytes left on the filesystem of {} (alarm below {})",
+                        dir.display(),
+                        policy.low_free_bytes
+                    )
+                } else {
+                    format!(
+                        "{available} bytes available again on the filesystem of {}",
+                        dir.display()
+                    )
+                };
+                tracing::warn!(available, raised, "{message}");
+                let alarm = Alarm {
+                    id,
+                    node: node.clone(),
+                    module: "agad".to_owned(),
+                    area: agad_protocol::Area::Fault,
+                    key: "agad.disk-low".to_owned(),
+                    metric: "fs.available-bytes".to_owned(),
+                    subject: dir.display().to_string(),
+                    severity: Severity::Major,
+                    raised,
+                    value: available as f64,
+                    threshold: policy.low_free_bytes as f64,
+                    comparison: Comparison::Below,
+                    message,
+                    time_ms,
+                };
+                if events.send(Event::Alarm(alarm)).await.is_err() {
+                    return;
+                }
+            }
+        }))
+    }
+
     /// Verifies (signature, hash, expiry, rollback), compiles and links a bundle.
     pub fn load(&self, bundle: &Bundle) -> Result<LinkedModule, LoadError> {
         self.trust.admit(bundle, now_ms() / 1000)?;
         let component = self.engine.compile(bundle)?;
         let manifest = Arc::new(bundle.manifest.clone());
-        Ok(self
+        let mut linked = self
             .engine
-            .link(manifest, &component, &self.settings.policy)?)
+            .link(manifest, &component, &self.settings.policy)?;
+        let asked = linked.manifest.limits;
+        linked.limits = self.settings.ceilings.grant(asked);
+        if linked.limits != asked {
+            tracing::warn!(
+                module = %linked.manifest.name,
+                asked_memory_bytes = asked.max_memory_bytes,
+                asked_time_per_call_ms = asked.max_time_per_call_ms,
+                granted_memory_bytes = linked.limits.max_memory_bytes,
+                granted_time_per_call_ms = linked.limits.max_time_per_call_ms,
+                asked_state_bytes = asked.max_state_bytes,
+                granted_state_bytes = linked.limits.max_state_bytes,
+                "manifest asks for more than this node's ceilings; granted the ceilings"
+            );
+        }
+        Ok(linked)
     }
 
     /// A configured instance of `module`, outside any supervisor (for
     /// tools and benchmarks that drive ticks themselves).
-    pub fn instantiate(
+    pub async fn instantiate(
         &self,
         module: &LinkedModule,
         config: &ModuleConfig,
     ) -> Result<InspectorInstance, InitError> {
-        self.factory(module.clone()).configured(&config.values)
+        self.factory(module.clone())
+            .configured(&config.values)
+            .await
     }
 
     fn factory(&self, module: LinkedModule) -> InstanceFactory {
@@ -178,12 +359,13 @@ impl Node {
             module,
             snmp_agents: self.settings.agents.clone(),
             state: self.state.clone(),
+            pool: HostPool::for_module(self.host_threads.clone()),
         }
     }
 
     /// Instantiates and configures an inspector now (so a refused config is
     /// an error here), then keeps it ticking on its period until `shutdown`.
-    pub fn start_inspector(
+    pub async fn start_inspector(
         &self,
         module: LinkedModule,
         config: ModuleConfig,
@@ -201,11 +383,14 @@ impl Node {
         let factory = self.factory(module);
         let first = factory
             .configured(&config.values)
+            .await
             .map_err(|source| LoadError::Init {
                 module: name,
                 source,
             })?;
         let supervisor = Supervisor {
+            budget: Mutex::new(OutputBudget::new(self.settings.output, Instant::now())),
+            state_nearly_full: Mutex::new(false),
             node: self.settings.name.clone(),
             factory,
             config,
@@ -218,30 +403,58 @@ impl Node {
     }
 }
 
+/// Moves modules' state out of the node's own database, where versions
+/// before the state database kept it. Done once: the old tree is emptied.
+fn migrate_state(db: &Database, state_db: &Database) -> Result<(), LoadError> {
+    let old = db.tree("module-state")?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    let new = state_db.tree("module-state")?;
+    for (key, value) in old.scan_prefix(b"")? {
+        if new.get(&key)?.is_none() {
+            new.insert(&key, &value)?;
+        }
+    }
+    new.flush()?;
+    for (key, _) in old.scan_prefix(b"")? {
+        old.remove(&key)?;
+    }
+    tracing::info!("moved modules' state into its own database");
+    Ok(())
+}
+
 /// Makes fresh, configured instances of one module.
 struct InstanceFactory {
     module: LinkedModule,
     snmp_agents: Arc<[AgentConfig]>,
     state: Tree,
+    /// Shared by every instance of the module, across restarts.
+    pool: HostPool,
 }
 
 impl InstanceFactory {
-    fn configured(&self, config: &[(String, String)]) -> Result<InspectorInstance, InitError> {
+    async fn configured(
+        &self,
+        config: &[(String, String)],
+    ) -> Result<InspectorInstance, InitError> {
         let m = &self.module.manifest;
-        let host = HostState::new(
+        let host = HostState::with_pool(
             &m.name,
             SnmpClient::new(self.snmp_agents.clone()),
-            ModuleState::new(self.state.clone(), &m.name),
-            m.limits.max_memory_bytes,
+            ModuleState::new(self.state.clone(), &m.name)
+                .with_quota(self.module.limits.max_state_bytes),
+            self.module.limits.max_memory_bytes,
+            self.pool.clone(),
         );
-        let mut instance = InspectorInstance::new(&self.module, host)?;
-        instance.init(config)?;
+        let mut instance = InspectorInstance::new(&self.module, host).await?;
+        instance.init(config).await?;
         Ok(instance)
     }
 
     /// After a failure, a refused configuration is one more fault to retry.
-    fn restarted(&self, config: &[(String, String)]) -> Result<InspectorInstance, Fault> {
-        self.configured(config).map_err(|e| match e {
+    async fn restarted(&self, config: &[(String, String)]) -> Result<InspectorInstance, Fault> {
+        self.configured(config).await.map_err(|e| match e {
             InitError::Fault(f) => f,
             InitError::Config(reason) => Fault {
                 kind: FaultKind::InitFailed,
@@ -259,7 +472,16 @@ struct Supervisor {
     restart: RestartPolicy,
     db: Database,
     events: mpsc::Sender<Event>,
+    /// What this module may still send upward (kept across restarts).
+    budget: Mutex<OutputBudget>,
+    /// Whether `agad.state-quota` is raised for this module.
+    state_nearly_full: Mutex<bool>,
 }
+
+/// Share of its state quota at which a module's `agad.state-quota` alarm
+/// is raised, and below which it clears (percent).
+const STATE_ALARM_AT_PERCENT: u128 = 90;
+const STATE_CLEAR_BELOW_PERCENT: u128 = 80;
 
 /// Clean ticks after which a module counts as healthy again.
 const HEALTHY_AFTER_TICKS: u32 = 3;
@@ -274,11 +496,13 @@ impl Supervisor {
             let current = match instance.take() {
                 Some(i) => i,
                 None => {
-                    let me = this.clone();
-                    let config = this.config.values.clone();
-                    match tokio::task::spawn_blocking(move || me.factory.restarted(&config)).await {
-                        Ok(Ok(i)) => i,
-                        Ok(Err(fault)) => {
+                    let restarted = tokio::select! {
+                        r = this.factory.restarted(&this.config.values) => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    match restarted {
+                        Ok(i) => i,
+                        Err(fault) => {
                             failures += 1;
                             if !this
                                 .pause_after(fault, failures, &mut backoff, &mut shutdown)
@@ -287,10 +511,6 @@ impl Supervisor {
                                 return;
                             }
                             continue;
-                        }
-                        Err(join) => {
-                            tracing::error!(module = %this.module(), "instantiation task failed: {join}");
-                            return;
                         }
                     }
                 }
@@ -338,27 +558,19 @@ impl Supervisor {
                 _ = interval.tick() => {}
                 _ = shutdown.changed() => return None,
             }
-            let ticked = tokio::task::spawn_blocking(move || {
-                let result = instance.tick();
-                (instance, result)
-            })
-            .await;
-            let (back, result) = match ticked {
-                Ok(pair) => pair,
-                // The runtime is shutting down (e.g. `agad node run`
-                // refusing its arguments): not a fault of the module.
-                Err(join) if join.is_cancelled() => return None,
-                Err(join) => {
-                    return Some(Fault {
-                        kind: FaultKind::Trap,
-                        message: format!("tick task failed: {join}"),
-                    });
-                }
+            // The tick is bounded by the module's deadline; shutdown does
+            // not wait for it.
+            let result = tokio::select! {
+                r = instance.tick() => r,
+                _ = shutdown.changed() => return None,
             };
-            instance = back;
             match result {
                 Ok(output) => {
+                    let usage = instance.host().state.peek(|s| s.usage()).flatten();
                     self.emit(output).await;
+                    if let Some((used, quota)) = usage {
+                        self.watch_state(used, quota).await;
+                    }
                     clean += 1;
                     if clean >= HEALTHY_AFTER_TICKS {
                         *failures = 0;
@@ -398,19 +610,30 @@ impl Supervisor {
         }
     }
 
+    /// Sends what the module emitted, within its budget; then the notice
+    /// about what the budget dropped, if one is due.
     async fn emit(&self, output: wit::Output) {
         let time_ms = now_ms();
+        let now = Instant::now();
         let manifest = &self.factory.module.manifest;
-        for alarm in output.alarms {
-            let id = match self.db.next_id() {
-                Ok(n) => format!("{}/{}/{n}", self.node, manifest.name),
-                Err(e) => {
-                    tracing::error!("cannot number alarm: {e}");
-                    format!("{}/{}/t{time_ms}", self.node, manifest.name)
-                }
-            };
+        // Decided first and all at once: the lock is never held across a
+        // send, and a flood costs one pass over the list, nothing more.
+        let (alarms, report, notice) = {
+            let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+            let alarms: Vec<wit::Alarm> = output
+                .alarms
+                .into_iter()
+                .filter(|a| budget.admit_alarm(alarm_bytes(a), now))
+                .collect();
+            let report = (!output.summaries.is_empty()
+                && budget.admit_report(report_bytes(&output.summaries), now))
+            .then_some(output.summaries);
+            let notice = budget.notice(now).map(|n| (n, *budget.limits()));
+            (alarms, report, notice)
+        };
+        for alarm in alarms {
             let alarm = Alarm {
-                id,
+                id: self.next_alarm_id(time_ms),
                 node: self.node.clone(),
                 module: manifest.name.clone(),
                 area: manifest.area,
@@ -427,17 +650,121 @@ impl Supervisor {
             };
             let _ = self.events.send(Event::Alarm(alarm)).await;
         }
-        if !output.summaries.is_empty() {
+        if let Some(summaries) = report {
             let report = Report {
                 node: self.node.clone(),
                 module: manifest.name.clone(),
                 area: manifest.area,
-                summaries: output.summaries.into_iter().map(summary).collect(),
+                summaries: summaries.into_iter().map(summary).collect(),
                 time_ms,
             };
             let _ = self.events.send(Event::Report(report)).await;
         }
+        if let Some((notice, limits)) = notice {
+            let (raised, dropped) = match notice {
+                Notice::Raise(d) => (true, d),
+                Notice::Clear(d) => (false, d),
+            };
+            let message = if raised {
+                format!(
+                    "module output over this node's budget is being dropped: {}",
+                    dropped.describe(&limits)
+                )
+            } else {
+                format!(
+                    "module output back within budget; dropped in all: {}",
+                    dropped.describe(&limits)
+                )
+            };
+            tracing::warn!(module = %manifest.name, dropped = dropped.total(), raised, "{message}");
+            let alarm = Alarm {
+                id: self.next_alarm_id(time_ms),
+                node: self.node.clone(),
+                module: manifest.name.clone(),
+                area: manifest.area,
+                key: budget::NOTICE_KEY.to_owned(),
+                metric: budget::NOTICE_METRIC.to_owned(),
+                subject: String::new(),
+                severity: Severity::Warning,
+                raised,
+                value: dropped.total() as f64,
+                threshold: 0.0,
+                comparison: Comparison::Above,
+                message,
+                time_ms,
+            };
+            let _ = self.events.send(Event::Alarm(alarm)).await;
+        }
     }
+
+    /// Raises `agad.state-quota` (an alarm of this module, from the node)
+    /// when the module's state nears its quota, and clears it once there is
+    /// room again; so an operator hears of it before the module's writes
+    /// start failing.
+    async fn watch_state(&self, used: u64, quota: u64) {
+        let percent = u128::from(used) * 100 / u128::from(quota.max(1));
+        let change = {
+            let mut raised = self
+                .state_nearly_full
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !*raised && percent >= STATE_ALARM_AT_PERCENT {
+                *raised = true;
+                Some(true)
+            } else if *raised && percent < STATE_CLEAR_BELOW_PERCENT {
+                *raised = false;
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let Some(raised) = change else { return };
+        let manifest = &self.factory.module.manifest;
+        let time_ms = now_ms();
+        let message = format!("state holds {used} of its {quota}-byte quota ({percent}%)");
+        tracing::warn!(module = %manifest.name, used, quota, raised, "{message}");
+        let alarm = Alarm {
+            id: self.next_alarm_id(time_ms),
+            node: self.node.clone(),
+            module: manifest.name.clone(),
+            area: manifest.area,
+            key: "agad.state-quota".to_owned(),
+            metric: "state.used-bytes".to_owned(),
+            subject: String::new(),
+            severity: Severity::Warning,
+            raised,
+            value: used as f64,
+            threshold: (u128::from(quota) * STATE_ALARM_AT_PERCENT / 100) as f64,
+            comparison: Comparison::Above,
+            message,
+            time_ms,
+        };
+        let _ = self.events.send(Event::Alarm(alarm)).await;
+    }
+
+    fn next_alarm_id(&self, time_ms: u64) -> String {
+        let name = &self.factory.module.manifest.name;
+        match self.db.next_id() {
+            Ok(n) => format!("{}/{name}/{n}", self.node),
+            Err(e) => {
+                tracing::error!("cannot number alarm: {e}");
+                format!("{}/{name}/t{time_ms}", self.node)
+            }
+        }
+    }
+}
+
+/// An alarm's size for its budget: its strings and a fixed part.
+fn alarm_bytes(a: &wit::Alarm) -> usize {
+    budget::FIXED_ITEM_BYTES + a.key.len() + a.metric.len() + a.subject.len() + a.message.len()
+}
+
+/// A report's size for its budget.
+fn report_bytes(summaries: &[wit::Summary]) -> usize {
+    summaries
+        .iter()
+        .map(|s| budget::FIXED_ITEM_BYTES + s.metric.len() + s.subject.len() + s.unit.len())
+        .sum()
 }
 
 fn severity(s: wit::Severity) -> Severity {

@@ -561,7 +561,9 @@ impl Deployment {
         node_config: Option<&str>,
     ) -> anyhow::Result<()> {
         self.issue("node", name)?;
-        let ticket = self.ticket(name)?;
+        // From a file, as the README advises (a flag shows in `ps`).
+        let ticket_file = format!("{name}.ticket");
+        std::fs::write(self.path(&ticket_file), self.ticket(name)?)?;
         let keepalive = self.options.keepalive.clone();
         let mut args = vec![
             "node",
@@ -575,8 +577,8 @@ impl Deployment {
             "publisher.pub",
             "--data-dir",
             name,
-            "--ticket",
-            &ticket,
+            "--ticket-file",
+            &ticket_file,
             "--keepalive",
             &keepalive,
         ];

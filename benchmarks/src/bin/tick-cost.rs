@@ -89,6 +89,9 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(if quick { 3.0 } else { 20.0 });
     args.finish()?;
     let max_tick_time = Duration::from_secs_f64(max_secs);
+    // Module calls are async (host calls run on the blocking pool); the
+    // timer wraps `block_on`, as a supervisor's tick wraps an await.
+    let rt = tokio::runtime::Runtime::new()?;
 
     eprintln!("starting snmpd (Debian's net-snmp agent) on a loopback port...");
     let snmpd = Snmpd::start();
@@ -104,6 +107,9 @@ fn main() -> anyhow::Result<()> {
         policy: Capability::ALL.to_vec(),
         default_period: Duration::from_secs(10),
         restart: RestartPolicy::default(),
+        ceilings: Default::default(),
+        output: Default::default(),
+        disk: Default::default(),
     };
     let node = Node::open(settings, vec![key.public()], dir.path())?;
     // A second engine over the same cache directory: what a restarted node
@@ -125,13 +131,12 @@ fn main() -> anyhow::Result<()> {
         let config = ModuleConfig {
             values: module_config(name, &watched),
         };
-        let mut instance = node
-            .instantiate(&linked, &config)
+        let mut instance = rt
+            .block_on(node.instantiate(&linked, &config))
             .with_context(|| format!("{name}: instantiate with {:?}", config.values))?;
 
         for _ in 0..WARMUP_TICKS {
-            instance
-                .tick()
+            rt.block_on(instance.tick())
                 .with_context(|| format!("{name}: warm-up tick"))?;
         }
         let mut samples = Vec::with_capacity(ticks);
@@ -139,7 +144,9 @@ fn main() -> anyhow::Result<()> {
         let began = Instant::now();
         while samples.len() < ticks && began.elapsed() < max_tick_time {
             let t = Instant::now();
-            let out = instance.tick().with_context(|| format!("{name}: tick"))?;
+            let out = rt
+                .block_on(instance.tick())
+                .with_context(|| format!("{name}: tick"))?;
             samples.push(t.elapsed());
             alarms += out.alarms.len();
             summaries += out.summaries.len();
@@ -157,16 +164,17 @@ fn main() -> anyhow::Result<()> {
         let pre = measure(instances, || {
             let h = host();
             let t = Instant::now();
-            let i =
-                InspectorInstance::new(&linked, h).map_err(|f| anyhow::anyhow!("{name}: {f}"))?;
+            let i = rt
+                .block_on(InspectorInstance::new(&linked, h))
+                .map_err(|f| anyhow::anyhow!("{name}: {f}"))?;
             let took = t.elapsed();
             drop(i);
             Ok(took)
         })?;
         let full = measure(instances, || {
             let t = Instant::now();
-            let i = node
-                .instantiate(&linked, &config)
+            let i = rt
+                .block_on(node.instantiate(&linked, &config))
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             let took = t.elapsed();
             drop(i);
@@ -175,7 +183,7 @@ fn main() -> anyhow::Result<()> {
         let cached = measure(instances.div_ceil(3), || {
             let h = host();
             let t = Instant::now();
-            let i = from_cache(&cache_engine, s, &linked, h)?;
+            let i = rt.block_on(from_cache(&cache_engine, s, &linked, h))?;
             let took = t.elapsed();
             drop(i);
             Ok(took)
@@ -199,7 +207,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Deserialise from the on-disk cache, link, instantiate.
-fn from_cache(
+async fn from_cache(
     engine: &ModuleEngine,
     signed: &agad_benchmarks::builtins::Signed,
     linked: &LinkedModule,
@@ -207,7 +215,9 @@ fn from_cache(
 ) -> anyhow::Result<InspectorInstance> {
     let component = engine.compile(&signed.bundle)?;
     let relinked = engine.link(linked.manifest.clone(), &component, &Capability::ALL)?;
-    InspectorInstance::new(&relinked, host).map_err(|f| anyhow::anyhow!("{}: {f}", signed.name))
+    InspectorInstance::new(&relinked, host)
+        .await
+        .map_err(|f| anyhow::anyhow!("{}: {f}", signed.name))
 }
 
 fn measure(

@@ -311,6 +311,9 @@ fn run_comparison(
         policy: Capability::ALL.to_vec(),
         default_period: PERIOD,
         restart: RestartPolicy::default(),
+        ceilings: Default::default(),
+        output: Default::default(),
+        disk: Default::default(),
     };
     let names: BTreeSet<&str> = modules.iter().map(|m| m.name).collect();
 
@@ -340,6 +343,7 @@ fn run_comparison(
                 events_tx.clone(),
                 shutdown.clone(),
             )
+            .await
             .with_context(|| format!("starting {name}"))?;
         }
         drop(events_tx);

@@ -407,10 +407,13 @@ impl Alarms {
     }
 
     /// Host call: writes the raised set through the `state` capability when
-    /// it changed since the last write.
+    /// it changed since the last write; a write the node refused (quota,
+    /// full disk) is tried again on the next call.
     pub fn persist(&mut self) {
-        if let Some(bytes) = self.take_changed() {
-            crate::state::set(ACTIVE_ALARMS_STATE_KEY, &bytes);
+        if let Some(bytes) = self.take_changed()
+            && crate::state::set(ACTIVE_ALARMS_STATE_KEY, &bytes).is_err()
+        {
+            self.changed = true;
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Host capabilities: one struct per WIT interface, gathered in [`HostState`],
 //! the data of every module's store. Only the interfaces a module is granted
-//! are added to its linker ([`add_granted_to_linker`]).
+//! are added to its linker ([`add_granted_to_linker`]). The capabilities that
+//! may block run their work through [`blocking`].
 
+pub mod blocking;
 pub mod clock;
 pub mod log;
 pub mod os;
@@ -10,14 +12,15 @@ pub mod state;
 
 use crate::bindings;
 use agad_protocol::Capability;
+use blocking::{HostPool, Offloaded};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Everything one module instance may reach on the node.
 pub struct HostState {
-    pub os: os::OsProbe,
-    pub snmp: snmp::SnmpClient,
-    pub state: state::ModuleState,
+    pub os: Offloaded<os::OsProbe>,
+    pub snmp: Offloaded<snmp::SnmpClient>,
+    pub state: Offloaded<state::ModuleState>,
     pub log: log::ModuleLog,
     pub clock: clock::Clock,
     pub limits: MemoryLimiter,
@@ -26,16 +29,35 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// A host state whose blocking calls use a pool of their own (tools and
+    /// benchmarks); a node shares one pool between its modules
+    /// ([`HostState::with_pool`]).
     pub fn new(
         module: &str,
         snmp: snmp::SnmpClient,
         state: state::ModuleState,
         max_memory_bytes: u64,
     ) -> HostState {
-        HostState {
-            os: os::OsProbe::new().with_module(module),
-            snmp: snmp.with_module(module),
+        HostState::with_pool(
+            module,
+            snmp,
             state,
+            max_memory_bytes,
+            HostPool::standalone(),
+        )
+    }
+
+    pub fn with_pool(
+        module: &str,
+        snmp: snmp::SnmpClient,
+        state: state::ModuleState,
+        max_memory_bytes: u64,
+        pool: HostPool,
+    ) -> HostState {
+        HostState {
+            os: Offloaded::new(os::OsProbe::new().with_module(module), pool.clone()),
+            snmp: Offloaded::new(snmp.with_module(module), pool.clone()),
+            state: Offloaded::new(state, pool),
             log: log::ModuleLog::new(module),
             clock: clock::Clock,
             limits: MemoryLimiter::new(max_memory_bytes),
@@ -61,22 +83,24 @@ pub fn add_granted_to_linker(
     linker: &mut Linker<HostState>,
     granted: &[Capability],
 ) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    // Async WASI: a guest waiting in a poll (a sleep) suspends its call
+    // instead of a thread, so the call's deadline can end it.
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
     for capability in granted {
         match capability {
             Capability::Os => {
-                bindings::os::add_to_linker::<_, HasSelf<os::OsProbe>>(linker, |s| &mut s.os)?
-            }
-            Capability::Snmp => {
-                bindings::snmp::add_to_linker::<_, HasSelf<snmp::SnmpClient>>(linker, |s| {
-                    &mut s.snmp
+                bindings::os::add_to_linker::<_, HasSelf<Offloaded<os::OsProbe>>>(linker, |s| {
+                    &mut s.os
                 })?
             }
-            Capability::State => {
-                bindings::state::add_to_linker::<_, HasSelf<state::ModuleState>>(linker, |s| {
-                    &mut s.state
-                })?
-            }
+            Capability::Snmp => bindings::snmp::add_to_linker::<
+                _,
+                HasSelf<Offloaded<snmp::SnmpClient>>,
+            >(linker, |s| &mut s.snmp)?,
+            Capability::State => bindings::state::add_to_linker::<
+                _,
+                HasSelf<Offloaded<state::ModuleState>>,
+            >(linker, |s| &mut s.state)?,
             Capability::Log => {
                 bindings::log::add_to_linker::<_, HasSelf<log::ModuleLog>>(linker, |s| &mut s.log)?
             }

@@ -21,6 +21,7 @@ use sysinfo::{
 use tracing::{debug, debug_span};
 
 use crate::bindings::os;
+use crate::host::blocking::Offloaded;
 
 /// Host side of the `os` interface for one module instance.
 pub struct OsProbe {
@@ -77,8 +78,9 @@ impl OsProbe {
     }
 }
 
-impl os::Host for OsProbe {
-    fn cpu(&mut self) -> os::CpuUsage {
+/// The `os` calls, run on the blocking pool by [`Offloaded`].
+impl OsProbe {
+    pub fn cpu(&mut self) -> os::CpuUsage {
         let _span = debug_span!("os.cpu", module = %self.module).entered();
         self.sys
             .refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
@@ -88,7 +90,7 @@ impl os::Host for OsProbe {
         }
     }
 
-    fn memory(&mut self) -> os::MemoryUsage {
+    pub fn memory(&mut self) -> os::MemoryUsage {
         let _span = debug_span!("os.memory", module = %self.module).entered();
         self.sys
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram().with_swap());
@@ -101,7 +103,7 @@ impl os::Host for OsProbe {
         }
     }
 
-    fn load_average(&mut self) -> os::LoadAverages {
+    pub fn load_average(&mut self) -> os::LoadAverages {
         let _span = debug_span!("os.load_average", module = %self.module).entered();
         match System::load_average() {
             Ok(l) => os::LoadAverages {
@@ -120,7 +122,7 @@ impl os::Host for OsProbe {
         }
     }
 
-    fn filesystems(&mut self) -> Vec<os::Filesystem> {
+    pub fn filesystems(&mut self) -> Vec<os::Filesystem> {
         let _span = debug_span!("os.filesystems", module = %self.module).entered();
         // sysinfo only lists the mounts (and skips pseudo and network
         // filesystems, whose statvfs can hang); sizes come from one statvfs
@@ -150,7 +152,7 @@ impl os::Host for OsProbe {
         out
     }
 
-    fn interfaces(&mut self) -> Vec<os::NetInterface> {
+    pub fn interfaces(&mut self) -> Vec<os::NetInterface> {
         let _span = debug_span!("os.interfaces", module = %self.module).entered();
         let text = match fs::read_to_string("/proc/net/dev") {
             Ok(text) => text,
@@ -180,7 +182,7 @@ impl os::Host for OsProbe {
             .collect()
     }
 
-    fn processes(&mut self, names: Vec<String>) -> Vec<os::Process> {
+    pub fn processes(&mut self, names: Vec<String>) -> Vec<os::Process> {
         let _span =
             debug_span!("os.processes", module = %self.module, names = names.len()).entered();
         let kind = ProcessRefreshKind::nothing()
@@ -236,14 +238,41 @@ impl os::Host for OsProbe {
         out
     }
 
-    fn uptime_secs(&mut self) -> u64 {
+    pub fn uptime_secs(&mut self) -> u64 {
         let _span = debug_span!("os.uptime_secs", module = %self.module).entered();
         System::uptime().unwrap_or(0)
     }
 
-    fn hostname(&mut self) -> String {
+    pub fn hostname(&mut self) -> String {
         let _span = debug_span!("os.hostname", module = %self.module).entered();
         System::host_name().unwrap_or_default()
+    }
+}
+
+impl os::Host for Offloaded<OsProbe> {
+    async fn cpu(&mut self) -> wasmtime::Result<os::CpuUsage> {
+        self.run("os.cpu", OsProbe::cpu).await
+    }
+    async fn memory(&mut self) -> wasmtime::Result<os::MemoryUsage> {
+        self.run("os.memory", OsProbe::memory).await
+    }
+    async fn load_average(&mut self) -> wasmtime::Result<os::LoadAverages> {
+        self.run("os.load-average", OsProbe::load_average).await
+    }
+    async fn filesystems(&mut self) -> wasmtime::Result<Vec<os::Filesystem>> {
+        self.run("os.filesystems", OsProbe::filesystems).await
+    }
+    async fn interfaces(&mut self) -> wasmtime::Result<Vec<os::NetInterface>> {
+        self.run("os.interfaces", OsProbe::interfaces).await
+    }
+    async fn processes(&mut self, names: Vec<String>) -> wasmtime::Result<Vec<os::Process>> {
+        self.run("os.processes", move |p| p.processes(names)).await
+    }
+    async fn uptime_secs(&mut self) -> wasmtime::Result<u64> {
+        self.run("os.uptime-secs", OsProbe::uptime_secs).await
+    }
+    async fn hostname(&mut self) -> wasmtime::Result<String> {
+        self.run("os.hostname", OsProbe::hostname).await
     }
 }
 

@@ -2,7 +2,8 @@
 //! the node's configuration names. A module sees agent names only; addresses
 //! and credentials stay in [`AgentConfig`].
 //!
-//! Requests are synchronous (the runtime calls modules on blocking threads)
+//! Requests are synchronous (they run on the node's blocking pool, see
+//! [`crate::host::blocking`])
 //! and bounded: every attempt waits at most `timeout_ms`, a request makes at
 //! most `retries + 1` attempts, and a walk returns at most
 //! [`WALK_MAX_VARBINDS`] objects. Every failure becomes an `snmp-error` value
@@ -27,6 +28,7 @@ use snmp2::{Oid, SyncSession, Value as Raw, v3};
 use tracing::{debug, debug_span};
 
 use crate::bindings::snmp;
+use crate::host::blocking::Offloaded;
 
 /// Port used when an agent's address names none.
 pub const DEFAULT_PORT: u16 = 161;
@@ -831,12 +833,13 @@ impl SnmpClient {
     }
 }
 
-impl snmp::Host for SnmpClient {
-    fn agents(&mut self) -> Vec<String> {
+/// The `snmp` calls, run on the blocking pool by [`Offloaded`].
+impl SnmpClient {
+    pub fn agents(&mut self) -> Vec<String> {
         self.agents.iter().map(|a| a.name.clone()).collect()
     }
 
-    fn get(
+    pub fn get(
         &mut self,
         agent: String,
         oids: Vec<String>,
@@ -851,7 +854,7 @@ impl snmp::Host for SnmpClient {
         })
     }
 
-    fn get_next(
+    pub fn get_next(
         &mut self,
         agent: String,
         oids: Vec<String>,
@@ -866,7 +869,7 @@ impl snmp::Host for SnmpClient {
         })
     }
 
-    fn get_bulk(
+    pub fn get_bulk(
         &mut self,
         agent: String,
         oids: Vec<String>,
@@ -890,11 +893,45 @@ impl snmp::Host for SnmpClient {
         })
     }
 
-    fn walk(&mut self, agent: String, root: String) -> Result<Vec<snmp::Varbind>, snmp::SnmpError> {
+    pub fn walk(
+        &mut self,
+        agent: String,
+        root: String,
+    ) -> Result<Vec<snmp::Varbind>, snmp::SnmpError> {
         self.traced("walk", &agent, |c| {
             let idx = c.agent_index(&agent)?;
             c.walk_bindings(idx, &root)
         })
+    }
+}
+
+type Varbinds = Result<Vec<snmp::Varbind>, snmp::SnmpError>;
+
+impl snmp::Host for Offloaded<SnmpClient> {
+    async fn agents(&mut self) -> wasmtime::Result<Vec<String>> {
+        self.run("snmp.agents", SnmpClient::agents).await
+    }
+    async fn get(&mut self, agent: String, oids: Vec<String>) -> wasmtime::Result<Varbinds> {
+        self.run("snmp.get", move |c| c.get(agent, oids)).await
+    }
+    async fn get_next(&mut self, agent: String, oids: Vec<String>) -> wasmtime::Result<Varbinds> {
+        self.run("snmp.get-next", move |c| c.get_next(agent, oids))
+            .await
+    }
+    async fn get_bulk(
+        &mut self,
+        agent: String,
+        oids: Vec<String>,
+        non_repeaters: u32,
+        max_repetitions: u32,
+    ) -> wasmtime::Result<Varbinds> {
+        self.run("snmp.get-bulk", move |c| {
+            c.get_bulk(agent, oids, non_repeaters, max_repetitions)
+        })
+        .await
+    }
+    async fn walk(&mut self, agent: String, root: String) -> wasmtime::Result<Varbinds> {
+        self.run("snmp.walk", move |c| c.walk(agent, root)).await
     }
 }
 

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 struct Harness {
+    /// Module calls are async (host calls run on its blocking pool).
+    runtime: tokio::runtime::Runtime,
     node: Node,
     key: SecretKey,
     _dir: tempfile::TempDir,
@@ -26,9 +28,13 @@ impl Harness {
             policy: Capability::ALL.to_vec(),
             default_period: Duration::from_secs(1),
             restart: RestartPolicy::default(),
+            ceilings: Default::default(),
+            output: Default::default(),
+            disk: Default::default(),
         };
         let node = Node::open(settings, vec![key.public()], dir.path()).unwrap();
         Harness {
+            runtime: tokio::runtime::Runtime::new().unwrap(),
             node,
             key,
             _dir: dir,
@@ -50,22 +56,24 @@ impl Harness {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        self.node
-            .instantiate(&linked, &config)
+        self.runtime
+            .block_on(self.node.instantiate(&linked, &config))
             .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 }
 
-/// Ticks `n` times, `gap` apart, and gathers the outputs.
-fn ticks(instance: &mut InspectorInstance, n: usize, gap: Duration) -> Vec<Output> {
-    (0..n)
-        .map(|i| {
-            if i > 0 {
-                std::thread::sleep(gap);
-            }
-            instance.tick().unwrap()
-        })
-        .collect()
+impl Harness {
+    /// Ticks `n` times, `gap` apart, and gathers the outputs.
+    fn ticks(&self, instance: &mut InspectorInstance, n: usize, gap: Duration) -> Vec<Output> {
+        (0..n)
+            .map(|i| {
+                if i > 0 {
+                    std::thread::sleep(gap);
+                }
+                self.runtime.block_on(instance.tick()).unwrap()
+            })
+            .collect()
+    }
 }
 
 fn alarms(outputs: &[Output]) -> Vec<&Alarm> {
@@ -84,7 +92,7 @@ fn cpu_mem_raises_a_crossed_threshold_once_and_summarises_per_window() {
             ("window_secs", "1"),
         ],
     );
-    let outputs = ticks(&mut cpu_mem, 6, Duration::from_millis(300));
+    let outputs = h.ticks(&mut cpu_mem, 6, Duration::from_millis(300));
     let raised: Vec<_> = alarms(&outputs)
         .into_iter()
         .filter(|a| a.raised && a.metric.starts_with("mem"))
@@ -124,7 +132,7 @@ fn app_watch_alarms_once_for_a_missing_process_and_not_for_a_running_one() {
             ("raise_after", "1"),
         ],
     );
-    let outputs = ticks(&mut watch, 4, Duration::from_millis(100));
+    let outputs = h.ticks(&mut watch, 4, Duration::from_millis(100));
     let raised: Vec<_> = alarms(&outputs).into_iter().filter(|a| a.raised).collect();
     assert_eq!(raised.len(), 1, "{outputs:?}");
     assert!(
@@ -139,7 +147,7 @@ fn app_watch_alarms_once_for_a_missing_process_and_not_for_a_running_one() {
 fn disk_space_alarms_once_per_filesystem_over_threshold() {
     let h = Harness::new(vec![]);
     let mut disks = h.instance("disk-space", &[("used_percent", "0"), ("raise_after", "1")]);
-    let outputs = ticks(&mut disks, 3, Duration::from_millis(100));
+    let outputs = h.ticks(&mut disks, 3, Duration::from_millis(100));
     let raised = alarms(&outputs);
     assert!(!raised.is_empty(), "some filesystem is in use");
     let mut keys: Vec<_> = raised.iter().map(|a| a.key.clone()).collect();
@@ -155,7 +163,7 @@ fn if_health_reads_if_mib_from_snmpd_and_reports_consolidated_rates() {
     let snmpd = Snmpd::start();
     let h = Harness::new(vec![snmpd.v2c_agent()]);
     let mut ifs = h.instance("if-health", &[("window_secs", "1")]);
-    let outputs = ticks(&mut ifs, 4, Duration::from_millis(400));
+    let outputs = h.ticks(&mut ifs, 4, Duration::from_millis(400));
     assert!(
         alarms(&outputs)
             .iter()
@@ -184,7 +192,7 @@ fn snmp_threshold_over_v3_raises_once_and_an_unreachable_agent_alarms_once() {
             ("raise_after", "1"),
         ],
     );
-    let outputs = ticks(&mut uptime, 3, Duration::from_millis(100));
+    let outputs = h.ticks(&mut uptime, 3, Duration::from_millis(100));
     let raised: Vec<_> = alarms(&outputs).into_iter().filter(|a| a.raised).collect();
     assert_eq!(raised.len(), 1, "{outputs:?}");
     assert!(raised[0].value > 0.0);
@@ -198,7 +206,7 @@ fn snmp_threshold_over_v3_raises_once_and_an_unreachable_agent_alarms_once() {
             ("raise_after", "1"),
         ],
     );
-    let outputs = ticks(&mut unreachable, 3, Duration::from_millis(50));
+    let outputs = h.ticks(&mut unreachable, 3, Duration::from_millis(50));
     let raised: Vec<_> = alarms(&outputs).into_iter().filter(|a| a.raised).collect();
     assert_eq!(
         raised.len(),

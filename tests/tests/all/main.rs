@@ -2,6 +2,7 @@
 //! real wasm components built from this repository.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
+mod hostile;
 mod inspectors;
 mod os;
 mod runtime;

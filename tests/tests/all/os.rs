@@ -5,7 +5,7 @@ use std::fs;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use agad_runtime::bindings::os::{Host, OperState};
+use agad_runtime::bindings::os::OperState;
 use agad_runtime::host::os::OsProbe;
 
 fn probe() -> OsProbe {

@@ -12,23 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-fn misbehave_spec() -> ManifestSpec {
+pub(crate) fn misbehave_spec() -> ManifestSpec {
     ManifestSpec::from_toml(&std::fs::read_to_string(test_guests::MISBEHAVE_MANIFEST).unwrap())
         .unwrap()
 }
 
-fn misbehave_wasm() -> Vec<u8> {
+pub(crate) fn misbehave_wasm() -> Vec<u8> {
     std::fs::read(test_guests::MISBEHAVE_WASM).unwrap()
 }
 
-fn settings(policy: Vec<Capability>) -> NodeSettings {
+pub(crate) fn settings(policy: Vec<Capability>) -> NodeSettings {
     NodeSettings {
         name: "test-node".into(),
         agents: Arc::from(Vec::new()),
@@ -38,24 +38,31 @@ fn settings(policy: Vec<Capability>) -> NodeSettings {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(400),
         },
+        ceilings: Default::default(),
+        output: Default::default(),
+        disk: Default::default(),
     }
 }
 
-struct TestNode {
-    node: Node,
+pub(crate) struct TestNode {
+    pub(crate) node: Node,
     key: SecretKey,
     _dir: tempfile::TempDir,
 }
 
 impl TestNode {
-    fn new() -> TestNode {
+    pub(crate) fn new() -> TestNode {
         TestNode::with_policy(Capability::ALL.to_vec())
     }
 
     fn with_policy(policy: Vec<Capability>) -> TestNode {
+        TestNode::with_settings(settings(policy))
+    }
+
+    pub(crate) fn with_settings(settings: NodeSettings) -> TestNode {
         let key = SecretKey::generate();
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::open(settings(policy), vec![key.public()], dir.path()).unwrap();
+        let node = Node::open(settings, vec![key.public()], dir.path()).unwrap();
         TestNode {
             node,
             key,
@@ -63,25 +70,25 @@ impl TestNode {
         }
     }
 
-    fn sign(&self, spec: ManifestSpec) -> Bundle {
+    pub(crate) fn sign(&self, spec: ManifestSpec) -> Bundle {
         Bundle::sign(spec, misbehave_wasm(), &self.key, now())
     }
 
-    fn named(&self, name: &str) -> Bundle {
+    pub(crate) fn named(&self, name: &str) -> Bundle {
         let mut spec = misbehave_spec();
         spec.name = name.into();
         self.sign(spec)
     }
 }
 
-fn mode(m: &str) -> ModuleConfig {
+pub(crate) fn mode(m: &str) -> ModuleConfig {
     ModuleConfig {
         values: vec![("mode".into(), m.into())],
     }
 }
 
 /// Collects events until `done` says so or `limit` passes.
-async fn collect_until(
+pub(crate) async fn collect_until(
     events: &mut mpsc::Receiver<Event>,
     limit: Duration,
     mut done: impl FnMut(&[Event]) -> bool,
@@ -97,7 +104,10 @@ async fn collect_until(
     seen
 }
 
-fn faults<'a>(events: &'a [Event], module: &'a str) -> impl Iterator<Item = FaultKind> + 'a {
+pub(crate) fn faults<'a>(
+    events: &'a [Event],
+    module: &'a str,
+) -> impl Iterator<Item = FaultKind> + 'a {
     events.iter().filter_map(move |e| match e {
         Event::Fault(f) if f.module == module => Some(f.kind),
         _ => None,
@@ -250,6 +260,7 @@ async fn started(
     let module = t.node.load(bundle).unwrap();
     t.node
         .start_inspector(module, config, tx, shutdown)
+        .await
         .unwrap();
     (rx, stop)
 }
@@ -295,9 +306,11 @@ async fn a_trapping_module_is_restarted_with_backoff_while_others_keep_running()
     let steady = t.node.load(&t.named("steady")).unwrap();
     t.node
         .start_inspector(trapper, mode("trap"), tx.clone(), shutdown.clone())
+        .await
         .unwrap();
     t.node
         .start_inspector(steady, mode("alarm-every-tick"), tx, shutdown)
+        .await
         .unwrap();
     let steady_alarms = |events: &[Event]| {
         events

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use agad_runtime::bindings::snmp::{Host, SnmpError, Value, Varbind};
+use agad_runtime::bindings::snmp::{SnmpError, Value, Varbind};
 use agad_runtime::host::snmp::{AgentConfig, AuthProtocol, PrivProtocol, SnmpClient};
 use agad_tests::snmpd::{
     Snmpd, SnmpdOptions, V3_AUTH_PASSWORD, V3_PRIV_PASSWORD, V3_USER, free_udp_port,

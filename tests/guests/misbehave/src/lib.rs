@@ -17,6 +17,15 @@
 //! - `alarm`: raises alarm `misbehave` on the first tick of each instance.
 //! - `alarm-every-tick`: raises alarm `tick` on every tick (a load for tests).
 //! - `trap-every-4th`: three clean ticks, then a panic, in every instance.
+//! - `sleep`: sleeps an hour in `tick` (`std::thread::sleep`, a WASI poll:
+//!   the guest waits in a host call, where no epoch check can reach it).
+//! - `flood`: a million alarms (key `flood`) in every tick; needs about
+//!   200 MiB of memory.
+//! - `huge`: one alarm (key `huge`) whose message is 100 MiB, in every tick;
+//!   needs about 300 MiB of memory.
+//! - `fill`: writes 64 KiB of state under a new key in every tick, without
+//!   end; raises alarm `state-full` (once per instance) when the node
+//!   refuses a write for its quota.
 //!
 //! Layout: one file; [`Mode`] parses the config, `tick` acts on it.
 
@@ -35,6 +44,10 @@ enum Mode {
     Alarm,
     AlarmEveryTick,
     TrapEvery4th,
+    Sleep,
+    Flood,
+    Huge,
+    Fill,
 }
 
 impl Mode {
@@ -49,6 +62,10 @@ impl Mode {
             "alarm" => Mode::Alarm,
             "alarm-every-tick" => Mode::AlarmEveryTick,
             "trap-every-4th" => Mode::TrapEvery4th,
+            "sleep" => Mode::Sleep,
+            "flood" => Mode::Flood,
+            "huge" => Mode::Huge,
+            "fill" => Mode::Fill,
             _ => return None,
         })
     }
@@ -72,6 +89,12 @@ fn with_alarm(key: &str) -> Output {
         ],
         summaries: Vec::new(),
     }
+}
+
+/// True from the second call on, per instance.
+fn i_said_full() -> bool {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
 }
 
 struct Misbehave;
@@ -119,11 +142,11 @@ impl Guest for Misbehave {
             Mode::TrapOnce => {
                 if state::get("trapped").is_none() {
                     // Set before panicking: the panic ends the call.
-                    state::set("trapped", b"yes");
+                    let _ = state::set("trapped", b"yes");
                     panic!("misbehave: first trap");
                 }
                 if state::get("recovered").is_none() {
-                    state::set("recovered", b"yes");
+                    let _ = state::set("recovered", b"yes");
                     return with_alarm("recovered");
                 }
                 Output::default()
@@ -137,12 +160,42 @@ impl Guest for Misbehave {
             Mode::AlarmEveryTick => with_alarm("tick"),
             Mode::TrapEvery4th if ticks % 4 == 0 => panic!("misbehave: fourth tick"),
             Mode::TrapEvery4th => Output::default(),
+            Mode::Flood => Output {
+                alarms: (0..1_000_000)
+                    .map(|_| alarm("flood", "f").raised())
+                    .collect(),
+                summaries: Vec::new(),
+            },
+            Mode::Huge => Output {
+                alarms: vec![
+                    alarm("huge", "test.misbehave")
+                        .message("x".repeat(100 * 1024 * 1024))
+                        .raised(),
+                ],
+                summaries: Vec::new(),
+            },
+            Mode::Fill => {
+                let key = format!("fill-{ticks}");
+                match state::set(&key, &vec![7u8; 64 * 1024]) {
+                    Ok(()) => Output::default(),
+                    Err(state::StateError::QuotaExceeded(_)) if !i_said_full() => {
+                        with_alarm("state-full")
+                    }
+                    Err(_) => Output::default(),
+                }
+            }
+            Mode::Sleep => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Output::default()
+            }
             Mode::Ok => {
                 let stored = state::get("ticks")
                     .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
                     .map(u64::from_le_bytes)
                     .unwrap_or(0);
-                state::set("ticks", &(stored + 1).to_le_bytes());
+                if state::set("ticks", &(stored + 1).to_le_bytes()).is_err() {
+                    return with_alarm("state-refused");
+                }
                 Output::default()
             }
         }
