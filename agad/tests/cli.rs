@@ -565,6 +565,23 @@ fn node_help_prefers_a_ticket_file_or_the_environment() {
 /// Unmounts a test's filesystem when the test ends, however it ends.
 struct Unmount(PathBuf);
 
+/// Mounts a 48 MiB tmpfs on `dir` (a disk the test can fill). Needs root:
+/// without it the test fails and says so, it is never skipped.
+fn small_disk(dir: &std::path::Path) -> Unmount {
+    std::fs::create_dir(dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        mounted.status.success(),
+        "a full-disk test mounts a small tmpfs and needs root: run it as root (sudo), it cannot be skipped ({})",
+        String::from_utf8_lossy(&mounted.stderr).trim()
+    );
+    Unmount(dir.to_owned())
+}
+
 impl Drop for Unmount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -573,24 +590,14 @@ impl Drop for Unmount {
 
 /// A node starts on a full disk: it gives its reserve back, opens its
 /// databases, runs its modules, and raises the low-disk alarm. Needs root
-/// (a small tmpfs is the full disk); skipped otherwise.
+/// (a small tmpfs is the full disk).
 #[test]
 fn a_node_starts_on_a_full_disk_and_raises_the_low_disk_alarm() {
     use std::io::Write;
     let ws = Workspace::new();
     ws.sign("cpu-mem");
     let disk = ws.path("disk");
-    std::fs::create_dir(&disk).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
-        .arg(&disk)
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !matches!(mounted, Ok(s) if s.success()) {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
-    let _unmount = Unmount(disk.clone());
+    let _unmount = small_disk(&disk);
     std::fs::write(
         ws.path("node.toml"),
         "disk_reserve_bytes = 8388608\ndisk_low_free_bytes = 16777216\n",
@@ -662,7 +669,7 @@ fn a_node_starts_on_a_full_disk_and_raises_the_low_disk_alarm() {
 /// A node under a manager (here: an unreachable one, so everything waits
 /// in the outbox) whose disk fills up while it runs raises the low-disk
 /// alarm and still queues it durably. Needs root (a small tmpfs is the full
-/// disk); skipped otherwise.
+/// disk).
 #[test]
 fn a_managed_node_whose_disk_fills_queues_the_low_disk_alarm() {
     use std::io::{BufRead, BufReader, Write};
@@ -678,17 +685,7 @@ fn a_managed_node_whose_disk_fills_queues_the_low_disk_alarm() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let disk = ws.path("disk");
-    std::fs::create_dir(&disk).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
-        .arg(&disk)
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(mounted, Ok(s) if s.success()) {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
-    let _unmount = Unmount(disk.clone());
+    let _unmount = small_disk(&disk);
     std::fs::write(
         ws.path("node.toml"),
         "disk_reserve_bytes = 8388608\ndisk_low_free_bytes = 16777216\ndisk_check_every = \"200ms\"\n",
