@@ -284,6 +284,18 @@ async fn infinite_loop_is_interrupted_and_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_overflow_traps_and_is_restarted() {
+    let t = TestNode::new();
+    let (mut rx, _stop) = started(&t, &t.named("misbehave"), mode("stack")).await;
+    let events = collect_until(&mut rx, Duration::from_secs(20), |e| {
+        faults(e, "misbehave").count() >= 2
+    })
+    .await;
+    let kinds: Vec<_> = faults(&events, "misbehave").collect();
+    assert_eq!(kinds, vec![FaultKind::Trap, FaultKind::Trap], "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_is_capped() {
     let t = TestNode::new();
     let mut spec = misbehave_spec();

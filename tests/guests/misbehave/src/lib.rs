@@ -48,6 +48,7 @@ enum Mode {
     Flood,
     Huge,
     Fill,
+    Stack,
 }
 
 impl Mode {
@@ -66,6 +67,7 @@ impl Mode {
             "flood" => Mode::Flood,
             "huge" => Mode::Huge,
             "fill" => Mode::Fill,
+            "stack" => Mode::Stack,
             _ => return None,
         })
     }
@@ -137,6 +139,14 @@ impl Guest for Misbehave {
                     hoard.push(vec![1u8; 1024 * 1024]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            Mode::Stack => {
+                // Recursion without end (not a tail call: the result is used).
+                fn deeper(n: u64) -> u64 {
+                    std::hint::black_box(deeper(std::hint::black_box(n + 1))) + 1
+                }
+                std::hint::black_box(deeper(0));
+                Output::default()
             }
             Mode::Trap => panic!("misbehave: trap on request"),
             Mode::TrapOnce => {
