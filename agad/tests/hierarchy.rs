@@ -204,14 +204,7 @@ fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() ->
     })?;
     d.stop("n1")?;
 
-    d.wait_for("every queued alarm in BIG, once, and BICD = BIG", |d| {
-        let big = d.alarms()?;
-        let queued = d.queued_alarm_ids("n1");
-        Ok(
-            (queued.is_subset(&alarm_ids(&big)) && d.bicd_alarms()? == Some(big.len()))
-                .then_some(()),
-        )
-    })?;
+    d.wait_for_alarms_settled("n1")?;
     let big = d.alarms()?;
     let big_ids = alarm_ids(&big);
     assert_eq!(big_ids.len(), big.len(), "no duplicates in BIG");

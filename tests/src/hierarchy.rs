@@ -658,6 +658,22 @@ impl Deployment {
             .collect()
     }
 
+    /// Waits until BIG holds every alarm `node` logged as queued and the
+    /// station's BICD count (from its keep-alives) equals BIG's.
+    pub fn wait_for_alarms_settled(&mut self, node: &str) -> anyhow::Result<()> {
+        self.wait_for(
+            &format!("every alarm {node} queued in BIG, and BICD = BIG"),
+            |d| {
+                let big = d.alarms()?;
+                let queued = d.queued_alarm_ids(node);
+                Ok(
+                    (queued.is_subset(&alarm_ids(&big)) && d.bicd_alarms()? == Some(big.len()))
+                        .then_some(()),
+                )
+            },
+        )
+    }
+
     /// BICD's alarm count as the serving station reports it in its
     /// keep-alive (read from the typed `agad status --json`).
     pub fn bicd_alarms(&self) -> anyhow::Result<Option<usize>> {

@@ -91,15 +91,9 @@ fn main() -> anyhow::Result<()> {
     }
     d.stop("n1")?;
     let queued = d.queued_alarm_ids("n1");
-    // BICD's count comes with the station's keep-alives: wait for the one
-    // after the last alarm, too.
-    d.wait_for("every queued alarm in BIG, and BICD = BIG", |d| {
-        let big = d.alarms()?;
-        Ok(
-            (queued.is_subset(&alarm_ids(&big)) && d.bicd_alarms()? == Some(big.len()))
-                .then_some(()),
-        )
-    })?;
+    // BICD's count comes with the station's keep-alives: this waits for the
+    // one after the last alarm, too.
+    d.wait_for_alarms_settled("n1")?;
     let big = d.alarms()?;
     let big_ids = alarm_ids(&big);
     let bicd = d.bicd_alarms()?;

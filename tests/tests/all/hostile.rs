@@ -238,26 +238,8 @@ async fn an_alarm_flood_is_cut_to_the_module_budget_and_reported_once() {
             ..OutputLimits::default()
         },
     );
-    let (tx, mut rx) = mpsc::channel(16_384);
-    let (_stop, shutdown) = watch::channel(false);
     let started = std::time::Instant::now();
-    let mut spec = misbehave_spec();
-    spec.name = "flood".into();
-    spec.limits = Limits {
-        max_memory_bytes: 512 * 1024 * 1024,
-        max_time_per_call_ms: 20_000,
-        ..Default::default()
-    };
-    let flood = t.node.load(&t.sign(spec)).unwrap();
-    t.node
-        .start_inspector(flood, mode("flood"), tx.clone(), shutdown.clone())
-        .await
-        .unwrap();
-    let steady = t.node.load(&t.named("steady")).unwrap();
-    t.node
-        .start_inspector(steady, mode("alarm-every-tick"), tx, shutdown)
-        .await
-        .unwrap();
+    let (mut rx, _stop) = beside_a_steady_module(&t, "flood", 16_384).await;
     let steady_alarms = |events: &[Event]| {
         events
             .iter()
@@ -301,6 +283,36 @@ async fn an_alarm_flood_is_cut_to_the_module_budget_and_reported_once() {
     );
 }
 
+/// Starts misbehave named and in mode `how`, with room to misbehave
+/// (512 MiB, 20 s a call), beside `steady`, raising an alarm every tick;
+/// their events go to the receiver (`capacity` of them waiting at most).
+async fn beside_a_steady_module(
+    t: &TestNode,
+    how: &str,
+    capacity: usize,
+) -> (mpsc::Receiver<Event>, watch::Sender<bool>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let (stop, shutdown) = watch::channel(false);
+    let mut spec = misbehave_spec();
+    spec.name = how.into();
+    spec.limits = Limits {
+        max_memory_bytes: 512 * 1024 * 1024,
+        max_time_per_call_ms: 20_000,
+        ..Default::default()
+    };
+    let greedy = t.node.load(&t.sign(spec)).unwrap();
+    t.node
+        .start_inspector(greedy, mode(how), tx.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let steady = t.node.load(&t.named("steady")).unwrap();
+    t.node
+        .start_inspector(steady, mode("alarm-every-tick"), tx, shutdown)
+        .await
+        .unwrap();
+    (rx, stop)
+}
+
 /// A module sending a 100 MiB message in every tick: nothing of it goes
 /// upward, the node reports the drops once, and the other module is fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,25 +325,7 @@ async fn a_huge_message_is_dropped_and_reported_once() {
         },
         OutputLimits::default(),
     );
-    let (tx, mut rx) = mpsc::channel(4096);
-    let (_stop, shutdown) = watch::channel(false);
-    let mut spec = misbehave_spec();
-    spec.name = "huge".into();
-    spec.limits = Limits {
-        max_memory_bytes: 512 * 1024 * 1024,
-        max_time_per_call_ms: 20_000,
-        ..Default::default()
-    };
-    let huge = t.node.load(&t.sign(spec)).unwrap();
-    t.node
-        .start_inspector(huge, mode("huge"), tx.clone(), shutdown.clone())
-        .await
-        .unwrap();
-    let steady = t.node.load(&t.named("steady")).unwrap();
-    t.node
-        .start_inspector(steady, mode("alarm-every-tick"), tx, shutdown)
-        .await
-        .unwrap();
+    let (mut rx, _stop) = beside_a_steady_module(&t, "huge", 4096).await;
     let events = collect_until(&mut rx, Duration::from_secs(60), |e| {
         let steady = e
             .iter()
