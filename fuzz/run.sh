@@ -18,6 +18,7 @@
 # saved as fuzz/artifacts/<target>/{crash,timeout,oom,leak}-<sha1>; reproduce
 # it with `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <file>` in fuzz/.
 set -euo pipefail
+trap 'echo "run.sh: FAILED: line $LINENO: $BASH_COMMAND" >&2' ERR
 
 cd "$(dirname "$0")"
 
@@ -66,10 +67,15 @@ LIBFUZZER_FLAGS=(
     -malloc_limit_mb=256
     -timeout=10
     -max_len=131072
-    -jobs="$JOBS"
-    -workers="$JOBS"
     -print_final_stats=1
 )
+# -jobs (even -jobs=1) makes libFuzzer run the target in child processes
+# that log to fuzz-<n>.log and whose crashes do not fail the parent: only
+# ask for it when more than one job is wanted (failures are then found by
+# the artifacts they leave).
+if [ "$JOBS" -gt 1 ]; then
+    LIBFUZZER_FLAGS+=(-jobs="$JOBS" -workers="$JOBS")
+fi
 
 for t in "${TARGETS[@]}"; do
     [ -d "corpus/$t" ] && continue
@@ -95,15 +101,24 @@ for t in "${TARGETS[@]}"; do
     log="work/logs/$t.log"
     start=$(date +%s)
     status=0
+    mkdir -p "artifacts/$t"
+    artifacts_before=$(find "artifacts/$t" -type f | wc -l)
     cargo fuzz run --sanitizer "$SANITIZER" "$t" "work/$t" "corpus/$t" -- \
         "${LIBFUZZER_FLAGS[@]}" >"$log" 2>&1 || status=$?
     elapsed=$(($(date +%s) - start))
-    # With -jobs > 1 the counts are in fuzz-<n>.log files.
-    execs=$(cat "$log" fuzz-*.log 2>/dev/null | sed -n 's/^stat::number_of_executed_units: *//p' |
+    # With -jobs > 1 the jobs log to fuzz-<n>.log, which libFuzzer also
+    # copies to its own output when a job ends: keep them aside, count once.
+    for job_log in fuzz-*.log; do
+        if [ -f "$job_log" ]; then mv "$job_log" "work/logs/$t.$job_log"; fi
+    done
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" |
         awk '{ s += $1 } END { print s + 0 }')
-    rm -f fuzz-*.log
     rate=$((execs / (elapsed > 0 ? elapsed : 1)))
     units=$(find "work/$t" -type f | wc -l)
+    artifacts_after=$(find "artifacts/$t" -type f | wc -l)
+    if [ "$status" -eq 0 ] && [ "$artifacts_after" -gt "$artifacts_before" ]; then
+        status=1
+    fi
     if [ "$status" -eq 0 ]; then
         result=ok
     else
