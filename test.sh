@@ -4,7 +4,7 @@
 # errors), then every test. CI runs exactly this (.ci/run).
 # What else the tests need is installed here: the wasm32-wasip2 target and the
 # rustfmt and clippy components (listed in rust-toolchain.toml) and Debian's
-# real SNMP agent, snmpd.
+# real SNMP agent, snmpd; fuzz/run.sh installs cargo-fuzz.
 # Arguments go to `cargo test`, e.g. `./test.sh -p agad-net`.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,3 +45,11 @@ fi
 # Also builds the benchmark programs (they are workspace members), so a
 # change that breaks them fails here too.
 cargo test --workspace "$@"
+
+# Every decoder a peer, a module or an operator reaches, fuzzed for 20 s a
+# target (fuzz/README.md; `fuzz/run.sh 600` for a long run). Only for the
+# whole suite, not when arguments pick some tests.
+if [ $# -eq 0 ]; then
+    (cd fuzz && cargo fmt --check && cargo clippy --all-targets -- -D warnings)
+    fuzz/run.sh 20
+fi
