@@ -425,10 +425,23 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(1024);
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let common = config.remove(&None).unwrap_or_default();
+        // Every bundle is read and every --config checked before a module
+        // starts: bad input stops the command before anything runs.
+        let bundles = args
+            .bundles
+            .iter()
+            .map(|path| Ok((path, read_bundle(path)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if let Some(unknown) = config
+            .keys()
+            .flatten()
+            .find(|name| !bundles.iter().any(|(_, b)| &b.manifest.name == *name))
+        {
+            bail!("--config names module `{unknown}`, which no --bundle provides");
+        }
         let mut tasks = Vec::new();
         let mut started = Vec::new();
-        for path in &args.bundles {
-            let bundle = read_bundle(path)?;
+        for (path, bundle) in bundles {
             let name = bundle.manifest.name.clone();
             let module = node
                 .load(&bundle)
@@ -446,9 +459,6 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| path.display().to_string())?;
             tasks.push(handle);
             started.push(name);
-        }
-        if let Some(unknown) = config.keys().flatten().next() {
-            bail!("--config names module `{unknown}`, which no --bundle provides");
         }
         let disk = node.watch_disk(events_tx.clone(), shutdown.clone());
         tasks.extend(disk);
