@@ -5,7 +5,7 @@ use agad_gerente_mor::admin::{self, Answer, Request};
 use agad_gerente_mor::query::{AlarmQuery, ReportQuery};
 use agad_protocol::Area;
 use agad_protocol::message::Severity;
-use agad_protocol::wire::Component;
+use agad_protocol::wire::{Component, State};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,10 @@ pub struct ReportArgs {
     /// Only this module.
     #[arg(long)]
     module: Option<String>,
+    /// Only rows computed by this code: a module version (1.2.0) or a
+    /// prefix of the module's hash (at least 6 hex digits).
+    #[arg(long)]
+    module_version: Option<String>,
     /// Only this metric.
     #[arg(long)]
     metric: Option<String>,
@@ -101,6 +105,13 @@ pub struct AlarmsArgs {
     /// Only this node.
     #[arg(long)]
     node: Option<String>,
+    /// Only this module.
+    #[arg(long)]
+    module: Option<String>,
+    /// Only alarms from this code: a module version (1.2.0) or a prefix of
+    /// the module's hash (at least 6 hex digits).
+    #[arg(long)]
+    module_version: Option<String>,
     /// Only this management area (fault, configuration, accounting, performance, security).
     #[arg(long, value_parser = parse_kebab::<Area>)]
     area: Option<Area>,
@@ -120,6 +131,17 @@ pub struct AlarmsArgs {
     /// JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// A node's state in one word, for the alarm table.
+fn node_state(state: &State) -> &'static str {
+    match state {
+        State::Connected { failing, .. } if failing.is_empty() => "up",
+        State::Connected { .. } => "degraded",
+        State::Stale { .. } => "stale",
+        State::NotConnected => "down",
+        _ => "?",
+    }
 }
 
 /// A value of one of the protocol's kebab-case enums (`--area fault`).
@@ -329,6 +351,7 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
         domain: args.domain,
         node: args.node,
         module: args.module,
+        module_version: args.module_version,
         metric: args.metric,
         since_ms: Some(ago_ms(args.since)),
         until_ms: args.until.map(ago_ms),
@@ -341,11 +364,12 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         outln!(
-            "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10} {:>6}",
+            "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10} {:>6}",
             "WINDOW",
             "DOMAIN",
             "NODE",
             "MODULE",
+            "VERSION",
             "METRIC",
             "SUBJECT",
             "MIN",
@@ -360,16 +384,18 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
         if args.json {
             let line = serde_json::json!({
                 "window_start": time(r.window_start_ms), "window_end": time(r.window_end_ms),
-                "domain": r.domain, "node": r.node, "module": r.module, "summary": s,
+                "domain": r.domain, "node": r.node, "module": r.module,
+                "provenance": r.provenance, "summary": s,
             });
             outln!("{line}");
         } else {
             outln!(
-                "{:<20} {:<10} {:<12} {:<14} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6}",
+                "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6}",
                 time(r.window_start_ms),
                 r.domain,
                 r.node,
                 r.module,
+                r.provenance.version,
                 s.metric,
                 s.subject,
                 s.min,
@@ -389,6 +415,8 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
         active_only: args.active,
         domain: args.domain,
         node: args.node,
+        module: args.module,
+        module_version: args.module_version,
         area: args.area,
         severity: args.severity,
         since_ms: args.since.map(ago_ms),
@@ -401,12 +429,14 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         outln!(
-            "{:<20} {:<7} {:<9} {:<12} {:<14} MESSAGE",
+            "{:<20} {:<7} {:<9} {:<12} {:<14} {:<14} {:<10} MESSAGE",
             "TIME",
             "STATE",
             "SEVERITY",
             "NODE",
-            "MODULE"
+            "NODE STATE",
+            "MODULE",
+            "VERSION"
         );
     }
     for a in &answer.alarms {
@@ -414,12 +444,18 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
             outln!("{}", serde_json::to_string(a)?);
         } else {
             outln!(
-                "{:<20} {:<7} {:<9} {:<12} {:<14} {}",
+                "{:<20} {:<7} {:<9} {:<12} {:<14} {:<14} {:<10} {}",
                 time(a.time_ms),
-                if a.raised { "RAISED" } else { "cleared" },
+                match (a.raised, a.is_closing()) {
+                    (true, _) => "RAISED",
+                    (false, true) => "closed",
+                    (false, false) => "cleared",
+                },
                 format!("{:?}", a.severity).to_lowercase(),
                 a.node,
+                answer.nodes.get(&a.node).map_or("-", node_state),
                 a.module,
+                a.provenance.version,
                 a.message
             );
         }

@@ -70,6 +70,7 @@ fn alarm(i: u64) -> Alarm {
         id: format!("web-1/cpu-mem/{i}"),
         node: "web-1".into(),
         module: "cpu-mem".into(),
+        provenance: Default::default(),
         area: Area::Performance,
         key: "cpu".into(),
         metric: "cpu.used".into(),
@@ -136,6 +137,7 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
     let report = Report {
         node: "web-1".into(),
         module: "cpu-mem".into(),
+        provenance: Default::default(),
         area: Area::Performance,
         summaries: vec![summary("cpu.used"), summary("mem.used")],
         time_ms: NOW * 1000,
@@ -145,14 +147,17 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
         domain: "lab".into(),
         window_start_ms: NOW * 1000,
         window_end_ms: NOW * 1000 + 60_000,
+        consolidated_ms: NOW * 1000 + 65_000,
         nodes: vec![NodeSummary {
             node: "web-1".into(),
             module: "cpu-mem".into(),
+            provenance: Default::default(),
             summary: summary("cpu.used"),
         }],
         domain_summaries: vec![NodeSummary {
             node: "lab".into(),
             module: "cpu-mem".into(),
+            provenance: Default::default(),
             summary: summary("cpu.used"),
         }],
     };

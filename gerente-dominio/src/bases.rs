@@ -1,6 +1,7 @@
 //! The domain manager's bases in its own database: BC (module bundles by
 //! hash), BTPD/BCN (the replica last acknowledged) and BICD (every alarm and
-//! report received from the domain's nodes).
+//! report received from the domain's nodes, and which reports arrived after
+//! their window was consolidated).
 //!
 //! A replica is stored only if every module in it (and in its sub-domain
 //! replicas) is signed by one of the deployment's trusted publishers and
@@ -12,7 +13,8 @@ use agad_protocol::message::{Alarm, Report};
 use agad_protocol::wire::{self, Replica};
 use agad_protocol::{Bundle, PublicKey};
 use agad_storage::{Database, StorageError, Tree};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -43,9 +45,25 @@ pub struct Bases {
     btpd: Tree,
     bicd_alarms: Tree,
     bicd_reports: Tree,
+    /// Keys of reports that arrived for a window already consolidated (a
+    /// node that buffered through an outage, a restart of this station):
+    /// their windows are consolidated again.
+    late_reports: Tree,
     meta: Tree,
     /// Publisher keys whose signatures a replica's modules must carry.
     trusted: Vec<PublicKey>,
+    /// Held while reports are recorded and while windows are consolidated,
+    /// so a report is either in a window's consolidation or marked late.
+    windows: Arc<Mutex<()>>,
+}
+
+/// What one consolidation pass has to do (see [`Bases::consolidation`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Starts of windows to consolidate (new or with late reports), oldest first.
+    pub windows: Vec<u64>,
+    /// Late-report marks the pass clears once its reports are queued.
+    late: Vec<Vec<u8>>,
 }
 
 const CURRENT: &[u8] = b"current";
@@ -61,8 +79,10 @@ impl Bases {
             btpd: db.tree("btpd")?,
             bicd_alarms: db.tree("bicd-alarms")?,
             bicd_reports: db.tree("bicd-reports")?,
+            late_reports: db.tree("bicd-late-reports")?,
             meta: db.tree("meta")?,
             trusted,
+            windows: Arc::default(),
         })
     }
 
@@ -201,15 +221,80 @@ impl Bases {
 
     /// Records node reports in BICD, durably (one flush for the batch).
     /// Keyed by (time, node, the node's sequence), so a replayed report
-    /// lands on itself.
+    /// lands on itself. A report older than what was consolidated is also
+    /// marked late, so its window is consolidated again.
     pub fn record_reports(&self, reports: &[(Report, u64)]) -> Result<(), StorageError> {
+        let _windows = self.windows();
+        let until = self.consolidated_until()?;
         for (report, seq) in reports {
-            self.bicd_reports.insert(
-                &report_key(report.time_ms, &report.node, *seq),
-                &wire::encode_value(report),
-            )?;
+            let key = report_key(report.time_ms, &report.node, *seq);
+            self.bicd_reports
+                .insert(&key, &wire::encode_value(report))?;
+            if until.is_some_and(|until| report.time_ms < until) {
+                self.late_reports.insert(&key, &[])?;
+            }
         }
         self.db.flush()
+    }
+
+    fn windows(&self) -> MutexGuard<'_, ()> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one consolidation pass of windows `window_ms` long, up to the
+    /// window that contains `now_ms` (excluded): `send` gets the start of
+    /// each window that completed since the last pass or received late
+    /// reports, oldest first, and queues its consolidation. Reports
+    /// recorded meanwhile wait (they would otherwise fall between the pass
+    /// and its bookkeeping). On the first pass ever, history before the
+    /// current window is left alone.
+    pub fn consolidate(
+        &self,
+        window_ms: u64,
+        now_ms: u64,
+        mut send: impl FnMut(u64) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let _windows = self.windows();
+        let pending = self.pending(window_ms, now_ms)?;
+        for start in &pending.windows {
+            send(*start)?;
+        }
+        for key in &pending.late {
+            self.late_reports.remove(key)?;
+        }
+        let current = now_ms - now_ms % window_ms;
+        self.meta
+            .insert(CONSOLIDATED_UNTIL, &current.to_be_bytes())?;
+        self.db.flush()
+    }
+
+    /// The windows a pass at `now_ms` consolidates.
+    fn pending(&self, window_ms: u64, now_ms: u64) -> Result<Pending, StorageError> {
+        let current = now_ms - now_ms % window_ms;
+        let mut windows = BTreeSet::new();
+        let mut late = Vec::new();
+        for (key, _) in self.late_reports.scan_prefix(b"")? {
+            if let Some(time) = key.get(..8).and_then(|t| t.try_into().ok()) {
+                let time = u64::from_be_bytes(time);
+                if time >= current {
+                    // Its window is still open: consolidated in due course.
+                    continue;
+                }
+                windows.insert(time - time % window_ms);
+            }
+            late.push(key);
+        }
+        if let Some(until) = self.consolidated_until()? {
+            let mut start = until - until % window_ms;
+            while start < current {
+                windows.insert(start);
+                start += window_ms;
+            }
+        }
+        Ok(Pending {
+            windows: windows.into_iter().collect(),
+            late,
+        })
     }
 
     /// Node reports received with times in `[start, end)`.
@@ -240,17 +325,11 @@ impl Bases {
         (self.bicd_alarms.len(), self.bicd_reports.len())
     }
 
-    pub fn consolidated_until(&self) -> Result<Option<u64>, StorageError> {
+    fn consolidated_until(&self) -> Result<Option<u64>, StorageError> {
         Ok(self
             .meta
             .get(CONSOLIDATED_UNTIL)?
             .and_then(|v| v.try_into().ok().map(u64::from_be_bytes)))
-    }
-
-    pub fn set_consolidated_until(&self, end_ms: u64) -> Result<(), StorageError> {
-        self.meta
-            .insert(CONSOLIDATED_UNTIL, &end_ms.to_be_bytes())?;
-        self.db.flush()
     }
 }
 
@@ -338,6 +417,59 @@ mod tests {
 
     fn now() -> u64 {
         crate::now_ms() / 1000
+    }
+
+    fn node_report(node: &str, time_ms: u64) -> Report {
+        Report {
+            node: node.into(),
+            module: "cpu-mem".into(),
+            provenance: Default::default(),
+            area: agad_protocol::Area::Performance,
+            summaries: vec![],
+            time_ms,
+        }
+    }
+
+    fn pass(bases: &Bases, now_ms: u64) -> Vec<u64> {
+        let mut sent = Vec::new();
+        bases
+            .consolidate(10, now_ms, |start| {
+                sent.push(start);
+                Ok(())
+            })
+            .unwrap();
+        sent
+    }
+
+    #[test]
+    fn a_report_for_a_window_already_consolidated_has_its_window_sent_again() {
+        let f = fixture();
+        // The first pass ever starts with the window in progress.
+        assert_eq!(pass(&f.bases, 105), Vec::<u64>::new());
+        f.bases
+            .record_reports(&[(node_report("a", 101), 1)])
+            .unwrap();
+        assert_eq!(pass(&f.bases, 112), vec![100]);
+        // The station was down from 112 to 145: windows 110..140 are
+        // consolidated empty, then the node replays what it buffered.
+        assert_eq!(pass(&f.bases, 145), vec![110, 120, 130]);
+        f.bases
+            .record_reports(&[
+                (node_report("a", 111), 2),
+                (node_report("a", 125), 3),
+                (node_report("a", 142), 4),
+            ])
+            .unwrap();
+        assert_eq!(pass(&f.bases, 151), vec![110, 120, 140]);
+        assert_eq!(f.bases.reports_between(110, 130).unwrap().len(), 2);
+        // Sent once: the marks are cleared with the pass.
+        assert_eq!(pass(&f.bases, 161), vec![150]);
+        // Marks survive a restart of the station.
+        f.bases
+            .record_reports(&[(node_report("b", 103), 1)])
+            .unwrap();
+        let reopened = Bases::open(&f.bases.db, vec![]).unwrap();
+        assert_eq!(pass(&reopened, 171), vec![100, 160]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! per domain, so one message per window goes upward whatever the size of
 //! the domain.
 
-use agad_protocol::message::{Report, Summary};
+use agad_protocol::message::{Provenance, Report, Summary};
 use agad_protocol::wire::{DomainReport, NodeSummary};
 use std::collections::BTreeMap;
 
@@ -33,12 +33,19 @@ pub fn merge(a: &Summary, b: &Summary) -> Summary {
     }
 }
 
-type Series = (String, String, String, String);
+/// One series: node (or domain), module, the module's code, metric, subject.
+type Series = (String, String, Provenance, String, String);
 
-fn fold(rows: impl Iterator<Item = (String, String, Summary)>) -> Vec<NodeSummary> {
+fn fold(rows: impl Iterator<Item = (String, String, Provenance, Summary)>) -> Vec<NodeSummary> {
     let mut merged: BTreeMap<Series, Summary> = BTreeMap::new();
-    for (node, module, s) in rows {
-        let key = (node, module, s.metric.clone(), s.subject.clone());
+    for (node, module, provenance, s) in rows {
+        let key = (
+            node,
+            module,
+            provenance,
+            s.metric.clone(),
+            s.subject.clone(),
+        );
         merged
             .entry(key)
             .and_modify(|m| *m = merge(m, &s))
@@ -46,31 +53,48 @@ fn fold(rows: impl Iterator<Item = (String, String, Summary)>) -> Vec<NodeSummar
     }
     merged
         .into_iter()
-        .map(|((node, module, _, _), summary)| NodeSummary {
+        .map(|((node, module, provenance, _, _), summary)| NodeSummary {
             node,
             module,
+            provenance,
             summary,
         })
         .collect()
 }
 
-/// The report of `domain` for the window `[start, end)` from its node reports.
-pub fn consolidate(domain: &str, start_ms: u64, end_ms: u64, reports: &[Report]) -> DomainReport {
+/// The report of `domain` for the window `[start, end)` from its node
+/// reports, made at `now_ms`.
+pub fn consolidate(
+    domain: &str,
+    start_ms: u64,
+    end_ms: u64,
+    reports: &[Report],
+    now_ms: u64,
+) -> DomainReport {
     let nodes = fold(reports.iter().flat_map(|r| {
-        r.summaries
-            .iter()
-            .map(|s| (r.node.clone(), r.module.clone(), s.clone()))
+        r.summaries.iter().map(|s| {
+            (
+                r.node.clone(),
+                r.module.clone(),
+                r.provenance.clone(),
+                s.clone(),
+            )
+        })
     }));
-    let domain_summaries = fold(
-        nodes
-            .iter()
-            .map(|n| (domain.to_owned(), n.module.clone(), n.summary.clone())),
-    );
+    let domain_summaries = fold(nodes.iter().map(|n| {
+        (
+            domain.to_owned(),
+            n.module.clone(),
+            n.provenance.clone(),
+            n.summary.clone(),
+        )
+    }));
     DomainReport {
         id: format!("{domain}/{start_ms}"),
         domain: domain.to_owned(),
         window_start_ms: start_ms,
         window_end_ms: end_ms,
+        consolidated_ms: now_ms,
         nodes,
         domain_summaries,
     }
@@ -101,6 +125,7 @@ mod tests {
         Report {
             node: node.into(),
             module: "cpu-mem".into(),
+            provenance: Provenance::default(),
             area: Area::Performance,
             summaries: vec![s],
             time_ms: 0,
@@ -125,7 +150,7 @@ mod tests {
             report("a", summary(3.0, 4.0, 3.5, 4.0, 2, 30)),
             report("b", summary(10.0, 10.0, 10.0, 10.0, 4, 30)),
         ];
-        let r = consolidate("lab", 0, 60, &reports);
+        let r = consolidate("lab", 0, 60, &reports, 100);
         assert_eq!(r.id, "lab/0");
         assert_eq!(r.nodes.len(), 2);
         assert_eq!(r.nodes[0].node, "a");
@@ -135,5 +160,31 @@ mod tests {
         let d = &r.domain_summaries[0].summary;
         assert_eq!((d.min, d.max, d.count), (1.0, 10.0, 8));
         assert!((d.mean - 6.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn two_versions_of_a_module_during_a_roll_out_stay_apart() {
+        let old = Provenance {
+            version: "1.0.0".into(),
+            sequence: 1,
+            sha256: "aa".repeat(32),
+        };
+        let new = Provenance {
+            version: "1.1.0".into(),
+            sequence: 2,
+            sha256: "bb".repeat(32),
+        };
+        let mut a = report("a", summary(1.0, 1.0, 1.0, 1.0, 2, 20));
+        a.provenance = old.clone();
+        let mut b = report("b", summary(9.0, 9.0, 9.0, 9.0, 2, 20));
+        b.provenance = new.clone();
+        let r = consolidate("lab", 0, 60, &[a, b], 100);
+        let domain: Vec<(&Provenance, f64)> = r
+            .domain_summaries
+            .iter()
+            .map(|n| (&n.provenance, n.summary.mean))
+            .collect();
+        assert_eq!(domain, vec![(&old, 1.0), (&new, 9.0)]);
+        assert_eq!(r.nodes[1].provenance, new);
     }
 }

@@ -290,6 +290,9 @@ async fn consolidate_on_windows(
     }
 }
 
+/// Queues one domain report for every window that completed since the last
+/// pass and for every earlier window that received late reports (sent
+/// again whole: the top manager keeps the latest consolidation of a window).
 fn send_completed_windows(
     station: &Station,
     domain: &str,
@@ -297,22 +300,15 @@ fn send_completed_windows(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let now = now_ms().saturating_sub(grace.as_millis() as u64);
-    let current = now - now % window_ms;
-    // First start: begin with the window in progress rather than replaying history.
-    let mut start = match station.bases.consolidated_until()? {
-        Some(until) => until - until % window_ms,
-        None => current,
-    };
-    while start < current {
+    station.bases.consolidate(window_ms, now, |start| {
         let end = start + window_ms;
         let reports = station.bases.reports_between(start, end)?;
         if !reports.is_empty() {
-            let report = consolidate::consolidate(domain, start, end, &reports);
+            let report = consolidate::consolidate(domain, start, end, &reports, now_ms());
             station.outbox.push(&Upward::DomainReport(report))?;
         }
-        start = end;
-    }
-    station.bases.set_consolidated_until(current)?;
+        Ok(())
+    })?;
     Ok(())
 }
 

@@ -208,7 +208,7 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
         },
         Request::Status => Answer::Status(query::status(mor)?),
         Request::Reports(q) => Answer::Reports(query::reports(b, &q)?),
-        Request::Alarms(q) => Answer::Alarms(query::alarms(b, &q)?),
+        Request::Alarms(q) => Answer::Alarms(query::alarms(mor, &q)?),
     })
 }
 

@@ -3,17 +3,24 @@
 //! registry, and BIG (every alarm and domain report received, indexed;
 //! see [`big`]).
 //!
+//! BTPG also keeps each node's last move between domains ([`orphans::Move`]).
+//!
 //! One version number covers everything replicated: any change to BGC,
 //! BTPG or enrollment bumps it, and replicas carry it.
 
 pub mod big;
+pub mod orphans;
 
-use agad_protocol::message::Alarm;
+use agad_protocol::message::{Alarm, Provenance};
 use agad_protocol::topology::Topology;
 use agad_protocol::wire::{self, DomainReport, Enrollment, Member, Role};
 use agad_protocol::{Bundle, PublicKey};
 use agad_storage::{Database, StorageError, Tree};
+use big::AlarmIndex;
+use orphans::{Move, Orphans};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
@@ -32,6 +39,8 @@ pub struct Bases {
     db: Database,
     bgc: Tree,
     btpg: Tree,
+    /// node → its last [`Move`].
+    moves: Tree,
     members: Tree,
     tickets: Tree,
     pub big: big::Big,
@@ -61,6 +70,7 @@ impl Bases {
             db: db.clone(),
             bgc: db.tree("bgc")?,
             btpg: db.tree("btpg")?,
+            moves: db.tree("btpg-moves")?,
             members: db.tree("members")?,
             tickets: db.tree("tickets")?,
             big: big::Big::open(db)?,
@@ -153,12 +163,73 @@ impl Bases {
         })
     }
 
-    /// Replaces the topology in force (one key: all or nothing).
+    /// Replaces the topology in force (one key: all or nothing), records
+    /// the nodes it moves to another domain, and closes in BIG every raise
+    /// it leaves unable to clear ([`Bases::close_orphans`]).
     pub fn apply_topology(&self, topology: &Topology) -> Result<u64> {
+        let old = self.topology()?;
+        let now = crate::now_ms();
+        for (node, to) in orphans::moves(&old, topology, now) {
+            self.moves
+                .insert(node.as_bytes(), &wire::encode_value(&to))?;
+        }
+        for gone in old
+            .nodes
+            .iter()
+            .filter(|n| topology.domain_of(&n.name).is_none())
+        {
+            self.moves.remove(gone.name.as_bytes())?;
+        }
         self.btpg.insert(TOPOLOGY, &wire::encode_value(topology))?;
         let version = self.bump()?;
         self.db.flush()?;
+        self.close_orphans(Some(&old), topology, now)?;
         Ok(version)
+    }
+
+    /// Every node's last move between domains.
+    pub fn moves(&self) -> Result<BTreeMap<String, Move>> {
+        self.moves
+            .scan_prefix(b"")?
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("move", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Closes, with a closing event that says why, every raise in BIG
+    /// that can never clear under `new` (see [`orphans`]); `old` is the
+    /// topology it replaced, if known. Run at each apply and at start (a
+    /// stop between an apply and its closings is finished then).
+    pub fn close_orphans(
+        &self,
+        old: Option<&Topology>,
+        new: &Topology,
+        now_ms: u64,
+    ) -> Result<usize> {
+        let moves = self.moves()?;
+        let orphans = Orphans::new(old, new, &moves);
+        let mut active = Vec::new();
+        self.big
+            .alarms_newest_first(AlarmIndex::Active(None), 0, u64::MAX, |a| {
+                active.push(a);
+                ControlFlow::Continue(())
+            })?;
+        let by = Provenance::runtime(env!("CARGO_PKG_VERSION"));
+        let mut closed = 0;
+        for alarm in active {
+            if let Some(reason) = orphans.reason(&alarm) {
+                self.big
+                    .record_alarm(&alarm.closing(&reason, now_ms, closed, by.clone()))?;
+                tracing::info!(id = %alarm.id, "alarm closed: {reason}");
+                closed += 1;
+            }
+        }
+        Ok(closed)
     }
 
     // ---- enrollment

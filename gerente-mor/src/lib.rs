@@ -72,6 +72,10 @@ pub async fn run(
         trusted: config.trusted,
         stations: Arc::new(Children::new(config.children)),
     });
+    // Finishes what an apply cut short by a stop left: raises that can no
+    // longer clear under the topology in force.
+    mor.bases
+        .close_orphans(None, &mor.bases.topology()?, now_ms())?;
     let watcher = tokio::spawn(mor.stations.clone().watch(shutdown.clone()));
     let admin = tokio::spawn(admin::serve(
         mor.clone(),
@@ -103,6 +107,13 @@ pub async fn run(
     let _ = std::fs::remove_file(admin_socket(&config.data_dir));
     db.flush()?;
     Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn now_secs() -> u64 {

@@ -13,10 +13,10 @@ use crate::bases::big::{AlarmIndex, ReportIndex};
 use crate::bases::{BaseError, Bases};
 use crate::stations::DomainStatus;
 use agad_protocol::Area;
-use agad_protocol::message::{Alarm, Severity, Summary};
-use agad_protocol::wire::DomainReport;
+use agad_protocol::message::{Alarm, Provenance, Severity, Summary};
+use agad_protocol::wire::{DomainReport, State};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 
 /// Which alarms. Every field narrows; the default is every alarm event.
@@ -29,6 +29,10 @@ pub struct AlarmQuery {
     /// Only nodes that the topology in force places in this domain.
     pub domain: Option<String>,
     pub node: Option<String>,
+    pub module: Option<String>,
+    /// Only alarms from this code of the module: a version, or a prefix of
+    /// the module's hash (at least 6 hex digits).
+    pub module_version: Option<String>,
     pub area: Option<Area>,
     /// This severity or worse.
     pub severity: Option<Severity>,
@@ -44,6 +48,10 @@ pub struct AlarmQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmList {
     pub alarms: Vec<Alarm>,
+    /// The state of each node in `alarms` as its domain manager last
+    /// reported it (a node that is down keeps its raised alarms); absent
+    /// when unknown.
+    pub nodes: BTreeMap<String, State>,
     /// Older matching alarms were left out because of the limit.
     pub truncated: bool,
 }
@@ -58,6 +66,9 @@ pub struct ReportQuery {
     /// their domain, so this matches the domain's name).
     pub node: Option<String>,
     pub module: Option<String>,
+    /// Only rows computed by this code of the module: a version, or a
+    /// prefix of the module's hash (at least 6 hex digits).
+    pub module_version: Option<String>,
     pub metric: Option<String>,
     /// Windows starting at or after this time (ms since the Unix epoch).
     pub since_ms: Option<u64>,
@@ -78,6 +89,8 @@ pub struct ReportRow {
     /// The node, or the domain's name for a per-domain row.
     pub node: String,
     pub module: String,
+    /// Which code of `module` computed it.
+    pub provenance: Provenance,
     pub summary: Summary,
 }
 
@@ -138,8 +151,20 @@ impl<T> Newest<T> {
     }
 }
 
-/// The alarms `query` asks for.
-pub fn alarms(bases: &Bases, query: &AlarmQuery) -> Result<AlarmList, BaseError> {
+/// The alarms `query` asks for, with the state of their nodes.
+pub fn alarms(mor: &Mor, query: &AlarmQuery) -> Result<AlarmList, BaseError> {
+    let mut list = alarm_events(&mor.bases, query)?;
+    let mut states = mor.node_states();
+    list.nodes = list
+        .alarms
+        .iter()
+        .filter_map(|a| Some((a.node.clone(), states.remove(&a.node)?)))
+        .collect();
+    Ok(list)
+}
+
+/// The alarms `query` asks for (node states left empty).
+fn alarm_events(bases: &Bases, query: &AlarmQuery) -> Result<AlarmList, BaseError> {
     let since = query.since_ms.unwrap_or(0);
     let until = query.until_ms.unwrap_or(u64::MAX);
     let in_domain: Option<BTreeSet<String>> = match &query.domain {
@@ -157,6 +182,11 @@ pub fn alarms(bases: &Bases, query: &AlarmQuery) -> Result<AlarmList, BaseError>
     let wanted = |a: &Alarm| {
         query.node.as_ref().is_none_or(|n| *n == a.node)
             && in_domain.as_ref().is_none_or(|d| d.contains(&a.node))
+            && query.module.as_ref().is_none_or(|m| *m == a.module)
+            && query
+                .module_version
+                .as_ref()
+                .is_none_or(|v| a.provenance.matches(v))
             && query.area.is_none_or(|x| x == a.area)
             && query.severity.is_none_or(|s| a.severity >= s)
             && (since..until).contains(&a.time_ms)
@@ -197,7 +227,11 @@ pub fn alarms(bases: &Bases, query: &AlarmQuery) -> Result<AlarmList, BaseError>
         }
     }
     let (alarms, truncated) = newest.finish();
-    Ok(AlarmList { alarms, truncated })
+    Ok(AlarmList {
+        alarms,
+        nodes: BTreeMap::new(),
+        truncated,
+    })
 }
 
 /// The report rows `query` asks for.
@@ -237,6 +271,10 @@ fn rows_of(
         if query.node.as_ref().is_some_and(|n| *n != row.node)
             || query.module.as_ref().is_some_and(|m| *m != row.module)
             || query
+                .module_version
+                .as_ref()
+                .is_some_and(|v| !row.provenance.matches(v))
+            || query
                 .metric
                 .as_ref()
                 .is_some_and(|m| *m != row.summary.metric)
@@ -249,6 +287,7 @@ fn rows_of(
             window_end_ms: r.window_end_ms,
             node: row.node,
             module: row.module,
+            provenance: row.provenance,
             summary: row.summary,
         })?;
     }
@@ -296,7 +335,7 @@ mod tests {
     }
 
     fn alarm_ids(b: &Bases, q: AlarmQuery) -> Vec<String> {
-        alarms(b, &q)
+        alarm_events(b, &q)
             .unwrap()
             .alarms
             .into_iter()
@@ -362,7 +401,10 @@ mod tests {
             active_as_the_cli_did(&of_n2)
         );
         assert_eq!(
-            alarms(&b, &AlarmQuery::default()).unwrap().alarms.len(),
+            alarm_events(&b, &AlarmQuery::default())
+                .unwrap()
+                .alarms
+                .len(),
             400,
             "every event once"
         );
@@ -421,7 +463,7 @@ mod tests {
             }),
             ["n2/m/1"]
         );
-        let newest = alarms(
+        let newest = alarm_events(
             &b,
             &AlarmQuery {
                 limit: Some(2),
@@ -432,7 +474,7 @@ mod tests {
         assert!(newest.truncated);
         let ids: Vec<_> = newest.alarms.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(ids, ["n3/m/1", "n1/m/2"], "the newest, oldest first");
-        let all = alarms(
+        let all = alarm_events(
             &b,
             &AlarmQuery {
                 limit: Some(4),

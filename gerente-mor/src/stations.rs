@@ -8,11 +8,12 @@ use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionE
 use agad_net::tls::PeerIdentity;
 use agad_protocol::topology::Topology;
 use agad_protocol::wire::{
-    self, ComponentStatus, Control, Enrollment, Message, Queued, Replica, Role, State, Upward,
+    self, Component, ComponentStatus, Control, Enrollment, Message, Queued, Replica, Role, State,
+    Upward,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 /// What the top manager keeps about a connected station.
@@ -263,6 +264,19 @@ impl Mor {
             members,
             subdomains,
         })
+    }
+
+    /// Each node's state as its domain manager last reported it (nodes
+    /// whose manager is not connected are left out: unknown).
+    pub fn node_states(&self) -> BTreeMap<String, State> {
+        self.domain_status()
+            .into_iter()
+            .flat_map(|d| d.components)
+            .filter_map(|c| match c.component {
+                Component::Node { name } => Some((name, c.state)),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn domain_status(&self) -> Vec<DomainStatus> {

@@ -142,6 +142,7 @@ mod tests {
         Upward::NodeReport(Report {
             node: "n".into(),
             module: "m".into(),
+            provenance: Default::default(),
             area: Area::Performance,
             summaries: vec![],
             time_ms: n,
@@ -153,6 +154,7 @@ mod tests {
             id: format!("n/m/{n}"),
             node: "n".into(),
             module: "m".into(),
+            provenance: Default::default(),
             area: Area::Fault,
             key: "k".into(),
             metric: "x".into(),

@@ -177,6 +177,7 @@ fn alarm(node: &str) -> Alarm {
         id: format!("{node}/cpu/1"),
         node: node.into(),
         module: "cpu-mem".into(),
+        provenance: Default::default(),
         area: Area::Performance,
         key: "cpu".into(),
         metric: "cpu.usage".into(),

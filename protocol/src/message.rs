@@ -25,6 +25,56 @@ pub enum Comparison {
     NotEqual,
 }
 
+/// Which code produced an alarm or a summary: the signed identity of the
+/// module that ran (its name travels beside it), so an operator can always
+/// tell which version computed a number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The manifest's semantic version.
+    pub version: String,
+    /// The manifest's sequence number (what a node's rollback check orders by).
+    pub sequence: u64,
+    /// SHA-256 of the module's wasm bytes, hex; empty for what the node
+    /// runtime itself raises (module `agad`, whose version is the runtime's).
+    pub sha256: String,
+}
+
+impl Provenance {
+    /// The identity of the module `manifest` describes.
+    pub fn of(manifest: &crate::Manifest) -> Provenance {
+        Provenance {
+            version: manifest.version.to_string(),
+            sequence: manifest.sequence,
+            sha256: manifest.sha256_hex(),
+        }
+    }
+
+    /// The node runtime itself, version `version`.
+    pub fn runtime(version: &str) -> Provenance {
+        Provenance {
+            version: version.to_owned(),
+            sequence: 0,
+            sha256: String::new(),
+        }
+    }
+
+    /// `version (sequence, first 12 hex digits of the hash)`, for tables.
+    pub fn short(&self) -> String {
+        if self.sha256.is_empty() {
+            return self.version.clone();
+        }
+        let hash = self.sha256.get(..12).unwrap_or(&self.sha256);
+        format!("{} (#{}, {hash})", self.version, self.sequence)
+    }
+
+    /// Whether `filter` names this code: its version, or a prefix of its
+    /// hash of at least 6 hex digits.
+    pub fn matches(&self, filter: &str) -> bool {
+        self.version == filter
+            || (filter.len() >= 6 && !self.sha256.is_empty() && self.sha256.starts_with(filter))
+    }
+}
+
 /// A condition that started (`raised`) or ended on a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alarm {
@@ -32,6 +82,8 @@ pub struct Alarm {
     pub id: String,
     pub node: String,
     pub module: String,
+    /// The code of `module` that raised or cleared it.
+    pub provenance: Provenance,
     pub area: Area,
     pub key: String,
     pub metric: String,
@@ -105,6 +157,39 @@ impl Alarm {
     }
 }
 
+/// Marks the id of an alarm event the top manager wrote to close a raise
+/// whose module, node or domain left the topology (`<node>/<module>/closed…`).
+const CLOSING: &str = "closed";
+
+impl Alarm {
+    /// The event that closes this raise for good because it can never
+    /// clear on its own (its module was unassigned, its node moved or was
+    /// removed): a clear of the same condition, `reason` in its message,
+    /// written by `by` (the top manager's own code) at `time_ms`, the
+    /// `n`-th closing of that moment.
+    pub fn closing(&self, reason: &str, time_ms: u64, n: usize, by: Provenance) -> Alarm {
+        Alarm {
+            id: format!("{}/{}/{CLOSING}{time_ms}n{n}", self.node, self.module),
+            provenance: by,
+            raised: false,
+            message: format!("closed: {reason}"),
+            // After the raise, whatever the clocks: the condition's latest
+            // event is decided by time.
+            time_ms: time_ms.max(self.time_ms + 1),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this event closed a raise (see [`Alarm::closing`]) rather
+    /// than the module clearing it.
+    pub fn is_closing(&self) -> bool {
+        self.id
+            .rsplit('/')
+            .next()
+            .is_some_and(|seq| seq.starts_with(CLOSING))
+    }
+}
+
 /// Consolidation of one metric over one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -125,6 +210,8 @@ pub struct Summary {
 pub struct Report {
     pub node: String,
     pub module: String,
+    /// The code of `module` that computed every summary here.
+    pub provenance: Provenance,
     pub area: Area,
     pub summaries: Vec<Summary>,
     /// Milliseconds since the Unix epoch.
@@ -169,6 +256,7 @@ mod tests {
             id: id.into(),
             node: node.into(),
             module: module.into(),
+            provenance: Provenance::default(),
             area: Area::Performance,
             key: "k".into(),
             metric: "cpu".into(),

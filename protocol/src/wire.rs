@@ -19,7 +19,7 @@
 //! decoded.
 
 use crate::bundle::Bundle;
-use crate::message::{Alarm, Report, Summary};
+use crate::message::{Alarm, Provenance, Report, Summary};
 use crate::topology::DomainTopology;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -168,6 +168,11 @@ pub struct DomainReport {
     pub domain: String,
     pub window_start_ms: u64,
     pub window_end_ms: u64,
+    /// When the station made this consolidation. Reports that reach the
+    /// station after their window was sent (a node that buffered through
+    /// an outage) make it send the window again, whole: the receiver keeps
+    /// the one consolidated last.
+    pub consolidated_ms: u64,
     /// Per node: one summary per (module, metric, subject).
     pub nodes: Vec<NodeSummary>,
     /// Per domain: the node summaries of each (module, metric, subject) merged.
@@ -179,6 +184,10 @@ pub struct NodeSummary {
     /// Node name, or the domain's name for domain-wide rows.
     pub node: String,
     pub module: String,
+    /// The code of `module` that computed it: a domain-wide row merges the
+    /// nodes that ran the same code, so two versions during a roll-out
+    /// stay apart.
+    pub provenance: Provenance,
     pub summary: Summary,
 }
 
@@ -1087,6 +1096,7 @@ mod tests {
                 body: Upward::NodeReport(Report {
                     node: "n".into(),
                     module: "m".into(),
+                    provenance: Provenance::default(),
                     area: crate::manifest::Area::Fault,
                     summaries: vec![],
                     time_ms: 0,

@@ -138,19 +138,34 @@ impl Managed {
             }
         }
         // Not held while modules start (instantiation and `init` await).
-        {
+        let unassigned: Vec<(String, Running)> = {
             let mut running = lock(&self.running);
-            running.retain(|name, r| {
-                let keep = wanted.get(name).is_some_and(|(b, config)| {
-                    b.manifest.sha256_hex() == r.hash && *config == r.config
-                });
-                if !keep {
+            let stopping: Vec<String> = running
+                .iter()
+                .filter(|(name, r)| {
+                    !wanted.get(*name).is_some_and(|(b, config)| {
+                        b.manifest.sha256_hex() == r.hash && *config == r.config
+                    })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            let mut unassigned = Vec::new();
+            for name in stopping {
+                if let Some(r) = running.remove(&name) {
                     tracing::info!(module = %name, "stopping");
                     let _ = r.stop.send(true);
+                    // Restarted with another version or configuration, a
+                    // module keeps its state; unassigned, it loses it.
+                    if !wanted.contains_key(&name) {
+                        unassigned.push((name, r));
+                    }
                 }
-                keep
-            });
+            }
             wanted.retain(|name, _| !running.contains_key(name));
+            unassigned
+        };
+        for (name, r) in unassigned {
+            self.forget_when_stopped(name, r.task);
         }
         for (name, (bundle, config)) in wanted {
             let version = bundle.manifest.version.clone();
@@ -177,6 +192,26 @@ impl Managed {
         }
         *lock(&self.refused) = refused;
         problems
+    }
+
+    /// Once the task of module `name` has ended, deletes its state (see
+    /// [`Node::forget_state`]).
+    fn forget_when_stopped(self: &Arc<Self>, name: String, task: JoinHandle<()>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _ = task.await;
+            let forgot =
+                tokio::task::spawn_blocking(move || (me.node.forget_state(&name), name)).await;
+            match forgot {
+                Ok((Ok(keys), name)) => {
+                    tracing::info!(module = %name, keys, "unassigned; its state deleted")
+                }
+                Ok((Err(e), name)) => {
+                    tracing::error!(module = %name, "cannot delete the state of an unassigned module: {e}")
+                }
+                Err(e) => tracing::error!("state deletion task failed: {e}"),
+            }
+        });
     }
 
     /// The full bundle of a deployment: from the message, or from the local

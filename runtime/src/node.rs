@@ -13,7 +13,7 @@ use crate::host::state::ModuleState;
 use crate::instance::{Fault, InitError, InspectorInstance};
 use crate::trust::{TrustError, TrustStore};
 use agad_protocol::message::{
-    Alarm, Comparison, FaultKind, ModuleFault, Report, Severity, Summary,
+    Alarm, Comparison, FaultKind, ModuleFault, Provenance, Report, Severity, Summary,
 };
 use agad_protocol::{Bundle, Capability, Kind, Limits, PublicKey};
 use agad_storage::{Database, Tree};
@@ -235,6 +235,21 @@ impl Node {
         &self.state_db
     }
 
+    /// Deletes what `module` kept in its state: a module unassigned from
+    /// this node (or a node that moved to another domain) starts afresh
+    /// if it comes back, rather than believing the alarms it had raised
+    /// are still raised (the top manager closed them).
+    pub fn forget_state(&self, module: &str) -> Result<usize, agad_storage::StorageError> {
+        let keys = self
+            .state
+            .scan_prefix(&crate::host::state::key_prefix(module))?;
+        for (key, _) in &keys {
+            self.state.remove(key)?;
+        }
+        self.state_db.flush()?;
+        Ok(keys.len())
+    }
+
     /// The disk reserve, when the node was opened from a data directory.
     pub fn reserve(&self) -> Option<Arc<Reserve>> {
         self.reserve.clone()
@@ -298,6 +313,7 @@ impl Node {
                     id,
                     node: node.clone(),
                     module: "agad".to_owned(),
+                    provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
                     area: agad_protocol::Area::Fault,
                     key: "agad.disk-low".to_owned(),
                     metric: "fs.available-bytes".to_owned(),
@@ -636,6 +652,7 @@ impl Supervisor {
                 id: self.next_alarm_id(time_ms),
                 node: self.node.clone(),
                 module: manifest.name.clone(),
+                provenance: Provenance::of(manifest),
                 area: manifest.area,
                 key: alarm.key,
                 metric: alarm.metric,
@@ -654,6 +671,7 @@ impl Supervisor {
             let report = Report {
                 node: self.node.clone(),
                 module: manifest.name.clone(),
+                provenance: Provenance::of(manifest),
                 area: manifest.area,
                 summaries: summaries.into_iter().map(summary).collect(),
                 time_ms,
@@ -681,6 +699,7 @@ impl Supervisor {
                 id: self.next_alarm_id(time_ms),
                 node: self.node.clone(),
                 module: manifest.name.clone(),
+                provenance: Provenance::of(manifest),
                 area: manifest.area,
                 key: budget::NOTICE_KEY.to_owned(),
                 metric: budget::NOTICE_METRIC.to_owned(),
@@ -727,6 +746,7 @@ impl Supervisor {
             id: self.next_alarm_id(time_ms),
             node: self.node.clone(),
             module: manifest.name.clone(),
+            provenance: Provenance::of(manifest),
             area: manifest.area,
             key: "agad.state-quota".to_owned(),
             metric: "state.used-bytes".to_owned(),

@@ -92,6 +92,7 @@ pub fn alarm(node: &str, id: String) -> Alarm {
         id,
         node: node.into(),
         module: "rogue".into(),
+        provenance: Default::default(),
         area: agad_protocol::Area::Fault,
         key: "k".into(),
         metric: "m".into(),

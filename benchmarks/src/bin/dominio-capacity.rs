@@ -589,6 +589,7 @@ fn cpu_mem_report(node: &str) -> Report {
     Report {
         node: node.to_owned(),
         module: "cpu-mem".to_owned(),
+        provenance: Default::default(),
         area: Area::Performance,
         summaries: vec![
             summary("cpu.total-percent", "%", 23.5),

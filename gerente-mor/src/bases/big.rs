@@ -61,7 +61,8 @@ pub struct Big {
     meta: Tree,
     /// Serialises the read-modify-write of a condition's latest event (two
     /// stations may relay one node's alarms during a take-over) against
-    /// itself and against the prune's "is it active?" check.
+    /// itself and against the prune's "is it active?" check, and that of a
+    /// window's report (a later consolidation replaces an earlier one).
     conditions_lock: Arc<Mutex<()>>,
 }
 
@@ -311,14 +312,29 @@ impl Big {
     }
 
     /// Stores a domain report once per id, durably; false if already there.
+    /// A later consolidation of the same window (`consolidated_ms`: the
+    /// station sent it again with late reports merged in) replaces the
+    /// stored one and counts as new; an earlier or equal one is a repeat.
     pub fn record_report(&self, report: &DomainReport) -> Result<bool> {
         let key = time_id(report.window_start_ms, &report.id);
-        let new = self.reports.insert_new(&key, &wire::encode_value(report))?;
-        if new {
-            self.index_report(&key, report)?;
-        } else if let Some(stored) = self.reports.get(&key)? {
-            self.index_report(&key, &decode("report", &stored)?)?;
-        }
+        let _guard = self.lock();
+        let stored: Option<DomainReport> = self
+            .reports
+            .get(&key)?
+            .map(|v| decode("report", &v))
+            .transpose()?;
+        let new = match &stored {
+            Some(s) if s.consolidated_ms >= report.consolidated_ms => {
+                // Index what we hold, not what the repeat claims.
+                self.index_report(&key, s)?;
+                false
+            }
+            _ => {
+                self.reports.insert(&key, &wire::encode_value(report))?;
+                self.index_report(&key, report)?;
+                true
+            }
+        };
         self.db.flush()?;
         Ok(new)
     }
@@ -541,6 +557,7 @@ pub(crate) mod tests {
             id: format!("{node}/m/{n}"),
             node: node.into(),
             module: "m".into(),
+            provenance: Default::default(),
             area: agad_protocol::Area::Fault,
             key: key.into(),
             metric: "x".into(),
@@ -559,6 +576,7 @@ pub(crate) mod tests {
         let row = |node: &str, metric: &str| NodeSummary {
             node: node.into(),
             module: "m".into(),
+            provenance: Default::default(),
             summary: Summary {
                 metric: metric.into(),
                 subject: String::new(),
@@ -577,6 +595,7 @@ pub(crate) mod tests {
             domain: domain.into(),
             window_start_ms: start,
             window_end_ms: start + 10,
+            consolidated_ms: start + 20,
             nodes: nodes
                 .iter()
                 .flat_map(|n| [row(n, "x"), row(n, "y")])
@@ -593,6 +612,31 @@ pub(crate) mod tests {
         })
         .unwrap();
         out
+    }
+
+    #[test]
+    fn a_later_consolidation_of_a_window_replaces_the_stored_one() {
+        let big = Big::open(&Database::temporary().unwrap()).unwrap();
+        let first = report("d", 100, &["n1"]);
+        assert!(big.record_report(&first).unwrap());
+        // Sent again with a late node merged in.
+        let mut later = report("d", 100, &["n1", "n2"]);
+        later.consolidated_ms = first.consolidated_ms + 5;
+        assert!(big.record_report(&later).unwrap());
+        // A repeat of the first (still in some outbox) changes nothing.
+        assert!(!big.record_report(&first).unwrap());
+        assert_eq!(big.reports.len(), 1);
+        let mut seen = Vec::new();
+        big.reports_newest_first(ReportIndex::Node("n2"), 0, u64::MAX, |r| {
+            seen.push(r.nodes.len());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![4],
+            "the window as consolidated last, found by its new node"
+        );
     }
 
     #[test]

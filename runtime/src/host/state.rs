@@ -15,15 +15,20 @@ pub struct ModuleState {
     used_bytes: Option<u64>,
 }
 
+/// What every key of `module`'s state starts with.
+pub fn key_prefix(module: &str) -> Vec<u8> {
+    let mut prefix = module.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
+}
+
 impl ModuleState {
     /// `tree` is shared by all modules; keys are prefixed by the module
     /// name. No quota until [`ModuleState::with_quota`].
     pub fn new(tree: Tree, module: &str) -> ModuleState {
-        let mut prefix = module.as_bytes().to_vec();
-        prefix.push(0);
         ModuleState {
             tree,
-            prefix,
+            prefix: key_prefix(module),
             quota_bytes: u64::MAX,
             used_bytes: None,
         }
