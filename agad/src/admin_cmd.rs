@@ -384,6 +384,7 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
         if args.json {
             let line = serde_json::json!({
                 "window_start": time(r.window_start_ms), "window_end": time(r.window_end_ms),
+                "window_start_ms": r.window_start_ms, "window_end_ms": r.window_end_ms,
                 "domain": r.domain, "node": r.node, "module": r.module,
                 "provenance": r.provenance, "summary": s,
             });

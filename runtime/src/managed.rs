@@ -315,9 +315,10 @@ pub async fn run(
                 };
                 let outbox = outbox.clone();
                 // sled flushes synchronously.
-                let id = match &body {
-                    Upward::Alarm(a) => Some(a.id.clone()),
-                    _ => None,
+                let label = match &body {
+                    Upward::Alarm(a) => Ok(a.id.clone()),
+                    Upward::NodeReport(r) => Err((r.module.clone(), r.time_ms)),
+                    Upward::DomainReport(_) => Err((String::new(), 0)),
                 };
                 let reserve = reserve.clone();
                 let pushed = tokio::task::spawn_blocking(move || {
@@ -333,8 +334,9 @@ pub async fn run(
                 });
                 match pushed.await {
                     // Tests count these lines: logged only once the alarm is on disk.
-                    Ok(Ok(seq)) => if let Some(id) = id {
-                        tracing::info!(%id, seq, "alarm queued");
+                    Ok(Ok(seq)) => match label {
+                        Ok(id) => tracing::info!(%id, seq, "alarm queued"),
+                        Err((module, time_ms)) => tracing::debug!(%module, time_ms, seq, "report queued"),
                     },
                     Ok(Err(e)) => tracing::error!("cannot queue for the manager: {e}"),
                     Err(e) => tracing::error!("outbox task failed: {e}"),

@@ -36,7 +36,7 @@
 //! # Ok(()) }
 //! ```
 
-use agad_protocol::message::{Alarm, Summary};
+use agad_protocol::message::{Alarm, Provenance, Summary};
 use anyhow::{Context, bail};
 use rustix::process::{Pid, Signal, kill_process};
 use serde::Deserialize;
@@ -81,9 +81,12 @@ pub struct ReportRow {
     /// RFC 3339, to the second.
     pub window_start: String,
     pub window_end: String,
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
     pub domain: String,
     pub node: String,
     pub module: String,
+    pub provenance: Provenance,
     pub summary: Summary,
 }
 
@@ -481,6 +484,15 @@ impl Deployment {
         ])?;
         self.agad(&["module", "publish", &bundle])?;
         Ok(())
+    }
+
+    /// The hash (hex) of the module `name` as [`Deployment::publish`]
+    /// signed it.
+    pub fn published_hash(&self, name: &str) -> anyhow::Result<String> {
+        let bytes = std::fs::read(self.path(&format!("{name}.agad")))?;
+        Ok(agad_protocol::Bundle::from_bytes(&bytes)?
+            .manifest
+            .sha256_hex())
     }
 
     /// Publishes the built-in inspector `name`.

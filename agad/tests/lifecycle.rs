@@ -1,0 +1,251 @@
+//! Data end to end through the life of a deployment, with real processes
+//! (top manager, domain-manager stations and nodes as `agad` processes over
+//! loopback with real mutual TLS, running the real inspectors): every
+//! window a node buffered reaches BIG across a restart of its domain
+//! manager, every alarm and summary says which code produced it, and raises
+//! that can never clear are closed with their reason.
+#![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
+
+use agad_tests::hierarchy::{Deployment, Options, ReportRow};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The domain's report window in these tests.
+const WINDOW_MS: u64 = 2000;
+
+fn deployment() -> anyhow::Result<Deployment> {
+    Deployment::start(
+        Path::new(env!("CARGO_BIN_EXE_agad")),
+        Options {
+            // "report queued" lines: what the node durably buffered.
+            log_filter: "info,agad_runtime::managed=debug".into(),
+            ..Options::default()
+        },
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// One domain `d1` served by `s1` with 2 s windows, `nodes` in it, and
+/// `assign` (whole `[[assign]]` tables) appended.
+fn one_domain(nodes: &[&str], assign: &str) -> String {
+    let mut t =
+        "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\nreport_window = \"2s\"\n".to_owned();
+    for n in nodes {
+        t += &format!("\n[[node]]\nname = \"{n}\"\ndomain = \"d1\"\n");
+    }
+    t + assign
+}
+
+fn cpu_mem_on(node: &str, config: &str) -> String {
+    format!("\n[[assign]]\nmodule = \"cpu-mem\"\nnodes = [\"{node}\"]\n[assign.config]\n{config}\n")
+}
+
+/// The domain windows of the reports `node` logged as durably queued.
+fn queued_windows(d: &Deployment, node: &str) -> BTreeSet<u64> {
+    d.log(node)
+        .lines()
+        .filter(|l| l.contains("report queued"))
+        .filter_map(|l| {
+            l.split("time_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .map(|t: u64| t - t % WINDOW_MS)
+        .collect()
+}
+
+fn rows_of<'a>(rows: &'a [ReportRow], node: &str, metric: &str) -> Vec<&'a ReportRow> {
+    rows.iter()
+        .filter(|r| r.node == node && r.summary.metric == metric)
+        .collect()
+}
+
+#[test]
+fn every_window_a_node_buffered_through_a_domain_manager_restart_reaches_big() -> anyhow::Result<()>
+{
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    d.apply(&one_domain(
+        &["n1"],
+        &cpu_mem_on("n1", "period = \"500ms\"\nwindow_secs = 1"),
+    ))?;
+    let addr = d.start_station("s1")?;
+    d.start_node("n1", &addr)?;
+    d.wait_for("a first window of n1 in BIG", |d| {
+        Ok(d.reports()?.iter().any(|r| r.node == "n1").then_some(()))
+    })?;
+
+    // The domain manager dies; four windows close while the node buffers.
+    d.kill9("s1")?;
+    let killed_ms = now_ms();
+    std::thread::sleep(Duration::from_millis(4 * WINDOW_MS));
+    d.restart("s1")?;
+    let restarted_ms = now_ms();
+    d.wait_for("a window after the restart in BIG", |d| {
+        Ok(d.reports()?
+            .iter()
+            .any(|r| r.node == "n1" && r.window_start_ms > restarted_ms)
+            .then_some(()))
+    })?;
+    d.stop("n1")?;
+
+    let queued = queued_windows(&d, "n1");
+    let outage: BTreeSet<u64> = queued
+        .iter()
+        .copied()
+        .filter(|w| *w > killed_ms && *w + WINDOW_MS < restarted_ms)
+        .collect();
+    assert!(
+        outage.len() >= 3,
+        "the node buffered windows during the outage: {outage:?} of {queued:?}"
+    );
+    let in_big = |d: &Deployment| -> anyhow::Result<BTreeSet<u64>> {
+        Ok(rows_of(&d.reports()?, "n1", "mem.used-percent")
+            .iter()
+            .map(|r| r.window_start_ms)
+            .collect())
+    };
+    let settled = d.wait_for("every window n1 queued in BIG", |d| {
+        Ok(queued.is_subset(&in_big(d)?).then_some(()))
+    });
+    let missing: Vec<u64> = queued.difference(&in_big(&d)?).copied().collect();
+    assert!(
+        settled.is_ok() && missing.is_empty(),
+        "windows n1 buffered that never reached BIG: {missing:?} (outage {outage:?})"
+    );
+
+    // One row per window and series: a late window replaced its first
+    // consolidation rather than adding a second row.
+    let rows = d.reports()?;
+    let mut per_series = BTreeMap::new();
+    for r in rows_of(&rows, "n1", "mem.used-percent") {
+        *per_series
+            .entry((r.window_start_ms, &r.summary.subject))
+            .or_insert(0) += 1;
+    }
+    assert!(per_series.values().all(|n| *n == 1), "{per_series:?}");
+
+    // Every row says which code computed it, and can be asked for by it.
+    let hash = d.published_hash("cpu-mem")?;
+    for r in &rows {
+        assert_eq!(
+            (r.provenance.version.as_str(), r.provenance.sha256.as_str()),
+            ("0.1.0", hash.as_str()),
+            "{r:?}"
+        );
+        assert!(r.provenance.sequence >= 1);
+    }
+    let by_hash = d.agad(&[
+        "report",
+        "--json",
+        "--since",
+        "1h",
+        "--limit",
+        "10000",
+        "--module-version",
+        &hash[..12],
+    ])?;
+    assert_eq!(by_hash.lines().count(), rows.len());
+    let by_other = d.agad(&[
+        "report",
+        "--json",
+        "--since",
+        "1h",
+        "--module-version",
+        "9.9.9",
+    ])?;
+    assert_eq!(by_other.lines().count(), 0, "{by_other}");
+    Ok(())
+}
+
+#[test]
+fn raises_that_can_never_clear_are_closed_with_their_reason_and_a_down_node_keeps_its_own()
+-> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    // Memory in use is certainly above 0.1 %: n1's alarm must fire.
+    let raising = cpu_mem_on("n1", "period = \"500ms\"\nmem_percent = 0.1");
+    d.apply(&one_domain(&["n1"], &raising))?;
+    let addr = d.start_station("s1")?;
+    d.start_node("n1", &addr)?;
+    let mem_raised = |d: &Deployment| -> anyhow::Result<usize> {
+        Ok(d.alarms()?
+            .iter()
+            .filter(|a| a.node == "n1" && a.metric == "mem.used-percent" && a.raised)
+            .count())
+    };
+    d.wait_for("n1's memory alarm in BIG", |d| {
+        Ok((mem_raised(d)? == 1).then_some(()))
+    })?;
+    let hash = d.published_hash("cpu-mem")?;
+    let active = |d: &Deployment| d.agad(&["alarms", "--active", "--json"]);
+    for a in d.alarms()? {
+        assert_eq!(a.provenance.sha256, hash, "{a:?}");
+    }
+
+    // Unassigned: the raise is closed with the reason, the node forgets
+    // the module's state...
+    d.apply(&one_domain(&["n1"], ""))?;
+    let closed = d
+        .alarms()?
+        .into_iter()
+        .find(|a| a.node == "n1" && !a.raised && a.metric == "mem.used-percent")
+        .expect("a closing event");
+    assert_eq!(
+        closed.message,
+        "closed: module `cpu-mem` is no longer assigned to node `n1`"
+    );
+    assert!(closed.is_closing());
+    assert_eq!(active(&d)?, "", "nothing active once closed");
+    d.wait_for("n1 to delete the unassigned module's state", |d| {
+        Ok(d.log("n1")
+            .contains("unassigned; its state deleted")
+            .then_some(()))
+    })?;
+    let table = d.agad(&["alarms"])?;
+    assert!(table.contains("closed"), "{table}");
+
+    // ... so when it comes back it raises again rather than believing
+    // its old raise still stands.
+    d.apply(&one_domain(&["n1"], &raising))?;
+    d.wait_for("a new raise after the re-assignment", |d| {
+        Ok((mem_raised(d)? == 2).then_some(()))
+    })?;
+
+    // A node that is down keeps its alarms, shown with its state.
+    d.kill9("n1")?;
+    d.wait_for("n1 shown down beside its alarm", |d| {
+        let table = d.agad(&["alarms", "--active"])?;
+        Ok(table
+            .lines()
+            .any(|l| l.contains("RAISED") && l.contains(" n1 ") && l.contains(" down "))
+            .then_some(()))
+    })?;
+    assert_ne!(active(&d)?, "");
+
+    // Removed from the topology, its alarms can never clear.
+    d.apply("[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\n")?;
+    assert_eq!(active(&d)?, "");
+    let removed = d
+        .alarms()?
+        .into_iter()
+        .filter(|a| a.is_closing())
+        .map(|a| a.message)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        removed.last().map(String::as_str),
+        Some("closed: node `n1` was removed from the topology"),
+        "{removed:?}"
+    );
+    Ok(())
+}
