@@ -64,6 +64,11 @@ pub struct DominioArgs {
     /// Address the domain's nodes connect to.
     #[arg(long, default_value = "127.0.0.1:7401")]
     listen: String,
+    /// Where nodes reach this station, if not at --listen (a wildcard
+    /// listen address, NAT): told to the top manager, which sends nodes
+    /// that move to this domain here. HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_delimiter = ',', value_name = "ADDR")]
+    advertise: Vec<String>,
     /// Where the station keeps BC, BTPD and BICD.
     #[arg(long, default_value = "agad-data/dominio")]
     data_dir: PathBuf,
@@ -111,6 +116,7 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
         children: Default::default(),
         limits: Limits::for_open_files(open_files),
         trusted: read_public_keys(&args.trusted)?,
+        advertise: args.advertise,
     };
     serve(&args.listen, "domain manager", move |listener, shutdown| {
         agad_gerente_dominio::run(config, listener, shutdown)

@@ -120,6 +120,7 @@ impl Hierarchy {
             children: Default::default(),
             limits: Default::default(),
             trusted: vec![self.publisher.public()],
+            advertise: Vec::new(),
         };
         let shutdown = self.stop.subscribe();
         self.spawn(name, agad_gerente_dominio::run(config, listener, shutdown));

@@ -249,3 +249,164 @@ fn raises_that_can_never_clear_are_closed_with_their_reason_and_a_down_node_keep
     );
     Ok(())
 }
+
+/// Domain `domain` served by `station` with 2 s windows, `nodes` in it,
+/// and cpu-mem raising its memory alarm on every node.
+fn raising_domain(domain: &str, station: &str, nodes: &[&str]) -> String {
+    let mut t = format!(
+        "[[domain]]\nname = \"{domain}\"\nstations = [\"{station}\"]\nreport_window = \"2s\"\n\n"
+    );
+    for n in nodes {
+        t += &format!("[[node]]\nname = \"{n}\"\ndomain = \"{domain}\"\n\n");
+    }
+    t + &format!(
+        "[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"{domain}\"\n[assign.config]\nperiod = \"500ms\"\nwindow_secs = 1\nmem_percent = 0.1\n\n"
+    )
+}
+
+/// Domains `d1` (station `s1`) and `d2` (station `s2`), see [`raising_domain`].
+fn two_domains(d1_nodes: &[&str], d2_nodes: &[&str]) -> String {
+    raising_domain("d1", "s1", d1_nodes) + &raising_domain("d2", "s2", d2_nodes)
+}
+
+#[test]
+fn a_node_moved_to_another_domain_reaches_its_new_station_and_keeps_its_data() -> anyhow::Result<()>
+{
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    d.apply(&two_domains(&["n1"], &[]))?;
+    let s1 = d.start_station("s1")?;
+    d.start_station("s2")?;
+    // The node knows only its first domain's station.
+    d.start_node("n1", &s1)?;
+    let raises_from = |d: &Deployment, since_ms: u64| -> anyhow::Result<usize> {
+        Ok(d.alarms()?
+            .iter()
+            .filter(|a| a.node == "n1" && a.raised && a.time_ms >= since_ms)
+            .count())
+    };
+    d.wait_for("n1's alarm and a window of d1 in BIG", |d| {
+        let in_d1 = d
+            .reports()?
+            .iter()
+            .any(|r| r.node == "n1" && r.domain == "d1");
+        Ok((raises_from(d, 0)? >= 1 && in_d1).then_some(()))
+    })?;
+
+    let moved_ms = now_ms();
+    d.apply(&two_domains(&[], &["n1"]))?;
+    // Its raise can never clear where it was: closed, with the reason.
+    let closing = d
+        .alarms()?
+        .into_iter()
+        .find(|a| a.node == "n1" && a.is_closing())
+        .expect("the raise closed at the move");
+    assert_eq!(
+        closing.message,
+        "closed: node `n1` moved from domain `d1` to `d2`"
+    );
+
+    // The old station sends it to the new one, where it runs afresh.
+    d.wait_for("n1 raising again from d2, and a window of d2", |d| {
+        let in_d2 = d
+            .reports()?
+            .iter()
+            .any(|r| r.node == "n1" && r.domain == "d2" && r.window_start_ms >= moved_ms);
+        Ok((raises_from(d, moved_ms)? >= 1 && in_d2).then_some(()))
+    })?;
+    let log = d.log("n1");
+    assert!(log.contains("moved to another domain"), "{log}");
+    assert!(log.contains("manager=s2"), "{log}");
+
+    // It remembers where it belongs: restarted with the same command line
+    // (the old station's address), it goes to s2 directly.
+    d.stop("n1")?;
+    d.restart("n1")?;
+    d.wait_for("the restarted n1 connected to s2", |d| {
+        let log = d.log("n1");
+        let restarted = log.split("parents from the last redirect").nth(1);
+        Ok(restarted
+            .is_some_and(|run| run.contains("manager=s2") && !run.contains("manager=s1"))
+            .then_some(()))
+    })?;
+    let restarted_ms = now_ms();
+    d.wait_for("a window of the restarted n1 in BIG", |d| {
+        Ok(d.reports()?
+            .iter()
+            .any(|r| r.node == "n1" && r.domain == "d2" && r.window_start_ms > restarted_ms)
+            .then_some(()))
+    })?;
+    d.stop("n1")?;
+
+    // Nothing it queued was lost on the way, whichever station carried it.
+    d.wait_for("every alarm n1 queued in BIG", |d| {
+        let big = agad_tests::hierarchy::alarm_ids(&d.alarms()?);
+        Ok(d.queued_alarm_ids("n1").is_subset(&big).then_some(()))
+    })?;
+    let queued = queued_windows(&d, "n1");
+    d.wait_for("every window n1 queued in BIG", |d| {
+        let in_big: BTreeSet<u64> = rows_of(&d.reports()?, "n1", "mem.used-percent")
+            .iter()
+            .map(|r| r.window_start_ms)
+            .collect();
+        Ok(queued.is_subset(&in_big).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_removed_domain_stops_serving_and_its_nodes_stop_their_modules() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    d.apply(&two_domains(&["n1"], &["n2"]))?;
+    let s1 = d.start_station("s1")?;
+    let s2 = d.start_station("s2")?;
+    d.start_node("n1", &s1)?;
+    d.start_node("n2", &s2)?;
+    d.wait_for("windows of both domains in BIG", |d| {
+        let rows = d.reports()?;
+        Ok(
+            (rows.iter().any(|r| r.domain == "d1") && rows.iter().any(|r| r.domain == "d2"))
+                .then_some(()),
+        )
+    })?;
+
+    // d2 is removed while its station is up...
+    let d2_removed_ms = now_ms();
+    d.apply(&raising_domain("d1", "s1", &["n1"]))?;
+    d.wait_for("s2 to stop serving and n2 to stop its module", |d| {
+        Ok((d.log("s2").contains("the domain left the topology")
+            && d.log("n2").contains("stopping"))
+        .then_some(()))
+    })?;
+    let status = d.agad(&["status"])?;
+    assert!(!status.contains("d2"), "{status}");
+
+    // ... and d1 while its station is down: told when it comes back.
+    d.kill9("s1")?;
+    let d1_removed_ms = now_ms();
+    d.apply("[[domain]]\nname = \"d3\"\nstations = [\"s3\"]\n")?;
+    d.restart("s1")?;
+    d.wait_for("the restarted s1 to stop serving d1", |d| {
+        Ok(d.log("s1")
+            .contains("the domain left the topology")
+            .then_some(()))
+    })?;
+    d.wait_for("n1 to stop its module", |d| {
+        Ok(d.log("n1").matches("stopping").next().map(|_| ()))
+    })?;
+
+    // Nothing of either domain lands in BIG after its removal (a window
+    // that closed before it may still arrive).
+    std::thread::sleep(Duration::from_millis(3 * WINDOW_MS));
+    let late: Vec<ReportRow> = d
+        .reports()?
+        .into_iter()
+        .filter(|r| {
+            (r.domain == "d2" && r.window_start_ms > d2_removed_ms)
+                || (r.domain == "d1" && r.window_start_ms > d1_removed_ms)
+        })
+        .collect();
+    assert!(late.is_empty(), "{late:?}");
+    Ok(())
+}

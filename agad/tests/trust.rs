@@ -335,6 +335,7 @@ fn nested_replicate(depth: usize) -> Vec<u8> {
         rules: Vec::new(),
         members: Vec::new(),
         subdomains: Vec::new(),
+        moved: Vec::new(),
     };
     let whole = wire::encode_value(&Message::Control(Control::Replicate(Box::new(
         leaf.clone(),

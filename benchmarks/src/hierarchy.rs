@@ -378,6 +378,8 @@ async fn hello(address: SocketAddr, tls: &Arc<ClientConfig>) -> anyhow::Result<N
             ticket: None,
             modules_held: Vec::new(),
             keepalive_ms: 10_000,
+            serving: None,
+            advertise: Vec::new(),
         }))
         .await?;
     match reader.recv().await? {

@@ -125,6 +125,7 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
         rules: vec![("cpu.rules".into(), "cpu.used > 90 => major".into())],
         members: members.clone(),
         subdomains: vec![],
+        moved: vec![],
     };
     let replica = Replica {
         version: 8,
@@ -209,6 +210,8 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
             ticket: Some("t-123".into()),
             modules_held: vec!["00".repeat(32)],
             keepalive_ms: 10_000,
+            serving: None,
+            advertise: vec![],
         }),
         Message::Control(Control::Welcome {
             enrollment: Enrollment::Active,
@@ -243,6 +246,13 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
         Message::Control(Control::KeepAlive { components }),
         Message::Control(Control::Ack {
             seqs: vec![1, 2, 300, u64::MAX],
+        }),
+        Message::Control(Control::Unassign {
+            domain: "lab".into(),
+        }),
+        Message::Control(Control::Redirect {
+            domain: "lab-east".into(),
+            parents: vec!["10.0.0.2:7001".into(), "10.0.0.3:7001".into()],
         }),
         Message::Alarm(Queued {
             seq: 1,

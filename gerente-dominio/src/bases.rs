@@ -67,6 +67,7 @@ pub struct Pending {
 }
 
 const CURRENT: &[u8] = b"current";
+const REMOVED: &[u8] = b"removed";
 const CONSOLIDATED_UNTIL: &[u8] = b"consolidated-until";
 
 impl Bases {
@@ -156,8 +157,22 @@ impl Bases {
         let mut stored = replica.without_bytes();
         restore_versions(&mut stored, &replica);
         self.btpd.insert(CURRENT, &wire::encode_value(&stored))?;
+        self.btpd.remove(REMOVED)?;
         self.db.flush()?;
         Ok(stored)
+    }
+
+    /// Marks the replica in force as that of a domain removed from the
+    /// topology (kept: its members are still known, and get an empty
+    /// deployment); a new replica clears the mark.
+    pub fn mark_removed(&self) -> Result<(), StorageError> {
+        self.btpd.insert(REMOVED, &[])?;
+        self.db.flush()
+    }
+
+    /// Whether the replica in force is that of a removed domain.
+    pub fn is_removed(&self) -> Result<bool, StorageError> {
+        Ok(self.btpd.get(REMOVED)?.is_some())
     }
 
     /// The wasm bytes BC holds under `hash`, if any.
@@ -394,6 +409,7 @@ mod tests {
             rules: vec![],
             members: vec![],
             subdomains: vec![],
+            moved: vec![],
         }
     }
 

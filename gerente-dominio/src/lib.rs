@@ -30,6 +30,7 @@ use agad_storage::Database;
 use bases::Bases;
 use nodes::{NodeParent, Nodes};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subdomains::{SubdomainParent, Subdomains};
@@ -52,6 +53,10 @@ pub struct DominioConfig {
     pub limits: Limits,
     /// Publisher keys every module of a replica must be signed by.
     pub trusted: Vec<agad_protocol::PublicKey>,
+    /// Where the domain's nodes reach this station, told to the top
+    /// manager so nodes that move here can be sent here. Empty: the
+    /// listener's address, unless it is a wildcard (0.0.0.0, [::]).
+    pub advertise: Vec<String>,
 }
 
 /// The state every task of the station shares.
@@ -67,6 +72,11 @@ pub struct Station {
     /// Enrollment requests passed up, per certificate: a stranger that
     /// reconnects in a loop costs the top manager a few, not one each.
     enrollments: RateByKey,
+    /// Where the domain's nodes reach this station.
+    advertise: Vec<String>,
+    /// The replica in force is that of a domain removed from the topology:
+    /// nothing is deployed or consolidated until a new replica comes.
+    removed: AtomicBool,
 }
 
 impl Station {
@@ -79,6 +89,11 @@ impl Station {
 
     pub fn domain(&self) -> Option<String> {
         self.replica().map(|r| r.topology.domain.name.clone())
+    }
+
+    /// Whether the domain of the replica in force was removed.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
 
     /// Asks the top manager to enroll a certificate (a ticket approves it at
@@ -117,6 +132,7 @@ impl Station {
                 tracing::info!(domain = %stored.topology.domain.name, version, "replica in force");
                 let stored = Arc::new(stored);
                 *self.replica.write().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
+                self.removed.store(false, Ordering::Relaxed);
                 self.send_up(Control::ReplicaAck { version });
                 nodes::redeploy(self, &stored, None);
                 subdomains::replicate(self, &stored, None);
@@ -124,11 +140,49 @@ impl Station {
             Err(e) => tracing::error!(version, "replica refused: {e}"),
         }
     }
+
+    /// Stops serving `domain`, which left the topology: its nodes' modules
+    /// are undeployed (an empty deployment, now and whenever they connect),
+    /// its sub-domains' managers told the same, and nothing more is
+    /// consolidated. The replica is kept, marked, until a new one comes:
+    /// its members are how this station still recognises its nodes.
+    /// Blocking (an fsync).
+    fn unassign(&self, domain: &str) {
+        let Some(replica) = self.replica() else {
+            return;
+        };
+        if replica.topology.domain.name != domain {
+            tracing::warn!(%domain, serving = %replica.topology.domain.name, "told to stop serving a domain this station does not serve");
+            return;
+        }
+        if let Err(e) = self.bases.mark_removed() {
+            tracing::error!(%domain, "cannot record that the domain was removed: {e}");
+        }
+        self.removed.store(true, Ordering::Relaxed);
+        nodes::redeploy(self, &replica, None);
+        for e in self.subdomains.lock().values() {
+            e.send(Message::Control(Control::Unassign {
+                domain: e.data.domain().to_owned(),
+            }));
+        }
+        tracing::warn!(
+            %domain,
+            "the domain left the topology: its nodes' modules are stopped and this station no longer serves it"
+        );
+    }
 }
 
 impl Element for Station {
     fn modules_held(&self) -> Vec<String> {
         self.bases.held().unwrap_or_default()
+    }
+
+    fn serving(&self) -> Option<String> {
+        self.domain().filter(|_| !self.is_removed())
+    }
+
+    fn advertise(&self) -> Vec<String> {
+        self.advertise.clone()
     }
 
     fn components(&self) -> Vec<ComponentStatus> {
@@ -141,6 +195,12 @@ impl Element for Station {
                     replica_version: replica.as_ref().map_or(0, |r| r.version),
                 },
                 match &replica {
+                    Some(r) if self.is_removed() => State::Waiting {
+                        reason: format!(
+                            "domain `{}` was removed from the topology",
+                            r.topology.domain.name
+                        ),
+                    },
                     Some(_) => State::Running,
                     None => State::Waiting {
                         reason: "no domain assigned yet".into(),
@@ -175,6 +235,20 @@ pub async fn run(
     let outbox = Outbox::open(&db)?;
     let (up_tx, up_rx) = mpsc::channel(1024);
     let replica = bases.replica()?;
+    let removed = AtomicBool::new(bases.is_removed()?);
+    let advertise = if config.advertise.is_empty() {
+        match listener.local_addr() {
+            Ok(a) if !a.ip().is_unspecified() => vec![a.to_string()],
+            _ => {
+                tracing::warn!(
+                    "listening on a wildcard address without --advertise: nodes that move to this domain cannot be sent here"
+                );
+                Vec::new()
+            }
+        }
+    } else {
+        config.advertise
+    };
     let station = Arc::new(Station {
         bases,
         outbox: outbox.clone(),
@@ -183,6 +257,8 @@ pub async fn run(
         subdomains: Arc::new(Children::new(config.children.clone())),
         up: up_tx,
         enrollments: RateByKey::new(3, Duration::from_secs(20), 10_000),
+        advertise,
+        removed,
     });
 
     let (events_tx, mut events) = mpsc::channel(64);
@@ -208,6 +284,11 @@ pub async fn run(
                     Downlink::Control(Control::AssignDomain { domain }) => {
                         tracing::info!(%domain, "assigned by the top manager");
                     }
+                    Downlink::Control(Control::Unassign { domain }) => {
+                        let station = station.clone();
+                        let _ =
+                            tokio::task::spawn_blocking(move || station.unassign(&domain)).await;
+                    }
                     Downlink::Control(other) => {
                         tracing::debug!(
                             kind = Message::Control(other).kind(),
@@ -220,7 +301,9 @@ pub async fn run(
                             "top manager has not admitted this station: {reason}"
                         );
                     }
-                    Downlink::Connected { .. } | Downlink::Disconnected { .. } => {}
+                    Downlink::Connected { .. }
+                    | Downlink::Disconnected { .. }
+                    | Downlink::Redirected { .. } => {}
                 }
             }
         })
@@ -271,7 +354,7 @@ async fn consolidate_on_windows(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let wait = match station.replica() {
+        let wait = match station.replica().filter(|_| !station.is_removed()) {
             None => Duration::from_secs(1),
             Some(replica) => {
                 let window = replica.topology.domain.report_window_ms.max(1);

@@ -30,6 +30,9 @@ impl Parent for NodeParent {
     }
 
     fn admit(&self, peer: &PeerIdentity, hello: &Hello) -> Result<(), SessionError> {
+        if let Some(redirect) = self.0.replica().and_then(|r| moved_away(&r, &peer.name)) {
+            return Err(redirect);
+        }
         match admission(&self.0, peer, hello.ticket.clone()) {
             None => Ok(()),
             Some((enrollment, reason)) => Err(SessionError::NotAdmitted { enrollment, reason }),
@@ -49,8 +52,29 @@ impl Parent for NodeParent {
     fn unregistered(&self, _child: &ChildRef, _data: (), _reason: &SessionError) {}
 }
 
+/// How a node that moved out of this domain is answered: sent to its new
+/// domain's stations, or, while none is known, kept out with the reason.
+fn moved_away(replica: &Replica, node: &str) -> Option<SessionError> {
+    let moved = replica.moved.iter().find(|m| m.node == node)?;
+    Some(if moved.parents.is_empty() {
+        SessionError::NotAdmitted {
+            enrollment: Enrollment::Inactive,
+            reason: format!(
+                "node `{node}` moved to domain `{}`, whose stations are not known yet",
+                moved.domain
+            ),
+        }
+    } else {
+        SessionError::Redirected {
+            domain: moved.domain.clone(),
+            parents: moved.parents.clone(),
+        }
+    })
+}
+
 /// Sends every connected node (or only `only`) its (possibly changed)
-/// deployment. Module bytes are read from BC outside the registry's lock.
+/// deployment, or, to a node that moved to another domain, where that
+/// domain is served. Module bytes are read from BC outside the registry's lock.
 pub fn redeploy(station: &Station, replica: &Replica, only: Option<&str>) {
     let targets: Vec<(String, u64, HashSet<String>)> = station
         .nodes
@@ -60,6 +84,15 @@ pub fn redeploy(station: &Station, replica: &Replica, only: Option<&str>) {
         .map(|(name, e)| (name.clone(), e.session, e.held.clone()))
         .collect();
     for (name, session, mut held) in targets {
+        if let Some(SessionError::Redirected { domain, parents }) = moved_away(replica, &name) {
+            if let Some(e) = station.nodes.lock().get(&name)
+                && e.session == session
+            {
+                tracing::info!(node = %name, %domain, "node moved: sent to its new domain");
+                e.send(Message::Control(Control::Redirect { domain, parents }));
+            }
+            continue;
+        }
         match deployment_for(station, replica, &name, &mut held) {
             Ok(deploy) => {
                 if let Some(e) = station.nodes.lock().get_mut(&name)
@@ -108,6 +141,13 @@ fn deployment_for(
     held: &mut HashSet<String>,
 ) -> anyhow::Result<Control> {
     let mut modules = Vec::new();
+    if station.is_removed() {
+        // The domain is gone: its nodes run nothing.
+        return Ok(Control::Deploy {
+            version: replica.version,
+            modules,
+        });
+    }
     for assignment in replica
         .topology
         .assignments

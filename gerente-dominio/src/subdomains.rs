@@ -20,6 +20,13 @@ pub struct Sub {
     sent: Option<Replica>,
 }
 
+impl Sub {
+    /// The sub-domain this station was activated for.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+}
+
 /// Connected sub-domain stations, by station name.
 pub type Subdomains = Children<Sub>;
 
@@ -57,6 +64,12 @@ impl Parent for SubdomainParent {
             }
             None => return,
         };
+        if station.is_removed() {
+            if let Some(e) = station.subdomains.lock().get(&child.name) {
+                e.send(Message::Control(Control::Unassign { domain }));
+            }
+            return;
+        }
         tracing::info!(%domain, "sub-domain manager activated");
         if let Some(replica) = station.replica() {
             replicate(station, &replica, Some(&child.name));
@@ -109,6 +122,17 @@ pub fn replicate(station: &Station, replica: &Replica, only: Option<&str>) {
             .iter()
             .find(|r| r.topology.domain.name == domain)
         else {
+            // The sub-domain left the topology: its manager stops serving it.
+            if let Some(e) = station.subdomains.lock().get_mut(&name)
+                && e.session == session
+                && e.data.sent.is_some()
+                && e.send(Message::Control(Control::Unassign {
+                    domain: domain.clone(),
+                }))
+            {
+                tracing::warn!(%domain, station = %name, "sub-domain left the topology; its manager is told to stop");
+                e.data.sent = None;
+            }
             continue;
         };
         let plain = sub.without_bytes();

@@ -52,6 +52,8 @@ pub struct Mor {
     trusted: Vec<PublicKey>,
     /// The connected domain-manager stations; subscribe to their events here.
     pub stations: Arc<Stations>,
+    /// Log lines about data refused from a station, per station.
+    refusals: agad_net::rate::RateByKey,
 }
 
 /// The admin socket of a top manager whose data directory is `data_dir`.
@@ -71,6 +73,7 @@ pub async fn run(
         bases: Bases::open(&db)?,
         trusted: config.trusted,
         stations: Arc::new(Children::new(config.children)),
+        refusals: agad_net::rate::RateByKey::log_lines(),
     });
     // Finishes what an apply cut short by a stop left: raises that can no
     // longer clear under the topology in force.

@@ -5,15 +5,16 @@
 
 use crate::Mor;
 use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionError};
+use agad_net::rate::Verdict;
 use agad_net::tls::PeerIdentity;
 use agad_protocol::topology::Topology;
 use agad_protocol::wire::{
-    self, Component, ComponentStatus, Control, Enrollment, Message, Queued, Replica, Role, State,
-    Upward,
+    self, Component, ComponentStatus, Control, Enrollment, Message, MovedNode, Queued, Replica,
+    Role, State, Upward,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// What the top manager keeps about a connected station.
@@ -21,6 +22,11 @@ use std::sync::Arc;
 pub struct StationData {
     /// The domain this station serves, if it was activated.
     serving: Option<String>,
+    /// The domain whose replica the station said (in its hello) it holds,
+    /// until it is activated or told that domain is gone.
+    claims: Option<String>,
+    /// Where the station's nodes reach it (from its hello, bounded).
+    advertise: Vec<String>,
     /// Digest of the last replica content sent, and its version.
     sent: Option<([u8; 32], u64)>,
     acked: u64,
@@ -83,7 +89,17 @@ impl Parent for StationParent {
                 if changed {
                     mor.reconcile();
                 }
-                Ok(StationData::default())
+                Ok(StationData {
+                    claims: hello.serving.clone(),
+                    advertise: hello
+                        .advertise
+                        .iter()
+                        .filter(|a| a.len() <= 255 && a.bytes().all(|b| b.is_ascii_graphic()))
+                        .take(agad_net::uplink::MAX_PARENTS)
+                        .cloned()
+                        .collect(),
+                    ..StationData::default()
+                })
             }
             Ok((state, changed)) => {
                 if changed {
@@ -128,17 +144,31 @@ impl Mor {
             Err(e) => return tracing::error!("cannot read BTPG: {e}"),
         };
         // Decide who serves what under the lock; build replicas outside it.
+        let mut advertised: HashMap<String, Vec<String>> = HashMap::new();
         let serving: Vec<Serving> = {
             let mut stations = self.stations.lock();
-            // A station whose domain left the topology stops serving it.
-            // (Sub-domains are activated by their parent's manager.)
+            // A station whose domain left the topology stops serving it,
+            // and is told so (also one that comes back holding the replica
+            // of a domain removed meanwhile). A domain that became a
+            // sub-domain is activated by its parent's manager instead.
             let top_level = || topology.domains.iter().filter(|d| d.parent.is_none());
             for e in stations.values_mut() {
                 if let Some(d) = &e.data.serving
                     && !top_level().any(|x| &x.name == d)
                 {
+                    if topology.domain(d).is_none() {
+                        tracing::warn!(domain = %d, station = %e.peer.name, "domain removed: its manager is told to stop");
+                        e.send(Message::Control(Control::Unassign { domain: d.clone() }));
+                    }
                     e.data.serving = None;
                     e.data.sent = None;
+                }
+                if e.data.serving.is_none()
+                    && let Some(d) = e.data.claims.take()
+                    && topology.domain(&d).is_none()
+                {
+                    tracing::warn!(domain = %d, station = %e.peer.name, "a station holds a removed domain: told to stop");
+                    e.send(Message::Control(Control::Unassign { domain: d }));
                 }
             }
             for domain in top_level() {
@@ -162,6 +192,24 @@ impl Mor {
                     }));
                 }
             }
+            // Where each top-level domain's nodes can go: its serving
+            // station first, then its other connected candidates.
+            for domain in top_level() {
+                let mut at: Vec<String> = stations
+                    .values()
+                    .filter(|e| e.data.serving.as_deref() == Some(&domain.name))
+                    .flat_map(|e| e.data.advertise.clone())
+                    .collect();
+                for name in &domain.stations {
+                    if let Some(e) = stations.get(name)
+                        && e.data.serving.is_none()
+                    {
+                        at.extend(e.data.advertise.iter().cloned());
+                    }
+                }
+                at.truncate(agad_net::uplink::MAX_PARENTS);
+                advertised.insert(domain.name.clone(), at);
+            }
             stations
                 .iter()
                 .filter_map(|(name, e)| {
@@ -184,7 +232,7 @@ impl Mor {
             mut held,
         } in serving
         {
-            let replica = match self.replica(&topology, &domain, version, &mut held) {
+            let replica = match self.replica(&topology, &domain, version, &mut held, &advertised) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(%domain, "cannot build replica: {e}");
@@ -217,6 +265,7 @@ impl Mor {
         domain: &str,
         version: u64,
         held: &mut HashSet<String>,
+        advertised: &HashMap<String, Vec<String>>,
     ) -> anyhow::Result<Replica> {
         let slice = topology
             .slice(domain)
@@ -254,8 +303,20 @@ impl Mor {
         let subdomains = slice
             .subdomains
             .iter()
-            .map(|sub| self.replica(topology, &sub.name, version, held))
+            .map(|sub| self.replica(topology, &sub.name, version, held, advertised))
             .collect::<anyhow::Result<_>>()?;
+        // Nodes that left this domain and are still where they went.
+        let moved = self
+            .bases
+            .moves()?
+            .into_iter()
+            .filter(|(node, m)| m.from == domain && topology.domain_of(node) == Some(&m.to))
+            .map(|(node, m)| MovedNode {
+                node,
+                parents: advertised.get(&m.to).cloned().unwrap_or_default(),
+                domain: m.to,
+            })
+            .collect();
         Ok(Replica {
             version,
             topology: slice,
@@ -263,6 +324,7 @@ impl Mor {
             rules: Vec::new(),
             members,
             subdomains,
+            moved,
         })
     }
 
@@ -374,19 +436,33 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
         .lock()
         .get(&child.name)
         .and_then(|e| e.data.serving.clone());
-    let subtree = || -> Result<Subtree, SessionError> {
+    let topology = || mor.bases.topology().map_err(storage);
+    let subtree = |topology: &Topology| -> Result<Subtree, SessionError> {
         let domain = serving.as_deref().ok_or_else(|| {
             SessionError::Protocol("alarms or reports from a station that serves no domain".into())
         })?;
-        let topology = mor.bases.topology().map_err(storage)?;
-        Ok(Subtree::of(&topology, domain))
+        Ok(Subtree::of(topology, domain))
     };
     match message {
         Message::Alarm(Queued {
             seq,
             body: Upward::Alarm(alarm),
         }) => {
-            if !subtree()?.nodes.contains(&alarm.node) {
+            let topology = topology()?;
+            if topology.domain_of(&alarm.node).is_none() {
+                // Queued before the node (or its domain) left the topology.
+                refused(
+                    mor,
+                    child,
+                    &format!(
+                        "an alarm of node `{}`, which is not in the topology",
+                        alarm.node
+                    ),
+                );
+                return ack(vec![seq]);
+            }
+            let subtree = subtree(&topology)?;
+            if !subtree.nodes.contains(&alarm.node) && !moved_from(mor, &alarm.node, &subtree)? {
                 return Err(SessionError::Protocol(
                     "an alarm about a node outside the station's domain".into(),
                 ));
@@ -407,11 +483,23 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
             ack(vec![seq])
         }
         Message::Reports(batch) => {
-            let subtree = subtree()?;
+            let topology = topology()?;
             let mut reports = Vec::with_capacity(batch.len());
+            let mut seqs = Vec::with_capacity(batch.len());
             for Queued { seq, body } in batch {
                 match body {
-                    Upward::DomainReport(r) if subtree.domains.contains(&r.domain) => {
+                    Upward::DomainReport(r) if topology.domain(&r.domain).is_none() => {
+                        refused(
+                            mor,
+                            child,
+                            &format!(
+                                "a report of domain `{}`, which is not in the topology",
+                                r.domain
+                            ),
+                        );
+                        seqs.push(seq);
+                    }
+                    Upward::DomainReport(r) if subtree(&topology)?.domains.contains(&r.domain) => {
                         reports.push((seq, r))
                     }
                     Upward::DomainReport(_) => {
@@ -426,14 +514,13 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                     }
                 }
             }
-            let mut seqs = Vec::with_capacity(reports.len());
             for (seq, report) in &reports {
                 mor.bases.record_report(report).map_err(storage)?;
                 seqs.push(*seq);
             }
             mor.stations.publish(ChildEvent::ReportsStored {
                 child: child.clone(),
-                count: seqs.len(),
+                count: reports.len(),
             });
             ack(seqs)
         }
@@ -449,7 +536,7 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
             fingerprint,
             ticket,
         }) => {
-            let subtree = subtree()?;
+            let subtree = subtree(&topology()?)?;
             let known = match role {
                 Role::Node => subtree.nodes.contains(&name),
                 Role::Dominio => subtree.stations.contains(&name),
@@ -483,5 +570,26 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
             "a station may not send a `{}` frame",
             other.kind()
         ))),
+    }
+}
+
+/// Whether `node` moved out of a domain of `subtree`: its station may still
+/// deliver what it queued before the move.
+fn moved_from(mor: &Mor, node: &str, subtree: &Subtree) -> Result<bool, SessionError> {
+    let moves = mor
+        .bases
+        .moves()
+        .map_err(|e| SessionError::Storage(e.to_string()))?;
+    Ok(moves
+        .get(node)
+        .is_some_and(|m| subtree.domains.contains(&m.from)))
+}
+
+/// Logs (bounded per station) that data from `child` was acknowledged and
+/// dropped: BIG keeps nothing of nodes or domains the topology no longer
+/// has.
+fn refused(mor: &Mor, child: &ChildRef, what: &str) {
+    if let Verdict::Allowed { suppressed } = mor.refusals.check(&child.name) {
+        tracing::warn!(station = %child.name, suppressed, "refused {what}: dropped, not stored in BIG");
     }
 }

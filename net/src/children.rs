@@ -147,6 +147,12 @@ pub enum SessionError {
     },
     #[error("{0} children already connected")]
     Full(usize),
+    /// The child belongs elsewhere now: it is told where, and the link closes.
+    #[error("sent to domain `{domain}` at {parents:?}")]
+    Redirected {
+        domain: String,
+        parents: Vec<String>,
+    },
     #[error("closed by the child")]
     Closed,
     #[error(transparent)]
@@ -175,6 +181,10 @@ pub enum SessionError {
 #[derive(Debug, Clone)]
 pub struct Hello {
     pub ticket: Option<String>,
+    /// A station: the domain of the replica it holds.
+    pub serving: Option<String>,
+    /// A station: where its own children reach it.
+    pub advertise: Vec<String>,
     /// The interval at which the child promises a frame.
     pub keepalive: Duration,
     /// Module hashes (hex) the child already stores.
@@ -437,9 +447,13 @@ async fn session<P: Parent>(
             ticket,
             modules_held,
             keepalive_ms,
+            serving,
+            advertise,
             ..
         })))) => Hello {
             ticket,
+            serving,
+            advertise,
             modules_held,
             keepalive: Duration::from_millis(keepalive_ms)
                 .clamp(config.keepalive_bounds.0, config.keepalive_bounds.1),
@@ -462,6 +476,15 @@ async fn session<P: Parent>(
         Err(SessionError::NotAdmitted { enrollment, reason }) => {
             refuse(&mut writer, enrollment, reason.clone()).await;
             return Err(SessionError::NotAdmitted { enrollment, reason });
+        }
+        Err(SessionError::Redirected { domain, parents }) => {
+            let redirect = Control::Redirect {
+                domain: domain.clone(),
+                parents: parents.clone(),
+            };
+            let _ = writer.send(&Message::Control(redirect)).await;
+            let _ = writer.shutdown().await;
+            return Err(SessionError::Redirected { domain, parents });
         }
         Err(other) => return Err(other),
     };

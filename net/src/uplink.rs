@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, watch};
 
 /// Entries sent per outbox read; alarms are looked at again between batches.
 const BATCH: usize = 64;
+/// Most parent addresses a redirect may carry.
+pub const MAX_PARENTS: usize = 16;
 
 #[derive(Clone)]
 pub struct UplinkConfig {
@@ -61,6 +63,12 @@ pub enum Downlink {
     Disconnected {
         reason: String,
     },
+    /// The parent sent this element to another domain's stations: the link
+    /// now connects to `parents` (the element should remember them).
+    Redirected {
+        domain: String,
+        parents: Vec<String>,
+    },
 }
 
 /// Everything the element supplies to its link.
@@ -69,6 +77,14 @@ pub trait Element: Send + Sync + 'static {
     fn modules_held(&self) -> Vec<String>;
     /// Status of each component, sent with every keep-alive.
     fn components(&self) -> Vec<ComponentStatus>;
+    /// A station: the domain of the replica it holds (said in the hello).
+    fn serving(&self) -> Option<String> {
+        None
+    }
+    /// A station: where its own children reach it (said in the hello).
+    fn advertise(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Runs the link until `shutdown`. `commands` are control frames the element
@@ -84,11 +100,13 @@ pub async fn run(
 ) {
     let mut backoff = config.backoff_initial;
     let mut next = 0usize;
+    // A redirect replaces them for the rest of the run.
+    let mut parents = config.parents.clone();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let address = config.parents[next % config.parents.len()].clone();
+        let address = parents[next % parents.len()].clone();
         next += 1;
         let outcome = tokio::select! {
             r = session(&config, &address, &outbox, &*element, &events, &mut commands) => r,
@@ -100,6 +118,22 @@ pub async fn run(
                 next -= 1; // the same parent first again
             }
             Ok(Session::NotAdmitted) => {}
+            Ok(Session::Redirected {
+                domain,
+                parents: to,
+            }) => {
+                tracing::info!(parent = %address, %domain, parents = ?to, "redirected to another domain's stations");
+                parents = to.clone();
+                next = 0;
+                backoff = config.backoff_initial;
+                let _ = events
+                    .send(Downlink::Redirected {
+                        domain,
+                        parents: to,
+                    })
+                    .await;
+                continue;
+            }
             Err(reason) => {
                 tracing::info!(parent = %address, "link down: {reason}");
                 let _ = events.send(Downlink::Disconnected { reason }).await;
@@ -120,6 +154,31 @@ enum Session {
     /// Was admitted and served until the link broke cleanly.
     Admitted,
     NotAdmitted,
+    /// Sent to another domain's stations (a non-empty list).
+    Redirected {
+        domain: String,
+        parents: Vec<String>,
+    },
+}
+
+/// The parent's redirect, if it is one the element can follow: at most
+/// [`MAX_PARENTS`] addresses, each short and printable (they are logged and
+/// stored).
+fn redirect(domain: String, parents: Vec<String>) -> Result<Session, String> {
+    let usable = !parents.is_empty()
+        && parents.len() <= MAX_PARENTS
+        && parents
+            .iter()
+            .all(|p| p.len() <= 255 && p.bytes().all(|b| b.is_ascii_graphic()))
+        && agad_protocol::text::is_name(&domain);
+    if usable {
+        Ok(Session::Redirected { domain, parents })
+    } else {
+        Err(format!(
+            "the parent sent an unusable redirect ({} addresses)",
+            parents.len()
+        ))
+    }
 }
 
 async fn session(
@@ -160,6 +219,8 @@ async fn session(
             ticket: config.ticket.clone(),
             modules_held: element.modules_held(),
             keepalive_ms: config.keepalive.as_millis() as u64,
+            serving: element.serving(),
+            advertise: element.advertise(),
         }))
         .await
         .map_err(|e| e.to_string())?;
@@ -179,6 +240,9 @@ async fn session(
                 .send(Downlink::NotAdmitted { enrollment, reason })
                 .await;
             return Ok(Session::NotAdmitted);
+        }
+        Some(Ok(Message::Control(Control::Redirect { domain, parents }))) => {
+            return redirect(domain, parents);
         }
         Some(Ok(other)) => {
             return Err(format!(
@@ -222,6 +286,9 @@ async fn session(
                 Some(Ok(Message::Control(Control::KeepAlive { .. }))) => {}
                 Some(Ok(Message::Control(Control::Ack { seqs }))) => {
                     outbox.ack(&seqs).map_err(|e| e.to_string())?;
+                }
+                Some(Ok(Message::Control(Control::Redirect { domain, parents }))) => {
+                    return redirect(domain, parents);
                 }
                 Some(Ok(Message::Control(control))) => {
                     if events.send(Downlink::Control(control)).await.is_err() {

@@ -328,6 +328,8 @@ async fn raw_child(
             ticket: None,
             modules_held: Vec::new(),
             keepalive_ms: keepalive.as_millis() as u64,
+            serving: None,
+            advertise: Vec::new(),
         }))
         .await
         .unwrap();

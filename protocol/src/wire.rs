@@ -124,6 +124,19 @@ pub struct Replica {
     /// Replicas of the domains whose `parent` is this one: this domain's
     /// manager activates their managers and relays their traffic upward.
     pub subdomains: Vec<Replica>,
+    /// Nodes that moved from this domain to another: the manager sends
+    /// each one there ([`Control::Redirect`]) when it connects.
+    pub moved: Vec<MovedNode>,
+}
+
+/// A node that left a domain, and where its new domain is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedNode {
+    pub node: String,
+    pub domain: String,
+    /// The new domain's station addresses, serving one first; empty while
+    /// none is known (no station of that domain connected).
+    pub parents: Vec<String>,
 }
 
 impl Replica {
@@ -213,6 +226,13 @@ pub enum Control {
         /// How often this peer sends at least one frame: its parent judges
         /// its silence against this.
         keepalive_ms: u64,
+        /// A station: the domain of the replica it holds, so a parent that
+        /// removed that domain while the station was away can tell it to
+        /// stop. `None` for a node.
+        serving: Option<String>,
+        /// A station: where its own children (nodes, sub-domain stations)
+        /// reach it, so a node that moves to its domain can be sent there.
+        advertise: Vec<String>,
     },
     /// The answer to `Hello`. Anything but `Active` is followed by a close;
     /// the peer retries later.
@@ -256,6 +276,18 @@ pub enum Control {
     Ack {
         seqs: Vec<u64>,
     },
+    /// Parent → station: `domain` left the topology; stop serving it (its
+    /// nodes' modules are undeployed, its replica forgotten).
+    Unassign {
+        domain: String,
+    },
+    /// Domain manager → node: the node moved to `domain`, whose stations
+    /// are at `parents` (priority order). The node remembers them and
+    /// connects there; this link closes.
+    Redirect {
+        domain: String,
+        parents: Vec<String>,
+    },
 }
 
 /// One outbox entry on the wire: the sender's sequence number, which the
@@ -279,22 +311,7 @@ impl Message {
     /// What kind of frame this is, for logs: a peer's frame is logged by its
     /// kind and size, never by its contents.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Message::Alarm(_) => "alarm",
-            Message::Reports(_) => "reports",
-            Message::Control(c) => match c {
-                Control::Hello { .. } => "hello",
-                Control::Welcome { .. } => "welcome",
-                Control::AssignDomain { .. } => "assign-domain",
-                Control::Replicate(_) => "replicate",
-                Control::ReplicaAck { .. } => "replica-ack",
-                Control::Enroll { .. } => "enroll",
-                Control::Deploy { .. } => "deploy",
-                Control::DeployAck { .. } => "deploy-ack",
-                Control::KeepAlive { .. } => "keep-alive",
-                Control::Ack { .. } => "ack",
-            },
-        }
+        MessageKind::of(self).as_str()
     }
 }
 
@@ -361,12 +378,14 @@ pub enum MessageKind {
     DeployAck,
     KeepAlive,
     Ack,
+    Unassign,
+    Redirect,
     Alarm,
     Reports,
 }
 
 /// `Control`'s variants in declaration order, which is their wire index.
-const CONTROL_KINDS: [MessageKind; 10] = [
+const CONTROL_KINDS: [MessageKind; 12] = [
     MessageKind::Hello,
     MessageKind::Welcome,
     MessageKind::AssignDomain,
@@ -377,13 +396,15 @@ const CONTROL_KINDS: [MessageKind; 10] = [
     MessageKind::DeployAck,
     MessageKind::KeepAlive,
     MessageKind::Ack,
+    MessageKind::Unassign,
+    MessageKind::Redirect,
 ];
 /// `Message`'s variants in declaration order (`None`: a `Control`).
 const MESSAGE_KINDS: [Option<MessageKind>; 3] =
     [None, Some(MessageKind::Alarm), Some(MessageKind::Reports)];
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 12] = [
+    pub const ALL: [MessageKind; 14] = [
         MessageKind::Hello,
         MessageKind::Welcome,
         MessageKind::AssignDomain,
@@ -394,6 +415,8 @@ impl MessageKind {
         MessageKind::DeployAck,
         MessageKind::KeepAlive,
         MessageKind::Ack,
+        MessageKind::Unassign,
+        MessageKind::Redirect,
         MessageKind::Alarm,
         MessageKind::Reports,
     ];
@@ -411,6 +434,8 @@ impl MessageKind {
                 Control::DeployAck { .. } => MessageKind::DeployAck,
                 Control::KeepAlive { .. } => MessageKind::KeepAlive,
                 Control::Ack { .. } => MessageKind::Ack,
+                Control::Unassign { .. } => MessageKind::Unassign,
+                Control::Redirect { .. } => MessageKind::Redirect,
             },
             Message::Alarm(_) => MessageKind::Alarm,
             Message::Reports(_) => MessageKind::Reports,
@@ -423,7 +448,9 @@ impl MessageKind {
     pub fn may_come_from(self, sender: Sender) -> bool {
         use MessageKind::*;
         match self {
-            Welcome | AssignDomain | Replicate | Deploy => sender == Sender::Parent,
+            Welcome | AssignDomain | Replicate | Deploy | Unassign | Redirect => {
+                sender == Sender::Parent
+            }
             Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports => sender == Sender::Child,
             KeepAlive | Ack => true,
         }
@@ -441,6 +468,8 @@ impl MessageKind {
             MessageKind::DeployAck => "deploy-ack",
             MessageKind::KeepAlive => "keep-alive",
             MessageKind::Ack => "ack",
+            MessageKind::Unassign => "unassign",
+            MessageKind::Redirect => "redirect",
             MessageKind::Alarm => "alarm",
             MessageKind::Reports => "reports",
         }
@@ -841,6 +870,7 @@ mod tests {
             rules: vec![],
             members: vec![],
             subdomains,
+            moved: vec![],
         }
     }
 
@@ -1065,6 +1095,8 @@ mod tests {
                 ticket: None,
                 modules_held: vec![],
                 keepalive_ms: 10_000,
+                serving: None,
+                advertise: vec![],
             }),
             MessageKind::Welcome => control(Control::Welcome {
                 enrollment: Enrollment::Active,
@@ -1091,6 +1123,13 @@ mod tests {
             }),
             MessageKind::KeepAlive => keep_alive(),
             MessageKind::Ack => control(Control::Ack { seqs: vec![1] }),
+            MessageKind::Unassign => control(Control::Unassign {
+                domain: "lab".into(),
+            }),
+            MessageKind::Redirect => control(Control::Redirect {
+                domain: "lab".into(),
+                parents: vec!["127.0.0.1:7000".into()],
+            }),
             MessageKind::Alarm => Message::Alarm(Queued {
                 seq: 1,
                 body: Upward::NodeReport(Report {
@@ -1129,7 +1168,7 @@ mod tests {
             }
         }
         use MessageKind::*;
-        let parent_only = [Welcome, AssignDomain, Replicate, Deploy];
+        let parent_only = [Welcome, AssignDomain, Replicate, Deploy, Unassign, Redirect];
         let child_only = [Hello, Enroll, ReplicaAck, DeployAck, Alarm, Reports];
         for kind in MessageKind::ALL {
             assert_eq!(

@@ -270,15 +270,62 @@ impl Managed {
             let _ = r.stop.send(true);
         }
     }
+
+    /// Stops every module and deletes its state, as an unassignment does.
+    fn undeploy_all(self: &Arc<Self>) {
+        let stopped: Vec<(String, Running)> = lock(&self.running).drain().collect();
+        for (name, r) in stopped {
+            let _ = r.stop.send(true);
+            self.forget_when_stopped(name, r.task);
+        }
+        lock(&self.refused).clear();
+    }
+}
+
+/// Where a redirect sent this node, kept in its database: used instead of
+/// the configured parents for as long as the configuration names the same
+/// parents it did then (an operator who changes them is obeyed).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Redirected {
+    domain: String,
+    parents: Vec<String>,
+    /// The configured parents when the redirect came.
+    configured: Vec<String>,
+}
+
+const REDIRECTED: &[u8] = b"redirected";
+
+/// The parents to connect to: the configured ones, or those of the last
+/// redirect if the configuration has not changed since.
+fn parents(meta: &Tree, configured: &[String]) -> Vec<String> {
+    let stored = meta.get(REDIRECTED).ok().flatten().and_then(|bytes| {
+        agad_protocol::wire::decode_value::<Redirected>(&bytes)
+            .map_err(|e| tracing::error!("unreadable redirect in the node's database: {e}"))
+            .ok()
+    });
+    match stored {
+        Some(r) if r.configured == configured => {
+            tracing::info!(domain = %r.domain, parents = ?r.parents, "parents from the last redirect (the configured ones are unchanged)");
+            r.parents
+        }
+        Some(_) => {
+            tracing::info!("the configured parents changed since the last redirect: using them");
+            configured.to_vec()
+        }
+        None => configured.to_vec(),
+    }
 }
 
 /// Runs `node` under the managers of `uplink` until `shutdown`.
 pub async fn run(
     node: Node,
-    uplink: UplinkConfig,
+    mut uplink: UplinkConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let db = node.database().clone();
+    let meta = db.tree("link")?;
+    let configured = uplink.parents.clone();
+    uplink.parents = parents(&meta, &configured);
     let outbox = Outbox::open(&db)?;
     let reserve = node.reserve();
     let managed = Arc::new(Managed {
@@ -359,6 +406,17 @@ pub async fn run(
                 }
                 Some(Downlink::Disconnected { reason }) => {
                     tracing::info!("manager link down ({reason}); inspecting and buffering ({} queued)", outbox.len());
+                }
+                Some(Downlink::Redirected { domain, parents }) => {
+                    // What was queued goes to the new domain's manager. The
+                    // modules stop and forget their state: the top manager
+                    // closed their alarms, and the new domain deploys its own.
+                    let redirect = Redirected { domain, parents, configured: configured.clone() };
+                    if let Err(e) = meta.insert(REDIRECTED, &agad_protocol::wire::encode_value(&redirect)).and_then(|()| db.flush()) {
+                        tracing::error!("cannot remember the redirect: {e}");
+                    }
+                    tracing::warn!(domain = %redirect.domain, parents = ?redirect.parents, "moved to another domain: modules stopped until its manager deploys");
+                    managed.undeploy_all();
                 }
                 None => break,
             },

@@ -83,6 +83,8 @@ pub fn hello(role: Role, ticket: Option<String>) -> Message {
         ticket,
         modules_held: Vec::new(),
         keepalive_ms: 1000,
+        serving: None,
+        advertise: Vec::new(),
     })
 }
 

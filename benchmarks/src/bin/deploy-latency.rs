@@ -349,6 +349,7 @@ async fn start_dominio(
         children: Default::default(),
         limits: Default::default(),
         trusted: vec![trusted],
+        advertise: Vec::new(),
     };
     let task = tokio::spawn(agad_gerente_dominio::run(config, listener, shutdown));
     Ok((address, task))

@@ -294,6 +294,8 @@ async fn freezing_child(
             ticket: None,
             modules_held: Vec::new(),
             keepalive_ms: interval.as_millis() as u64,
+            serving: None,
+            advertise: Vec::new(),
         }))
         .await?;
     let (beats, phase, freeze_after) = {
