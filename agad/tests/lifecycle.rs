@@ -6,10 +6,13 @@
 //! that can never clear are closed with their reason.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
+use agad_protocol::wire::{self, Control, DomainReport, Message, Queued, Role, Upward};
 use agad_tests::hierarchy::{Deployment, Options, ReportRow};
+use agad_tests::peer::{alarm, hello, raw_client, read_until_closed, runtime};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
 
 /// The domain's report window in these tests.
 const WINDOW_MS: u64 = 2000;
@@ -408,5 +411,56 @@ fn a_removed_domain_stops_serving_and_its_nodes_stop_their_modules() -> anyhow::
         })
         .collect();
     assert!(late.is_empty(), "{late:?}");
+
+    // What a station still holds of a removed domain (or a peer with its
+    // certificate claims) is acknowledged, so it is not sent forever, and
+    // dropped with a logged reason.
+    d.stop("s1")?;
+    let mor = d.mor_address()?.to_owned();
+    let answer = runtime()?.block_on(async {
+        let mut link = raw_client(&d, "s1", &mor).await.unwrap();
+        let mut frames = wire::encode(&hello(Role::Dominio, None)).unwrap();
+        let report = DomainReport {
+            id: format!("d1/{d1_removed_ms}"),
+            domain: "d1".into(),
+            window_start_ms: d1_removed_ms,
+            window_end_ms: d1_removed_ms + WINDOW_MS,
+            consolidated_ms: now_ms(),
+            nodes: vec![],
+            domain_summaries: vec![],
+        };
+        frames.extend(
+            wire::encode(&Message::Reports(vec![Queued {
+                seq: 1,
+                body: Upward::DomainReport(report),
+            }]))
+            .unwrap(),
+        );
+        let body = Upward::Alarm(alarm("n1", "n1/rogue/1".into()));
+        frames.extend(wire::encode(&Message::Alarm(Queued { seq: 2, body })).unwrap());
+        link.write_all(&frames).await.unwrap();
+        read_until_closed(link).await
+    });
+    let acked: BTreeSet<u64> = answer
+        .iter()
+        .filter_map(|m| match m {
+            Message::Control(Control::Ack { seqs }) => Some(seqs.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(acked, BTreeSet::from([1, 2]), "{answer:?}");
+    let log = d.log("mor");
+    assert!(
+        log.contains("refused a report of domain `d1`, which is not in the topology")
+            && log.contains("refused an alarm of node `n1`, which is not in the topology"),
+        "{log}"
+    );
+    assert!(
+        d.reports()?
+            .iter()
+            .all(|r| r.window_start_ms != d1_removed_ms)
+    );
+    assert!(d.alarms()?.iter().all(|a| a.id != "n1/rogue/1"));
     Ok(())
 }
