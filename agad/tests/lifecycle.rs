@@ -100,8 +100,9 @@ fn every_window_a_node_buffered_through_a_domain_manager_restart_reaches_big() -
             .any(|r| r.node == "n1" && r.window_start_ms > restarted_ms)
             .then_some(()))
     })?;
-    d.stop("n1")?;
 
+    // The node keeps running: what it queued is delivered in its own time
+    // (a stopped node would keep its last reports for its next run).
     let queued = queued_windows(&d, "n1");
     let outage: BTreeSet<u64> = queued
         .iter()
@@ -158,7 +159,8 @@ fn every_window_a_node_buffered_through_a_domain_manager_restart_reaches_big() -
         "--module-version",
         &hash[..12],
     ])?;
-    assert_eq!(by_hash.lines().count(), rows.len());
+    // The node still runs: rows may have come since `rows` was read.
+    assert!(by_hash.lines().count() >= rows.len(), "{by_hash}");
     let by_other = d.agad(&[
         "report",
         "--json",
@@ -339,9 +341,10 @@ fn a_node_moved_to_another_domain_reaches_its_new_station_and_keeps_its_data() -
             .any(|r| r.node == "n1" && r.domain == "d2" && r.window_start_ms > restarted_ms)
             .then_some(()))
     })?;
-    d.stop("n1")?;
 
-    // Nothing it queued was lost on the way, whichever station carried it.
+    // Nothing it queued was lost on the way, whichever station carried it
+    // (it keeps running: a stopped node keeps its last reports for its
+    // next run).
     d.wait_for("every alarm n1 queued in BIG", |d| {
         let big = agad_tests::hierarchy::alarm_ids(&d.alarms()?);
         Ok(d.queued_alarm_ids("n1").is_subset(&big).then_some(()))
