@@ -98,10 +98,12 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 impl Bundle {
     /// Fills in the manifest from the author's spec and signs it.
     pub fn sign(spec: ManifestSpec, wasm: Vec<u8>, key: &SecretKey, now_secs: u64) -> Bundle {
+        let config = spec.config_keys();
         let mut capabilities = spec.capabilities;
         capabilities.sort();
         capabilities.dedup();
         let manifest = Manifest {
+            config,
             name: spec.name,
             version: spec.version,
             sequence: spec.sequence,
@@ -258,6 +260,7 @@ mod tests {
             capabilities: vec![Capability::State, Capability::Os, Capability::Os],
             limits: Limits::default(),
             valid_for_days: 1,
+            config: Default::default(),
         }
     }
 
