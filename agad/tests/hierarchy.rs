@@ -404,7 +404,10 @@ fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
         raised.message
     );
     let open = d.agad(&["alarms"])?;
-    assert!(open.contains("agad.module-refused"), "{open}");
+    assert!(
+        open.contains("RAISED") && open.contains("module misbehave refused on this node"),
+        "{open}"
+    );
 
     // Fixed: the module runs, the alarm clears, the node is healthy.
     d.apply(&one_domain(
