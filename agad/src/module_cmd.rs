@@ -141,9 +141,8 @@ pub fn sign(wasm: &Path, manifest: &Path, key: &Path) -> anyhow::Result<Bundle> 
     if !bytes.starts_with(b"\0asm") {
         bail!("{}: not a WebAssembly file", wasm.display());
     }
-    agad_runtime::imports::check_declared(&bytes, &spec.capabilities).map_err(|e| {
-        anyhow::anyhow!("{}: {e} in {}", wasm.display(), manifest.display())
-    })?;
+    agad_runtime::imports::check_declared(&bytes, &spec.capabilities)
+        .map_err(|e| anyhow::anyhow!("{}: {e} in {}", wasm.display(), manifest.display()))?;
     let secret = read_secret_key(key)?;
     Ok(Bundle::sign(spec, bytes, &secret, unix_now()))
 }

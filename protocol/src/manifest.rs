@@ -373,10 +373,7 @@ impl ConfigType {
         let value = value.trim();
         let (ok, expected) = match self {
             ConfigType::String | ConfigType::List => (true, ""),
-            ConfigType::Integer => (
-                value.parse::<u64>().is_ok(),
-                "a whole number (0 or more)",
-            ),
+            ConfigType::Integer => (value.parse::<u64>().is_ok(), "a whole number (0 or more)"),
             ConfigType::Number => (
                 value.parse::<f64>().is_ok_and(f64::is_finite),
                 "a finite number",
@@ -538,7 +535,8 @@ capabilities = ["os", "state"]
         assert!(err.contains("capabilites"), "{err}");
     }
 
-    const HEAD: &str = "name = \"x\"\nversion = \"0.1.0\"\nsequence = 1\nkind = \"inspector\"\narea = \"fault\"\n";
+    const HEAD: &str =
+        "name = \"x\"\nversion = \"0.1.0\"\nsequence = 1\nkind = \"inspector\"\narea = \"fault\"\n";
 
     #[test]
     fn config_schema_parses_and_is_signed_sorted() {
@@ -578,7 +576,9 @@ capabilities = ["os", "state"]
             "8:11: config key `n`: default `two` is not a whole number (0 or more)"
         );
         assert_eq!(
-            err("[config.n]\ntype = \"integer\"\nrequired = true\ndefault = 1\ndescription = \"d\"\n"),
+            err(
+                "[config.n]\ntype = \"integer\"\nrequired = true\ndefault = 1\ndescription = \"d\"\n"
+            ),
             "9:11: config key `n`: a required key has no default; drop `default` or `required`"
         );
         assert!(
@@ -587,9 +587,7 @@ capabilities = ["os", "state"]
             "{}",
             err("[config.n]\ntype = \"integr\"\ndescription = \"d\"\n")
         );
-        assert!(
-            err("[config.n]\ntype = \"integer\"\n").contains("missing field `description`"),
-        );
+        assert!(err("[config.n]\ntype = \"integer\"\n").contains("missing field `description`"),);
         assert!(
             err("[config.n]\ntype = \"integer\"\ndescription = \"d\"\nrequird = true\n")
                 .starts_with("9:1: unknown field `requird`"),
@@ -612,10 +610,26 @@ capabilities = ["os", "state"]
     fn config_types_accept_what_the_sdk_parses() {
         use ConfigType::*;
         for (kind, good, bad) in [
-            (Integer, &["0", " 42 ", "18446744073709551615"][..], &["-1", "1.5", "two", "1e3"][..]),
-            (Number, &["0", "-2.5", "1e3", " 90 "], &["NaN", "inf", "ninety"]),
-            (Boolean, &["true", "FALSE", "yes", "off", "1"], &["maybe", "2", "y"]),
-            (Duration, &["500ms", "10s", "2m", "1h"], &["10", "0s", "1.5s", "soon"]),
+            (
+                Integer,
+                &["0", " 42 ", "18446744073709551615"][..],
+                &["-1", "1.5", "two", "1e3"][..],
+            ),
+            (
+                Number,
+                &["0", "-2.5", "1e3", " 90 "],
+                &["NaN", "inf", "ninety"],
+            ),
+            (
+                Boolean,
+                &["true", "FALSE", "yes", "off", "1"],
+                &["maybe", "2", "y"],
+            ),
+            (
+                Duration,
+                &["500ms", "10s", "2m", "1h"],
+                &["10", "0s", "1.5s", "soon"],
+            ),
             (String, &["", "anything at all"], &[]),
             (List, &["sshd,cron", ""], &[]),
         ] {

@@ -600,8 +600,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -1570,17 +1570,23 @@ nodes = ["web-1", "core-1"]
             "`-1` is not a whole number",
         );
         refused(
-            &with("[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nstrict = \"maybe\"\n"),
+            &with(
+                "[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nstrict = \"maybe\"\n",
+            ),
             "\"maybe\"",
             "`strict` is a boolean: `maybe` is not true or false",
         );
         refused(
-            &with("[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nthreshold = \"high\"\n"),
+            &with(
+                "[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nthreshold = \"high\"\n",
+            ),
             "\"high\"",
             "`threshold` is a number: `high` is not a finite number",
         );
         refused(
-            &with("[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nwindow = 10\n"),
+            &with(
+                "[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nwindow = 10\n",
+            ),
             "10",
             "`window` is a duration: `10` is not a positive duration",
         );

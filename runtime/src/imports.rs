@@ -115,7 +115,10 @@ mod tests {
             needed_capability("agad:platform/snmp@0.1.0"),
             Ok(Some(Capability::Snmp))
         );
-        assert_eq!(needed_capability("agad:platform/os"), Ok(Some(Capability::Os)));
+        assert_eq!(
+            needed_capability("agad:platform/os"),
+            Ok(Some(Capability::Os))
+        );
         assert_eq!(needed_capability("agad:platform/types@0.1.0"), Ok(None));
         assert_eq!(needed_capability("wasi:io/streams@0.2.6"), Ok(None));
         assert!(matches!(

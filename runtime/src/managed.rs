@@ -190,7 +190,11 @@ impl Managed {
 
     /// Sends `alarms` after those of earlier deployments, from a task: the
     /// caller is the loop that drains `events`, so it must not wait on it.
-    fn send_in_order(&self, alarms: Vec<agad_protocol::message::Alarm>, events: &mpsc::Sender<Event>) {
+    fn send_in_order(
+        &self,
+        alarms: Vec<agad_protocol::message::Alarm>,
+        events: &mpsc::Sender<Event>,
+    ) {
         if alarms.is_empty() {
             return;
         }

@@ -9,8 +9,8 @@
 //! restarted node still clears what it raised before.
 
 use crate::host::clock::now_ms;
-use agad_protocol::message::{Alarm, Comparison, MAX_ALARM_TEXT, Severity};
 use agad_protocol::Area;
+use agad_protocol::message::{Alarm, Comparison, MAX_ALARM_TEXT, Severity};
 use agad_storage::{Database, StorageError, Tree};
 use std::collections::HashMap;
 
@@ -132,7 +132,10 @@ mod tests {
         let a = &raised[0];
         assert!(a.raised);
         assert_eq!(a.check_origin("n1"), Ok(()));
-        assert_eq!((a.module.as_str(), a.key.as_str()), ("app-watch", REFUSED_KEY));
+        assert_eq!(
+            (a.module.as_str(), a.key.as_str()),
+            ("app-watch", REFUSED_KEY)
+        );
         assert!(a.message.contains("is not a whole number"), "{}", a.message);
 
         // The same refusal again (a redeploy) raises nothing new.

@@ -124,8 +124,10 @@ fn every_inspector_declares_exactly_the_config_keys_it_accepts() {
             .collect();
         for key in spec.config_keys() {
             let Some(default) = key.default else { continue };
-            let mut config: Vec<(&str, &str)> =
-                required.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut config: Vec<(&str, &str)> = required
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             config.push((&key.name, &default));
             assert_eq!(
                 h.init_error(builtin.name, &config),
