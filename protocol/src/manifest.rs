@@ -277,10 +277,12 @@ impl ManifestSpec {
                 return refuse(name.span(), reason);
             }
             let description = key.description.get_ref();
-            if description.trim().is_empty() || description.contains(['\n', '\r']) {
+            // Shown in operators' terminals (topology errors): no escape
+            // sequence or line break may come with it.
+            if description.trim().is_empty() || description.contains(char::is_control) {
                 return refuse(
                     key.description.span(),
-                    "`description` must be one line of text".into(),
+                    "`description` must be one line of text, without control characters".into(),
                 );
             }
             if let Some(default) = &key.default {
@@ -602,7 +604,11 @@ capabilities = ["os", "state"]
         );
         assert_eq!(
             err("[config.n]\ntype = \"string\"\ndescription = \"\"\n"),
-            "8:15: config key `n`: `description` must be one line of text"
+            "8:15: config key `n`: `description` must be one line of text, without control characters"
+        );
+        assert!(
+            err("[config.n]\ntype = \"string\"\ndescription = \"red \\u001b[31m\"\n")
+                .starts_with("8:15: config key `n`: `description` must be one line"),
         );
     }
 

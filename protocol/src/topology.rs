@@ -458,7 +458,11 @@ impl Checker<'_> {
                         a.module.span(),
                         format!(
                             "assign `{module}`: required config key `{}` is not set ({}: {})",
-                            key.name, key.kind, key.description
+                            key.name.escape_debug(),
+                            key.kind,
+                            // Checked at signing; a manifest signed by other
+                            // means still reaches no terminal raw.
+                            key.description.replace(char::is_control, " ")
                         ),
                     ));
                 }
@@ -484,14 +488,14 @@ impl Checker<'_> {
         let name = key.get_ref();
         let Some(declared) = keys.iter().find(|k| k.name == *name) else {
             let hint = match closest(name, keys.iter().map(|k| k.name.as_str())) {
-                Some(close) => format!("; did you mean `{close}`?"),
+                Some(close) => format!("; did you mean `{}`?", close.escape_debug()),
                 None if keys.is_empty() => {
                     "; it takes no configuration besides `period`".to_owned()
                 }
                 None => format!(
                     "; its keys are {}",
                     keys.iter()
-                        .map(|k| format!("`{}`", k.name))
+                        .map(|k| format!("`{}`", k.name.escape_debug()))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
