@@ -432,3 +432,53 @@ fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
     })?;
     Ok(())
 }
+
+/// A module the node's policy refuses (it imports `snmp`, which this node
+/// does not allow) fails and alarms the same way, with the policy's reason.
+#[test]
+fn a_module_the_node_policy_refuses_fails_and_alarms() -> anyhow::Result<()> {
+    use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
+    let mut d = deployment()?;
+    d.publish(
+        "misbehave",
+        &std::fs::read(MISBEHAVE_WASM)?,
+        &std::fs::read_to_string(MISBEHAVE_MANIFEST)?,
+    )?;
+    d.apply(&one_domain(
+        "s1",
+        &["n1"],
+        "misbehave",
+        "mode = \"ok\"\nperiod = \"1s\"",
+    ))?;
+    let addr = d.start_station("s1")?;
+    d.start_node_with_config(
+        "n1",
+        &addr,
+        "allowed_capabilities = [\"os\", \"state\", \"log\", \"clock\"]\n",
+    )?;
+    let raised = d.wait_for("the refusal alarm in BIG", |d| {
+        Ok(d.alarms()?
+            .into_iter()
+            .find(|a| a.key == "agad.module-refused" && a.raised))
+    })?;
+    assert_eq!(
+        (raised.node.as_str(), raised.module.as_str()),
+        ("n1", "misbehave")
+    );
+    assert!(
+        raised
+            .message
+            .contains("needs capability `snmp`, which this node's policy does not allow"),
+        "{}",
+        raised.message
+    );
+    let node = serde_json::json!({"node": {"name": "n1"}});
+    d.wait_for("n1 to report misbehave failing", |d| {
+        Ok(d.component_state(&node)?.filter(|s| {
+            s["connected"]["failing"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|m| m == "module misbehave"))
+        }))
+    })?;
+    Ok(())
+}

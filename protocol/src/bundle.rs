@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 8] = b"AGADBNDL";
-const FORMAT_VERSION: u16 = 1;
+/// 2: manifests carry their configuration keys (`Manifest::config`).
+const FORMAT_VERSION: u16 = 2;
 /// No module needs more; anything larger is refused before decoding.
 pub const MAX_BUNDLE_BYTES: usize = 64 * 1024 * 1024;
 
