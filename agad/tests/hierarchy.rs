@@ -388,6 +388,13 @@ fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
         }))
     })?;
     assert!(state.get("connected").is_some(), "{state}");
+    let text = d.agad(&["status"])?;
+    assert!(
+        text.lines().any(|l| l.contains("DOWN")
+            && l.contains("node n1")
+            && l.contains("failing: module misbehave")),
+        "{text}"
+    );
     let raised = d.wait_for("the refusal alarm in BIG", |d| {
         Ok(d.alarms()?
             .into_iter()
