@@ -136,11 +136,13 @@ pub fn sign(wasm: &Path, manifest: &Path, key: &Path) -> anyhow::Result<Bundle> 
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("cannot read {}", manifest.display()))?;
     let spec = ManifestSpec::from_toml(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", manifest.display(), e.to_string().trim_end()))?;
+        .map_err(|e| anyhow::anyhow!("{}:{e}", manifest.display()))?;
     let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
     if !bytes.starts_with(b"\0asm") {
         bail!("{}: not a WebAssembly file", wasm.display());
     }
+    agad_runtime::imports::check_declared(&bytes, &spec.capabilities)
+        .map_err(|e| anyhow::anyhow!("{}: {e} in {}", wasm.display(), manifest.display()))?;
     let secret = read_secret_key(key)?;
     Ok(Bundle::sign(spec, bytes, &secret, unix_now()))
 }

@@ -113,7 +113,84 @@ fn sign_reports_manifest_errors_with_file_and_line() {
     ]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
+    assert!(err.starts_with("error: bad.toml:3:12: "), "{err}");
+}
+
+/// A configuration schema that cannot be right is refused at signing,
+/// pointing at the value.
+#[test]
+fn sign_refuses_a_bad_config_schema_with_file_line_and_column() {
+    let ws = Workspace::new();
+    let manifest = agad_modules::inspector("app-watch")
+        .unwrap()
+        .manifest_toml
+        .replace(
+            "[config.min_count]\ntype = \"integer\"\ndefault = 1\n",
+            "[config.min_count]\ntype = \"integer\"\ndefault = \"one\"\n",
+        );
+    let line = manifest
+        .lines()
+        .position(|l| l == "default = \"one\"")
+        .expect("the default was replaced")
+        + 1;
+    std::fs::write(ws.path("bad.toml"), manifest).unwrap();
+    let out = ws.run(&[
+        "module",
+        "sign",
+        "app-watch.wasm",
+        "--manifest",
+        "bad.toml",
+        "--key",
+        "pub.secret",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: bad.toml:{line}:11: config key `min_count`: default `one` is not a whole number (0 or more)"
+        )
+    );
+}
+
+/// A component that imports a capability its manifest does not declare is
+/// refused at signing, not by every node it is sent to.
+#[test]
+fn sign_refuses_imports_outside_the_declared_capabilities() {
+    let ws = Workspace::new();
+    let manifest = agad_modules::inspector("if-health")
+        .unwrap()
+        .manifest_toml
+        .replace(
+            "capabilities = [\"os\", \"snmp\", \"state\", \"log\", \"clock\"]",
+            "capabilities = [\"os\", \"state\", \"log\", \"clock\"]",
+        );
+    assert!(!manifest.contains("\"snmp\""));
+    std::fs::write(ws.path("no-snmp.toml"), manifest).unwrap();
+    let out = ws.run(&[
+        "module",
+        "sign",
+        "if-health.wasm",
+        "--manifest",
+        "no-snmp.toml",
+        "--key",
+        "pub.secret",
+        "--out",
+        "if-health.agad",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("if-health.wasm: the component imports `agad:platform/snmp")
+            && err.contains(
+                "the `snmp` capability, which the manifest does not declare; add \"snmp\" to `capabilities` in no-snmp.toml"
+            ),
+        "{err}"
+    );
+    assert!(!ws.path("if-health.agad").exists(), "nothing signed");
+    // Every built-in inspector's own manifest declares what it imports.
+    for m in agad_modules::INSPECTORS {
+        ws.sign(m.name);
+    }
 }
 
 #[test]

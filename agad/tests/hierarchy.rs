@@ -298,3 +298,194 @@ fn a_frozen_node_does_nothing_until_thawed_and_stops_while_frozen() -> anyhow::R
     assert!(status.success(), "n1 stopped with {status}");
     Ok(())
 }
+
+/// `agad topology apply` checks every assignment's config against the
+/// signed manifest of the module as published, and refuses the whole file
+/// with `file:line:column: reason`: nothing of it is applied, dry run or not.
+#[test]
+fn a_bad_module_configuration_is_refused_at_apply_with_line_and_column() -> anyhow::Result<()> {
+    let d = deployment()?;
+    d.publish_inspector("app-watch")?;
+    let good = one_domain(
+        "s1",
+        &["n1"],
+        "app-watch",
+        "processes = \"init\"\nperiod = \"1s\"",
+    );
+    d.apply(&good)?;
+    let in_force = d.agad(&["topology", "show"])?;
+    assert!(in_force.contains("processes = \"init\""), "{in_force}");
+
+    // With two nodes, `one_domain` puts `module` on line 15 and the
+    // config on lines 18 and 19.
+    for (config, error) in [
+        (
+            "processes = \"init\"\nmin_cuont = 2",
+            "topology.toml:19:1: assign `app-watch`: unknown config key `min_cuont`; did you mean `min_count`?",
+        ),
+        (
+            "processes = \"init\"\nmin_count = \"two\"",
+            "topology.toml:19:13: assign `app-watch`: `min_count` is an integer: `two` is not a whole number (0 or more)",
+        ),
+        (
+            "min_count = 2",
+            "topology.toml:15:10: assign `app-watch`: required config key `processes` is not set (list: comma-separated process names to watch (sshd,cron))",
+        ),
+        (
+            "processes = \"init\"\nperiod = \"soon\"",
+            "topology.toml:19:10: assign `app-watch`: period `soon` is not a positive duration (use e.g. 500ms, 10s, 2m, 1h)",
+        ),
+    ] {
+        let bad = one_domain("s1", &["n1", "n2"], "app-watch", config);
+        std::fs::write(d.path("topology.toml"), &bad)?;
+        for dry_run in [true, false] {
+            let mut args = vec!["topology", "apply", "topology.toml"];
+            if dry_run {
+                args.push("--dry-run");
+            }
+            let out = d.run(&args)?;
+            assert!(!out.status.success(), "accepted:\n{bad}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stderr.trim(), format!("error: {error}"), "{bad}");
+        }
+        assert_eq!(
+            d.agad(&["topology", "show"])?,
+            in_force,
+            "nothing applied of:\n{bad}"
+        );
+    }
+    Ok(())
+}
+
+/// A configuration the node still refuses (here the module's own `init`:
+/// `mode` is any string to the manifest, but misbehave knows only some)
+/// shows as a failing module in `agad status` and raises an alarm with the
+/// reason, which clears once the module runs with a good configuration.
+#[test]
+fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
+-> anyhow::Result<()> {
+    use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
+    let mut d = deployment()?;
+    d.publish(
+        "misbehave",
+        &std::fs::read(MISBEHAVE_WASM)?,
+        &std::fs::read_to_string(MISBEHAVE_MANIFEST)?,
+    )?;
+    d.apply(&one_domain(
+        "s1",
+        &["n1"],
+        "misbehave",
+        "mode = \"no-such-mode\"\nperiod = \"1s\"",
+    ))?;
+    let addr = d.start_station("s1")?;
+    d.start_node("n1", &addr)?;
+    let node = serde_json::json!({"node": {"name": "n1"}});
+    let state = d.wait_for("n1 to report misbehave failing", |d| {
+        Ok(d.component_state(&node)?.filter(|s| {
+            s["connected"]["failing"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|m| m == "module misbehave"))
+        }))
+    })?;
+    assert!(state.get("connected").is_some(), "{state}");
+    let text = d.agad(&["status"])?;
+    assert!(
+        text.lines().any(|l| l.contains("DOWN")
+            && l.contains("node n1")
+            && l.contains("failing: module misbehave")),
+        "{text}"
+    );
+    let raised = d.wait_for("the refusal alarm in BIG", |d| {
+        Ok(d.alarms()?
+            .into_iter()
+            .find(|a| a.key == "agad.module-refused" && a.raised))
+    })?;
+    assert_eq!(raised.node, "n1");
+    assert_eq!(raised.module, "misbehave");
+    assert!(raised.id.starts_with("n1/misbehave/"), "{}", raised.id);
+    assert!(
+        raised
+            .message
+            .contains("mode: \"no-such-mode\" is not a known mode"),
+        "{}",
+        raised.message
+    );
+    let open = d.agad(&["alarms"])?;
+    assert!(
+        open.contains("RAISED") && open.contains("module misbehave refused on this node"),
+        "{open}"
+    );
+
+    // Fixed: the module runs, the alarm clears, the node is healthy.
+    d.apply(&one_domain(
+        "s1",
+        &["n1"],
+        "misbehave",
+        "mode = \"ok\"\nperiod = \"1s\"",
+    ))?;
+    let cleared = d.wait_for("the refusal alarm cleared", |d| {
+        Ok(d.alarms()?
+            .into_iter()
+            .find(|a| a.key == "agad.module-refused" && !a.raised))
+    })?;
+    assert_eq!(cleared.module, "misbehave");
+    assert!(cleared.check_origin("n1").is_ok());
+    d.wait_for("n1 healthy", |d| {
+        Ok(d.component_state(&node)?.filter(|s| {
+            s["connected"]["failing"]
+                .as_array()
+                .is_some_and(|f| f.is_empty())
+        }))
+    })?;
+    Ok(())
+}
+
+/// A module the node's policy refuses (it imports `snmp`, which this node
+/// does not allow) fails and alarms the same way, with the policy's reason.
+#[test]
+fn a_module_the_node_policy_refuses_fails_and_alarms() -> anyhow::Result<()> {
+    use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
+    let mut d = deployment()?;
+    d.publish(
+        "misbehave",
+        &std::fs::read(MISBEHAVE_WASM)?,
+        &std::fs::read_to_string(MISBEHAVE_MANIFEST)?,
+    )?;
+    d.apply(&one_domain(
+        "s1",
+        &["n1"],
+        "misbehave",
+        "mode = \"ok\"\nperiod = \"1s\"",
+    ))?;
+    let addr = d.start_station("s1")?;
+    d.start_node_with_config(
+        "n1",
+        &addr,
+        "allowed_capabilities = [\"os\", \"state\", \"log\", \"clock\"]\n",
+    )?;
+    let raised = d.wait_for("the refusal alarm in BIG", |d| {
+        Ok(d.alarms()?
+            .into_iter()
+            .find(|a| a.key == "agad.module-refused" && a.raised))
+    })?;
+    assert_eq!(
+        (raised.node.as_str(), raised.module.as_str()),
+        ("n1", "misbehave")
+    );
+    assert!(
+        raised
+            .message
+            .contains("needs capability `snmp`, which this node's policy does not allow"),
+        "{}",
+        raised.message
+    );
+    let node = serde_json::json!({"node": {"name": "n1"}});
+    d.wait_for("n1 to report misbehave failing", |d| {
+        Ok(d.component_state(&node)?.filter(|s| {
+            s["connected"]["failing"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|m| m == "module misbehave"))
+        }))
+    })?;
+    Ok(())
+}

@@ -217,7 +217,12 @@ pub fn prepare_mor(
         }
         bases.activate(&e.name)?;
     }
-    let published = |name: &str| bundles.iter().any(|b| b.manifest.name == name);
+    let published = |name: &str| {
+        bundles
+            .iter()
+            .find(|b| b.manifest.name == name)
+            .map(|b| b.manifest.config.as_slice())
+    };
     let parsed = agad_protocol::topology::parse(topology, "bench.toml", &published)?;
     bases.apply_topology(&parsed)?;
     db.flush()?;

@@ -12,6 +12,7 @@ use agad_fuzz::snmp_walk::{BOOTS, ENGINE_ID, TIME};
 use agad_fuzz::{NOW, check_body, check_bundle, check_snmp, header, publisher};
 use agad_protocol::message::{Alarm, Comparison, Report, Severity, Summary};
 use agad_protocol::topology::{self, Topology};
+use agad_protocol::{ConfigKey, ConfigType};
 use agad_protocol::wire::{
     self, Component, ComponentStatus, Control, Deployment, DomainReport, Enrollment, HEADER_LEN,
     Member, Message, MessageKind, NodeSummary, Queued, Replica, Role, State, Upward,
@@ -462,7 +463,24 @@ fn v3_plain(engine_id: &[u8], boots: i64, time: i64, flags: u8, message_type: u8
 fn main() {
     let root = Path::new("corpus");
     let topo_text = example_topology();
-    let topo = topology::parse(&topo_text, "example.toml", &|_| true).expect("example parses");
+    // The keys the example's assignments set, each of the type it holds.
+    let keys: Vec<ConfigKey> = [
+        ("threshold", ConfigType::Number),
+        ("ratio", ConfigType::Number),
+        ("strict", ConfigType::Boolean),
+        ("name", ConfigType::String),
+    ]
+    .into_iter()
+    .map(|(name, kind)| ConfigKey {
+        name: name.into(),
+        kind,
+        required: false,
+        default: None,
+        description: String::new(),
+    })
+    .collect();
+    let topo = topology::parse(&topo_text, "example.toml", &|_| Some(keys.as_slice()))
+        .expect("example parses");
     let manifests = manifests();
     let bundles: Vec<Bundle> = manifests
         .iter()

@@ -5,7 +5,33 @@
 #![no_main]
 
 use agad_protocol::topology;
+use agad_protocol::{ConfigKey, ConfigType};
 use libfuzzer_sys::fuzz_target;
+use std::sync::LazyLock;
+
+/// One optional key of each type, and one required key, so that every
+/// check of an assignment's config is reached.
+static KEYS: LazyLock<Vec<ConfigKey>> = LazyLock::new(|| {
+    use ConfigType::*;
+    [
+        ("s", String, false),
+        ("i", Integer, false),
+        ("n", Number, false),
+        ("b", Boolean, false),
+        ("d", Duration, false),
+        ("l", List, false),
+        ("r", String, true),
+    ]
+    .into_iter()
+    .map(|(name, kind, required)| ConfigKey {
+        name: name.into(),
+        kind,
+        required,
+        default: None,
+        description: std::string::String::new(),
+    })
+    .collect()
+});
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -13,7 +39,12 @@ fuzz_target!(|data: &[u8]| {
     };
     // Every other module name counts as unpublished, so both answers of
     // `published` are exercised.
-    let published = |module: &str| module.len().is_multiple_of(2);
+    let published = |module: &str| {
+        module
+            .len()
+            .is_multiple_of(2)
+            .then_some(KEYS.as_slice())
+    };
     let Ok(topo) = topology::parse(text, "fuzz.toml", &published) else {
         return;
     };

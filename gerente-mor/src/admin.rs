@@ -163,8 +163,15 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
             dry_run,
         } => {
             let published = b.bundles()?;
-            let is_published = |name: &str| published.iter().any(|x| x.manifest.name == name);
-            let new = topology::parse(&text, &file, &is_published)?;
+            // Each assignment's config is checked against the manifest of
+            // the module as published (BGC holds one version per name).
+            let config_of = |name: &str| {
+                published
+                    .iter()
+                    .find(|x| x.manifest.name == name)
+                    .map(|x| x.manifest.config.as_slice())
+            };
+            let new = topology::parse(&text, &file, &config_of)?;
             let changes: Vec<String> = b
                 .topology()?
                 .diff(&new)

@@ -329,7 +329,7 @@ mod tests {
             [[node]]\nname = \"n1\"\ndomain = \"d1\"\n\n\
             [[node]]\nname = \"n2\"\ndomain = \"d1\"\n\n\
             [[node]]\nname = \"n3\"\ndomain = \"d2\"\n";
-        b.apply_topology(&topology::parse(text, "t.toml", &|_| true).unwrap())
+        b.apply_topology(&topology::parse(text, "t.toml", &|_| Some(&[])).unwrap())
             .unwrap();
         b
     }

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 8] = b"AGADBNDL";
-const FORMAT_VERSION: u16 = 1;
+/// 2: manifests carry their configuration keys (`Manifest::config`).
+const FORMAT_VERSION: u16 = 2;
 /// No module needs more; anything larger is refused before decoding.
 pub const MAX_BUNDLE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -98,10 +99,12 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 impl Bundle {
     /// Fills in the manifest from the author's spec and signs it.
     pub fn sign(spec: ManifestSpec, wasm: Vec<u8>, key: &SecretKey, now_secs: u64) -> Bundle {
+        let config = spec.config_keys();
         let mut capabilities = spec.capabilities;
         capabilities.sort();
         capabilities.dedup();
         let manifest = Manifest {
+            config,
             name: spec.name,
             version: spec.version,
             sequence: spec.sequence,
@@ -258,6 +261,7 @@ mod tests {
             capabilities: vec![Capability::State, Capability::Os, Capability::Os],
             limits: Limits::default(),
             valid_for_days: 1,
+            config: Default::default(),
         }
     }
 

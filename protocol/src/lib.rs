@@ -36,5 +36,6 @@ pub use bundle::{Bundle, BundleError, MAX_BUNDLE_BYTES};
 pub use duration::parse_duration;
 pub use keys::{KeyError, KeyId, PublicKey, SecretKey};
 pub use manifest::{
-    Area, Capability, Kind, Limits, Manifest, ManifestSpec, NameError, validate_module_name,
+    Area, Capability, ConfigKey, ConfigType, Kind, Limits, Manifest, ManifestSpec, NameError,
+    SpecError, validate_module_name,
 };

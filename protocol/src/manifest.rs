@@ -1,7 +1,10 @@
 //! Module manifests: what a module is, what it may import and how much it may use.
 
 use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
+use toml::Spanned;
 
 /// Longest module name accepted.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -188,6 +191,65 @@ pub struct ManifestSpec {
         deserialize_with = "valid_for_days"
     )]
     pub valid_for_days: u64,
+    /// The configuration keys the module accepts (`[config.<key>]`), besides
+    /// the node's own `period`. A topology assigning the module is checked
+    /// against them when it is applied.
+    #[serde(default)]
+    pub config: BTreeMap<Spanned<String>, ConfigKeySpec>,
+}
+
+/// One configuration key as the author declares it:
+///
+/// ```toml
+/// [config.min_count]
+/// type = "integer"
+/// default = 1
+/// description = "fewest live processes per name before alarming"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigKeySpec {
+    #[serde(rename = "type")]
+    pub kind: ConfigType,
+    /// An assignment that leaves it out is refused.
+    #[serde(default)]
+    pub required: bool,
+    /// What the module uses when the key is not set (documentation: the
+    /// module applies its own default).
+    pub default: Option<Spanned<ScalarText>>,
+    /// One line for the operator.
+    pub description: Spanned<String>,
+}
+
+/// Why an author's `manifest.toml` was refused, with the 1-based line and
+/// column of the offending text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{column}: {reason}")]
+pub struct SpecError {
+    pub line: usize,
+    pub column: usize,
+    pub reason: String,
+}
+
+impl SpecError {
+    fn at(text: &str, span: Range<usize>, reason: impl Into<String>) -> SpecError {
+        let (line, column) = line_column(text, span.start);
+        SpecError {
+            line,
+            column,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
 }
 
 impl ManifestSpec {
@@ -195,11 +257,199 @@ impl ManifestSpec {
         365
     }
 
-    /// Parses an author's manifest; errors carry line and column.
-    pub fn from_toml(text: &str) -> Result<ManifestSpec, toml::de::Error> {
-        let spec: ManifestSpec = toml::from_str(text)?;
+    /// Parses an author's manifest and checks its configuration schema;
+    /// errors carry line and column.
+    pub fn from_toml(text: &str) -> Result<ManifestSpec, SpecError> {
+        let spec: ManifestSpec = toml::from_str(text).map_err(|e| {
+            // One line, so `file:line:column: reason` stays one line.
+            let reason = e.message().trim().replace('\n', "; ");
+            SpecError::at(text, e.span().unwrap_or(0..0), reason)
+        })?;
+        for (name, key) in &spec.config {
+            let refuse = |span: Range<usize>, reason: String| {
+                Err(SpecError::at(
+                    text,
+                    span,
+                    format!("config key `{}`: {reason}", name.get_ref().escape_debug()),
+                ))
+            };
+            if let Err(reason) = validate_config_key_name(name.get_ref()) {
+                return refuse(name.span(), reason);
+            }
+            let description = key.description.get_ref();
+            // Shown in operators' terminals (topology errors): no escape
+            // sequence or line break may come with it.
+            if description.trim().is_empty() || description.contains(char::is_control) {
+                return refuse(
+                    key.description.span(),
+                    "`description` must be one line of text, without control characters".into(),
+                );
+            }
+            if let Some(default) = &key.default {
+                if key.required {
+                    return refuse(
+                        default.span(),
+                        "a required key has no default; drop `default` or `required`".into(),
+                    );
+                }
+                if let Err(reason) = key.kind.check(&default.get_ref().0) {
+                    return refuse(default.span(), format!("default {reason}"));
+                }
+            }
+        }
         Ok(spec)
     }
+
+    /// The declared configuration, sorted by key, as the manifest signs it.
+    pub fn config_keys(&self) -> Vec<ConfigKey> {
+        self.config
+            .iter()
+            .map(|(name, key)| ConfigKey {
+                name: name.get_ref().clone(),
+                kind: key.kind,
+                required: key.required,
+                default: key.default.as_ref().map(|d| d.get_ref().0.clone()),
+                description: key.description.get_ref().trim().to_owned(),
+            })
+            .collect()
+    }
+}
+
+/// The key the node itself reads (the tick period); no module declares it.
+pub const PERIOD_KEY: &str = "period";
+
+/// Config key names: a letter, then ASCII letters, digits, `_`, `-` or `.`,
+/// at most [`MAX_NAME_CHARS`]; never [`PERIOD_KEY`].
+pub fn validate_config_key_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !name.chars().all(ok_char)
+        || name.len() > MAX_NAME_CHARS
+    {
+        return Err(format!(
+            "a key name starts with a letter and holds only ASCII letters, digits, `_`, `-` and `.` (at most {MAX_NAME_CHARS})"
+        ));
+    }
+    if name == PERIOD_KEY {
+        return Err("`period` is the node's own key (the tick period); do not declare it".into());
+    }
+    Ok(())
+}
+
+/// What a configuration value must look like. Modules receive every value
+/// as a string; the type says which strings the module accepts, in the
+/// forms the SDK (`agad_sdk::config`) parses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigType {
+    /// Any text.
+    String,
+    /// A whole number, 0 or more.
+    Integer,
+    /// A finite decimal number.
+    Number,
+    /// `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`).
+    Boolean,
+    /// `500ms`, `10s`, `2m`, `1h`.
+    Duration,
+    /// Comma-separated strings (`"sshd,cron"`).
+    List,
+}
+
+impl ConfigType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConfigType::String => "string",
+            ConfigType::Integer => "integer",
+            ConfigType::Number => "number",
+            ConfigType::Boolean => "boolean",
+            ConfigType::Duration => "duration",
+            ConfigType::List => "list",
+        }
+    }
+
+    /// Whether `value` (as the module receives it; surrounding spaces are
+    /// ignored, as the SDK does) is of this type; the error completes the
+    /// sentence `<value> ...`.
+    pub fn check(self, value: &str) -> Result<(), String> {
+        let value = value.trim();
+        let (ok, expected) = match self {
+            ConfigType::String | ConfigType::List => (true, ""),
+            ConfigType::Integer => (value.parse::<u64>().is_ok(), "a whole number (0 or more)"),
+            ConfigType::Number => (
+                value.parse::<f64>().is_ok_and(f64::is_finite),
+                "a finite number",
+            ),
+            ConfigType::Boolean => (
+                matches!(
+                    value.to_ascii_lowercase().as_str(),
+                    "true" | "false" | "yes" | "no" | "on" | "off" | "1" | "0"
+                ),
+                "true or false",
+            ),
+            ConfigType::Duration => (
+                crate::parse_duration(value).is_some_and(|d| !d.is_zero()),
+                "a positive duration (e.g. 500ms, 10s, 2m, 1h)",
+            ),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("`{}` is not {expected}", value.escape_debug()))
+        }
+    }
+}
+
+impl fmt::Display for ConfigType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A scalar TOML value of any type, kept as the string a module will
+/// receive: modules read configuration as strings whatever the author
+/// typed, so `threshold = 90` and `threshold = "90"` mean the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ScalarText(pub String);
+
+impl<'de> Deserialize<'de> for ScalarText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Scalar;
+        impl serde::de::Visitor<'_> for Scalar {
+            type Value = ScalarText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, integer, float or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<ScalarText, E> {
+                // Debug keeps the `.0` of `90.0`, so a float stays visibly one.
+                Ok(ScalarText(format!("{v:?}")))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<ScalarText, E> {
+                Ok(ScalarText(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Scalar)
+    }
+}
+
+/// One configuration key of a signed manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigKey {
+    pub name: String,
+    pub kind: ConfigType,
+    pub required: bool,
+    pub default: Option<String>,
+    pub description: String,
 }
 
 /// A signed module's description. The signature covers [`Manifest::canonical_bytes`].
@@ -213,6 +463,8 @@ pub struct Manifest {
     /// Sorted and without duplicates, so the encoding is canonical.
     pub capabilities: Vec<Capability>,
     pub limits: Limits,
+    /// The configuration keys the module accepts, sorted by name.
+    pub config: Vec<ConfigKey>,
     /// SHA-256 of the exact wasm bytes.
     pub sha256: [u8; 32],
     /// Seconds since the Unix epoch.
@@ -243,6 +495,10 @@ impl Manifest {
 
     pub fn allows(&self, capability: Capability) -> bool {
         self.capabilities.contains(&capability)
+    }
+
+    pub fn config_key(&self, name: &str) -> Option<&ConfigKey> {
+        self.config.iter().find(|k| k.name == name)
     }
 }
 
@@ -277,8 +533,119 @@ capabilities = ["os", "state"]
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("line 6"), "{err}");
+        assert!(err.starts_with("6:1: "), "{err}");
         assert!(err.contains("capabilites"), "{err}");
+    }
+
+    const HEAD: &str =
+        "name = \"x\"\nversion = \"0.1.0\"\nsequence = 1\nkind = \"inspector\"\narea = \"fault\"\n";
+
+    #[test]
+    fn config_schema_parses_and_is_signed_sorted() {
+        let spec = ManifestSpec::from_toml(&format!(
+            "{HEAD}\n[config.processes]\ntype = \"list\"\nrequired = true\ndescription = \"process names\"\n\n\
+             [config.min_count]\ntype = \"integer\"\ndefault = 1\ndescription = \"fewest live processes\"\n\n\
+             [config.ratio]\ntype = \"number\"\ndefault = 0.5\ndescription = \"a share\"\n\n\
+             [config.on]\ntype = \"boolean\"\ndefault = \"yes\"\ndescription = \"a switch\"\n\n\
+             [config.every]\ntype = \"duration\"\ndefault = \"10s\"\ndescription = \"how often\"\n\n\
+             [config.label]\ntype = \"string\"\ndescription = \"free text\"\n"
+        ))
+        .unwrap();
+        let keys = spec.config_keys();
+        let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["every", "label", "min_count", "on", "processes", "ratio"]
+        );
+        let min_count = &keys[2];
+        assert_eq!(min_count.kind, ConfigType::Integer);
+        assert_eq!(min_count.default.as_deref(), Some("1"));
+        assert!(!min_count.required);
+        assert!(keys[4].required);
+        assert_eq!(keys[5].default.as_deref(), Some("0.5"));
+        assert!(ManifestSpec::from_toml(HEAD).unwrap().config.is_empty());
+    }
+
+    #[test]
+    fn invalid_config_schema_is_refused_with_line_and_column() {
+        let err = |extra: &str| {
+            ManifestSpec::from_toml(&format!("{HEAD}{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("[config.n]\ntype = \"integer\"\ndefault = \"two\"\ndescription = \"d\"\n"),
+            "8:11: config key `n`: default `two` is not a whole number (0 or more)"
+        );
+        assert_eq!(
+            err(
+                "[config.n]\ntype = \"integer\"\nrequired = true\ndefault = 1\ndescription = \"d\"\n"
+            ),
+            "9:11: config key `n`: a required key has no default; drop `default` or `required`"
+        );
+        assert!(
+            err("[config.n]\ntype = \"integr\"\ndescription = \"d\"\n")
+                .starts_with("7:8: unknown variant `integr`"),
+            "{}",
+            err("[config.n]\ntype = \"integr\"\ndescription = \"d\"\n")
+        );
+        assert!(err("[config.n]\ntype = \"integer\"\n").contains("missing field `description`"),);
+        assert!(
+            err("[config.n]\ntype = \"integer\"\ndescription = \"d\"\nrequird = true\n")
+                .starts_with("9:1: unknown field `requird`"),
+        );
+        assert_eq!(
+            err("[config.period]\ntype = \"duration\"\ndescription = \"d\"\n"),
+            "6:9: config key `period`: `period` is the node's own key (the tick period); do not declare it"
+        );
+        assert!(
+            err("[config.\"9 lives\"]\ntype = \"string\"\ndescription = \"d\"\n")
+                .starts_with("6:9: config key `9 lives`: a key name starts with a letter"),
+        );
+        assert_eq!(
+            err("[config.n]\ntype = \"string\"\ndescription = \"\"\n"),
+            "8:15: config key `n`: `description` must be one line of text, without control characters"
+        );
+        assert!(
+            err("[config.n]\ntype = \"string\"\ndescription = \"red \\u001b[31m\"\n")
+                .starts_with("8:15: config key `n`: `description` must be one line"),
+        );
+    }
+
+    #[test]
+    fn config_types_accept_what_the_sdk_parses() {
+        use ConfigType::*;
+        for (kind, good, bad) in [
+            (
+                Integer,
+                &["0", " 42 ", "18446744073709551615"][..],
+                &["-1", "1.5", "two", "1e3"][..],
+            ),
+            (
+                Number,
+                &["0", "-2.5", "1e3", " 90 "],
+                &["NaN", "inf", "ninety"],
+            ),
+            (
+                Boolean,
+                &["true", "FALSE", "yes", "off", "1"],
+                &["maybe", "2", "y"],
+            ),
+            (
+                Duration,
+                &["500ms", "10s", "2m", "1h"],
+                &["10", "0s", "1.5s", "soon"],
+            ),
+            (String, &["", "anything at all"], &[]),
+            (List, &["sshd,cron", ""], &[]),
+        ] {
+            for value in good {
+                assert_eq!(kind.check(value), Ok(()), "{kind} {value:?}");
+            }
+            for value in bad {
+                assert!(kind.check(value).is_err(), "{kind} {value:?}");
+            }
+        }
     }
 
     #[test]
@@ -314,7 +681,7 @@ capabilities = ["os", "state"]
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("line 1") && err.contains("module name may hold only"),
+            err.starts_with("1:8: ") && err.contains("module name may hold only"),
             "{err}"
         );
         // The parser quotes the TOML source (escapes as written), never

@@ -10,6 +10,7 @@
 //! leave domain managers disagreeing about which inspectors run where.
 
 use crate::duration::{format_duration_ms, parse_duration};
+use crate::manifest::{ConfigKey, PERIOD_KEY, ScalarText};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -149,50 +150,18 @@ struct RawAssign {
     nodes: Option<Vec<Text>>,
     // A BTreeMap so the kept configuration comes out sorted by key.
     #[serde(default)]
-    config: BTreeMap<Text, Spanned<ConfigValue>>,
-}
-
-/// A config value of any scalar TOML type, kept as the string the module
-/// will receive: modules read configuration as strings whatever the author
-/// typed, so `threshold = 90` and `threshold = "90"` mean the same.
-struct ConfigValue(String);
-
-impl<'de> Deserialize<'de> for ConfigValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Scalar;
-        impl serde::de::Visitor<'_> for Scalar {
-            type Value = ConfigValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, integer, float or boolean")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<ConfigValue, E> {
-                Ok(ConfigValue(v.to_owned()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<ConfigValue, E> {
-                Ok(ConfigValue(v.to_string()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<ConfigValue, E> {
-                Ok(ConfigValue(v.to_string()))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<ConfigValue, E> {
-                // Debug keeps the `.0` of `90.0`, so a float stays visibly one.
-                Ok(ConfigValue(format!("{v:?}")))
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<ConfigValue, E> {
-                Ok(ConfigValue(v.to_string()))
-            }
-        }
-        deserializer.deserialize_any(Scalar)
-    }
+    config: BTreeMap<Text, Spanned<ScalarText>>,
 }
 
 /// Reads and checks a topology file. `file` only labels errors;
-/// `published(module)` says whether BGC holds the module, since assigning a
-/// module no node could ever receive is a mistake better caught here.
-pub fn parse(
+/// `published(module)` gives the configuration keys of the module as BGC
+/// holds it (its signed manifest's), or `None` when BGC does not hold it:
+/// assigning a module no node could ever receive, or a configuration the
+/// module would refuse, is a mistake better caught here than on every node.
+pub fn parse<'m>(
     text: &str,
     file: &str,
-    published: &dyn Fn(&str) -> bool,
+    published: &dyn Fn(&str) -> Option<&'m [ConfigKey]>,
 ) -> Result<Topology, TopologyError> {
     let checker = Checker { text, file };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
@@ -270,10 +239,10 @@ impl Checker<'_> {
             })
     }
 
-    fn check(
+    fn check<'m>(
         &self,
         raw: RawFile,
-        published: &dyn Fn(&str) -> bool,
+        published: &dyn Fn(&str) -> Option<&'m [ConfigKey]>,
     ) -> Result<Topology, TopologyError> {
         let mut topology = Topology::default();
 
@@ -408,12 +377,12 @@ impl Checker<'_> {
         let mut assigned: HashMap<(String, String), Range<usize>> = HashMap::new();
         for a in &raw.assign {
             let module = self.name("module", &a.module)?;
-            if !published(&module) {
+            let Some(keys) = published(&module) else {
                 return Err(self.error(
                     a.module.span(),
                     format!("module `{module}` is not published in BGC; publish it with `agad module publish`"),
                 ));
-            }
+            };
             let mut targets: Vec<(String, Range<usize>)> = Vec::new();
             if let Some(domain) = &a.domain {
                 if !domain_spans.contains_key(domain.get_ref()) {
@@ -471,10 +440,32 @@ impl Checker<'_> {
             let mut config = Vec::new();
             for (key, value) in &a.config {
                 let value_text = Spanned::new(value.span(), value.get_ref().0.clone());
-                if key.get_ref() == "period" {
+                if key.get_ref() == PERIOD_KEY {
                     self.duration_ms(&value_text, &format!("assign `{module}`: period"))?;
+                } else {
+                    self.config_value(&module, keys, key, &value_text)?;
                 }
                 config.push((key.get_ref().clone(), value_text.into_inner()));
+            }
+            for key in keys.iter().filter(|k| k.required) {
+                // An empty value means "the module's default" to the SDK,
+                // so for a required key it is as good as missing.
+                let set = config
+                    .iter()
+                    .any(|(k, v)| *k == key.name && !v.trim().is_empty());
+                if !set {
+                    return Err(self.error(
+                        a.module.span(),
+                        format!(
+                            "assign `{module}`: required config key `{}` is not set ({}: {})",
+                            key.name.escape_debug(),
+                            key.kind,
+                            // Checked at signing; a manifest signed by other
+                            // means still reaches no terminal raw.
+                            key.description.replace(char::is_control, " ")
+                        ),
+                    ));
+                }
             }
             topology.assignments.push(Assignment {
                 module,
@@ -484,6 +475,53 @@ impl Checker<'_> {
             });
         }
         Ok(topology)
+    }
+
+    /// A key the module declares, with a value of its type.
+    fn config_value(
+        &self,
+        module: &str,
+        keys: &[ConfigKey],
+        key: &Text,
+        value: &Text,
+    ) -> Result<(), TopologyError> {
+        let name = key.get_ref();
+        let Some(declared) = keys.iter().find(|k| k.name == *name) else {
+            let hint = match closest(name, keys.iter().map(|k| k.name.as_str())) {
+                Some(close) => format!("; did you mean `{}`?", close.escape_debug()),
+                None if keys.is_empty() => {
+                    "; it takes no configuration besides `period`".to_owned()
+                }
+                None => format!(
+                    "; its keys are {}",
+                    keys.iter()
+                        .map(|k| format!("`{}`", k.name.escape_debug()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Err(self.error(
+                key.span(),
+                format!(
+                    "assign `{module}`: unknown config key `{}`{hint}",
+                    name.escape_debug()
+                ),
+            ));
+        };
+        // Empty means "the module's default" (the SDK treats it as unset).
+        if value.get_ref().trim().is_empty() {
+            return Ok(());
+        }
+        declared.kind.check(value.get_ref()).map_err(|reason| {
+            self.error(
+                value.span(),
+                format!(
+                    "assign `{module}`: `{name}` is {} {}: {reason}",
+                    article(declared.kind.name()),
+                    declared.kind
+                ),
+            )
+        })
     }
 
     fn check_parents(
@@ -535,6 +573,53 @@ impl Checker<'_> {
         }
         Ok(())
     }
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// The candidate nearest to `word` if it is close enough to be the one
+/// meant: at most a third of its characters off (at least one), counting a
+/// swap of two neighbours as one edit (`min_cuont` → `min_count`).
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let budget = (word.chars().count() / 3).max(1);
+    candidates
+        .map(|c| (edit_distance(&word.to_lowercase(), &c.to_lowercase()), c))
+        .filter(|(d, _)| *d <= budget)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions
+/// and transpositions of adjacent characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 fn is_name_char(c: char) -> bool {
@@ -980,6 +1065,8 @@ fn config_value(value: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::manifest::ConfigType;
+    use std::sync::LazyLock;
 
     const FULL: &str = r#"
 [[domain]]
@@ -1026,8 +1113,60 @@ module = "disk-space"
 nodes = ["web-1", "core-1"]
 "#;
 
-    fn published(module: &str) -> bool {
-        module != "unpublished"
+    fn key(name: &str, kind: ConfigType, required: bool) -> ConfigKey {
+        ConfigKey {
+            name: name.into(),
+            kind,
+            required,
+            default: None,
+            description: format!("what {name} does"),
+        }
+    }
+
+    /// What BGC holds in these tests: `cpu-mem` and `app-watch` with a
+    /// schema, `disk-space` taking the odd keys of the round-trip test,
+    /// every other module but `unpublished` taking nothing but `period`.
+    static SCHEMAS: LazyLock<Vec<(&str, Vec<ConfigKey>)>> = LazyLock::new(|| {
+        use ConfigType::*;
+        vec![
+            (
+                "cpu-mem",
+                vec![
+                    key("threshold", Number, false),
+                    key("ratio", Number, false),
+                    key("strict", Boolean, false),
+                    key("name", String, false),
+                    key("window", Duration, false),
+                ],
+            ),
+            (
+                "app-watch",
+                vec![
+                    key("processes", List, true),
+                    key("min_count", Integer, false),
+                    key("raise_after", Integer, false),
+                ],
+            ),
+            (
+                "disk-space",
+                ["a key", "big", "lead", "neg", "yes"]
+                    .iter()
+                    .map(|k| key(k, String, false))
+                    .collect(),
+            ),
+        ]
+    });
+
+    fn published(module: &str) -> Option<&'static [ConfigKey]> {
+        if module == "unpublished" {
+            return None;
+        }
+        Some(
+            SCHEMAS
+                .iter()
+                .find(|(m, _)| *m == module)
+                .map_or(&[][..], |(_, keys)| keys.as_slice()),
+        )
     }
 
     fn ok(text: &str) -> Topology {
@@ -1388,6 +1527,120 @@ nodes = ["web-1", "core-1"]
         ok(&with(
             "[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[[assign]]\nmodule = \"disk\"\nnodes = [\"web-1\"]\n",
         ));
+    }
+
+    #[test]
+    fn config_is_checked_against_the_module_schema() {
+        let assign = |config: &str| {
+            with(&format!(
+                "[[assign]]\nmodule = \"app-watch\"\ndomain = \"lab\"\n[assign.config]\n{config}"
+            ))
+        };
+        // A misspelt key, with the key it was meant to be.
+        let err = refused(
+            &assign("processes = \"sshd\"\nmin_cuont = 2\n"),
+            "min_cuont",
+            "",
+        );
+        assert_eq!(
+            err.to_string(),
+            "net.toml:18:1: assign `app-watch`: unknown config key `min_cuont`; did you mean `min_count`?"
+        );
+        // Nothing close: the keys it has.
+        refused(
+            &assign("processes = \"sshd\"\ncolour = 2\n"),
+            "colour",
+            "unknown config key `colour`; its keys are `processes`, `min_count`, `raise_after`",
+        );
+        // A module without configuration.
+        refused(
+            &with("[[assign]]\nmodule = \"if-health\"\ndomain = \"lab\"\n[assign.config]\nx = 1\n"),
+            "x = 1",
+            "unknown config key `x`; it takes no configuration besides `period`",
+        );
+        // A value of the wrong type, pointed at.
+        let err = refused(
+            &assign("processes = \"sshd\"\nmin_count = \"two\"\n"),
+            "\"two\"",
+            "",
+        );
+        assert_eq!(
+            err.reason,
+            "assign `app-watch`: `min_count` is an integer: `two` is not a whole number (0 or more)"
+        );
+        refused(
+            &assign("processes = \"sshd\"\nmin_count = -1\n"),
+            "-1",
+            "`-1` is not a whole number",
+        );
+        refused(
+            &with(
+                "[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nstrict = \"maybe\"\n",
+            ),
+            "\"maybe\"",
+            "`strict` is a boolean: `maybe` is not true or false",
+        );
+        refused(
+            &with(
+                "[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nthreshold = \"high\"\n",
+            ),
+            "\"high\"",
+            "`threshold` is a number: `high` is not a finite number",
+        );
+        refused(
+            &with(
+                "[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nwindow = 10\n",
+            ),
+            "10",
+            "`window` is a duration: `10` is not a positive duration",
+        );
+        // A required key left out, or left empty, is refused at the module.
+        let err = refused(&assign("min_count = 2\n"), "\"app-watch\"", "");
+        assert_eq!(
+            err.reason,
+            "assign `app-watch`: required config key `processes` is not set (list: what processes does)"
+        );
+        refused(
+            &assign("processes = \" \"\n"),
+            "\"app-watch\"",
+            "required config key `processes` is not set",
+        );
+        refused(
+            &with("[[assign]]\nmodule = \"app-watch\"\nnodes = [\"web-1\"]\n"),
+            "\"app-watch\"",
+            "required config key `processes` is not set",
+        );
+        // Right: strings that read as the type, numbers written bare, an
+        // empty optional value (the module's default), and `period`.
+        let t = ok(&assign(
+            "processes = \"sshd, cron\"\nmin_count = \" 2 \"\nraise_after = \"\"\nperiod = \"5s\"\n",
+        ));
+        assert_eq!(
+            t.assignments[0].config,
+            cfg(&[
+                ("min_count", " 2 "),
+                ("period", "5s"),
+                ("processes", "sshd, cron"),
+                ("raise_after", "")
+            ])
+        );
+        ok(&with(
+            "[[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nthreshold = 85.5\nstrict = \"YES\"\nwindow = \"2m\"\n",
+        ));
+    }
+
+    #[test]
+    fn closest_key_suggestions() {
+        let keys = ["min_count", "processes", "raise_after", "clear_after"];
+        let near = |w: &str| closest(w, keys.iter().copied());
+        assert_eq!(near("min_cuont"), Some("min_count"));
+        assert_eq!(near("MIN_COUNT"), Some("min_count"));
+        assert_eq!(near("proceses"), Some("processes"));
+        assert_eq!(near("clear-after"), Some("clear_after"));
+        assert_eq!(near("threshold"), None);
+        assert_eq!(near("x"), None);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

@@ -884,6 +884,7 @@ mod tests {
                 area: crate::manifest::Area::Performance,
                 capabilities: vec![crate::manifest::Capability::Os],
                 limits: crate::manifest::Limits::default(),
+                config: Vec::new(),
                 sha256: [7; 32],
                 issued_at: 1,
                 expires_at: 2,

@@ -11,10 +11,13 @@
 //! - [`host`]: one struct per capability (os, snmp, state, log, clock).
 //! - [`trust`]: signature, hash, expiry and rollback checks.
 //! - [`engine`]: wasmtime engine, compiled-module cache, capability-checked linking.
+//! - [`imports`]: a component's imports read from its bytes, checked against
+//!   its declared capabilities (at signing).
 //! - [`instance`]: one inspector instance with its limits; faults classified.
 //! - [`budget`]: per-module rate and size budgets for what goes upward.
 //! - [`disk`]: the reserve kept for the outbox, and the low-disk alarm.
 //! - [`node`]: loading modules and supervising them on their periods.
+//! - [`refusals`]: the alarm for a module a node could not start.
 //! - [`managed`]: the node under a domain manager (deployments, outbox, keep-alives).
 //!
 //! ```no_run
@@ -37,9 +40,11 @@ pub mod budget;
 pub mod disk;
 pub mod engine;
 pub mod host;
+pub mod imports;
 pub mod instance;
 pub mod managed;
 pub mod node;
+pub mod refusals;
 pub mod trust;
 
 pub use budget::OutputLimits;

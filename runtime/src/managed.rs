@@ -5,6 +5,7 @@
 //! node keeps inspecting and buffering.
 
 use crate::node::{Event, ModuleConfig, Node};
+use crate::refusals::RefusalAlarms;
 use agad_net::outbox::Outbox;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
 use agad_protocol::Bundle;
@@ -36,6 +37,10 @@ struct Managed {
     faults: Mutex<HashMap<String, (String, Instant, u64)>>,
     /// Modules of the last deployment that could not start, and why.
     refused: Mutex<HashMap<String, String>>,
+    /// The alarm raised for each module in `refused`.
+    refusals: RefusalAlarms,
+    /// Sends the refusal alarms of the last deployment.
+    refusal_sender: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -190,6 +195,10 @@ impl Managed {
                 }
             }
         }
+        match self.refusals.reconcile(&refused) {
+            Ok(alarms) => self.send_in_order(alarms, events),
+            Err(e) => tracing::error!("cannot record the refused modules' alarms: {e}"),
+        }
         *lock(&self.refused) = refused;
         problems
     }
@@ -212,6 +221,31 @@ impl Managed {
                 Err(e) => tracing::error!("state deletion task failed: {e}"),
             }
         });
+    }
+
+    /// Sends `alarms` after those of earlier deployments, from a task: the
+    /// caller is the loop that drains `events`, so it must not wait on it.
+    fn send_in_order(
+        &self,
+        alarms: Vec<agad_protocol::message::Alarm>,
+        events: &mpsc::Sender<Event>,
+    ) {
+        if alarms.is_empty() {
+            return;
+        }
+        let events = events.clone();
+        let mut last = lock(&self.refusal_sender);
+        let before = last.take();
+        *last = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            for alarm in alarms {
+                if events.send(Event::Alarm(alarm)).await.is_err() {
+                    return;
+                }
+            }
+        }));
     }
 
     /// The full bundle of a deployment: from the message, or from the local
@@ -330,6 +364,8 @@ pub async fn run(
     let reserve = node.reserve();
     let managed = Arc::new(Managed {
         bundles: db.tree("bundles")?,
+        refusals: RefusalAlarms::open(&node.settings().name, &db)?,
+        refusal_sender: Mutex::default(),
         node,
         running: Mutex::default(),
         faults: Mutex::default(),

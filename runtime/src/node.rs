@@ -32,8 +32,10 @@ pub enum LoadError {
     Link(#[from] LinkError),
     #[error("module `{module}` is a {kind:?}, not an inspector")]
     NotAnInspector { module: String, kind: Kind },
-    #[error("module `{module}`: {source}")]
-    Init { module: String, source: InitError },
+    // Not a `source`: the message already holds it, and `{:#}` would
+    // print it a second time.
+    #[error("module `{module}`: {error}")]
+    Init { module: String, error: InitError },
     #[error("module `{module}`: bad `period` value `{value}` (use e.g. 500ms, 10s, 1m)")]
     BadPeriod { module: String, value: String },
     #[error(transparent)]
@@ -400,9 +402,9 @@ impl Node {
         let first = factory
             .configured(&config.values)
             .await
-            .map_err(|source| LoadError::Init {
+            .map_err(|error| LoadError::Init {
                 module: name,
-                source,
+                error,
             })?;
         let supervisor = Supervisor {
             budget: Mutex::new(OutputBudget::new(self.settings.output, Instant::now())),

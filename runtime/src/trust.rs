@@ -98,6 +98,7 @@ mod tests {
             capabilities: vec![],
             limits: Limits::default(),
             valid_for_days: 1,
+            config: Default::default(),
         };
         Bundle::sign(spec, wasm.to_vec(), key, 1_800_000_000)
     }

@@ -125,7 +125,7 @@ mod tests {
     use agad_protocol::topology;
 
     fn topology(text: &str) -> Topology {
-        topology::parse(text, "t.toml", &|_| true).unwrap()
+        topology::parse(text, "t.toml", &|_| Some(&[])).unwrap()
     }
 
     const OLD: &str = "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\n\n\

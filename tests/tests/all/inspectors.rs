@@ -63,6 +63,93 @@ impl Harness {
 }
 
 impl Harness {
+    /// What `init` of the built-in `name` says to `config`: `None` when it
+    /// accepts it.
+    fn init_error(&self, name: &str, config: &[(&str, &str)]) -> Option<String> {
+        let builtin = agad_modules::inspector(name).unwrap();
+        let spec = ManifestSpec::from_toml(builtin.manifest_toml).unwrap();
+        let bundle = Bundle::sign(spec, builtin.wasm.to_vec(), &self.key, now_secs());
+        let linked = self.node.load(&bundle).unwrap();
+        let config = ModuleConfig {
+            values: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        self.runtime
+            .block_on(self.node.instantiate(&linked, &config))
+            .err()
+            .map(|e| e.to_string())
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The keys each built-in's manifest declares (what `agad topology apply`
+/// checks against) are exactly the keys its `init` accepts: the SDK's
+/// refusal of an unknown key lists the keys the module knows.
+#[test]
+fn every_inspector_declares_exactly_the_config_keys_it_accepts() {
+    // Only `init` runs, which never sends a request: the agent need not exist.
+    let h = Harness::new(vec![AgentConfig::v2c("default", "127.0.0.1:9", "public")]);
+    for builtin in agad_modules::INSPECTORS {
+        let spec = ManifestSpec::from_toml(builtin.manifest_toml).unwrap();
+        let mut declared: Vec<String> = spec.config_keys().into_iter().map(|k| k.name).collect();
+        let error = h
+            .init_error(builtin.name, &[("zz-undeclared", "1")])
+            .unwrap_or_else(|| panic!("{}: an unknown key was accepted", builtin.name));
+        let known = error
+            .split("(known: ")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{}: {error}", builtin.name));
+        let mut accepted: Vec<String> = known.split(", ").map(str::to_owned).collect();
+        declared.sort();
+        accepted.sort();
+        assert_eq!(declared, accepted, "{}", builtin.name);
+        // A declared default is one the module accepts.
+        let required: Vec<(String, String)> = spec
+            .config_keys()
+            .into_iter()
+            .filter(|k| k.required)
+            .map(|k| {
+                let value = sample(builtin.name, &k.name);
+                (k.name, value)
+            })
+            .collect();
+        for key in spec.config_keys() {
+            let Some(default) = key.default else { continue };
+            let mut config: Vec<(&str, &str)> = required
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            config.push((&key.name, &default));
+            assert_eq!(
+                h.init_error(builtin.name, &config),
+                None,
+                "{} {}={default}",
+                builtin.name,
+                key.name
+            );
+        }
+    }
+}
+
+/// A value the required `key` of `module` accepts.
+fn sample(module: &str, key: &str) -> String {
+    match (module, key) {
+        ("snmp-threshold", "oid") => "1.3.6.1.2.1.1.3.0".into(),
+        ("snmp-threshold", "threshold") => "1".into(),
+        _ => "sshd".into(),
+    }
+}
+
+impl Harness {
     /// Ticks `n` times, `gap` apart, and gathers the outputs.
     fn ticks(&self, instance: &mut InspectorInstance, n: usize, gap: Duration) -> Vec<Output> {
         (0..n)

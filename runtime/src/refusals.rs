@@ -1,0 +1,171 @@
+//! The alarm a node raises for a module it was told to run but could not
+//! start: its `init` refused the configuration, the node's policy refused a
+//! capability it needs, or its bundle did not verify. Without it such a
+//! module is only a log line on the node and a name in a keep-alive; with
+//! it the operator sees the reason in `agad alarms`, and the alarm clears
+//! once the module runs (or is no longer assigned).
+//!
+//! Which modules have the alarm raised is kept in the node's database, so a
+//! restarted node still clears what it raised before.
+
+use crate::host::clock::now_ms;
+use agad_protocol::Area;
+use agad_protocol::message::{Alarm, Comparison, MAX_ALARM_TEXT, Provenance, Severity};
+use agad_storage::{Database, StorageError, Tree};
+use std::collections::HashMap;
+
+/// Key of the alarm, one per module.
+pub const REFUSED_KEY: &str = "agad.module-refused";
+/// Metric of the alarm: 1 refused, 0 running.
+pub const REFUSED_METRIC: &str = "module.refused";
+
+/// The raised refusal alarms of one node.
+pub struct RefusalAlarms {
+    node: String,
+    db: Database,
+    /// Module name → the reason its alarm was raised with.
+    raised: Tree,
+}
+
+impl RefusalAlarms {
+    pub fn open(node: &str, db: &Database) -> Result<RefusalAlarms, StorageError> {
+        Ok(RefusalAlarms {
+            node: node.to_owned(),
+            db: db.clone(),
+            raised: db.tree("refusal-alarms")?,
+        })
+    }
+
+    /// The alarms that make the raised set equal to `refused` (module →
+    /// why it could not start): a raise for each module newly refused or
+    /// refused for another reason, a clear for each one that is no longer
+    /// refused. Module names must be valid (`validate_module_name`).
+    pub fn reconcile(&self, refused: &HashMap<String, String>) -> Result<Vec<Alarm>, StorageError> {
+        let mut alarms = Vec::new();
+        for (key, value) in self.raised.scan_prefix(b"")? {
+            let module = String::from_utf8_lossy(&key).into_owned();
+            if !refused.contains_key(&module) {
+                let before = String::from_utf8_lossy(&value);
+                alarms.push(self.alarm(
+                    &module,
+                    false,
+                    format!("module {module} no longer refused (was: {before})"),
+                )?);
+                self.raised.remove(&key)?;
+            }
+        }
+        let mut newly: Vec<(&String, &String)> = refused
+            .iter()
+            .filter(|(module, reason)| {
+                self.raised
+                    .get(module.as_bytes())
+                    .ok()
+                    .flatten()
+                    .is_none_or(|before| before != reason.as_bytes())
+            })
+            .collect();
+        newly.sort();
+        for (module, reason) in newly {
+            alarms.push(self.alarm(
+                module,
+                true,
+                format!("module {module} refused on this node: {reason}"),
+            )?);
+            self.raised.insert(module.as_bytes(), reason.as_bytes())?;
+        }
+        Ok(alarms)
+    }
+
+    fn alarm(&self, module: &str, raised: bool, message: String) -> Result<Alarm, StorageError> {
+        let time_ms = now_ms();
+        Ok(Alarm {
+            id: format!("{}/{module}/{}", self.node, self.db.next_id()?),
+            node: self.node.clone(),
+            module: module.to_owned(),
+            // The runtime raises it: the module's code never ran.
+            provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+            area: Area::Fault,
+            key: REFUSED_KEY.to_owned(),
+            metric: REFUSED_METRIC.to_owned(),
+            subject: module.to_owned(),
+            severity: Severity::Major,
+            raised,
+            value: if raised { 1.0 } else { 0.0 },
+            threshold: 0.0,
+            comparison: Comparison::Above,
+            message: truncate(message, MAX_ALARM_TEXT),
+            time_ms,
+        })
+    }
+}
+
+/// At most `max` bytes, cut at a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn refused(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(m, r)| (m.to_string(), r.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn raised_once_per_reason_and_cleared_when_running_again() {
+        let db = Database::temporary().unwrap();
+        let alarms = RefusalAlarms::open("n1", &db).unwrap();
+        let bad = refused(&[("app-watch", "min_count: \"two\" is not a whole number")]);
+        let raised = alarms.reconcile(&bad).unwrap();
+        assert_eq!(raised.len(), 1);
+        let a = &raised[0];
+        assert!(a.raised);
+        assert_eq!(a.check_origin("n1"), Ok(()));
+        assert_eq!(
+            (a.module.as_str(), a.key.as_str()),
+            ("app-watch", REFUSED_KEY)
+        );
+        assert!(a.message.contains("is not a whole number"), "{}", a.message);
+
+        // The same refusal again (a redeploy) raises nothing new.
+        assert!(alarms.reconcile(&bad).unwrap().is_empty());
+        // Another reason raises again, with it.
+        let other = refused(&[("app-watch", "processes: required but not set")]);
+        let again = alarms.reconcile(&other).unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(again[0].raised && again[0].message.contains("required"));
+        assert_ne!(again[0].id, a.id);
+
+        // Reopened (a node restart), it still knows to clear.
+        drop(alarms);
+        let alarms = RefusalAlarms::open("n1", &db).unwrap();
+        let cleared = alarms.reconcile(&HashMap::new()).unwrap();
+        assert_eq!(cleared.len(), 1);
+        assert!(!cleared[0].raised);
+        assert_eq!(cleared[0].check_origin("n1"), Ok(()));
+        assert!(alarms.reconcile(&HashMap::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn long_reasons_are_cut_to_what_a_manager_accepts() {
+        let db = Database::temporary().unwrap();
+        let alarms = RefusalAlarms::open("n1", &db).unwrap();
+        let long = "é".repeat(2 * MAX_ALARM_TEXT);
+        let raised = alarms.reconcile(&refused(&[("m", &long)])).unwrap();
+        assert!(raised[0].message.len() <= MAX_ALARM_TEXT);
+        assert_eq!(raised[0].check_origin("n1"), Ok(()));
+    }
+}
