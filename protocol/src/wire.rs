@@ -121,12 +121,13 @@ pub struct Replica {
     pub rules: Vec<(String, String)>,
     /// Identities enrolled in this domain and their state.
     pub members: Vec<Member>,
-    /// Replicas of the domains whose `parent` is this one: this domain's
-    /// manager activates their managers and relays their traffic upward.
-    pub subdomains: Vec<Replica>,
     /// Nodes that moved from this domain to another: the manager sends
     /// each one there ([`Control::Redirect`]) when it connects.
     pub moved: Vec<MovedNode>,
+    /// Replicas of the domains whose `parent` is this one: this domain's
+    /// manager activates their managers and relays their traffic upward.
+    /// (The last field: a trust test builds deep nestings from its encoding.)
+    pub subdomains: Vec<Replica>,
 }
 
 /// A node that left a domain, and where its new domain is served.
