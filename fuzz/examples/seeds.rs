@@ -12,12 +12,12 @@ use agad_fuzz::snmp_walk::{BOOTS, ENGINE_ID, TIME};
 use agad_fuzz::{NOW, check_body, check_bundle, check_snmp, header, publisher};
 use agad_protocol::message::{Alarm, Comparison, Report, Severity, Summary};
 use agad_protocol::topology::{self, Topology};
-use agad_protocol::{ConfigKey, ConfigType};
 use agad_protocol::wire::{
     self, Component, ComponentStatus, Control, Deployment, DomainReport, Enrollment, HEADER_LEN,
-    Member, Message, MessageKind, NodeSummary, Queued, Replica, Role, State, Upward,
+    Member, Message, MessageKind, MovedNode, NodeSummary, Queued, Replica, Role, State, Upward,
 };
 use agad_protocol::{Area, Bundle, ManifestSpec};
+use agad_protocol::{ConfigKey, ConfigType};
 use snmp2::snmp;
 use std::path::{Path, PathBuf};
 
@@ -134,6 +134,11 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
         modules: bundles.iter().map(Bundle::without_bytes).collect(),
         rules: vec![],
         members,
+        moved: vec![MovedNode {
+            node: "db-9".into(),
+            domain: "lab".into(),
+            parents: vec!["10.0.0.2:7001".into()],
+        }],
         subdomains: vec![lab],
     };
     let report = Report {

@@ -39,12 +39,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // Every other module name counts as unpublished, so both answers of
     // `published` are exercised.
-    let published = |module: &str| {
-        module
-            .len()
-            .is_multiple_of(2)
-            .then_some(KEYS.as_slice())
-    };
+    let published = |module: &str| module.len().is_multiple_of(2).then_some(KEYS.as_slice());
     let Ok(topo) = topology::parse(text, "fuzz.toml", &published) else {
         return;
     };
