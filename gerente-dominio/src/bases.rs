@@ -68,6 +68,8 @@ pub struct Pending {
 
 const CURRENT: &[u8] = b"current";
 const REMOVED: &[u8] = b"removed";
+/// Most windows with late reports one consolidation pass sends again.
+const MAX_LATE_WINDOWS: usize = 64;
 const CONSOLIDATED_UNTIL: &[u8] = b"consolidated-until";
 
 impl Bases {
@@ -288,6 +290,10 @@ impl Bases {
         let current = now_ms - now_ms % window_ms;
         let mut windows = BTreeSet::new();
         let mut late = Vec::new();
+        // Keys sort by time: the oldest late windows first, and at most
+        // MAX_LATE_WINDOWS a pass (a node that sends reports dated all over
+        // the past costs a bounded amount of work and upward traffic each
+        // window; the rest stay marked for the next passes).
         for (key, _) in self.late_reports.scan_prefix(b"")? {
             if let Some(time) = key.get(..8).and_then(|t| t.try_into().ok()) {
                 let time = u64::from_be_bytes(time);
@@ -295,7 +301,13 @@ impl Bases {
                     // Its window is still open: consolidated in due course.
                     continue;
                 }
-                windows.insert(time - time % window_ms);
+                let window = time - time % window_ms;
+                if !windows.contains(&window) {
+                    if windows.len() == MAX_LATE_WINDOWS {
+                        break;
+                    }
+                    windows.insert(window);
+                }
             }
             late.push(key);
         }
@@ -486,6 +498,25 @@ mod tests {
             .unwrap();
         let reopened = Bases::open(&f.bases.db, vec![]).unwrap();
         assert_eq!(pass(&reopened, 171), vec![100, 160]);
+
+        // Reports dated all over the past: a bounded number of windows a
+        // pass, oldest first, until every one was sent.
+        assert_eq!(pass(&reopened, 2001).len(), 183, "170 to 1990, empty");
+        let scattered: Vec<(Report, u64)> = (0..100)
+            .map(|i| (node_report("c", i * 10 + 1), i))
+            .collect();
+        reopened.record_reports(&scattered).unwrap();
+        let first = pass(&reopened, 2011);
+        assert_eq!(
+            first.len(),
+            MAX_LATE_WINDOWS + 1,
+            "the oldest late ones and 2000"
+        );
+        assert_eq!(first[..3], [0, 10, 20]);
+        let second = pass(&reopened, 2021);
+        assert_eq!(second.len(), 100 - MAX_LATE_WINDOWS + 1);
+        assert_eq!(second.last(), Some(&2010));
+        assert_eq!(pass(&reopened, 2031), vec![2020]);
     }
 
     #[test]
