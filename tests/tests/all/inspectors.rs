@@ -516,7 +516,18 @@ fn if_health_snmp_rates_in_a_namespace() {
             ("error_rate", "10"),
         ],
     );
-    let outputs = h.ticks(&mut ifs, 36, Duration::from_secs(1));
+    // Ticks on a fixed schedule, as the node's interval ticks them (a
+    // sleep between ticks would drift against the agent's refresh timer).
+    let started = std::time::Instant::now();
+    let outputs: Vec<Output> = (0..36u32)
+        .map(|i| {
+            let due = started + Duration::from_secs(1) * i;
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            h.runtime.block_on(ifs.tick()).unwrap()
+        })
+        .collect();
     stop.store(true, Ordering::Relaxed);
     let kernel = sender.join().unwrap();
     let tx_at = |t: u64| -> f64 {
@@ -541,9 +552,11 @@ fn if_health_snmp_rates_in_a_namespace() {
         let truth = (tx_at(s.window_end_ms) - tx_at(s.window_start_ms)) * 8.0 / seconds;
         let error = (s.mean - truth) / truth;
         eprintln!(
-            "window {}: if-health {:.0} bit/s over {} samples, kernel {truth:.0} bit/s: {:+.2} %",
+            "window {}: if-health {:.0} bit/s ({:.0}..{:.0}) over {} samples, kernel {truth:.0} bit/s: {:+.2} %",
             s.window_start_ms,
             s.mean,
+            s.min,
+            s.max,
             s.count,
             error * 100.0
         );
