@@ -237,6 +237,12 @@ pub struct Reading {
     /// False when the counters repeat the previous reading's (the agent's
     /// cached copy): not a new sample for rates.
     pub fresh: bool,
+    /// For a source with cached counters: how long one counter may repeat
+    /// its value before it counts as idle (a rate of 0); until then a
+    /// repeated value is not a sample of that counter, even when others in
+    /// the reading moved (an agent may refresh its tables apart). `None`:
+    /// every value is a sample (the OS).
+    pub idle_after_ms: Option<u64>,
 }
 
 impl Reading {
@@ -246,6 +252,7 @@ impl Reading {
             ifaces,
             agent_ms: None,
             fresh: true,
+            idle_after_ms: None,
         }
     }
 }
@@ -328,10 +335,16 @@ impl SnmpSource {
         }
         let ifaces = self.ifaces(&status);
         let fresh = self.observe(now_ms, uptime_ms, &ifaces);
+        // Twice the agent's refresh once known: an active counter repeats
+        // for one refresh interval at most.
+        let idle_after_ms = self.slow_agent.map_or(MAX_REPEAT_MS, |(refresh, _)| {
+            (refresh * 2).min(MAX_REPEAT_MS)
+        });
         Ok(Reading {
             ifaces,
             agent_ms: uptime_ms,
             fresh,
+            idle_after_ms: Some(idle_after_ms),
         })
     }
 
@@ -470,10 +483,26 @@ fn names_by_index(table: &Table) -> BTreeMap<Vec<u32>, (String, Option<u64>)> {
 enum CounterKind {
     InOctets,
     OutOctets,
-    InErrors,
-    OutErrors,
-    InDiscards,
-    OutDiscards,
+    /// Errors + discards, as one counter: a reading where only one of the
+    /// two is a sample must not make a rate of the other's absence.
+    InFaults,
+    OutFaults,
+}
+
+/// Errors + discards of one direction as one counter (either alone when
+/// the agent has only one).
+fn faults(errors: Counter, discards: Counter) -> Counter {
+    match (errors, discards) {
+        (Some((e, ew)), Some((d, dw))) => {
+            let width = if ew == CounterWidth::Bits64 && dw == CounterWidth::Bits64 {
+                CounterWidth::Bits64
+            } else {
+                CounterWidth::Bits32
+            };
+            Some((e.saturating_add(d), width))
+        }
+        (one, other) => one.or(other),
+    }
 }
 
 #[derive(Debug)]
@@ -490,6 +519,8 @@ pub struct IfHealth {
     /// time then, where the next rates' intervals start on the module's
     /// clock.
     fresh_at: Option<(u64, u64)>,
+    /// The current reading's `idle_after_ms`.
+    idle_after_ms: Option<u64>,
     /// Why the last tick read nothing, for the log (changes only).
     pub problem: Option<String>,
 }
@@ -503,6 +534,7 @@ impl IfHealth {
             rates: Rate::new(),
             seen_up: BTreeSet::new(),
             fresh_at: None,
+            idle_after_ms: None,
             problem: None,
             agent_label,
             settings,
@@ -537,6 +569,7 @@ impl IfHealth {
             ifaces,
             agent_ms,
             fresh,
+            idle_after_ms,
         } = match reading {
             Ok(reading) => {
                 self.problem = None;
@@ -559,6 +592,7 @@ impl IfHealth {
         // Rates are over the agent's clock when it has one; the window
         // takes them back on the module's, ending now.
         let clock = agent_ms.unwrap_or(now_ms);
+        self.idle_after_ms = idle_after_ms;
         let (mut in_bps_total, mut out_bps_total, mut worst_errors) =
             (None::<Measured>, None::<Measured>, None::<Measured>);
         let (mut up, mut down) = (0u32, 0u32);
@@ -600,27 +634,19 @@ impl IfHealth {
                     octet_limit,
                 )
                 .map(bits);
-            let in_errors = combine(
-                self.rate(name, CounterKind::InErrors, iface.in_errors, clock, None),
-                self.rate(
-                    name,
-                    CounterKind::InDiscards,
-                    iface.in_discards,
-                    clock,
-                    None,
-                ),
-                |a, b| a + b,
+            let in_errors = self.rate(
+                name,
+                CounterKind::InFaults,
+                faults(iface.in_errors, iface.in_discards),
+                clock,
+                None,
             );
-            let out_errors = combine(
-                self.rate(name, CounterKind::OutErrors, iface.out_errors, clock, None),
-                self.rate(
-                    name,
-                    CounterKind::OutDiscards,
-                    iface.out_discards,
-                    clock,
-                    None,
-                ),
-                |a, b| a + b,
+            let out_errors = self.rate(
+                name,
+                CounterKind::OutFaults,
+                faults(iface.out_errors, iface.out_discards),
+                clock,
+                None,
             );
             for (prefix, metric, rate) in [
                 (KEY_IN_ERRORS, METRIC_IN_ERRORS, in_errors),
@@ -727,8 +753,13 @@ impl IfHealth {
         limit: Option<f64>,
     ) -> Option<Measured> {
         let (value, width) = counter?;
-        self.rates
-            .measure(&(name.to_owned(), kind), value, width, clock, limit)
+        let key = (name.to_owned(), kind);
+        match self.idle_after_ms {
+            Some(idle) => self
+                .rates
+                .measure_changed(&key, value, width, clock, limit, idle),
+            None => self.rates.measure(&key, value, width, clock, limit),
+        }
     }
 }
 
@@ -1291,6 +1322,50 @@ mod tests {
             (in_bps.min, in_bps.max, in_bps.mean),
             (8_000.0, 8_000.0, 8_000.0)
         );
+    }
+
+    /// Octets and discards refreshed at different moments (tables an agent
+    /// caches apart): a reading where only one moved is no sample of the
+    /// other.
+    #[test]
+    fn counters_refreshed_apart_give_true_rates() {
+        let mut source = SnmpSource::new(600_000);
+        let mut agent = FakeAgent::new(1, 0);
+        let mut inspector = IfHealth::new(
+            settings(&[("window_secs", "600"), ("per_interface", "true")]),
+            "r1".into(),
+        );
+        let in_octets = format!("{IF_HC_IN_OCTETS}.1");
+        let discards = format!("{IF_IN_DISCARDS}.1");
+        let uptime = format!("{SYS_UP_TIME}.0");
+        // Octets load at 0, 3, 6 ... s, discards at 1, 4, 7 ... s.
+        for second in 1..30u64 {
+            let octets_loaded = second / 3 * 3;
+            let discards_loaded = (second - 1) / 3 * 3 + 1;
+            agent.set(&in_octets, Value::Counter64(octets_loaded * 1_000));
+            agent.set(&discards, Value::Counter32((discards_loaded * 5) as u32));
+            agent.set(&uptime, Value::Timeticks((second * 100) as u32));
+            let now = 1_000_000 + second * 1_000;
+            let reading = source
+                .read(now, |oids, n, reps| agent.get_bulk(oids, n, reps))
+                .unwrap();
+            inspector.tick_reading(now, Ok(reading));
+        }
+        let summaries = inspector.window.flush(0);
+        let in_bps = summaries
+            .iter()
+            .find(|s| s.metric == METRIC_IN_BPS && s.subject == "eth1")
+            .unwrap();
+        // No rate of 0 and none 3× the truth (the readings where only the
+        // discards moved); the first rate is over a load seen 1 s late.
+        assert_eq!((in_bps.min, in_bps.last), (8_000.0, 8_000.0), "{in_bps:?}");
+        assert!(in_bps.max <= 12_000.0, "{in_bps:?}");
+        let errors = summaries
+            .iter()
+            .find(|s| s.metric == METRIC_IN_ERRORS && s.subject == "eth1")
+            .unwrap();
+        assert_eq!((errors.min, errors.last), (5.0, 5.0), "{errors:?}");
+        assert!(errors.max <= 7.5, "{errors:?}");
     }
 
     #[test]

@@ -148,6 +148,34 @@ impl<K: Ord + Clone> Rate<K> {
         })
     }
 
+    /// Like [`Rate::measure`] for a source that serves cached counters (an
+    /// SNMP agent): a value equal to the previous reading of `key` is not a
+    /// new sample (it gives no rate and the previous reading is kept), until
+    /// it has stayed so for `idle_after_ms` (then the counter is idle, and
+    /// the rate of 0 is true).
+    pub fn measure_changed<Q>(
+        &mut self,
+        key: &Q,
+        value: u64,
+        width: CounterWidth,
+        now_ms: u64,
+        max_per_sec: Option<f64>,
+        idle_after_ms: u64,
+    ) -> Option<Measured>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(previous) = self.previous.get(key)
+            && previous.value == value
+            && now_ms >= previous.at_ms
+            && now_ms - previous.at_ms < idle_after_ms
+        {
+            return None;
+        }
+        self.measure(key, value, width, now_ms, max_per_sec)
+    }
+
     /// Drops the reading of `key` (its counter is known to have been reset).
     pub fn forget<Q>(&mut self, key: &Q)
     where
@@ -199,6 +227,21 @@ mod tests {
                 to_ms: 8_000
             })
         );
+    }
+
+    #[test]
+    fn a_repeated_value_is_no_sample_until_idle() {
+        let mut r = Rate::<String>::new();
+        let w = CounterWidth::Bits64;
+        r.measure_changed("c", 0, w, 0, None, 10_000);
+        assert_eq!(r.measure_changed("c", 0, w, 1_000, None, 10_000), None);
+        assert_eq!(r.measure_changed("c", 0, w, 2_000, None, 10_000), None);
+        let m = r.measure_changed("c", 300, w, 3_000, None, 10_000).unwrap();
+        assert_eq!((m.per_sec, m.from_ms), (100.0, 0));
+        let idle = r
+            .measure_changed("c", 300, w, 13_000, None, 10_000)
+            .unwrap();
+        assert_eq!((idle.per_sec, idle.from_ms), (0.0, 3_000));
     }
 
     #[test]
