@@ -24,13 +24,15 @@
 //! `ifHC*` octet counters give no bit rates.
 //!
 //! Agents refresh their counters on their own schedule (net-snmp about every
-//! 3 s), so a period shorter than that reads the same counters again: such a
-//! reading is not a new sample (it would make a rate of 0, and the next one
-//! several times the truth). Rates are over the agent's own time between
-//! two fresh readings (`sysUpTime`, read in the same request as the
-//! counters), and the module logs a warning once when it sees the agent
-//! refresh more slowly than the module ticks. A reading whose counters have
-//! not moved for [`MAX_REPEAT_MS`] counts again (an idle device).
+//! 3 s), so a period shorter than that reads the same counters again: a
+//! counter that repeats its value is not a new sample of that counter (it
+//! would make a rate of 0, and the next one several times the truth), until
+//! it has repeated for twice the agent's refresh interval (at most
+//! [`MAX_REPEAT_MS`]): then it is idle and its rate of 0 is true. Errors and
+//! discards of one direction are rated as one counter. Rates are over the
+//! agent's own time between readings (`sysUpTime`, read in the same request
+//! as the counters), and the module logs a warning once when it sees the
+//! agent refresh more slowly than the module ticks.
 //!
 //! Layout: [`Settings`], [`Iface`] (one interface reading, source-neutral),
 //! [`SnmpSource`] (IF-MIB reading through an injected GETBULK, tested against
