@@ -96,6 +96,7 @@ fn summary(metric: &str) -> Summary {
         mean: 42.0,
         last: 50.0,
         count: 60,
+        coverage: 1.0,
         window_start_ms: NOW * 1000,
         window_end_ms: NOW * 1000 + 60_000,
     }

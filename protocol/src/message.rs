@@ -200,7 +200,12 @@ pub struct Summary {
     pub max: f64,
     pub mean: f64,
     pub last: f64,
+    /// Samples measured in the window.
     pub count: u32,
+    /// Share of the window, 0 to 1, covered by the intervals the samples
+    /// stand for (see `wit/types.wit`): 1 when the series was read all
+    /// through it.
+    pub coverage: f64,
     pub window_start_ms: u64,
     pub window_end_ms: u64,
 }

@@ -818,6 +818,7 @@ fn summary(s: wit::Summary) -> Summary {
         mean: s.mean,
         last: s.last,
         count: s.count,
+        coverage: s.coverage,
         window_start_ms: s.window_start_ms,
         window_end_ms: s.window_end_ms,
     }

@@ -91,6 +91,45 @@ impl Netns {
         Ok(ns)
     }
 
+    /// An empty namespace `agad-ns-<pid>-<tag>` with only `lo`, up; the
+    /// caller adds its links (veth pairs to another namespace, say). Needs
+    /// root, like [`Netns::with_links`].
+    pub fn empty(tag: &str) -> anyhow::Result<Netns> {
+        if !running_as_root() {
+            bail!("a network namespace needs root: run this as root (sudo), it cannot be skipped");
+        }
+        remove_stale_namespaces();
+        let ns = Netns {
+            name: format!("{NETNS_PREFIX}{}-{tag}", std::process::id()),
+        };
+        run("ip", &["netns", "add", &ns.name])?;
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs one test of the current test binary inside the namespace (its
+    /// `/proc/net`, `/sys/class/net` and loopback), with `env` set, and
+    /// fails when that test fails. The test is named by its full path
+    /// (`module::test`) and usually `#[ignore]`d so it runs only this way.
+    pub fn run_test(&self, test: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("the test binary")?;
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(exe)
+            .args([test, "--exact", "--include-ignored", "--nocapture"])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .status()
+            .context("ip netns exec")?;
+        if !status.success() {
+            bail!(
+                "{test} inside network namespace {} failed ({status})",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
     /// `agad-ns-<pid>`, for `ip netns exec`.
     pub fn name(&self) -> &str {
         &self.name
@@ -147,9 +186,10 @@ fn remove_stale_namespaces() {
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(pid) = name.strip_prefix(NETNS_PREFIX) else {
+        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
             continue;
         };
+        let pid = rest.split('-').next().unwrap_or_default();
         if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("removing stale network namespace {name}");
             let _ = run("ip", &["netns", "del", name]);

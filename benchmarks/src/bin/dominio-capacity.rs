@@ -583,6 +583,7 @@ fn cpu_mem_report(node: &str) -> Report {
         mean,
         last: mean,
         count: 6,
+        coverage: 1.0,
         window_start_ms: now_ms - window_ms,
         window_end_ms: now_ms,
     };

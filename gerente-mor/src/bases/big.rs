@@ -586,6 +586,7 @@ pub(crate) mod tests {
                 mean: 0.5,
                 last: 1.0,
                 count: 2,
+                coverage: 1.0,
                 window_start_ms: start,
                 window_end_ms: start + 10,
             },

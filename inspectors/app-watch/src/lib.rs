@@ -96,6 +96,10 @@ pub struct AppWatch {
     settings: Settings,
     pub alarms: Alarms,
     window: Window,
+    /// When the previous tick listed the processes: their CPU share is
+    /// since then. `None` before the first tick, whose shares are 0 (no
+    /// earlier listing) and are not a sample.
+    cpu_since_ms: Option<u64>,
 }
 
 impl AppWatch {
@@ -103,6 +107,7 @@ impl AppWatch {
         AppWatch {
             alarms: Alarms::new(settings.common.raise_after, settings.common.clear_after),
             window: Window::new(settings.common.window_secs),
+            cpu_since_ms: None,
             settings,
         }
     }
@@ -144,8 +149,12 @@ impl AppWatch {
             // A fold from +0.0: `Sum` for floats starts at -0.0, which would
             // report "-0" for a name with no process.
             let cpu = live.iter().fold(0.0, |total, p| total + p.cpu_percent);
-            self.window.record(now_ms, METRIC_CPU, name, "%", cpu);
+            if let Some(since_ms) = self.cpu_since_ms.filter(|&since| since < now_ms) {
+                self.window
+                    .record_over(since_ms, now_ms, METRIC_CPU, name, "%", cpu);
+            }
         }
+        self.cpu_since_ms = Some(now_ms);
         let watched = &self.settings.processes;
         out.alarms.extend(self.alarms.retain_subjects(
             |_, subject| watched.iter().any(|w| w == subject),
@@ -325,23 +334,22 @@ mod tests {
         inspector.tick(0, &[proc("sshd", 1.0, 100), proc("sshd", 2.0, 200)]);
         inspector.tick(10_000, &[proc("sshd", 3.0, 300)]);
         let summaries = inspector.tick(20_000, &[]).summaries;
-        let by_metric: Vec<(&str, f64, f64, f64)> = summaries
+        let by_metric: Vec<(&str, f64, f64, f64, u32)> = summaries
             .iter()
-            .map(|s| (s.metric.as_str(), s.min, s.max, s.mean))
+            .map(|s| (s.metric.as_str(), s.min, s.max, s.mean, s.count))
             .collect();
+        // The first listing's CPU shares (over no earlier listing) are no
+        // sample; the share at 10 s is over 0–10 s, the one at 20 s (no
+        // process, 0 %) over 10–20 s, inside the window too.
         assert_eq!(
             by_metric,
             vec![
-                (METRIC_COUNT, 1.0, 2.0, 1.5),
-                (METRIC_CPU, 3.0, 3.0, 3.0),
-                (METRIC_RSS, 300.0, 300.0, 300.0)
+                (METRIC_COUNT, 1.0, 2.0, 1.5, 2),
+                (METRIC_CPU, 0.0, 3.0, 1.5, 1),
+                (METRIC_RSS, 300.0, 300.0, 300.0, 2)
             ]
         );
-        assert!(
-            summaries
-                .iter()
-                .all(|s| s.subject == "sshd" && s.count == 2)
-        );
+        assert!(summaries.iter().all(|s| s.subject == "sshd"));
     }
 
     #[test]

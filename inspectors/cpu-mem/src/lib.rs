@@ -84,6 +84,10 @@ pub struct CpuMem {
     settings: Settings,
     pub alarms: Alarms,
     window: Window,
+    /// When the previous tick read the CPU: `cpu()` reports utilisation
+    /// since then. `None` before the first tick, whose reading covers only
+    /// the moments since the module was loaded and is not a sample.
+    cpu_since_ms: Option<u64>,
 }
 
 impl CpuMem {
@@ -91,6 +95,7 @@ impl CpuMem {
         CpuMem {
             alarms: Alarms::new(settings.common.raise_after, settings.common.clear_after),
             window: Window::new(settings.common.window_secs),
+            cpu_since_ms: None,
             settings,
         }
     }
@@ -100,12 +105,16 @@ impl CpuMem {
         let mut out = Output::default();
         let s = &self.settings;
 
-        let cpu = sample.cpu_percent.clamp(0.0, 100.0);
-        let cpu_check = Check::new(KEY_CPU, METRIC_CPU)
-            .threshold(Comparison::Above, s.cpu_percent)
-            .unit("%");
-        out.alarms.extend(self.alarms.check(&cpu_check, cpu));
-        self.window.record(now_ms, METRIC_CPU, "", "%", cpu);
+        if let Some(since_ms) = self.cpu_since_ms.filter(|&since| since < now_ms) {
+            let cpu = sample.cpu_percent.clamp(0.0, 100.0);
+            let cpu_check = Check::new(KEY_CPU, METRIC_CPU)
+                .threshold(Comparison::Above, s.cpu_percent)
+                .unit("%");
+            out.alarms.extend(self.alarms.check(&cpu_check, cpu));
+            self.window
+                .record_over(since_ms, now_ms, METRIC_CPU, "", "%", cpu);
+        }
+        self.cpu_since_ms = Some(now_ms);
 
         if let Some(mem) = percent(sample.mem_used_bytes, sample.mem_total_bytes) {
             let check = Check::new(KEY_MEM, METRIC_MEM)
@@ -239,7 +248,8 @@ mod tests {
     #[test]
     fn cpu_alarm_raised_once_cleared_once() {
         let mut inspector = CpuMem::new(settings(&[("window_secs", "3600")]));
-        let cpu = [95.0, 95.0, 95.0, 99.0, 99.0, 50.0, 50.0, 50.0, 50.0];
+        // The first reading is over the moments since the module loaded.
+        let cpu = [0.0, 95.0, 95.0, 95.0, 99.0, 99.0, 50.0, 50.0, 50.0, 50.0];
         let alarms: Vec<_> = cpu
             .iter()
             .enumerate()
@@ -250,6 +260,18 @@ mod tests {
         assert_eq!((alarms[0].value, alarms[0].threshold), (95.0, 90.0));
         assert_eq!(alarms[0].severity, Severity::Major);
         assert!(!alarms[1].raised && alarms[1].key == KEY_CPU);
+    }
+
+    #[test]
+    fn the_first_cpu_reading_is_not_a_sample() {
+        let mut inspector = CpuMem::new(settings(&[("raise_after", "1"), ("window_secs", "10")]));
+        assert!(inspector.tick(0, &sample(100.0)).alarms.is_empty());
+        inspector.tick(4_000, &sample(20.0));
+        let summaries = inspector.tick(10_000, &sample(30.0)).summaries;
+        let cpu = summaries.iter().find(|s| s.metric == METRIC_CPU).unwrap();
+        assert_eq!((cpu.count, cpu.max), (1, 30.0));
+        assert!((cpu.mean - (20.0 * 4.0 + 30.0 * 6.0) / 10.0).abs() < 1e-9);
+        assert_eq!(cpu.coverage, 1.0);
     }
 
     #[test]
@@ -299,9 +321,18 @@ mod tests {
             vec![METRIC_CPU, METRIC_LOAD, METRIC_MEM, METRIC_SWAP]
         );
         let cpu = &summaries[0];
+        // The first reading (0 %) is no sample; 10..50 % at 10..50 s, each
+        // over the 10 s before it, and 60 % held over the window's last 10 s.
         assert_eq!(
-            (cpu.min, cpu.max, cpu.mean, cpu.last, cpu.count),
-            (0.0, 50.0, 25.0, 50.0, 6)
+            (
+                cpu.min,
+                cpu.max,
+                cpu.mean,
+                cpu.last,
+                cpu.count,
+                cpu.coverage
+            ),
+            (10.0, 60.0, 35.0, 50.0, 5, 1.0)
         );
         assert_eq!((cpu.window_start_ms, cpu.window_end_ms), (0, 60_000));
         assert_eq!(summaries[3].last, 25.0);
@@ -318,7 +349,8 @@ mod tests {
     #[test]
     fn restart_does_not_raise_again() {
         let mut first = CpuMem::new(settings(&[("raise_after", "1")]));
-        assert_eq!(first.tick(0, &sample(99.0)).alarms.len(), 1);
+        first.tick(0, &sample(99.0));
+        assert_eq!(first.tick(10_000, &sample(99.0)).alarms.len(), 1);
         let persisted = first.alarms.take_changed().expect("raised set changed");
 
         let mut restarted = CpuMem::new(settings(&[("raise_after", "1"), ("clear_after", "1")]));

@@ -8,9 +8,15 @@
 //! the watched filesystems, and per-mount series only when asked for
 //! (`per_mount`, or implicitly when `mounts` names the filesystems to watch).
 //!
-//! Skipped: filesystems of size zero (proc, sysfs, cgroup and the like) and
-//! read-only image filesystems that are full by construction (squashfs snaps,
-//! ISO images), unless `mounts` names them.
+//! Which filesystems: those `mounts` names, whatever their type (tmpfs and
+//! network filesystems included), or else the node's default set (the `os`
+//! capability's `filesystems`, documented in `wit/os.wit`): every local
+//! filesystem with space of its own, block-backed or tmpfs (`/`, `/home`,
+//! `/boot`, `/tmp`, `/run`, `/run/user/*`, `/dev/shm`, ...), once each; not
+//! pseudo filesystems (proc, sysfs, cgroup, devpts, devtmpfs), read-only
+//! images (squashfs snaps, ISO images) and read-only tmpfs, network and FUSE
+//! filesystems (their size query hangs while the server is away: name them
+//! in `mounts` to watch them), nor container runtimes' mounts.
 //!
 //! Layout: [`Settings`], [`Fs`] (one filesystem reading), [`DiskSpace`] (the
 //! pure decision logic), then the WIT glue.
@@ -18,7 +24,7 @@
 //! | config key     | default | meaning                                              |
 //! |----------------|---------|------------------------------------------------------|
 //! | `used_percent` | 90      | alarm threshold, % of the space usable by users      |
-//! | `mounts`       | all     | comma list of mount points to watch                  |
+//! | `mounts`       | default set | comma list of mount points to watch (any type)   |
 //! | `per_mount`    | false   | one summary per filesystem (true when `mounts` set)  |
 //! | `raise_after`, `clear_after`, `window_secs` | 3, 3, 60 | see `agad_sdk::Common` |
 
@@ -122,6 +128,11 @@ impl DiskSpace {
         }
     }
 
+    /// The mount points to ask the host for; empty asks for its default set.
+    pub fn mounts(&self) -> &[String] {
+        &self.settings.mounts
+    }
+
     /// The filesystems this inspector watches among `all`, by mount point.
     pub fn watched<'a>(&self, all: &'a [Fs]) -> BTreeMap<String, &'a Fs> {
         let mut watched = BTreeMap::new();
@@ -209,7 +220,7 @@ mod guest {
         }
 
         fn poll(&mut self, now_ms: u64) -> Output {
-            let filesystems: Vec<Fs> = os::filesystems()
+            let filesystems: Vec<Fs> = os::filesystems(self.inspector.mounts())
                 .into_iter()
                 .map(|fs| Fs {
                     mount_point: fs.mount_point,

@@ -5,7 +5,9 @@
 //! node has no agent or `source=os`, from the node's own OS counters. Then:
 //! - an interface seen up that goes down (administratively up, operationally
 //!   `down` or `lowerLayerDown`) raises a major alarm, cleared when it is up
-//!   again or administratively shut;
+//!   again or administratively shut; an administrative shutdown
+//!   (`ifAdminStatus` down from SNMP, `ip link set DEV down` read from the
+//!   OS) is never an alarm, whichever the source;
 //! - error + discard rates per direction above `error_rate` per second raise
 //!   a minor alarm;
 //! - an agent that does not answer raises one major alarm, cleared by its
@@ -16,10 +18,21 @@
 //! and down); `per_interface=true` adds four series per interface.
 //!
 //! SNMP traffic per tick: one GETBULK per ~25 interfaces for the eight
-//! columns that change (status and counters), and the names and speeds
-//! (`ifDescr`, `ifHighSpeed`) only when an interface appears or once per
-//! report window. Agents without the 64-bit `ifHC*` octet counters give no
-//! bit rates.
+//! columns that change (status and counters) and the agent's `sysUpTime`,
+//! and the names and speeds (`ifDescr`, `ifHighSpeed`) only when an
+//! interface appears or once per report window. Agents without the 64-bit
+//! `ifHC*` octet counters give no bit rates.
+//!
+//! Agents refresh their counters on their own schedule (net-snmp about every
+//! 3 s), so a period shorter than that reads the same counters again: a
+//! counter that repeats its value is not a new sample of that counter (it
+//! would make a rate of 0, and the next one several times the truth), until
+//! it has repeated for twice the agent's refresh interval (at most
+//! [`MAX_REPEAT_MS`]): then it is idle and its rate of 0 is true. Errors and
+//! discards of one direction are rated as one counter. Rates are over the
+//! agent's own time between readings (`sysUpTime`, read in the same request
+//! as the counters), and the module logs a warning once when it sees the
+//! agent refresh more slowly than the module ticks.
 //!
 //! Layout: [`Settings`], [`Iface`] (one interface reading, source-neutral),
 //! [`SnmpSource`] (IF-MIB reading through an injected GETBULK, tested against
@@ -38,8 +51,8 @@ use agad_sdk::config::COMMON_KEYS;
 use agad_sdk::snmp::{SnmpError, Value, Varbind};
 use agad_sdk::snmp_table::{AGENT_ALARM_KEY, Table, agent_check, bulk_columns, observe_agent};
 use agad_sdk::{
-    Alarms, Check, Common, Comparison, Config, ConfigError, CounterWidth, Output, Rate, Severity,
-    Transition, Window,
+    Alarms, Check, Common, Comparison, Config, ConfigError, CounterWidth, Measured, Output, Rate,
+    Severity, Transition, Window,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -141,8 +154,8 @@ pub type Counter = Option<(u64, CounterWidth)>;
 pub struct Iface {
     pub name: String,
     pub oper: Oper,
-    /// False when an operator shut it (`ifAdminStatus` down); always true
-    /// from the OS, which has no such notion.
+    /// False when an operator shut it (`ifAdminStatus` down, or the OS's
+    /// `IFF_UP` flag cleared by `ip link set DEV down`).
     pub admin_up: bool,
     pub in_octets: Counter,
     pub out_octets: Counter,
@@ -183,6 +196,12 @@ const STATUS_COLUMNS: [&str; 8] = [
 /// Columns read when the interface set changes or once per refresh period.
 const NAME_COLUMNS: [&str; 2] = [IF_DESCR, IF_HIGH_SPEED];
 
+/// `sysUpTime`: GETNEXT of this gives `sysUpTime.0`.
+pub const SYS_UP_TIME: &str = "1.3.6.1.2.1.1.3";
+/// How long identical counters are taken as the agent's cached copy; after
+/// that the interfaces are idle and the reading is a sample again.
+pub const MAX_REPEAT_MS: u64 = 30_000;
+
 /// GETBULK repetitions stay within what an agent answers in one datagram.
 const MIN_REPETITIONS: u32 = 8;
 const MAX_REPETITIONS: u32 = 25;
@@ -197,6 +216,47 @@ pub struct SnmpSource {
     /// Rows seen last time, to size the next GETBULK so that one request
     /// usually covers the whole table.
     last_rows: u32,
+    /// Counters of the previous reading, to tell the agent's cached copy.
+    last_counters: Option<Vec<(String, [Counter; 6])>>,
+    /// Agent time (or module time, without `sysUpTime`) of the latest
+    /// fresh reading, and the module's time of the latest reading.
+    fresh_at_ms: Option<u64>,
+    read_at_ms: Option<u64>,
+    /// Readings that repeated the previous counters since the last fresh one.
+    repeated: u32,
+    /// Set once, when the agent was seen refreshing more slowly than the
+    /// module ticks: (refresh interval, period), in ms.
+    slow_agent: Option<(u64, u64)>,
+    slow_agent_told: bool,
+}
+
+/// One reading of the interface table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub ifaces: Vec<Iface>,
+    /// The agent's clock when it answered (`sysUpTime`, in ms), if it has one.
+    pub agent_ms: Option<u64>,
+    /// False when the counters repeat the previous reading's (the agent's
+    /// cached copy): not a new sample for rates.
+    pub fresh: bool,
+    /// For a source with cached counters: how long one counter may repeat
+    /// its value before it counts as idle (a rate of 0); until then a
+    /// repeated value is not a sample of that counter, even when others in
+    /// the reading moved (an agent may refresh its tables apart). `None`:
+    /// every value is a sample (the OS).
+    pub idle_after_ms: Option<u64>,
+}
+
+impl Reading {
+    /// A reading with a clock of the module's own (the OS): always fresh.
+    pub fn of(ifaces: Vec<Iface>) -> Reading {
+        Reading {
+            ifaces,
+            agent_ms: None,
+            fresh: true,
+            idle_after_ms: None,
+        }
+    }
 }
 
 impl SnmpSource {
@@ -207,22 +267,61 @@ impl SnmpSource {
             names_read_at_ms: None,
             refresh_ms,
             last_rows: 0,
+            last_counters: None,
+            fresh_at_ms: None,
+            read_at_ms: None,
+            repeated: 0,
+            slow_agent: None,
+            slow_agent_told: false,
         }
+    }
+
+    /// A warning for the log, once: the agent refreshes its counters more
+    /// slowly than the module ticks.
+    pub fn take_warning(&mut self) -> Option<String> {
+        let (refresh_ms, period_ms) = self.slow_agent?;
+        if std::mem::replace(&mut self.slow_agent_told, true) {
+            return None;
+        }
+        Some(format!(
+            "the agent refreshes its interface counters about every {:.1} s, more slowly than \
+             this module's period ({:.1} s): readings in between repeat the last counters and \
+             are not samples; a period of at least {:.0} s asks the agent less for the same data",
+            refresh_ms as f64 / 1000.0,
+            period_ms as f64 / 1000.0,
+            (refresh_ms as f64 / 1000.0).ceil(),
+        ))
     }
 
     fn repetitions(&self) -> u32 {
         (self.last_rows + 1).clamp(MIN_REPETITIONS, MAX_REPETITIONS)
     }
 
-    /// Reads the interface table; `get_bulk` is called with the OIDs and the
-    /// max-repetitions (non-repeaters 0).
+    /// Reads the interface table; `get_bulk` is called with the OIDs, the
+    /// non-repeaters and the max-repetitions.
     pub fn read(
         &mut self,
         now_ms: u64,
-        mut get_bulk: impl FnMut(&[String], u32) -> Result<Vec<Varbind>, SnmpError>,
-    ) -> Result<Vec<Iface>, SnmpError> {
+        mut get_bulk: impl FnMut(&[String], u32, u32) -> Result<Vec<Varbind>, SnmpError>,
+    ) -> Result<Reading, SnmpError> {
         let reps = self.repetitions();
-        let status = bulk_columns(&STATUS_COLUMNS, reps, &mut get_bulk)?;
+        let mut uptime_ms = None;
+        // `sysUpTime` rides along as a non-repeater of each status request:
+        // the agent's clock at the moment it answered with these counters.
+        let status = bulk_columns(&STATUS_COLUMNS, reps, |oids, reps| {
+            let mut request = Vec::with_capacity(oids.len() + 1);
+            request.push(SYS_UP_TIME.to_owned());
+            request.extend_from_slice(oids);
+            let mut varbinds = get_bulk(&request, 1, reps)?;
+            if varbinds.is_empty() {
+                return Ok(varbinds);
+            }
+            let uptime = varbinds.remove(0);
+            if let (None, Value::Timeticks(ticks)) = (uptime_ms, &uptime.value) {
+                uptime_ms = Some(u64::from(*ticks) * 10);
+            }
+            Ok(varbinds)
+        })?;
         self.last_rows = u32::try_from(status.rows.len()).unwrap_or(u32::MAX);
         let stale = self
             .names_read_at_ms
@@ -232,11 +331,67 @@ impl SnmpSource {
             .keys()
             .any(|index| !self.names.contains_key(index));
         if stale || unknown {
-            let names = bulk_columns(&NAME_COLUMNS, reps, &mut get_bulk)?;
+            let names = bulk_columns(&NAME_COLUMNS, reps, |oids, reps| get_bulk(oids, 0, reps))?;
             self.names = names_by_index(&names);
             self.names_read_at_ms = Some(now_ms);
         }
-        Ok(self.ifaces(&status))
+        let ifaces = self.ifaces(&status);
+        let fresh = self.observe(now_ms, uptime_ms, &ifaces);
+        // Twice the agent's refresh once known: an active counter repeats
+        // for one refresh interval at most.
+        let idle_after_ms = self.slow_agent.map_or(MAX_REPEAT_MS, |(refresh, _)| {
+            (refresh * 2).min(MAX_REPEAT_MS)
+        });
+        Ok(Reading {
+            ifaces,
+            agent_ms: uptime_ms,
+            fresh,
+            idle_after_ms: Some(idle_after_ms),
+        })
+    }
+
+    /// Whether a reading at `now_ms` (agent time `agent_ms`) is fresh, and
+    /// what it tells about the agent's refresh interval.
+    fn observe(&mut self, now_ms: u64, agent_ms: Option<u64>, ifaces: &[Iface]) -> bool {
+        let counters: Vec<(String, [Counter; 6])> = ifaces
+            .iter()
+            .map(|i| {
+                let c = [
+                    i.in_octets,
+                    i.out_octets,
+                    i.in_errors,
+                    i.out_errors,
+                    i.in_discards,
+                    i.out_discards,
+                ];
+                (i.name.clone(), c)
+            })
+            .collect();
+        let clock = agent_ms.unwrap_or(now_ms);
+        let repeated = self.last_counters.as_ref() == Some(&counters);
+        let idle = self
+            .fresh_at_ms
+            .is_none_or(|at| clock < at || clock - at >= MAX_REPEAT_MS);
+        let fresh = !repeated || idle;
+        if fresh {
+            if !repeated && self.repeated > 0 && self.slow_agent.is_none() {
+                let refresh = self.fresh_at_ms.map(|at| clock.saturating_sub(at));
+                let period = self.read_at_ms.map(|at| now_ms.saturating_sub(at));
+                if let (Some(refresh), Some(period)) = (refresh, period)
+                    && period > 0
+                    && refresh > period
+                {
+                    self.slow_agent = Some((refresh, period));
+                }
+            }
+            self.fresh_at_ms = Some(clock);
+            self.repeated = 0;
+        } else {
+            self.repeated = self.repeated.saturating_add(1);
+        }
+        self.last_counters = Some(counters);
+        self.read_at_ms = Some(now_ms);
+        fresh
     }
 
     fn ifaces(&self, status: &Table) -> Vec<Iface> {
@@ -330,10 +485,26 @@ fn names_by_index(table: &Table) -> BTreeMap<Vec<u32>, (String, Option<u64>)> {
 enum CounterKind {
     InOctets,
     OutOctets,
-    InErrors,
-    OutErrors,
-    InDiscards,
-    OutDiscards,
+    /// Errors + discards, as one counter: a reading where only one of the
+    /// two is a sample must not make a rate of the other's absence.
+    InFaults,
+    OutFaults,
+}
+
+/// Errors + discards of one direction as one counter (either alone when
+/// the agent has only one).
+fn faults(errors: Counter, discards: Counter) -> Counter {
+    match (errors, discards) {
+        (Some((e, ew)), Some((d, dw))) => {
+            let width = if ew == CounterWidth::Bits64 && dw == CounterWidth::Bits64 {
+                CounterWidth::Bits64
+            } else {
+                CounterWidth::Bits32
+            };
+            Some((e.saturating_add(d), width))
+        }
+        (one, other) => one.or(other),
+    }
 }
 
 #[derive(Debug)]
@@ -346,6 +517,12 @@ pub struct IfHealth {
     rates: Rate<(String, CounterKind)>,
     /// Interfaces seen up since start: only those can "go down".
     seen_up: BTreeSet<String>,
+    /// The latest fresh reading: its clock (the agent's) and the module's
+    /// time then, where the next rates' intervals start on the module's
+    /// clock.
+    fresh_at: Option<(u64, u64)>,
+    /// The current reading's `idle_after_ms`.
+    idle_after_ms: Option<u64>,
     /// Why the last tick read nothing, for the log (changes only).
     pub problem: Option<String>,
 }
@@ -358,6 +535,8 @@ impl IfHealth {
             window: Window::new(settings.common.window_secs),
             rates: Rate::new(),
             seen_up: BTreeSet::new(),
+            fresh_at: None,
+            idle_after_ms: None,
             problem: None,
             agent_label,
             settings,
@@ -376,20 +555,31 @@ impl IfHealth {
         }
     }
 
-    /// Decides what one reading of the interface table sends upward;
-    /// `Err` is an SNMP failure.
+    /// Decides what one reading of the interface table, taken with the
+    /// module's clock (the OS), sends upward; `Err` is an SNMP failure.
     pub fn tick(&mut self, now_ms: u64, reading: Result<Vec<Iface>, SnmpError>) -> Output {
+        self.tick_reading(now_ms, reading.map(Reading::of))
+    }
+
+    /// Decides what one reading sends upward: link states always; rates
+    /// only from a fresh reading, over the reading's own clock.
+    pub fn tick_reading(&mut self, now_ms: u64, reading: Result<Reading, SnmpError>) -> Output {
         let mut out = Output::default();
         let snmp = !self.agent_label.is_empty();
         let agent = agent_check(&self.agent_label, self.settings.common.raise_after);
-        let ifaces = match reading {
-            Ok(ifaces) => {
+        let Reading {
+            ifaces,
+            agent_ms,
+            fresh,
+            idle_after_ms,
+        } = match reading {
+            Ok(reading) => {
                 self.problem = None;
                 if snmp {
                     out.alarms
                         .extend(observe_agent(&mut self.alarms, &agent, None));
                 }
-                ifaces
+                reading
             }
             Err(error) => {
                 self.problem = Some(error.message());
@@ -401,8 +591,12 @@ impl IfHealth {
         };
 
         let watched: Vec<&Iface> = ifaces.iter().filter(|i| self.watched(i)).collect();
+        // Rates are over the agent's clock when it has one; the window
+        // takes them back on the module's, ending now.
+        let clock = agent_ms.unwrap_or(now_ms);
+        self.idle_after_ms = idle_after_ms;
         let (mut in_bps_total, mut out_bps_total, mut worst_errors) =
-            (None::<f64>, None::<f64>, None::<f64>);
+            (None::<Measured>, None::<Measured>, None::<Measured>);
         let (mut up, mut down) = (0u32, 0u32);
         for iface in &watched {
             let name = iface.name.as_str();
@@ -416,44 +610,45 @@ impl IfHealth {
             }
             out.alarms.extend(self.link(iface));
 
+            if !fresh {
+                continue;
+            }
             let octet_limit = iface.speed_bps.map(|bps| bps as f64 / 8.0 * 2.0);
+            let bits = |m: Measured| Measured {
+                per_sec: m.per_sec * 8.0,
+                ..m
+            };
             let in_bps = self
                 .rate(
                     name,
                     CounterKind::InOctets,
                     iface.in_octets,
-                    now_ms,
+                    clock,
                     octet_limit,
                 )
-                .map(|r| r * 8.0);
+                .map(bits);
             let out_bps = self
                 .rate(
                     name,
                     CounterKind::OutOctets,
                     iface.out_octets,
-                    now_ms,
+                    clock,
                     octet_limit,
                 )
-                .map(|r| r * 8.0);
-            let in_errors = sum(
-                self.rate(name, CounterKind::InErrors, iface.in_errors, now_ms, None),
-                self.rate(
-                    name,
-                    CounterKind::InDiscards,
-                    iface.in_discards,
-                    now_ms,
-                    None,
-                ),
+                .map(bits);
+            let in_errors = self.rate(
+                name,
+                CounterKind::InFaults,
+                faults(iface.in_errors, iface.in_discards),
+                clock,
+                None,
             );
-            let out_errors = sum(
-                self.rate(name, CounterKind::OutErrors, iface.out_errors, now_ms, None),
-                self.rate(
-                    name,
-                    CounterKind::OutDiscards,
-                    iface.out_discards,
-                    now_ms,
-                    None,
-                ),
+            let out_errors = self.rate(
+                name,
+                CounterKind::OutFaults,
+                faults(iface.out_errors, iface.out_discards),
+                clock,
+                None,
             );
             for (prefix, metric, rate) in [
                 (KEY_IN_ERRORS, METRIC_IN_ERRORS, in_errors),
@@ -465,11 +660,11 @@ impl IfHealth {
                     .severity(Severity::Minor)
                     .threshold(Comparison::Above, self.settings.error_rate)
                     .unit("/s");
-                out.alarms.extend(self.alarms.check(&check, rate));
-                worst_errors = Some(worst_errors.map_or(rate, |w| w.max(rate)));
+                out.alarms.extend(self.alarms.check(&check, rate.per_sec));
+                worst_errors = combine(worst_errors, Some(rate), f64::max);
             }
-            in_bps_total = sum(in_bps_total, in_bps);
-            out_bps_total = sum(out_bps_total, out_bps);
+            in_bps_total = combine(in_bps_total, in_bps, |a, b| a + b);
+            out_bps_total = combine(out_bps_total, out_bps, |a, b| a + b);
             if self.settings.per_interface {
                 for (metric, unit, value) in [
                     (METRIC_IN_BPS, "bit/s", in_bps),
@@ -477,8 +672,16 @@ impl IfHealth {
                     (METRIC_IN_ERRORS, "/s", in_errors),
                     (METRIC_OUT_ERRORS, "/s", out_errors),
                 ] {
-                    if let Some(value) = value {
-                        self.window.record(now_ms, metric, name, unit, value);
+                    if let Some(m) = value {
+                        record_rate(
+                            &mut self.window,
+                            self.fresh_at,
+                            now_ms,
+                            metric,
+                            name,
+                            unit,
+                            m,
+                        );
                     }
                 }
             }
@@ -487,13 +690,17 @@ impl IfHealth {
             (METRIC_IN_BPS, "bit/s", in_bps_total),
             (METRIC_OUT_BPS, "bit/s", out_bps_total),
             (METRIC_ERRORS, "/s", worst_errors),
-            (METRIC_UP, "", Some(f64::from(up))),
-            (METRIC_DOWN, "", Some(f64::from(down))),
         ] {
-            if let Some(value) = value {
-                self.window.record(now_ms, metric, "", unit, value);
+            if let Some(m) = value {
+                record_rate(&mut self.window, self.fresh_at, now_ms, metric, "", unit, m);
             }
         }
+        if fresh {
+            self.fresh_at = Some((clock, now_ms));
+        }
+        self.window.record(now_ms, METRIC_UP, "", "", f64::from(up));
+        self.window
+            .record(now_ms, METRIC_DOWN, "", "", f64::from(down));
 
         // Interfaces that vanished (unplugged USB NIC, deleted VLAN, changed
         // filter): clear their alarms and forget their counters.
@@ -537,30 +744,66 @@ impl IfHealth {
         })
     }
 
+    /// The rate of one counter since its previous fresh reading, `clock`
+    /// being the reading's time (the agent's, when it has one).
     fn rate(
         &mut self,
         name: &str,
         kind: CounterKind,
         counter: Counter,
-        now_ms: u64,
+        clock: u64,
         limit: Option<f64>,
-    ) -> Option<f64> {
+    ) -> Option<Measured> {
         let (value, width) = counter?;
-        self.rates
-            .update_bounded(&(name.to_owned(), kind), value, width, now_ms, limit)
+        let key = (name.to_owned(), kind);
+        match self.idle_after_ms {
+            Some(idle) => self
+                .rates
+                .measure_changed(&key, value, width, clock, limit, idle),
+            None => self.rates.measure(&key, value, width, clock, limit),
+        }
     }
 }
 
-fn sum(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+/// Two rates of one reading as one (`op` on the values, the shorter interval).
+fn combine(
+    a: Option<Measured>,
+    b: Option<Measured>,
+    op: impl Fn(f64, f64) -> f64,
+) -> Option<Measured> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
+        (Some(a), Some(b)) => Some(Measured {
+            per_sec: op(a.per_sec, b.per_sec),
+            from_ms: a.from_ms.max(b.from_ms),
+            to_ms: a.to_ms.max(b.to_ms),
+        }),
         (a, b) => a.or(b),
     }
 }
 
+/// Records a rate measured over an interval of the reading's clock as an
+/// interval of the module's clock ending at `now_ms`: from the previous
+/// fresh reading's time when the rate starts there (so consecutive rates
+/// cover the module's time without gaps), else of the same length.
+fn record_rate(
+    window: &mut Window,
+    previous: Option<(u64, u64)>,
+    now_ms: u64,
+    metric: &str,
+    subject: &str,
+    unit: &str,
+    m: Measured,
+) {
+    let from_ms = match previous {
+        Some((clock, wall)) if clock == m.from_ms && wall <= now_ms => wall,
+        _ => now_ms.saturating_sub(m.to_ms.saturating_sub(m.from_ms)),
+    };
+    window.record_over(from_ms, now_ms, metric, subject, unit, m.per_sec);
+}
+
 /// The WIT glue: IF-MIB (or the OS) in, [`IfHealth::tick`] out.
 mod guest {
-    use super::{Counter, IfHealth, Iface, Oper, Settings, SnmpSource, Source};
+    use super::{Counter, IfHealth, Iface, Oper, Reading, Settings, SnmpSource, Source};
     use agad_sdk::snmp_table::{log_problem_change, resolve_agent};
     use agad_sdk::types::Output;
     use agad_sdk::{Alarms, CounterWidth, Inspector, inspector, log, os, snmp};
@@ -602,12 +845,20 @@ mod guest {
             let reading = match &mut self.snmp {
                 Some(source) => {
                     let agent = self.inspector.settings().agent.clone();
-                    source.read(now_ms, |oids, reps| snmp::get_bulk(&agent, oids, 0, reps))
+                    let reading = source.read(now_ms, |oids, non_repeaters, reps| {
+                        snmp::get_bulk(&agent, oids, non_repeaters, reps)
+                    });
+                    if let Some(warning) = source.take_warning() {
+                        log::log(log::Level::Warn, &warning);
+                    }
+                    reading
                 }
-                None => Ok(os::interfaces().into_iter().map(from_os).collect()),
+                None => Ok(Reading::of(
+                    os::interfaces().into_iter().map(from_os).collect(),
+                )),
             };
             let before = self.inspector.problem.clone();
-            let out = self.inspector.tick(now_ms, reading);
+            let out = self.inspector.tick_reading(now_ms, reading);
             log_problem_change(&before, &self.inspector.problem, "SNMP agent answers again");
             out
         }
@@ -625,7 +876,7 @@ mod guest {
                 os::OperState::Down | os::OperState::LowerLayerDown => Oper::Down,
                 _ => Oper::Other,
             },
-            admin_up: true,
+            admin_up: i.admin_up,
             in_octets: counter(i.in_octets),
             out_octets: counter(i.out_octets),
             in_errors: counter(i.in_errors),
@@ -905,6 +1156,13 @@ mod tests {
     }
 
     impl FakeAgent {
+        fn set(&mut self, oid: &str, value: Value) {
+            let slot = self.mib.iter_mut().find(|(o, _)| o == oid).unwrap();
+            slot.1 = value;
+        }
+    }
+
+    impl FakeAgent {
         fn new(interfaces: u32, octets: u64) -> FakeAgent {
             let mut mib = Vec::new();
             for i in 1..=interfaces {
@@ -933,6 +1191,7 @@ mod tests {
                 mib.push((format!("{IF_HIGH_SPEED}.{i}"), Value::Unsigned32(1000)));
             }
             mib.push(("1.3.6.1.2.1.4.1.0".into(), Value::Integer(1)));
+            mib.push((format!("{SYS_UP_TIME}.0"), Value::Timeticks(100)));
             mib.sort_by(|a, b| compare_oids(&a.0, &b.0));
             FakeAgent {
                 mib,
@@ -940,29 +1199,36 @@ mod tests {
             }
         }
 
-        fn get_bulk(&mut self, oids: &[String], reps: u32) -> Result<Vec<Varbind>, SnmpError> {
+        fn get_bulk(
+            &mut self,
+            oids: &[String],
+            non_repeaters: u32,
+            reps: u32,
+        ) -> Result<Vec<Varbind>, SnmpError> {
             self.requests.push((oids.to_vec(), reps));
-            let mut cursors = oids.to_vec();
-            let mut out = Vec::new();
+            let next = |mib: &[(String, Value)], cursor: &str| match mib
+                .iter()
+                .find(|(oid, _)| compare_oids(oid, cursor) == Ordering::Greater)
+            {
+                Some((oid, value)) => Varbind {
+                    oid: oid.clone(),
+                    value: value.clone(),
+                },
+                None => Varbind {
+                    oid: cursor.to_owned(),
+                    value: Value::EndOfMibView,
+                },
+            };
+            let n = non_repeaters as usize;
+            let mut out: Vec<Varbind> = oids[..n].iter().map(|o| next(&self.mib, o)).collect();
+            let mut cursors = oids[n..].to_vec();
             for _ in 0..reps {
                 for cursor in cursors.iter_mut() {
-                    match self
-                        .mib
-                        .iter()
-                        .find(|(oid, _)| compare_oids(oid, cursor) == Ordering::Greater)
-                    {
-                        Some((oid, value)) => {
-                            out.push(Varbind {
-                                oid: oid.clone(),
-                                value: value.clone(),
-                            });
-                            cursor.clone_from(oid);
-                        }
-                        None => out.push(Varbind {
-                            oid: cursor.clone(),
-                            value: Value::EndOfMibView,
-                        }),
+                    let vb = next(&self.mib, cursor);
+                    if vb.value != Value::EndOfMibView {
+                        cursor.clone_from(&vb.oid);
                     }
+                    out.push(vb);
                 }
             }
             Ok(out)
@@ -974,8 +1240,9 @@ mod tests {
         let mut source = SnmpSource::new(60_000);
         let mut agent = FakeAgent::new(4, 1_000);
         let ifaces = source
-            .read(0, |oids, reps| agent.get_bulk(oids, reps))
-            .expect("answers");
+            .read(0, |oids, n, reps| agent.get_bulk(oids, n, reps))
+            .expect("answers")
+            .ifaces;
         assert_eq!(ifaces.len(), 4);
         assert_eq!(ifaces[0].name, "eth1#1", "duplicate ifDescr made unique");
         assert_eq!(ifaces[1].name, "eth2");
@@ -983,9 +1250,11 @@ mod tests {
         assert_eq!(ifaces[3].in_octets, Some((1_000, CounterWidth::Bits64)));
         assert_eq!(ifaces[3].in_errors, Some((7, CounterWidth::Bits32)));
         assert_eq!(ifaces[3].speed_bps, Some(1_000_000_000));
-        // First tick: one GETBULK for the 8 status columns, one for names.
+        // First tick: one GETBULK for sysUpTime and the 8 status columns,
+        // one for names.
         assert_eq!(agent.requests.len(), 2);
-        assert_eq!(agent.requests[0].0.len(), 8);
+        assert_eq!(agent.requests[0].0.len(), 9);
+        assert_eq!(agent.requests[0].0[0], SYS_UP_TIME);
         assert_eq!(
             agent.requests[1].0,
             vec![IF_DESCR.to_owned(), IF_HIGH_SPEED.to_owned()]
@@ -994,7 +1263,7 @@ mod tests {
         // Next tick within the window: status only, sized to the table.
         agent.requests.clear();
         source
-            .read(10_000, |oids, reps| agent.get_bulk(oids, reps))
+            .read(10_000, |oids, n, reps| agent.get_bulk(oids, n, reps))
             .expect("answers");
         assert_eq!(agent.requests.len(), 1);
         assert_eq!(agent.requests[0].1, MIN_REPETITIONS);
@@ -1002,9 +1271,127 @@ mod tests {
         // A new window re-reads the names.
         agent.requests.clear();
         source
-            .read(60_000, |oids, reps| agent.get_bulk(oids, reps))
+            .read(60_000, |oids, n, reps| agent.get_bulk(oids, n, reps))
             .expect("answers");
         assert_eq!(agent.requests.len(), 2);
+    }
+
+    /// An agent that serves its cached counters for 3 s, read every 1 s:
+    /// the repeats are not samples, rates are over the agent's clock, and
+    /// the module is told once that it ticks faster than the agent.
+    #[test]
+    fn repeated_counters_are_not_samples_and_rates_use_agent_time() {
+        let mut source = SnmpSource::new(600_000);
+        let mut agent = FakeAgent::new(1, 0);
+        let mut inspector = IfHealth::new(
+            settings(&[("window_secs", "600"), ("error_rate", "10")]),
+            "r1".into(),
+        );
+        let in_octets = format!("{IF_HC_IN_OCTETS}.1");
+        let discards = format!("{IF_IN_DISCARDS}.1");
+        let uptime = format!("{SYS_UP_TIME}.0");
+        let mut alarms = Vec::new();
+        let mut fresh = 0;
+        // 1000 B/s and 50 discards/s; the agent reloads at 0, 3, 6, ... s
+        // (agent time = module time + 20 s, answering 40 ms late).
+        for second in 0..31u64 {
+            let loaded = second / 3 * 3;
+            agent.set(&in_octets, Value::Counter64(loaded * 1_000));
+            agent.set(&discards, Value::Counter32((loaded * 50) as u32));
+            agent.set(&uptime, Value::Timeticks(((20 + loaded) * 100) as u32));
+            let now = 1_000_000 + second * 1_000 + 40;
+            let reading = source
+                .read(now, |oids, n, reps| agent.get_bulk(oids, n, reps))
+                .unwrap();
+            fresh += usize::from(reading.fresh);
+            alarms.extend(inspector.tick_reading(now, Ok(reading)).alarms);
+        }
+        assert_eq!(fresh, 11, "one fresh reading per agent refresh");
+        let raised: Vec<_> = alarms.iter().filter(|a| a.raised).collect();
+        assert_eq!(raised.len(), 1, "{alarms:?}");
+        assert_eq!(raised[0].key, "if.in-errors:eth1");
+        assert_eq!(raised[0].value, 50.0, "every rate is the true one");
+        let warning = source.take_warning().expect("warned");
+        assert!(warning.contains("about every 3.0 s"), "{warning}");
+        assert!(warning.contains("period (1.0 s)"), "{warning}");
+        assert_eq!(source.take_warning(), None, "once");
+        let summaries = inspector.window.flush(0);
+        let in_bps = summaries
+            .iter()
+            .find(|s| s.metric == METRIC_IN_BPS)
+            .unwrap();
+        assert_eq!(
+            (in_bps.min, in_bps.max, in_bps.mean),
+            (8_000.0, 8_000.0, 8_000.0)
+        );
+    }
+
+    /// Octets and discards refreshed at different moments (tables an agent
+    /// caches apart): a reading where only one moved is no sample of the
+    /// other.
+    #[test]
+    fn counters_refreshed_apart_give_true_rates() {
+        let mut source = SnmpSource::new(600_000);
+        let mut agent = FakeAgent::new(1, 0);
+        let mut inspector = IfHealth::new(
+            settings(&[("window_secs", "600"), ("per_interface", "true")]),
+            "r1".into(),
+        );
+        let in_octets = format!("{IF_HC_IN_OCTETS}.1");
+        let discards = format!("{IF_IN_DISCARDS}.1");
+        let uptime = format!("{SYS_UP_TIME}.0");
+        // Octets load at 0, 3, 6 ... s, discards at 1, 4, 7 ... s.
+        for second in 1..30u64 {
+            let octets_loaded = second / 3 * 3;
+            let discards_loaded = (second - 1) / 3 * 3 + 1;
+            agent.set(&in_octets, Value::Counter64(octets_loaded * 1_000));
+            agent.set(&discards, Value::Counter32((discards_loaded * 5) as u32));
+            agent.set(&uptime, Value::Timeticks((second * 100) as u32));
+            let now = 1_000_000 + second * 1_000;
+            let reading = source
+                .read(now, |oids, n, reps| agent.get_bulk(oids, n, reps))
+                .unwrap();
+            inspector.tick_reading(now, Ok(reading));
+        }
+        let summaries = inspector.window.flush(0);
+        let in_bps = summaries
+            .iter()
+            .find(|s| s.metric == METRIC_IN_BPS && s.subject == "eth1")
+            .unwrap();
+        // No rate of 0 and none 3× the truth (the readings where only the
+        // discards moved); the first rate is over a load seen 1 s late.
+        assert_eq!((in_bps.min, in_bps.last), (8_000.0, 8_000.0), "{in_bps:?}");
+        assert!(in_bps.max <= 12_000.0, "{in_bps:?}");
+        let errors = summaries
+            .iter()
+            .find(|s| s.metric == METRIC_IN_ERRORS && s.subject == "eth1")
+            .unwrap();
+        assert_eq!((errors.min, errors.last), (5.0, 5.0), "{errors:?}");
+        assert!(errors.max <= 7.5, "{errors:?}");
+    }
+
+    #[test]
+    fn idle_counters_become_samples_again() {
+        let mut source = SnmpSource::new(600_000);
+        let mut agent = FakeAgent::new(1, 5);
+        let mut fresh = Vec::new();
+        for second in 0..40u64 {
+            let uptime = format!("{SYS_UP_TIME}.0");
+            agent.set(&uptime, Value::Timeticks((second * 100) as u32));
+            let reading = source
+                .read(second * 1_000, |oids, n, reps| {
+                    agent.get_bulk(oids, n, reps)
+                })
+                .unwrap();
+            fresh.push(reading.fresh);
+        }
+        let fresh_at: Vec<usize> = (0..40).filter(|&i| fresh[i]).collect();
+        assert_eq!(fresh_at, vec![0, 30]);
+        assert_eq!(
+            source.take_warning(),
+            None,
+            "nothing changed: nothing learnt"
+        );
     }
 
     #[test]
@@ -1012,17 +1399,18 @@ mod tests {
         let mut source = SnmpSource::new(60_000);
         let mut agent = FakeAgent::new(48, 5);
         let ifaces = source
-            .read(0, |oids, reps| agent.get_bulk(oids, reps))
-            .expect("answers");
+            .read(0, |oids, n, reps| agent.get_bulk(oids, n, reps))
+            .expect("answers")
+            .ifaces;
         assert_eq!(ifaces.len(), 48);
         agent.requests.clear();
         source
-            .read(1, |oids, reps| agent.get_bulk(oids, reps))
+            .read(1, |oids, n, reps| agent.get_bulk(oids, n, reps))
             .expect("answers");
         assert_eq!(agent.requests.len(), 2, "48 rows at 25 per request");
         assert_eq!(
             source
-                .read(2, |_, _| Err(SnmpError::Timeout))
+                .read(2, |_, _, _| Err(SnmpError::Timeout))
                 .expect_err("fails"),
             SnmpError::Timeout
         );

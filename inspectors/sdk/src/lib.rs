@@ -27,7 +27,8 @@
 //! - [`hysteresis`]: raise after N breaches, clear after M normal samples.
 //! - [`alarm`]: alarm records, threshold checks, the raised set and its
 //!   persistence through `state`.
-//! - [`window`]: min/max/mean/last/count per series per report window.
+//! - [`window`]: min/max/mean/last/count/coverage per series per report
+//!   window, windows aligned on the wall clock.
 //! - [`rate`]: counters to per-second rates, with wrap and reset handling.
 //! - [`snmp_table`]: SNMP value conversions and multi-column GETBULK.
 //! - [`Resident`]: where a module keeps its state between ticks.
@@ -106,7 +107,7 @@ pub use inspector::agad::platform::{clock, log, os, snmp, state, types};
 pub use alarm::{Alarms, Check, alarm};
 pub use config::{Common, Config, ConfigError};
 pub use hysteresis::{Hysteresis, Transition};
-pub use rate::{CounterWidth, Rate};
+pub use rate::{CounterWidth, Measured, Rate};
 pub use types::{Alarm, Comparison, Output, Severity, Summary};
 pub use window::Window;
 

@@ -19,6 +19,17 @@ pub enum CounterWidth {
     Bits64,
 }
 
+/// A rate and the interval it was measured over (between two readings), for
+/// [`crate::Window::record_over`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    pub per_sec: f64,
+    /// Time of the previous reading.
+    pub from_ms: u64,
+    /// Time of this reading.
+    pub to_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Previous {
     value: u64,
@@ -75,6 +86,26 @@ impl<K: Ord + Clone> Rate<K> {
         K: Borrow<Q>,
         Q: Ord + ToOwned<Owned = K> + ?Sized,
     {
+        self.measure(key, value, width, now_ms, max_per_sec)
+            .map(|m| m.per_sec)
+    }
+
+    /// Like [`Rate::update_bounded`], with the interval the rate is over. A
+    /// rate is only ever over a whole interval between two readings of the
+    /// counter: the first reading of a key (and the first after a reset)
+    /// gives none.
+    pub fn measure<Q>(
+        &mut self,
+        key: &Q,
+        value: u64,
+        width: CounterWidth,
+        now_ms: u64,
+        max_per_sec: Option<f64>,
+    ) -> Option<Measured>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ToOwned<Owned = K> + ?Sized,
+    {
         let current = Previous {
             value,
             at_ms: now_ms,
@@ -108,8 +139,41 @@ impl<K: Ord + Clone> Rate<K> {
                 CounterWidth::Bits32 => None,
             }
         };
+        let from_ms = previous.at_ms;
         *previous = current;
-        delta.map(|delta| delta as f64 / seconds)
+        delta.map(|delta| Measured {
+            per_sec: delta as f64 / seconds,
+            from_ms,
+            to_ms: now_ms,
+        })
+    }
+
+    /// Like [`Rate::measure`] for a source that serves cached counters (an
+    /// SNMP agent): a value equal to the previous reading of `key` is not a
+    /// new sample (it gives no rate and the previous reading is kept), until
+    /// it has stayed so for `idle_after_ms` (then the counter is idle, and
+    /// the rate of 0 is true).
+    pub fn measure_changed<Q>(
+        &mut self,
+        key: &Q,
+        value: u64,
+        width: CounterWidth,
+        now_ms: u64,
+        max_per_sec: Option<f64>,
+        idle_after_ms: u64,
+    ) -> Option<Measured>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(previous) = self.previous.get(key)
+            && previous.value == value
+            && now_ms >= previous.at_ms
+            && now_ms - previous.at_ms < idle_after_ms
+        {
+            return None;
+        }
+        self.measure(key, value, width, now_ms, max_per_sec)
     }
 
     /// Drops the reading of `key` (its counter is known to have been reset).
@@ -149,6 +213,35 @@ mod tests {
             r.update("eth0", 3_500, CounterWidth::Bits64, 15_000),
             Some(100.0)
         );
+    }
+
+    #[test]
+    fn a_rate_is_over_the_whole_interval_between_readings() {
+        let mut r = Rate::<String>::new();
+        assert_eq!(r.measure("c", 10, CounterWidth::Bits64, 5_000, None), None);
+        assert_eq!(
+            r.measure("c", 40, CounterWidth::Bits64, 8_000, None),
+            Some(Measured {
+                per_sec: 10.0,
+                from_ms: 5_000,
+                to_ms: 8_000
+            })
+        );
+    }
+
+    #[test]
+    fn a_repeated_value_is_no_sample_until_idle() {
+        let mut r = Rate::<String>::new();
+        let w = CounterWidth::Bits64;
+        r.measure_changed("c", 0, w, 0, None, 10_000);
+        assert_eq!(r.measure_changed("c", 0, w, 1_000, None, 10_000), None);
+        assert_eq!(r.measure_changed("c", 0, w, 2_000, None, 10_000), None);
+        let m = r.measure_changed("c", 300, w, 3_000, None, 10_000).unwrap();
+        assert_eq!((m.per_sec, m.from_ms), (100.0, 0));
+        let idle = r
+            .measure_changed("c", 300, w, 13_000, None, 10_000)
+            .unwrap();
+        assert_eq!((idle.per_sec, idle.from_ms), (0.0, 3_000));
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl SnmpThreshold {
             "no longer watched by this configuration",
         ));
         match self.value_of(now_ms, &varbinds) {
-            Ok(Some(value)) => {
+            Ok(Some((value, over))) => {
                 self.problem = None;
                 let s = &self.settings;
                 let check = Check::new(s.metric.clone(), s.metric.clone())
@@ -157,8 +157,21 @@ impl SnmpThreshold {
                     .threshold(s.comparison, s.threshold)
                     .unit(s.unit.clone());
                 out.alarms.extend(self.alarms.check(&check, value));
-                self.window
-                    .record(now_ms, &s.metric, &self.agent_label, &s.unit, value);
+                match over {
+                    // A rate stands for the interval between its readings.
+                    Some(from_ms) => self.window.record_over(
+                        from_ms,
+                        now_ms,
+                        &s.metric,
+                        &self.agent_label,
+                        &s.unit,
+                        value,
+                    ),
+                    None => {
+                        self.window
+                            .record(now_ms, &s.metric, &self.agent_label, &s.unit, value)
+                    }
+                }
             }
             // First counter reading, or a counter reset: nothing to compare yet.
             Ok(None) => self.problem = None,
@@ -168,7 +181,12 @@ impl SnmpThreshold {
         out
     }
 
-    fn value_of(&mut self, now_ms: u64, varbinds: &[Varbind]) -> Result<Option<f64>, String> {
+    /// The value to compare, and for a rate when its interval started.
+    fn value_of(
+        &mut self,
+        now_ms: u64,
+        varbinds: &[Varbind],
+    ) -> Result<Option<(f64, Option<u64>)>, String> {
         let oid = &self.settings.oid;
         let value = varbinds
             .iter()
@@ -182,11 +200,14 @@ impl SnmpThreshold {
             let (reading, width) = value
                 .as_counter()
                 .ok_or_else(|| format!("{oid}: {} is not a counter", value.type_name()))?;
-            return Ok(self.rate.update(&(), reading, width, now_ms));
+            return Ok(self
+                .rate
+                .measure(&(), reading, width, now_ms, None)
+                .map(|m| (m.per_sec, Some(m.from_ms))));
         }
         value
             .as_f64()
-            .map(Some)
+            .map(|v| Some((v, None)))
             .ok_or_else(|| format!("{oid}: {} is not a number", value.type_name()))
     }
 }
@@ -353,10 +374,13 @@ mod tests {
             .summaries;
         assert_eq!(summaries.len(), 1);
         let s = &summaries[0];
+        // Rates over 0–10 s, 10–20 s (measured in the window) and 20–30 s
+        // (measured at its end, all of its interval inside it).
         assert_eq!(
-            (s.count, s.min, s.max, s.mean, s.unit.as_str()),
-            (2, 100.0, 200.0, 150.0, "/s")
+            (s.count, s.min, s.max, s.coverage, s.unit.as_str()),
+            (2, 10.0, 200.0, 1.0, "/s")
         );
+        assert!((s.mean - 310.0 / 3.0).abs() < 1e-9, "{s:?}");
     }
 
     #[test]

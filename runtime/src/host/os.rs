@@ -7,7 +7,10 @@
 //! Inspectors call this every period on every node, so each call refreshes
 //! only what it returns: no `refresh_all`, no full process scan when the
 //! module names the processes it watches, and interface counters straight
-//! from `/proc/net/dev` (one read for every interface).
+//! from `/proc/net/dev` (one read for every interface). The mount list is
+//! read from `/proc/self/mountinfo` (not sysinfo, which drops tmpfs and
+//! everything under `/run`): see [`default_filesystem`] for the set a module
+//! gets when it names no mount point.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -15,8 +18,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use sysinfo::{
-    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Pid, ProcessRefreshKind,
-    ProcessStatus, ProcessesToUpdate, System, UpdateKind,
+    CpuRefreshKind, MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate,
+    System, UpdateKind,
 };
 use tracing::{debug, debug_span};
 
@@ -37,8 +40,6 @@ pub struct OsProbe {
     /// sysinfo's own per-process figure reads 0% for a process whose
     /// previous sample had no CPU tick yet, so the share is computed here.
     cpu_samples: HashMap<Pid, CpuSample>,
-    /// Mount list, kept so that repeated calls reuse its allocations.
-    disks: Disks,
 }
 
 impl std::fmt::Debug for OsProbe {
@@ -67,7 +68,6 @@ impl OsProbe {
             sys,
             procs: System::new().expect(SUPPORTED),
             cpu_samples: HashMap::new(),
-            disks: Disks::new().expect(SUPPORTED),
         }
     }
 
@@ -122,30 +122,43 @@ impl OsProbe {
         }
     }
 
-    pub fn filesystems(&mut self) -> Vec<os::Filesystem> {
-        let _span = debug_span!("os.filesystems", module = %self.module).entered();
-        // sysinfo only lists the mounts (and skips pseudo and network
-        // filesystems, whose statvfs can hang); sizes come from one statvfs
-        // per mount below, because sysinfo does not expose the free-block
-        // count and "used" must match what `df` shows.
-        self.disks
-            .refresh_specifics(true, DiskRefreshKind::nothing());
-        let mut out = Vec::with_capacity(self.disks.len());
-        for disk in self.disks.iter() {
-            let mount = disk.mount_point();
-            let Some(space) = space_of(mount) else {
+    /// The filesystems mounted at `mount_points` (any type), or the
+    /// [default set](default_filesystem) when it is empty. Sizes come from
+    /// one statvfs per mount, because "used" must match what `df` shows.
+    pub fn filesystems(&mut self, mount_points: Vec<String>) -> Vec<os::Filesystem> {
+        let _span = debug_span!(
+            "os.filesystems",
+            module = %self.module,
+            named = mount_points.len()
+        )
+        .entered();
+        let mounts = match fs::read_to_string("/proc/self/mountinfo") {
+            Ok(text) => parse_mountinfo(&text),
+            Err(e) => {
+                debug!(error = %e, "cannot read /proc/self/mountinfo");
+                return Vec::new();
+            }
+        };
+        let chosen = if mount_points.is_empty() {
+            default_filesystems(mounts)
+        } else {
+            named_filesystems(mounts, &mount_points)
+        };
+        let mut out = Vec::with_capacity(chosen.len());
+        for mount in chosen {
+            let Some(space) = space_of(Path::new(&mount.mount_point)) else {
                 continue;
             };
             if space.total == 0 {
                 continue;
             }
             out.push(os::Filesystem {
-                mount_point: mount.to_string_lossy().into_owned(),
-                device: disk.name().to_string_lossy().into_owned(),
-                fs_type: disk.file_system().to_string_lossy().into_owned(),
-                total_bytes: space.total,
                 used_bytes: space.total.saturating_sub(space.free),
+                total_bytes: space.total,
                 free_bytes: space.available,
+                mount_point: mount.mount_point,
+                device: mount.source,
+                fs_type: mount.fs_type,
             });
         }
         debug!(count = out.len(), "filesystems");
@@ -167,6 +180,10 @@ impl OsProbe {
                 let sys = Path::new("/sys/class/net").join(&c.name);
                 os::NetInterface {
                     oper_state: oper_state(&sys),
+                    // Unreadable flags count as up, as IF-MIB readers do
+                    // with an unknown ifAdminStatus: better an alarm too
+                    // many than a silent dead link.
+                    admin_up: admin_up(&sys).unwrap_or(true),
                     speed_bps: speed_bps(&sys),
                     name: c.name,
                     in_octets: c.in_octets,
@@ -259,8 +276,12 @@ impl os::Host for Offloaded<OsProbe> {
     async fn load_average(&mut self) -> wasmtime::Result<os::LoadAverages> {
         self.run("os.load-average", OsProbe::load_average).await
     }
-    async fn filesystems(&mut self) -> wasmtime::Result<Vec<os::Filesystem>> {
-        self.run("os.filesystems", OsProbe::filesystems).await
+    async fn filesystems(
+        &mut self,
+        mount_points: Vec<String>,
+    ) -> wasmtime::Result<Vec<os::Filesystem>> {
+        self.run("os.filesystems", move |p| p.filesystems(mount_points))
+            .await
     }
     async fn interfaces(&mut self) -> wasmtime::Result<Vec<os::NetInterface>> {
         self.run("os.interfaces", OsProbe::interfaces).await
@@ -326,6 +347,217 @@ fn space_of(mount: &Path) -> Option<Space> {
             None
         }
     }
+}
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mount {
+    /// `major:minor` of the filesystem: bind mounts of one filesystem share it.
+    device_id: String,
+    /// The directory of the filesystem mounted here (`/` unless a bind mount
+    /// of a subdirectory).
+    root: String,
+    mount_point: String,
+    read_only: bool,
+    fs_type: String,
+    /// What was mounted: a device path, or a name such as `tmpfs`.
+    source: String,
+}
+
+/// Parses `/proc/self/mountinfo` (proc(5)); lines that do not parse are
+/// skipped. Later lines are later mounts, so of two mounts at one point the
+/// last is the visible one.
+fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let head: Vec<&str> = head.split(' ').collect();
+            let mut tail = tail.split(' ');
+            let (fs_type, source) = (tail.next()?, tail.next()?);
+            if head.len() < 6 {
+                return None;
+            }
+            Some(Mount {
+                device_id: head[2].to_owned(),
+                root: unescape_mount(head[3]),
+                mount_point: unescape_mount(head[4]),
+                read_only: head[5].split(',').any(|o| o == "ro"),
+                fs_type: fs_type.to_owned(),
+                source: unescape_mount(source),
+            })
+        })
+        .collect()
+}
+
+/// The kernel writes space, tab, newline and backslash in mount paths as
+/// three octal digits after a backslash (`\040`).
+fn unescape_mount(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                let value = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/var/` and `/var` name the same mount point; `/` stays `/`.
+fn normalize_mount_point(path: &str) -> &str {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() { "/" } else { trimmed }
+}
+
+/// The visible mount at each of `wanted`, whatever its type: an operator who
+/// names a mount point wants it watched. (A network filesystem whose server
+/// is gone can block its statvfs; that call is bounded like every host call
+/// by the module's deadline and the node's blocking pool, and only the module
+/// that named it waits.)
+fn named_filesystems(mounts: Vec<Mount>, wanted: &[String]) -> Vec<Mount> {
+    let wanted: HashSet<&str> = wanted.iter().map(|w| normalize_mount_point(w)).collect();
+    let mut visible: HashMap<String, Mount> = HashMap::new();
+    for mount in mounts {
+        if wanted.contains(mount.mount_point.as_str()) {
+            visible.insert(mount.mount_point.clone(), mount);
+        }
+    }
+    let mut out: Vec<Mount> = visible.into_values().collect();
+    out.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+    out
+}
+
+/// Kernel and pseudo filesystems: no space of their own to run out of.
+const PSEUDO_FS_TYPES: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "proc",
+    "pstore",
+    "ramfs",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "sysfs",
+    "tracefs",
+];
+/// Read-only images, full by construction (snaps, ISO images).
+const IMAGE_FS_TYPES: &[&str] = &["squashfs", "iso9660", "udf", "cramfs", "erofs"];
+/// Filesystems served over the network (or by a user-space process, `fuse.*`):
+/// their statvfs blocks while the server is unreachable.
+const NETWORK_FS_TYPES: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ncpfs",
+    "ceph",
+    "glusterfs",
+    "9p",
+    "afs",
+    "lustre",
+    "gpfs",
+    "davfs",
+    "coda",
+    "sshfs",
+    "fuse",
+];
+/// Directories whose mounts belong to the kernel or to containers, not to
+/// the host's own storage.
+const SKIPPED_TREES: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run/credentials",
+    "/run/containerd",
+    "/run/docker",
+    "/run/netns",
+    "/var/lib/docker",
+    "/var/lib/containers",
+    "/var/lib/kubelet",
+];
+
+fn under(path: &str, tree: &str) -> bool {
+    path.strip_prefix(tree)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Whether `mount` is in the default set, what a module that names no mount
+/// point gets: every local filesystem with space of its own that can fill
+/// up. That is the block-backed filesystems (ext4, xfs, btrfs, zfs, vfat,
+/// overlay roots, ...) and tmpfs (`/tmp`, `/run`, `/dev/shm`, `/run/user/*`),
+/// but not:
+/// - pseudo filesystems ([`PSEUDO_FS_TYPES`]: proc, sysfs, cgroup, devpts,
+///   devtmpfs, ...) nor anything mounted under `/proc`, `/sys` or `/dev`
+///   (except `/dev/shm`);
+/// - read-only images ([`IMAGE_FS_TYPES`]) and read-only tmpfs (nothing can
+///   fill them);
+/// - network and FUSE filesystems ([`NETWORK_FS_TYPES`], `fuse.*` but
+///   `fuseblk`): their statvfs hangs while the server is away, so they are
+///   watched only when named;
+/// - mounts of container runtimes and network namespaces (`/var/lib/docker`,
+///   `/run/containerd`, `/run/netns`, ... see [`SKIPPED_TREES`]);
+/// - a second mount of one filesystem (bind mounts): it is listed once.
+fn default_filesystem(mount: &Mount) -> bool {
+    let fs_type = mount.fs_type.as_str();
+    let network = NETWORK_FS_TYPES.contains(&fs_type)
+        || (fs_type.starts_with("fuse.") && fs_type != "fuseblk");
+    let skipped_tree = SKIPPED_TREES
+        .iter()
+        .any(|tree| under(&mount.mount_point, tree))
+        && !(fs_type == "tmpfs" && mount.mount_point == "/dev/shm");
+    !(PSEUDO_FS_TYPES.contains(&fs_type)
+        || IMAGE_FS_TYPES.contains(&fs_type)
+        || network
+        || skipped_tree
+        || (fs_type == "tmpfs" && mount.read_only))
+}
+
+/// The default set (see [`default_filesystem`]), one mount per filesystem:
+/// of a filesystem's mounts, the one of its whole tree (root `/`) at the
+/// shortest path, as `df` does; the last mount at each point (the visible
+/// one).
+fn default_filesystems(mounts: Vec<Mount>) -> Vec<Mount> {
+    let mut at_point: HashMap<String, Mount> = HashMap::new();
+    for mount in mounts {
+        at_point.insert(mount.mount_point.clone(), mount);
+    }
+    let mut by_device: HashMap<String, Mount> = HashMap::new();
+    for mount in at_point.into_values().filter(default_filesystem) {
+        let rank = |m: &Mount| (m.root != "/", m.mount_point.len(), m.mount_point.clone());
+        match by_device.get(&mount.device_id) {
+            Some(kept) if rank(kept) <= rank(&mount) => {}
+            _ => {
+                by_device.insert(mount.device_id.clone(), mount);
+            }
+        }
+    }
+    let mut out: Vec<Mount> = by_device.into_values().collect();
+    out.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+    out
 }
 
 /// Counters of one interface as `/proc/net/dev` shows them.
@@ -569,6 +801,80 @@ enp0s31f6:12345678901 99 0 0 0 0 0 0 42 1 0 9 0 0 0 0
         assert!(parse_net_dev("Inter-| Receive\n face |bytes\n").is_empty());
         assert!(parse_net_dev("x: 1 2 3\n").is_empty());
         assert!(parse_net_dev("").is_empty());
+    }
+
+    const MOUNTINFO: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+24 27 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw,size=12334524k
+25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24684096k
+26 24 0:24 / /dev/pts rw,relatime - devpts devpts rw,mode=600
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard
+28 27 0:25 / /mnt/tools ro,nosuid - tmpfs unavailable ro,size=4k
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+42 27 254:0 /run/netns /run/netns rw,relatime shared:1 - ext4 /dev/vda rw
+43 27 254:0 /srv/data /data rw,relatime - ext4 /dev/vda rw
+44 27 0:40 / /run rw,nosuid shared:5 - tmpfs tmpfs rw,size=1g
+45 44 0:41 / /run/user/1000 rw,nosuid - tmpfs tmpfs rw,size=1g
+46 27 0:42 / /mnt/nas rw - nfs4 nas:/export rw
+47 27 0:43 / /mnt/my\\040files rw - fuse.sshfs me@host: rw
+48 27 259:1 / /boot rw - vfat /dev/nvme0n1p1 rw
+49 27 7:0 / /snap/core/1 ro - squashfs /dev/loop0 ro
+50 27 0:44 / /tmp rw - tmpfs tmpfs rw
+51 27 0:45 / /tmp rw - tmpfs tmpfs rw,size=2g
+broken line
+";
+
+    #[test]
+    fn mountinfo_fields_and_escapes() {
+        let mounts = parse_mountinfo(MOUNTINFO);
+        assert_eq!(mounts.len(), 18);
+        let sshfs = mounts.iter().find(|m| m.fs_type == "fuse.sshfs").unwrap();
+        assert_eq!(sshfs.mount_point, "/mnt/my files");
+        let netns = &mounts[8];
+        assert_eq!(
+            (
+                netns.device_id.as_str(),
+                netns.root.as_str(),
+                netns.source.as_str()
+            ),
+            ("254:0", "/run/netns", "/dev/vda")
+        );
+        assert!(mounts[5].read_only && !mounts[4].read_only);
+        assert_eq!(unescape_mount("a\\134b\\011"), "a\\b\t");
+        assert_eq!(unescape_mount("trailing\\"), "trailing\\");
+    }
+
+    #[test]
+    fn default_set_is_local_filesystems_with_tmpfs_once_each() {
+        let chosen = default_filesystems(parse_mountinfo(MOUNTINFO));
+        let points: Vec<&str> = chosen.iter().map(|m| m.mount_point.as_str()).collect();
+        assert_eq!(
+            points,
+            ["/", "/boot", "/dev/shm", "/run", "/run/user/1000", "/tmp"]
+        );
+        let tmp = chosen.iter().find(|m| m.mount_point == "/tmp").unwrap();
+        assert_eq!(tmp.device_id, "0:45", "the visible mount of /tmp");
+    }
+
+    #[test]
+    fn named_mounts_are_returned_whatever_their_type() {
+        let named = |wanted: &[&str]| -> Vec<(String, String)> {
+            let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
+            named_filesystems(parse_mountinfo(MOUNTINFO), &wanted)
+                .into_iter()
+                .map(|m| (m.mount_point, m.fs_type))
+                .collect()
+        };
+        assert_eq!(
+            named(&["/mnt/nas/", "/run/netns", "/mnt/tools", "/nowhere", "/data"]),
+            [
+                ("/data".to_owned(), "ext4".to_owned()),
+                ("/mnt/nas".to_owned(), "nfs4".to_owned()),
+                ("/mnt/tools".to_owned(), "tmpfs".to_owned()),
+                ("/run/netns".to_owned(), "ext4".to_owned()),
+            ]
+        );
     }
 
     #[test]

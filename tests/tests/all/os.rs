@@ -229,7 +229,7 @@ fn processes_by_name_find_this_test_process() {
 
 #[test]
 fn filesystems_match_df() {
-    let fss = probe().filesystems();
+    let fss = probe().filesystems(Vec::new());
     assert!(!fss.is_empty());
     for fs in &fss {
         assert!(fs.total_bytes > 0, "{fs:?}");
