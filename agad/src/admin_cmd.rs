@@ -364,7 +364,7 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         outln!(
-            "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10} {:>6}",
+            "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6}",
             "WINDOW",
             "DOMAIN",
             "NODE",
@@ -376,7 +376,8 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
             "MAX",
             "MEAN",
             "LAST",
-            "COUNT"
+            "COUNT",
+            "COVER"
         );
     }
     for r in &answer.rows {
@@ -391,7 +392,7 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
             outln!("{line}");
         } else {
             outln!(
-                "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6}",
+                "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6} {:>5.0}%",
                 time(r.window_start_ms),
                 r.domain,
                 r.node,
@@ -403,7 +404,8 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
                 s.max,
                 s.mean,
                 s.last,
-                s.count
+                s.count,
+                s.coverage * 100.0
             );
         }
     }
