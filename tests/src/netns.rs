@@ -113,19 +113,27 @@ impl Netns {
     /// (`module::test`) and usually `#[ignore]`d so it runs only this way.
     pub fn run_test(&self, test: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("the test binary")?;
-        let status = Command::new("ip")
+        let output = Command::new("ip")
             .args(["netns", "exec", &self.name])
             .arg(exe)
             .args([test, "--exact", "--include-ignored", "--nocapture"])
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .status()
+            .output()
             .context("ip netns exec")?;
-        if !status.success() {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        print!("{stdout}");
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() {
             bail!(
-                "{test} inside network namespace {} failed ({status})",
-                self.name
+                "{test} inside network namespace {} failed ({})",
+                self.name,
+                output.status
             );
+        }
+        // A misspelt name matches nothing, and running nothing succeeds.
+        if !stdout.contains("test result: ok. 1 passed") {
+            bail!("{test} did not run inside network namespace {}", self.name);
         }
         Ok(())
     }
