@@ -4,7 +4,7 @@
 # errors), then every test. CI runs exactly this (.ci/run).
 # What else the tests need is installed here: the wasm32-wasip2 target and the
 # rustfmt and clippy components (listed in rust-toolchain.toml) and Debian's
-# real SNMP agent, snmpd; fuzz/run.sh installs cargo-fuzz.
+# real SNMP agent, snmpd, and iproute2 (`ip`); fuzz/run.sh installs cargo-fuzz.
 # Arguments go to `cargo test`, e.g. `./test.sh -p agad-net`.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,6 +29,12 @@ if ! command -v snmpd >/dev/null && [ ! -x /usr/sbin/snmpd ]; then
     [ "$(id -u)" = 0 ] || need_root snmpd "sudo apt-get install snmpd"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq snmpd >/dev/null
+fi
+# `ip` makes the network namespaces and veth pairs of the if-health tests.
+if ! command -v ip >/dev/null; then
+    [ "$(id -u)" = 0 ] || need_root ip "sudo apt-get install iproute2"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
 fi
 # Debian starts the packaged agent on UDP 161; the tests run their own.
 if command -v systemctl >/dev/null; then systemctl stop snmpd 2>/dev/null || true; fi
