@@ -160,12 +160,7 @@ fn a_redeploy_sends_only_hashes_the_node_already_has() -> anyhow::Result<()> {
 fn kill_9_of_a_domain_manager_and_a_node_loses_no_alarm_and_duplicates_none() -> anyhow::Result<()>
 {
     let mut d = deployment()?;
-    use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
-    d.publish(
-        "misbehave",
-        &std::fs::read(MISBEHAVE_WASM)?,
-        &std::fs::read_to_string(MISBEHAVE_MANIFEST)?,
-    )?;
+    d.publish_misbehave()?;
     d.apply(&one_domain(
         "s1",
         &["n1"],
@@ -258,12 +253,7 @@ fn a_sub_domain_manager_is_activated_and_relayed_by_its_parent() -> anyhow::Resu
 #[test]
 fn a_frozen_node_does_nothing_until_thawed_and_stops_while_frozen() -> anyhow::Result<()> {
     let mut d = deployment()?;
-    use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
-    d.publish(
-        "misbehave",
-        &std::fs::read(MISBEHAVE_WASM)?,
-        &std::fs::read_to_string(MISBEHAVE_MANIFEST)?,
-    )?;
+    d.publish_misbehave()?;
     d.apply(&one_domain(
         "s1",
         &["n1"],
@@ -364,13 +354,8 @@ fn a_bad_module_configuration_is_refused_at_apply_with_line_and_column() -> anyh
 #[test]
 fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
 -> anyhow::Result<()> {
-    use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
     let mut d = deployment()?;
-    d.publish(
-        "misbehave",
-        &std::fs::read(MISBEHAVE_WASM)?,
-        &std::fs::read_to_string(MISBEHAVE_MANIFEST)?,
-    )?;
+    d.publish_misbehave()?;
     d.apply(&one_domain(
         "s1",
         &["n1"],
@@ -444,13 +429,8 @@ fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
 /// does not allow) fails and alarms the same way, with the policy's reason.
 #[test]
 fn a_module_the_node_policy_refuses_fails_and_alarms() -> anyhow::Result<()> {
-    use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
     let mut d = deployment()?;
-    d.publish(
-        "misbehave",
-        &std::fs::read(MISBEHAVE_WASM)?,
-        &std::fs::read_to_string(MISBEHAVE_MANIFEST)?,
-    )?;
+    d.publish_misbehave()?;
     d.apply(&one_domain(
         "s1",
         &["n1"],

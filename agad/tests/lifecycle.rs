@@ -369,12 +369,13 @@ fn a_removed_domain_stops_serving_and_its_nodes_stop_their_modules() -> anyhow::
     let s2 = d.start_station("s2")?;
     d.start_node("n1", &s1)?;
     d.start_node("n2", &s2)?;
-    d.wait_for("windows of both domains in BIG", |d| {
+    d.wait_for("windows of both domains and n2's alarm in BIG", |d| {
         let rows = d.reports()?;
-        Ok(
-            (rows.iter().any(|r| r.domain == "d1") && rows.iter().any(|r| r.domain == "d2"))
-                .then_some(()),
-        )
+        let n2_raised = d.alarms()?.iter().any(|a| a.node == "n2" && a.raised);
+        Ok((rows.iter().any(|r| r.domain == "d1")
+            && rows.iter().any(|r| r.domain == "d2")
+            && n2_raised)
+            .then_some(()))
     })?;
 
     // d2 is removed while its station is up...
@@ -387,6 +388,19 @@ fn a_removed_domain_stops_serving_and_its_nodes_stop_their_modules() -> anyhow::
     })?;
     let status = d.agad(&["status"])?;
     assert!(!status.contains("d2"), "{status}");
+    let closings: Vec<String> = d
+        .alarms()?
+        .into_iter()
+        .filter(|a| a.node == "n2" && a.is_closing())
+        .map(|a| a.message)
+        .collect();
+    assert!(!closings.is_empty());
+    assert!(
+        closings
+            .iter()
+            .all(|m| m == "closed: domain `d2` of node `n2` was removed from the topology"),
+        "{closings:?}"
+    );
 
     // ... and d1 while its station is down: told when it comes back.
     d.kill9("s1")?;

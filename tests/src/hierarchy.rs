@@ -495,6 +495,16 @@ impl Deployment {
             .sha256_hex())
     }
 
+    /// Publishes the test guest `misbehave` (tests/guests/misbehave).
+    pub fn publish_misbehave(&self) -> anyhow::Result<()> {
+        use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
+        self.publish(
+            "misbehave",
+            &std::fs::read(MISBEHAVE_WASM)?,
+            &std::fs::read_to_string(MISBEHAVE_MANIFEST)?,
+        )
+    }
+
     /// Publishes the built-in inspector `name`.
     pub fn publish_inspector(&self, name: &str) -> anyhow::Result<()> {
         let m = agad_modules::inspector(name)

@@ -43,30 +43,22 @@ impl Harness {
     }
 
     fn instance(&self, name: &str, config: &[(&str, &str)]) -> InspectorInstance {
-        let builtin = agad_modules::inspector(name).unwrap();
-        let spec = ManifestSpec::from_toml(builtin.manifest_toml).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let bundle = Bundle::sign(spec, builtin.wasm.to_vec(), &self.key, now);
-        let linked = self.node.load(&bundle).unwrap();
-        let config = ModuleConfig {
-            values: config
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        self.runtime
-            .block_on(self.node.instantiate(&linked, &config))
+        self.instantiate(name, config)
             .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
-}
 
-impl Harness {
     /// What `init` of the built-in `name` says to `config`: `None` when it
     /// accepts it.
     fn init_error(&self, name: &str, config: &[(&str, &str)]) -> Option<String> {
+        self.instantiate(name, config).err().map(|e| e.to_string())
+    }
+
+    /// The built-in `name`, signed, loaded and instantiated with `config`.
+    fn instantiate(
+        &self,
+        name: &str,
+        config: &[(&str, &str)],
+    ) -> Result<InspectorInstance, agad_runtime::instance::InitError> {
         let builtin = agad_modules::inspector(name).unwrap();
         let spec = ManifestSpec::from_toml(builtin.manifest_toml).unwrap();
         let bundle = Bundle::sign(spec, builtin.wasm.to_vec(), &self.key, now_secs());
@@ -79,8 +71,6 @@ impl Harness {
         };
         self.runtime
             .block_on(self.node.instantiate(&linked, &config))
-            .err()
-            .map(|e| e.to_string())
     }
 }
 
