@@ -152,6 +152,8 @@ impl Station {
             return;
         };
         if replica.topology.domain.name != domain {
+            // The parent's words: short and printable in the log.
+            let domain = agad_protocol::text::excerpt(domain, 64);
             tracing::warn!(%domain, serving = %replica.topology.domain.name, "told to stop serving a domain this station does not serve");
             return;
         }

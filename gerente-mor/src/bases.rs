@@ -225,9 +225,12 @@ impl Bases {
             if let Some(reason) = orphans.reason(&alarm) {
                 self.big
                     .record_alarm(&alarm.closing(&reason, now_ms, closed, by.clone()))?;
-                tracing::info!(id = %alarm.id, "alarm closed: {reason}");
+                tracing::debug!(id = %alarm.id, "alarm closed: {reason}");
                 closed += 1;
             }
+        }
+        if closed > 0 {
+            tracing::info!(closed, "alarms closed that could no longer clear");
         }
         Ok(closed)
     }

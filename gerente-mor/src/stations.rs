@@ -7,6 +7,7 @@ use crate::Mor;
 use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionError};
 use agad_net::rate::Verdict;
 use agad_net::tls::PeerIdentity;
+use agad_protocol::text::excerpt;
 use agad_protocol::topology::Topology;
 use agad_protocol::wire::{
     self, Component, ComponentStatus, Control, Enrollment, Message, MovedNode, Queued, Replica,
@@ -90,7 +91,11 @@ impl Parent for StationParent {
                     mor.reconcile();
                 }
                 Ok(StationData {
-                    claims: hello.serving.clone(),
+                    // A name, or nothing: it is compared and logged.
+                    claims: hello
+                        .serving
+                        .clone()
+                        .filter(|d| agad_protocol::text::is_name(d)),
                     advertise: hello
                         .advertise
                         .iter()
@@ -456,7 +461,7 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                     child,
                     &format!(
                         "an alarm of node `{}`, which is not in the topology",
-                        alarm.node
+                        excerpt(&alarm.node, 64)
                     ),
                 );
                 return ack(vec![seq]);
@@ -494,7 +499,7 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                             child,
                             &format!(
                                 "a report of domain `{}`, which is not in the topology",
-                                r.domain
+                                excerpt(&r.domain, 64)
                             ),
                         );
                         seqs.push(seq);
