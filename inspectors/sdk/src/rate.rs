@@ -39,6 +39,10 @@ struct Previous {
 #[derive(Debug, Clone)]
 pub struct Rate<K> {
     previous: BTreeMap<K, Previous>,
+    /// [`Rate::measure_changed`]: the first value read of a key, whose age
+    /// is unknown (a cached counter may have been read by the agent long
+    /// before), until it changes.
+    unconfirmed: BTreeMap<K, Previous>,
 }
 
 impl<K: Ord + Clone> Default for Rate<K> {
@@ -51,6 +55,7 @@ impl<K: Ord + Clone> Rate<K> {
     pub fn new() -> Self {
         Rate {
             previous: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
         }
     }
 
@@ -152,7 +157,9 @@ impl<K: Ord + Clone> Rate<K> {
     /// SNMP agent): a value equal to the previous reading of `key` is not a
     /// new sample (it gives no rate and the previous reading is kept), until
     /// it has stayed so for `idle_after_ms` (then the counter is idle, and
-    /// the rate of 0 is true).
+    /// the rate of 0 is true). The first value read of a key is not even a
+    /// starting point until it changes: the agent may have read it long
+    /// before it was asked, and a rate from it would be over a time too short.
     pub fn measure_changed<Q>(
         &mut self,
         key: &Q,
@@ -166,11 +173,29 @@ impl<K: Ord + Clone> Rate<K> {
         K: Borrow<Q>,
         Q: Ord + ToOwned<Owned = K> + ?Sized,
     {
-        if let Some(previous) = self.previous.get(key)
-            && previous.value == value
-            && now_ms >= previous.at_ms
-            && now_ms - previous.at_ms < idle_after_ms
-        {
+        let unchanged = |p: &Previous| {
+            p.value == value && now_ms >= p.at_ms && now_ms - p.at_ms < idle_after_ms
+        };
+        if !self.previous.contains_key(key) {
+            match self.unconfirmed.get(key) {
+                Some(first) if unchanged(first) => {}
+                // Changed (or idle long enough): a reading whose time is
+                // known, the starting point of the first rate.
+                Some(_) => {
+                    self.unconfirmed.remove(key);
+                    self.measure(key, value, width, now_ms, max_per_sec);
+                }
+                None => {
+                    let first = Previous {
+                        value,
+                        at_ms: now_ms,
+                    };
+                    self.unconfirmed.insert(key.to_owned(), first);
+                }
+            }
+            return None;
+        }
+        if self.previous.get(key).is_some_and(unchanged) {
             return None;
         }
         self.measure(key, value, width, now_ms, max_per_sec)
@@ -183,11 +208,13 @@ impl<K: Ord + Clone> Rate<K> {
         Q: Ord + ?Sized,
     {
         self.previous.remove(key);
+        self.unconfirmed.remove(key);
     }
 
     /// Keeps only the keys for which `keep` is true (drops vanished series).
     pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
         self.previous.retain(|key, _| keep(key));
+        self.unconfirmed.retain(|key, _| keep(key));
     }
 }
 
@@ -233,15 +260,19 @@ mod tests {
     fn a_repeated_value_is_no_sample_until_idle() {
         let mut r = Rate::<String>::new();
         let w = CounterWidth::Bits64;
-        r.measure_changed("c", 0, w, 0, None, 10_000);
+        // The first value may have been cached long before it was read: not
+        // a starting point until it changes.
+        assert_eq!(r.measure_changed("c", 0, w, 0, None, 10_000), None);
         assert_eq!(r.measure_changed("c", 0, w, 1_000, None, 10_000), None);
-        assert_eq!(r.measure_changed("c", 0, w, 2_000, None, 10_000), None);
-        let m = r.measure_changed("c", 300, w, 3_000, None, 10_000).unwrap();
-        assert_eq!((m.per_sec, m.from_ms), (100.0, 0));
+        assert_eq!(r.measure_changed("c", 300, w, 2_000, None, 10_000), None);
+        assert_eq!(r.measure_changed("c", 300, w, 3_000, None, 10_000), None);
+        assert_eq!(r.measure_changed("c", 300, w, 4_000, None, 10_000), None);
+        let m = r.measure_changed("c", 600, w, 5_000, None, 10_000).unwrap();
+        assert_eq!((m.per_sec, m.from_ms), (100.0, 2_000));
         let idle = r
-            .measure_changed("c", 300, w, 13_000, None, 10_000)
+            .measure_changed("c", 600, w, 15_000, None, 10_000)
             .unwrap();
-        assert_eq!((idle.per_sec, idle.from_ms), (0.0, 3_000));
+        assert_eq!((idle.per_sec, idle.from_ms), (0.0, 5_000));
     }
 
     #[test]
