@@ -59,6 +59,8 @@ pub struct Orphans<'a> {
     moves: &'a BTreeMap<String, Move>,
     /// (node, module) of every assignment of `new`.
     assigned: BTreeSet<(String, String)>,
+    /// Each node of `new` and its domain (looked up once per raise).
+    domain_of: HashMap<&'a str, &'a str>,
 }
 
 impl<'a> Orphans<'a> {
@@ -74,18 +76,24 @@ impl<'a> Orphans<'a> {
             .into_iter()
             .map(|a| (a.node, a.module))
             .collect();
+        let domain_of = new
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.domain.as_str()))
+            .collect();
         Orphans {
             old,
             new,
             moves,
             assigned,
+            domain_of,
         }
     }
 
     /// Why the raise `alarm` can never clear, if so.
     pub fn reason(&self, alarm: &Alarm) -> Option<String> {
         let node = &alarm.node;
-        let Some(entry) = self.new.nodes.iter().find(|n| n.name == *node) else {
+        let Some(&domain) = self.domain_of.get(node.as_str()) else {
             let removed_domain = self
                 .old
                 .and_then(|o| o.domain_of(node))
@@ -96,7 +104,7 @@ impl<'a> Orphans<'a> {
             });
         };
         if let Some(m) = self.moves.get(node)
-            && m.to == entry.domain
+            && m.to == domain
             && alarm.time_ms < m.at_ms
         {
             return Some(format!(
