@@ -5,6 +5,7 @@ use agad_gerente_mor::admin::{self, Answer, Request};
 use agad_gerente_mor::query::{AlarmQuery, ReportQuery};
 use agad_protocol::Area;
 use agad_protocol::message::Severity;
+use agad_protocol::status::Diagnosis;
 use agad_protocol::wire::{Component, State};
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -140,6 +141,14 @@ fn node_state(state: &State) -> &'static str {
         State::Connected { .. } => "degraded",
         State::Stale { .. } => "stale",
         State::NotConnected => "down",
+        State::Failed {
+            diagnosis: Diagnosis::HostDown,
+            ..
+        } => "host-down",
+        State::Failed {
+            diagnosis: Diagnosis::AgentDown,
+            ..
+        } => "agent-down",
         _ => "?",
     }
 }
@@ -296,11 +305,24 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             .ms_since_heard
             .map(|ms| format!(", heard {:.1} s ago", ms as f64 / 1000.0))
             .unwrap_or_default();
+        let generation = d
+            .generation
+            .map(|g| format!(", activation {g}"))
+            .unwrap_or_default();
         outln!(
-            "domain {}: {station} ({}), {replica}{heard}",
+            "domain {}: {station} ({}), {replica}{heard}{generation}",
             d.domain,
             d.state
         );
+        for s in &d.stations {
+            let mark = match &s.state {
+                State::Connected { failing, .. } if failing.is_empty() => "ok  ",
+                _ => "DOWN",
+            };
+            let role = if s.serving { "serving" } else { "standby" };
+            let what = format!("station {} ({role})", s.name);
+            outln!("  {mark} {what:<32} {}{}", s.state, since(s.since_ms));
+        }
         for c in d.components {
             let mark = if c.healthy() { "ok  " } else { "DOWN" };
             let what = match &c.component {
@@ -315,10 +337,20 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
                 } => format!("domain {name} v{replica_version}"),
                 other => other.to_string(),
             };
-            outln!("  {mark} {what:<32} {}", c.state);
+            outln!("  {mark} {what:<32} {}{}", c.state, since(c.since_ms));
         }
     }
     Ok(())
+}
+
+/// ` since <time> (<how long>)` of a state, if known.
+fn since(ms: Option<u64>) -> String {
+    let Some(ms) = ms else {
+        return String::new();
+    };
+    let ago = Duration::from_millis(ago_ms(Duration::ZERO).saturating_sub(ms));
+    let ago = humantime::format_duration(Duration::from_secs(ago.as_secs()));
+    format!(" since {} ({ago})", time(ms))
 }
 
 fn ago_ms(ago: Duration) -> u64 {

@@ -92,6 +92,8 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
         children: Default::default(),
         limits: Limits::for_open_files(open_files),
         retention: args.retention.0,
+        takeover_grace: std::time::Duration::from_secs(5),
+        guardian: Default::default(),
     };
     serve(&args.listen, "top manager", move |listener, shutdown| {
         agad_gerente_mor::run(config, listener, shutdown)
@@ -117,6 +119,7 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
         limits: Limits::for_open_files(open_files),
         trusted: read_public_keys(&args.trusted)?,
         advertise: args.advertise,
+        guardian: Default::default(),
     };
     serve(&args.listen, "domain manager", move |listener, shutdown| {
         agad_gerente_dominio::run(config, listener, shutdown)

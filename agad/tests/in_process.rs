@@ -90,6 +90,8 @@ impl Hierarchy {
             children: Default::default(),
             limits: Default::default(),
             retention: None,
+            takeover_grace: std::time::Duration::from_secs(5),
+            guardian: Default::default(),
         };
         let shutdown = self.stop.subscribe();
         self.spawn(
@@ -121,6 +123,7 @@ impl Hierarchy {
             limits: Default::default(),
             trusted: vec![self.publisher.public()],
             advertise: Vec::new(),
+            guardian: Default::default(),
         };
         let shutdown = self.stop.subscribe();
         self.spawn(name, agad_gerente_dominio::run(config, listener, shutdown));

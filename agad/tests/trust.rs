@@ -288,8 +288,12 @@ fn a_self_nested_replica_from_a_rogue_parent_is_refused_with_the_station_up() ->
             Message::Control(Control::Welcome {
                 enrollment: Enrollment::Active,
                 reason: String::new(),
+                activation: None,
             }),
-            Message::Control(Control::AssignDomain { domain: "d".into() }),
+            Message::Control(Control::AssignDomain {
+                domain: "d".into(),
+                generation: 1,
+            }),
         ] {
             write.write_all(&wire::encode(&m).unwrap()).await.unwrap();
         }

@@ -246,6 +246,8 @@ pub async fn start_mor(
         children: Default::default(),
         limits: Default::default(),
         retention: None,
+        takeover_grace: std::time::Duration::from_secs(5),
+        guardian: Default::default(),
     };
     let task = tokio::spawn(agad_gerente_mor::run(config, listener, shutdown));
     let socket = agad_gerente_mor::admin_socket(data_dir);
@@ -385,6 +387,7 @@ async fn hello(address: SocketAddr, tls: &Arc<ClientConfig>) -> anyhow::Result<N
             keepalive_ms: 10_000,
             serving: None,
             advertise: Vec::new(),
+            generation: 0,
         }))
         .await?;
     match reader.recv().await? {
@@ -396,7 +399,9 @@ async fn hello(address: SocketAddr, tls: &Arc<ClientConfig>) -> anyhow::Result<N
             writer,
             traffic,
         }),
-        Some(Message::Control(Control::Welcome { enrollment, reason })) => {
+        Some(Message::Control(Control::Welcome {
+            enrollment, reason, ..
+        })) => {
             bail!("welcomed as {enrollment:?}: {reason}")
         }
         other => bail!("expected a welcome, got {other:?}"),

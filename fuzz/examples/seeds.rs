@@ -219,13 +219,16 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
             keepalive_ms: 10_000,
             serving: None,
             advertise: vec![],
+            generation: 0,
         }),
         Message::Control(Control::Welcome {
             enrollment: Enrollment::Active,
             reason: String::new(),
+            activation: None,
         }),
         Message::Control(Control::AssignDomain {
             domain: "lab".into(),
+            generation: 1,
         }),
         Message::Control(Control::Replicate(Box::new(replica))),
         Message::Control(Control::ReplicaAck { version: 8 }),
@@ -260,6 +263,10 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
         Message::Control(Control::Redirect {
             domain: "lab-east".into(),
             parents: vec!["10.0.0.2:7001".into(), "10.0.0.3:7001".into()],
+        }),
+        Message::Control(Control::StepDown {
+            domain: "lab".into(),
+            generation: 2,
         }),
         Message::Alarm(Queued {
             seq: 1,

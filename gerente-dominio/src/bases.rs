@@ -10,7 +10,7 @@
 
 use agad_protocol::bundle::{BundleError, verify_parts};
 use agad_protocol::message::{Alarm, Report};
-use agad_protocol::wire::{self, Replica};
+use agad_protocol::wire::{self, Activation, Replica};
 use agad_protocol::{Bundle, PublicKey};
 use agad_storage::{Database, StorageError, Tree};
 use std::collections::{BTreeSet, HashMap};
@@ -68,6 +68,7 @@ pub struct Pending {
 
 const CURRENT: &[u8] = b"current";
 const REMOVED: &[u8] = b"removed";
+const ACTIVATION: &[u8] = b"activation";
 /// Most windows with late reports one consolidation pass sends again.
 const MAX_LATE_WINDOWS: usize = 64;
 const CONSOLIDATED_UNTIL: &[u8] = b"consolidated-until";
@@ -169,6 +170,27 @@ impl Bases {
     /// deployment); a new replica clears the mark.
     pub fn mark_removed(&self) -> Result<(), StorageError> {
         self.btpd.insert(REMOVED, &[])?;
+        self.db.flush()
+    }
+
+    /// The activation this station last received for its domain, and
+    /// whether it was told to step down since (another station took over).
+    pub fn activation(&self) -> Result<Option<(Activation, bool)>, StorageError> {
+        Ok(self
+            .meta
+            .get(ACTIVATION)?
+            .and_then(|v| wire::decode_value(&v).ok()))
+    }
+
+    /// Records an activation (on disk before the station serves under it)
+    /// or a step-down (`stepped_down`).
+    pub fn record_activation(
+        &self,
+        activation: &Activation,
+        stepped_down: bool,
+    ) -> Result<(), StorageError> {
+        self.meta
+            .insert(ACTIVATION, &wire::encode_value(&(activation, stepped_down)))?;
         self.db.flush()
     }
 

@@ -18,13 +18,14 @@ pub mod consolidate;
 pub mod nodes;
 pub mod subdomains;
 
-use agad_net::children::{Children, ChildrenConfig, serve_child};
+use agad_guardian::{Guardian, GuardianConfig};
+use agad_net::children::{Children, ChildrenConfig, SessionError, serve_child};
 use agad_net::outbox::Outbox;
 use agad_net::rate::{RateByKey, Verdict};
 use agad_net::server::Limits;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
 use agad_protocol::wire::{
-    Component, ComponentStatus, Control, Message, Replica, Role, State, Upward,
+    Activation, Component, ComponentStatus, Control, Message, Replica, Role, State, Upward,
 };
 use agad_storage::Database;
 use bases::Bases;
@@ -57,6 +58,8 @@ pub struct DominioConfig {
     /// manager so nodes that move here can be sent here. Empty: the
     /// listener's address, unless it is a wildcard (0.0.0.0, [::]).
     pub advertise: Vec<String>,
+    /// How the guardian confirms that a silent node failed.
+    pub guardian: GuardianConfig,
 }
 
 /// The state every task of the station shares.
@@ -77,6 +80,11 @@ pub struct Station {
     /// The replica in force is that of a domain removed from the topology:
     /// nothing is deployed or consolidated until a new replica comes.
     removed: AtomicBool,
+    /// The activation this station serves under, and whether it stepped
+    /// down since (another station serves the domain now).
+    activation: RwLock<Option<(Activation, bool)>>,
+    /// Diagnoses the nodes that go silent.
+    pub guardian: Arc<Guardian>,
 }
 
 impl Station {
@@ -89,6 +97,45 @@ impl Station {
 
     pub fn domain(&self) -> Option<String> {
         self.replica().map(|r| r.topology.domain.name.clone())
+    }
+
+    /// The activation nodes are welcomed under: none once stepped down.
+    pub fn activation(&self) -> Option<Activation> {
+        match &*self.activation.read().unwrap_or_else(|p| p.into_inner()) {
+            Some((a, false)) => Some(a.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether another station took this one's domain over (it keeps its
+    /// replica and delivers what it holds, but serves no node).
+    pub fn is_stepped_down(&self) -> bool {
+        matches!(
+            &*self.activation.read().unwrap_or_else(|p| p.into_inner()),
+            Some((_, true))
+        )
+    }
+
+    /// Records an activation from the top manager (`stepped_down`: the
+    /// domain moved on to another station). Blocking (an fsync).
+    fn activated(&self, activation: Activation, stepped_down: bool) {
+        if let Err(e) = self.bases.record_activation(&activation, stepped_down) {
+            tracing::error!(domain = %activation.domain, "cannot record the activation: {e}");
+        }
+        let domain = activation.domain.clone();
+        let generation = activation.generation;
+        *self.activation.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((activation, stepped_down));
+        if stepped_down {
+            tracing::warn!(%domain, generation, "another station serves the domain now: stepping down (what is queued is still delivered)");
+            let why = format!("domain `{domain}` is served by activation {generation} elsewhere");
+            self.nodes
+                .close_all(|| SessionError::SteppedDown(why.clone()));
+            self.subdomains
+                .close_all(|| SessionError::SteppedDown(why.clone()));
+        } else {
+            tracing::info!(%domain, generation, "activated by the top manager");
+        }
     }
 
     /// Whether the domain of the replica in force was removed.
@@ -183,6 +230,14 @@ impl Element for Station {
         self.domain().filter(|_| !self.is_removed())
     }
 
+    fn generation(&self) -> u64 {
+        self.activation
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |(a, _)| a.generation)
+    }
+
     fn advertise(&self) -> Vec<String> {
         self.advertise.clone()
     }
@@ -197,6 +252,12 @@ impl Element for Station {
                     replica_version: replica.as_ref().map_or(0, |r| r.version),
                 },
                 match &replica {
+                    Some(r) if self.is_stepped_down() => State::Waiting {
+                        reason: format!(
+                            "stepped down: domain `{}` is served by another station",
+                            r.topology.domain.name
+                        ),
+                    },
                     Some(r) if self.is_removed() => State::Waiting {
                         reason: format!(
                             "domain `{}` was removed from the topology",
@@ -218,7 +279,11 @@ impl Element for Station {
                 State::Running,
             ),
         ];
-        out.extend(nodes::status(&self.nodes, replica.as_deref()));
+        out.extend(nodes::status(
+            &self.nodes,
+            &self.guardian,
+            replica.as_deref(),
+        ));
         out.extend(subdomains::status(&self.subdomains, replica.as_deref()));
         out
     }
@@ -238,6 +303,13 @@ pub async fn run(
     let (up_tx, up_rx) = mpsc::channel(1024);
     let replica = bases.replica()?;
     let removed = AtomicBool::new(bases.is_removed()?);
+    let activation = RwLock::new(bases.activation()?);
+    let guardian = Arc::new(Guardian::open(
+        &db,
+        "guardian-nodes",
+        "node",
+        config.guardian.clone(),
+    )?);
     let advertise = if config.advertise.is_empty() {
         match listener.local_addr() {
             Ok(a) if !a.ip().is_unspecified() => vec![a.to_string()],
@@ -261,6 +333,8 @@ pub async fn run(
         enrollments: RateByKey::new(3, Duration::from_secs(20), 10_000),
         advertise,
         removed,
+        activation,
+        guardian,
     });
 
     let (events_tx, mut events) = mpsc::channel(64);
@@ -283,8 +357,21 @@ pub async fn run(
                             tokio::task::spawn_blocking(move || station.apply_replica(*replica))
                                 .await;
                     }
-                    Downlink::Control(Control::AssignDomain { domain }) => {
-                        tracing::info!(%domain, "assigned by the top manager");
+                    Downlink::Control(Control::AssignDomain { domain, generation }) => {
+                        let station = station.clone();
+                        let activation = Activation { domain, generation };
+                        let _ = tokio::task::spawn_blocking(move || {
+                            station.activated(activation, false)
+                        })
+                        .await;
+                    }
+                    Downlink::Control(Control::StepDown { domain, generation }) => {
+                        let station = station.clone();
+                        let activation = Activation { domain, generation };
+                        let _ = tokio::task::spawn_blocking(move || {
+                            station.activated(activation, true)
+                        })
+                        .await;
                     }
                     Downlink::Control(Control::Unassign { domain }) => {
                         let station = station.clone();
@@ -318,6 +405,11 @@ pub async fn run(
     let watchers = [
         tokio::spawn(station.nodes.clone().watch(shutdown.clone())),
         tokio::spawn(station.subdomains.clone().watch(shutdown.clone())),
+        tokio::spawn(station.guardian.clone().run(
+            station.nodes.clone(),
+            Arc::new(nodes::NodeGuardian(station.clone())),
+            shutdown.clone(),
+        )),
     ];
     let serving = {
         let nodes = Arc::new(NodeParent(station.clone()));

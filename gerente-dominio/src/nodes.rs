@@ -3,14 +3,23 @@
 //! stream — each stored in BICD before it is acknowledged.
 
 use crate::Station;
+use agad_guardian::watch::{AGENT_DOWN, HOST_DOWN};
+use agad_guardian::{Guardian, Located, Sink};
 use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionError};
 use agad_net::tls::PeerIdentity;
+use agad_protocol::message::Alarm;
 use agad_protocol::wire::{
-    Component, ComponentStatus, Control, Deployment, Enrollment, Message, Queued, Replica, Role,
-    State, Upward,
+    Activation, Component, ComponentStatus, Control, Deployment, Enrollment, Message, Queued,
+    Replica, Role, State, Upward,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
+
+/// The wall-clock time (Unix ms) of a monotonic instant in the past.
+fn wall_ms(at: Instant) -> u64 {
+    crate::now_ms().saturating_sub(at.elapsed().as_millis() as u64)
+}
 
 /// The domain's connected nodes (nothing kept beyond the common entry).
 pub type Nodes = Children<()>;
@@ -50,6 +59,47 @@ impl Parent for NodeParent {
     }
 
     fn unregistered(&self, _child: &ChildRef, _data: (), _reason: &SessionError) {}
+
+    fn activation(&self) -> Option<Activation> {
+        self.0.activation()
+    }
+}
+
+/// What the guardian of the domain's nodes needs from the station: where a
+/// node's host is (its topology address, else where it connected from),
+/// and where its alarms go (BICD, then upward like a node's own).
+pub struct NodeGuardian(pub Arc<Station>);
+
+impl Sink for NodeGuardian {
+    fn locate(&self, element: &str) -> Located {
+        let station = &self.0;
+        let Some(replica) = station.replica() else {
+            return Located::Gone;
+        };
+        if station.is_stepped_down() || station.is_removed() {
+            return Located::Gone;
+        }
+        match replica.topology.nodes.iter().find(|n| n.name == element) {
+            Some(n) => Located::At {
+                host: n.address.clone(),
+                tcp_port: None,
+            },
+            None => Located::Gone,
+        }
+    }
+
+    fn store(&self, alarm: Alarm) {
+        let station = &self.0;
+        match station.bases.record_alarm(&alarm) {
+            Ok(true) => {
+                if let Err(e) = station.outbox.push(&Upward::Alarm(alarm)) {
+                    tracing::error!("cannot queue a guardian alarm: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!("cannot store a guardian alarm: {e}"),
+        }
+    }
 }
 
 /// How a node that moved out of this domain is answered: sent to its new
@@ -109,19 +159,32 @@ pub fn redeploy(station: &Station, replica: &Replica, only: Option<&str>) {
 
 /// One component per node of the domain: connected, keeping alive, and
 /// how its own components are.
-pub fn status(nodes: &Nodes, replica: Option<&Replica>) -> Vec<ComponentStatus> {
+pub fn status(
+    nodes: &Nodes,
+    guardian: &Guardian,
+    replica: Option<&Replica>,
+) -> Vec<ComponentStatus> {
     let Some(replica) = replica else {
         return Vec::new();
     };
+    let failures = guardian.failures();
     let sessions = nodes.lock();
     replica
         .topology
         .nodes
         .iter()
         .map(|n| {
-            let state = match sessions.get(&n.name) {
-                None => State::NotConnected,
-                Some(e) => e.state(),
+            let (state, since) = match (sessions.get(&n.name), failures.get(&n.name)) {
+                (Some(e), _) => (e.state(), Some(wall_ms(e.connected_at))),
+                (None, Some(f)) => (
+                    State::Failed {
+                        diagnosis: f.diagnosis,
+                        since_ms: f.since_ms,
+                        reason: f.reason.clone(),
+                    },
+                    Some(f.since_ms),
+                ),
+                (None, None) => (State::NotConnected, guardian.silent_since(&n.name)),
             };
             ComponentStatus::new(
                 Component::Node {
@@ -129,6 +192,7 @@ pub fn status(nodes: &Nodes, replica: Option<&Replica>) -> Vec<ComponentStatus> 
                 },
                 state,
             )
+            .since(since)
         })
         .collect()
 }
@@ -198,6 +262,15 @@ fn admission(
             "this station serves no domain yet".into(),
         ));
     };
+    if station.is_stepped_down() {
+        return Some((
+            Enrollment::Pending,
+            format!(
+                "this station stepped down: another station serves domain `{}`",
+                replica.topology.domain.name
+            ),
+        ));
+    }
     // Only a node of this domain may ask to join it: passing up a request
     // for any other name would be a protocol violation of this station,
     // and a stranger could have it disconnected at will.
@@ -253,6 +326,12 @@ fn handle(
             alarm
                 .check_origin(&child.name)
                 .map_err(|e| SessionError::Protocol(e.to_string()))?;
+            // Only the guardian says a node is down (or back).
+            if [HOST_DOWN, AGENT_DOWN].contains(&alarm.key.as_str()) {
+                return Err(SessionError::Protocol(
+                    "a node may not raise or clear the guardian's alarms".into(),
+                ));
+            }
             let new = station.bases.record_alarm(&alarm).map_err(storage)?;
             if new {
                 station

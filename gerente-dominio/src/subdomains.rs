@@ -57,8 +57,11 @@ impl Parent for SubdomainParent {
         let station = &self.0;
         let domain = match station.subdomains.lock().get(&child.name) {
             Some(e) => {
+                // Generation 0: a sub-domain's stations are not fenced
+                // (every connected candidate is activated; see RELIABILITY.md).
                 e.send(Message::Control(Control::AssignDomain {
                     domain: e.data.domain.clone(),
+                    generation: 0,
                 }));
                 e.data.domain.clone()
             }

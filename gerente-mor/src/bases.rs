@@ -43,7 +43,19 @@ pub struct Bases {
     moves: Tree,
     members: Tree,
     tickets: Tree,
+    /// domain → its last [`DomainActivation`].
+    activations: Tree,
     pub big: big::Big,
+}
+
+/// The last activation of a top-level domain's manager: which station, as
+/// which generation. Generations only grow, also across restarts, so a
+/// station and a node can tell a newer manager of a domain from an older.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainActivation {
+    pub generation: u64,
+    pub station: String,
+    pub at_ms: u64,
 }
 
 const TOPOLOGY: &[u8] = b"topology";
@@ -73,6 +85,7 @@ impl Bases {
             moves: db.tree("btpg-moves")?,
             members: db.tree("members")?,
             tickets: db.tree("tickets")?,
+            activations: db.tree("btpg-activations")?,
             big: big::Big::open(db)?,
         })
     }
@@ -185,6 +198,29 @@ impl Bases {
         self.db.flush()?;
         self.close_orphans(Some(&old), topology, now)?;
         Ok(version)
+    }
+
+    /// The last activation of `domain`'s manager.
+    pub fn activation(&self, domain: &str) -> Result<Option<DomainActivation>> {
+        self.activations
+            .get(domain.as_bytes())?
+            .map(|v| decode("activation", &v))
+            .transpose()
+    }
+
+    /// Records that `station` now serves `domain`, as the next generation
+    /// (on disk before the station is told).
+    pub fn activate_domain(&self, domain: &str, station: &str, at_ms: u64) -> Result<u64> {
+        let generation = self.activation(domain)?.map_or(0, |a| a.generation) + 1;
+        let record = DomainActivation {
+            generation,
+            station: station.to_owned(),
+            at_ms,
+        };
+        self.activations
+            .insert(domain.as_bytes(), &wire::encode_value(&record))?;
+        self.db.flush()?;
+        Ok(generation)
     }
 
     /// Every node's last move between domains.

@@ -20,6 +20,7 @@ pub mod bases;
 pub mod query;
 pub mod stations;
 
+use agad_guardian::{Guardian, GuardianConfig};
 use agad_net::children::{Children, ChildrenConfig, serve_child};
 use agad_net::server::Limits;
 use agad_protocol::PublicKey;
@@ -28,6 +29,7 @@ use bases::Bases;
 use stations::{StationParent, Stations};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -45,6 +47,12 @@ pub struct MorConfig {
     /// How long BIG keeps alarms and reports (active alarms stay however
     /// old); `None` keeps everything.
     pub retention: Option<std::time::Duration>,
+    /// After a start, how long a domain waits for the station that served
+    /// it last before another candidate is activated (a restart of the top
+    /// manager moves no domain).
+    pub takeover_grace: Duration,
+    /// How the guardian confirms that a silent station failed.
+    pub guardian: GuardianConfig,
 }
 
 pub struct Mor {
@@ -54,6 +62,13 @@ pub struct Mor {
     pub stations: Arc<Stations>,
     /// Log lines about data refused from a station, per station.
     refusals: agad_net::rate::RateByKey,
+    /// Diagnoses the stations that go silent.
+    pub guardian: Arc<Guardian>,
+    /// Where each station said its nodes reach it (its host and port for
+    /// the guardian's probes, kept after it leaves).
+    advertised: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
+    started: Instant,
+    takeover_grace: Duration,
 }
 
 /// The admin socket of a top manager whose data directory is `data_dir`.
@@ -74,12 +89,35 @@ pub async fn run(
         trusted: config.trusted,
         stations: Arc::new(Children::new(config.children)),
         refusals: agad_net::rate::RateByKey::log_lines(),
+        guardian: Arc::new(Guardian::open(
+            &db,
+            "guardian-stations",
+            "station",
+            config.guardian,
+        )?),
+        advertised: Default::default(),
+        started: Instant::now(),
+        takeover_grace: config.takeover_grace,
     });
     // Finishes what an apply cut short by a stop left: raises that can no
     // longer clear under the topology in force.
     mor.bases
         .close_orphans(None, &mor.bases.topology()?, now_ms())?;
     let watcher = tokio::spawn(mor.stations.clone().watch(shutdown.clone()));
+    let guardian = tokio::spawn(mor.guardian.clone().run(
+        mor.stations.clone(),
+        Arc::new(stations::StationGuardian(mor.clone())),
+        shutdown.clone(),
+    ));
+    // Domains whose last station did not come back within the grace move
+    // on to a standby.
+    let takeover = {
+        let (mor, grace) = (mor.clone(), config.takeover_grace);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = tokio::task::spawn_blocking(move || mor.reconcile()).await;
+        })
+    };
     let admin = tokio::spawn(admin::serve(
         mor.clone(),
         admin_socket(&config.data_dir),
@@ -102,6 +140,8 @@ pub async fn run(
     )
     .await;
     let _ = watcher.await;
+    let _ = guardian.await;
+    takeover.abort();
     admin.abort();
     if let Some(prune) = prune {
         // A prune cut short is finished by the next one.

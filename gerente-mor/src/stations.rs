@@ -4,9 +4,12 @@
 //! report stream into BIG.
 
 use crate::Mor;
+use crate::bases::DomainActivation;
+use agad_guardian::{Located, Sink};
 use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionError};
 use agad_net::rate::Verdict;
 use agad_net::tls::PeerIdentity;
+use agad_protocol::message::Alarm;
 use agad_protocol::text::excerpt;
 use agad_protocol::topology::Topology;
 use agad_protocol::wire::{
@@ -24,8 +27,12 @@ pub struct StationData {
     /// The domain this station serves, if it was activated.
     serving: Option<String>,
     /// The domain whose replica the station said (in its hello) it holds,
-    /// until it is activated or told that domain is gone.
+    /// until it is activated or told that domain is gone or moved on.
     claims: Option<String>,
+    /// The generation of the activation it said it holds (0: none).
+    claimed_generation: u64,
+    /// The generation it serves under, once activated.
+    generation: u64,
     /// Where the station's nodes reach it (from its hello, bounded).
     advertise: Vec<String>,
     /// Digest of the last replica content sent, and its version.
@@ -51,6 +58,21 @@ pub struct DomainStatus {
     pub ms_since_heard: Option<u64>,
     /// The station's components as its last keep-alive described them.
     pub components: Vec<ComponentStatus>,
+    /// The generation of the domain manager's last activation.
+    pub generation: Option<u64>,
+    /// Every candidate station of the domain, in priority order.
+    pub stations: Vec<StationStatus>,
+}
+
+/// A candidate station of a domain, as `agad status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StationStatus {
+    pub name: String,
+    /// Serving the domain (else a standby, or down).
+    pub serving: bool,
+    pub state: State,
+    /// In this state since (Unix ms), where known.
+    pub since_ms: Option<u64>,
 }
 
 /// A serving station as `reconcile` copies it out of the registry.
@@ -90,7 +112,7 @@ impl Parent for StationParent {
                 if changed {
                     mor.reconcile();
                 }
-                Ok(StationData {
+                let data = StationData {
                     // A name, or nothing: it is compared and logged.
                     claims: hello
                         .serving
@@ -103,8 +125,14 @@ impl Parent for StationParent {
                         .take(agad_net::uplink::MAX_PARENTS)
                         .cloned()
                         .collect(),
+                    claimed_generation: hello.generation,
                     ..StationData::default()
-                })
+                };
+                mor.advertised
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer.name.clone(), data.advertise.clone());
+                Ok(data)
             }
             Ok((state, changed)) => {
                 if changed {
@@ -148,15 +176,21 @@ impl Mor {
             Ok(t) => t,
             Err(e) => return tracing::error!("cannot read BTPG: {e}"),
         };
-        // Decide who serves what under the lock; build replicas outside it.
-        let mut advertised: HashMap<String, Vec<String>> = HashMap::new();
-        let serving: Vec<Serving> = {
+        let top_level = || topology.domains.iter().filter(|d| d.parent.is_none());
+        // The last activation of each domain, read before the registry's
+        // lock is taken (every frame of every station takes it too).
+        let mut last: HashMap<String, DomainActivation> = top_level()
+            .filter_map(|d| Some((d.name.clone(), self.bases.activation(&d.name).ok()??)))
+            .collect();
+        // Decide who serves what under the lock; record new activations
+        // (an fsync) and build replicas outside it.
+        let mut activate: Vec<(String, String, u64)> = Vec::new();
+        {
             let mut stations = self.stations.lock();
             // A station whose domain left the topology stops serving it,
             // and is told so (also one that comes back holding the replica
             // of a domain removed meanwhile). A domain that became a
             // sub-domain is activated by its parent's manager instead.
-            let top_level = || topology.domains.iter().filter(|d| d.parent.is_none());
             for e in stations.values_mut() {
                 if let Some(d) = &e.data.serving
                     && !top_level().any(|x| &x.name == d)
@@ -169,9 +203,10 @@ impl Mor {
                     e.data.sent = None;
                 }
                 if e.data.serving.is_none()
-                    && let Some(d) = e.data.claims.take()
+                    && let Some(d) = e.data.claims.clone()
                     && topology.domain(&d).is_none()
                 {
+                    e.data.claims = None;
                     tracing::warn!(domain = %d, station = %e.peer.name, "a station holds a removed domain: told to stop");
                     e.send(Message::Control(Control::Unassign { domain: d }));
                 }
@@ -183,18 +218,103 @@ impl Mor {
                 {
                     continue;
                 }
-                let candidate = domain.stations.iter().find(|name| {
-                    stations
-                        .get(*name)
-                        .is_some_and(|e| e.data.serving.is_none())
+                let previous = last.get(&domain.name);
+                let free = |name: &String| {
+                    domain.stations.contains(name)
+                        && stations.get(name).is_some_and(|e| e.data.serving.is_none())
+                };
+                // The station that served the last activation and still
+                // holds it keeps the domain (a restart of this manager, a
+                // brief partition): no fail-over for nothing.
+                let holder = previous.map(|a| &a.station).filter(|name| {
+                    free(name)
+                        && stations.get(*name).is_some_and(|e| {
+                            e.data.claims.as_deref() == Some(domain.name.as_str())
+                                && e.data.claimed_generation == previous.map_or(0, |a| a.generation)
+                        })
                 });
-                if let Some(e) = candidate.and_then(|name| stations.get_mut(name)) {
-                    tracing::info!(domain = %domain.name, station = %e.peer.name, "activating domain manager");
+                // Just after a start, the last holder may still be dialling in.
+                let wait_for_holder = previous.is_some_and(|a| {
+                    !stations.contains_key(&a.station) && domain.stations.contains(&a.station)
+                }) && self.started.elapsed() < self.takeover_grace;
+                let candidate = match holder {
+                    Some(h) => Some(h.clone()),
+                    None if wait_for_holder => None,
+                    None => domain.stations.iter().find(|n| free(n)).cloned(),
+                };
+                if let Some(e) = candidate.and_then(|name| stations.get_mut(&name)) {
                     e.data.serving = Some(domain.name.clone());
                     e.data.sent = None;
-                    e.send(Message::Control(Control::AssignDomain {
-                        domain: domain.name.clone(),
+                    activate.push((domain.name.clone(), e.peer.name.clone(), e.session));
+                }
+            }
+        }
+        // Every activation is a new generation, on disk before anyone hears of it.
+        let mut activated = Vec::new();
+        for (domain, station, session) in activate {
+            match self
+                .bases
+                .activate_domain(&domain, &station, crate::now_ms())
+            {
+                Ok(generation) => {
+                    if let Ok(Some(a)) = self.bases.activation(&domain) {
+                        last.insert(domain.clone(), a);
+                    }
+                    activated.push((domain, station, session, Some(generation)));
+                }
+                Err(e) => {
+                    tracing::error!(%domain, %station, "cannot record the activation: {e}");
+                    activated.push((domain, station, session, None));
+                }
+            }
+        }
+        let mut advertised: HashMap<String, Vec<String>> = HashMap::new();
+        let serving: Vec<Serving> = {
+            let mut stations = self.stations.lock();
+            for (domain, station, session, generation) in activated {
+                let Some(e) = stations.get_mut(&station) else {
+                    continue;
+                };
+                match generation {
+                    Some(generation) if e.session == session => {
+                        tracing::info!(%domain, %station, generation, "activating domain manager");
+                        e.data.generation = generation;
+                        e.data.claims = None;
+                        e.send(Message::Control(Control::AssignDomain {
+                            domain: domain.clone(),
+                            generation,
+                        }));
+                    }
+                    // Left meanwhile, or not recorded: the next reconcile
+                    // (its reconnection, a standby's) tries again.
+                    _ if e.data.serving.as_deref() == Some(domain.as_str()) => {
+                        e.data.serving = None;
+                    }
+                    _ => {}
+                }
+            }
+            // A station that still holds a domain another one serves now
+            // (it came back after a fail-over) steps down.
+            let served: HashMap<String, String> = stations
+                .iter()
+                .filter_map(|(n, e)| Some((e.data.serving.clone()?, n.clone())))
+                .collect();
+            for (name, e) in stations.iter_mut() {
+                let Some(d) = e.data.claims.clone() else {
+                    continue;
+                };
+                let candidate = topology
+                    .domain(&d)
+                    .is_some_and(|x| x.stations.contains(name));
+                let elsewhere = served.get(&d).is_some_and(|s| s != name);
+                if elsewhere || !candidate {
+                    let generation = last.get(&d).map_or(0, |a| a.generation);
+                    tracing::warn!(domain = %d, station = %name, generation, "a station still holds a domain served elsewhere: told to step down");
+                    e.send(Message::Control(Control::StepDown {
+                        domain: d,
+                        generation,
                     }));
+                    e.data.claims = None;
                 }
             }
             // Where each top-level domain's nodes can go: its serving
@@ -348,6 +468,18 @@ impl Mor {
 
     pub fn domain_status(&self) -> Vec<DomainStatus> {
         let topology = self.bases.topology().unwrap_or_default();
+        let generations: HashMap<String, u64> = topology
+            .domains
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    d.name.clone(),
+                    self.bases.activation(&d.name).ok()??.generation,
+                ))
+            })
+            .collect();
+        let failures = self.guardian.failures();
+        let now = crate::now_ms();
         let stations = self.stations.lock();
         topology
             .domains
@@ -376,6 +508,37 @@ impl Mor {
                     components: serving
                         .map(|(_, e)| e.components.clone())
                         .unwrap_or_default(),
+                    generation: generations.get(&d.name).copied(),
+                    stations: d
+                        .stations
+                        .iter()
+                        .map(|name| match (stations.get(name), failures.get(name)) {
+                            (Some(e), _) => StationStatus {
+                                name: name.clone(),
+                                serving: e.data.serving.as_deref() == Some(&d.name),
+                                state: e.state(),
+                                since_ms: Some(
+                                    now.saturating_sub(e.connected_at.elapsed().as_millis() as u64),
+                                ),
+                            },
+                            (None, Some(f)) => StationStatus {
+                                name: name.clone(),
+                                serving: false,
+                                state: State::Failed {
+                                    diagnosis: f.diagnosis,
+                                    since_ms: f.since_ms,
+                                    reason: f.reason.clone(),
+                                },
+                                since_ms: Some(f.since_ms),
+                            },
+                            (None, None) => StationStatus {
+                                name: name.clone(),
+                                serving: false,
+                                state: State::NotConnected,
+                                since_ms: self.guardian.silent_since(name),
+                            },
+                        })
+                        .collect(),
                 }
             })
             .collect()
@@ -388,6 +551,40 @@ fn content_digest(replica: &Replica) -> [u8; 32] {
     Sha256::digest(wire::encode_value(&replica.without_bytes())).into()
 }
 
+/// What the top manager's guardian needs: where a station's host is (where
+/// it connected from, its nodes' port), and that alarms go into BIG.
+pub struct StationGuardian(pub Arc<Mor>);
+
+impl Sink for StationGuardian {
+    fn locate(&self, element: &str) -> Located {
+        let topology = self.0.bases.topology().unwrap_or_default();
+        if !topology
+            .domains
+            .iter()
+            .any(|d| d.stations.iter().any(|s| s == element))
+        {
+            return Located::Gone;
+        }
+        let advertised = self.0.advertised.lock().unwrap_or_else(|p| p.into_inner());
+        let first = advertised.get(element).and_then(|a| a.first());
+        Located::At {
+            host: first
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.ip().to_string()),
+            tcp_port: first
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok()),
+        }
+    }
+
+    fn store(&self, alarm: Alarm) {
+        match self.0.bases.record_alarm(&alarm) {
+            Ok(_) => {}
+            Err(e) => tracing::error!("cannot store a guardian alarm: {e}"),
+        }
+    }
+}
+
 /// The names a station serving `domain` may speak for: its domain and
 /// every sub-domain below it, their nodes and stations.
 struct Subtree {
@@ -397,8 +594,8 @@ struct Subtree {
 }
 
 impl Subtree {
-    fn of(topology: &Topology, domain: &str) -> Subtree {
-        let mut domains = HashSet::from([domain.to_owned()]);
+    fn of_all(topology: &Topology, roots: &[&str]) -> Subtree {
+        let mut domains: HashSet<String> = roots.iter().map(|d| (*d).to_owned()).collect();
         // Parents come before children nowhere in particular: grow to a fixed point.
         loop {
             let before = domains.len();
@@ -442,11 +639,25 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
         .get(&child.name)
         .and_then(|e| e.data.serving.clone());
     let topology = || mor.bases.topology().map_err(storage);
+    // What a station serves, or, for one that stepped down or waits as a
+    // standby, the domains it is a candidate of: it still delivers what it
+    // acknowledged before a fail-over.
     let subtree = |topology: &Topology| -> Result<Subtree, SessionError> {
-        let domain = serving.as_deref().ok_or_else(|| {
-            SessionError::Protocol("alarms or reports from a station that serves no domain".into())
-        })?;
-        Ok(Subtree::of(topology, domain))
+        let mut domains: Vec<&str> = serving.as_deref().into_iter().collect();
+        if domains.is_empty() {
+            domains = topology
+                .domains
+                .iter()
+                .filter(|d| d.stations.contains(&child.name))
+                .map(|d| d.name.as_str())
+                .collect();
+        }
+        if domains.is_empty() {
+            return Err(SessionError::Protocol(
+                "alarms or reports from a station that serves no domain".into(),
+            ));
+        }
+        Ok(Subtree::of_all(topology, &domains))
     };
     match message {
         Message::Alarm(Queued {
@@ -504,7 +715,14 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                         );
                         seqs.push(seq);
                     }
-                    Upward::DomainReport(r) if subtree(&topology)?.domains.contains(&r.domain) => {
+                    Upward::DomainReport(mut r)
+                        if subtree(&topology)?.domains.contains(&r.domain) =>
+                    {
+                        // One consolidation per window and station: across
+                        // a fail-over the old and the new manager each hold
+                        // part of a window. Keyed by the authenticated
+                        // sender, never by what it claims.
+                        r.id = format!("{}/{}@{}", r.domain, r.window_start_ms, child.name);
                         reports.push((seq, r))
                     }
                     Upward::DomainReport(_) => {

@@ -23,9 +23,10 @@ use crate::waiting::{TooManyWaiting, Waiting};
 use agad_protocol::message::Alarm;
 use agad_protocol::text::{EXCERPT, excerpt};
 use agad_protocol::wire::{
-    ComponentStatus, Control, Enrollment, MAX_FRAME_LEN, Message, Role, Sender, State,
+    Activation, ComponentStatus, Control, Enrollment, MAX_FRAME_LEN, Message, Role, Sender, State,
 };
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -97,6 +98,10 @@ pub struct ChildRef {
     pub role: Role,
     /// Distinguishes a reconnection from the session it replaced.
     pub session: u64,
+    /// Where the child connected from (its host, for the guardian's probes).
+    pub address: Option<SocketAddr>,
+    /// The keep-alive interval it promised (within the level's bounds).
+    pub keepalive: Duration,
 }
 
 /// What happens to a manager's children, for whoever subscribes.
@@ -175,6 +180,9 @@ pub enum SessionError {
     Waiting(#[from] TooManyWaiting),
     #[error("shed: too many connections wait for admission, and this was the oldest")]
     Shed,
+    /// The manager no longer serves its domain (another took over).
+    #[error("this manager stepped down: {0}")]
+    SteppedDown(String),
 }
 
 /// What a child said in its hello.
@@ -189,12 +197,16 @@ pub struct Hello {
     pub keepalive: Duration,
     /// Module hashes (hex) the child already stores.
     pub modules_held: Vec<String>,
+    /// A station: the generation of its activation for `serving` (0: none).
+    pub generation: u64,
 }
 
 /// One connected child.
 pub struct Entry<T> {
     pub session: u64,
     pub peer: PeerIdentity,
+    /// Where the child connected from.
+    pub address: Option<SocketAddr>,
     /// Frames for the child; its writer task sends them in order.
     pub to_child: mpsc::Sender<Message>,
     /// Module hashes the child holds (from its hello, plus what was sent).
@@ -214,6 +226,8 @@ impl<T> Entry<T> {
             name: self.peer.name.clone(),
             role: self.peer.role,
             session: self.session,
+            address: self.address,
+            keepalive: self.detector.interval(),
         }
     }
 
@@ -295,6 +309,16 @@ impl<T: Send + 'static> Children<T> {
     /// Connections with a certificate that are not admitted yet.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Closes every child's session, each with `reason()` (a manager that
+    /// stops serving). They are unregistered as for any other end.
+    pub fn close_all(&self, reason: impl Fn() -> SessionError) {
+        for entry in self.lock().values_mut() {
+            if let Some(close) = entry.close.take() {
+                let _ = close.send(reason());
+            }
+        }
     }
 
     /// The child's current session, if connected.
@@ -381,6 +405,12 @@ pub trait Parent: Send + Sync + 'static {
     /// The session ended; its entry is already out of the registry. Runs
     /// on the blocking pool.
     fn unregistered(&self, child: &ChildRef, data: Self::Data, reason: &SessionError);
+
+    /// The activation this parent serves under, told to every child it
+    /// welcomes (a domain manager's domain and generation; fencing).
+    fn activation(&self) -> Option<Activation> {
+        None
+    }
 }
 
 /// Serves one authenticated connection as a child of `parent`, from hello to
@@ -422,7 +452,7 @@ async fn session<P: Parent>(
         peer,
         mut reader,
         mut writer,
-        ..
+        address,
     } = connection;
     if peer.role != parent.role() {
         return Err(SessionError::Role(peer.role));
@@ -449,12 +479,14 @@ async fn session<P: Parent>(
             keepalive_ms,
             serving,
             advertise,
+            generation,
             ..
         })))) => Hello {
             ticket,
             serving,
             advertise,
             modules_held,
+            generation,
             keepalive: Duration::from_millis(keepalive_ms)
                 .clamp(config.keepalive_bounds.0, config.keepalive_bounds.1),
         },
@@ -498,6 +530,7 @@ async fn session<P: Parent>(
         let entry = Entry {
             session: session_id,
             peer: peer.clone(),
+            address,
             to_child: to_child.clone(),
             held: hello.modules_held.into_iter().collect(),
             components: Vec::new(),
@@ -534,10 +567,13 @@ async fn session<P: Parent>(
         name: peer.name.clone(),
         role: peer.role,
         session: session_id,
+        address,
+        keepalive: hello.keepalive,
     };
     let _ = to_child.try_send(Message::Control(Control::Welcome {
         enrollment: Enrollment::Active,
         reason: String::new(),
+        activation: parent.activation(),
     }));
     if let Verdict::Allowed { suppressed } = children.log.check(&peer.fingerprint) {
         tracing::info!(session = session_id, suppressed, "child registered");
@@ -692,7 +728,11 @@ fn keep_alive<T: Send + 'static>(
 /// Tells a child why it is not admitted (it retries later), then closes.
 async fn refuse(writer: &mut crate::conn::Writer, enrollment: Enrollment, reason: String) {
     let _ = writer
-        .send(&Message::Control(Control::Welcome { enrollment, reason }))
+        .send(&Message::Control(Control::Welcome {
+            enrollment,
+            reason,
+            activation: None,
+        }))
         .await;
     let _ = writer.shutdown().await;
 }

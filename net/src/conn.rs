@@ -511,6 +511,7 @@ mod tests {
     async fn a_reader_told_its_sender_refuses_what_that_end_may_not_send() {
         let assign = Message::Control(Control::AssignDomain {
             domain: "lab".into(),
+            generation: 1,
         });
         let reports = Message::Reports(vec![]);
         // A manager reading its child: acks pass, orders do not.

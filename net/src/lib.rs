@@ -17,6 +17,7 @@
 //! - [`children`]: a manager's children — registry, session lifecycle,
 //!   liveness and the typed events other parts subscribe to.
 //! - [`liveness`]: accrual failure detection, used both ways on every link.
+//! - [`fence`]: a child refuses a domain manager older than one it accepted.
 //! - [`waiting`]: peers with a certificate not admitted yet, bounded in all
 //!   and per certificate.
 //! - [`rate`]: token buckets: a child's frame pace, log lines per peer.
@@ -25,6 +26,7 @@
 
 pub mod children;
 pub mod conn;
+pub mod fence;
 pub mod liveness;
 pub mod outbox;
 pub mod pki;

@@ -121,6 +121,11 @@ impl Detector {
         }
     }
 
+    /// The interval the peer promised.
+    pub fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
     pub fn last_heard(&self) -> Instant {
         self.last
     }

@@ -12,7 +12,9 @@ use crate::liveness::{Detector, LivenessConfig, OwnLag};
 use crate::outbox::{Class, Outbox};
 use crate::tls::PeerIdentity;
 use agad_protocol::text::excerpt;
-use agad_protocol::wire::{ComponentStatus, Control, Enrollment, Message, Queued, Role, Sender};
+use agad_protocol::wire::{
+    Activation, ComponentStatus, Control, Enrollment, Message, Queued, Role, Sender,
+};
 use rand::Rng;
 use rustls::ClientConfig;
 use std::sync::Arc;
@@ -84,6 +86,20 @@ pub trait Element: Send + Sync + 'static {
     /// A station: where its own children reach it (said in the hello).
     fn advertise(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// A station: the generation of its activation for the domain it
+    /// serves (said in the hello; 0 for none).
+    fn generation(&self) -> u64 {
+        0
+    }
+    /// Fencing: whether to stay with a parent that welcomed this element
+    /// under `activation`. An element that saw a newer activation of that
+    /// domain refuses an older one (a manager that came back after its
+    /// domain moved on); one that accepts remembers it. Called before the
+    /// element sends anything beyond its hello.
+    fn accept_parent(&self, activation: Option<&Activation>) -> Result<(), String> {
+        let _ = activation;
+        Ok(())
     }
 }
 
@@ -221,6 +237,7 @@ async fn session(
             keepalive_ms: config.keepalive.as_millis() as u64,
             serving: element.serving(),
             advertise: element.advertise(),
+            generation: element.generation(),
         }))
         .await
         .map_err(|e| e.to_string())?;
@@ -228,9 +245,14 @@ async fn session(
     match incoming.recv().await {
         Some(Ok(Message::Control(Control::Welcome {
             enrollment: Enrollment::Active,
+            activation,
             ..
-        }))) => {}
-        Some(Ok(Message::Control(Control::Welcome { enrollment, reason }))) => {
+        }))) => element
+            .accept_parent(activation.as_ref())
+            .map_err(|reason| format!("{address} refused as a parent: {reason}"))?,
+        Some(Ok(Message::Control(Control::Welcome {
+            enrollment, reason, ..
+        }))) => {
             // The parent's words: logged and passed on, but never unbounded.
             // The parent's words, short and printable: a rogue parent cannot
             // fill the log or forge lines.

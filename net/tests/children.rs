@@ -330,6 +330,7 @@ async fn raw_child(
             keepalive_ms: keepalive.as_millis() as u64,
             serving: None,
             advertise: Vec::new(),
+            generation: 0,
         }))
         .await
         .unwrap();
@@ -423,6 +424,7 @@ async fn silent_parent(pki: &Pki, role: Role) -> (String, tokio::task::JoinHandl
                     .send(&Message::Control(Control::Welcome {
                         enrollment: Enrollment::Active,
                         reason: String::new(),
+                        activation: None,
                     }))
                     .await
                     .unwrap();

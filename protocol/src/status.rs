@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct ComponentStatus {
     pub component: Component,
     pub state: State,
+    /// Since when it is in this state (ms since the Unix epoch), if known.
+    pub since_ms: Option<u64>,
 }
 
 /// What the component is.
@@ -69,11 +71,48 @@ pub enum State {
         silent_ms: u64,
     },
     NotConnected,
+    /// The guardian confirmed a silent child failed: `diagnosis` from
+    /// probing its host, since `since_ms` (Unix ms), `reason` what the
+    /// probe saw.
+    Failed {
+        diagnosis: Diagnosis,
+        since_ms: u64,
+        reason: String,
+    },
+}
+
+/// What the guardian found when it probed a silent element's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Diagnosis {
+    /// The host answered neither ICMP echo nor TCP: it (or its link) is down.
+    HostDown,
+    /// The host answers but the element does not: its process failed.
+    AgentDown,
+}
+
+impl Diagnosis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Diagnosis::HostDown => "host down",
+            Diagnosis::AgentDown => "agent down",
+        }
+    }
 }
 
 impl ComponentStatus {
     pub fn new(component: Component, state: State) -> ComponentStatus {
-        ComponentStatus { component, state }
+        ComponentStatus {
+            component,
+            state,
+            since_ms: None,
+        }
+    }
+
+    /// The same, in this state since `ms` (Unix ms).
+    pub fn since(mut self, ms: Option<u64>) -> ComponentStatus {
+        self.since_ms = ms;
+        self
     }
 
     pub fn healthy(&self) -> bool {
@@ -118,6 +157,9 @@ impl std::fmt::Display for State {
             }
             State::Stale { silent_ms } => write!(f, "stale: silent for {} s", silent_ms / 1000),
             State::NotConnected => f.write_str("not connected"),
+            State::Failed {
+                diagnosis, reason, ..
+            } => write!(f, "failed, {}: {reason}", diagnosis.as_str()),
         }
     }
 }

@@ -234,16 +234,25 @@ pub enum Control {
         /// A station: where its own children (nodes, sub-domain stations)
         /// reach it, so a node that moves to its domain can be sent there.
         advertise: Vec<String>,
+        /// A station: the generation of its last activation for `serving`
+        /// (0: none), so a parent can keep the station that still serves.
+        generation: u64,
     },
     /// The answer to `Hello`. Anything but `Active` is followed by a close;
     /// the peer retries later.
     Welcome {
         enrollment: Enrollment,
         reason: String,
+        /// A domain manager: the domain it serves and the generation of its
+        /// activation. A child remembers the highest generation it saw per
+        /// domain and refuses a parent with an older one (fencing).
+        activation: Option<Activation>,
     },
-    /// Top manager → station: serve this domain (then `Replicate`).
+    /// Parent → station: serve this domain (then `Replicate`), as activation
+    /// `generation` (persisted by both; higher than every earlier one).
     AssignDomain {
         domain: String,
+        generation: u64,
     },
     /// Top manager → domain manager: a new version of the domain's bases.
     Replicate(Box<Replica>),
@@ -289,6 +298,20 @@ pub enum Control {
         domain: String,
         parents: Vec<String>,
     },
+    /// Top manager → station: `domain` is served by another station since
+    /// activation `generation`; stop serving it (keep the replica, refuse
+    /// nodes, deliver what is queued) until activated again.
+    StepDown {
+        domain: String,
+        generation: u64,
+    },
+}
+
+/// Which activation of a domain's manager a station serves under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    pub domain: String,
+    pub generation: u64,
 }
 
 /// One outbox entry on the wire: the sender's sequence number, which the
@@ -381,12 +404,13 @@ pub enum MessageKind {
     Ack,
     Unassign,
     Redirect,
+    StepDown,
     Alarm,
     Reports,
 }
 
 /// `Control`'s variants in declaration order, which is their wire index.
-const CONTROL_KINDS: [MessageKind; 12] = [
+const CONTROL_KINDS: [MessageKind; 13] = [
     MessageKind::Hello,
     MessageKind::Welcome,
     MessageKind::AssignDomain,
@@ -399,13 +423,14 @@ const CONTROL_KINDS: [MessageKind; 12] = [
     MessageKind::Ack,
     MessageKind::Unassign,
     MessageKind::Redirect,
+    MessageKind::StepDown,
 ];
 /// `Message`'s variants in declaration order (`None`: a `Control`).
 const MESSAGE_KINDS: [Option<MessageKind>; 3] =
     [None, Some(MessageKind::Alarm), Some(MessageKind::Reports)];
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 14] = [
+    pub const ALL: [MessageKind; 15] = [
         MessageKind::Hello,
         MessageKind::Welcome,
         MessageKind::AssignDomain,
@@ -418,6 +443,7 @@ impl MessageKind {
         MessageKind::Ack,
         MessageKind::Unassign,
         MessageKind::Redirect,
+        MessageKind::StepDown,
         MessageKind::Alarm,
         MessageKind::Reports,
     ];
@@ -437,6 +463,7 @@ impl MessageKind {
                 Control::Ack { .. } => MessageKind::Ack,
                 Control::Unassign { .. } => MessageKind::Unassign,
                 Control::Redirect { .. } => MessageKind::Redirect,
+                Control::StepDown { .. } => MessageKind::StepDown,
             },
             Message::Alarm(_) => MessageKind::Alarm,
             Message::Reports(_) => MessageKind::Reports,
@@ -449,7 +476,7 @@ impl MessageKind {
     pub fn may_come_from(self, sender: Sender) -> bool {
         use MessageKind::*;
         match self {
-            Welcome | AssignDomain | Replicate | Deploy | Unassign | Redirect => {
+            Welcome | AssignDomain | Replicate | Deploy | Unassign | Redirect | StepDown => {
                 sender == Sender::Parent
             }
             Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports => sender == Sender::Child,
@@ -471,6 +498,7 @@ impl MessageKind {
             MessageKind::Ack => "ack",
             MessageKind::Unassign => "unassign",
             MessageKind::Redirect => "redirect",
+            MessageKind::StepDown => "step-down",
             MessageKind::Alarm => "alarm",
             MessageKind::Reports => "reports",
         }
@@ -1099,13 +1127,19 @@ mod tests {
                 keepalive_ms: 10_000,
                 serving: None,
                 advertise: vec![],
+                generation: 0,
             }),
             MessageKind::Welcome => control(Control::Welcome {
                 enrollment: Enrollment::Active,
                 reason: String::new(),
+                activation: Some(Activation {
+                    domain: "lab".into(),
+                    generation: 3,
+                }),
             }),
             MessageKind::AssignDomain => control(Control::AssignDomain {
                 domain: "lab".into(),
+                generation: 3,
             }),
             MessageKind::Replicate => control(Control::Replicate(Box::new(replica(1, vec![])))),
             MessageKind::ReplicaAck => control(Control::ReplicaAck { version: 1 }),
@@ -1131,6 +1165,10 @@ mod tests {
             MessageKind::Redirect => control(Control::Redirect {
                 domain: "lab".into(),
                 parents: vec!["127.0.0.1:7000".into()],
+            }),
+            MessageKind::StepDown => control(Control::StepDown {
+                domain: "lab".into(),
+                generation: 4,
             }),
             MessageKind::Alarm => Message::Alarm(Queued {
                 seq: 1,
@@ -1170,7 +1208,15 @@ mod tests {
             }
         }
         use MessageKind::*;
-        let parent_only = [Welcome, AssignDomain, Replicate, Deploy, Unassign, Redirect];
+        let parent_only = [
+            Welcome,
+            AssignDomain,
+            Replicate,
+            Deploy,
+            Unassign,
+            Redirect,
+            StepDown,
+        ];
         let child_only = [Hello, Enroll, ReplicaAck, DeployAck, Alarm, Reports];
         for kind in MessageKind::ALL {
             assert_eq!(

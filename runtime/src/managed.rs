@@ -6,10 +6,13 @@
 
 use crate::node::{Event, ModuleConfig, Node};
 use crate::refusals::RefusalAlarms;
+use agad_net::fence::Fence;
 use agad_net::outbox::Outbox;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
 use agad_protocol::Bundle;
-use agad_protocol::wire::{Component, ComponentStatus, Control, Deployment, State, Upward};
+use agad_protocol::wire::{
+    Activation, Component, ComponentStatus, Control, Deployment, State, Upward,
+};
 use agad_storage::Tree;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,6 +44,8 @@ struct Managed {
     refusals: RefusalAlarms,
     /// Sends the refusal alarms of the last deployment.
     refusal_sender: Mutex<Option<JoinHandle<()>>>,
+    /// The newest activation of its domain's manager this node accepted.
+    fence: Fence,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,6 +96,10 @@ impl Element for Managed {
         }));
         out.sort_by_key(|a| a.component.to_string());
         out
+    }
+
+    fn accept_parent(&self, activation: Option<&Activation>) -> Result<(), String> {
+        self.fence.accept(activation)
     }
 }
 
@@ -366,6 +375,7 @@ pub async fn run(
         bundles: db.tree("bundles")?,
         refusals: RefusalAlarms::open(&node.settings().name, &db)?,
         refusal_sender: Mutex::default(),
+        fence: Fence::open(&db)?,
         node,
         running: Mutex::default(),
         faults: Mutex::default(),

@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+use agad_guardian::watch::{AGENT_DOWN, HOST_DOWN};
 use agad_protocol::message::{Alarm, Provenance, Summary};
 use anyhow::{Context, bail};
 use rustix::process::{Pid, Signal, kill_process};
@@ -688,12 +689,25 @@ impl Deployment {
             |d| {
                 let big = d.alarms()?;
                 let queued = d.queued_alarm_ids(node);
+                // What the top manager's guardian said about stations is in
+                // BIG only.
+                let in_bicd = big.iter().filter(|a| !d.about_a_station(a)).count();
                 Ok(
-                    (queued.is_subset(&alarm_ids(&big)) && d.bicd_alarms()? == Some(big.len()))
+                    (queued.is_subset(&alarm_ids(&big)) && d.bicd_alarms()? == Some(in_bicd))
                         .then_some(()),
                 )
             },
         )
+    }
+
+    /// Whether the top manager's guardian raised or cleared `alarm` about
+    /// one of this deployment's stations (host down, agent down).
+    pub fn about_a_station(&self, alarm: &Alarm) -> bool {
+        is_guardian_alarm(alarm)
+            && self
+                .processes
+                .get(&alarm.node)
+                .is_some_and(|p| p.args.first().map(String::as_str) == Some("dominio"))
     }
 
     /// BICD's alarm count as the serving station reports it in its
@@ -722,6 +736,12 @@ impl Deployment {
             .get_mut(name)
             .with_context(|| format!("no process called {name}"))
     }
+}
+
+/// Whether a guardian raised or cleared `alarm` (an element found down, or
+/// back): no module queued it.
+pub fn is_guardian_alarm(alarm: &Alarm) -> bool {
+    [HOST_DOWN, AGENT_DOWN].contains(&alarm.key.as_str())
 }
 
 /// The ids of `alarms`.

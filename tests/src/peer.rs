@@ -85,6 +85,7 @@ pub fn hello(role: Role, ticket: Option<String>) -> Message {
         keepalive_ms: 1000,
         serving: None,
         advertise: Vec::new(),
+        generation: 0,
     })
 }
 

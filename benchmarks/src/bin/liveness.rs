@@ -296,6 +296,7 @@ async fn freezing_child(
             keepalive_ms: interval.as_millis() as u64,
             serving: None,
             advertise: Vec::new(),
+            generation: 0,
         }))
         .await?;
     let (beats, phase, freeze_after) = {

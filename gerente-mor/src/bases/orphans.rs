@@ -61,6 +61,9 @@ pub struct Orphans<'a> {
     assigned: BTreeSet<(String, String)>,
     /// Each node of `new` and its domain (looked up once per raise).
     domain_of: HashMap<&'a str, &'a str>,
+    /// The candidate stations of `new`'s domains: the guardian raises
+    /// alarms about them (host down, agent down) under the runtime's name.
+    stations: BTreeSet<&'a str>,
 }
 
 impl<'a> Orphans<'a> {
@@ -81,18 +84,30 @@ impl<'a> Orphans<'a> {
             .iter()
             .map(|n| (n.name.as_str(), n.domain.as_str()))
             .collect();
+        let stations = new
+            .domains
+            .iter()
+            .flat_map(|d| d.stations.iter().map(String::as_str))
+            .collect();
         Orphans {
             old,
             new,
             moves,
             assigned,
             domain_of,
+            stations,
         }
     }
 
     /// Why the raise `alarm` can never clear, if so.
     pub fn reason(&self, alarm: &Alarm) -> Option<String> {
         let node = &alarm.node;
+        if alarm.module == RUNTIME_MODULE
+            && !self.domain_of.contains_key(node.as_str())
+            && self.stations.contains(node.as_str())
+        {
+            return None;
+        }
         let Some(&domain) = self.domain_of.get(node.as_str()) else {
             let removed_domain = self
                 .old

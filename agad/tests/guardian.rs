@@ -1,0 +1,356 @@
+//! The guardian with real processes on loopback (top manager, two candidate
+//! stations of one domain, nodes, all `agad` processes with real mutual
+//! TLS and the real inspectors): a killed domain manager's role moves to
+//! its standby and every node follows, nothing the node queued is lost or
+//! doubled, the old manager steps down when it returns and nodes refuse it
+//! while it still believes it serves (fencing); a killed or frozen node is
+//! diagnosed "agent down" and cleared when it is back. Faults that need
+//! separate hosts (a link down: "host down") are in `guardian_hosts.rs`.
+#![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
+
+use agad_protocol::message::Alarm;
+use agad_tests::hierarchy::{Deployment, Options, is_guardian_alarm};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// The domain's report window in these tests.
+const WINDOW_MS: u64 = 2000;
+
+fn deployment() -> anyhow::Result<Deployment> {
+    Deployment::start(
+        Path::new(env!("CARGO_BIN_EXE_agad")),
+        Options {
+            // "report queued" lines: what the node durably buffered.
+            log_filter: "info,agad_runtime::managed=debug".into(),
+            ..Options::default()
+        },
+    )
+}
+
+/// Domain `d1` with candidate stations `stations` (priority order), 2 s
+/// windows, and cpu-mem raising its memory alarm on every node of `nodes`.
+fn topology(stations: &[&str], nodes: &[&str]) -> String {
+    let list = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut t = format!(
+        "[[domain]]\nname = \"d1\"\nstations = [{}]\nreport_window = \"2s\"\n",
+        list(stations)
+    );
+    for n in nodes {
+        t += &format!("\n[[node]]\nname = \"{n}\"\ndomain = \"d1\"\naddress = \"127.0.0.1\"\n");
+    }
+    t + &format!(
+        "\n[[assign]]\nmodule = \"cpu-mem\"\nnodes = [{}]\n[assign.config]\nperiod = \"500ms\"\nwindow_secs = 1\nmem_percent = 0.1\n",
+        list(nodes)
+    )
+}
+
+/// The domain's entry in `agad status --json`.
+fn domain(d: &Deployment) -> anyhow::Result<serde_json::Value> {
+    let status = d.status()?;
+    Ok(status["domains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["domain"] == "d1")
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Who serves d1, as which activation, per the top manager.
+fn served_by(d: &Deployment) -> anyhow::Result<(Option<String>, Option<u64>)> {
+    let domain = domain(d)?;
+    Ok((
+        domain["station"].as_str().map(str::to_owned),
+        domain["generation"].as_u64(),
+    ))
+}
+
+/// Whether the serving station says `node` is connected.
+fn connected(d: &Deployment, node: &str) -> anyhow::Result<bool> {
+    Ok(d.component_state(&json!({"node": {"name": node}}))?
+        .is_some_and(|s| s.get("connected").is_some()))
+}
+
+fn guardian_alarms(d: &Deployment, node: &str, key: &str) -> anyhow::Result<Vec<Alarm>> {
+    Ok(d.alarms()?
+        .into_iter()
+        .filter(|a| a.node == node && a.key == key)
+        .collect())
+}
+
+/// The windows of the reports `node` logged as durably queued.
+fn queued_windows(d: &Deployment, node: &str) -> BTreeSet<u64> {
+    d.log(node)
+        .lines()
+        .filter(|l| l.contains("report queued"))
+        .filter_map(|l| {
+            l.split("time_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .map(|t: u64| t - t % WINDOW_MS)
+        .collect()
+}
+
+#[test]
+fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_returns()
+-> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    d.apply(&topology(&["s1", "s2"], &["n1", "n2"]))?;
+    let s1 = d.start_station("s1")?;
+    // s2 after s1 serves: the first candidate to connect gets the domain.
+    d.wait_for("s1 serving d1", |d| {
+        Ok((served_by(d)?.0.as_deref() == Some("s1")).then_some(()))
+    })?;
+    let s2 = d.start_station("s2")?;
+    let both = format!("{s1},{s2}");
+    d.start_node("n1", &both)?;
+    d.start_node("n2", &both)?;
+    d.wait_for("s1 serving d1 with both nodes", |d| {
+        Ok(
+            (served_by(d)?.0.as_deref() == Some("s1")
+                && connected(d, "n1")?
+                && connected(d, "n2")?)
+            .then_some(()),
+        )
+    })?;
+    let (_, first) = served_by(&d)?;
+    let first = first.expect("an activation generation in the status");
+    d.wait_for("reports of both nodes in BIG", |d| {
+        let rows = d.reports()?;
+        Ok(
+            (rows.iter().any(|r| r.node == "n1") && rows.iter().any(|r| r.node == "n2"))
+                .then_some(()),
+        )
+    })?;
+
+    // The domain manager dies: the standby takes the domain over, as a
+    // newer activation, and both nodes reconnect to it.
+    d.kill9("s1")?;
+    d.wait_for("s2 serving d1 with both nodes", |d| {
+        Ok(
+            (served_by(d)?.0.as_deref() == Some("s2")
+                && connected(d, "n1")?
+                && connected(d, "n2")?)
+            .then_some(()),
+        )
+    })?;
+    let (_, second) = served_by(&d)?;
+    assert!(second > Some(first), "{second:?} after {first}");
+    // The top manager's guardian found s1's host up and s1 silent.
+    let down = d.wait_for("s1 diagnosed agent down", |d| {
+        Ok(guardian_alarms(d, "s1", "agad.agent-down")?
+            .into_iter()
+            .find(|a| a.raised))
+    })?;
+    assert!(down.message.contains("agent down"), "{down:?}");
+    let status = domain(&d)?;
+    let s1_state = status["stations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "s1")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        s1_state["state"]["failed"]["diagnosis"] == "agent-down"
+            && s1_state["since_ms"].as_u64().is_some(),
+        "{s1_state}"
+    );
+
+    // The old manager comes back holding d1's replica: it is told to step
+    // down, the nodes stay with s2, and its alarm clears.
+    d.restart("s1")?;
+    d.wait_for("s1 to step down", |d| {
+        Ok(d.log("s1").contains("stepping down").then_some(()))
+    })?;
+    d.wait_for("s1's agent-down cleared", |d| {
+        Ok(guardian_alarms(d, "s1", "agad.agent-down")?
+            .iter()
+            .any(|a| !a.raised)
+            .then_some(()))
+    })?;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(served_by(&d)?, (Some("s2".to_owned()), second));
+    assert!(connected(&d, "n1")? && connected(&d, "n2")?);
+    let restarted = since_last_start(&d.log("s1"));
+    assert!(
+        !restarted.contains("child registered"),
+        "no node may join the stepped-down s1:\n{restarted}"
+    );
+
+    // Nothing a node queued is lost or doubled across the fail-over: every
+    // alarm once, every window of every node in BIG, once per series.
+    for node in ["n1", "n2"] {
+        let queued = d.queued_alarm_ids(node);
+        d.wait_for(&format!("every alarm {node} queued in BIG"), |d| {
+            let ids: BTreeSet<String> = d.alarms()?.into_iter().map(|a| a.id).collect();
+            Ok(queued.is_subset(&ids).then_some(()))
+        })?;
+        let windows: BTreeSet<u64> = queued_windows(&d, node)
+            .into_iter()
+            // The last window may still be on its way.
+            .filter(|w| *w + 3 * WINDOW_MS < now_ms())
+            .collect();
+        let in_big = |d: &Deployment| -> anyhow::Result<BTreeMap<(u64, String), usize>> {
+            let mut rows = BTreeMap::new();
+            for r in d.reports()? {
+                if r.node == node && r.summary.metric == "mem.used-percent" {
+                    *rows
+                        .entry((r.window_start_ms, r.summary.subject.clone()))
+                        .or_insert(0) += 1;
+                }
+            }
+            Ok(rows)
+        };
+        let settled = d.wait_for(&format!("every window {node} queued in BIG"), |d| {
+            let have: BTreeSet<u64> = in_big(d)?.keys().map(|(w, _)| *w).collect();
+            Ok(windows.is_subset(&have).then_some(()))
+        });
+        let have: BTreeSet<u64> = in_big(&d)?.keys().map(|(w, _)| *w).collect();
+        let missing: Vec<_> = windows.difference(&have).collect();
+        assert!(
+            settled.is_ok() && missing.is_empty(),
+            "{node}'s windows never in BIG: {missing:?}"
+        );
+        let doubled: Vec<_> = in_big(&d)?.into_iter().filter(|(_, n)| *n > 1).collect();
+        assert!(
+            doubled.is_empty(),
+            "{node}'s rows in BIG twice: {doubled:?}"
+        );
+    }
+    let big = d.alarms()?;
+    let ids: BTreeSet<&str> = big.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids.len(), big.len(), "no alarm twice in BIG");
+    Ok(())
+}
+
+#[test]
+fn nodes_refuse_a_manager_whose_domain_moved_on_until_it_is_activated_again() -> anyhow::Result<()>
+{
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    d.apply(&topology(&["s1", "s2"], &["n1"]))?;
+    let s1 = d.start_station("s1")?;
+    // s2 after s1 serves: the first candidate to connect gets the domain.
+    d.wait_for("s1 serving d1", |d| {
+        Ok((served_by(d)?.0.as_deref() == Some("s1")).then_some(()))
+    })?;
+    let s2 = d.start_station("s2")?;
+    d.start_node("n1", &format!("{s1},{s2}"))?;
+    d.wait_for("n1 under s1", |d| {
+        Ok((served_by(d)?.0.as_deref() == Some("s1") && connected(d, "n1")?).then_some(()))
+    })?;
+    d.kill9("s1")?;
+    d.wait_for("n1 under s2", |d| {
+        Ok((served_by(d)?.0.as_deref() == Some("s2") && connected(d, "n1")?).then_some(()))
+    })?;
+
+    // s1 comes back while no top manager can tell it the domain moved on
+    // (and s2 is gone too): it serves under its old activation, and the
+    // node, which saw the newer one, refuses it.
+    let links_to_s1 = |d: &Deployment| d.log("n1").matches("link up parent=s1").count();
+    let before = links_to_s1(&d);
+    d.kill9("mor")?;
+    d.kill9("s2")?;
+    d.restart("s1")?;
+    d.wait_for("n1 to refuse s1", |d| {
+        Ok(d.log("n1").contains("(fenced)").then_some(()))
+    })?;
+    // s1 welcomed it, and the node left before sending a single frame.
+    assert_eq!(links_to_s1(&d), before, "{}", d.log("n1"));
+
+    // The top manager returns; s2 does not, so after its grace the domain
+    // moves to s1 as a newer activation, which the node accepts.
+    d.restart_mor()?;
+    d.wait_for("n1 under s1 again", |d| {
+        Ok((served_by(d)?.0.as_deref() == Some("s1") && connected(d, "n1")?).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_killed_or_frozen_node_is_diagnosed_agent_down_and_cleared_when_back() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    d.apply(&topology(&["s1"], &["n1"]))?;
+    let s1 = d.start_station("s1")?;
+    d.start_node("n1", &s1)?;
+    d.wait_for("n1 connected", |d| Ok(connected(d, "n1")?.then_some(())))?;
+
+    for fault in ["kill -9", "SIGSTOP"] {
+        let before: BTreeSet<String> = guardian_alarms(&d, "n1", "agad.agent-down")?
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        if fault == "kill -9" {
+            d.kill9("n1")?;
+        } else {
+            d.sigstop("n1")?;
+        }
+        let fresh = |d: &Deployment| -> anyhow::Result<Vec<Alarm>> {
+            Ok(guardian_alarms(d, "n1", "agad.agent-down")?
+                .into_iter()
+                .filter(|a| !before.contains(&a.id))
+                .collect())
+        };
+        let raised = d.wait_for(&format!("n1 agent down after {fault}"), |d| {
+            Ok(fresh(d)?.into_iter().find(|a| a.raised))
+        })?;
+        assert!(
+            raised.message.contains("answers ICMP echo") && raised.message.contains("silent"),
+            "{raised:?}"
+        );
+        // The station's next keep-alive carries the node's state.
+        d.wait_for("n1 shown failed, agent down, in the status", |d| {
+            let state = d.component_state(&json!({"node": {"name": "n1"}}))?;
+            Ok(state
+                .is_some_and(|s| s["failed"]["diagnosis"] == "agent-down")
+                .then_some(()))
+        })?;
+        if fault == "kill -9" {
+            d.restart("n1")?;
+        } else {
+            d.sigcont("n1")?;
+        }
+        d.wait_for(&format!("n1's agent down cleared after {fault}"), |d| {
+            Ok(fresh(d)?.iter().any(|a| !a.raised).then_some(()))
+        })?;
+        d.wait_for("n1 connected again", |d| {
+            Ok(connected(d, "n1")?.then_some(()))
+        })?;
+    }
+    // No host was ever down, and only the guardian raised its keys.
+    assert!(guardian_alarms(&d, "n1", "agad.host-down")?.is_empty());
+    assert!(
+        d.alarms()?
+            .iter()
+            .filter(|a| is_guardian_alarm(a))
+            .all(|a| a.module == "agad")
+    );
+    Ok(())
+}
+
+/// What a station logged in its last run.
+fn since_last_start(log: &str) -> String {
+    let start = log.rfind("domain manager listening on").unwrap_or(0);
+    log[start..].to_owned()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

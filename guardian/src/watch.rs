@@ -1,0 +1,513 @@
+//! The guardian of one registry of children (a domain manager's nodes, the
+//! top manager's stations): it diagnoses every child that goes silent and
+//! raises, changes and clears the "host down" / "agent down" alarms.
+
+use crate::probe::{Probe, ProbeConfig, Target, probe};
+use agad_net::children::{ChildEvent, ChildRef, Children};
+use agad_protocol::Area;
+use agad_protocol::message::{Alarm, Comparison, Provenance, Severity};
+use agad_protocol::status::Diagnosis;
+use agad_protocol::text::excerpt;
+use agad_storage::{Database, StorageError, Tree};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// The module name of the alarms the guardian raises: the runtime's own
+/// (they belong to the element, not to an assigned module).
+pub const MODULE: &str = "agad";
+/// Alarm key of "the host does not answer".
+pub const HOST_DOWN: &str = "agad.host-down";
+/// Alarm key of "the host answers, the element does not".
+pub const AGENT_DOWN: &str = "agad.agent-down";
+
+/// How the guardian confirms a failure. Its timing follows each child's
+/// own keep-alive interval (see [`Timing`]).
+#[derive(Debug, Clone)]
+pub struct GuardianConfig {
+    /// ICMP echo requests per probe.
+    pub echoes: u32,
+}
+
+impl Default for GuardianConfig {
+    fn default() -> GuardianConfig {
+        GuardianConfig { echoes: 3 }
+    }
+}
+
+/// How one child is diagnosed, from the interval it keeps alive at.
+#[derive(Debug, Clone)]
+struct Timing {
+    probe: ProbeConfig,
+    /// How long a child that left may take to come back before it is
+    /// diagnosed (a restart of its process, a dropped connection it redials).
+    grace: Duration,
+    /// How often a failed element's host is probed again.
+    recheck: Duration,
+}
+
+impl Timing {
+    /// A probe answers within half an interval (0.2–2 s); a reconnection is
+    /// waited for one interval (at most 10 s): detection stays within a
+    /// few intervals, as the guardian's goal asks.
+    fn for_keepalive(keepalive: Duration, echoes: u32) -> Timing {
+        Timing {
+            probe: ProbeConfig {
+                echoes,
+                deadline: (keepalive / 2).clamp(Duration::from_millis(200), Duration::from_secs(2)),
+            },
+            grace: keepalive.min(Duration::from_secs(10)),
+            recheck: (keepalive * 2).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        }
+    }
+}
+
+/// A failed element as `agad status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub diagnosis: Diagnosis,
+    /// When it went silent (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// What the probe saw.
+    pub reason: String,
+    /// Where its host was probed, kept for a restarted manager.
+    pub address: Option<IpAddr>,
+}
+
+/// A child that went silent, to diagnose.
+struct Silent {
+    name: String,
+    /// Where it last connected from.
+    address: Option<SocketAddr>,
+    keepalive: Duration,
+    since_ms: u64,
+}
+
+impl Silent {
+    fn of(child: ChildRef, since_ms: u64) -> Silent {
+        Silent {
+            name: child.name,
+            address: child.address,
+            keepalive: child.keepalive,
+            since_ms,
+        }
+    }
+}
+
+/// Where a child's host is, as the level knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Located {
+    /// No longer this manager's child (it left the topology, moved or
+    /// stepped down): nothing to diagnose; a failure of it is forgotten.
+    Gone,
+    /// `host`: from the topology (an address or a name, optionally with a
+    /// port); `None` uses the address it last connected from.
+    At {
+        host: Option<String>,
+        tcp_port: Option<u16>,
+    },
+}
+
+/// What the level supplies to its guardian.
+pub trait Sink: Send + Sync + 'static {
+    /// Where to probe `element`.
+    fn locate(&self, element: &str) -> Located;
+    /// Stores an alarm about `element` for good (BICD and the outbox, or
+    /// BIG). Blocking: called on the blocking pool.
+    fn store(&self, alarm: Alarm);
+}
+
+/// The guardian of one registry of children.
+pub struct Guardian {
+    config: GuardianConfig,
+    /// `node` or `station`, for messages.
+    what: &'static str,
+    failed: Mutex<HashMap<String, Failure>>,
+    /// The same, on disk: name → [`Failure`].
+    record: Tree,
+    /// Children with a diagnosis task running, and since when they are silent.
+    diagnosing: Mutex<HashMap<String, u64>>,
+    /// Makes alarm ids unique within a millisecond.
+    counter: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Guardian {
+    /// The guardian of `what`s (`node`, `station`), its failures kept in
+    /// tree `tree` of `db`.
+    pub fn open(
+        db: &Database,
+        tree: &str,
+        what: &'static str,
+        config: GuardianConfig,
+    ) -> Result<Guardian, StorageError> {
+        let record = db.tree(tree)?;
+        let mut failed = HashMap::new();
+        for (k, v) in record.scan_prefix(b"")? {
+            match agad_protocol::wire::decode_value::<Failure>(&v) {
+                Ok(f) => {
+                    failed.insert(String::from_utf8_lossy(&k).into_owned(), f);
+                }
+                Err(e) => tracing::error!("unreadable guardian record: {e}"),
+            }
+        }
+        Ok(Guardian {
+            config,
+            what,
+            failed: Mutex::new(failed),
+            record,
+            diagnosing: Mutex::default(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The failure of `element`, if it is failed.
+    pub fn failure(&self, element: &str) -> Option<Failure> {
+        lock(&self.failed).get(element).cloned()
+    }
+
+    /// Since when `element` is silent, if it is failed or being diagnosed.
+    pub fn silent_since(&self, element: &str) -> Option<u64> {
+        self.failure(element)
+            .map(|f| f.since_ms)
+            .or_else(|| lock(&self.diagnosing).get(element).copied())
+    }
+
+    /// Every failed element.
+    pub fn failures(&self) -> HashMap<String, Failure> {
+        lock(&self.failed).clone()
+    }
+
+    /// Diagnoses `children` as they go silent, until `shutdown`.
+    pub async fn run<T: Send + 'static>(
+        self: Arc<Self>,
+        children: Arc<Children<T>>,
+        sink: Arc<dyn Sink>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let mut events = children.subscribe();
+        // Failures from before a restart: followed until they clear.
+        let known: Vec<(String, Option<IpAddr>, u64)> = lock(&self.failed)
+            .iter()
+            .map(|(n, f)| (n.clone(), f.address, f.since_ms))
+            .collect();
+        for (name, address, since_ms) in known {
+            let silent = Silent {
+                name,
+                address: address.map(|ip| SocketAddr::new(ip, 0)),
+                keepalive: children.config().liveness.interval,
+                since_ms,
+            };
+            self.start(&children, &sink, &shutdown, silent);
+        }
+        let mut stop = shutdown.clone();
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = stop.changed() => return,
+            };
+            match event {
+                Ok(ChildEvent::Stale { child, silent, .. }) => {
+                    let since_ms = now_ms().saturating_sub(silent.as_millis() as u64);
+                    self.start(&children, &sink, &shutdown, Silent::of(child, since_ms));
+                }
+                Ok(ChildEvent::Disconnected { child, .. }) => {
+                    // A replaced session has a successor: the diagnosis
+                    // task sees it back after its grace and stops.
+                    self.start(&children, &sink, &shutdown, Silent::of(child, now_ms()));
+                }
+                Ok(ChildEvent::Connected(child)) => {
+                    if lock(&self.failed).contains_key(&child.name) {
+                        let (me, sink) = (self.clone(), sink.clone());
+                        tokio::task::spawn_blocking(move || me.recovered(&child.name, &*sink));
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "guardian fell behind the children's events");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Starts diagnosing `name` unless that is under way.
+    fn start<T: Send + 'static>(
+        self: &Arc<Self>,
+        children: &Arc<Children<T>>,
+        sink: &Arc<dyn Sink>,
+        shutdown: &watch::Receiver<bool>,
+        silent: Silent,
+    ) {
+        match lock(&self.diagnosing).entry(silent.name.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => return,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(silent.since_ms);
+            }
+        }
+        let (me, children, sink, mut shutdown) = (
+            self.clone(),
+            children.clone(),
+            sink.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                () = me.diagnose(&children, &sink, &silent) => {}
+                _ = shutdown.changed() => {}
+            }
+            lock(&me.diagnosing).remove(&silent.name);
+        });
+    }
+
+    /// Follows one silent child until it is back or no longer expected.
+    async fn diagnose<T: Send + 'static>(
+        self: &Arc<Self>,
+        children: &Children<T>,
+        sink: &Arc<dyn Sink>,
+        silent: &Silent,
+    ) {
+        let Silent {
+            name,
+            address,
+            keepalive,
+            since_ms,
+        } = silent;
+        let (name, address, since_ms) = (name.as_str(), *address, *since_ms);
+        let timing = Timing::for_keepalive(*keepalive, self.config.echoes);
+        let mut wait = timing.grace;
+        loop {
+            if back_within(children, name, wait).await {
+                if lock(&self.failed).contains_key(name) {
+                    let (me, sink, name) = (self.clone(), sink.clone(), name.to_owned());
+                    let _ = tokio::task::spawn_blocking(move || me.recovered(&name, &*sink)).await;
+                }
+                return;
+            }
+            wait = timing.recheck;
+            let located = sink.locate(name);
+            let Located::At { host, tcp_port } = located else {
+                self.forget(name);
+                return;
+            };
+            let target = match resolve(host.as_deref(), tcp_port, address).await {
+                Ok(t) => t,
+                Err(reason) => {
+                    tracing::warn!(element = name, "cannot probe: {reason}");
+                    continue;
+                }
+            };
+            let seen = probe(target, &timing.probe).await;
+            // It may have come back while the probe ran.
+            if children.child(name).is_some() {
+                continue;
+            }
+            let (me, sink, name) = (self.clone(), sink.clone(), name.to_owned());
+            let _ = tokio::task::spawn_blocking(move || {
+                me.diagnosed(&name, target.ip, since_ms, seen, &*sink)
+            })
+            .await;
+        }
+    }
+
+    /// Records what the probe of silent `name` found; raises (and clears
+    /// the other diagnosis) when it changed.
+    fn diagnosed(&self, name: &str, ip: IpAddr, since_ms: u64, seen: Probe, sink: &dyn Sink) {
+        let diagnosis = if seen.reachable {
+            Diagnosis::AgentDown
+        } else {
+            Diagnosis::HostDown
+        };
+        let before = lock(&self.failed).get(name).cloned();
+        let since_ms = before.as_ref().map_or(since_ms, |b| b.since_ms);
+        if let Some(b) = &before
+            && b.diagnosis == diagnosis
+        {
+            return;
+        }
+        let reason = match diagnosis {
+            Diagnosis::HostDown => seen.evidence,
+            Diagnosis::AgentDown => format!("{}, but the {} is silent", seen.evidence, self.what),
+        };
+        let failure = Failure {
+            diagnosis,
+            since_ms,
+            reason,
+            address: Some(ip),
+        };
+        if let Some(b) = before {
+            sink.store(self.alarm(name, &b, false, now_ms()));
+        }
+        sink.store(self.alarm(name, &failure, true, now_ms()));
+        tracing::warn!(
+            element = name,
+            diagnosis = diagnosis.as_str(),
+            "{}",
+            failure.reason
+        );
+        if let Err(e) = self
+            .record
+            .insert(
+                name.as_bytes(),
+                &agad_protocol::wire::encode_value(&failure),
+            )
+            .and_then(|()| self.record.flush())
+        {
+            tracing::error!(element = name, "cannot record the failure: {e}");
+        }
+        lock(&self.failed).insert(name.to_owned(), failure);
+    }
+
+    /// `name` is back: its alarm clears.
+    fn recovered(&self, name: &str, sink: &dyn Sink) {
+        let Some(failure) = lock(&self.failed).remove(name) else {
+            return;
+        };
+        sink.store(self.alarm(name, &failure, false, now_ms()));
+        tracing::info!(
+            element = name,
+            down_s = now_ms().saturating_sub(failure.since_ms) / 1000,
+            "back ({} before)",
+            failure.diagnosis.as_str()
+        );
+        if let Err(e) = self.record.remove(name.as_bytes()) {
+            tracing::error!(element = name, "cannot record the recovery: {e}");
+        }
+    }
+
+    /// `name` is no longer this manager's child: its failure is dropped
+    /// (the top manager closes alarms of what left the topology).
+    fn forget(&self, name: &str) {
+        lock(&self.failed).remove(name);
+        let _ = self.record.remove(name.as_bytes());
+    }
+
+    /// The raise or clear of `failure`'s condition, at `time_ms`.
+    fn alarm(&self, name: &str, failure: &Failure, raised: bool, time_ms: u64) -> Alarm {
+        let down_s = time_ms.saturating_sub(failure.since_ms) / 1000;
+        let (key, severity) = match failure.diagnosis {
+            Diagnosis::HostDown => (HOST_DOWN, Severity::Critical),
+            Diagnosis::AgentDown => (AGENT_DOWN, Severity::Major),
+        };
+        let message = if raised {
+            format!(
+                "{}: {} `{name}` silent since {} ({down_s} s): {}",
+                failure.diagnosis.as_str(),
+                self.what,
+                clock(failure.since_ms),
+                failure.reason
+            )
+        } else {
+            format!(
+                "{} `{name}` is back after {down_s} s (was: {})",
+                self.what,
+                failure.diagnosis.as_str()
+            )
+        };
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        Alarm {
+            id: format!("{name}/{MODULE}/g{time_ms}n{n}"),
+            node: name.to_owned(),
+            module: MODULE.to_owned(),
+            provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+            area: Area::Fault,
+            key: key.to_owned(),
+            metric: "element.down-seconds".to_owned(),
+            subject: name.to_owned(),
+            severity,
+            raised,
+            value: down_s as f64,
+            threshold: 0.0,
+            comparison: Comparison::Above,
+            message: excerpt(&message, agad_protocol::message::MAX_ALARM_TEXT),
+            time_ms,
+        }
+    }
+}
+
+/// Whether `name` is connected again within `wait` (looked at 4 times a second).
+async fn back_within<T: Send + 'static>(
+    children: &Children<T>,
+    name: &str,
+    wait: Duration,
+) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        if children.child(name).is_some() {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return false;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(250))).await;
+    }
+}
+
+/// The probe target: the topology's address (an IP, `ip:port`, or a name
+/// resolved now), else the address the element last connected from.
+async fn resolve(
+    host: Option<&str>,
+    tcp_port: Option<u16>,
+    last: Option<SocketAddr>,
+) -> Result<Target, String> {
+    let Some(host) = host else {
+        return last
+            .map(|a| Target {
+                ip: a.ip(),
+                tcp_port,
+            })
+            .ok_or_else(|| "no address in the topology and none seen".to_owned());
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Target { ip, tcp_port });
+    }
+    if let Ok(a) = host.parse::<SocketAddr>() {
+        return Ok(Target {
+            ip: a.ip(),
+            tcp_port: tcp_port.or(Some(a.port())),
+        });
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if p.parse::<u16>().is_ok() => (n, p.parse::<u16>().ok()),
+        _ => (host, None),
+    };
+    let found = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::lookup_host((name, port.unwrap_or(0))),
+    )
+    .await
+    .map_err(|_| format!("resolving `{}` took over 2 s", excerpt(name, 64)))?
+    .map_err(|e| format!("cannot resolve `{}`: {e}", excerpt(name, 64)))?
+    .next()
+    .ok_or_else(|| format!("`{}` resolves to nothing", excerpt(name, 64)))?;
+    Ok(Target {
+        ip: found.ip(),
+        tcp_port: tcp_port.or(port),
+    })
+}
+
+/// `HH:MM:SS UTC` of a Unix time in ms.
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
