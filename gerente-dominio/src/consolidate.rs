@@ -6,50 +6,6 @@ use agad_protocol::message::{Provenance, Report, Summary};
 use agad_protocol::wire::{DomainReport, NodeSummary};
 use std::collections::BTreeMap;
 
-/// Two summaries of the same series as one (weighted mean, latest `last`).
-///
-/// Coverage: two windows that do not overlap (one node's consecutive
-/// windows) cover their covered time together, out of the merged window's
-/// length, so a window missing in between counts as uncovered; overlapping
-/// windows (one window on several nodes) give the mean coverage per sample.
-pub fn merge(a: &Summary, b: &Summary) -> Summary {
-    let count = a.count + b.count;
-    let mean = if count == 0 {
-        0.0
-    } else {
-        (a.mean * f64::from(a.count) + b.mean * f64::from(b.count)) / f64::from(count)
-    };
-    let length = |s: &Summary| s.window_end_ms.saturating_sub(s.window_start_ms) as f64;
-    let start = a.window_start_ms.min(b.window_start_ms);
-    let end = a.window_end_ms.max(b.window_end_ms);
-    let apart = a.window_end_ms <= b.window_start_ms || b.window_end_ms <= a.window_start_ms;
-    let coverage = if apart && end > start {
-        (a.coverage * length(a) + b.coverage * length(b)) / (end - start) as f64
-    } else if count > 0 {
-        (a.coverage * f64::from(a.count) + b.coverage * f64::from(b.count)) / f64::from(count)
-    } else {
-        a.coverage.max(b.coverage)
-    };
-    let last = if b.window_end_ms >= a.window_end_ms {
-        b.last
-    } else {
-        a.last
-    };
-    Summary {
-        metric: a.metric.clone(),
-        subject: a.subject.clone(),
-        unit: a.unit.clone(),
-        min: a.min.min(b.min),
-        max: a.max.max(b.max),
-        mean,
-        last,
-        count,
-        coverage: coverage.clamp(0.0, 1.0),
-        window_start_ms: start,
-        window_end_ms: end,
-    }
-}
-
 /// One series: node (or domain), module, the module's code, metric, subject.
 type Series = (String, String, Provenance, String, String);
 
@@ -65,7 +21,7 @@ fn fold(rows: impl Iterator<Item = (String, String, Provenance, Summary)>) -> Ve
         );
         merged
             .entry(key)
-            .and_modify(|m| *m = merge(m, &s))
+            .and_modify(|m| *m = m.merged(&s))
             .or_insert(s);
     }
     merged
@@ -164,10 +120,7 @@ mod tests {
 
     #[test]
     fn merging_weights_the_mean_and_keeps_the_latest_last() {
-        let m = merge(
-            &summary(1.0, 5.0, 2.0, 4.0, 1, 20),
-            &summary(0.0, 3.0, 5.0, 3.0, 3, 30),
-        );
+        let m = summary(1.0, 5.0, 2.0, 4.0, 1, 20).merged(&summary(0.0, 3.0, 5.0, 3.0, 3, 30));
         assert_eq!((m.min, m.max, m.count, m.last), (0.0, 5.0, 4, 3.0));
         assert!((m.mean - 4.25).abs() < 1e-9);
         assert_eq!((m.window_start_ms, m.window_end_ms), (10, 30));
@@ -176,16 +129,12 @@ mod tests {
     #[test]
     fn coverage_adds_up_over_time_and_averages_over_nodes() {
         // One node's windows [10, 20) and [30, 40): [20, 30) is missing.
-        let m = merge(
-            &covered(0.0, 1.0, 0.5, 1.0, 10, 20, 1.0),
-            &covered(0.0, 1.0, 0.5, 1.0, 5, 40, 0.5),
-        );
+        let m = covered(0.0, 1.0, 0.5, 1.0, 10, 20, 1.0)
+            .merged(&covered(0.0, 1.0, 0.5, 1.0, 5, 40, 0.5));
         assert!((m.coverage - 15.0 / 30.0).abs() < 1e-9, "{m:?}");
         // The same window on two nodes.
-        let m = merge(
-            &covered(0.0, 1.0, 0.5, 1.0, 10, 20, 1.0),
-            &covered(0.0, 1.0, 0.5, 1.0, 10, 20, 0.5),
-        );
+        let m = covered(0.0, 1.0, 0.5, 1.0, 10, 20, 1.0)
+            .merged(&covered(0.0, 1.0, 0.5, 1.0, 10, 20, 0.5));
         assert!((m.coverage - 0.75).abs() < 1e-9, "{m:?}");
     }
 

@@ -85,6 +85,8 @@ pub struct Station {
     activation: RwLock<Option<(Activation, bool)>>,
     /// Diagnoses the nodes that go silent.
     pub guardian: Arc<Guardian>,
+    /// Diagnoses the sub-domains' stations that go silent.
+    pub sub_guardian: Arc<Guardian>,
 }
 
 impl Station {
@@ -284,7 +286,11 @@ impl Element for Station {
             &self.guardian,
             replica.as_deref(),
         ));
-        out.extend(subdomains::status(&self.subdomains, replica.as_deref()));
+        out.extend(subdomains::status(
+            &self.subdomains,
+            &self.sub_guardian,
+            replica.as_deref(),
+        ));
         out
     }
 }
@@ -308,6 +314,12 @@ pub async fn run(
         &db,
         "guardian-nodes",
         "node",
+        config.guardian.clone(),
+    )?);
+    let sub_guardian = Arc::new(Guardian::open(
+        &db,
+        "guardian-stations",
+        "station",
         config.guardian.clone(),
     )?);
     let advertise = if config.advertise.is_empty() {
@@ -335,6 +347,7 @@ pub async fn run(
         removed,
         activation,
         guardian,
+        sub_guardian,
     });
 
     let (events_tx, mut events) = mpsc::channel(64);
@@ -408,6 +421,11 @@ pub async fn run(
         tokio::spawn(station.guardian.clone().run(
             station.nodes.clone(),
             Arc::new(nodes::NodeGuardian(station.clone())),
+            shutdown.clone(),
+        )),
+        tokio::spawn(station.sub_guardian.clone().run(
+            station.subdomains.clone(),
+            Arc::new(subdomains::SubdomainGuardian(station.clone())),
             shutdown.clone(),
         )),
     ];

@@ -89,16 +89,20 @@ impl Sink for NodeGuardian {
     }
 
     fn store(&self, alarm: Alarm) {
-        let station = &self.0;
-        match station.bases.record_alarm(&alarm) {
-            Ok(true) => {
-                if let Err(e) = station.outbox.push(&Upward::Alarm(alarm)) {
-                    tracing::error!("cannot queue a guardian alarm: {e}");
-                }
+        store_guardian_alarm(&self.0, alarm);
+    }
+}
+
+/// A guardian's alarm into BICD and upward, like a node's own.
+pub(crate) fn store_guardian_alarm(station: &Station, alarm: Alarm) {
+    match station.bases.record_alarm(&alarm) {
+        Ok(true) => {
+            if let Err(e) = station.outbox.push(&Upward::Alarm(alarm)) {
+                tracing::error!("cannot queue a guardian alarm: {e}");
             }
-            Ok(false) => {}
-            Err(e) => tracing::error!("cannot store a guardian alarm: {e}"),
         }
+        Ok(false) => {}
+        Err(e) => tracing::error!("cannot store a guardian alarm: {e}"),
     }
 }
 

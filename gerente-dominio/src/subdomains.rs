@@ -5,8 +5,10 @@
 //! enrollment requests are relayed upward through our own outbox.
 
 use crate::Station;
+use agad_guardian::{Guardian, Located, Sink};
 use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionError};
 use agad_net::tls::PeerIdentity;
+use agad_protocol::message::Alarm;
 use agad_protocol::wire::{
     Component, ComponentStatus, Control, Enrollment, Message, Queued, Replica, Role, State, Upward,
 };
@@ -157,8 +159,38 @@ pub fn replicate(station: &Station, replica: &Replica, only: Option<&str>) {
     }
 }
 
+/// What the guardian of the sub-domains' stations needs: they are probed
+/// where they last connected from, and their alarms go through BICD.
+pub struct SubdomainGuardian(pub Arc<Station>);
+
+impl Sink for SubdomainGuardian {
+    fn locate(&self, element: &str) -> Located {
+        let station = &self.0;
+        let candidate = station.replica().is_some_and(|r| {
+            r.subdomains
+                .iter()
+                .any(|sub| sub.topology.domain.stations.iter().any(|s| s == element))
+        });
+        if !candidate || station.is_stepped_down() || station.is_removed() {
+            return Located::Gone;
+        }
+        Located::At {
+            host: None,
+            tcp_port: None,
+        }
+    }
+
+    fn store(&self, alarm: Alarm) {
+        crate::nodes::store_guardian_alarm(&self.0, alarm);
+    }
+}
+
 /// One component per sub-domain: which station serves it, and how it is.
-pub fn status(subdomains: &Subdomains, replica: Option<&Replica>) -> Vec<ComponentStatus> {
+pub fn status(
+    subdomains: &Subdomains,
+    guardian: &Guardian,
+    replica: Option<&Replica>,
+) -> Vec<ComponentStatus> {
     let Some(replica) = replica else {
         return Vec::new();
     };
@@ -168,8 +200,21 @@ pub fn status(subdomains: &Subdomains, replica: Option<&Replica>) -> Vec<Compone
         .iter()
         .map(|sub| {
             let domain = &sub.topology.domain.name;
+            let failed = sub
+                .topology
+                .domain
+                .stations
+                .iter()
+                .find_map(|s| guardian.failure(s));
             let state = match sessions.iter().find(|(_, e)| &e.data.domain == domain) {
-                None => State::NotConnected,
+                None => match &failed {
+                    Some(f) => State::Failed {
+                        diagnosis: f.diagnosis,
+                        since_ms: f.since_ms,
+                        reason: f.reason.clone(),
+                    },
+                    None => State::NotConnected,
+                },
                 Some((station, e)) => match e.state() {
                     State::Connected { failing, .. } => State::Connected {
                         served_by: Some(station.clone()),
@@ -178,12 +223,16 @@ pub fn status(subdomains: &Subdomains, replica: Option<&Replica>) -> Vec<Compone
                     other => other,
                 },
             };
+            let since = matches!(state, State::Failed { .. })
+                .then(|| failed.map(|f| f.since_ms))
+                .flatten();
             ComponentStatus::new(
                 Component::Subdomain {
                     domain: domain.clone(),
                 },
                 state,
             )
+            .since(since)
         })
         .collect()
 }

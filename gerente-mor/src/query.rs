@@ -16,7 +16,7 @@ use agad_protocol::Area;
 use agad_protocol::message::{Alarm, Provenance, Severity, Summary};
 use agad_protocol::wire::{DomainReport, State};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::ControlFlow;
 
 /// Which alarms. Every field narrows; the default is every alarm event.
@@ -252,7 +252,39 @@ pub fn reports(bases: &Bases, query: &ReportQuery) -> Result<ReportRows, BaseErr
         rows_of(query, r, &mut newest)
     })?;
     let (rows, truncated) = newest.finish();
-    Ok(ReportRows { rows, truncated })
+    Ok(ReportRows {
+        rows: merge_stations(rows),
+        truncated,
+    })
+}
+
+/// One row per window and series: across a fail-over, the old and the new
+/// domain manager each consolidated their part of a window (BIG keeps one
+/// consolidation per window and station); their rows are merged here.
+fn merge_stations(rows: Vec<ReportRow>) -> Vec<ReportRow> {
+    type Key = (String, u64, u64, String, String, Provenance, String, String);
+    let mut out: Vec<ReportRow> = Vec::with_capacity(rows.len());
+    let mut at: HashMap<Key, usize> = HashMap::new();
+    for r in rows {
+        let key = (
+            r.domain.clone(),
+            r.window_start_ms,
+            r.window_end_ms,
+            r.node.clone(),
+            r.module.clone(),
+            r.provenance.clone(),
+            r.summary.metric.clone(),
+            r.summary.subject.clone(),
+        );
+        match at.get(&key) {
+            Some(&i) => out[i].summary = out[i].summary.merged(&r.summary),
+            None => {
+                at.insert(key, out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
 }
 
 /// Adds the rows of one report that `query` wants, last row first (the

@@ -665,7 +665,12 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
             body: Upward::Alarm(alarm),
         }) => {
             let topology = topology()?;
-            if topology.domain_of(&alarm.node).is_none() {
+            // A guardian's alarm may be about a sub-domain's station.
+            let is_station = topology
+                .domains
+                .iter()
+                .any(|d| d.stations.contains(&alarm.node));
+            if topology.domain_of(&alarm.node).is_none() && !is_station {
                 // Queued before the node (or its domain) left the topology.
                 refused(
                     mor,
@@ -678,7 +683,10 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                 return ack(vec![seq]);
             }
             let subtree = subtree(&topology)?;
-            if !subtree.nodes.contains(&alarm.node) && !moved_from(mor, &alarm.node, &subtree)? {
+            if !subtree.nodes.contains(&alarm.node)
+                && !subtree.stations.contains(&alarm.node)
+                && !moved_from(mor, &alarm.node, &subtree)?
+            {
                 return Err(SessionError::Protocol(
                     "an alarm about a node outside the station's domain".into(),
                 ));

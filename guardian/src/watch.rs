@@ -511,3 +511,86 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Records what the guardian stores (a unit test's stand-in for BICD).
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Alarm>>);
+
+    impl Sink for Recorded {
+        fn locate(&self, _: &str) -> Located {
+            Located::Gone
+        }
+        fn store(&self, alarm: Alarm) {
+            lock(&self.0).push(alarm);
+        }
+    }
+
+    fn probe_result(reachable: bool) -> Probe {
+        Probe {
+            reachable,
+            evidence: if reachable {
+                "10.0.0.9 answers ICMP echo (0.2 ms)".into()
+            } else {
+                "10.0.0.9 unreachable within 500 ms: no answer to 3 ICMP echo requests".into()
+            },
+        }
+    }
+
+    #[test]
+    fn a_diagnosis_is_raised_once_follows_the_host_and_clears_when_the_element_is_back() {
+        let db = Database::temporary().unwrap();
+        let guardian = Guardian::open(&db, "g", "node", GuardianConfig::default()).unwrap();
+        let sink = Recorded::default();
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let since = now_ms() - 5_000;
+        guardian.diagnosed("n1", ip, since, probe_result(false), &sink);
+        // The same diagnosis again: nothing new.
+        guardian.diagnosed("n1", ip, since + 1000, probe_result(false), &sink);
+        // The host answers, the node still does not: the diagnosis changes.
+        guardian.diagnosed("n1", ip, since + 2000, probe_result(true), &sink);
+        assert_eq!(
+            guardian.failure("n1").unwrap().diagnosis,
+            Diagnosis::AgentDown
+        );
+        assert_eq!(
+            guardian.failure("n1").unwrap().since_ms,
+            since,
+            "since the first silence"
+        );
+
+        // A restarted manager still knows, and clears it when the node is back.
+        let reopened = Guardian::open(&db, "g", "node", GuardianConfig::default()).unwrap();
+        assert_eq!(reopened.failure("n1"), guardian.failure("n1"));
+        reopened.recovered("n1", &sink);
+        assert!(reopened.failure("n1").is_none());
+        assert!(reopened.silent_since("n1").is_none());
+
+        let alarms = lock(&sink.0).clone();
+        let seen: Vec<(&str, bool)> = alarms.iter().map(|a| (a.key.as_str(), a.raised)).collect();
+        assert_eq!(
+            seen,
+            [
+                (HOST_DOWN, true),
+                (HOST_DOWN, false),
+                (AGENT_DOWN, true),
+                (AGENT_DOWN, false)
+            ]
+        );
+        for a in &alarms {
+            // Acceptable to every manager above: the node's own id space.
+            a.check_origin("n1").unwrap();
+            assert!(a.value >= 5.0, "seconds since the failure: {a:?}");
+        }
+        assert_eq!(alarms[0].severity, Severity::Critical);
+        assert!(alarms[0].message.contains("host down") && alarms[0].message.contains("10.0.0.9"));
+        assert!(alarms[3].message.contains("back after"), "{:?}", alarms[3]);
+        let ids: HashSet<&str> = alarms.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids.len(), alarms.len(), "every event its own id");
+    }
+}

@@ -210,6 +210,53 @@ pub struct Summary {
     pub window_end_ms: u64,
 }
 
+impl Summary {
+    /// Two summaries of the same series as one (weighted mean, latest `last`).
+    ///
+    /// Coverage: two windows that do not overlap (one node's consecutive
+    /// windows) cover their covered time together, out of the merged window's
+    /// length, so a window missing in between counts as uncovered; overlapping
+    /// windows (one window on several nodes) give the mean coverage per sample.
+    pub fn merged(&self, b: &Summary) -> Summary {
+        let a = self;
+        let count = a.count + b.count;
+        let mean = if count == 0 {
+            0.0
+        } else {
+            (a.mean * f64::from(a.count) + b.mean * f64::from(b.count)) / f64::from(count)
+        };
+        let length = |s: &Summary| s.window_end_ms.saturating_sub(s.window_start_ms) as f64;
+        let start = a.window_start_ms.min(b.window_start_ms);
+        let end = a.window_end_ms.max(b.window_end_ms);
+        let apart = a.window_end_ms <= b.window_start_ms || b.window_end_ms <= a.window_start_ms;
+        let coverage = if apart && end > start {
+            (a.coverage * length(a) + b.coverage * length(b)) / (end - start) as f64
+        } else if count > 0 {
+            (a.coverage * f64::from(a.count) + b.coverage * f64::from(b.count)) / f64::from(count)
+        } else {
+            a.coverage.max(b.coverage)
+        };
+        let last = if b.window_end_ms >= a.window_end_ms {
+            b.last
+        } else {
+            a.last
+        };
+        Summary {
+            metric: a.metric.clone(),
+            subject: a.subject.clone(),
+            unit: a.unit.clone(),
+            min: a.min.min(b.min),
+            max: a.max.max(b.max),
+            mean,
+            last,
+            count,
+            coverage: coverage.clamp(0.0, 1.0),
+            window_start_ms: start,
+            window_end_ms: end,
+        }
+    }
+}
+
 /// The summaries one module produced in one tick.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
