@@ -340,6 +340,12 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             outln!("  {mark} {what:<32} {}{}", c.state, since(c.since_ms));
         }
     }
+    for l in &status.links {
+        match &l.failed {
+            None => outln!("link {} -- {}: ok", l.a, l.b),
+            Some(why) => outln!("link {} -- {}: FAILED, {why}", l.a, l.b),
+        }
+    }
     Ok(())
 }
 

@@ -87,6 +87,9 @@ pub struct Station {
     pub guardian: Arc<Guardian>,
     /// Diagnoses the sub-domains' stations that go silent.
     pub sub_guardian: Arc<Guardian>,
+    /// The parent manager confirmed, on the link that is up now, that this
+    /// station serves its domain (an activation since it connected).
+    confirmed: AtomicBool,
 }
 
 impl Station {
@@ -138,6 +141,13 @@ impl Station {
         } else {
             tracing::info!(%domain, generation, "activated by the top manager");
         }
+    }
+
+    /// Whether the parent manager confirmed, on the link that is up now,
+    /// that this station serves: the guardian accuses no child from a
+    /// station that is cut off itself, or that is about to step down.
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed.load(Ordering::Relaxed)
     }
 
     /// Whether the domain of the replica in force was removed.
@@ -348,6 +358,7 @@ pub async fn run(
         activation,
         guardian,
         sub_guardian,
+        confirmed: AtomicBool::new(false),
     });
 
     let (events_tx, mut events) = mpsc::channel(64);
@@ -373,12 +384,13 @@ pub async fn run(
                     Downlink::Control(Control::AssignDomain { domain, generation }) => {
                         let station = station.clone();
                         let activation = Activation { domain, generation };
-                        let _ = tokio::task::spawn_blocking(move || {
-                            station.activated(activation, false)
-                        })
-                        .await;
+                        let s = station.clone();
+                        let _ = tokio::task::spawn_blocking(move || s.activated(activation, false))
+                            .await;
+                        station.confirmed.store(true, Ordering::Relaxed);
                     }
                     Downlink::Control(Control::StepDown { domain, generation }) => {
+                        station.confirmed.store(false, Ordering::Relaxed);
                         let station = station.clone();
                         let activation = Activation { domain, generation };
                         let _ = tokio::task::spawn_blocking(move || {
@@ -403,9 +415,11 @@ pub async fn run(
                             "top manager has not admitted this station: {reason}"
                         );
                     }
-                    Downlink::Connected { .. }
-                    | Downlink::Disconnected { .. }
-                    | Downlink::Redirected { .. } => {}
+                    Downlink::Disconnected { .. } => {
+                        station.confirmed.store(false, Ordering::Relaxed)
+                    }
+                    Downlink::Connected { .. } => {}
+                    Downlink::Redirected { .. } => {}
                 }
             }
         })

@@ -91,6 +91,10 @@ impl Sink for NodeGuardian {
     fn store(&self, alarm: Alarm) {
         store_guardian_alarm(&self.0, alarm);
     }
+
+    fn may_accuse(&self) -> bool {
+        self.0.is_confirmed()
+    }
 }
 
 /// A guardian's alarm into BICD and upward, like a node's own.

@@ -183,6 +183,10 @@ impl Sink for SubdomainGuardian {
     fn store(&self, alarm: Alarm) {
         crate::nodes::store_guardian_alarm(&self.0, alarm);
     }
+
+    fn may_accuse(&self) -> bool {
+        self.0.is_confirmed()
+    }
 }
 
 /// One component per sub-domain: which station serves it, and how it is.

@@ -14,6 +14,7 @@ use crate::bases::{BaseError, Bases};
 use crate::stations::DomainStatus;
 use agad_protocol::Area;
 use agad_protocol::message::{Alarm, Provenance, Severity, Summary};
+use agad_protocol::status::Diagnosis;
 use agad_protocol::wire::{DomainReport, State};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -110,6 +111,17 @@ pub struct Status {
     /// `name version (seq n)` of every module in BGC.
     pub modules: Vec<String>,
     pub domains: Vec<DomainStatus>,
+    /// BTPG's links and whether each is failed.
+    pub links: Vec<LinkStatus>,
+}
+
+/// One link of the topology as `agad status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub a: String,
+    pub b: String,
+    /// Why it is failed (an end's host is down), if it is.
+    pub failed: Option<String>,
 }
 
 /// Most rows one answer carries, whatever the query asks: an answer is
@@ -343,7 +355,45 @@ pub fn status(mor: &Mor) -> Result<Status, BaseError> {
             })
             .collect(),
         domains: mor.domain_status(),
+        links: link_status(mor)?,
     })
+}
+
+/// Every link of BTPG, failed when an end is a host the guardian found down
+/// (the AGAD GUI's "node and the links to it in red").
+fn link_status(mor: &Mor) -> Result<Vec<LinkStatus>, BaseError> {
+    let topology = mor.bases.topology()?;
+    let mut down: BTreeMap<String, String> = mor
+        .node_states()
+        .into_iter()
+        .filter_map(|(node, state)| match state {
+            State::Failed {
+                diagnosis: Diagnosis::HostDown,
+                reason,
+                ..
+            } => Some((node, reason)),
+            _ => None,
+        })
+        .collect();
+    for (station, f) in mor.guardian.failures() {
+        if f.diagnosis == Diagnosis::HostDown {
+            down.insert(station, f.reason);
+        }
+    }
+    Ok(topology
+        .links
+        .iter()
+        .map(|l| {
+            let failed = [&l.a, &l.b]
+                .into_iter()
+                .find_map(|end| down.get(end).map(|why| format!("{end}: host down ({why})")));
+            LinkStatus {
+                a: l.a.clone(),
+                b: l.b.clone(),
+                failed,
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]

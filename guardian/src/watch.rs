@@ -119,6 +119,13 @@ pub trait Sink: Send + Sync + 'static {
     /// Stores an alarm about `element` for good (BICD and the outbox, or
     /// BIG). Blocking: called on the blocking pool.
     fn store(&self, alarm: Alarm);
+    /// Whether this manager trusts its own view enough to accuse a child:
+    /// a domain manager cut off from its own parent may be the one whose
+    /// network failed (every child looks down from an island). The
+    /// diagnosis waits, probing again, until this holds.
+    fn may_accuse(&self) -> bool {
+        true
+    }
 }
 
 /// The guardian of one registry of children.
@@ -307,6 +314,13 @@ impl Guardian {
             let seen = probe(target, &timing.probe).await;
             // It may have come back while the probe ran.
             if children.child(name).is_some() {
+                continue;
+            }
+            if !sink.may_accuse() {
+                tracing::info!(
+                    element = name,
+                    "not diagnosing yet: this manager's own link to its parent is down"
+                );
                 continue;
             }
             let (me, sink, name) = (self.clone(), sink.clone(), name.to_owned());

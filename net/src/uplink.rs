@@ -124,10 +124,17 @@ pub async fn run(
         }
         let address = parents[next % parents.len()].clone();
         next += 1;
+        let mut welcomed = false;
         let outcome = tokio::select! {
-            r = session(&config, &address, &outbox, &*element, &events, &mut commands) => r,
+            r = session(&config, &address, &outbox, &*element, &events, &mut commands, &mut welcomed) => r,
             _ = shutdown.changed() => return,
         };
+        // A link that was up and broke (its manager died, a fail-over) is
+        // redialled at the next address after the initial back-off, not
+        // after the one that failed attempts before it had grown to.
+        if welcomed {
+            backoff = config.backoff_initial;
+        }
         match outcome {
             Ok(Session::Admitted) => {
                 backoff = config.backoff_initial;
@@ -204,6 +211,7 @@ async fn session(
     element: &dyn Element,
     events: &mpsc::Sender<Downlink>,
     commands: &mut mpsc::Receiver<Control>,
+    welcomed: &mut bool,
 ) -> Result<Session, String> {
     let connected = conn::connect(address, config.tls.clone())
         .await
@@ -275,6 +283,7 @@ async fn session(
         Some(Err(e)) => return Err(e.to_string()),
         None => return Err("closed before welcoming".into()),
     }
+    *welcomed = true;
     tracing::info!(parent = %peer.name, %address, "link up");
     let _ = events
         .send(Downlink::Connected {
