@@ -597,6 +597,18 @@ impl Deployment {
         self.start_station_at(name, &mor, Some(host))
     }
 
+    /// [`Deployment::start_station_under`] on `host` of a
+    /// [`Network`](crate::network::Network): a sub-domain's station under
+    /// its parent domain's station at `parent`.
+    pub fn start_station_under_on(
+        &mut self,
+        name: &str,
+        parent: &str,
+        host: &Host,
+    ) -> anyhow::Result<String> {
+        self.start_station_at(name, parent, Some(host))
+    }
+
     fn start_station_at(
         &mut self,
         name: &str,
