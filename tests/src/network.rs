@@ -11,7 +11,7 @@
 //! interface down (`ip link set eth0 down`), [`Network::set_loss`] drops a
 //! share of its packets each way with nftables (this kernel has no `netem`,
 //! so delay comes from [`jitter_relay`], a TCP relay a program runs inside a
-//! host).
+//! host; [`Host::spawn_jitter_relay`] runs one from a test).
 //!
 //! Needs root. Without it, [`Network::new`] fails with an error saying so:
 //! a test that needs a network fails loudly, never skips and passes.
@@ -339,6 +339,113 @@ impl Drop for Network {
 /// 15 bytes, so not the host's name).
 fn switch_port(i: usize) -> String {
     format!("port{i}")
+}
+
+/// Where [`Host::spawn_jitter_relay`] tells the re-run test binary to
+/// listen, where to forward, and the largest delay in milliseconds.
+const RELAY_ENV: [&str; 3] = [
+    "AGAD_TEST_RELAY_LISTEN",
+    "AGAD_TEST_RELAY_TARGET",
+    "AGAD_TEST_RELAY_MAX_DELAY_MS",
+];
+
+/// A [`jitter_relay`] running inside a host; killed on drop.
+#[derive(Debug)]
+pub struct Relay {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Relay {
+    /// Where it listens (`<host address>:<port>`).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Fails if the relay exited.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the jitter relay at {} exited ({status})", self.address);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Host {
+    /// Starts a [`jitter_relay`] inside this host, listening on `port` of
+    /// its address and forwarding to `target` with 0..=`max_delay` of delay
+    /// per chunk; returns once it listens. A test binary has no relay
+    /// program of its own, so it is the current test binary again, running
+    /// only `test`: an `#[ignore]`d test (full path, `module::name`) whose
+    /// body is [`serve_jitter_relay_if_asked`].
+    pub fn spawn_jitter_relay(
+        &self,
+        test: &str,
+        port: u16,
+        target: &str,
+        max_delay: Duration,
+    ) -> anyhow::Result<Relay> {
+        let address = format!("{}:{port}", self.address);
+        let child = self
+            .command(std::env::current_exe().context("the test binary")?)
+            .args([test, "--exact", "--include-ignored", "--nocapture"])
+            .env(RELAY_ENV[0], &address)
+            .env(RELAY_ENV[1], target)
+            .env(RELAY_ENV[2], max_delay.as_millis().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the jitter relay")?;
+        let mut relay = Relay { child, address };
+        let start = Instant::now();
+        // `ss` (iproute2) inside the host: the root namespace cannot connect.
+        while !self
+            .run("ss", &["-Hltn", &format!("sport = :{port}")])?
+            .contains(&format!(":{port}"))
+        {
+            relay.check()?;
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "the jitter relay on {} did not listen within 30 s",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(relay)
+    }
+}
+
+/// The body of the `#[ignore]`d test [`Host::spawn_jitter_relay`] runs:
+/// serves the relay its environment asks for until killed; returns at once
+/// when run any other way (`cargo test -- --include-ignored`).
+pub fn serve_jitter_relay_if_asked() -> anyhow::Result<()> {
+    let (Ok(listen), Ok(target), Ok(max_delay_ms)) = (
+        std::env::var(RELAY_ENV[0]),
+        std::env::var(RELAY_ENV[1]),
+        std::env::var(RELAY_ENV[2]),
+    ) else {
+        return Ok(());
+    };
+    let max_delay = Duration::from_millis(max_delay_ms.parse().context(RELAY_ENV[2])?);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("relay: binding {listen}"))?;
+            jitter_relay(listener, target, max_delay).await;
+            Ok(())
+        })
 }
 
 /// nftables drops the packets; installed from Debian when missing.
