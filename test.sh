@@ -4,7 +4,8 @@
 # errors), then every test. CI runs exactly this (.ci/run).
 # What else the tests need is installed here: the wasm32-wasip2 target and the
 # rustfmt and clippy components (listed in rust-toolchain.toml) and Debian's
-# real SNMP agent, snmpd, and iproute2 (`ip`); fuzz/run.sh installs cargo-fuzz.
+# real SNMP agent, snmpd, iproute2 (`ip`), iputils-ping and nftables (the test
+# network's hosts and packet loss); fuzz/run.sh installs cargo-fuzz.
 # Arguments go to `cargo test`, e.g. `./test.sh -p agad-net`.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -36,6 +37,16 @@ if ! command -v ip >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
 fi
+# `ping` checks a test network's hosts reach each other (tests/src/network.rs);
+# `nft` drops a share of a host's packets (this kernel has no netem).
+for pair in ping:iputils-ping nft:nftables; do
+    command_name=${pair%%:*} package=${pair#*:}
+    if ! command -v "$command_name" >/dev/null && [ ! -x "/usr/sbin/$command_name" ]; then
+        [ "$(id -u)" = 0 ] || need_root "$command_name" "sudo apt-get install $package"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+    fi
+done
 # Debian starts the packaged agent on UDP 161; the tests run their own.
 if command -v systemctl >/dev/null; then systemctl stop snmpd 2>/dev/null || true; fi
 

@@ -3,6 +3,13 @@
 //! manager, and three nodes, all separate processes; the built-in inspectors
 //! signed, published and assigned by a demo topology. Prints the equivalent
 //! commands and where to look, and stops everything on Ctrl-C.
+//!
+//! The demo stays up when one of its processes dies, so that an operator
+//! can watch the system notice and heal: it says which process exited,
+//! how, and where its log is, and keeps the others running. Every process
+//! has a restart script, `<dir>/restart-<name>.sh`, with the command line
+//! the demo started it with; the demo notices the restarted process (from
+//! the pid file the script writes) and stops it too on Ctrl-C.
 
 use crate::admin_cmd;
 use crate::module_cmd::unix_now;
@@ -64,14 +71,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mor_dir = dir.join("mor");
     let mor_addr = free_port()?;
     let exe = std::env::current_exe()?;
-    let mut children = Children::default();
+    let mut children = Children::new(&dir);
 
     eprintln!(
         "#   agad mor --pki {d}/pki --name mor --listen {mor_addr} --data-dir {d}/mor --trust {d}/publisher.pub"
     );
     children.spawn(
-        &dir,
         "mor",
+        "top manager",
         Command::new(&exe)
             .args(["mor", "--pki"])
             .arg(&pki)
@@ -104,8 +111,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             "#   agad dominio --pki {d}/pki --name {station} --mor {mor_addr} --listen {listen} --data-dir {d}/{station} --trust {d}/publisher.pub --ticket <from agad enroll ticket {station}>"
         );
         children.spawn(
-            &dir,
             station,
+            "domain manager",
             Command::new(&exe)
                 .args(["dominio", "--pki"])
                 .arg(&pki)
@@ -130,8 +137,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 "#   agad node --dominio {listen} --pki {d}/pki --name {node} --trust {d}/publisher.pub --data-dir {d}/{node} --ticket <...>   (domain {domain})"
             );
             children.spawn(
-                &dir,
                 node,
+                "node",
                 Command::new(&exe)
                     .args(["node", "--dominio", &listen, "--pki"])
                     .arg(&pki)
@@ -158,6 +165,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.window_secs
     );
     eprintln!("  (from the source tree: cargo run --release -p agad -- status, ...)");
+    let (node, station) = (DOMAINS[0].2[0], DOMAINS[0].1);
+    eprintln!("Stop or kill one element and watch the others notice (the demo keeps running):");
+    for (name, role) in [(node, "node"), (station, "domain manager")] {
+        let pid = children.pid(name).context("a demo process is missing")?;
+        eprintln!("  kill -STOP {pid}   # freeze {role} {name} (kill -CONT {pid} thaws it)");
+        eprintln!("  kill -9 {pid}      # kill {role} {name}");
+        eprintln!(
+            "  sh {}   # start {name} again once it is gone",
+            restart_script(&dir, name).display()
+        );
+    }
+    eprintln!("Every process has one: {d}/restart-<name>.sh.");
     eprintln!("Ctrl-C stops everything.");
     let deadline = args.run_for.map(|d| Instant::now() + d);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -176,14 +195,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     while !stop.load(std::sync::atomic::Ordering::SeqCst)
         && deadline.is_none_or(|d| Instant::now() < d)
     {
-        if let Some(name) = children.exited() {
+        if children.any_exited() {
             // Ctrl-C reaches the children too; give our own handler a moment.
             std::thread::sleep(Duration::from_millis(500));
             if stop.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
-            children.stop_all();
-            bail!("{name} stopped unexpectedly; see {d}/logs/{name}.log");
+        }
+        for event in children.watch() {
+            eprintln!("{event}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -351,51 +371,239 @@ fn free_port() -> anyhow::Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
-/// The demo's processes; stopped with SIGTERM (a clean shutdown) at the end.
-#[derive(Default)]
+/// The demo's restart script for `name`.
+fn restart_script(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("restart-{name}.sh"))
+}
+
+/// Where `name`'s restart script writes the process id it started.
+fn pid_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join("logs").join(format!("{name}.pid"))
+}
+
+/// `text` as one word for `sh`.
+fn shell_quote(text: &std::ffi::OsStr) -> String {
+    format!("'{}'", text.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// Whether process `pid` runs (exists and is no zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // `pid (comm) state ...`; comm may hold spaces and parentheses.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
+/// One process of the demo.
+struct Element {
+    name: String,
+    /// "node", "domain manager", "top manager": for the operator.
+    role: &'static str,
+    /// The demo's own run of it, until it exits.
+    child: Option<Child>,
+    /// A run its restart script started (the pid it wrote), while it runs.
+    restarted: Option<u32>,
+    /// The last pid read from its pid file, so a run is announced once.
+    pid_seen: Option<u32>,
+}
+
+/// The demo's processes; stopped with SIGTERM (a clean shutdown) at the
+/// end, including those started again by their restart scripts.
 struct Children {
-    running: Vec<(String, Child)>,
+    dir: PathBuf,
+    elements: Vec<Element>,
 }
 
 impl Children {
-    fn spawn(&mut self, dir: &Path, name: &str, command: &mut Command) -> anyhow::Result<()> {
-        let log = std::fs::File::create(dir.join("logs").join(format!("{name}.log")))?;
+    fn new(dir: &Path) -> Children {
+        Children {
+            dir: dir.to_owned(),
+            elements: Vec::new(),
+        }
+    }
+
+    /// Starts `command` as `name`, logging to `<dir>/logs/<name>.log`, and
+    /// writes its restart script.
+    fn spawn(
+        &mut self,
+        name: &str,
+        role: &'static str,
+        command: &mut Command,
+    ) -> anyhow::Result<()> {
+        let log_path = self.dir.join("logs").join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let log_filter = std::env::var("AGAD_LOG").unwrap_or_else(|_| "info".into());
+        self.write_restart_script(name, command, &log_filter, &log_path)?;
+        let _ = std::fs::remove_file(pid_file(&self.dir, name));
         let child = command
-            .env(
-                "AGAD_LOG",
-                std::env::var("AGAD_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("AGAD_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
-        self.running.push((name.to_owned(), child));
+        self.elements.push(Element {
+            name: name.to_owned(),
+            role,
+            child: Some(child),
+            restarted: None,
+            pid_seen: None,
+        });
         Ok(())
     }
 
-    /// The first child that exited, if any.
+    /// `<dir>/restart-<name>.sh`: `command` again in the background, its
+    /// output appended to the same log, its pid in `<dir>/logs/<name>.pid`
+    /// for the demo to find.
+    fn write_restart_script(
+        &self,
+        name: &str,
+        command: &Command,
+        log_filter: &str,
+        log: &Path,
+    ) -> anyhow::Result<()> {
+        let mut line = vec![shell_quote(command.get_program())];
+        line.extend(command.get_args().map(shell_quote));
+        let pid_file = pid_file(&self.dir, name);
+        let script = format!(
+            "#!/bin/sh\n\
+             # Starts {name} of the AGAD demo again, with the command line the demo\n\
+             # started it with, in the background; its output goes on in its log.\n\
+             # Run it once {name} is gone (kill -9, a crash); `agad demo` notices.\n\
+             AGAD_LOG={filter} nohup {line} >>{log} 2>&1 </dev/null &\n\
+             echo $! >{pid_file}\n\
+             echo \"{name} started again: pid $!, log {log_text}\"\n",
+            filter = shell_quote(log_filter.as_ref()),
+            line = line.join(" "),
+            log = shell_quote(log.as_os_str()),
+            pid_file = shell_quote(pid_file.as_os_str()),
+            log_text = log.display(),
+        );
+        let path = restart_script(&self.dir, name);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot replace {}", path.display()))?;
+        }
+        // It holds the enrollment ticket of the command line: the user's only.
+        crate::module_cmd::write_private(&path, script.as_bytes())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+        Ok(())
+    }
+
+    /// The process id of `name`'s current run, if it runs.
+    fn pid(&self, name: &str) -> Option<u32> {
+        let e = self.elements.iter().find(|e| e.name == name)?;
+        e.child.as_ref().map(Child::id).or(e.restarted)
+    }
+
+    /// The first of the demo's own runs that exited, if any (while
+    /// starting, any exit is a failure).
     fn exited(&mut self) -> Option<String> {
-        self.running
-            .iter_mut()
-            .find_map(|(n, c)| matches!(c.try_wait(), Ok(Some(_))).then(|| n.clone()))
+        self.elements.iter_mut().find_map(|e| {
+            let child = e.child.as_mut()?;
+            matches!(child.try_wait(), Ok(Some(_))).then(|| e.name.clone())
+        })
+    }
+
+    /// Whether a process exited since the last [`Children::watch`].
+    fn any_exited(&mut self) -> bool {
+        self.exited().is_some()
+            || self
+                .elements
+                .iter()
+                .any(|e| e.restarted.is_some_and(|pid| !alive(pid)))
+    }
+
+    /// What changed since the last call, for the operator: processes that
+    /// exited (which, how, its log and restart script) and processes their
+    /// restart script started again.
+    fn watch(&mut self) -> Vec<String> {
+        let mut events = Vec::new();
+        for e in &mut self.elements {
+            let log = self.dir.join("logs").join(format!("{}.log", e.name));
+            let script = restart_script(&self.dir, &e.name);
+            if let Some(child) = e.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let pid = child.id();
+                e.child = None;
+                events.push(format!(
+                    "{} {} (pid {pid}) exited: {status}; its log: {}; the others keep running; start it again with: sh {}",
+                    e.role,
+                    e.name,
+                    log.display(),
+                    script.display()
+                ));
+            }
+            if let Some(pid) = e.restarted
+                && !alive(pid)
+            {
+                e.restarted = None;
+                events.push(format!(
+                    "{} {} (pid {pid}) exited; its log: {}; start it again with: sh {}",
+                    e.role,
+                    e.name,
+                    log.display(),
+                    script.display()
+                ));
+            }
+            let written = std::fs::read_to_string(pid_file(&self.dir, &e.name))
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok());
+            if let Some(pid) = written
+                && e.pid_seen != Some(pid)
+                && e.child.is_none()
+                && alive(pid)
+            {
+                e.pid_seen = Some(pid);
+                e.restarted = Some(pid);
+                events.push(format!(
+                    "{} {} runs again (pid {pid}, started by its restart script)",
+                    e.role, e.name
+                ));
+            }
+        }
+        events
     }
 
     fn stop_all(&mut self) {
-        for (_, child) in self.running.iter().rev() {
-            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let pids: Vec<(String, u32)> = self
+            .elements
+            .iter()
+            .rev()
+            .filter_map(|e| Some((e.name.clone(), self.pid(&e.name)?)))
+            .collect();
+        for (_, pid) in &pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(*pid as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
         }
-        for (name, child) in &mut self.running {
+        for e in &mut self.elements {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
+            if let Some(child) = e.child.as_mut() {
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if matches!(child.try_wait(), Ok(None)) {
+                    eprintln!("{} did not stop in 10 s; killing it", e.name);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                e.child = None;
             }
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("{name} did not stop in 10 s; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
+            // Not our child: it is reaped by whoever adopted it.
+            if let Some(pid) = e.restarted.take() {
+                while alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if alive(pid)
+                    && let Some(p) = rustix::process::Pid::from_raw(pid as i32)
+                {
+                    eprintln!("{} did not stop in 10 s; killing it", e.name);
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
             }
         }
     }

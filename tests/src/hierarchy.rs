@@ -11,6 +11,15 @@
 //! process logs to `<name>-<run>.log` in the folder, so a test can read what
 //! a process logged across restarts.
 //!
+//! On a [`Network`](crate::network::Network) of separate hosts (network namespaces), each process
+//! can run on a host of its own ([`Deployment::start_on`],
+//! [`Deployment::start_station_on`], [`Deployment::start_node_on`]),
+//! listening on the host's address instead of loopback, so that a test can
+//! cut a host off ([`Network::link_down`](crate::network::Network::link_down)) or make its link lossy while the
+//! processes keep running. The harness itself and the `agad` admin commands
+//! stay in the root namespace: they reach the top manager through its
+//! admin socket, a file.
+//!
 //! Errors, not panics: every failure says what went wrong with the last
 //! lines of every process's log, so a test returning `anyhow::Result` and a
 //! benchmark both print something to go on. A deployment dropped while its
@@ -36,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::network::Host;
 use agad_guardian::watch::{AGENT_DOWN, HOST_DOWN};
 use agad_protocol::message::{Alarm, Provenance, Summary};
 use anyhow::{Context, bail};
@@ -45,6 +55,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// Where the top manager listens on its host of a [`Network`](crate::network::Network) (its own
+/// namespace: the port is free).
+pub const MOR_PORT: u16 = 7400;
+/// Where a station listens on its host of a [`Network`](crate::network::Network).
+pub const STATION_PORT: u16 = 7401;
 
 /// Lines of each process's log shown with an error.
 const LOG_TAIL_LINES: usize = 30;
@@ -108,6 +124,8 @@ struct Process {
     runs: u32,
     /// Sent SIGSTOP and not SIGCONT since.
     frozen: bool,
+    /// The host of a [`Network`](crate::network::Network) it runs on; the root namespace if `None`.
+    host: Option<Host>,
 }
 
 /// One deployment in a temporary folder: CA, publisher key, processes.
@@ -127,12 +145,30 @@ impl Deployment {
     /// A CA, a publisher key and a running top manager (the process `mor`),
     /// with `agad` the binary to run.
     pub fn start(agad: &Path, options: Options) -> anyhow::Result<Deployment> {
+        Deployment::start_with_mor(agad, options, None)
+    }
+
+    /// [`Deployment::start`] with the top manager on `host` of a
+    /// [`Network`](crate::network::Network), listening on `<host address>:7400` ([`MOR_PORT`]).
+    pub fn start_on(agad: &Path, options: Options, host: &Host) -> anyhow::Result<Deployment> {
+        Deployment::start_with_mor(agad, options, Some(host))
+    }
+
+    fn start_with_mor(
+        agad: &Path,
+        options: Options,
+        host: Option<&Host>,
+    ) -> anyhow::Result<Deployment> {
         let mut d = Deployment::empty(agad, options)?;
         d.agad(&["pki", "init", "--dir", "pki"])?;
         d.agad(&["module", "keygen", "--out", "publisher"])?;
         d.issue("mor", "mor")?;
-        let listen = free_address()?;
-        d.spawn(
+        let listen = match host {
+            Some(host) => format!("{}:{MOR_PORT}", host.address()),
+            None => free_address()?,
+        };
+        d.spawn_on(
+            host,
             "mor",
             &[
                 "mor",
@@ -237,6 +273,17 @@ impl Deployment {
     /// Starts `agad ARGS` as the process called `name`, in the deployment's
     /// folder, logging to `<name>-1.log`.
     pub fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
+        self.spawn_on(None, name, args)
+    }
+
+    /// [`Deployment::spawn`] inside `host`'s namespace (`ip netns exec`),
+    /// or the root one if `None`; restarts run there too.
+    pub fn spawn_on(
+        &mut self,
+        host: Option<&Host>,
+        name: &str,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
         if self.processes.contains_key(name) {
             bail!("there already is a process called {name}");
         }
@@ -247,6 +294,7 @@ impl Deployment {
                 child: None,
                 runs: 0,
                 frozen: false,
+                host: host.cloned(),
             },
         );
         self.restart(name)
@@ -263,7 +311,11 @@ impl Deployment {
         }
         process.runs += 1;
         let log = std::fs::File::create(dir.join(format!("{name}-{}.log", process.runs)))?;
-        let child = Command::new(&agad)
+        let mut command = match &process.host {
+            Some(host) => host.command(&agad),
+            None => Command::new(&agad),
+        };
+        let child = command
             .args(&process.args)
             .current_dir(&dir)
             .env("AGAD_LOG", log_filter)
@@ -356,6 +408,11 @@ impl Deployment {
         signal(child, Signal::CONT)?;
         process.frozen = false;
         Ok(())
+    }
+
+    /// The host `name` runs on, if it runs on a [`Network`](crate::network::Network).
+    pub fn host_of(&self, name: &str) -> Option<&Host> {
+        self.processes.get(name)?.host.as_ref()
     }
 
     /// Process id of `name`'s current run.
@@ -530,11 +587,44 @@ impl Deployment {
     /// A station whose parent manager listens at `parent` (a sub-domain's
     /// station under its parent domain's station).
     pub fn start_station_under(&mut self, name: &str, parent: &str) -> anyhow::Result<String> {
+        self.start_station_at(name, parent, None)
+    }
+
+    /// A station on `host` of a [`Network`](crate::network::Network), under the top manager,
+    /// listening on `<host address>:7401` ([`STATION_PORT`]); returns that
+    /// address, which its nodes connect to.
+    pub fn start_station_on(&mut self, name: &str, host: &Host) -> anyhow::Result<String> {
+        let mor = self.mor_address()?.to_owned();
+        self.start_station_at(name, &mor, Some(host))
+    }
+
+    /// [`Deployment::start_station_under`] on `host` of a
+    /// [`Network`](crate::network::Network): a sub-domain's station under
+    /// its parent domain's station at `parent`.
+    pub fn start_station_under_on(
+        &mut self,
+        name: &str,
+        parent: &str,
+        host: &Host,
+    ) -> anyhow::Result<String> {
+        self.start_station_at(name, parent, Some(host))
+    }
+
+    fn start_station_at(
+        &mut self,
+        name: &str,
+        parent: &str,
+        host: Option<&Host>,
+    ) -> anyhow::Result<String> {
         self.issue("dominio", name)?;
         let ticket = self.ticket(name)?;
-        let listen = free_address()?;
+        let listen = match host {
+            Some(host) => format!("{}:{STATION_PORT}", host.address()),
+            None => free_address()?,
+        };
         let keepalive = self.options.keepalive.clone();
-        self.spawn(
+        self.spawn_on(
+            host,
             name,
             &[
                 "dominio",
@@ -563,7 +653,14 @@ impl Deployment {
     /// A node under the station at `dominio`, with a fresh certificate and
     /// ticket, enrolled and activated.
     pub fn start_node(&mut self, name: &str, dominio: &str) -> anyhow::Result<()> {
-        self.start_node_configured(name, dominio, None)
+        self.start_node_configured(name, dominio, None, None)
+    }
+
+    /// [`Deployment::start_node`] on `host` of a [`Network`](crate::network::Network); `dominio` is
+    /// its stations' addresses, primary first, comma-separated (what
+    /// [`Deployment::start_station_on`] returned).
+    pub fn start_node_on(&mut self, name: &str, dominio: &str, host: &Host) -> anyhow::Result<()> {
+        self.start_node_configured(name, dominio, None, Some(host))
     }
 
     /// [`Deployment::start_node`] with `node_config` the text of its
@@ -574,7 +671,7 @@ impl Deployment {
         dominio: &str,
         node_config: &str,
     ) -> anyhow::Result<()> {
-        self.start_node_configured(name, dominio, Some(node_config))
+        self.start_node_configured(name, dominio, Some(node_config), None)
     }
 
     fn start_node_configured(
@@ -582,6 +679,7 @@ impl Deployment {
         name: &str,
         dominio: &str,
         node_config: Option<&str>,
+        host: Option<&Host>,
     ) -> anyhow::Result<()> {
         self.issue("node", name)?;
         // From a file, as the README advises (a flag shows in `ps`).
@@ -610,7 +708,7 @@ impl Deployment {
             std::fs::write(self.path(&config_file), text)?;
             args.extend(["--node-config", &config_file]);
         }
-        self.spawn(name, &args)?;
+        self.spawn_on(host, name, &args)?;
         self.activate(name)
     }
 

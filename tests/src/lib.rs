@@ -15,11 +15,15 @@
 //! - [`peer`]: raw TLS peers written by hand, for tests that play an
 //!   attacker holding a certificate.
 //! - [`netns`]: network namespaces with many interfaces (needs root).
+//! - [`network`]: a switched network of separate hosts, one namespace each,
+//!   with real faults (interface down, packet loss) and a jitter relay
+//!   (needs root).
 //! - [`snmpd`]: a throw-away net-snmp agent (v2c community and a v3
 //!   authPriv user) on a free loopback UDP port, optionally inside a network
 //!   namespace; killed on drop.
 
 pub mod hierarchy;
 pub mod netns;
+pub mod network;
 pub mod peer;
 pub mod snmpd;

@@ -187,8 +187,10 @@ impl Drop for Netns {
 
 const NETNS_PREFIX: &str = "agad-ns-";
 
-/// Namespaces left by an earlier run that was killed (its pid is gone).
-fn remove_stale_namespaces() {
+/// Removes the namespaces (`agad-ns-<pid>...`, this module's and
+/// [`crate::network`]'s) left by an earlier run that was killed: its pid is
+/// gone.
+pub fn remove_stale_namespaces() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };

@@ -38,6 +38,7 @@ use agad_net::{
 };
 use agad_protocol::wire::{ComponentStatus, Control, Message, Role};
 use agad_tests::netns::run;
+use agad_tests::network::{ensure_nft, jitter_relay};
 use anyhow::{Context, bail};
 use rand::Rng;
 use std::collections::HashMap;
@@ -45,8 +46,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 const NAMESPACE_PREFIX: &str = "agad-live-";
@@ -336,7 +337,7 @@ async fn false_suspicions(
     let mut events = registry.subscribe();
     let relay = TcpListener::bind(format!("{ROOT_IP}:0")).await?;
     let relay_address = relay.local_addr()?.to_string();
-    tokio::spawn(jitter_relay(relay, parent));
+    tokio::spawn(jitter_relay(relay, parent, Duration::from_millis(100)));
     let exe = std::env::current_exe()?;
     let mut inside = tokio::process::Command::new("ip")
         .args(["netns", "exec", &namespace.name])
@@ -478,54 +479,6 @@ async fn children_in_namespace(
     Ok(())
 }
 
-/// Forwards each connection to `parent`, delaying every chunk in each
-/// direction by 0–100 ms while keeping their order.
-async fn jitter_relay(listener: TcpListener, parent: String) {
-    while let Ok((inbound, _)) = listener.accept().await {
-        let parent = parent.clone();
-        tokio::spawn(async move {
-            let Ok(outbound) = TcpStream::connect(&parent).await else {
-                return;
-            };
-            let _ = inbound.set_nodelay(true);
-            let _ = outbound.set_nodelay(true);
-            let (in_read, in_write) = inbound.into_split();
-            let (out_read, out_write) = outbound.into_split();
-            tokio::join!(delayed(in_read, out_write), delayed(out_read, in_write));
-        });
-    }
-}
-
-async fn delayed(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let writer = tokio::spawn(async move {
-        while let Some((at, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(at.into()).await;
-            if to.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        let _ = to.shutdown().await;
-    });
-    let mut release = Instant::now();
-    let mut buffer = vec![0u8; 64 * 1024];
-    while let Ok(n) = from.read(&mut buffer).await {
-        if n == 0 {
-            break;
-        }
-        let delay = Duration::from_millis(rand::thread_rng().gen_range(0..=100));
-        release = release.max(Instant::now() + delay);
-        if tx.send((release, buffer[..n].to_vec())).is_err() {
-            break;
-        }
-    }
-    drop(tx);
-    let _ = writer.await;
-}
-
 /// A namespace joined to the root one by a veth whose namespace end drops
 /// 5 % of packets in each direction. Deleted on drop.
 struct LossyNamespace {
@@ -603,15 +556,4 @@ fn remove_stale_namespaces() {
             let _ = run("ip", &["netns", "del", name]);
         }
     }
-}
-
-/// nftables drops the packets; installed from Debian when missing.
-fn ensure_nft() -> anyhow::Result<()> {
-    if Command::new("nft").arg("--version").output().is_ok() {
-        return Ok(());
-    }
-    eprintln!("installing nftables (apt-get) for the packet-loss rules");
-    run("apt-get", &["update", "-qq"])?;
-    run("apt-get", &["install", "-y", "-qq", "nftables"])
-        .context("nftables is needed for part 2: apt-get install nftables")
 }

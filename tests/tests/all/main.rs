@@ -4,6 +4,7 @@
 
 mod hostile;
 mod inspectors;
+mod network;
 mod os;
 mod runtime;
 mod snmp;

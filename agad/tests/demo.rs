@@ -1,0 +1,185 @@
+//! `agad demo` as an operator watching the guardian uses it: a real demo
+//! (top manager, two domain managers, three nodes as separate processes)
+//! in which one node is killed with `kill -9`; the demo says so and keeps
+//! the rest running, the node's restart script brings it back, it
+//! reconnects, and Ctrl-C still stops everything, the restarted node too.
+#![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AGAD: &str = env!("CARGO_BIN_EXE_agad");
+/// Every process compiles its modules on a shared CI machine.
+const PATIENCE: Duration = Duration::from_secs(180);
+
+/// The demo, killed on drop if the test fails half-way.
+struct Demo {
+    child: Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Demo {
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until the demo printed a line for which `find` says something.
+    fn wait_for<T>(&mut self, what: &str, mut find: impl FnMut(&str) -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            let text = self.text();
+            if let Some(found) = text.lines().find_map(&mut find) {
+                return found;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the demo exited ({status}) before {what}:\n{text}");
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "timed out waiting for {what}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = signal("INT", self.child.id());
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(name: &str, pid: u32) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap()
+}
+
+/// Whether `node` is connected, as `agad status --json` of the demo's top
+/// manager says.
+fn connected(dir: &Path, node: &str) -> bool {
+    let out = Command::new(AGAD)
+        .args(["status", "--json"])
+        .env("AGAD_MOR_DIR", dir.join("mor"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return false;
+    }
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["domains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| d["components"].as_array().into_iter().flatten())
+        .find(|c| c["component"] == serde_json::json!({"node": {"name": node}}))
+        .is_some_and(|c| c["state"].get("connected").is_some())
+}
+
+fn wait_until(what: &str, demo: &Demo, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "timed out waiting for {what}:\n{}",
+            demo.text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z'))
+    })
+}
+
+#[test]
+fn the_demo_outlives_a_killed_node_and_its_restart_script_brings_it_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let stderr = tmp.path().join("demo.stderr");
+    let child = Command::new(AGAD)
+        .args(["demo", "--dir"])
+        .arg(&dir)
+        .args(["--for", "10m"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut demo = Demo { child, stderr };
+
+    let pid: u32 = demo.wait_for("how to kill a node", |l| {
+        let rest = l.trim().strip_prefix("kill -9 ")?;
+        let (pid, comment) = rest.split_once('#')?;
+        (comment.trim() == "kill node campus-1").then(|| pid.trim().parse().unwrap())
+    });
+    let script = dir.join("restart-campus-1.sh");
+    demo.wait_for("the restart script's path", |l| {
+        l.contains(&format!("sh {}", script.display()))
+            .then_some(())
+    });
+    demo.wait_for("Ctrl-C stops everything", |l| {
+        l.contains("Ctrl-C stops everything").then_some(())
+    });
+    assert!(dir.join("restart-station-campus.sh").exists());
+    wait_until("campus-1 connected", &demo, || connected(&dir, "campus-1"));
+
+    assert!(signal("9", pid).success());
+    demo.wait_for("the demo to report campus-1's exit", |l| {
+        (l.contains(&format!("node campus-1 (pid {pid}) exited"))
+            && l.contains("campus-1.log")
+            && l.contains("restart-campus-1.sh"))
+        .then_some(())
+    });
+    wait_until("campus-1 shown as not connected", &demo, || {
+        !connected(&dir, "campus-1")
+    });
+    // Everything else keeps running.
+    assert!(demo.child.try_wait().unwrap().is_none(), "{}", demo.text());
+    assert!(connected(&dir, "campus-2") && connected(&dir, "lab-1"));
+
+    let out = Command::new("sh").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let restarted: u32 = said
+        .split("pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the script said: {said}"));
+    demo.wait_for("the demo to see campus-1 again", |l| {
+        l.contains(&format!("node campus-1 runs again (pid {restarted}"))
+            .then_some(())
+    });
+    wait_until("the restarted campus-1 to reconnect", &demo, || {
+        connected(&dir, "campus-1")
+    });
+    let log = std::fs::read_to_string(dir.join("logs/campus-1.log")).unwrap();
+    assert!(
+        log.matches("connected").count() >= 2,
+        "both runs log to the same file:\n{log}"
+    );
+
+    // Ctrl-C (SIGINT) stops everything, the restarted node too.
+    assert!(signal("INT", demo.child.id()).success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < PATIENCE, "the demo did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}:\n{}", demo.text());
+    wait_until("the restarted campus-1 to stop", &demo, || {
+        !alive(restarted)
+    });
+}
