@@ -5,7 +5,7 @@
 //! interface set down and up again. Needs root; fails (never skips) without.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
-use agad_tests::hierarchy::{Deployment, Options, alarm_ids};
+use agad_tests::hierarchy::{Deployment, Options, alarm_ids, is_guardian_alarm};
 use agad_tests::network::Network;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -219,6 +219,9 @@ fn a_lossy_jittery_link_causes_no_false_failure() -> anyhow::Result<()> {
         let log = d.log(n)[from..].to_owned();
         assert!(!log.contains("link down"), "{n} gave its link up:\n{log}");
     }
+    // Nor did the guardian accuse anyone.
+    let accused: Vec<_> = d.alarms()?.into_iter().filter(is_guardian_alarm).collect();
+    assert!(accused.is_empty(), "false diagnoses: {accused:?}");
     // The nodes were working all along, not merely connected.
     d.wait_for("reports from every node", |d| {
         let rows = d.reports()?;
