@@ -140,6 +140,8 @@ impl Hierarchy {
             ceilings: Default::default(),
             output: Default::default(),
             disk: Default::default(),
+            crash_loop: Default::default(),
+            integrity: Default::default(),
         };
         let node = Node::open(settings, vec![self.publisher.public()], &self.path(name)).unwrap();
         let shutdown = self.stop.subscribe();

@@ -1,7 +1,7 @@
 //! Frames of every `MessageKind` built around arbitrary bodies, so each
 //! kind's fields are decoded (a flat byte target spends most of its time
 //! on the variant indices). Input: `[kind][flags][fields...]`, where
-//! `kind % 14` picks `MessageKind::ALL[kind]`, whose variant indices are
+//! `kind % 16` picks `MessageKind::ALL[kind]`, whose variant indices are
 //! written before the fields, and flag bit 0 deflates the body as `encode`
 //! does. The frame then goes through `decode_header` and every body decoder,
 //! and must decode as the kind it was built as.
@@ -29,6 +29,8 @@ fn prefix(kind: MessageKind) -> &'static [u8] {
         MessageKind::Redirect => &[0, 11],
         MessageKind::Alarm => &[1],
         MessageKind::Reports => &[2],
+        MessageKind::Attest => &[0, 12],
+        MessageKind::Attestation => &[0, 13],
     }
 }
 

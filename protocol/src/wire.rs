@@ -289,6 +289,13 @@ pub enum Control {
         domain: String,
         parents: Vec<String>,
     },
+    /// Parent → child: prove, for this fresh nonce, which code you hold
+    /// (see [`crate::attest`]).
+    Attest {
+        nonce: crate::attest::Nonce,
+    },
+    /// Child → parent: the answer to [`Control::Attest`].
+    Attestation(Box<crate::attest::Attestation>),
 }
 
 /// One outbox entry on the wire: the sender's sequence number, which the
@@ -383,10 +390,12 @@ pub enum MessageKind {
     Redirect,
     Alarm,
     Reports,
+    Attest,
+    Attestation,
 }
 
 /// `Control`'s variants in declaration order, which is their wire index.
-const CONTROL_KINDS: [MessageKind; 12] = [
+const CONTROL_KINDS: [MessageKind; 14] = [
     MessageKind::Hello,
     MessageKind::Welcome,
     MessageKind::AssignDomain,
@@ -399,13 +408,15 @@ const CONTROL_KINDS: [MessageKind; 12] = [
     MessageKind::Ack,
     MessageKind::Unassign,
     MessageKind::Redirect,
+    MessageKind::Attest,
+    MessageKind::Attestation,
 ];
 /// `Message`'s variants in declaration order (`None`: a `Control`).
 const MESSAGE_KINDS: [Option<MessageKind>; 3] =
     [None, Some(MessageKind::Alarm), Some(MessageKind::Reports)];
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 14] = [
+    pub const ALL: [MessageKind; 16] = [
         MessageKind::Hello,
         MessageKind::Welcome,
         MessageKind::AssignDomain,
@@ -420,6 +431,8 @@ impl MessageKind {
         MessageKind::Redirect,
         MessageKind::Alarm,
         MessageKind::Reports,
+        MessageKind::Attest,
+        MessageKind::Attestation,
     ];
 
     pub fn of(message: &Message) -> MessageKind {
@@ -437,6 +450,8 @@ impl MessageKind {
                 Control::Ack { .. } => MessageKind::Ack,
                 Control::Unassign { .. } => MessageKind::Unassign,
                 Control::Redirect { .. } => MessageKind::Redirect,
+                Control::Attest { .. } => MessageKind::Attest,
+                Control::Attestation(_) => MessageKind::Attestation,
             },
             Message::Alarm(_) => MessageKind::Alarm,
             Message::Reports(_) => MessageKind::Reports,
@@ -449,10 +464,12 @@ impl MessageKind {
     pub fn may_come_from(self, sender: Sender) -> bool {
         use MessageKind::*;
         match self {
-            Welcome | AssignDomain | Replicate | Deploy | Unassign | Redirect => {
+            Welcome | AssignDomain | Replicate | Deploy | Unassign | Redirect | Attest => {
                 sender == Sender::Parent
             }
-            Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports => sender == Sender::Child,
+            Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports | Attestation => {
+                sender == Sender::Child
+            }
             KeepAlive | Ack => true,
         }
     }
@@ -473,6 +490,8 @@ impl MessageKind {
             MessageKind::Redirect => "redirect",
             MessageKind::Alarm => "alarm",
             MessageKind::Reports => "reports",
+            MessageKind::Attest => "attest",
+            MessageKind::Attestation => "attestation",
         }
     }
 }
@@ -1144,6 +1163,19 @@ mod tests {
                 }),
             }),
             MessageKind::Reports => Message::Reports(vec![]),
+            MessageKind::Attest => control(Control::Attest { nonce: [7; 32] }),
+            MessageKind::Attestation => control(Control::Attestation(Box::new(
+                crate::attest::Attestation {
+                    nonce: [7; 32],
+                    modules: vec![crate::attest::AttestedModule {
+                        name: "m".into(),
+                        sha256: "00".repeat(32),
+                        proof: [1; 32],
+                        artefact: crate::attest::Artefact::Intact,
+                    }],
+                    quarantined: Vec::new(),
+                },
+            ))),
         }
     }
 
@@ -1170,8 +1202,24 @@ mod tests {
             }
         }
         use MessageKind::*;
-        let parent_only = [Welcome, AssignDomain, Replicate, Deploy, Unassign, Redirect];
-        let child_only = [Hello, Enroll, ReplicaAck, DeployAck, Alarm, Reports];
+        let parent_only = [
+            Welcome,
+            AssignDomain,
+            Replicate,
+            Deploy,
+            Unassign,
+            Redirect,
+            Attest,
+        ];
+        let child_only = [
+            Hello,
+            Enroll,
+            ReplicaAck,
+            DeployAck,
+            Alarm,
+            Reports,
+            Attestation,
+        ];
         for kind in MessageKind::ALL {
             assert_eq!(
                 kind.may_come_from(Sender::Child),
