@@ -77,6 +77,12 @@ pub struct DominioArgs {
     /// How often the station tells the top manager it is alive.
     #[arg(long, default_value = "10s", value_parser = crate::parse_cli_duration)]
     keepalive: Duration,
+    /// How often every connected node must prove, for a fresh nonce, that
+    /// it holds the exact module bytes of BC; a module found altered is
+    /// redeployed with its good bytes (`agad status` shows each node's
+    /// last attestation).
+    #[arg(long, default_value = "60s", value_parser = crate::parse_cli_duration)]
+    attest_every: Duration,
     /// Public key of a publisher whose modules a replica may carry
     /// (repeatable): every module of every replica is checked against them.
     #[arg(long = "trust", required = true)]
@@ -117,6 +123,7 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
         limits: Limits::for_open_files(open_files),
         trusted: read_public_keys(&args.trusted)?,
         advertise: args.advertise,
+        attest_every: args.attest_every,
     };
     serve(&args.listen, "domain manager", move |listener, shutdown| {
         agad_gerente_dominio::run(config, listener, shutdown)

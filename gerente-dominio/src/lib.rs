@@ -8,11 +8,13 @@
 //! enrollment — those come from the top manager in replicas.
 //!
 //! Layout:
+//! - [`attest`]: attestation of the code each node holds, and its healing.
 //! - [`bases`]: BC, BTPD and BICD in the station's database.
 //! - [`consolidate`]: merging node reports into one domain report per window.
 //! - [`nodes`]: the sessions of the domain's nodes.
 //! - [`subdomains`]: sub-domain managers activated and relayed by this one.
 
+pub mod attest;
 pub mod bases;
 pub mod consolidate;
 pub mod nodes;
@@ -57,6 +59,8 @@ pub struct DominioConfig {
     /// manager so nodes that move here can be sent here. Empty: the
     /// listener's address, unless it is a wildcard (0.0.0.0, [::]).
     pub advertise: Vec<String>,
+    /// How often every connected node is asked to attest its code.
+    pub attest_every: Duration,
 }
 
 /// The state every task of the station shares.
@@ -77,6 +81,8 @@ pub struct Station {
     /// The replica in force is that of a domain removed from the topology:
     /// nothing is deployed or consolidated until a new replica comes.
     removed: AtomicBool,
+    /// The nodes' attestations: nonces outstanding, last results.
+    pub attestations: attest::Attestations,
 }
 
 impl Station {
@@ -219,6 +225,7 @@ impl Element for Station {
             ),
         ];
         out.extend(nodes::status(&self.nodes, replica.as_deref()));
+        out.extend(attest::status(self));
         out.extend(subdomains::status(&self.subdomains, replica.as_deref()));
         out
     }
@@ -261,6 +268,7 @@ pub async fn run(
         enrollments: RateByKey::new(3, Duration::from_secs(20), 10_000),
         advertise,
         removed,
+        attestations: Default::default(),
     });
 
     let (events_tx, mut events) = mpsc::channel(64);
@@ -315,6 +323,11 @@ pub async fn run(
         config.consolidation_grace,
         shutdown.clone(),
     ));
+    let attesting = tokio::spawn(attest::run(
+        station.clone(),
+        config.attest_every,
+        shutdown.clone(),
+    ));
     let watchers = [
         tokio::spawn(station.nodes.clone().watch(shutdown.clone())),
         tokio::spawn(station.subdomains.clone().watch(shutdown.clone())),
@@ -344,6 +357,7 @@ pub async fn run(
         let _ = watcher.await;
     }
     consolidation.abort();
+    attesting.abort();
     from_mor.abort();
     Ok(())
 }

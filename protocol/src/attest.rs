@@ -111,16 +111,17 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Everything expected is held intact and nothing was quarantined.
+    /// Nothing held was found altered. A module expected and not held is
+    /// not a failure of integrity: a deployment may be on its way, or the
+    /// child's policy refused the module (and said so with an alarm).
     pub fn is_clean(&self) -> bool {
-        self.mismatched.is_empty() && self.missing.is_empty() && self.quarantined.is_empty()
+        self.mismatched.is_empty() && self.quarantined.is_empty()
     }
 
     /// Hashes whose good bytes the child must be sent again.
     pub fn to_resend(&self) -> Vec<String> {
         self.mismatched
             .iter()
-            .chain(&self.missing)
             .map(|(_, h)| h.clone())
             .chain(self.quarantined.iter().map(|(_, h, _)| h.clone()))
             .collect()
@@ -150,11 +151,10 @@ impl Verdict {
                 names(&mut self.missing.iter().map(|(n, _)| n))
             ));
         }
-        if parts.is_empty() {
-            format!("{} modules intact", self.intact.len())
-        } else {
-            parts.join("; ")
+        if self.is_clean() {
+            parts.insert(0, format!("{} modules intact", self.intact.len()));
         }
+        parts.join("; ")
     }
 }
 
@@ -302,11 +302,12 @@ mod tests {
         assert_eq!(v.mismatched, vec![("a".to_owned(), hex(a))]);
         assert_eq!(v.quarantined.len(), 1);
         assert_eq!(v.missing, vec![("c".to_owned(), hex(c))]);
+        assert!(!v.is_clean());
         let mut resend = v.to_resend();
         resend.sort();
-        let mut all = vec![hex(a), hex(b), hex(c)];
-        all.sort();
-        assert_eq!(resend, all);
+        let mut altered = vec![hex(a), hex(b)];
+        altered.sort();
+        assert_eq!(resend, altered);
         assert!(v.describe().contains("proof mismatch: a"), "{}", v.describe());
     }
 

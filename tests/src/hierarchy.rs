@@ -529,13 +529,22 @@ impl Deployment {
     /// A station whose parent manager listens at `parent` (a sub-domain's
     /// station under its parent domain's station).
     pub fn start_station_under(&mut self, name: &str, parent: &str) -> anyhow::Result<String> {
+        self.start_station_with(name, parent, &[])
+    }
+
+    /// [`Deployment::start_station_under`] with `extra` appended to the
+    /// station's command line (`--attest-every 1s`, say).
+    pub fn start_station_with(
+        &mut self,
+        name: &str,
+        parent: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
         self.issue("dominio", name)?;
         let ticket = self.ticket(name)?;
         let listen = free_address()?;
         let keepalive = self.options.keepalive.clone();
-        self.spawn(
-            name,
-            &[
+        let mut args = vec![
                 "dominio",
                 "--pki",
                 "pki",
@@ -553,8 +562,9 @@ impl Deployment {
                 &ticket,
                 "--keepalive",
                 &keepalive,
-            ],
-        )?;
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(name, &args)?;
         self.activate(name)?;
         Ok(listen)
     }

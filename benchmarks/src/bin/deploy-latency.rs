@@ -350,6 +350,7 @@ async fn start_dominio(
         limits: Default::default(),
         trusted: vec![trusted],
         advertise: Vec::new(),
+        attest_every: Duration::from_secs(60),
     };
     let task = tokio::spawn(agad_gerente_dominio::run(config, listener, shutdown));
     Ok((address, task))

@@ -1,0 +1,341 @@
+//! The domain manager's guardian of code integrity on its nodes.
+//!
+//! Every attestation period it sends each connected node a fresh nonce
+//! ([`Control::Attest`]); at most one is outstanding per node, and an
+//! answer is due within [`deadline`]. The answer's proofs are checked
+//! against the bytes in BC ([`agad_protocol::attest::verify`]); an answer
+//! for another nonce (stale or replayed) is refused. A module whose proof
+//! does not match, or that the node quarantined itself, is redeployed to
+//! that node with its full good bytes from BC (its hash taken out of what
+//! the registry believes the node holds). A proof mismatch is something
+//! the node failed to notice, so the manager raises the security alarm
+//! `agad.attestation-failed` for the node itself; it clears with the next
+//! clean answer.
+//!
+//! A node that quarantines a module also says so at once (its
+//! `agad.module-tampered` alarm, the module's state in its keep-alive):
+//! both redeploy the good copy without waiting for the next attestation.
+//!
+//! The last result and its time are kept per node and shown as one
+//! [`Component::Attestation`] per node in the station's keep-alive, so in
+//! the top manager's `agad status`.
+
+use crate::Station;
+use agad_net::children::{ChildEvent, ChildRef};
+use agad_protocol::Area;
+use agad_protocol::attest::{self, Attestation, Nonce};
+use agad_protocol::message::{Alarm, Comparison, Provenance, Severity};
+use agad_protocol::wire::{Component, ComponentStatus, Control, Message, State, Upward};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
+
+/// Key of the alarm the manager raises for a node whose proof failed.
+pub const ATTESTATION_FAILED_KEY: &str = "agad.attestation-failed";
+/// The module name the manager's own alarms about a node carry.
+const ALARM_MODULE: &str = "agad-attest";
+/// Key of the node's own alarm for a quarantined module
+/// (`agad_runtime::integrity::TAMPERED_KEY`; the manager does not link the
+/// runtime).
+pub const TAMPERED_KEY: &str = "agad.module-tampered";
+
+/// How long a node has to answer: the period, and never less than 5 s (a
+/// node hashes every module it holds first).
+pub fn deadline(every: Duration) -> Duration {
+    every.max(Duration::from_secs(5))
+}
+
+/// Per node: the nonce outstanding and the last result.
+#[derive(Default)]
+pub struct Attestations {
+    nodes: Mutex<HashMap<String, NodeAttestation>>,
+    /// Makes the ids of the manager's own alarms unique within a millisecond.
+    alarm_seq: AtomicU64,
+}
+
+#[derive(Default)]
+struct NodeAttestation {
+    outstanding: Option<Outstanding>,
+    /// When (ms since the epoch) and how the last attestation ended.
+    last: Option<(u64, Result<u64, String>)>,
+    /// `agad.attestation-failed` is raised for this node, with this text.
+    alarm: Option<String>,
+}
+
+struct Outstanding {
+    nonce: Nonce,
+    session: u64,
+    sent: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Attestations {
+    /// The nonce outstanding for `node` on `session`, if any.
+    fn asked(&self, node: &str, session: u64) -> Option<Nonce> {
+        lock(&self.nodes)
+            .get(node)
+            .and_then(|n| n.outstanding.as_ref())
+            .filter(|o| o.session == session)
+            .map(|o| o.nonce)
+    }
+}
+
+/// Attests every connected node each `every`, and redeploys at once a
+/// module a node reports quarantined. Runs until `shutdown`.
+pub async fn run(station: Arc<Station>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut events = station.nodes.subscribe();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => attest_all(&station, every),
+            event = events.recv() => match event {
+                Ok(ChildEvent::AlarmStored { child, alarm })
+                    if alarm.key == TAMPERED_KEY && alarm.raised && alarm.node == child.name =>
+                {
+                    heal_modules(&station, &child.name, &[alarm.module.clone()]).await;
+                }
+                Ok(ChildEvent::KeepAlive { child, components }) => {
+                    let quarantined: Vec<String> = components
+                        .iter()
+                        .filter_map(|c| match (&c.component, &c.state) {
+                            (Component::Module { name }, State::Quarantined { .. }) => Some(name.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    if !quarantined.is_empty() {
+                        heal_modules(&station, &child.name, &quarantined).await;
+                    }
+                }
+                Ok(ChildEvent::Disconnected { child, .. }) => {
+                    if let Some(n) = lock(&station.attestations.nodes).get_mut(&child.name)
+                        && n.outstanding.as_ref().is_some_and(|o| o.session == child.session)
+                    {
+                        n.outstanding = None;
+                    }
+                }
+                Ok(_) => {}
+                // Missed events only delay a heal until the next attestation.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Sends a fresh nonce to every connected node without one outstanding;
+/// records a failure for each whose answer is overdue.
+fn attest_all(station: &Station, every: Duration) {
+    if station.replica().is_none() || station.is_removed() {
+        return;
+    }
+    let due = deadline(every);
+    let nodes = station.nodes.lock();
+    let mut state = lock(&station.attestations.nodes);
+    for (name, entry) in nodes.iter() {
+        let n = state.entry(name.clone()).or_default();
+        if let Some(o) = &n.outstanding {
+            if o.session == entry.session && o.sent.elapsed() < due {
+                continue;
+            }
+            if o.session == entry.session {
+                tracing::warn!(node = %name, "no attestation answer within {} s", due.as_secs());
+                n.last = Some((
+                    crate::now_ms(),
+                    Err(format!("no answer within {} s", due.as_secs())),
+                ));
+            }
+        }
+        let nonce = attest::nonce();
+        n.outstanding = entry
+            .send(Message::Control(Control::Attest { nonce }))
+            .then(|| Outstanding {
+                nonce,
+                session: entry.session,
+                sent: Instant::now(),
+            });
+    }
+    // Nodes gone from the registry keep their last result (shown in
+    // status) but no nonce.
+    for (name, n) in state.iter_mut() {
+        if !nodes.contains_key(name) {
+            n.outstanding = None;
+        }
+    }
+}
+
+/// A node's answer. Refused (logged, nothing else) if it is not for the
+/// nonce outstanding on this session; otherwise judged against BC, and
+/// what failed is redeployed with its bytes. Blocking (reads BC).
+pub fn received(station: &Station, child: &ChildRef, answer: Attestation) {
+    let asked = station.attestations.asked(&child.name, child.session);
+    let Some(replica) = station.replica() else {
+        return;
+    };
+    let expected: Vec<(String, String)> = replica
+        .topology
+        .assignments
+        .iter()
+        .filter(|a| a.node == child.name)
+        .filter_map(|a| {
+            replica
+                .modules
+                .iter()
+                .find(|m| m.manifest.name == a.module)
+                .map(|m| (a.module.clone(), m.manifest.sha256_hex()))
+        })
+        .collect();
+    let verdict = attest::verify(asked.as_ref(), &answer, &expected, |hash| {
+        station.bases.module(hash).ok().flatten().map(|b| b.wasm)
+    });
+    let verdict = match verdict {
+        Ok(v) => v,
+        Err(refused) => {
+            tracing::warn!(node = %child.name, "attestation answer refused: {refused}");
+            return;
+        }
+    };
+    let now = crate::now_ms();
+    let summary = verdict.describe();
+    let alarm = {
+        let mut state = lock(&station.attestations.nodes);
+        let n = state.entry(child.name.clone()).or_default();
+        n.outstanding = None;
+        n.last = Some((
+            now,
+            if verdict.is_clean() {
+                Ok(verdict.intact.len() as u64)
+            } else {
+                Err(summary.clone())
+            },
+        ));
+        if !verdict.mismatched.is_empty() {
+            let raise = n.alarm.is_none();
+            n.alarm = Some(summary.clone());
+            raise.then(|| (true, summary.clone()))
+        } else if verdict.is_clean() {
+            n.alarm.take().map(|was| (false, was))
+        } else {
+            None
+        }
+    };
+    if verdict.is_clean() {
+        tracing::debug!(node = %child.name, "attested: {summary}");
+    } else {
+        tracing::warn!(node = %child.name, "attestation failed: {summary}; redeploying the good copy");
+        resend(station, &child.name, &verdict.to_resend());
+    }
+    if let Some((raised, text)) = alarm {
+        raise_alarm(station, child, raised, &text);
+    }
+}
+
+/// Redeploys `node` with the full bytes of the modules called `names`.
+async fn heal_modules(station: &Arc<Station>, node: &str, names: &[String]) {
+    let Some(replica) = station.replica() else {
+        return;
+    };
+    let hashes: Vec<String> = replica
+        .modules
+        .iter()
+        .filter(|m| names.contains(&m.manifest.name))
+        .map(|m| m.manifest.sha256_hex())
+        .collect();
+    if hashes.is_empty() {
+        return;
+    }
+    tracing::warn!(%node, modules = ?names, "node quarantined modules: redeploying their good copy");
+    let (station, node) = (station.clone(), node.to_owned());
+    // Reads module bytes from BC.
+    let _ = tokio::task::spawn_blocking(move || resend(&station, &node, &hashes)).await;
+}
+
+/// Takes `hashes` out of what `node` is believed to hold and redeploys it,
+/// so their bytes go with the deployment. Blocking (reads BC).
+fn resend(station: &Station, node: &str, hashes: &[String]) {
+    let Some(replica) = station.replica() else {
+        return;
+    };
+    if let Some(e) = station.nodes.lock().get_mut(node) {
+        for h in hashes {
+            e.held.remove(h);
+        }
+    }
+    crate::nodes::redeploy(station, &replica, Some(node));
+}
+
+/// Records and sends up the manager's own alarm about `node`.
+fn raise_alarm(station: &Station, child: &ChildRef, raised: bool, text: &str) {
+    let time_ms = crate::now_ms();
+    let n = station.attestations.alarm_seq.fetch_add(1, Ordering::Relaxed);
+    let node = &child.name;
+    let message = if raised {
+        format!("node {node} holds code other than BC's: {text}; its good copy was redeployed")
+    } else {
+        format!("node {node} proves its code intact again (was: {text})")
+    };
+    let alarm = Alarm {
+        id: format!("{node}/{ALARM_MODULE}/t{time_ms}n{n}"),
+        node: node.clone(),
+        module: ALARM_MODULE.to_owned(),
+        provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+        area: Area::Security,
+        key: ATTESTATION_FAILED_KEY.to_owned(),
+        metric: "attestation.failed".to_owned(),
+        subject: node.clone(),
+        severity: Severity::Critical,
+        raised,
+        value: if raised { 1.0 } else { 0.0 },
+        threshold: 0.0,
+        comparison: Comparison::Above,
+        message: agad_protocol::text::excerpt(&message, 400),
+        time_ms,
+    };
+    tracing::warn!(%node, raised, "{}", alarm.message);
+    let stored = station.bases.record_alarm(&alarm).and_then(|new| {
+        if new {
+            station.outbox.push(&Upward::Alarm(alarm.clone()))?;
+        }
+        Ok(new)
+    });
+    match stored {
+        Ok(true) => station.nodes.publish(ChildEvent::AlarmStored {
+            child: child.clone(),
+            alarm: Arc::new(alarm),
+        }),
+        Ok(false) => {}
+        Err(e) => tracing::error!(%node, "cannot record the attestation alarm: {e}"),
+    }
+}
+
+/// One component per node of the domain: its last attestation.
+pub fn status(station: &Station) -> Vec<ComponentStatus> {
+    let Some(replica) = station.replica() else {
+        return Vec::new();
+    };
+    let state = lock(&station.attestations.nodes);
+    replica
+        .topology
+        .nodes
+        .iter()
+        // A node not attested yet has no row: nothing is known against it.
+        .filter_map(|n| {
+            let s = match state.get(&n.name)?.last.clone()? {
+                (at_ms, Ok(modules)) => State::Attested { at_ms, modules },
+                (at_ms, Err(reason)) => State::AttestationFailed { at_ms, reason },
+            };
+            Some(ComponentStatus::new(
+                Component::Attestation {
+                    element: n.name.clone(),
+                },
+                s,
+            ))
+        })
+        .collect()
+}
