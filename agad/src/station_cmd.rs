@@ -27,6 +27,12 @@ pub struct MorArgs {
     /// raised are kept however old. `off` keeps everything.
     #[arg(long, default_value = "90d", value_parser = parse_retention, value_name = "AGE")]
     retention: Retention,
+    /// How often every serving domain-manager station must prove, for a
+    /// fresh nonce, that its BC holds the exact module bytes of BGC; what
+    /// fails is replicated again with its bytes and alarmed
+    /// (`agad.attestation-failed`).
+    #[arg(long, default_value = "60s", value_parser = crate::parse_cli_duration)]
+    attest_every: Duration,
 }
 
 /// `--retention`: an age, or `off`.
@@ -98,6 +104,7 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
         children: Default::default(),
         limits: Limits::for_open_files(open_files),
         retention: args.retention.0,
+        attest_every: args.attest_every,
     };
     serve(&args.listen, "top manager", move |listener, shutdown| {
         agad_gerente_mor::run(config, listener, shutdown)

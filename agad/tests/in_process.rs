@@ -90,6 +90,7 @@ impl Hierarchy {
             children: Default::default(),
             limits: Default::default(),
             retention: None,
+            attest_every: Duration::from_secs(60),
         };
         let shutdown = self.stop.subscribe();
         self.spawn(

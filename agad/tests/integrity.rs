@@ -16,8 +16,13 @@ use std::path::Path;
 /// Both the node's own check and the manager's attestation every second.
 const NODE_CONFIG: &str = "integrity_check_every = \"1s\"\n";
 
+/// The top manager attests its stations every second too.
 fn deployment() -> anyhow::Result<Deployment> {
-    Deployment::start(Path::new(env!("CARGO_BIN_EXE_agad")), Options::default())
+    Deployment::start_with(
+        Path::new(env!("CARGO_BIN_EXE_agad")),
+        Options::default(),
+        &["--attest-every", "1s"],
+    )
 }
 
 fn one_domain(module: &str, config: &str) -> String {
@@ -116,6 +121,19 @@ fn a_module_file_altered_on_a_node_is_quarantined_alarmed_and_redeployed() -> an
     assert!(
         status.contains("attestation n1") && status.contains("modules intact"),
         "{status}"
+    );
+    // The station's BC is attested by the top manager in turn.
+    d.wait_for("s1's BC attested intact by the top manager", |d| {
+        let state = d.component_state(&serde_json::json!({"attestation": {"element": "s1"}}))?;
+        Ok(state
+            .filter(|s| s.get("attested").is_some_and(|a| a["modules"] == 1))
+            .map(|_| ()))
+    })?;
+    assert!(
+        !d.alarms()?
+            .iter()
+            .any(|a| a.key == "agad.attestation-failed"),
+        "no attestation failed: the node noticed the alteration itself"
     );
     Ok(())
 }

@@ -246,6 +246,7 @@ pub async fn start_mor(
         children: Default::default(),
         limits: Default::default(),
         retention: None,
+        attest_every: std::time::Duration::from_secs(60),
     };
     let task = tokio::spawn(agad_gerente_mor::run(config, listener, shutdown));
     let socket = agad_gerente_mor::admin_socket(data_dir);

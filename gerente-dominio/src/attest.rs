@@ -19,6 +19,11 @@
 //! The last result and its time are kept per node and shown as one
 //! [`Component::Attestation`] per node in the station's keep-alive, so in
 //! the top manager's `agad status`.
+//!
+//! The station is attested in turn by the top manager, for its BC replica
+//! ([`answer_parent`]); on the same period it re-hashes every module of BC
+//! against its manifest itself ([`check_bc`]), and deletes what fails so
+//! that the top manager, told in the next answer, sends the bytes again.
 
 use crate::Station;
 use agad_net::children::{ChildEvent, ChildRef};
@@ -34,8 +39,11 @@ use tokio::sync::{broadcast, watch};
 
 /// Key of the alarm the manager raises for a node whose proof failed.
 pub const ATTESTATION_FAILED_KEY: &str = "agad.attestation-failed";
-/// The module name the manager's own alarms about a node carry.
-const ALARM_MODULE: &str = "agad-attest";
+/// The module name the manager's own alarms about a node carry: the
+/// runtime's (`agad`), whose alarms belong to the node, not to an assigned
+/// module. Their ids (`<node>/agad/a<time>n<seq>`) cannot meet the node's
+/// own (`<node>/agad/<number>` or `t<time>`).
+const ALARM_MODULE: &str = "agad";
 /// Key of the node's own alarm for a quarantined module
 /// (`agad_runtime::integrity::TAMPERED_KEY`; the manager does not link the
 /// runtime).
@@ -51,6 +59,9 @@ pub fn deadline(every: Duration) -> Duration {
 #[derive(Default)]
 pub struct Attestations {
     nodes: Mutex<HashMap<String, NodeAttestation>>,
+    /// Modules deleted from BC because their bytes failed a check: hash →
+    /// (name, why), told to the top manager until it sends them again.
+    bc_quarantined: Mutex<HashMap<String, (String, String)>>,
     /// Makes the ids of the manager's own alarms unique within a millisecond.
     alarm_seq: AtomicU64,
 }
@@ -93,7 +104,11 @@ pub async fn run(station: Arc<Station>, every: Duration, mut shutdown: watch::Re
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => attest_all(&station, every),
+            _ = tick.tick() => {
+                attest_all(&station, every);
+                let s = station.clone();
+                let _ = tokio::task::spawn_blocking(move || check_bc(&s)).await;
+            }
             event = events.recv() => match event {
                 Ok(ChildEvent::AlarmStored { child, alarm })
                     if alarm.key == TAMPERED_KEY && alarm.raised && alarm.node == child.name =>
@@ -281,7 +296,7 @@ fn raise_alarm(station: &Station, child: &ChildRef, raised: bool, text: &str) {
         format!("node {node} proves its code intact again (was: {text})")
     };
     let alarm = Alarm {
-        id: format!("{node}/{ALARM_MODULE}/t{time_ms}n{n}"),
+        id: format!("{node}/{ALARM_MODULE}/a{time_ms}n{n}"),
         node: node.clone(),
         module: ALARM_MODULE.to_owned(),
         provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
@@ -338,4 +353,161 @@ pub fn status(station: &Station) -> Vec<ComponentStatus> {
             ))
         })
         .collect()
+}
+
+/// Re-hashes every module of BC against its manifest's SHA-256 (and the key
+/// it is stored under); deletes what fails and keeps it to tell the top
+/// manager. Blocking (reads BC).
+pub fn check_bc(station: &Station) {
+    check_bases(
+        &station.bases,
+        &mut lock(&station.attestations.bc_quarantined),
+    );
+}
+
+/// [`check_bc`] on `bases`, recording what fails in `quarantined` (hash →
+/// (name, why)).
+fn check_bases(bases: &crate::bases::Bases, quarantined: &mut HashMap<String, (String, String)>) {
+    let held = match bases.held() {
+        Ok(h) => h,
+        Err(e) => return tracing::error!("cannot list BC: {e}"),
+    };
+    // What BC holds again (a replica brought it back) is no longer told.
+    quarantined.retain(|hash, _| !held.contains(hash));
+    for hash in held {
+        let reason = match bases.module(&hash) {
+            Ok(Some(b)) if b.manifest.sha256_hex() != hash => {
+                Some((b.manifest.name, "stored under another module's hash".to_owned()))
+            }
+            Ok(Some(b)) => {
+                let actual = hex::encode(agad_protocol::bundle::sha256(&b.wasm));
+                (actual != hash).then(|| {
+                    (
+                        b.manifest.name,
+                        format!("its bytes in BC were altered (SHA-256 {actual}, signed {hash})"),
+                    )
+                })
+            }
+            Ok(None) => None,
+            Err(e) => Some((hash.clone(), format!("unreadable in BC: {e}"))),
+        };
+        if let Some((name, why)) = reason {
+            tracing::error!(module = %name, %hash, "BC module quarantined: {why}");
+            if let Err(e) = bases.remove_module(&hash) {
+                tracing::error!(%hash, "cannot delete an altered module from BC: {e}");
+            }
+            quarantined.insert(hash, (name, why));
+        }
+    }
+}
+
+/// The station's answer to the top manager's nonce: BC checked first, then
+/// a proof of every module's bytes as read from BC now. Blocking.
+pub fn answer_parent(station: &Station, nonce: Nonce) -> Attestation {
+    check_bc(station);
+    let modules = station
+        .bases
+        .held()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|hash| {
+            let b = station.bases.module(&hash).ok().flatten()?;
+            Some(attest::AttestedModule {
+                name: b.manifest.name,
+                proof: attest::proof(&nonce, &b.wasm),
+                sha256: hash,
+                artefact: attest::Artefact::Absent,
+            })
+        })
+        .take(attest::MAX_ATTESTED / 2)
+        .collect();
+    let quarantined = lock(&station.attestations.bc_quarantined)
+        .iter()
+        .take(attest::MAX_ATTESTED / 2)
+        .map(|(hash, (name, reason))| attest::Quarantine {
+            name: name.clone(),
+            sha256: hash.clone(),
+            reason: reason.clone(),
+        })
+        .collect();
+    Attestation {
+        nonce,
+        modules,
+        quarantined,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use agad_protocol::topology::{Domain, DomainTopology};
+    use agad_protocol::wire::Replica;
+    use agad_protocol::{Bundle, Kind, ManifestSpec, SecretKey};
+
+    fn signed(key: &SecretKey, wasm: &[u8]) -> Bundle {
+        let spec = ManifestSpec {
+            name: "m".into(),
+            version: semver::Version::new(1, 0, 0),
+            sequence: 1,
+            kind: Kind::Inspector,
+            area: Area::Fault,
+            capabilities: Vec::new(),
+            limits: Default::default(),
+            valid_for_days: 30,
+            config: Default::default(),
+        };
+        Bundle::sign(spec, wasm.to_vec(), key, crate::now_ms() / 1000)
+    }
+
+    #[test]
+    fn a_module_altered_in_bc_is_deleted_and_told_until_bc_holds_it_again() {
+        let db = agad_storage::Database::temporary().unwrap();
+        let key = SecretKey::generate();
+        let bases = crate::bases::Bases::open(&db, vec![key.public()]).unwrap();
+        let good = signed(&key, b"\0asm good bytes");
+        let hash = good.manifest.sha256_hex();
+        let replica = Replica {
+            version: 1,
+            topology: DomainTopology {
+                domain: Domain {
+                    name: "d1".into(),
+                    parent: None,
+                    stations: vec![],
+                    report_window_ms: 1000,
+                },
+                nodes: vec![],
+                links: vec![],
+                assignments: vec![],
+                subdomains: vec![],
+            },
+            modules: vec![good.clone()],
+            rules: vec![],
+            members: vec![],
+            moved: vec![],
+            subdomains: vec![],
+        };
+        bases.store_replica(replica.clone()).unwrap();
+        let mut quarantined = HashMap::new();
+        check_bases(&bases, &mut quarantined);
+        assert!(quarantined.is_empty(), "intact BC: {quarantined:?}");
+
+        // Other bytes under the signed hash, as a disk or a hand would leave them.
+        let altered = Bundle {
+            wasm: b"\0asm evil bytes".to_vec(),
+            ..good.clone()
+        };
+        db.tree("bc")
+            .unwrap()
+            .insert(hash.as_bytes(), &altered.to_bytes())
+            .unwrap();
+        check_bases(&bases, &mut quarantined);
+        assert!(quarantined[&hash].1.contains("altered"), "{quarantined:?}");
+        assert!(bases.module(&hash).unwrap().is_none(), "deleted from BC");
+
+        // The top manager sends the bytes again: told no more.
+        bases.store_replica(replica).unwrap();
+        check_bases(&bases, &mut quarantined);
+        assert!(quarantined.is_empty());
+    }
 }

@@ -294,6 +294,15 @@ pub async fn run(
                     Downlink::Control(Control::AssignDomain { domain }) => {
                         tracing::info!(%domain, "assigned by the top manager");
                     }
+                    Downlink::Control(Control::Attest { nonce }) => {
+                        let s = station.clone();
+                        let answer =
+                            tokio::task::spawn_blocking(move || attest::answer_parent(&s, nonce))
+                                .await;
+                        if let Ok(answer) = answer {
+                            station.send_up(Control::Attestation(Box::new(answer)));
+                        }
+                    }
                     Downlink::Control(Control::Unassign { domain }) => {
                         let station = station.clone();
                         let _ =

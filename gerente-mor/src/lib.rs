@@ -9,6 +9,7 @@
 //! What it is not for: talking to nodes — domain managers do that.
 //!
 //! Layout:
+//! - [`attest`]: attestation of each station's BC replica against BGC.
 //! - [`bases`]: BGC, BTPG, enrollment and BIG in the manager's database.
 //! - [`stations`]: station sessions, domain activation and replication.
 //! - [`admin`]: the operator's requests and their answers.
@@ -16,6 +17,7 @@
 //!   (and the web API).
 
 pub mod admin;
+pub mod attest;
 pub mod bases;
 pub mod query;
 pub mod stations;
@@ -45,6 +47,8 @@ pub struct MorConfig {
     /// How long BIG keeps alarms and reports (active alarms stay however
     /// old); `None` keeps everything.
     pub retention: Option<std::time::Duration>,
+    /// How often every serving station is asked to attest its BC.
+    pub attest_every: std::time::Duration,
 }
 
 pub struct Mor {
@@ -54,6 +58,8 @@ pub struct Mor {
     pub stations: Arc<Stations>,
     /// Log lines about data refused from a station, per station.
     refusals: agad_net::rate::RateByKey,
+    /// The stations' attestations: nonces outstanding, last results.
+    pub attestations: attest::Attestations,
 }
 
 /// The admin socket of a top manager whose data directory is `data_dir`.
@@ -74,6 +80,7 @@ pub async fn run(
         trusted: config.trusted,
         stations: Arc::new(Children::new(config.children)),
         refusals: agad_net::rate::RateByKey::log_lines(),
+        attestations: Default::default(),
     });
     // Finishes what an apply cut short by a stop left: raises that can no
     // longer clear under the topology in force.
@@ -92,6 +99,11 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let attesting = tokio::spawn(attest::run(
+        mor.clone(),
+        config.attest_every,
+        shutdown.clone(),
+    ));
     let parent = Arc::new(StationParent(mor.clone()));
     agad_net::server::serve(
         listener,
@@ -102,6 +114,7 @@ pub async fn run(
     )
     .await;
     let _ = watcher.await;
+    attesting.abort();
     admin.abort();
     if let Some(prune) = prune {
         // A prune cut short is finished by the next one.

@@ -126,27 +126,32 @@ impl Deployment {
     /// A CA, a publisher key and a running top manager (the process `mor`),
     /// with `agad` the binary to run.
     pub fn start(agad: &Path, options: Options) -> anyhow::Result<Deployment> {
+        Deployment::start_with(agad, options, &[])
+    }
+
+    /// [`Deployment::start`] with `extra` appended to the top manager's
+    /// command line (`--attest-every 1s`, say).
+    pub fn start_with(agad: &Path, options: Options, extra: &[&str]) -> anyhow::Result<Deployment> {
         let mut d = Deployment::empty(agad, options)?;
         d.agad(&["pki", "init", "--dir", "pki"])?;
         d.agad(&["module", "keygen", "--out", "publisher"])?;
         d.issue("mor", "mor")?;
         let listen = free_address()?;
-        d.spawn(
+        let mut args = vec![
             "mor",
-            &[
-                "mor",
-                "--pki",
-                "pki",
-                "--name",
-                "mor",
-                "--listen",
-                &listen,
-                "--data-dir",
-                "mor",
-                "--trust",
-                "publisher.pub",
-            ],
-        )?;
+            "--pki",
+            "pki",
+            "--name",
+            "mor",
+            "--listen",
+            &listen,
+            "--data-dir",
+            "mor",
+            "--trust",
+            "publisher.pub",
+        ];
+        args.extend_from_slice(extra);
+        d.spawn("mor", &args)?;
         d.mor_address = Some(listen);
         d.wait_for("the top manager's admin socket", |d| {
             Ok(d.path("mor/admin.sock").exists().then_some(()))

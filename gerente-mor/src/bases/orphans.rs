@@ -93,6 +93,13 @@ impl<'a> Orphans<'a> {
     /// Why the raise `alarm` can never clear, if so.
     pub fn reason(&self, alarm: &Alarm) -> Option<String> {
         let node = &alarm.node;
+        // The top manager's own alarms about a station (its BC failed
+        // attestation) clear when the station proves it intact again.
+        if alarm.module == RUNTIME_MODULE
+            && self.new.domains.iter().any(|d| d.stations.contains(node))
+        {
+            return None;
+        }
         let Some(&domain) = self.domain_of.get(node.as_str()) else {
             let removed_domain = self
                 .old
