@@ -4,8 +4,8 @@ use crate::identity::{IdentityArgs, TicketArgs};
 use crate::module_cmd::{read_bundle, read_public_keys};
 use agad_protocol::Capability;
 use agad_runtime::{
-    AgentConfig, Ceilings, CrashLoopPolicy, DiskPolicy, IntegrityPolicy, Event, ModuleConfig, Node, NodeSettings, OutputLimits,
-    RestartPolicy, parse_duration,
+    AgentConfig, Ceilings, CrashLoopPolicy, DiskPolicy, Event, IntegrityPolicy, ModuleConfig, Node,
+    NodeSettings, OutputLimits, RestartPolicy, parse_duration,
 };
 use anyhow::{Context, bail};
 use clap::Subcommand;

@@ -122,7 +122,7 @@ impl Hierarchy {
             limits: Default::default(),
             trusted: vec![self.publisher.public()],
             advertise: Vec::new(),
-        attest_every: Duration::from_secs(60),
+            attest_every: Duration::from_secs(60),
         };
         let shutdown = self.stop.subscribe();
         self.spawn(name, agad_gerente_dominio::run(config, listener, shutdown));

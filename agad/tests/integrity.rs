@@ -149,9 +149,15 @@ fn a_compiled_artefact_altered_on_a_node_is_quarantined_alarmed_and_redeployed()
     })?;
     quarantined_and_healed(&mut d, &hash, &artefact)?;
     let raise = tampered_alarms(&d)?.into_iter().find(|a| a.raised).unwrap();
-    assert!(raise.message.contains("compiled artefact"), "{}", raise.message);
+    assert!(
+        raise.message.contains("compiled artefact"),
+        "{}",
+        raise.message
+    );
     // Compiled again from the good bytes, with a digest that matches.
-    d.wait_for("a fresh compiled artefact", |_| Ok(artefact.exists().then_some(())))?;
+    d.wait_for("a fresh compiled artefact", |_| {
+        Ok(artefact.exists().then_some(()))
+    })?;
     Ok(())
 }
 
@@ -159,7 +165,10 @@ fn a_compiled_artefact_altered_on_a_node_is_quarantined_alarmed_and_redeployed()
 fn a_crash_looping_module_is_alarmed_and_cleared_once_it_runs_cleanly() -> anyhow::Result<()> {
     let mut d = deployment()?;
     d.publish_misbehave()?;
-    d.apply(&one_domain("misbehave", "mode = \"trap\"\nperiod = \"100ms\""))?;
+    d.apply(&one_domain(
+        "misbehave",
+        "mode = \"trap\"\nperiod = \"100ms\"",
+    ))?;
     let station = d.start_station("s1")?;
     d.start_node_with_config(
         "n1",
@@ -179,7 +188,10 @@ fn a_crash_looping_module_is_alarmed_and_cleared_once_it_runs_cleanly() -> anyho
     assert!(raise.message.contains("crash-looping"), "{}", raise.message);
 
     // Fixed: the module ticks cleanly from now on.
-    d.apply(&one_domain("misbehave", "mode = \"ok\"\nperiod = \"100ms\""))?;
+    d.apply(&one_domain(
+        "misbehave",
+        "mode = \"ok\"\nperiod = \"100ms\"",
+    ))?;
     d.wait_for("agad.module-crash-loop cleared", |d| {
         Ok(looping(d)?
             .into_iter()

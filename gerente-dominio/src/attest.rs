@@ -113,7 +113,7 @@ pub async fn run(station: Arc<Station>, every: Duration, mut shutdown: watch::Re
                 Ok(ChildEvent::AlarmStored { child, alarm })
                     if alarm.key == TAMPERED_KEY && alarm.raised && alarm.node == child.name =>
                 {
-                    heal_modules(&station, &child.name, &[alarm.module.clone()]).await;
+                    heal_modules(&station, &child.name, std::slice::from_ref(&alarm.module)).await;
                 }
                 Ok(ChildEvent::KeepAlive { child, components }) => {
                     let quarantined: Vec<String> = components
@@ -212,7 +212,14 @@ pub fn received(station: &Station, child: &ChildRef, answer: Attestation) {
     let verdict = match verdict {
         Ok(v) => v,
         Err(refused) => {
-            tracing::warn!(node = %child.name, "attestation answer refused: {refused}");
+            // One refusal per nonce: the nonce is spent (a replay is no
+            // answer), so a flood of answers logs once, then at debug.
+            if asked.is_some() {
+                tracing::warn!(node = %child.name, "attestation answer refused: {refused}");
+                refuse(station, &child.name, &refused);
+            } else {
+                tracing::debug!(node = %child.name, "attestation answer refused: {refused}");
+            }
             return;
         }
     };
@@ -248,6 +255,14 @@ pub fn received(station: &Station, child: &ChildRef, answer: Attestation) {
     }
     if let Some((raised, text)) = alarm {
         raise_alarm(station, child, raised, &text);
+    }
+}
+
+/// Spends the nonce outstanding for `node` and records the refusal.
+fn refuse(station: &Station, node: &str, refused: &attest::Refused) {
+    if let Some(n) = lock(&station.attestations.nodes).get_mut(node) {
+        n.outstanding = None;
+        n.last = Some((crate::now_ms(), Err(format!("answer refused: {refused}"))));
     }
 }
 
@@ -288,7 +303,10 @@ fn resend(station: &Station, node: &str, hashes: &[String]) {
 /// Records and sends up the manager's own alarm about `node`.
 fn raise_alarm(station: &Station, child: &ChildRef, raised: bool, text: &str) {
     let time_ms = crate::now_ms();
-    let n = station.attestations.alarm_seq.fetch_add(1, Ordering::Relaxed);
+    let n = station
+        .attestations
+        .alarm_seq
+        .fetch_add(1, Ordering::Relaxed);
     let node = &child.name;
     let message = if raised {
         format!("node {node} holds code other than BC's: {text}; its good copy was redeployed")
@@ -376,9 +394,10 @@ fn check_bases(bases: &crate::bases::Bases, quarantined: &mut HashMap<String, (S
     quarantined.retain(|hash, _| !held.contains(hash));
     for hash in held {
         let reason = match bases.module(&hash) {
-            Ok(Some(b)) if b.manifest.sha256_hex() != hash => {
-                Some((b.manifest.name, "stored under another module's hash".to_owned()))
-            }
+            Ok(Some(b)) if b.manifest.sha256_hex() != hash => Some((
+                b.manifest.name,
+                "stored under another module's hash".to_owned(),
+            )),
             Ok(Some(b)) => {
                 let actual = hex::encode(agad_protocol::bundle::sha256(&b.wasm));
                 (actual != hash).then(|| {

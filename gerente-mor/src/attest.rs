@@ -127,7 +127,14 @@ pub fn received(mor: &Mor, child: &ChildRef, answer: Attestation) {
     }) {
         Ok(v) => v,
         Err(refused) => {
-            tracing::warn!(station = %child.name, "attestation answer refused: {refused}");
+            // One refusal per nonce: the nonce is spent (a replay is no
+            // answer), so a flood of answers logs once, then at debug.
+            if asked.is_some() {
+                tracing::warn!(station = %child.name, "attestation answer refused: {refused}");
+                refuse(mor, &child.name, &refused);
+            } else {
+                tracing::debug!(station = %child.name, "attestation answer refused: {refused}");
+            }
             return;
         }
     };
@@ -166,6 +173,14 @@ pub fn received(mor: &Mor, child: &ChildRef, answer: Attestation) {
     }
     if let Some((raised, text)) = change {
         record_alarm(mor, &child.name, raised, &text);
+    }
+}
+
+/// Spends the nonce outstanding for `station` and records the refusal.
+fn refuse(mor: &Mor, station: &str, refused: &attest::Refused) {
+    if let Some(a) = lock(&mor.attestations.stations).get_mut(station) {
+        a.outstanding = None;
+        a.last = Some((crate::now_ms(), Err(format!("answer refused: {refused}"))));
     }
 }
 

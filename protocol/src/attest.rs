@@ -180,10 +180,12 @@ pub fn verify(
     }
     let mut verdict = Verdict::default();
     for q in &answer.quarantined {
-        if expected.iter().any(|(_, h)| *h == q.sha256) {
+        // Named as the parent knows it: the child's text is only the reason,
+        // and that is cut short and made printable (it is logged).
+        if let Some((name, hash)) = expected.iter().find(|(_, h)| *h == q.sha256) {
             verdict.quarantined.push((
-                q.name.clone(),
-                q.sha256.clone(),
+                name.clone(),
+                hash.clone(),
                 crate::text::excerpt(&q.reason, 200),
             ));
         }
@@ -308,7 +310,11 @@ mod tests {
         let mut altered = vec![hex(a), hex(b)];
         altered.sort();
         assert_eq!(resend, altered);
-        assert!(v.describe().contains("proof mismatch: a"), "{}", v.describe());
+        assert!(
+            v.describe().contains("proof mismatch: a"),
+            "{}",
+            v.describe()
+        );
     }
 
     #[test]

@@ -1164,8 +1164,8 @@ mod tests {
             }),
             MessageKind::Reports => Message::Reports(vec![]),
             MessageKind::Attest => control(Control::Attest { nonce: [7; 32] }),
-            MessageKind::Attestation => control(Control::Attestation(Box::new(
-                crate::attest::Attestation {
+            MessageKind::Attestation => {
+                control(Control::Attestation(Box::new(crate::attest::Attestation {
                     nonce: [7; 32],
                     modules: vec![crate::attest::AttestedModule {
                         name: "m".into(),
@@ -1174,8 +1174,8 @@ mod tests {
                         artefact: crate::attest::Artefact::Intact,
                     }],
                     quarantined: Vec::new(),
-                },
-            ))),
+                })))
+            }
         }
     }
 

@@ -86,7 +86,11 @@ enum ArtefactDigests {
 impl ArtefactDigests {
     fn get(&self, hash: &str) -> Option<[u8; 32]> {
         match self {
-            ArtefactDigests::Memory(m) => m.lock().unwrap_or_else(|p| p.into_inner()).get(hash).copied(),
+            ArtefactDigests::Memory(m) => m
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(hash)
+                .copied(),
             ArtefactDigests::Tree(t) => t
                 .get(hash.as_bytes())
                 .ok()
@@ -173,11 +177,19 @@ impl ModuleEngine {
                 return ArtefactCheck::Altered;
             }
         };
-        if self.digests.get(hash) == Some(sha256(&bytes)) {
-            ArtefactCheck::Intact
-        } else {
-            self.remove_artefact(hash);
-            ArtefactCheck::Altered
+        match self.digests.get(hash) {
+            Some(digest) if digest == sha256(&bytes) => ArtefactCheck::Intact,
+            Some(_) => {
+                self.remove_artefact(hash);
+                ArtefactCheck::Altered
+            }
+            None => {
+                // Written before digests were recorded (an older version):
+                // nothing to hold it against, so it is not used either.
+                tracing::info!(path = %path.display(), "compiled artefact without a recorded digest removed");
+                self.remove_artefact(hash);
+                ArtefactCheck::Absent
+            }
         }
     }
 
@@ -187,7 +199,9 @@ impl ModuleEngine {
             match std::fs::remove_file(&path) {
                 Ok(()) => tracing::info!(path = %path.display(), "compiled artefact removed"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::error!(path = %path.display(), "cannot remove compiled artefact: {e}"),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "cannot remove compiled artefact: {e}")
+                }
             }
         }
         self.digests.remove(hash);

@@ -63,7 +63,9 @@ pub enum IntegrityError {
     #[error("stored manifest of {hash} is unreadable: {reason}")]
     Manifest { hash: String, reason: String },
     /// The bytes on disk are not those the manifest signed.
-    #[error("module file {path} was altered: its SHA-256 is {actual}, its manifest says {expected}")]
+    #[error(
+        "module file {path} was altered: its SHA-256 is {actual}, its manifest says {expected}"
+    )]
     Altered {
         path: PathBuf,
         expected: String,
@@ -257,9 +259,7 @@ impl ModuleStore {
 
     fn write_file(&self, hash: &str, bytes: &[u8]) -> Result<(), IntegrityError> {
         let path = self.path(hash);
-        let tmp = self
-            .dir
-            .join(format!(".{hash}.tmp{}", std::process::id()));
+        let tmp = self.dir.join(format!(".{hash}.tmp{}", std::process::id()));
         let io = |source| IntegrityError::Io {
             path: path.clone(),
             source,
@@ -299,8 +299,8 @@ mod tests {
     fn bytes_live_in_a_file_and_an_altered_file_is_found() {
         let dir = tempfile::tempdir().unwrap();
         let db = agad_storage::Database::temporary().unwrap();
-        let store = ModuleStore::open(&dir.path().join("modules"), db.tree("bundles").unwrap())
-            .unwrap();
+        let store =
+            ModuleStore::open(&dir.path().join("modules"), db.tree("bundles").unwrap()).unwrap();
         let b = bundle(b"\0asm-module-bytes");
         let hash = b.manifest.sha256_hex();
         store.put(&b).unwrap();
@@ -339,8 +339,10 @@ mod tests {
         tree.insert(hash.as_bytes(), &b.to_bytes()).unwrap();
         let store = ModuleStore::open(&dir.path().join("modules"), tree.clone()).unwrap();
         assert_eq!(store.get(&hash).unwrap().unwrap(), b);
-        assert!(!Bundle::from_bytes(&tree.get(hash.as_bytes()).unwrap().unwrap())
-            .unwrap()
-            .has_bytes());
+        assert!(
+            !Bundle::from_bytes(&tree.get(hash.as_bytes()).unwrap().unwrap())
+                .unwrap()
+                .has_bytes()
+        );
     }
 }

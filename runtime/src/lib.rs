@@ -55,11 +55,11 @@ pub mod trust;
 
 pub use budget::OutputLimits;
 pub use crashloop::CrashLoopPolicy;
-pub use integrity::IntegrityPolicy;
 pub use disk::DiskPolicy;
 pub use engine::{LinkError, LinkedModule, ModuleEngine};
 pub use host::snmp::AgentConfig;
 pub use instance::{Fault, InitError, InspectorInstance, SpecialistInstance};
+pub use integrity::IntegrityPolicy;
 pub use node::{
     Ceilings, Event, LoadError, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration,
 };

@@ -7,10 +7,10 @@
 use crate::integrity::{self, IntegrityError, ModuleStore};
 use crate::node::{Event, ModuleConfig, Node};
 use crate::refusals::RefusalAlarms;
-use agad_protocol::attest::{Artefact, Attestation, Nonce, Quarantine};
 use agad_net::outbox::Outbox;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
 use agad_protocol::Bundle;
+use agad_protocol::attest::{Artefact, Attestation, Nonce, Quarantine};
 use agad_protocol::wire::{Component, ComponentStatus, Control, Deployment, State, Upward};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

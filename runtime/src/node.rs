@@ -4,7 +4,6 @@
 use crate::bindings::types as wit;
 use crate::budget::{self, Notice, OutputBudget, OutputLimits};
 use crate::crashloop::{self, Change, CrashLoop, CrashLoopPolicy};
-use crate::refusals::RefusalAlarms;
 use crate::disk::{DiskPolicy, LowDisk, Reserve, available_bytes};
 use crate::engine::{LinkError, LinkedModule, ModuleEngine};
 use crate::host::HostState;
@@ -13,6 +12,7 @@ use crate::host::clock::now_ms;
 use crate::host::snmp::{AgentConfig, SnmpClient};
 use crate::host::state::ModuleState;
 use crate::instance::{Fault, InitError, InspectorInstance};
+use crate::refusals::RefusalAlarms;
 use crate::trust::{TrustError, TrustStore};
 use agad_protocol::message::{
     Alarm, Comparison, FaultKind, ModuleFault, Provenance, Report, Severity, Summary,

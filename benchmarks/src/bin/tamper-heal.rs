@@ -7,7 +7,8 @@
 //! every `--period` (`integrity_check_every`), and the domain manager
 //! attests the node on the same period (`--attest-every`). Each run flips
 //! one byte of the module file (even runs) or of its cached compiled
-//! artefact (odd runs), then waits for the whole cycle: the node finds it
+//! artefact (odd runs), at a random moment of the check period, then
+//! waits for the whole cycle: the node finds it
 //! and quarantines the module (stopped, bytes and artefact deleted, the
 //! security alarm `agad.module-tampered` queued), the alarm reaches the
 //! domain manager, which redeploys the node with the module's good bytes
@@ -85,6 +86,12 @@ fn main() -> anyhow::Result<()> {
             started(&d)?.len(),
         );
         let cleared = clears(&d)?;
+        // At a random moment of the check period: each run would otherwise
+        // start just after the check that healed the last one, and always
+        // wait a whole period to be found.
+        std::thread::sleep(
+            period_d.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.0..1.0)),
+        );
         let mut bytes = std::fs::read(&file)?;
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x5a;
@@ -93,8 +100,10 @@ fn main() -> anyhow::Result<()> {
         let (q, s) = d.wait_for("the good copy running again and the alarm cleared", |d| {
             let q = marks(&d.log("n1"), "quarantined:")?;
             let s = started(d)?;
-            Ok((q.len() > quarantines && s.len() > starts && clears(d)? > cleared)
-                .then(|| (q[quarantines], s[starts])))
+            Ok(
+                (q.len() > quarantines && s.len() > starts && clears(d)? > cleared)
+                    .then(|| (q[quarantines], s[starts])),
+            )
         })?;
         let since = |t: i64| Duration::from_micros(u64::try_from(t - t0).unwrap_or(0));
         detected[kind].push(since(q));
