@@ -4,8 +4,8 @@ use crate::identity::{IdentityArgs, TicketArgs};
 use crate::module_cmd::{read_bundle, read_public_keys};
 use agad_protocol::Capability;
 use agad_runtime::{
-    AgentConfig, Ceilings, DiskPolicy, Event, ModuleConfig, Node, NodeSettings, OutputLimits,
-    RestartPolicy, parse_duration,
+    AgentConfig, Ceilings, CrashLoopPolicy, DiskPolicy, Event, IntegrityPolicy, ModuleConfig, Node,
+    NodeSettings, OutputLimits, RestartPolicy, parse_duration,
 };
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -131,6 +131,19 @@ pub struct NodeFile {
     pub disk_low_free_bytes: Option<u64>,
     /// How often the node looks at its disk [default: 30s].
     pub disk_check_every: Option<String>,
+    /// How often a managed node re-hashes its module files against their
+    /// signed manifests and its compiled artefacts against the digests
+    /// recorded when they were written; what fails is quarantined and
+    /// raises `agad.module-tampered` [default: 60s].
+    pub integrity_check_every: Option<String>,
+    /// Restarts of one module within `crash_loop_window` that raise
+    /// `agad.module-crash-loop` for it [default: 3].
+    pub crash_loop_restarts: Option<u32>,
+    /// The window `crash_loop_restarts` are counted in [default: 10m].
+    pub crash_loop_window: Option<String>,
+    /// How long a crash-looping module must run without a fault for the
+    /// alarm to clear [default: 5m].
+    pub crash_loop_clean: Option<String>,
 }
 
 impl NodeFile {
@@ -250,6 +263,32 @@ impl NodeFile {
                     "disk_check_every",
                     &self.disk_check_every,
                     DiskPolicy::default().check_every,
+                )?,
+            },
+            crash_loop: CrashLoopPolicy {
+                restarts: at_least(
+                    "crash_loop_restarts",
+                    self.crash_loop_restarts.map(u64::from),
+                    1,
+                    CrashLoopPolicy::default().restarts.into(),
+                )?
+                .try_into()?,
+                window: duration(
+                    "crash_loop_window",
+                    &self.crash_loop_window,
+                    CrashLoopPolicy::default().window,
+                )?,
+                clean: duration(
+                    "crash_loop_clean",
+                    &self.crash_loop_clean,
+                    CrashLoopPolicy::default().clean,
+                )?,
+            },
+            integrity: IntegrityPolicy {
+                check_every: duration(
+                    "integrity_check_every",
+                    &self.integrity_check_every,
+                    IntegrityPolicy::default().check_every,
                 )?,
             },
         })

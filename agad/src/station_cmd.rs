@@ -27,6 +27,12 @@ pub struct MorArgs {
     /// raised are kept however old. `off` keeps everything.
     #[arg(long, default_value = "90d", value_parser = parse_retention, value_name = "AGE")]
     retention: Retention,
+    /// How often every serving domain-manager station must prove, for a
+    /// fresh nonce, that its BC holds the exact module bytes of BGC; what
+    /// fails is replicated again with its bytes and alarmed
+    /// (`agad.attestation-failed`).
+    #[arg(long, default_value = "60s", value_parser = crate::parse_cli_duration)]
+    attest_every: Duration,
 }
 
 /// `--retention`: an age, or `off`.
@@ -77,6 +83,12 @@ pub struct DominioArgs {
     /// How often the station tells the top manager it is alive.
     #[arg(long, default_value = "10s", value_parser = crate::parse_cli_duration)]
     keepalive: Duration,
+    /// How often every connected node must prove, for a fresh nonce, that
+    /// it holds the exact module bytes of BC; a module found altered is
+    /// redeployed with its good bytes (`agad status` shows each node's
+    /// last attestation).
+    #[arg(long, default_value = "60s", value_parser = crate::parse_cli_duration)]
+    attest_every: Duration,
     /// Public key of a publisher whose modules a replica may carry
     /// (repeatable): every module of every replica is checked against them.
     #[arg(long = "trust", required = true)]
@@ -94,6 +106,7 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
         retention: args.retention.0,
         takeover_grace: std::time::Duration::from_secs(5),
         guardian: Default::default(),
+        attest_every: args.attest_every,
     };
     serve(&args.listen, "top manager", move |listener, shutdown| {
         agad_gerente_mor::run(config, listener, shutdown)
@@ -120,6 +133,7 @@ pub fn run_dominio(args: DominioArgs) -> anyhow::Result<()> {
         trusted: read_public_keys(&args.trusted)?,
         advertise: args.advertise,
         guardian: Default::default(),
+        attest_every: args.attest_every,
     };
     serve(&args.listen, "domain manager", move |listener, shutdown| {
         agad_gerente_dominio::run(config, listener, shutdown)

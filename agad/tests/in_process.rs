@@ -92,6 +92,7 @@ impl Hierarchy {
             retention: None,
             takeover_grace: std::time::Duration::from_secs(5),
             guardian: Default::default(),
+            attest_every: Duration::from_secs(60),
         };
         let shutdown = self.stop.subscribe();
         self.spawn(
@@ -124,6 +125,7 @@ impl Hierarchy {
             trusted: vec![self.publisher.public()],
             advertise: Vec::new(),
             guardian: Default::default(),
+            attest_every: Duration::from_secs(60),
         };
         let shutdown = self.stop.subscribe();
         self.spawn(name, agad_gerente_dominio::run(config, listener, shutdown));
@@ -143,6 +145,8 @@ impl Hierarchy {
             ceilings: Default::default(),
             output: Default::default(),
             disk: Default::default(),
+            crash_loop: Default::default(),
+            integrity: Default::default(),
         };
         let node = Node::open(settings, vec![self.publisher.public()], &self.path(name)).unwrap();
         let shutdown = self.stop.subscribe();

@@ -10,6 +10,7 @@
 
 use agad_fuzz::snmp_walk::{BOOTS, ENGINE_ID, TIME};
 use agad_fuzz::{NOW, check_body, check_bundle, check_snmp, header, publisher};
+use agad_protocol::attest;
 use agad_protocol::message::{Alarm, Comparison, Report, Severity, Summary};
 use agad_protocol::topology::{self, Topology};
 use agad_protocol::wire::{
@@ -209,6 +210,32 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
             },
             State::NotConnected,
         ),
+        ComponentStatus::new(
+            Component::Attestation {
+                element: "web-1".into(),
+            },
+            State::Attested {
+                at_ms: 1_700_000_000_000,
+                modules: 3,
+            },
+        ),
+        ComponentStatus::new(
+            Component::Module {
+                name: "if-health".into(),
+            },
+            State::Quarantined {
+                reason: "module bytes altered on disk".into(),
+            },
+        ),
+        ComponentStatus::new(
+            Component::Attestation {
+                element: "web-2".into(),
+            },
+            State::AttestationFailed {
+                at_ms: 1_700_000_000_000,
+                reason: "proof mismatch: cpu-mem".into(),
+            },
+        ),
     ];
     vec![
         Message::Control(Control::Hello {
@@ -296,6 +323,21 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
                 })
                 .collect(),
         ),
+        Message::Control(Control::Attest { nonce: [0x5a; 32] }),
+        Message::Control(Control::Attestation(Box::new(attest::Attestation {
+            nonce: [0x5a; 32],
+            modules: vec![attest::AttestedModule {
+                name: "cpu-mem".into(),
+                sha256: "ab".repeat(32),
+                proof: attest::proof(&[0x5a; 32], b"\0asm"),
+                artefact: attest::Artefact::Intact,
+            }],
+            quarantined: vec![attest::Quarantine {
+                name: "if-health".into(),
+                sha256: "cd".repeat(32),
+                reason: "module bytes altered on disk".into(),
+            }],
+        }))),
     ]
 }
 

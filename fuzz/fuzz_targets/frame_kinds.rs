@@ -30,6 +30,8 @@ fn prefix(kind: MessageKind) -> &'static [u8] {
         MessageKind::StepDown => &[0, 12],
         MessageKind::Alarm => &[1],
         MessageKind::Reports => &[2],
+        MessageKind::Attest => &[0, 13],
+        MessageKind::Attestation => &[0, 14],
     }
 }
 

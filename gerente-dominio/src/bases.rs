@@ -239,6 +239,13 @@ impl Bases {
         }
     }
 
+    /// Deletes a module from BC (its bytes failed a check): the top manager
+    /// sends them again once it learns of it.
+    pub fn remove_module(&self, hash: &str) -> Result<(), StorageError> {
+        self.bc.remove(hash.as_bytes())?;
+        self.db.flush()
+    }
+
     /// Hashes of every bundle in BC.
     pub fn held(&self) -> Result<Vec<String>, StorageError> {
         Ok(self

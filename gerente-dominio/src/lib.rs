@@ -8,11 +8,13 @@
 //! enrollment — those come from the top manager in replicas.
 //!
 //! Layout:
+//! - [`attest`]: attestation of the code each node holds, and its healing.
 //! - [`bases`]: BC, BTPD and BICD in the station's database.
 //! - [`consolidate`]: merging node reports into one domain report per window.
 //! - [`nodes`]: the sessions of the domain's nodes.
 //! - [`subdomains`]: sub-domain managers activated and relayed by this one.
 
+pub mod attest;
 pub mod bases;
 pub mod consolidate;
 pub mod nodes;
@@ -60,6 +62,8 @@ pub struct DominioConfig {
     pub advertise: Vec<String>,
     /// How the guardian confirms that a silent node failed.
     pub guardian: GuardianConfig,
+    /// How often every connected node is asked to attest its code.
+    pub attest_every: Duration,
 }
 
 /// The state every task of the station shares.
@@ -90,6 +94,8 @@ pub struct Station {
     /// The parent manager confirmed, on the link that is up now, that this
     /// station serves its domain (an activation since it connected).
     confirmed: AtomicBool,
+    /// The nodes' attestations: nonces outstanding, last results.
+    pub attestations: attest::Attestations,
 }
 
 impl Station {
@@ -296,6 +302,7 @@ impl Element for Station {
             &self.guardian,
             replica.as_deref(),
         ));
+        out.extend(attest::status(self));
         out.extend(subdomains::status(
             &self.subdomains,
             &self.sub_guardian,
@@ -359,6 +366,7 @@ pub async fn run(
         guardian,
         sub_guardian,
         confirmed: AtomicBool::new(false),
+        attestations: Default::default(),
     });
 
     let (events_tx, mut events) = mpsc::channel(64);
@@ -398,6 +406,15 @@ pub async fn run(
                         })
                         .await;
                     }
+                    Downlink::Control(Control::Attest { nonce }) => {
+                        let s = station.clone();
+                        let answer =
+                            tokio::task::spawn_blocking(move || attest::answer_parent(&s, nonce))
+                                .await;
+                        if let Ok(answer) = answer {
+                            station.send_up(Control::Attestation(Box::new(answer)));
+                        }
+                    }
                     Downlink::Control(Control::Unassign { domain }) => {
                         let station = station.clone();
                         let _ =
@@ -427,6 +444,11 @@ pub async fn run(
     let consolidation = tokio::spawn(consolidate_on_windows(
         station.clone(),
         config.consolidation_grace,
+        shutdown.clone(),
+    ));
+    let attesting = tokio::spawn(attest::run(
+        station.clone(),
+        config.attest_every,
         shutdown.clone(),
     ));
     let watchers = [
@@ -468,6 +490,7 @@ pub async fn run(
         let _ = watcher.await;
     }
     consolidation.abort();
+    attesting.abort();
     from_mor.abort();
     Ok(())
 }

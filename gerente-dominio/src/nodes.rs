@@ -385,6 +385,10 @@ fn handle(
             }
             Ok(None)
         }
+        Message::Control(Control::Attestation(answer)) => {
+            crate::attest::received(station, child, *answer);
+            Ok(None)
+        }
         other => Err(SessionError::Protocol(format!(
             "a node may not send a `{}` frame",
             other.kind()

@@ -9,6 +9,7 @@
 //! What it is not for: talking to nodes — domain managers do that.
 //!
 //! Layout:
+//! - [`attest`]: attestation of each station's BC replica against BGC.
 //! - [`bases`]: BGC, BTPG, enrollment and BIG in the manager's database.
 //! - [`stations`]: station sessions, domain activation and replication.
 //! - [`admin`]: the operator's requests and their answers.
@@ -16,6 +17,7 @@
 //!   (and the web API).
 
 pub mod admin;
+pub mod attest;
 pub mod bases;
 pub mod query;
 pub mod stations;
@@ -53,6 +55,8 @@ pub struct MorConfig {
     pub takeover_grace: Duration,
     /// How the guardian confirms that a silent station failed.
     pub guardian: GuardianConfig,
+    /// How often every serving station is asked to attest its BC.
+    pub attest_every: std::time::Duration,
 }
 
 pub struct Mor {
@@ -69,6 +73,8 @@ pub struct Mor {
     advertised: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
     started: Instant,
     takeover_grace: Duration,
+    /// The stations' attestations: nonces outstanding, last results.
+    pub attestations: attest::Attestations,
 }
 
 /// The admin socket of a top manager whose data directory is `data_dir`.
@@ -98,6 +104,7 @@ pub async fn run(
         advertised: Default::default(),
         started: Instant::now(),
         takeover_grace: config.takeover_grace,
+        attestations: Default::default(),
     });
     // Finishes what an apply cut short by a stop left: raises that can no
     // longer clear under the topology in force.
@@ -130,6 +137,11 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let attesting = tokio::spawn(attest::run(
+        mor.clone(),
+        config.attest_every,
+        shutdown.clone(),
+    ));
     let parent = Arc::new(StationParent(mor.clone()));
     agad_net::server::serve(
         listener,
@@ -142,6 +154,7 @@ pub async fn run(
     let _ = watcher.await;
     let _ = guardian.await;
     takeover.abort();
+    attesting.abort();
     admin.abort();
     if let Some(prune) = prune {
         // A prune cut short is finished by the next one.

@@ -40,6 +40,19 @@ pub struct StationData {
     acked: u64,
 }
 
+impl StationData {
+    /// Whether the station serves a domain (has been activated).
+    pub(crate) fn is_serving(&self) -> bool {
+        self.serving.is_some()
+    }
+
+    /// Forgets what replica content was sent, so the next reconcile sends
+    /// the replica again (with the bytes of what `held` no longer lists).
+    pub(crate) fn forget_sent(&mut self) {
+        self.sent = None;
+    }
+}
+
 /// The domain-manager stations connected to the top manager.
 pub type Stations = Children<StationData>;
 
@@ -506,7 +519,11 @@ impl Mor {
                     ms_since_heard: serving
                         .map(|(_, e)| e.last_heard().elapsed().as_millis() as u64),
                     components: serving
-                        .map(|(_, e)| e.components.clone())
+                        .map(|(name, e)| {
+                            let mut c = e.components.clone();
+                            c.extend(crate::attest::status(self, name));
+                            c
+                        })
                         .unwrap_or_default(),
                     generation: generations.get(&d.name).copied(),
                     stations: d
@@ -795,6 +812,10 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                 }
                 Err(e) => tracing::warn!(%name, "enrollment refused: {e}"),
             }
+            Ok(None)
+        }
+        Message::Control(Control::Attestation(answer)) => {
+            crate::attest::received(mor, child, *answer);
             Ok(None)
         }
         other => Err(SessionError::Protocol(format!(

@@ -6,6 +6,8 @@
 //! modules; those live in the crates that do I/O and depend on this one.
 //!
 //! Layout:
+//! - [`attest`]: a parent's nonce and a child's proof that it holds the
+//!   exact code it was given.
 //! - [`manifest`]: what a module is and may do (the author's TOML and the
 //!   signed, filled-in form).
 //! - [`keys`]: signing keys, trusted public keys and their ids.
@@ -22,6 +24,7 @@
 //! - [`wire`]: the messages between levels and their one codec (framing,
 //!   protocol version, size cap).
 
+pub mod attest;
 pub mod bundle;
 pub mod duration;
 pub mod keys;

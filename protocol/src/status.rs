@@ -36,6 +36,9 @@ pub enum Component {
     Node { name: String },
     /// A sub-domain, as its parent's manager sees it.
     Subdomain { domain: String },
+    /// The last attestation of a child's code (a node's modules, a
+    /// station's BC), as its parent sees it.
+    Attestation { element: String },
 }
 
 /// How the component is doing.
@@ -79,6 +82,17 @@ pub enum State {
         since_ms: u64,
         reason: String,
     },
+    /// The last attestation proved `modules` modules intact, at `at_ms`.
+    Attested {
+        at_ms: u64,
+        modules: u64,
+    },
+    /// The last attestation failed (a proof mismatch, a quarantine, no
+    /// answer in time), at `at_ms`.
+    AttestationFailed {
+        at_ms: u64,
+        reason: String,
+    },
 }
 
 /// What the guardian found when it probed a silent element's host.
@@ -117,7 +131,7 @@ impl ComponentStatus {
 
     pub fn healthy(&self) -> bool {
         match &self.state {
-            State::Running => true,
+            State::Running | State::Attested { .. } => true,
             State::Connected { failing, .. } => failing.is_empty(),
             _ => false,
         }
@@ -133,6 +147,7 @@ impl std::fmt::Display for Component {
             Component::Store { .. } => f.write_str("store"),
             Component::Node { name } => write!(f, "node {name}"),
             Component::Subdomain { domain } => write!(f, "sub-domain {domain}"),
+            Component::Attestation { element } => write!(f, "attestation {element}"),
         }
     }
 }
@@ -160,6 +175,23 @@ impl std::fmt::Display for State {
             State::Failed {
                 diagnosis, reason, ..
             } => write!(f, "failed, {}: {reason}", diagnosis.as_str()),
+            State::Attested { at_ms, modules } => {
+                write!(f, "{modules} modules intact{}", ago(*at_ms))
+            }
+            State::AttestationFailed { at_ms, reason } => {
+                write!(f, "attestation failed{}: {reason}", ago(*at_ms))
+            }
         }
+    }
+}
+
+/// ", N s ago" for a time in ms since the epoch (nothing if in the future).
+fn ago(at_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match now.checked_sub(at_ms) {
+        Some(ms) => format!(", {:.1} s ago", ms as f64 / 1000.0),
+        None => String::new(),
     }
 }

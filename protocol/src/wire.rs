@@ -305,6 +305,13 @@ pub enum Control {
         domain: String,
         generation: u64,
     },
+    /// Parent → child: prove, for this fresh nonce, which code you hold
+    /// (see [`crate::attest`]).
+    Attest {
+        nonce: crate::attest::Nonce,
+    },
+    /// Child → parent: the answer to [`Control::Attest`].
+    Attestation(Box<crate::attest::Attestation>),
 }
 
 /// Which activation of a domain's manager a station serves under.
@@ -407,10 +414,12 @@ pub enum MessageKind {
     StepDown,
     Alarm,
     Reports,
+    Attest,
+    Attestation,
 }
 
 /// `Control`'s variants in declaration order, which is their wire index.
-const CONTROL_KINDS: [MessageKind; 13] = [
+const CONTROL_KINDS: [MessageKind; 15] = [
     MessageKind::Hello,
     MessageKind::Welcome,
     MessageKind::AssignDomain,
@@ -424,13 +433,15 @@ const CONTROL_KINDS: [MessageKind; 13] = [
     MessageKind::Unassign,
     MessageKind::Redirect,
     MessageKind::StepDown,
+    MessageKind::Attest,
+    MessageKind::Attestation,
 ];
 /// `Message`'s variants in declaration order (`None`: a `Control`).
 const MESSAGE_KINDS: [Option<MessageKind>; 3] =
     [None, Some(MessageKind::Alarm), Some(MessageKind::Reports)];
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 15] = [
+    pub const ALL: [MessageKind; 17] = [
         MessageKind::Hello,
         MessageKind::Welcome,
         MessageKind::AssignDomain,
@@ -446,6 +457,8 @@ impl MessageKind {
         MessageKind::StepDown,
         MessageKind::Alarm,
         MessageKind::Reports,
+        MessageKind::Attest,
+        MessageKind::Attestation,
     ];
 
     pub fn of(message: &Message) -> MessageKind {
@@ -464,6 +477,8 @@ impl MessageKind {
                 Control::Unassign { .. } => MessageKind::Unassign,
                 Control::Redirect { .. } => MessageKind::Redirect,
                 Control::StepDown { .. } => MessageKind::StepDown,
+                Control::Attest { .. } => MessageKind::Attest,
+                Control::Attestation(_) => MessageKind::Attestation,
             },
             Message::Alarm(_) => MessageKind::Alarm,
             Message::Reports(_) => MessageKind::Reports,
@@ -476,10 +491,11 @@ impl MessageKind {
     pub fn may_come_from(self, sender: Sender) -> bool {
         use MessageKind::*;
         match self {
-            Welcome | AssignDomain | Replicate | Deploy | Unassign | Redirect | StepDown => {
-                sender == Sender::Parent
+            Welcome | AssignDomain | Replicate | Deploy | Unassign | Redirect | StepDown
+            | Attest => sender == Sender::Parent,
+            Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports | Attestation => {
+                sender == Sender::Child
             }
-            Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports => sender == Sender::Child,
             KeepAlive | Ack => true,
         }
     }
@@ -501,6 +517,8 @@ impl MessageKind {
             MessageKind::StepDown => "step-down",
             MessageKind::Alarm => "alarm",
             MessageKind::Reports => "reports",
+            MessageKind::Attest => "attest",
+            MessageKind::Attestation => "attestation",
         }
     }
 }
@@ -1182,6 +1200,19 @@ mod tests {
                 }),
             }),
             MessageKind::Reports => Message::Reports(vec![]),
+            MessageKind::Attest => control(Control::Attest { nonce: [7; 32] }),
+            MessageKind::Attestation => {
+                control(Control::Attestation(Box::new(crate::attest::Attestation {
+                    nonce: [7; 32],
+                    modules: vec![crate::attest::AttestedModule {
+                        name: "m".into(),
+                        sha256: "00".repeat(32),
+                        proof: [1; 32],
+                        artefact: crate::attest::Artefact::Intact,
+                    }],
+                    quarantined: Vec::new(),
+                })))
+            }
         }
     }
 
@@ -1216,8 +1247,17 @@ mod tests {
             Unassign,
             Redirect,
             StepDown,
+            Attest,
         ];
-        let child_only = [Hello, Enroll, ReplicaAck, DeployAck, Alarm, Reports];
+        let child_only = [
+            Hello,
+            Enroll,
+            ReplicaAck,
+            DeployAck,
+            Alarm,
+            Reports,
+            Attestation,
+        ];
         for kind in MessageKind::ALL {
             assert_eq!(
                 kind.may_come_from(Sender::Child),

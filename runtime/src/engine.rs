@@ -4,8 +4,9 @@
 
 use crate::host::{self, HostState};
 use agad_protocol::{Bundle, Capability, Limits, Manifest};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Linker};
@@ -69,7 +70,64 @@ impl std::fmt::Debug for LinkedModule {
 pub struct ModuleEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    /// SHA-256 of every artefact this node wrote, by module hash: checked
+    /// before an artefact is deserialised (loading one is running it).
+    digests: ArtefactDigests,
 }
+
+/// Where artefact digests are recorded: the node's database, or memory
+/// for an engine without one (an artefact found on disk with no digest
+/// recorded is compiled again, never loaded).
+enum ArtefactDigests {
+    Memory(Mutex<HashMap<String, [u8; 32]>>),
+    Tree(agad_storage::Tree),
+}
+
+impl ArtefactDigests {
+    fn get(&self, hash: &str) -> Option<[u8; 32]> {
+        match self {
+            ArtefactDigests::Memory(m) => m
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(hash)
+                .copied(),
+            ArtefactDigests::Tree(t) => t
+                .get(hash.as_bytes())
+                .ok()
+                .flatten()
+                .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok()),
+        }
+    }
+
+    fn set(&self, hash: &str, digest: [u8; 32]) -> anyhow::Result<()> {
+        match self {
+            ArtefactDigests::Memory(m) => {
+                m.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(hash.to_owned(), digest);
+            }
+            ArtefactDigests::Tree(t) => {
+                t.insert(hash.as_bytes(), &digest)?;
+                t.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self, hash: &str) {
+        match self {
+            ArtefactDigests::Memory(m) => {
+                m.lock().unwrap_or_else(|p| p.into_inner()).remove(hash);
+            }
+            ArtefactDigests::Tree(t) => {
+                let _ = t.remove(hash.as_bytes());
+            }
+        }
+    }
+}
+
+/// What an integrity check found of one cached artefact.
+pub use agad_protocol::attest::Artefact as ArtefactCheck;
 
 impl ModuleEngine {
     /// `cache_dir`: where compiled components are kept between runs (created
@@ -86,7 +144,67 @@ impl ModuleEngine {
         Ok(ModuleEngine {
             engine,
             cache_dir: cache_dir.map(Path::to_path_buf),
+            digests: ArtefactDigests::Memory(Mutex::default()),
         })
+    }
+
+    /// Records artefact digests in `tree` (the node's database), so that
+    /// artefacts compiled by an earlier run can be checked and reused.
+    pub fn with_digests(mut self, tree: agad_storage::Tree) -> ModuleEngine {
+        self.digests = ArtefactDigests::Tree(tree);
+        self
+    }
+
+    fn artefact_path(&self, hash: &str) -> Option<PathBuf> {
+        self.cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{hash}.cwasm")))
+    }
+
+    /// Re-hashes the cached artefact of module `hash` against the digest
+    /// recorded when it was written. An altered one (or one with no digest
+    /// recorded) is removed at once, so it can never be loaded.
+    pub fn check_artefact(&self, hash: &str) -> ArtefactCheck {
+        let Some(path) = self.artefact_path(hash) else {
+            return ArtefactCheck::Absent;
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ArtefactCheck::Absent,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot read compiled artefact: {e}");
+                self.remove_artefact(hash);
+                return ArtefactCheck::Altered;
+            }
+        };
+        match self.digests.get(hash) {
+            Some(digest) if digest == sha256(&bytes) => ArtefactCheck::Intact,
+            Some(_) => {
+                self.remove_artefact(hash);
+                ArtefactCheck::Altered
+            }
+            None => {
+                // Written before digests were recorded (an older version):
+                // nothing to hold it against, so it is not used either.
+                tracing::info!(path = %path.display(), "compiled artefact without a recorded digest removed");
+                self.remove_artefact(hash);
+                ArtefactCheck::Absent
+            }
+        }
+    }
+
+    /// Deletes the cached artefact of module `hash` and its digest.
+    pub fn remove_artefact(&self, hash: &str) {
+        if let Some(path) = self.artefact_path(hash) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "compiled artefact removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "cannot remove compiled artefact: {e}")
+                }
+            }
+        }
+        self.digests.remove(hash);
     }
 
     pub fn engine(&self) -> &Engine {
@@ -97,17 +215,22 @@ impl ModuleEngine {
     /// earlier from the same hash. Artefacts are never taken from outside.
     pub fn compile(&self, bundle: &Bundle) -> Result<Component, LinkError> {
         let module = bundle.manifest.name.clone();
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{}.cwasm", bundle.manifest.sha256_hex())));
+        let hash = bundle.manifest.sha256_hex();
+        let cached = self.artefact_path(&hash);
         if let Some(path) = &cached
-            && path.exists()
+            && let Ok(bytes) = std::fs::read(path)
         {
-            match load_cached(&self.engine, path) {
-                Ok(component) => return Ok(component),
-                Err(e) => {
-                    tracing::warn!(module, path = %path.display(), "ignoring compiled cache entry: {e:#}")
+            // Read once and checked in memory: the bytes deserialised are
+            // the bytes hashed, whatever happens to the file meanwhile.
+            if self.digests.get(&hash) != Some(sha256(&bytes)) {
+                tracing::warn!(module, path = %path.display(), "compiled artefact does not match the digest recorded when it was written; removed, compiling again");
+                self.remove_artefact(&hash);
+            } else {
+                match load_cached(&self.engine, &bytes) {
+                    Ok(component) => return Ok(component),
+                    Err(e) => {
+                        tracing::warn!(module, path = %path.display(), "ignoring compiled cache entry: {e:#}")
+                    }
                 }
             }
         }
@@ -117,7 +240,7 @@ impl ModuleEngine {
                 reason: format!("{e:#}"),
             })?;
         if let Some(path) = &cached
-            && let Err(e) = store_cached(&component, path)
+            && let Err(e) = store_cached(&component, path, |digest| self.digests.set(&hash, digest))
         {
             tracing::warn!(module, path = %path.display(), "cannot cache compiled module: {e:#}");
         }
@@ -198,21 +321,33 @@ fn spawn_epoch_ticker(engine: &Engine) {
         .expect("spawning a thread at start-up cannot fail on a working system");
 }
 
-fn load_cached(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+fn load_cached(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
     // SAFETY: wasmtime requires that deserialised bytes come from
-    // `Component::serialize` of a compatible engine. This cache directory is
-    // written only by `store_cached` of this process (atomically, via
-    // rename), and wasmtime itself rejects artefacts of another version or
-    // configuration.
+    // `Component::serialize` of a compatible engine. These bytes are those
+    // `store_cached` wrote: their SHA-256 equals the digest it recorded in
+    // the node's own database when it wrote them (checked by the caller on
+    // this very buffer), and wasmtime itself rejects artefacts of another
+    // version or configuration.
     #[allow(unsafe_code)]
-    let component = unsafe { Component::deserialize_file(engine, path)? };
+    let component = unsafe { Component::deserialize(engine, bytes)? };
     Ok(component)
 }
 
-fn store_cached(component: &Component, path: &Path) -> anyhow::Result<()> {
+/// Writes an artefact atomically (tmp + rename), its digest recorded by
+/// `record` before the artefact appears under its name.
+fn store_cached(
+    component: &Component,
+    path: &Path,
+    record: impl FnOnce([u8; 32]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let bytes = component.serialize()?;
+    record(sha256(&bytes))?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    agad_protocol::bundle::sha256(bytes)
 }

@@ -17,7 +17,11 @@
 //! - [`budget`]: per-module rate and size budgets for what goes upward.
 //! - [`disk`]: the reserve kept for the outbox, and the low-disk alarm.
 //! - [`node`]: loading modules and supervising them on their periods.
-//! - [`refusals`]: the alarm for a module a node could not start.
+//! - [`refusals`]: the alarm for a module a node could not start (and the
+//!   bookkeeping of the runtime's other per-module alarms).
+//! - [`crashloop`]: the alarm for a module that keeps failing.
+//! - [`integrity`]: module files and compiled artefacts re-hashed, altered
+//!   ones quarantined, and the answers to a manager's attestation.
 //! - [`managed`]: the node under a domain manager (deployments, outbox, keep-alives).
 //!
 //! ```no_run
@@ -37,21 +41,25 @@
 
 pub mod bindings;
 pub mod budget;
+pub mod crashloop;
 pub mod disk;
 pub mod engine;
 pub mod host;
 pub mod imports;
 pub mod instance;
+pub mod integrity;
 pub mod managed;
 pub mod node;
 pub mod refusals;
 pub mod trust;
 
 pub use budget::OutputLimits;
+pub use crashloop::CrashLoopPolicy;
 pub use disk::DiskPolicy;
 pub use engine::{LinkError, LinkedModule, ModuleEngine};
 pub use host::snmp::AgentConfig;
 pub use instance::{Fault, InitError, InspectorInstance, SpecialistInstance};
+pub use integrity::IntegrityPolicy;
 pub use node::{
     Ceilings, Event, LoadError, ModuleConfig, Node, NodeSettings, RestartPolicy, parse_duration,
 };

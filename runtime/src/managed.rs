@@ -4,16 +4,17 @@
 //! keep-alives with the state of each module. When the manager is away the
 //! node keeps inspecting and buffering.
 
+use crate::integrity::{self, IntegrityError, ModuleStore};
 use crate::node::{Event, ModuleConfig, Node};
 use crate::refusals::RefusalAlarms;
 use agad_net::fence::Fence;
 use agad_net::outbox::Outbox;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
 use agad_protocol::Bundle;
+use agad_protocol::attest::{Artefact, Attestation, Nonce, Quarantine};
 use agad_protocol::wire::{
     Activation, Component, ComponentStatus, Control, Deployment, State, Upward,
 };
-use agad_storage::Tree;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,7 +35,12 @@ struct Running {
 struct Managed {
     node: Node,
     /// Bundles received, by wasm hash: a redeploy sends only the manifest.
-    bundles: Tree,
+    store: ModuleStore,
+    /// Modules whose code failed an integrity check: name → (hash, why).
+    /// Stopped and not restarted until a deployment brings the good copy.
+    quarantined: Mutex<HashMap<String, (String, String)>>,
+    /// The `agad.module-tampered` alarm of each module in `quarantined`.
+    tampered: RefusalAlarms,
     running: Mutex<HashMap<String, Running>>,
     /// Last fault per module since it was deployed, and when it happened.
     faults: Mutex<HashMap<String, (String, Instant, u64)>>,
@@ -54,14 +60,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Element for Managed {
     fn modules_held(&self) -> Vec<String> {
-        self.bundles
-            .scan_prefix(b"")
-            .map(|all| {
-                all.into_iter()
-                    .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.store.held()
     }
 
     fn components(&self) -> Vec<ComponentStatus> {
@@ -86,6 +85,14 @@ impl Element for Managed {
                 ComponentStatus::new(Component::Module { name: name.clone() }, state)
             })
             .collect();
+        out.extend(lock(&self.quarantined).iter().map(|(name, (_, reason))| {
+            ComponentStatus::new(
+                Component::Module { name: name.clone() },
+                State::Quarantined {
+                    reason: reason.clone(),
+                },
+            )
+        }));
         out.extend(lock(&self.refused).iter().map(|(name, reason)| {
             ComponentStatus::new(
                 Component::Module { name: name.clone() },
@@ -120,11 +127,12 @@ impl Managed {
                 .into_iter()
                 .map(|d| {
                     let name = d.module.manifest.name.clone();
+                    let hash = d.module.manifest.sha256_hex();
                     let bundle = match agad_protocol::validate_module_name(&name) {
                         Ok(()) => me.bundle_for(d.module),
                         Err(e) => Err(e.into()),
                     };
-                    (name, bundle, d.config)
+                    (name, hash, bundle, d.config)
                 })
                 .collect::<Vec<_>>()
         })
@@ -133,7 +141,10 @@ impl Managed {
             Ok(resolved) => resolved,
             Err(e) => return vec![format!("deployment task failed: {e}")],
         };
-        for (name, bundle, config) in resolved {
+        let assigned: std::collections::HashSet<String> =
+            resolved.iter().map(|(name, ..)| name.clone()).collect();
+        let mut altered = Vec::new();
+        for (name, hash, bundle, config) in resolved {
             // Refused before anything logs or stores it: a name with a
             // newline or a terminal escape would forge log lines.
             if let Err(e) = agad_protocol::validate_module_name(&name) {
@@ -147,7 +158,15 @@ impl Managed {
                 }
                 Err(e) => {
                     problems.push(format!("{name}: {e}"));
-                    refused.insert(name, format!("{e}"));
+                    if let Some(IntegrityError::Altered { .. }) = e.downcast_ref() {
+                        // Found by the deployment rather than the periodic check.
+                        altered.push((name, hash, format!("{e}")));
+                    } else if lock(&self.quarantined)
+                        .get(&name)
+                        .is_none_or(|(h, _)| *h != hash)
+                    {
+                        refused.insert(name, format!("{e}"));
+                    }
                 }
             }
         }
@@ -188,6 +207,7 @@ impl Managed {
                 Ok((stop, task)) => {
                     tracing::info!(module = %name, %version, "started");
                     lock(&self.faults).remove(&name);
+                    lock(&self.quarantined).remove(&name);
                     lock(&self.running).insert(
                         name,
                         Running {
@@ -209,7 +229,130 @@ impl Managed {
             Err(e) => tracing::error!("cannot record the refused modules' alarms: {e}"),
         }
         *lock(&self.refused) = refused;
+        // A module no longer assigned is no longer quarantined either.
+        lock(&self.quarantined).retain(|name, _| assigned.contains(name));
+        if altered.is_empty() {
+            self.reconcile_quarantine(events);
+        } else {
+            let me = self.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                for (_, hash, _) in &altered {
+                    me.forget_code(hash);
+                }
+                altered
+            })
+            .await
+            .unwrap_or_default();
+            self.quarantine(found, events);
+        }
         problems
+    }
+
+    /// Deletes the bytes and compiled artefact of module `hash`, so that
+    /// neither is used again and the node no longer claims that hash
+    /// (its manager then sends the bytes with the next deployment).
+    /// Blocking (file and database writes).
+    fn forget_code(&self, hash: &str) {
+        self.store.remove(hash);
+        self.node.engine().remove_artefact(hash);
+    }
+
+    /// Re-hashes every module file held against its signed manifest and
+    /// every compiled artefact against its recorded digest; deletes what
+    /// fails and returns it as (module, hash, why). Blocking.
+    fn check_all(&self) -> Vec<(String, String, String)> {
+        let mut found = Vec::new();
+        for hash in self.store.held() {
+            let file = self.store.check(&hash);
+            let artefact = self.node.engine().check_artefact(&hash);
+            let reason = match (file, artefact) {
+                (integrity::FileCheck::Bad(why), _) => why,
+                (_, Artefact::Altered) => format!(
+                    "its compiled artefact {hash}.cwasm was altered (SHA-256 differs from the one recorded when it was written)"
+                ),
+                _ => continue,
+            };
+            let name = match self.store.manifest(&hash) {
+                Ok(Some(b)) => b.manifest.name,
+                _ => hash.clone(),
+            };
+            self.forget_code(&hash);
+            found.push((name, hash, reason));
+        }
+        found
+    }
+
+    /// Takes modules whose code failed a check out of service: stopped
+    /// (their state kept for the good copy), not restarted, shown as
+    /// quarantined, and `agad.module-tampered` raised for each.
+    fn quarantine(&self, found: Vec<(String, String, String)>, events: &mpsc::Sender<Event>) {
+        if found.is_empty() {
+            return;
+        }
+        for (name, hash, reason) in found {
+            tracing::error!(module = %name, %hash, "quarantined: {reason}");
+            {
+                let mut running = lock(&self.running);
+                if running.get(&name).is_some_and(|r| r.hash == hash)
+                    && let Some(r) = running.remove(&name)
+                {
+                    let _ = r.stop.send(true);
+                }
+            }
+            lock(&self.quarantined).insert(name, (hash, reason));
+        }
+        self.reconcile_quarantine(events);
+    }
+
+    /// Raises and clears `agad.module-tampered` to match `quarantined`.
+    fn reconcile_quarantine(&self, events: &mpsc::Sender<Event>) {
+        let reasons: HashMap<String, String> = lock(&self.quarantined)
+            .iter()
+            .map(|(name, (_, reason))| (name.clone(), reason.clone()))
+            .collect();
+        match self.tampered.reconcile(&reasons) {
+            Ok(alarms) => self.send_in_order(alarms, events),
+            Err(e) => tracing::error!("cannot record the quarantined modules' alarms: {e}"),
+        }
+    }
+
+    /// The answer to a manager's nonce: first a check (what fails is
+    /// quarantined), then a proof for every module still held, of its
+    /// bytes as read now.
+    async fn attest(self: &Arc<Self>, nonce: Nonce, events: &mpsc::Sender<Event>) -> Attestation {
+        let me = self.clone();
+        let found = tokio::task::spawn_blocking(move || me.check_all())
+            .await
+            .unwrap_or_default();
+        self.quarantine(found, events);
+        let me = self.clone();
+        let modules = tokio::task::spawn_blocking(move || {
+            me.store
+                .held()
+                .iter()
+                .filter_map(|hash| {
+                    let artefact = me.node.engine().check_artefact(hash);
+                    me.store.attest(hash, &nonce, artefact)
+                })
+                .take(agad_protocol::attest::MAX_ATTESTED / 2)
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        let quarantined = lock(&self.quarantined)
+            .iter()
+            .take(agad_protocol::attest::MAX_ATTESTED / 2)
+            .map(|(name, (hash, reason))| Quarantine {
+                name: name.clone(),
+                sha256: hash.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+        Attestation {
+            nonce,
+            modules,
+            quarantined,
+        }
     }
 
     /// Once the task of module `name` has ended, deletes its state (see
@@ -264,15 +407,21 @@ impl Managed {
         let name = &shipped.manifest.name;
         if shipped.has_bytes() {
             tracing::info!(module = %name, %hash, bytes = shipped.wasm.len(), "deployment with module bytes");
+            // A manager that found this node's copy altered sends the bytes
+            // again; a module still running from that hash keeps running,
+            // and its file is put back.
+            if self.store.restore(&hash, &shipped.wasm)? {
+                tracing::warn!(module = %name, %hash, "module file put back from the manager's copy");
+            }
             // Stored only once it verified and linked (in `start`), never before.
             return Ok(shipped);
         }
-        let Some(bytes) = self.bundles.get(hash.as_bytes())? else {
+        let Some(stored) = self.store.get(&hash)? else {
             anyhow::bail!("manifest {hash} came without bytes and is not stored here");
         };
         tracing::info!(module = %name, %hash, "deployment by hash; bytes from the local store");
         Ok(Bundle {
-            wasm: Bundle::from_bytes(&bytes)?.wasm,
+            wasm: stored.wasm,
             ..shipped
         })
     }
@@ -288,10 +437,7 @@ impl Managed {
         // the runtime's threads.
         let module = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let module = me.node.load(&bundle)?;
-            let hash = bundle.manifest.sha256_hex();
-            if me.bundles.get(hash.as_bytes())?.is_none() {
-                me.bundles.insert(hash.as_bytes(), &bundle.to_bytes())?;
-            }
+            me.store.put(&bundle)?;
             Ok(module)
         })
         .await??;
@@ -325,6 +471,29 @@ impl Managed {
     }
 }
 
+/// Every [`integrity::IntegrityPolicy::check_every`], re-hashes what the
+/// node holds and quarantines what fails.
+async fn check_periodically(
+    managed: Arc<Managed>,
+    events: mpsc::Sender<Event>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = managed.node.settings().integrity.check_every;
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let me = managed.clone();
+        match tokio::task::spawn_blocking(move || me.check_all()).await {
+            Ok(found) => managed.quarantine(found, &events),
+            Err(e) => tracing::error!("integrity check task failed: {e}"),
+        }
+    }
+}
+
 /// Where a redirect sent this node, kept in its database: used instead of
 /// the configured parents for as long as the configuration names the same
 /// parents it did then (an operator who changes them is obeyed).
@@ -340,7 +509,7 @@ const REDIRECTED: &[u8] = b"redirected";
 
 /// The parents to connect to: the configured ones, or those of the last
 /// redirect if the configuration has not changed since.
-fn parents(meta: &Tree, configured: &[String]) -> Vec<String> {
+fn parents(meta: &agad_storage::Tree, configured: &[String]) -> Vec<String> {
     let stored = meta.get(REDIRECTED).ok().flatten().and_then(|bytes| {
         agad_protocol::wire::decode_value::<Redirected>(&bytes)
             .map_err(|e| tracing::error!("unreadable redirect in the node's database: {e}"))
@@ -371,8 +540,14 @@ pub async fn run(
     uplink.parents = parents(&meta, &configured);
     let outbox = Outbox::open(&db)?;
     let reserve = node.reserve();
+    let Some(data_dir) = node.data_dir() else {
+        anyhow::bail!("a managed node needs a data directory (Node::open)");
+    };
+    let store = ModuleStore::open(&data_dir.join("modules"), db.tree("bundles")?)?;
     let managed = Arc::new(Managed {
-        bundles: db.tree("bundles")?,
+        store,
+        quarantined: Mutex::default(),
+        tampered: RefusalAlarms::open_as(&node.settings().name, &db, &integrity::TAMPERED)?,
         refusals: RefusalAlarms::open(&node.settings().name, &db)?,
         refusal_sender: Mutex::default(),
         fence: Fence::open(&db)?,
@@ -383,6 +558,11 @@ pub async fn run(
     });
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
     let _disk = managed.node.watch_disk(events_tx.clone(), shutdown.clone());
+    let checks = tokio::spawn(check_periodically(
+        managed.clone(),
+        events_tx.clone(),
+        shutdown.clone(),
+    ));
     let (down_tx, mut down) = mpsc::channel(16);
     let (up_tx, up_rx) = mpsc::channel(16);
     let link = tokio::spawn(uplink::run(
@@ -443,6 +623,16 @@ pub async fn run(
                     }
                     let _ = up_tx.send(Control::DeployAck { version, problems }).await;
                 }
+                Some(Downlink::Control(Control::Attest { nonce })) => {
+                    // Answered from a task: hashing every module must not
+                    // hold up the outbox.
+                    let (managed, events_tx, up_tx) = (managed.clone(), events_tx.clone(), up_tx.clone());
+                    tokio::spawn(async move {
+                        let answer = managed.attest(nonce, &events_tx).await;
+                        tracing::info!(modules = answer.modules.len(), quarantined = answer.quarantined.len(), "attestation answered");
+                        let _ = up_tx.send(Control::Attestation(Box::new(answer))).await;
+                    });
+                }
                 Some(Downlink::Control(other)) => tracing::debug!(kind = agad_protocol::wire::Message::Control(other).kind(), "ignored from manager"),
                 Some(Downlink::NotAdmitted { enrollment, reason }) => {
                     tracing::warn!(?enrollment, "manager has not admitted this node: {reason}");
@@ -470,6 +660,7 @@ pub async fn run(
         }
     }
     managed.stop_all();
+    checks.abort();
     let _ = link.await;
     db.flush()?;
     managed.node.state_database().flush()?;

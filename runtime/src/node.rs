@@ -3,6 +3,7 @@
 
 use crate::bindings::types as wit;
 use crate::budget::{self, Notice, OutputBudget, OutputLimits};
+use crate::crashloop::{self, Change, CrashLoop, CrashLoopPolicy};
 use crate::disk::{DiskPolicy, LowDisk, Reserve, available_bytes};
 use crate::engine::{LinkError, LinkedModule, ModuleEngine};
 use crate::host::HostState;
@@ -11,6 +12,7 @@ use crate::host::clock::now_ms;
 use crate::host::snmp::{AgentConfig, SnmpClient};
 use crate::host::state::ModuleState;
 use crate::instance::{Fault, InitError, InspectorInstance};
+use crate::refusals::RefusalAlarms;
 use crate::trust::{TrustError, TrustStore};
 use agad_protocol::message::{
     Alarm, Comparison, FaultKind, ModuleFault, Provenance, Report, Severity, Summary,
@@ -78,6 +80,10 @@ pub struct NodeSettings {
     pub output: OutputLimits,
     /// The disk reserve and the low-disk alarm.
     pub disk: DiskPolicy,
+    /// When a module restarting again and again raises an alarm.
+    pub crash_loop: CrashLoopPolicy,
+    /// How often a managed node re-hashes its module files and artefacts.
+    pub integrity: crate::integrity::IntegrityPolicy,
 }
 
 /// The node's ceilings on the limits a manifest asks for.
@@ -166,6 +172,8 @@ pub struct Node {
     host_threads: Arc<Semaphore>,
     data_dir: Option<PathBuf>,
     reserve: Option<Arc<Reserve>>,
+    /// Modules with `agad.module-crash-loop` raised.
+    crash_alarms: Arc<RefusalAlarms>,
 }
 
 impl Node {
@@ -188,8 +196,9 @@ impl Node {
         let db = Database::open(&data_dir.join("db"))?;
         let state_db = Database::open(&data_dir.join("state"))?;
         migrate_state(&db, &state_db)?;
-        let engine =
-            ModuleEngine::new(Some(&data_dir.join("compiled"))).map_err(LoadError::Engine)?;
+        let engine = ModuleEngine::new(Some(&data_dir.join("compiled")))
+            .map_err(LoadError::Engine)?
+            .with_digests(db.tree("compiled-digests")?);
         reserve.ensure();
         let mut node = Node::with_parts(settings, trusted, db, engine)?;
         node.state = state_db.tree("module-state")?;
@@ -207,7 +216,13 @@ impl Node {
     ) -> Result<Node, LoadError> {
         let trust = TrustStore::new(trusted, db.tree("accepted-modules")?);
         let state = db.tree("module-state")?;
+        let crash_alarms = Arc::new(RefusalAlarms::open_as(
+            &settings.name,
+            &db,
+            &crashloop::CRASH_LOOP,
+        )?);
         Ok(Node {
+            crash_alarms,
             settings,
             engine,
             trust,
@@ -233,6 +248,11 @@ impl Node {
     }
 
     /// Where modules' state lives (tree `module-state`).
+    /// Where the node keeps its files, when opened from a data directory.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
     pub fn state_database(&self) -> &Database {
         &self.state_db
     }
@@ -403,7 +423,7 @@ impl Node {
             .configured(&config.values)
             .await
             .map_err(|error| LoadError::Init {
-                module: name,
+                module: name.clone(),
                 error,
             })?;
         let supervisor = Supervisor {
@@ -414,6 +434,12 @@ impl Node {
             config,
             period,
             restart: self.settings.restart,
+            crash_loop: Mutex::new(CrashLoop::new(
+                self.settings.crash_loop,
+                self.crash_alarms.is_raised(&name),
+                Instant::now(),
+            )),
+            crash_alarms: self.crash_alarms.clone(),
             db: self.db.clone(),
             events,
         };
@@ -494,6 +520,9 @@ struct Supervisor {
     budget: Mutex<OutputBudget>,
     /// Whether `agad.state-quota` is raised for this module.
     state_nearly_full: Mutex<bool>,
+    /// Its restarts, for `agad.module-crash-loop`.
+    crash_loop: Mutex<CrashLoop>,
+    crash_alarms: Arc<RefusalAlarms>,
 }
 
 /// Share of its state quota at which a module's `agad.state-quota` alarm
@@ -593,6 +622,8 @@ impl Supervisor {
                     if clean >= HEALTHY_AFTER_TICKS {
                         *failures = 0;
                     }
+                    let change = lock(&self.crash_loop).ticked(Instant::now());
+                    self.crash_loop_changed(change).await;
                 }
                 Err(fault) => return Some(fault),
             }
@@ -621,6 +652,8 @@ impl Supervisor {
         if self.events.send(event).await.is_err() {
             return false;
         }
+        let change = lock(&self.crash_loop).restarted(Instant::now());
+        self.crash_loop_changed(change).await;
         *backoff = (*backoff * 2).min(self.restart.max);
         tokio::select! {
             _ = tokio::time::sleep(wait) => true,
@@ -764,6 +797,29 @@ impl Supervisor {
         let _ = self.events.send(Event::Alarm(alarm)).await;
     }
 
+    /// Raises or clears `agad.module-crash-loop` for this module.
+    async fn crash_loop_changed(&self, change: Option<Change>) {
+        let module = self.module();
+        let alarm = match change {
+            None => return,
+            Some(Change::Raise(why)) => {
+                tracing::warn!(module, "crash loop: {why}");
+                self.crash_alarms.raise(module, &why)
+            }
+            Some(Change::Clear) => {
+                tracing::info!(module, "crash loop over: running cleanly");
+                self.crash_alarms.clear(module)
+            }
+        };
+        match alarm {
+            Ok(Some(alarm)) => {
+                let _ = self.events.send(Event::Alarm(alarm)).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(module, "cannot record the crash-loop alarm: {e}"),
+        }
+    }
+
     fn next_alarm_id(&self, time_ms: u64) -> String {
         let name = &self.factory.module.manifest.name;
         match self.db.next_id() {
@@ -774,6 +830,10 @@ impl Supervisor {
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An alarm's size for its budget: its strings and a fixed part.

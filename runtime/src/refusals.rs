@@ -7,6 +7,11 @@
 //!
 //! Which modules have the alarm raised is kept in the node's database, so a
 //! restarted node still clears what it raised before.
+//!
+//! The same bookkeeping serves the node's other per-module alarms raised by
+//! the runtime rather than the module (an [`AlarmSpec`] each): a module
+//! quarantined for altered code ([`crate::integrity`]) and a crash-looping
+//! module ([`crate::crashloop`]).
 
 use crate::host::clock::now_ms;
 use agad_protocol::Area;
@@ -19,21 +24,94 @@ pub const REFUSED_KEY: &str = "agad.module-refused";
 /// Metric of the alarm: 1 refused, 0 running.
 pub const REFUSED_METRIC: &str = "module.refused";
 
-/// The raised refusal alarms of one node.
+/// One kind of per-module alarm the runtime raises.
+#[derive(Debug)]
+pub struct AlarmSpec {
+    /// The database tree of the modules it is raised for.
+    pub tree: &'static str,
+    pub key: &'static str,
+    pub metric: &'static str,
+    pub area: Area,
+    pub severity: Severity,
+    /// "module X {raised}: {reason}".
+    pub raised: &'static str,
+    /// "module X {cleared} (was: {reason})".
+    pub cleared: &'static str,
+}
+
+/// A module the node could not start.
+pub const REFUSED: AlarmSpec = AlarmSpec {
+    tree: "refusal-alarms",
+    key: REFUSED_KEY,
+    metric: REFUSED_METRIC,
+    area: Area::Fault,
+    severity: Severity::Major,
+    raised: "refused on this node",
+    cleared: "no longer refused",
+};
+
+/// The raised alarms of one kind ([`REFUSED`] unless opened with
+/// [`RefusalAlarms::open_as`]) of one node.
 pub struct RefusalAlarms {
     node: String,
     db: Database,
+    spec: &'static AlarmSpec,
     /// Module name → the reason its alarm was raised with.
     raised: Tree,
 }
 
 impl RefusalAlarms {
     pub fn open(node: &str, db: &Database) -> Result<RefusalAlarms, StorageError> {
+        RefusalAlarms::open_as(node, db, &REFUSED)
+    }
+
+    pub fn open_as(
+        node: &str,
+        db: &Database,
+        spec: &'static AlarmSpec,
+    ) -> Result<RefusalAlarms, StorageError> {
         Ok(RefusalAlarms {
             node: node.to_owned(),
             db: db.clone(),
-            raised: db.tree("refusal-alarms")?,
+            spec,
+            raised: db.tree(spec.tree)?,
         })
+    }
+
+    /// Whether the alarm is raised for `module`.
+    pub fn is_raised(&self, module: &str) -> bool {
+        self.raised.get(module.as_bytes()).ok().flatten().is_some()
+    }
+
+    /// The raise for `module`, unless it is already raised.
+    pub fn raise(&self, module: &str, reason: &str) -> Result<Option<Alarm>, StorageError> {
+        if self.is_raised(module) {
+            return Ok(None);
+        }
+        let alarm = self.alarm(
+            module,
+            true,
+            format!("module {module} {}: {reason}", self.spec.raised),
+        )?;
+        self.raised.insert(module.as_bytes(), reason.as_bytes())?;
+        self.raised.flush()?;
+        Ok(Some(alarm))
+    }
+
+    /// The clear for `module`, if its alarm is raised.
+    pub fn clear(&self, module: &str) -> Result<Option<Alarm>, StorageError> {
+        let Some(before) = self.raised.get(module.as_bytes())? else {
+            return Ok(None);
+        };
+        let before = String::from_utf8_lossy(&before);
+        let alarm = self.alarm(
+            module,
+            false,
+            format!("module {module} {} (was: {before})", self.spec.cleared),
+        )?;
+        self.raised.remove(module.as_bytes())?;
+        self.raised.flush()?;
+        Ok(Some(alarm))
     }
 
     /// The alarms that make the raised set equal to `refused` (module →
@@ -49,7 +127,7 @@ impl RefusalAlarms {
                 alarms.push(self.alarm(
                     &module,
                     false,
-                    format!("module {module} no longer refused (was: {before})"),
+                    format!("module {module} {} (was: {before})", self.spec.cleared),
                 )?);
                 self.raised.remove(&key)?;
             }
@@ -69,7 +147,7 @@ impl RefusalAlarms {
             alarms.push(self.alarm(
                 module,
                 true,
-                format!("module {module} refused on this node: {reason}"),
+                format!("module {module} {}: {reason}", self.spec.raised),
             )?);
             self.raised.insert(module.as_bytes(), reason.as_bytes())?;
         }
@@ -84,11 +162,11 @@ impl RefusalAlarms {
             module: module.to_owned(),
             // The runtime raises it: the module's code never ran.
             provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
-            area: Area::Fault,
-            key: REFUSED_KEY.to_owned(),
-            metric: REFUSED_METRIC.to_owned(),
+            area: self.spec.area,
+            key: self.spec.key.to_owned(),
+            metric: self.spec.metric.to_owned(),
             subject: module.to_owned(),
-            severity: Severity::Major,
+            severity: self.spec.severity,
             raised,
             value: if raised { 1.0 } else { 0.0 },
             threshold: 0.0,

@@ -145,19 +145,26 @@ impl Deployment {
     /// A CA, a publisher key and a running top manager (the process `mor`),
     /// with `agad` the binary to run.
     pub fn start(agad: &Path, options: Options) -> anyhow::Result<Deployment> {
-        Deployment::start_with_mor(agad, options, None)
+        Deployment::start_with_mor(agad, options, None, &[])
     }
 
     /// [`Deployment::start`] with the top manager on `host` of a
     /// [`Network`](crate::network::Network), listening on `<host address>:7400` ([`MOR_PORT`]).
     pub fn start_on(agad: &Path, options: Options, host: &Host) -> anyhow::Result<Deployment> {
-        Deployment::start_with_mor(agad, options, Some(host))
+        Deployment::start_with_mor(agad, options, Some(host), &[])
+    }
+
+    /// [`Deployment::start`] with `extra` appended to the top manager's
+    /// command line (`--attest-every 1s`, say).
+    pub fn start_with(agad: &Path, options: Options, extra: &[&str]) -> anyhow::Result<Deployment> {
+        Deployment::start_with_mor(agad, options, None, extra)
     }
 
     fn start_with_mor(
         agad: &Path,
         options: Options,
         host: Option<&Host>,
+        extra: &[&str],
     ) -> anyhow::Result<Deployment> {
         let mut d = Deployment::empty(agad, options)?;
         d.agad(&["pki", "init", "--dir", "pki"])?;
@@ -167,23 +174,21 @@ impl Deployment {
             Some(host) => format!("{}:{MOR_PORT}", host.address()),
             None => free_address()?,
         };
-        d.spawn_on(
-            host,
+        let mut args = vec![
             "mor",
-            &[
-                "mor",
-                "--pki",
-                "pki",
-                "--name",
-                "mor",
-                "--listen",
-                &listen,
-                "--data-dir",
-                "mor",
-                "--trust",
-                "publisher.pub",
-            ],
-        )?;
+            "--pki",
+            "pki",
+            "--name",
+            "mor",
+            "--listen",
+            &listen,
+            "--data-dir",
+            "mor",
+            "--trust",
+            "publisher.pub",
+        ];
+        args.extend_from_slice(extra);
+        d.spawn_on(host, "mor", &args)?;
         d.mor_address = Some(listen);
         d.wait_for("the top manager's admin socket", |d| {
             Ok(d.path("mor/admin.sock").exists().then_some(()))
@@ -587,7 +592,18 @@ impl Deployment {
     /// A station whose parent manager listens at `parent` (a sub-domain's
     /// station under its parent domain's station).
     pub fn start_station_under(&mut self, name: &str, parent: &str) -> anyhow::Result<String> {
-        self.start_station_at(name, parent, None)
+        self.start_station_at(name, parent, None, &[])
+    }
+
+    /// [`Deployment::start_station_under`] with `extra` appended to the
+    /// station's command line (`--attest-every 1s`, say).
+    pub fn start_station_with(
+        &mut self,
+        name: &str,
+        parent: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
+        self.start_station_at(name, parent, None, extra)
     }
 
     /// A station on `host` of a [`Network`](crate::network::Network), under the top manager,
@@ -595,7 +611,7 @@ impl Deployment {
     /// address, which its nodes connect to.
     pub fn start_station_on(&mut self, name: &str, host: &Host) -> anyhow::Result<String> {
         let mor = self.mor_address()?.to_owned();
-        self.start_station_at(name, &mor, Some(host))
+        self.start_station_at(name, &mor, Some(host), &[])
     }
 
     /// [`Deployment::start_station_under`] on `host` of a
@@ -607,7 +623,7 @@ impl Deployment {
         parent: &str,
         host: &Host,
     ) -> anyhow::Result<String> {
-        self.start_station_at(name, parent, Some(host))
+        self.start_station_at(name, parent, Some(host), &[])
     }
 
     fn start_station_at(
@@ -615,6 +631,7 @@ impl Deployment {
         name: &str,
         parent: &str,
         host: Option<&Host>,
+        extra: &[&str],
     ) -> anyhow::Result<String> {
         self.issue("dominio", name)?;
         let ticket = self.ticket(name)?;
@@ -623,29 +640,27 @@ impl Deployment {
             None => free_address()?,
         };
         let keepalive = self.options.keepalive.clone();
-        self.spawn_on(
-            host,
+        let mut args = vec![
+            "dominio",
+            "--pki",
+            "pki",
+            "--name",
             name,
-            &[
-                "dominio",
-                "--pki",
-                "pki",
-                "--name",
-                name,
-                "--mor",
-                parent,
-                "--listen",
-                &listen,
-                "--data-dir",
-                name,
-                "--trust",
-                "publisher.pub",
-                "--ticket",
-                &ticket,
-                "--keepalive",
-                &keepalive,
-            ],
-        )?;
+            "--mor",
+            parent,
+            "--listen",
+            &listen,
+            "--data-dir",
+            name,
+            "--trust",
+            "publisher.pub",
+            "--ticket",
+            &ticket,
+            "--keepalive",
+            &keepalive,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn_on(host, name, &args)?;
         self.activate(name)?;
         Ok(listen)
     }

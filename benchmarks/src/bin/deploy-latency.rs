@@ -351,6 +351,7 @@ async fn start_dominio(
         trusted: vec![trusted],
         advertise: Vec::new(),
         guardian: Default::default(),
+        attest_every: Duration::from_secs(60),
     };
     let task = tokio::spawn(agad_gerente_dominio::run(config, listener, shutdown));
     Ok((address, task))

@@ -110,6 +110,8 @@ fn main() -> anyhow::Result<()> {
         ceilings: Default::default(),
         output: Default::default(),
         disk: Default::default(),
+        crash_loop: Default::default(),
+        integrity: Default::default(),
     };
     let node = Node::open(settings, vec![key.public()], dir.path())?;
     // A second engine over the same cache directory: what a restarted node

@@ -314,6 +314,8 @@ fn run_comparison(
         ceilings: Default::default(),
         output: Default::default(),
         disk: Default::default(),
+        crash_loop: Default::default(),
+        integrity: Default::default(),
     };
     let names: BTreeSet<&str> = modules.iter().map(|m| m.name).collect();
 

@@ -102,6 +102,9 @@ impl<'a> Orphans<'a> {
     /// Why the raise `alarm` can never clear, if so.
     pub fn reason(&self, alarm: &Alarm) -> Option<String> {
         let node = &alarm.node;
+        // The top manager's own alarms about a station (the guardian's host
+        // or agent down, a BC that failed attestation) clear when the
+        // station is back or proves its code intact again.
         if alarm.module == RUNTIME_MODULE
             && !self.domain_of.contains_key(node.as_str())
             && self.stations.contains(node.as_str())

@@ -32,6 +32,8 @@ impl Harness {
             ceilings: Default::default(),
             output: Default::default(),
             disk: Default::default(),
+            crash_loop: Default::default(),
+            integrity: Default::default(),
         };
         let node = Node::open(settings, vec![key.public()], dir.path()).unwrap();
         Harness {

@@ -41,6 +41,8 @@ pub(crate) fn settings(policy: Vec<Capability>) -> NodeSettings {
         ceilings: Default::default(),
         output: Default::default(),
         disk: Default::default(),
+        crash_loop: Default::default(),
+        integrity: Default::default(),
     }
 }
 

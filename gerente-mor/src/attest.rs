@@ -1,0 +1,235 @@
+//! The top manager's guardian of code integrity on its stations: every
+//! attestation period each serving station is sent a fresh nonce
+//! ([`Control::Attest`]; one outstanding per station, an answer due within
+//! [`deadline`]) and must prove, per module of its BC replica,
+//! `SHA-256(nonce ‖ bytes)` of the bytes it holds now. The proofs are
+//! checked against BGC ([`agad_protocol::attest::verify`]); an answer for
+//! another nonce is refused. A module whose proof does not match, or that
+//! the station found altered and deleted from BC itself, is replicated to
+//! it again with its bytes (its hash taken out of what the registry
+//! believes the station holds), and the security alarm
+//! `agad.attestation-failed` is recorded in BIG for the station, cleared by
+//! its next clean answer.
+//!
+//! The last result and its time are shown by `agad status` as the
+//! domain's [`Component::Attestation`] of its station.
+
+use crate::Mor;
+use agad_net::children::ChildRef;
+use agad_protocol::Area;
+use agad_protocol::attest::{self, Attestation, Nonce};
+use agad_protocol::message::{Alarm, Comparison, Provenance, Severity};
+use agad_protocol::wire::{Component, ComponentStatus, Control, Message, State};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Key of the alarm recorded for a station whose BC failed attestation.
+pub const ATTESTATION_FAILED_KEY: &str = "agad.attestation-failed";
+
+/// How long a station has to answer: the period, and never less than 5 s.
+pub fn deadline(every: Duration) -> Duration {
+    every.max(Duration::from_secs(5))
+}
+
+/// Per station: the nonce outstanding and the last result.
+#[derive(Default)]
+pub struct Attestations {
+    stations: Mutex<HashMap<String, StationAttestation>>,
+    alarm_seq: AtomicU64,
+}
+
+#[derive(Default)]
+struct StationAttestation {
+    outstanding: Option<(Nonce, u64, Instant)>,
+    /// When (ms since the epoch) and how the last attestation ended.
+    last: Option<(u64, Result<u64, String>)>,
+    /// The alarm is raised for this station, with this text.
+    alarm: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Attests every serving station each `every`, until `shutdown`.
+pub async fn run(mor: Arc<Mor>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => attest_all(&mor, every),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn attest_all(mor: &Mor, every: Duration) {
+    let due = deadline(every);
+    let stations = mor.stations.lock();
+    let mut state = lock(&mor.attestations.stations);
+    for (name, e) in stations.iter() {
+        if !e.data.is_serving() {
+            continue;
+        }
+        let a = state.entry(name.clone()).or_default();
+        if let Some((_, session, sent)) = &a.outstanding {
+            if *session == e.session && sent.elapsed() < due {
+                continue;
+            }
+            if *session == e.session {
+                tracing::warn!(station = %name, "no attestation answer within {} s", due.as_secs());
+                a.last = Some((
+                    crate::now_ms(),
+                    Err(format!("no answer within {} s", due.as_secs())),
+                ));
+            }
+        }
+        let nonce = attest::nonce();
+        a.outstanding = e
+            .send(Message::Control(Control::Attest { nonce }))
+            .then(|| (nonce, e.session, Instant::now()));
+    }
+}
+
+/// A station's answer: refused unless it is for the nonce outstanding on
+/// this session; otherwise judged against BGC, and what failed replicated
+/// again with its bytes. Blocking (reads BGC, may reconcile).
+pub fn received(mor: &Mor, child: &ChildRef, answer: Attestation) {
+    let asked = lock(&mor.attestations.stations)
+        .get(&child.name)
+        .and_then(|a| a.outstanding)
+        .filter(|(_, session, _)| *session == child.session)
+        .map(|(nonce, _, _)| nonce);
+    // What the station was sent: the hashes the registry believes it holds.
+    let held: Vec<String> = mor
+        .stations
+        .lock()
+        .get(&child.name)
+        .map(|e| e.held.iter().cloned().collect())
+        .unwrap_or_default();
+    let bundles: HashMap<String, agad_protocol::Bundle> = mor
+        .bases
+        .bundles()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| (b.manifest.sha256_hex(), b))
+        .filter(|(h, _)| held.contains(h))
+        .collect();
+    let expected: Vec<(String, String)> = bundles
+        .iter()
+        .map(|(h, b)| (b.manifest.name.clone(), h.clone()))
+        .collect();
+    let verdict = match attest::verify(asked.as_ref(), &answer, &expected, |hash| {
+        bundles.get(hash).map(|b| b.wasm.clone())
+    }) {
+        Ok(v) => v,
+        Err(refused) => {
+            // One refusal per nonce: the nonce is spent (a replay is no
+            // answer), so a flood of answers logs once, then at debug.
+            if asked.is_some() {
+                tracing::warn!(station = %child.name, "attestation answer refused: {refused}");
+                refuse(mor, &child.name, &refused);
+            } else {
+                tracing::debug!(station = %child.name, "attestation answer refused: {refused}");
+            }
+            return;
+        }
+    };
+    let summary = verdict.describe();
+    let change = {
+        let mut state = lock(&mor.attestations.stations);
+        let a = state.entry(child.name.clone()).or_default();
+        a.outstanding = None;
+        a.last = Some((
+            crate::now_ms(),
+            if verdict.is_clean() {
+                Ok(verdict.intact.len() as u64)
+            } else {
+                Err(summary.clone())
+            },
+        ));
+        if !verdict.is_clean() {
+            let raise = a.alarm.is_none();
+            a.alarm = Some(summary.clone());
+            raise.then(|| (true, summary.clone()))
+        } else {
+            a.alarm.take().map(|was| (false, was))
+        }
+    };
+    if !verdict.is_clean() {
+        tracing::warn!(station = %child.name, "BC attestation failed: {summary}; replicating the good copy");
+        if let Some(e) = mor.stations.lock().get_mut(&child.name)
+            && e.session == child.session
+        {
+            for h in verdict.to_resend() {
+                e.held.remove(&h);
+            }
+            e.data.forget_sent();
+        }
+        mor.reconcile();
+    }
+    if let Some((raised, text)) = change {
+        record_alarm(mor, &child.name, raised, &text);
+    }
+}
+
+/// Spends the nonce outstanding for `station` and records the refusal.
+fn refuse(mor: &Mor, station: &str, refused: &attest::Refused) {
+    if let Some(a) = lock(&mor.attestations.stations).get_mut(station) {
+        a.outstanding = None;
+        a.last = Some((crate::now_ms(), Err(format!("answer refused: {refused}"))));
+    }
+}
+
+/// Records the alarm about `station` in BIG (the top manager raises it: no
+/// station sends it).
+fn record_alarm(mor: &Mor, station: &str, raised: bool, text: &str) {
+    let time_ms = crate::now_ms();
+    let n = mor.attestations.alarm_seq.fetch_add(1, Ordering::Relaxed);
+    let message = if raised {
+        format!("station {station}'s BC holds code other than BGC's: {text}; replicated again")
+    } else {
+        format!("station {station} proves its BC intact again (was: {text})")
+    };
+    let alarm = Alarm {
+        id: format!("{station}/agad/a{time_ms}n{n}"),
+        node: station.to_owned(),
+        module: "agad".to_owned(),
+        provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+        area: Area::Security,
+        key: ATTESTATION_FAILED_KEY.to_owned(),
+        metric: "attestation.failed".to_owned(),
+        subject: station.to_owned(),
+        severity: Severity::Critical,
+        raised,
+        value: if raised { 1.0 } else { 0.0 },
+        threshold: 0.0,
+        comparison: Comparison::Above,
+        message: agad_protocol::text::excerpt(&message, 400),
+        time_ms,
+    };
+    tracing::warn!(%station, raised, "{}", alarm.message);
+    if let Err(e) = mor.bases.record_alarm(&alarm) {
+        tracing::error!(%station, "cannot record the attestation alarm: {e}");
+    }
+}
+
+/// The last attestation of `station`, if it has one.
+pub fn status(mor: &Mor, station: &str) -> Option<ComponentStatus> {
+    let (at_ms, last) = lock(&mor.attestations.stations)
+        .get(station)?
+        .last
+        .clone()?;
+    Some(ComponentStatus::new(
+        Component::Attestation {
+            element: station.to_owned(),
+        },
+        match last {
+            Ok(modules) => State::Attested { at_ms, modules },
+            Err(reason) => State::AttestationFailed { at_ms, reason },
+        },
+    ))
+}
