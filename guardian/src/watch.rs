@@ -24,6 +24,10 @@ pub const MODULE: &str = "agad";
 pub const HOST_DOWN: &str = "agad.host-down";
 /// Alarm key of "the host answers, the element does not".
 pub const AGENT_DOWN: &str = "agad.agent-down";
+/// How long a host that was down may answer before its silent element is
+/// called down too: the element redials with a back-off that grew while its
+/// host was cut off (at most 30 s, ±50 % jitter).
+const REDIAL_ALLOWANCE: Duration = Duration::from_secs(45);
 
 /// How the guardian confirms a failure. Its timing follows each child's
 /// own keep-alive interval (see [`Timing`]).
@@ -51,14 +55,15 @@ struct Timing {
 }
 
 impl Timing {
-    /// A probe answers within half an interval (0.2–2 s); a reconnection is
-    /// waited for one interval (at most 10 s): detection stays within a
-    /// few intervals, as the guardian's goal asks.
+    /// A probe answers within a quarter of an interval (0.2–2 s); a
+    /// reconnection is waited for one interval (at most 10 s): a host cut
+    /// off is accused within 3 intervals of its last frame (stale at about
+    /// 2.6), as the guardian's goal asks.
     fn for_keepalive(keepalive: Duration, echoes: u32) -> Timing {
         Timing {
             probe: ProbeConfig {
                 echoes,
-                deadline: (keepalive / 2).clamp(Duration::from_millis(200), Duration::from_secs(2)),
+                deadline: (keepalive / 4).clamp(Duration::from_millis(200), Duration::from_secs(2)),
             },
             grace: keepalive.min(Duration::from_secs(10)),
             recheck: (keepalive * 2).clamp(Duration::from_secs(1), Duration::from_secs(30)),
@@ -85,6 +90,9 @@ struct Silent {
     address: Option<SocketAddr>,
     keepalive: Duration,
     since_ms: u64,
+    /// Wait for a reconnection first (a dropped connection: the child may
+    /// be redialling); not for a child found stale, silent long enough.
+    grace: bool,
 }
 
 impl Silent {
@@ -94,6 +102,7 @@ impl Silent {
             address: child.address,
             keepalive: child.keepalive,
             since_ms,
+            grace: true,
         }
     }
 }
@@ -211,6 +220,7 @@ impl Guardian {
                 address: address.map(|ip| SocketAddr::new(ip, 0)),
                 keepalive: children.config().liveness.interval,
                 since_ms,
+                grace: true,
             };
             self.start(&children, &sink, &shutdown, silent);
         }
@@ -222,8 +232,11 @@ impl Guardian {
             };
             match event {
                 Ok(ChildEvent::Stale { child, silent, .. }) => {
+                    // Silent for about 2.6 intervals already: probed at once.
                     let since_ms = now_ms().saturating_sub(silent.as_millis() as u64);
-                    self.start(&children, &sink, &shutdown, Silent::of(child, since_ms));
+                    let mut silent = Silent::of(child, since_ms);
+                    silent.grace = false;
+                    self.start(&children, &sink, &shutdown, silent);
                 }
                 Ok(ChildEvent::Disconnected { child, .. }) => {
                     // A replaced session has a successor: the diagnosis
@@ -286,10 +299,13 @@ impl Guardian {
             address,
             keepalive,
             since_ms,
+            grace,
         } = silent;
         let (name, address, since_ms) = (name.as_str(), *address, *since_ms);
         let timing = Timing::for_keepalive(*keepalive, self.config.echoes);
-        let mut wait = timing.grace;
+        let mut wait = if *grace { timing.grace } else { Duration::ZERO };
+        // When a host found down answered again.
+        let mut host_back: Option<tokio::time::Instant> = None;
         loop {
             if back_within(children, name, wait).await {
                 if lock(&self.failed).contains_key(name) {
@@ -315,6 +331,17 @@ impl Guardian {
             // It may have come back while the probe ran.
             if children.child(name).is_some() {
                 continue;
+            }
+            let was_host_down = self
+                .failure(name)
+                .is_some_and(|f| f.diagnosis == Diagnosis::HostDown);
+            if seen.reachable && was_host_down {
+                let back = *host_back.get_or_insert_with(tokio::time::Instant::now);
+                if back.elapsed() < REDIAL_ALLOWANCE {
+                    continue;
+                }
+            } else {
+                host_back = None;
             }
             if !sink.may_accuse() {
                 tracing::info!(
