@@ -72,34 +72,11 @@ fn served_by(d: &Deployment) -> anyhow::Result<(Option<String>, Option<u64>)> {
     ))
 }
 
-/// Whether the serving station says `node` is connected.
-fn connected(d: &Deployment, node: &str) -> anyhow::Result<bool> {
-    Ok(d.component_state(&json!({"node": {"name": node}}))?
-        .is_some_and(|s| s.get("connected").is_some()))
-}
-
 fn guardian_alarms(d: &Deployment, node: &str, key: &str) -> anyhow::Result<Vec<Alarm>> {
     Ok(d.alarms()?
         .into_iter()
         .filter(|a| a.node == node && a.key == key)
         .collect())
-}
-
-/// The windows of the reports `node` logged as durably queued.
-fn queued_windows(d: &Deployment, node: &str) -> BTreeSet<u64> {
-    d.log(node)
-        .lines()
-        .filter(|l| l.contains("report queued"))
-        .filter_map(|l| {
-            l.split("time_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .map(|t: u64| t - t % WINDOW_MS)
-        .collect()
 }
 
 #[test]
@@ -118,12 +95,10 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
     d.start_node("n1", &both)?;
     d.start_node("n2", &both)?;
     d.wait_for("s1 serving d1 with both nodes", |d| {
-        Ok(
-            (served_by(d)?.0.as_deref() == Some("s1")
-                && connected(d, "n1")?
-                && connected(d, "n2")?)
-            .then_some(()),
-        )
+        Ok((served_by(d)?.0.as_deref() == Some("s1")
+            && d.node_connected("n1")?
+            && d.node_connected("n2")?)
+        .then_some(()))
     })?;
     let (_, first) = served_by(&d)?;
     let first = first.expect("an activation generation in the status");
@@ -139,12 +114,10 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
     // newer activation, and both nodes reconnect to it.
     d.kill9("s1")?;
     d.wait_for("s2 serving d1 with both nodes", |d| {
-        Ok(
-            (served_by(d)?.0.as_deref() == Some("s2")
-                && connected(d, "n1")?
-                && connected(d, "n2")?)
-            .then_some(()),
-        )
+        Ok((served_by(d)?.0.as_deref() == Some("s2")
+            && d.node_connected("n1")?
+            && d.node_connected("n2")?)
+        .then_some(()))
     })?;
     let (_, second) = served_by(&d)?;
     assert!(second > Some(first), "{second:?} after {first}");
@@ -183,7 +156,7 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
     })?;
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(served_by(&d)?, (Some("s2".to_owned()), second));
-    assert!(connected(&d, "n1")? && connected(&d, "n2")?);
+    assert!(d.node_connected("n1")? && d.node_connected("n2")?);
     let restarted = since_last_start(&d.log("s1"));
     assert!(
         !restarted.contains("child registered"),
@@ -198,7 +171,8 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
             let ids: BTreeSet<String> = d.alarms()?.into_iter().map(|a| a.id).collect();
             Ok(queued.is_subset(&ids).then_some(()))
         })?;
-        let windows: BTreeSet<u64> = queued_windows(&d, node)
+        let windows: BTreeSet<u64> = d
+            .queued_windows(node, WINDOW_MS)
             .into_iter()
             // The last window may still be on its way.
             .filter(|w| *w + 3 * WINDOW_MS < now_ms())
@@ -250,11 +224,11 @@ fn nodes_refuse_a_manager_whose_domain_moved_on_until_it_is_activated_again() ->
     let s2 = d.start_station("s2")?;
     d.start_node("n1", &format!("{s1},{s2}"))?;
     d.wait_for("n1 under s1", |d| {
-        Ok((served_by(d)?.0.as_deref() == Some("s1") && connected(d, "n1")?).then_some(()))
+        Ok((served_by(d)?.0.as_deref() == Some("s1") && d.node_connected("n1")?).then_some(()))
     })?;
     d.kill9("s1")?;
     d.wait_for("n1 under s2", |d| {
-        Ok((served_by(d)?.0.as_deref() == Some("s2") && connected(d, "n1")?).then_some(()))
+        Ok((served_by(d)?.0.as_deref() == Some("s2") && d.node_connected("n1")?).then_some(()))
     })?;
 
     // s1 comes back while no top manager can tell it the domain moved on
@@ -275,7 +249,7 @@ fn nodes_refuse_a_manager_whose_domain_moved_on_until_it_is_activated_again() ->
     // moves to s1 as a newer activation, which the node accepts.
     d.restart_mor()?;
     d.wait_for("n1 under s1 again", |d| {
-        Ok((served_by(d)?.0.as_deref() == Some("s1") && connected(d, "n1")?).then_some(()))
+        Ok((served_by(d)?.0.as_deref() == Some("s1") && d.node_connected("n1")?).then_some(()))
     })?;
     Ok(())
 }
@@ -287,7 +261,9 @@ fn a_killed_or_frozen_node_is_diagnosed_agent_down_and_cleared_when_back() -> an
     d.apply(&topology(&["s1"], &["n1"]))?;
     let s1 = d.start_station("s1")?;
     d.start_node("n1", &s1)?;
-    d.wait_for("n1 connected", |d| Ok(connected(d, "n1")?.then_some(())))?;
+    d.wait_for("n1 connected", |d| {
+        Ok(d.node_connected("n1")?.then_some(()))
+    })?;
 
     for fault in ["kill -9", "SIGSTOP"] {
         let before: BTreeSet<String> = guardian_alarms(&d, "n1", "agad.agent-down")?
@@ -328,7 +304,7 @@ fn a_killed_or_frozen_node_is_diagnosed_agent_down_and_cleared_when_back() -> an
             Ok(fresh(d)?.iter().any(|a| !a.raised).then_some(()))
         })?;
         d.wait_for("n1 connected again", |d| {
-            Ok(connected(d, "n1")?.then_some(()))
+            Ok(d.node_connected("n1")?.then_some(()))
         })?;
     }
     // No host was ever down, and only the guardian raised its keys.

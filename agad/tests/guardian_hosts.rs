@@ -32,11 +32,6 @@ fn topology(net: &Network) -> anyhow::Result<String> {
     Ok(t)
 }
 
-fn connected(d: &Deployment, node: &str) -> anyhow::Result<bool> {
-    let state = d.component_state(&json!({"node": {"name": node}}))?;
-    Ok(state.is_some_and(|s| s.get("connected").is_some()))
-}
-
 fn served_by(d: &Deployment) -> anyhow::Result<(Option<String>, Option<u64>)> {
     let domain = d.status()?["domains"][0].clone();
     Ok((
@@ -75,7 +70,7 @@ fn host_down_agent_down_and_a_station_host_lost_are_diagnosed_and_healed() -> an
         d.start_node_on(n, &format!("{s1},{s2}"), net.host(n)?)?;
     }
     d.wait_for("every node connected", |d| {
-        Ok((connected(d, "n1")? && connected(d, "n2")?).then_some(()))
+        Ok((d.node_connected("n1")? && d.node_connected("n2")?).then_some(()))
     })?;
 
     // 1. n1's host is cut off: host down, at the top manager, with the
@@ -110,7 +105,7 @@ fn host_down_agent_down_and_a_station_host_lost_are_diagnosed_and_healed() -> an
     net.link_up("n1")?;
     d.wait_for("n1's host down cleared and n1 connected", |d| {
         let cleared = events(d, "n1", "agad.host-down")?.iter().any(|a| !a.raised);
-        Ok((cleared && connected(d, "n1")?).then_some(()))
+        Ok((cleared && d.node_connected("n1")?).then_some(()))
     })?;
 
     // 2. n2's process dies, its host stays up: agent down, then cleared.
@@ -137,8 +132,8 @@ fn host_down_agent_down_and_a_station_host_lost_are_diagnosed_and_healed() -> an
         let (station, generation) = served_by(d)?;
         Ok((station.as_deref() == Some("s2")
             && generation > before
-            && connected(d, "n1")?
-            && connected(d, "n2")?)
+            && d.node_connected("n1")?
+            && d.node_connected("n2")?)
         .then_some(()))
     })?;
     let s1_down = d.wait_for("s1 host down in BIG", |d| {

@@ -50,21 +50,8 @@ fn cpu_mem_on(node: &str, config: &str) -> String {
     format!("\n[[assign]]\nmodule = \"cpu-mem\"\nnodes = [\"{node}\"]\n[assign.config]\n{config}\n")
 }
 
-/// The domain windows of the reports `node` logged as durably queued.
 fn queued_windows(d: &Deployment, node: &str) -> BTreeSet<u64> {
-    d.log(node)
-        .lines()
-        .filter(|l| l.contains("report queued"))
-        .filter_map(|l| {
-            l.split("time_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .map(|t: u64| t - t % WINDOW_MS)
-        .collect()
+    d.queued_windows(node, WINDOW_MS)
 }
 
 fn rows_of<'a>(rows: &'a [ReportRow], node: &str, metric: &str) -> Vec<&'a ReportRow> {

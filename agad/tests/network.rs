@@ -7,7 +7,6 @@
 
 use agad_tests::hierarchy::{Deployment, Options, alarm_ids, is_guardian_alarm};
 use agad_tests::network::Network;
-use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -40,11 +39,6 @@ fn topology(net: &Network) -> anyhow::Result<String> {
     Ok(t)
 }
 
-fn connected(d: &Deployment, node: &str) -> anyhow::Result<bool> {
-    let state = d.component_state(&json!({"node": {"name": node}}))?;
-    Ok(state.is_some_and(|s| s.get("connected").is_some()))
-}
-
 #[test]
 fn a_node_host_cut_off_and_back_reconnects_and_delivers_what_it_buffered() -> anyhow::Result<()> {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -72,7 +66,7 @@ fn a_node_host_cut_off_and_back_reconnects_and_delivers_what_it_buffered() -> an
     }
     d.wait_for("every node connected", |d| {
         for n in NODES {
-            if !connected(d, n)? {
+            if !d.node_connected(n)? {
                 return Ok(None);
             }
         }
@@ -104,7 +98,7 @@ fn a_node_host_cut_off_and_back_reconnects_and_delivers_what_it_buffered() -> an
     net.link_down("n1")?;
     assert!(!net.reachable("s1", "n1")?);
     d.wait_for("s1 to declare n1 gone", |d| {
-        Ok((!connected(d, "n1")?).then_some(()))
+        Ok((!d.node_connected("n1")?).then_some(()))
     })?;
     d.wait_for("n1 to queue alarms while cut off", |d| {
         Ok((d.queued_alarm_ids("n1").len() >= queued_before.len() + 6).then_some(()))
@@ -123,10 +117,12 @@ fn a_node_host_cut_off_and_back_reconnects_and_delivers_what_it_buffered() -> an
         buffered.len()
     );
     // Other hosts are unaffected meanwhile.
-    assert!(connected(&d, "n2")? && connected(&d, "n3")?);
+    assert!(d.node_connected("n2")? && d.node_connected("n3")?);
 
     net.link_up("n1")?;
-    d.wait_for("n1 to reconnect", |d| Ok(connected(d, "n1")?.then_some(())))?;
+    d.wait_for("n1 to reconnect", |d| {
+        Ok(d.node_connected("n1")?.then_some(()))
+    })?;
     d.wait_for("every alarm n1 buffered to reach BIG", |d| {
         let big = alarm_ids(&d.alarms()?);
         Ok(buffered.iter().all(|id| big.contains(*id)).then_some(()))
@@ -196,7 +192,7 @@ fn a_lossy_jittery_link_causes_no_false_failure() -> anyhow::Result<()> {
     }
     d.wait_for("every node connected through the relay", |d| {
         for n in NODES {
-            if !connected(d, n)? {
+            if !d.node_connected(n)? {
                 return Ok(None);
             }
         }

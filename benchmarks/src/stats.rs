@@ -36,6 +36,28 @@ impl Timings {
     }
 }
 
+/// `label: p50 … (… intervals), p99 … (… intervals), max … — goal p99 ≤
+/// `goal` intervals: met` for durations measured against a keep-alive
+/// `interval`; `None` for no samples.
+pub fn in_intervals(
+    label: &str,
+    samples: &[Duration],
+    interval: Duration,
+    goal: f64,
+) -> Option<String> {
+    let t = Timings::of(samples)?;
+    let k = |d: Duration| d.as_secs_f64() / interval.as_secs_f64();
+    Some(format!(
+        "{label}: p50 {} ({:.2} intervals), p99 {} ({:.2} intervals), max {} — goal p99 ≤ {goal} intervals: {}",
+        duration(t.p50),
+        k(t.p50),
+        duration(t.p99),
+        k(t.p99),
+        duration(t.max),
+        if k(t.p99) <= goal { "met" } else { "NOT met" }
+    ))
+}
+
 /// `12.3 µs`, `4.56 ms`, `1.20 s`.
 pub fn duration(d: Duration) -> String {
     let ns = d.as_nanos() as f64;

@@ -794,6 +794,32 @@ impl Deployment {
             .collect()
     }
 
+    /// The report windows (`window_ms` long) of what `node` logged as
+    /// durably queued, every run of it (`report queued`, logged at debug by
+    /// `agad_runtime::managed`).
+    pub fn queued_windows(&self, node: &str, window_ms: u64) -> BTreeSet<u64> {
+        self.log(node)
+            .lines()
+            .filter(|l| l.contains("report queued"))
+            .filter_map(|l| {
+                l.split("time_ms=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .map(|t: u64| t - t % window_ms)
+            .collect()
+    }
+
+    /// Whether the serving station says `node` is connected (its state in
+    /// the typed status, from the station's keep-alives).
+    pub fn node_connected(&self, node: &str) -> anyhow::Result<bool> {
+        let state = self.component_state(&serde_json::json!({"node": {"name": node}}))?;
+        Ok(state.is_some_and(|s| s.get("connected").is_some()))
+    }
+
     /// Waits until BIG holds every alarm `node` logged as queued and the
     /// station's BICD count (from its keep-alives) equals BIG's.
     pub fn wait_for_alarms_settled(&mut self, node: &str) -> anyhow::Result<()> {

@@ -24,7 +24,7 @@
 
 use agad_benchmarks::args::Args;
 use agad_benchmarks::processes;
-use agad_benchmarks::stats::{Timings, duration};
+use agad_benchmarks::stats::{duration, in_intervals};
 use agad_tests::hierarchy::{Deployment, Options};
 use std::time::{Duration, Instant};
 
@@ -105,17 +105,13 @@ fn main() -> anyhow::Result<()> {
             Ok(standby_connected(d, &victim)?.then_some(()))
         })?;
     }
-    if let Some(t) = Timings::of(&samples) {
-        let k = |d: Duration| d.as_secs_f64() / interval.as_secs_f64();
-        println!(
-            "kill -9 → served by the standby, every node reconnected: p50 {} ({:.2} intervals), p99 {} ({:.2} intervals), max {} — goal p99 ≤ 3 intervals: {}",
-            duration(t.p50),
-            k(t.p50),
-            duration(t.p99),
-            k(t.p99),
-            duration(t.max),
-            if k(t.p99) <= 3.0 { "met" } else { "NOT met" }
-        );
+    if let Some(line) = in_intervals(
+        "kill -9 → served by the standby, every node reconnected",
+        &samples,
+        interval,
+        3.0,
+    ) {
+        println!("{line}");
     }
     Ok(())
 }

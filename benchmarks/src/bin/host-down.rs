@@ -24,7 +24,7 @@
 
 use agad_benchmarks::args::Args;
 use agad_benchmarks::processes;
-use agad_benchmarks::stats::{Timings, duration};
+use agad_benchmarks::stats::{duration, in_intervals};
 use agad_tests::hierarchy::{Deployment, Options};
 use agad_tests::network::Network;
 use std::collections::BTreeSet;
@@ -62,7 +62,9 @@ fn main() -> anyhow::Result<()> {
     ))?;
     let s1 = d.start_station_on("s1", net.host("s1")?)?;
     d.start_node_on("n1", &s1, net.host("n1")?)?;
-    d.wait_for("n1 connected", |d| Ok(connected(d)?.then_some(())))?;
+    d.wait_for("n1 connected", |d| {
+        Ok(d.node_connected("n1")?.then_some(()))
+    })?;
 
     println!("link down → host down at the top manager: keep-alive {keepalive}, {runs} runs");
     let mut samples = Vec::with_capacity(runs);
@@ -74,7 +76,10 @@ fn main() -> anyhow::Result<()> {
         net.link_down("n1")?;
         let took = loop {
             let now = events(&d)?;
-            if now.iter().any(|(id, raised)| *raised && !seen.contains(&(id.clone(), true))) {
+            if now
+                .iter()
+                .any(|(id, raised)| *raised && !seen.contains(&(id.clone(), true)))
+            {
                 break cut.elapsed();
             }
             if cut.elapsed() > Duration::from_secs(120) {
@@ -92,20 +97,16 @@ fn main() -> anyhow::Result<()> {
         let raised = events(&d)?.iter().filter(|(_, r)| *r).count();
         d.wait_for("the alarm cleared and n1 back", |d| {
             let cleared = events(d)?.iter().filter(|(_, r)| !*r).count();
-            Ok((cleared >= raised && connected(d)?).then_some(()))
+            Ok((cleared >= raised && d.node_connected("n1")?).then_some(()))
         })?;
     }
-    if let Some(t) = Timings::of(&samples) {
-        let k = |d: Duration| d.as_secs_f64() / interval.as_secs_f64();
-        println!(
-            "link down → host-down alarm in BIG: p50 {} ({:.2} intervals), p99 {} ({:.2} intervals), max {} — goal p99 ≤ 3 intervals: {}",
-            duration(t.p50),
-            k(t.p50),
-            duration(t.p99),
-            k(t.p99),
-            duration(t.max),
-            if k(t.p99) <= 3.0 { "met" } else { "NOT met" }
-        );
+    if let Some(line) = in_intervals(
+        "link down → host-down alarm in BIG",
+        &samples,
+        interval,
+        3.0,
+    ) {
+        println!("{line}");
     }
     Ok(())
 }
@@ -117,9 +118,4 @@ fn events(d: &Deployment) -> anyhow::Result<BTreeSet<(String, bool)>> {
         .filter(|a| a.node == "n1" && a.key == HOST_DOWN)
         .map(|a| (a.id, a.raised))
         .collect())
-}
-
-fn connected(d: &Deployment) -> anyhow::Result<bool> {
-    let state = d.component_state(&serde_json::json!({"node": {"name": "n1"}}))?;
-    Ok(state.is_some_and(|s| s.get("connected").is_some()))
 }
