@@ -3,7 +3,8 @@
 //! own on one switched network (`agad_tests::network`). Real faults: a
 //! host's interface set down (host down), a process killed while its host
 //! stays up (agent down), a station's host cut off (host down, and its
-//! domain fails over to the standby). Needs root; fails (never skips)
+//! domain fails over to the standby), the serving station's process killed
+//! (agent down, and the domain fails back). Needs root; fails (never skips)
 //! without.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
@@ -150,6 +151,31 @@ fn host_down_agent_down_and_a_station_host_lost_are_diagnosed_and_healed() -> an
     })?;
     assert_eq!(served_by(&d)?.0.as_deref(), Some("s2"));
 
+    // 4. The serving manager's process is killed on its (healthy) host:
+    //    agent down for s2, the domain back on s1 under a newer activation.
+    let (_, before) = served_by(&d)?;
+    d.kill9("s2")?;
+    d.wait_for("s1 serving d1 again with both nodes", |d| {
+        let (station, generation) = served_by(d)?;
+        Ok((station.as_deref() == Some("s1")
+            && generation > before
+            && d.node_connected("n1")?
+            && d.node_connected("n2")?)
+        .then_some(()))
+    })?;
+    d.wait_for("s2 agent down in BIG", |d| {
+        Ok(events(d, "s2", "agad.agent-down")?
+            .into_iter()
+            .find(|a| a.raised))
+    })?;
+    d.restart("s2")?;
+    d.wait_for("s2's agent down cleared", |d| {
+        Ok(events(d, "s2", "agad.agent-down")?
+            .iter()
+            .any(|a| !a.raised)
+            .then_some(()))
+    })?;
+
     // Every diagnosis was right, nothing else was accused, and every alarm
     // the nodes queued is in BIG once.
     let accused: BTreeSet<(String, String)> = d
@@ -162,6 +188,7 @@ fn host_down_agent_down_and_a_station_host_lost_are_diagnosed_and_healed() -> an
         ("n1", "agad.host-down"),
         ("n2", "agad.agent-down"),
         ("s1", "agad.host-down"),
+        ("s2", "agad.agent-down"),
     ]
     .into_iter()
     .map(|(n, k)| (n.to_owned(), k.to_owned()))
