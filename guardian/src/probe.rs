@@ -47,6 +47,9 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
     pub reachable: bool,
+    /// Nothing could be sent: this host has no route to the target (its own
+    /// interface or network is down). Nothing follows about the target.
+    pub local_failure: bool,
     /// What answered, or what was tried without an answer, for the alarm.
     pub evidence: String,
 }
@@ -62,10 +65,11 @@ pub async fn probe(target: Target, config: &ProbeConfig) -> Probe {
         }
     };
     let (icmp, tcp) = tokio::join!(icmp, tcp);
-    let icmp = icmp.unwrap_or_else(|e| Err(format!("ICMP probe failed: {e}")));
+    let icmp = icmp.unwrap_or_else(|e| Err(Failed::other(format!("ICMP probe failed: {e}"))));
     match (icmp, tcp) {
         (Ok(Some(rtt)), _) => Probe {
             reachable: true,
+            local_failure: false,
             evidence: format!(
                 "{} answers ICMP echo ({:.1} ms)",
                 target.ip,
@@ -74,19 +78,23 @@ pub async fn probe(target: Target, config: &ProbeConfig) -> Probe {
         },
         (_, Some(Ok(answer))) => Probe {
             reachable: true,
+            local_failure: false,
             evidence: format!("{} answers TCP: {answer}", target.ip),
         },
         (icmp, tcp) => {
+            let local_failure =
+                matches!(&icmp, Err(f) if f.local) || matches!(&tcp, Some(Err(f)) if f.local);
             let icmp = match icmp {
                 Ok(_) => format!("no answer to {echoes} ICMP echo requests"),
-                Err(e) => e,
+                Err(e) => e.message,
             };
             let tcp = match tcp {
-                Some(Err(e)) => format!("; {e}"),
+                Some(Err(e)) => format!("; {}", e.message),
                 _ => String::new(),
             };
             Probe {
                 reachable: false,
+                local_failure,
                 evidence: format!(
                     "{} unreachable within {} ms: {icmp}{tcp}",
                     target.ip,
@@ -97,21 +105,48 @@ pub async fn probe(target: Target, config: &ProbeConfig) -> Probe {
     }
 }
 
+/// Why one way of probing got no answer.
+#[derive(Debug)]
+struct Failed {
+    message: String,
+    /// This host could not send at all (no route: its own network is down).
+    local: bool,
+}
+
+impl Failed {
+    fn other(message: String) -> Failed {
+        Failed {
+            message,
+            local: false,
+        }
+    }
+
+    fn of(context: String, e: &std::io::Error) -> Failed {
+        Failed {
+            message: format!("{context}: {e}"),
+            local: e.kind() == std::io::ErrorKind::NetworkUnreachable,
+        }
+    }
+}
+
 /// A TCP connection attempt: `Ok` says how the host answered.
-async fn tcp(address: SocketAddr, deadline: Duration) -> Result<String, String> {
+async fn tcp(address: SocketAddr, deadline: Duration) -> Result<String, Failed> {
     match tokio::time::timeout(deadline, tokio::net::TcpStream::connect(address)).await {
         Ok(Ok(_)) => Ok(format!("port {} open", address.port())),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             Ok(format!("port {} refused (the host is up)", address.port()))
         }
-        Ok(Err(e)) => Err(format!("TCP to port {}: {e}", address.port())),
-        Err(_) => Err(format!("no TCP answer on port {}", address.port())),
+        Ok(Err(e)) => Err(Failed::of(format!("TCP to port {}", address.port()), &e)),
+        Err(_) => Err(Failed::other(format!(
+            "no TCP answer on port {}",
+            address.port()
+        ))),
     }
 }
 
 /// Sends `count` echo requests to `ip`; the round trip of the first
 /// answer, `None` if none came by `deadline`, `Err` if ICMP cannot be used.
-fn echo(ip: IpAddr, count: u32, deadline: Duration) -> Result<Option<Duration>, String> {
+fn echo(ip: IpAddr, count: u32, deadline: Duration) -> Result<Option<Duration>, Failed> {
     let (domain, protocol) = match ip {
         IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
         IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
@@ -121,7 +156,7 @@ fn echo(ip: IpAddr, count: u32, deadline: Duration) -> Result<Option<Duration>, 
         Ok(s) => (s, false),
         Err(_) => match Socket::new(domain, Type::RAW, Some(protocol)) {
             Ok(s) => (s, true),
-            Err(e) => return Err(format!("ICMP not permitted here ({e})")),
+            Err(e) => return Err(Failed::other(format!("ICMP not permitted here ({e})"))),
         },
     };
     let token: [u8; 8] = rand::thread_rng().r#gen();
@@ -137,7 +172,7 @@ fn echo(ip: IpAddr, count: u32, deadline: Duration) -> Result<Option<Duration>, 
             let request = echo_request(ip.is_ipv6(), id, sent as u16, &token);
             socket
                 .send_to(&request, &to)
-                .map_err(|e| format!("cannot send ICMP echo to {ip}: {e}"))?;
+                .map_err(|e| Failed::of(format!("cannot send ICMP echo to {ip}"), &e))?;
             sent += 1;
         }
         let next_send = if sent < count {
@@ -154,7 +189,7 @@ fn echo(ip: IpAddr, count: u32, deadline: Duration) -> Result<Option<Duration>, 
         };
         socket
             .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failed::other(e.to_string()))?;
         match (&socket).read(&mut buf) {
             Ok(n) => {
                 let packet = &buf[..n];
@@ -175,7 +210,7 @@ fn echo(ip: IpAddr, count: u32, deadline: Duration) -> Result<Option<Duration>, 
                         | std::io::ErrorKind::TimedOut
                         | std::io::ErrorKind::Interrupted
                 ) => {}
-            Err(e) => return Err(format!("ICMP receive failed: {e}")),
+            Err(e) => return Err(Failed::of("ICMP receive failed".into(), &e)),
         }
         if sent >= count && started.elapsed() >= deadline {
             return Ok(None);

@@ -332,6 +332,14 @@ impl Guardian {
             if children.child(name).is_some() {
                 continue;
             }
+            if seen.local_failure {
+                tracing::info!(
+                    element = name,
+                    "not diagnosing: this manager's own network is down ({})",
+                    seen.evidence
+                );
+                continue;
+            }
             let was_host_down = self
                 .failure(name)
                 .is_some_and(|f| f.diagnosis == Diagnosis::HostDown);
@@ -575,6 +583,7 @@ mod tests {
     fn probe_result(reachable: bool) -> Probe {
         Probe {
             reachable,
+            local_failure: false,
             evidence: if reachable {
                 "10.0.0.9 answers ICMP echo (0.2 ms)".into()
             } else {
