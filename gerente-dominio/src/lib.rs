@@ -33,7 +33,7 @@ use agad_storage::Database;
 use bases::Bases;
 use nodes::{NodeParent, Nodes};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subdomains::{SubdomainParent, Subdomains};
@@ -91,9 +91,9 @@ pub struct Station {
     pub guardian: Arc<Guardian>,
     /// Diagnoses the sub-domains' stations that go silent.
     pub sub_guardian: Arc<Guardian>,
-    /// The parent manager confirmed, on the link that is up now, that this
-    /// station serves its domain (an activation since it connected).
-    confirmed: AtomicBool,
+    /// When (Unix ms) the parent manager confirmed, on the link that is up
+    /// now, that this station serves its domain (0: not confirmed).
+    confirmed_ms: AtomicU64,
     /// The nodes' attestations: nonces outstanding, last results.
     pub attestations: attest::Attestations,
 }
@@ -149,11 +149,12 @@ impl Station {
         }
     }
 
-    /// Whether the parent manager confirmed, on the link that is up now,
-    /// that this station serves: the guardian accuses no child from a
-    /// station that is cut off itself, or that is about to step down.
-    pub fn is_confirmed(&self) -> bool {
-        self.confirmed.load(Ordering::Relaxed)
+    /// Since when the parent manager confirmed, on the link that is up
+    /// now, that this station serves: the guardian accuses no child from a
+    /// station that is cut off itself or stepping down, nor, before an
+    /// interval has passed, one silent since before the activation.
+    pub fn confirmed_since(&self) -> Option<u64> {
+        Some(self.confirmed_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
     }
 
     /// Whether the domain of the replica in force was removed.
@@ -365,7 +366,7 @@ pub async fn run(
         activation,
         guardian,
         sub_guardian,
-        confirmed: AtomicBool::new(false),
+        confirmed_ms: AtomicU64::new(0),
         attestations: Default::default(),
     });
 
@@ -395,10 +396,10 @@ pub async fn run(
                         let s = station.clone();
                         let _ = tokio::task::spawn_blocking(move || s.activated(activation, false))
                             .await;
-                        station.confirmed.store(true, Ordering::Relaxed);
+                        station.confirmed_ms.store(now_ms(), Ordering::Relaxed);
                     }
                     Downlink::Control(Control::StepDown { domain, generation }) => {
-                        station.confirmed.store(false, Ordering::Relaxed);
+                        station.confirmed_ms.store(0, Ordering::Relaxed);
                         let station = station.clone();
                         let activation = Activation { domain, generation };
                         let _ = tokio::task::spawn_blocking(move || {
@@ -433,7 +434,7 @@ pub async fn run(
                         );
                     }
                     Downlink::Disconnected { .. } => {
-                        station.confirmed.store(false, Ordering::Relaxed)
+                        station.confirmed_ms.store(0, Ordering::Relaxed)
                     }
                     Downlink::Connected { .. } => {}
                     Downlink::Redirected { .. } => {}

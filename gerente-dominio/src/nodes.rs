@@ -92,8 +92,8 @@ impl Sink for NodeGuardian {
         store_guardian_alarm(&self.0, alarm);
     }
 
-    fn may_accuse(&self) -> bool {
-        self.0.is_confirmed()
+    fn accusing_since(&self) -> Option<u64> {
+        self.0.confirmed_since()
     }
 }
 

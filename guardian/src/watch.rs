@@ -93,6 +93,11 @@ struct Silent {
     /// Wait for a reconnection first (a dropped connection: the child may
     /// be redialling); not for a child found stale, silent long enough.
     grace: bool,
+    /// The session that went silent (0: any session is a return).
+    session: u64,
+    /// Only suspected, its session still open: when it was last heard
+    /// (a frame after that is a return).
+    heard: Option<std::time::Instant>,
 }
 
 impl Silent {
@@ -103,7 +108,27 @@ impl Silent {
             keepalive: child.keepalive,
             since_ms,
             grace: true,
+            session: child.session,
+            heard: None,
         }
+    }
+
+    /// Whether the child is back: a newer session, or, if it was only
+    /// suspected, a frame on the same one.
+    fn is_back<T: Send + 'static>(&self, children: &Children<T>) -> bool {
+        match children.last_heard(&self.name) {
+            None => false,
+            Some((session, _)) if session != self.session => true,
+            Some((_, heard)) => self.heard.is_some_and(|at| heard > at),
+        }
+    }
+
+    /// Whether its silent session is still open (only suspected: it may be
+    /// late, not gone).
+    fn still_open<T: Send + 'static>(&self, children: &Children<T>) -> bool {
+        children
+            .last_heard(&self.name)
+            .is_some_and(|(session, _)| session == self.session)
     }
 }
 
@@ -128,12 +153,14 @@ pub trait Sink: Send + Sync + 'static {
     /// Stores an alarm about `element` for good (BICD and the outbox, or
     /// BIG). Blocking: called on the blocking pool.
     fn store(&self, alarm: Alarm);
-    /// Whether this manager trusts its own view enough to accuse a child:
-    /// a domain manager cut off from its own parent may be the one whose
-    /// network failed (every child looks down from an island). The
-    /// diagnosis waits, probing again, until this holds.
-    fn may_accuse(&self) -> bool {
-        true
+    /// Since when (Unix ms) this manager trusts its own view enough to
+    /// accuse a child, or `None` if it does not now: a domain manager cut
+    /// off from its own parent may be the one whose network failed (every
+    /// child looks down from an island), and one activated anew takes its
+    /// children over from another manager (they are still redialling). A
+    /// child silent since before that is given one more interval.
+    fn accusing_since(&self) -> Option<u64> {
+        Some(0)
     }
 }
 
@@ -221,6 +248,8 @@ impl Guardian {
                 keepalive: children.config().liveness.interval,
                 since_ms,
                 grace: true,
+                session: 0,
+                heard: None,
             };
             self.start(&children, &sink, &shutdown, silent);
         }
@@ -231,6 +260,19 @@ impl Guardian {
                 _ = stop.changed() => return,
             };
             match event {
+                Ok(ChildEvent::Suspect { child, silent }) => {
+                    // Late but still connected: its host is probed now, so
+                    // a host cut off is known before the child is declared
+                    // stale; a host that answers waits for that.
+                    let since_ms = now_ms().saturating_sub(silent.as_millis() as u64);
+                    let mut silent = Silent::of(child, since_ms);
+                    silent.grace = false;
+                    silent.heard = children
+                        .last_heard(&silent.name)
+                        .filter(|(session, _)| *session == silent.session)
+                        .map(|(_, at)| at);
+                    self.start(&children, &sink, &shutdown, silent);
+                }
                 Ok(ChildEvent::Stale { child, silent, .. }) => {
                     // Silent for about 2.6 intervals already: probed at once.
                     let since_ms = now_ms().saturating_sub(silent.as_millis() as u64);
@@ -300,21 +342,32 @@ impl Guardian {
             keepalive,
             since_ms,
             grace,
+            ..
         } = silent;
         let (name, address, since_ms) = (name.as_str(), *address, *since_ms);
+        // The silence this manager judges: from its own current activation
+        // on, if that came later.
+        let mut watched_from = since_ms;
         let timing = Timing::for_keepalive(*keepalive, self.config.echoes);
         let mut wait = if *grace { timing.grace } else { Duration::ZERO };
         // When a host found down answered again.
         let mut host_back: Option<tokio::time::Instant> = None;
         loop {
-            if back_within(children, name, wait).await {
+            if back_within(children, silent, wait).await {
                 if lock(&self.failed).contains_key(name) {
                     let (me, sink, name) = (self.clone(), sink.clone(), name.to_owned());
                     let _ = tokio::task::spawn_blocking(move || me.recovered(&name, &*sink)).await;
                 }
                 return;
             }
-            wait = timing.recheck;
+            // While only suspected, look again soon: it is declared stale
+            // (or speaks) within about half an interval.
+            let suspected = silent.still_open(children);
+            wait = if suspected {
+                timing.recheck.min(*keepalive / 4)
+            } else {
+                timing.recheck
+            };
             let located = sink.locate(name);
             let Located::At { host, tcp_port } = located else {
                 self.forget(name);
@@ -329,7 +382,11 @@ impl Guardian {
             };
             let seen = probe(target, &timing.probe).await;
             // It may have come back while the probe ran.
-            if children.child(name).is_some() {
+            if silent.is_back(children) {
+                continue;
+            }
+            // A late child whose host answers is not accused yet.
+            if suspected && seen.reachable {
                 continue;
             }
             if seen.local_failure {
@@ -351,12 +408,20 @@ impl Guardian {
             } else {
                 host_back = None;
             }
-            if !sink.may_accuse() {
-                tracing::info!(
-                    element = name,
-                    "not diagnosing yet: this manager's own link to its parent is down"
-                );
-                continue;
+            match sink.accusing_since() {
+                None => {
+                    tracing::info!(
+                        element = name,
+                        "not diagnosing yet: this manager is not confirmed by its parent"
+                    );
+                    continue;
+                }
+                Some(from) if from > watched_from => {
+                    watched_from = from;
+                    wait = timing.grace;
+                    continue;
+                }
+                Some(_) => {}
             }
             let (me, sink, name) = (self.clone(), sink.clone(), name.to_owned());
             let _ = tokio::task::spawn_blocking(move || {
@@ -481,15 +546,15 @@ impl Guardian {
     }
 }
 
-/// Whether `name` is connected again within `wait` (looked at 4 times a second).
+/// Whether `silent` is back within `wait` (looked at 4 times a second).
 async fn back_within<T: Send + 'static>(
     children: &Children<T>,
-    name: &str,
+    silent: &Silent,
     wait: Duration,
 ) -> bool {
     let until = tokio::time::Instant::now() + wait;
     loop {
-        if children.child(name).is_some() {
+        if silent.is_back(children) {
             return true;
         }
         let now = tokio::time::Instant::now();

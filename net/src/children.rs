@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tracing::Instrument;
 
+/// Suspicion at which [`ChildEvent::Suspect`] is published: a gap this
+/// long is expected once in a thousand (stale is at φ ≥ 8).
+pub const SUSPECT_PHI: f64 = 3.0;
+
 /// Frames queued for one child (answers, deployments, replicas).
 const QUEUE: usize = 256;
 /// Events kept for a subscriber that falls behind; it then misses the
@@ -122,6 +126,13 @@ pub enum ChildEvent {
     ReportsStored {
         child: ChildRef,
         count: usize,
+    },
+    /// The child is late (φ ≥ [`SUSPECT_PHI`], about 2.2 intervals of
+    /// silence): not declared stale yet, but worth a look (the guardian
+    /// probes its host). Once per silence.
+    Suspect {
+        child: ChildRef,
+        silent: Duration,
     },
     /// The child stopped sending while its connection stayed open; its
     /// session is being closed.
@@ -217,6 +228,8 @@ pub struct Entry<T> {
     /// What the level keeps about this child.
     pub data: T,
     detector: Detector,
+    /// [`ChildEvent::Suspect`] was published for the current silence.
+    suspected: bool,
     close: Option<oneshot::Sender<SessionError>>,
 }
 
@@ -321,6 +334,12 @@ impl<T: Send + 'static> Children<T> {
         }
     }
 
+    /// When the child's current session last heard from it, and which
+    /// session that is.
+    pub fn last_heard(&self, name: &str) -> Option<(u64, Instant)> {
+        self.lock().get(name).map(|e| (e.session, e.last_heard()))
+    }
+
     /// The child's current session, if connected.
     pub fn child(&self, name: &str) -> Option<ChildRef> {
         self.lock().get(name).map(Entry::child)
@@ -344,6 +363,16 @@ impl<T: Send + 'static> Children<T> {
             due = now + every;
             let mut stale = Vec::new();
             for entry in self.lock().values_mut() {
+                if entry.close.is_some()
+                    && !entry.suspected
+                    && entry.detector.phi(now, lag) >= SUSPECT_PHI
+                {
+                    entry.suspected = true;
+                    stale.push(ChildEvent::Suspect {
+                        child: entry.child(),
+                        silent: now.saturating_duration_since(entry.detector.last_heard()),
+                    });
+                }
                 if entry.close.is_some() && entry.detector.is_stale(now, lag) {
                     let silent = now.saturating_duration_since(entry.detector.last_heard());
                     let phi = entry.detector.phi(now, lag);
@@ -371,6 +400,7 @@ impl<T: Send + 'static> Children<T> {
             && e.session == session
         {
             e.detector.heard(Instant::now());
+            e.suspected = false;
         }
     }
 }
@@ -540,6 +570,7 @@ async fn session<P: Parent>(
                 config.liveness.with_interval(hello.keepalive),
                 Instant::now(),
             ),
+            suspected: false,
             close: Some(close_tx),
         };
         // The rule for a second connection of the same certificate: the
