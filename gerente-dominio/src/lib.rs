@@ -133,7 +133,8 @@ impl Station {
         if let Err(e) = self.bases.record_activation(&activation, stepped_down) {
             tracing::error!(domain = %activation.domain, "cannot record the activation: {e}");
         }
-        let domain = activation.domain.clone();
+        // The parent's word, short in the log.
+        let domain = agad_protocol::text::excerpt(&activation.domain, 64);
         let generation = activation.generation;
         *self.activation.write().unwrap_or_else(|p| p.into_inner()) =
             Some((activation, stepped_down));

@@ -11,6 +11,10 @@
 use agad_protocol::wire::Activation;
 use agad_storage::{Database, StorageError, Tree};
 
+/// Domains remembered at most: an element belongs to one domain at a time
+/// and moves rarely; a parent that names ever new domains is refused.
+const MAX_DOMAINS: usize = 64;
+
 /// The highest generation accepted per domain, in the element's database.
 #[derive(Clone)]
 pub struct Fence {
@@ -43,7 +47,15 @@ impl Fence {
         let Some(Activation { domain, generation }) = activation else {
             return Ok(());
         };
+        if !agad_protocol::text::is_name(domain) {
+            return Err("it names its domain with something that is not a name".into());
+        }
         let seen = self.seen(domain);
+        if seen == 0 && self.seen.len() >= MAX_DOMAINS {
+            return Err(format!(
+                "this element already remembers {MAX_DOMAINS} domains' activations"
+            ));
+        }
         if *generation < seen {
             // The domain name is the parent's word: short in the message.
             return Err(format!(
@@ -85,8 +97,15 @@ mod tests {
         // Per domain (a node that moved starts over), and remembered.
         fence.accept(Some(&activation("d2", 1))).unwrap();
         fence.accept(None).unwrap();
+        // What a parent says is bounded: a name, and a bounded number of them.
+        assert!(fence.accept(Some(&activation("no\nname", 1))).is_err());
+        for i in 0..MAX_DOMAINS {
+            let _ = fence.accept(Some(&activation(&format!("x{i}"), 1)));
+        }
+        assert!(fence.accept(Some(&activation("one-too-many", 1))).is_err());
+        fence.accept(Some(&activation("d1", 6))).unwrap();
         let reopened = Fence::open(&db).unwrap();
-        assert_eq!(reopened.seen("d1"), 5);
-        assert!(reopened.accept(Some(&activation("d1", 4))).is_err());
+        assert_eq!(reopened.seen("d1"), 6);
+        assert!(reopened.accept(Some(&activation("d1", 5))).is_err());
     }
 }
