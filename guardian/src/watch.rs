@@ -174,7 +174,10 @@ pub struct Guardian {
     record: Tree,
     /// Children with a diagnosis task running, and since when they are silent.
     diagnosing: Mutex<HashMap<String, u64>>,
-    /// Makes alarm ids unique within a millisecond.
+    /// Numbers alarm ids, across restarts too (a restarted manager may
+    /// raise within the same millisecond as its last run did).
+    db: Database,
+    /// ... or, should the database fail to number, this run's count.
     counter: AtomicU64,
 }
 
@@ -208,6 +211,7 @@ impl Guardian {
             record,
             diagnosing: Mutex::default(),
             counter: AtomicU64::new(0),
+            db: db.clone(),
         })
     }
 
@@ -525,7 +529,10 @@ impl Guardian {
                 failure.diagnosis.as_str()
             )
         };
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = self
+            .db
+            .next_id()
+            .unwrap_or_else(|_| self.counter.fetch_add(1, Ordering::Relaxed));
         Alarm {
             id: format!("{name}/{MODULE}/g{time_ms}n{n}"),
             node: name.to_owned(),
