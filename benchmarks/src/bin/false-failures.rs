@@ -25,6 +25,11 @@
 //! retransmission timeout weighs ten times more against it than against
 //! the 10 s deployments use. Needs root (namespaces, nftables).
 //!
+//! Measured (debug build, 2 shared cores, keep-alive 1 s): 12 nodes × 5 min
+//! (1.00 node-hour) and 12 nodes × 30 min (6.00 node-hours): 0 stale, 0
+//! sessions ended, 0 links given up; ICMP round-trip loss n1 → s1 measured
+//! 9–11.75 % (expected 9.75 %).
+//!
 //! The program re-runs itself inside the domain manager's host to run the
 //! relay there (`--relay LISTEN TARGET --max-delay-ms MS`).
 
