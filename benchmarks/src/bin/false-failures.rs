@@ -15,6 +15,9 @@
 //!   every node is healthy throughout);
 //! - at the nodes: links they gave up (`link down`), e.g. a parent judged
 //!   silent;
+//! - in BIG: the guardian's accusations (`agad.host-down`,
+//!   `agad.agent-down` raised), which it makes only after probing the host
+//!   of a late or silent node;
 //!
 //! and prints them per node-hour, with the node-hours covered. Goal: 0.
 //!
@@ -36,7 +39,7 @@
 use agad_benchmarks::args::Args;
 use agad_benchmarks::processes;
 use agad_benchmarks::stats::duration;
-use agad_tests::hierarchy::{Deployment, STATION_PORT};
+use agad_tests::hierarchy::{Deployment, STATION_PORT, is_guardian_alarm};
 use agad_tests::network::{Network, jitter_relay};
 use anyhow::{Context, bail};
 use std::process::Stdio;
@@ -207,6 +210,15 @@ fn main() -> anyhow::Result<()> {
     println!(
         "links given up by the nodes: {link_downs} ({:.2} per node-hour)",
         link_downs as f64 / node_hours
+    );
+    let accused = d
+        .alarms()?
+        .into_iter()
+        .filter(|a| a.raised && is_guardian_alarm(a))
+        .count();
+    println!(
+        "guardian accusations (host down, agent down) in BIG: {accused} ({:.2} per node-hour)",
+        accused as f64 / node_hours
     );
     println!("goal: 0 false failure declarations");
     Ok(())
