@@ -121,6 +121,11 @@ impl Detector {
         }
     }
 
+    /// The suspicion at which the peer is stale.
+    pub fn threshold(&self) -> f64 {
+        self.config.threshold
+    }
+
     /// The interval the peer promised.
     pub fn interval(&self) -> Duration {
         self.config.interval
