@@ -24,6 +24,8 @@ pub const MODULE: &str = "agad";
 pub const HOST_DOWN: &str = "agad.host-down";
 /// Alarm key of "the host answers, the element does not".
 pub const AGENT_DOWN: &str = "agad.agent-down";
+/// Probes under way at once per guardian.
+const MAX_PROBES: usize = 64;
 /// How long a host that was down may answer before its silent element is
 /// called down too: the element redials with a back-off that grew while its
 /// host was cut off (at most 30 s, ±50 % jitter).
@@ -174,6 +176,9 @@ pub struct Guardian {
     record: Tree,
     /// Children with a diagnosis task running, and since when they are silent.
     diagnosing: Mutex<HashMap<String, u64>>,
+    /// Probes under way at once (each holds a blocking thread up to its
+    /// deadline).
+    probing: tokio::sync::Semaphore,
     /// Numbers alarm ids, across restarts too (a restarted manager may
     /// raise within the same millisecond as its last run did).
     db: Database,
@@ -212,6 +217,7 @@ impl Guardian {
             diagnosing: Mutex::default(),
             counter: AtomicU64::new(0),
             db: db.clone(),
+            probing: tokio::sync::Semaphore::new(MAX_PROBES),
         })
     }
 
@@ -356,6 +362,9 @@ impl Guardian {
         let mut wait = if *grace { timing.grace } else { Duration::ZERO };
         // When a host found down answered again.
         let mut host_back: Option<tokio::time::Instant> = None;
+        // Why it cannot be diagnosed yet is logged once per silence, not
+        // once per probe of each of thousands of children.
+        let mut told = false;
         loop {
             if back_within(children, silent, wait).await {
                 if lock(&self.failed).contains_key(name) {
@@ -380,11 +389,18 @@ impl Guardian {
             let target = match resolve(host.as_deref(), tcp_port, address).await {
                 Ok(t) => t,
                 Err(reason) => {
-                    tracing::warn!(element = name, "cannot probe: {reason}");
+                    if !std::mem::replace(&mut told, true) {
+                        tracing::warn!(element = name, "cannot probe: {reason}");
+                    }
                     continue;
                 }
             };
-            let seen = probe(target, &timing.probe).await;
+            let seen = {
+                // A mass failure (a switch down) probes a bounded number of
+                // hosts at once; the others wait their turn.
+                let _turn = self.probing.acquire().await;
+                probe(target, &timing.probe).await
+            };
             // It may have come back while the probe ran.
             if silent.is_back(children) {
                 continue;
@@ -394,6 +410,9 @@ impl Guardian {
                 continue;
             }
             if seen.local_failure {
+                if std::mem::replace(&mut told, true) {
+                    continue;
+                }
                 tracing::info!(
                     element = name,
                     "not diagnosing: this manager's own network is down ({})",
@@ -414,6 +433,9 @@ impl Guardian {
             }
             match sink.accusing_since() {
                 None => {
+                    if std::mem::replace(&mut told, true) {
+                        continue;
+                    }
                     tracing::info!(
                         element = name,
                         "not diagnosing yet: this manager is not confirmed by its parent"
