@@ -163,50 +163,8 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
         "no node may join the stepped-down s1:\n{restarted}"
     );
 
-    // Nothing a node queued is lost or doubled across the fail-over: every
-    // alarm once, every window of every node in BIG, once per series.
-    for node in ["n1", "n2"] {
-        let queued = d.queued_alarm_ids(node);
-        d.wait_for(&format!("every alarm {node} queued in BIG"), |d| {
-            let ids: BTreeSet<String> = d.alarms()?.into_iter().map(|a| a.id).collect();
-            Ok(queued.is_subset(&ids).then_some(()))
-        })?;
-        let windows: BTreeSet<u64> = d
-            .queued_windows(node, WINDOW_MS)
-            .into_iter()
-            // The last window may still be on its way.
-            .filter(|w| *w + 3 * WINDOW_MS < now_ms())
-            .collect();
-        let in_big = |d: &Deployment| -> anyhow::Result<BTreeMap<(u64, String), usize>> {
-            let mut rows = BTreeMap::new();
-            for r in d.reports()? {
-                if r.node == node && r.summary.metric == "mem.used-percent" {
-                    *rows
-                        .entry((r.window_start_ms, r.summary.subject.clone()))
-                        .or_insert(0) += 1;
-                }
-            }
-            Ok(rows)
-        };
-        let settled = d.wait_for(&format!("every window {node} queued in BIG"), |d| {
-            let have: BTreeSet<u64> = in_big(d)?.keys().map(|(w, _)| *w).collect();
-            Ok(windows.is_subset(&have).then_some(()))
-        });
-        let have: BTreeSet<u64> = in_big(&d)?.keys().map(|(w, _)| *w).collect();
-        let missing: Vec<_> = windows.difference(&have).collect();
-        assert!(
-            settled.is_ok() && missing.is_empty(),
-            "{node}'s windows never in BIG: {missing:?}"
-        );
-        let doubled: Vec<_> = in_big(&d)?.into_iter().filter(|(_, n)| *n > 1).collect();
-        assert!(
-            doubled.is_empty(),
-            "{node}'s rows in BIG twice: {doubled:?}"
-        );
-    }
-    let big = d.alarms()?;
-    let ids: BTreeSet<&str> = big.iter().map(|a| a.id.as_str()).collect();
-    assert_eq!(ids.len(), big.len(), "no alarm twice in BIG");
+    // Nothing a node queued is lost or doubled across the fail-over.
+    nothing_lost_or_doubled(&mut d, &["n1", "n2"])?;
     Ok(())
 }
 
@@ -251,6 +209,107 @@ fn nodes_refuse_a_manager_whose_domain_moved_on_until_it_is_activated_again() ->
     d.wait_for("n1 under s1 again", |d| {
         Ok((served_by(d)?.0.as_deref() == Some("s1") && d.node_connected("n1")?).then_some(()))
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_sub_domain_fails_over_to_its_standby_and_keeps_its_station_when_its_parent_fails_over()
+-> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    // campus (stations s1, s4) activates the stations of its sub-domain
+    // lab (s2, s3); n1 is lab's node.
+    d.apply(
+        "[[domain]]\nname = \"campus\"\nstations = [\"s1\", \"s4\"]\nreport_window = \"2s\"\n\n\
+         [[domain]]\nname = \"lab\"\nparent = \"campus\"\nstations = [\"s2\", \"s3\"]\nreport_window = \"2s\"\n\n\
+         [[node]]\nname = \"n1\"\ndomain = \"lab\"\naddress = \"127.0.0.1\"\n\n\
+         [[assign]]\nmodule = \"cpu-mem\"\ndomain = \"lab\"\n[assign.config]\nperiod = \"500ms\"\nwindow_secs = 1\nmem_percent = 0.1\n",
+    )?;
+    let campus_served_by = |d: &Deployment| -> anyhow::Result<Option<String>> {
+        Ok(d.status()?["domains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["domain"] == "campus")
+            .and_then(|x| x["station"].as_str().map(str::to_owned)))
+    };
+    let lab_served_by = |d: &Deployment| -> anyhow::Result<Option<String>> {
+        Ok(d.component_state(&json!({"subdomain": {"domain": "lab"}}))?
+            .and_then(|s| s["connected"]["served_by"].as_str().map(str::to_owned)))
+    };
+    let s1 = d.start_station("s1")?;
+    d.wait_for("s1 serving campus", |d| {
+        Ok((campus_served_by(d)?.as_deref() == Some("s1")).then_some(()))
+    })?;
+    let s4 = d.start_station("s4")?;
+    let campus = format!("{s1},{s4}");
+    let s2 = d.start_station_under("s2", &campus)?;
+    d.wait_for("s2 serving lab", |d| {
+        Ok((lab_served_by(d)?.as_deref() == Some("s2")).then_some(()))
+    })?;
+    let s3 = d.start_station_under("s3", &campus)?;
+    d.start_node("n1", &format!("{s2},{s3}"))?;
+    let links = |d: &Deployment, station: &str| {
+        d.log("n1")
+            .matches(&format!("link up parent={station}"))
+            .count()
+    };
+    d.wait_for("n1 under s2, its report in BIG", |d| {
+        Ok((links(d, "s2") > 0 && d.reports()?.iter().any(|r| r.node == "n1")).then_some(()))
+    })?;
+
+    // lab's manager dies: campus's manager activates the standby, and the
+    // node follows it.
+    d.kill9("s2")?;
+    d.wait_for("s3 serving lab with n1", |d| {
+        Ok((lab_served_by(d)?.as_deref() == Some("s3") && links(d, "s3") > 0).then_some(()))
+    })?;
+    // s2 comes back still believing it serves lab: told to step down.
+    d.restart("s2")?;
+    d.wait_for("s2 to step down", |d| {
+        Ok(d.log("s2").contains("stepping down").then_some(()))
+    })?;
+
+    // campus's manager dies: its standby takes campus over, has never
+    // seen lab's activations, and keeps lab with s3, which holds the
+    // newest (s2 holds an older one and dials in too).
+    d.kill9("s1")?;
+    d.wait_for("s4 serving campus, lab served by s3", |d| {
+        Ok((campus_served_by(d)?.as_deref() == Some("s4")
+            && lab_served_by(d)?.as_deref() == Some("s3"))
+        .then_some(()))
+    })?;
+    d.wait_for("s4 to activate s3 anew", |d| {
+        Ok(d.log("s4")
+            .contains("sub-domain manager activated")
+            .then_some(()))
+    })?;
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(lab_served_by(&d)?.as_deref(), Some("s3"));
+    assert!(
+        !since_last_start(&d.log("s2")).contains("child registered"),
+        "no node may join the stepped-down s2:\n{}",
+        d.log("s2")
+    );
+    let activated = d.log("s4");
+    assert!(
+        activated
+            .lines()
+            .filter(|l| l.contains("sub-domain manager activated"))
+            .all(|l| l.contains("station=s3")),
+        "{activated}"
+    );
+
+    // campus's old manager comes back: it steps down and delivers what it
+    // acknowledged before it died (a killed manager's outbox is on its
+    // disk, so acknowledged data waits there for it).
+    d.restart("s1")?;
+    d.wait_for("s1 to step down", |d| {
+        Ok(d.log("s1").contains("stepping down").then_some(()))
+    })?;
+    // Everything n1 queued reached BIG once, through three lab managers'
+    // and two campus managers' hands.
+    nothing_lost_or_doubled(&mut d, &["n1"])?;
     Ok(())
 }
 
@@ -315,6 +374,54 @@ fn a_killed_or_frozen_node_is_diagnosed_agent_down_and_cleared_when_back() -> an
             .filter(|a| is_guardian_alarm(a))
             .all(|a| a.module == "agad")
     );
+    Ok(())
+}
+
+/// Every alarm each of `nodes` queued is in BIG once, and every window it
+/// queued is in BIG once per series.
+fn nothing_lost_or_doubled(d: &mut Deployment, nodes: &[&str]) -> anyhow::Result<()> {
+    for &node in nodes {
+        let queued = d.queued_alarm_ids(node);
+        d.wait_for(&format!("every alarm {node} queued in BIG"), |d| {
+            let ids: BTreeSet<String> = d.alarms()?.into_iter().map(|a| a.id).collect();
+            Ok(queued.is_subset(&ids).then_some(()))
+        })?;
+        let windows: BTreeSet<u64> = d
+            .queued_windows(node, WINDOW_MS)
+            .into_iter()
+            // The last window may still be on its way.
+            .filter(|w| *w + 3 * WINDOW_MS < now_ms())
+            .collect();
+        let in_big = |d: &Deployment| -> anyhow::Result<BTreeMap<(u64, String), usize>> {
+            let mut rows = BTreeMap::new();
+            for r in d.reports()? {
+                if r.node == node && r.summary.metric == "mem.used-percent" {
+                    *rows
+                        .entry((r.window_start_ms, r.summary.subject.clone()))
+                        .or_insert(0) += 1;
+                }
+            }
+            Ok(rows)
+        };
+        let settled = d.wait_for(&format!("every window {node} queued in BIG"), |d| {
+            let have: BTreeSet<u64> = in_big(d)?.keys().map(|(w, _)| *w).collect();
+            Ok(windows.is_subset(&have).then_some(()))
+        });
+        let have: BTreeSet<u64> = in_big(d)?.keys().map(|(w, _)| *w).collect();
+        let missing: Vec<_> = windows.difference(&have).collect();
+        assert!(
+            settled.is_ok() && missing.is_empty(),
+            "{node}'s windows never in BIG: {missing:?}"
+        );
+        let doubled: Vec<_> = in_big(d)?.into_iter().filter(|(_, n)| *n > 1).collect();
+        assert!(
+            doubled.is_empty(),
+            "{node}'s rows in BIG twice: {doubled:?}"
+        );
+    }
+    let big = d.alarms()?;
+    let ids: BTreeSet<&str> = big.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids.len(), big.len(), "no alarm twice in BIG");
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! matches its bytes, sent or held: a compromised top manager alone cannot
 //! push code through this station.
 
+use agad_net::fence::Activations;
 use agad_protocol::bundle::{BundleError, verify_parts};
 use agad_protocol::message::{Alarm, Report};
 use agad_protocol::wire::{self, Activation, Replica};
@@ -50,6 +51,8 @@ pub struct Bases {
     /// their windows are consolidated again.
     late_reports: Tree,
     meta: Tree,
+    /// The sub-domains' activations this station issued.
+    pub sub_activations: Activations,
     /// Publisher keys whose signatures a replica's modules must carry.
     trusted: Vec<PublicKey>,
     /// Held while reports are recorded and while windows are consolidated,
@@ -85,6 +88,7 @@ impl Bases {
             bicd_reports: db.tree("bicd-reports")?,
             late_reports: db.tree("bicd-late-reports")?,
             meta: db.tree("meta")?,
+            sub_activations: Activations::open(db, "sub-activations")?,
             trusted,
             windows: Arc::default(),
         })

@@ -146,7 +146,7 @@ impl Station {
             self.subdomains
                 .close_all(|| SessionError::SteppedDown(why.clone()));
         } else {
-            tracing::info!(%domain, generation, "activated by the top manager");
+            tracing::info!(%domain, generation, "activated by the parent manager");
         }
     }
 
@@ -202,7 +202,7 @@ impl Station {
                 self.removed.store(false, Ordering::Relaxed);
                 self.send_up(Control::ReplicaAck { version });
                 nodes::redeploy(self, &stored, None);
-                subdomains::replicate(self, &stored, None);
+                subdomains::reconcile(self);
             }
             Err(e) => tracing::error!(version, "replica refused: {e}"),
         }
@@ -392,12 +392,23 @@ pub async fn run(
                                 .await;
                     }
                     Downlink::Control(Control::AssignDomain { domain, generation }) => {
-                        let station = station.clone();
                         let activation = Activation { domain, generation };
                         let s = station.clone();
-                        let _ = tokio::task::spawn_blocking(move || s.activated(activation, false))
-                            .await;
-                        station.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+                        let _ = tokio::task::spawn_blocking(move || {
+                            s.activated(activation, false);
+                            // Confirmed: this station may activate its
+                            // sub-domains' stations now.
+                            s.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+                            subdomains::reconcile(&s);
+                        })
+                        .await;
+                        // Sub-domains left waiting for their holder move on.
+                        let s = station.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(subdomains::TAKEOVER_GRACE).await;
+                            let _ = tokio::task::spawn_blocking(move || subdomains::reconcile(&s))
+                                .await;
+                        });
                     }
                     Downlink::Control(Control::StepDown { domain, generation }) => {
                         station.confirmed_ms.store(0, Ordering::Relaxed);

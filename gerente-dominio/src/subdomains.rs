@@ -1,8 +1,13 @@
 //! Sub-domain managers under this one, so the tree can be as deep as an
-//! organisation needs: the first connected candidate station of each
-//! sub-domain is activated here and sent the sub-domain's replica (nested in
-//! ours by the top manager), and its alarms, consolidated reports and
-//! enrollment requests are relayed upward through our own outbox.
+//! organisation needs. Every candidate station of a sub-domain may connect;
+//! one serves it, activated here as a fenced generation exactly as the top
+//! manager activates its domains' stations (the holder of the newest
+//! activation keeps it, else the first connected candidate in priority
+//! order; a standby takes over when the serving one is lost; one that comes
+//! back holding an older activation steps down), and only that one gets
+//! the sub-domain's replica (nested in ours by the top manager). What every
+//! candidate acknowledged — alarms, consolidated reports, enrollment
+//! requests — is relayed upward through our own outbox.
 
 use crate::Station;
 use agad_guardian::{Guardian, Located, Sink};
@@ -12,20 +17,43 @@ use agad_protocol::message::Alarm;
 use agad_protocol::wire::{
     Component, ComponentStatus, Control, Enrollment, Message, Queued, Replica, Role, State, Upward,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long after this station's parent confirms it serves (its start, a
+/// fail-over to it, a reconnection) only the station holding the
+/// sub-domain's activation this station last issued may be activated; the
+/// others wait, so that the holder of the newest activation, which keeps
+/// serving its nodes meanwhile, can dial in first: no fail-over for a
+/// restart, and none because a station that stepped down was quicker.
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(5);
 
 /// What this manager keeps about a connected sub-domain station.
 pub struct Sub {
+    /// The sub-domain it is a candidate station of.
     domain: String,
+    /// Activated here: it serves the sub-domain. Else a standby, or one
+    /// that stepped down and still delivers what it holds.
+    serving: bool,
+    /// The generation of the sub-domain's activation it said (in its hello)
+    /// it holds, until it is activated here or told to step down.
+    claims: Option<u64>,
+    /// The generation it serves under, once activated.
+    generation: u64,
     /// The last replica sent, without bytes, to send only changes.
     sent: Option<Replica>,
 }
 
 impl Sub {
-    /// The sub-domain this station was activated for.
+    /// The sub-domain this station is a candidate of.
     pub fn domain(&self) -> &str {
         &self.domain
+    }
+
+    /// Whether it serves the sub-domain (was activated here).
+    pub fn is_serving(&self) -> bool {
+        self.serving
     }
 }
 
@@ -48,45 +76,195 @@ impl Parent for SubdomainParent {
 
     fn admit(&self, peer: &PeerIdentity, hello: &Hello) -> Result<Sub, SessionError> {
         admission(&self.0, peer, hello.ticket.clone())
-            .map(|sub| Sub {
-                domain: sub.topology.domain.name.clone(),
-                sent: None,
+            .map(|sub| {
+                let domain = sub.topology.domain.name.clone();
+                Sub {
+                    claims: (hello.serving.as_deref() == Some(domain.as_str()))
+                        .then_some(hello.generation),
+                    domain,
+                    serving: false,
+                    generation: 0,
+                    sent: None,
+                }
             })
             .map_err(|(enrollment, reason)| SessionError::NotAdmitted { enrollment, reason })
     }
 
-    fn registered(&self, child: &ChildRef) {
-        let station = &self.0;
-        let domain = match station.subdomains.lock().get(&child.name) {
-            Some(e) => {
-                // Generation 0: a sub-domain's stations are not fenced
-                // (every connected candidate is activated; see RELIABILITY.md).
-                e.send(Message::Control(Control::AssignDomain {
-                    domain: e.data.domain.clone(),
-                    generation: 0,
-                }));
-                e.data.domain.clone()
-            }
-            None => return,
-        };
-        if station.is_removed() {
-            if let Some(e) = station.subdomains.lock().get(&child.name) {
-                e.send(Message::Control(Control::Unassign { domain }));
-            }
-            return;
-        }
-        tracing::info!(%domain, "sub-domain manager activated");
-        if let Some(replica) = station.replica() {
-            replicate(station, &replica, Some(&child.name));
-        }
+    fn registered(&self, _child: &ChildRef) {
+        reconcile(&self.0);
     }
 
     fn handle(&self, child: &ChildRef, message: Message) -> Result<Option<Message>, SessionError> {
         relay(&self.0, child, message)
     }
 
-    fn unregistered(&self, _child: &ChildRef, data: Sub, reason: &SessionError) {
-        tracing::warn!(domain = %data.domain, "sub-domain manager lost: {reason}");
+    fn unregistered(&self, child: &ChildRef, data: Sub, reason: &SessionError) {
+        if data.serving {
+            tracing::warn!(domain = %data.domain, station = %child.name, "sub-domain manager lost ({reason}); looking for a standby");
+            reconcile(&self.0);
+        }
+    }
+}
+
+/// A sub-domain station chosen to serve, as copied out of the registry.
+struct Chosen {
+    domain: String,
+    station: String,
+    session: u64,
+    /// The newest generation a connected candidate holds.
+    known: u64,
+}
+
+/// Brings the sub-domains' activations in line with the replica in force:
+/// every sub-domain without a serving station gets one, as a new
+/// generation on disk before it is told; a candidate still holding an
+/// activation of a sub-domain another station serves steps down; serving
+/// stations get their replicas. Only while this station's own parent
+/// confirms it serves: a manager that is cut off, or came back after its
+/// domain moved on, would hand sub-domains a newer generation than the
+/// real manager's and fence their nodes away from it. Blocking (an fsync).
+pub fn reconcile(station: &Station) {
+    let Some(replica) = station.replica() else {
+        return;
+    };
+    if !station.is_stepped_down() && !station.is_removed() && station.confirmed_since().is_some() {
+        activate(station, &replica);
+    }
+    replicate(station, &replica, None);
+}
+
+/// Activates a station for every sub-domain of `replica` that none serves,
+/// and steps down those still holding one served elsewhere.
+fn activate(station: &Station, replica: &Replica) {
+    // Read before the registry's lock, which every frame takes.
+    let last: HashMap<&str, agad_net::fence::ActivationRecord> = replica
+        .subdomains
+        .iter()
+        .filter_map(|sub| {
+            let domain = sub.topology.domain.name.as_str();
+            match station.bases.sub_activations.last(domain) {
+                Ok(a) => Some((domain, a?)),
+                Err(e) => {
+                    tracing::error!(domain, "cannot read the sub-domain's activation: {e}");
+                    None
+                }
+            }
+        })
+        .collect();
+    let in_grace = station.confirmed_since().is_some_and(|since| {
+        crate::now_ms().saturating_sub(since) < TAKEOVER_GRACE.as_millis() as u64
+    });
+    let mut chosen = Vec::new();
+    {
+        let mut subs = station.subdomains.lock();
+        for sub in &replica.subdomains {
+            let domain = &sub.topology.domain.name;
+            let candidates = || subs.iter().filter(|(_, e)| &e.data.domain == domain);
+            if candidates().any(|(_, e)| e.data.serving) {
+                continue;
+            }
+            let previous = last.get(domain.as_str());
+            let known = candidates()
+                .filter_map(|(_, e)| e.data.claims)
+                .max()
+                .unwrap_or(0);
+            // The station holding the newest activation keeps the
+            // sub-domain (after a restart here, or a fail-over of this
+            // domain's manager, which never saw the sub-domain's
+            // activations); within the grace, only the one holding what
+            // this station last issued.
+            let newest = candidates()
+                .filter_map(|(name, e)| Some((e.data.claims?, name)))
+                .max()
+                .filter(|(g, _)| *g >= previous.map_or(0, |a| a.generation));
+            let pick = match newest {
+                Some((g, name))
+                    if !in_grace
+                        || previous.is_some_and(|a| a.generation == g && &a.station == name) =>
+                {
+                    Some(name.clone())
+                }
+                _ if in_grace => None,
+                _ => sub
+                    .topology
+                    .domain
+                    .stations
+                    .iter()
+                    .find(|n| subs.get(*n).is_some_and(|e| &e.data.domain == domain))
+                    .cloned(),
+            };
+            if let Some(e) = pick.and_then(|name| subs.get_mut(&name)) {
+                e.data.serving = true;
+                e.data.sent = None;
+                chosen.push(Chosen {
+                    domain: domain.clone(),
+                    station: e.peer.name.clone(),
+                    session: e.session,
+                    known,
+                });
+            }
+        }
+    }
+    let activated: Vec<(Chosen, Option<u64>)> = chosen
+        .into_iter()
+        .map(|c| {
+            let recorded = station.bases.sub_activations.activate(
+                &c.domain,
+                &c.station,
+                crate::now_ms(),
+                c.known,
+            );
+            match recorded {
+                Ok(a) => (c, Some(a.generation)),
+                Err(e) => {
+                    tracing::error!(domain = %c.domain, station = %c.station, "cannot record the activation: {e}");
+                    (c, None)
+                }
+            }
+        })
+        .collect();
+    {
+        let mut subs = station.subdomains.lock();
+        for (c, generation) in activated {
+            let Some(e) = subs.get_mut(&c.station) else {
+                continue;
+            };
+            if e.session != c.session {
+                // Left meanwhile: its reconnection reconciles again.
+                continue;
+            }
+            match generation {
+                Some(generation) => {
+                    tracing::info!(domain = %c.domain, station = %c.station, generation, "sub-domain manager activated");
+                    e.data.generation = generation;
+                    e.data.claims = None;
+                    e.send(Message::Control(Control::AssignDomain {
+                        domain: c.domain,
+                        generation,
+                    }));
+                }
+                None => e.data.serving = false,
+            }
+        }
+        // A station that still holds a sub-domain another one serves now
+        // (it came back after a fail-over) steps down.
+        let served: HashMap<String, u64> = subs
+            .values()
+            .filter(|e| e.data.serving)
+            .map(|e| (e.data.domain.clone(), e.data.generation))
+            .collect();
+        for (name, e) in subs.iter_mut() {
+            if let (false, Some(_), Some(&generation)) =
+                (e.data.serving, e.data.claims, served.get(&e.data.domain))
+            {
+                tracing::warn!(domain = %e.data.domain, station = %name, generation, "a station still holds a sub-domain served elsewhere: told to step down");
+                e.send(Message::Control(Control::StepDown {
+                    domain: e.data.domain.clone(),
+                    generation,
+                }));
+                e.data.claims = None;
+            }
+        }
     }
 }
 
@@ -105,7 +283,7 @@ pub fn replicate(station: &Station, replica: &Replica, only: Option<&str>) {
         .subdomains
         .lock()
         .iter()
-        .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
+        .filter(|(name, e)| e.data.serving && only.is_none_or(|o| o == name.as_str()))
         .map(|(name, e)| Target {
             name: name.clone(),
             session: e.session,
@@ -210,7 +388,10 @@ pub fn status(
                 .stations
                 .iter()
                 .find_map(|s| guardian.failure(s));
-            let state = match sessions.iter().find(|(_, e)| &e.data.domain == domain) {
+            let state = match sessions
+                .iter()
+                .find(|(_, e)| e.data.serving && &e.data.domain == domain)
+            {
                 None => match &failed {
                     Some(f) => State::Failed {
                         diagnosis: f.diagnosis,
@@ -276,6 +457,15 @@ fn admission(
             "this station serves no domain yet".into(),
         ));
     };
+    if station.is_stepped_down() || station.is_removed() {
+        return Err((
+            Enrollment::Pending,
+            format!(
+                "this station no longer serves domain `{}`",
+                replica.topology.domain.name
+            ),
+        ));
+    }
     let Some(sub) = replica
         .subdomains
         .iter()
@@ -312,19 +502,6 @@ fn admission(
                 "enrollment requested from the top manager".into(),
             ));
         }
-    }
-    let domain = &sub.topology.domain.name;
-    if let Some((other, _)) = station
-        .subdomains
-        .lock()
-        .iter()
-        .find(|(name, e)| &e.data.domain == domain && *name != &peer.name)
-    {
-        // A standby: it retries, and takes over when the active one is gone.
-        return Err((
-            Enrollment::Active,
-            format!("standby: `{domain}` is served by `{other}`"),
-        ));
     }
     Ok(sub.clone())
 }
@@ -369,15 +546,20 @@ fn relay(
             ack(vec![seq])
         }
         // The top manager keeps one per id, so a replay is harmless.
-        Message::Reports(batch) => {
+        Message::Reports(mut batch) => {
             let mut seqs = Vec::with_capacity(batch.len());
-            for Queued { seq, body } in &batch {
+            for Queued { seq, body } in &mut batch {
                 match body {
-                    Upward::DomainReport(r) if subtree.domains.contains(&r.domain) => {}
-                    Upward::DomainReport(_) => {
-                        return Err(SessionError::Protocol(
-                            "a relayed report of a domain outside the station's sub-domain".into(),
-                        ));
+                    Upward::DomainReport(r) => {
+                        let Some(candidates) = subtree.domains.get(&r.domain) else {
+                            return Err(SessionError::Protocol(
+                                "a relayed report of a domain outside the station's sub-domain"
+                                    .into(),
+                            ));
+                        };
+                        // The top manager keeps one per window and station
+                        // that consolidated it: both sides of a fail-over.
+                        r.key_by_origin(&child.name, |s| candidates.iter().any(|c| c == s));
                     }
                     _ => {
                         return Err(SessionError::Protocol(
@@ -437,7 +619,8 @@ fn relay(
 /// Names in a replica's subtree: what a station serving it may speak for.
 #[derive(Debug, Default)]
 pub struct Subtree {
-    pub domains: HashSet<String>,
+    /// Each domain, with its candidate stations.
+    pub domains: HashMap<String, Vec<String>>,
     pub nodes: HashSet<String>,
     pub stations: HashSet<String>,
 }
@@ -446,7 +629,10 @@ impl Subtree {
     pub fn of(replica: &Replica) -> Subtree {
         let mut out = Subtree::default();
         for r in replica.all() {
-            out.domains.insert(r.topology.domain.name.clone());
+            out.domains.insert(
+                r.topology.domain.name.clone(),
+                r.topology.domain.stations.clone(),
+            );
             out.nodes
                 .extend(r.topology.nodes.iter().map(|n| n.name.clone()));
             out.stations

@@ -11,6 +11,7 @@
 pub mod big;
 pub mod orphans;
 
+use agad_net::fence::Activations;
 use agad_protocol::message::{Alarm, Provenance};
 use agad_protocol::topology::Topology;
 use agad_protocol::wire::{self, DomainReport, Enrollment, Member, Role};
@@ -43,20 +44,15 @@ pub struct Bases {
     moves: Tree,
     members: Tree,
     tickets: Tree,
-    /// domain → its last [`DomainActivation`].
-    activations: Tree,
+    /// Each top-level domain's last activation.
+    activations: Activations,
     pub big: big::Big,
 }
 
 /// The last activation of a top-level domain's manager: which station, as
 /// which generation. Generations only grow, also across restarts, so a
 /// station and a node can tell a newer manager of a domain from an older.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DomainActivation {
-    pub generation: u64,
-    pub station: String,
-    pub at_ms: u64,
-}
+pub type DomainActivation = agad_net::fence::ActivationRecord;
 
 const TOPOLOGY: &[u8] = b"topology";
 const VERSION: &[u8] = b"version";
@@ -85,7 +81,7 @@ impl Bases {
             moves: db.tree("btpg-moves")?,
             members: db.tree("members")?,
             tickets: db.tree("tickets")?,
-            activations: db.tree("btpg-activations")?,
+            activations: Activations::open(db, "btpg-activations")?,
             big: big::Big::open(db)?,
         })
     }
@@ -202,25 +198,23 @@ impl Bases {
 
     /// The last activation of `domain`'s manager.
     pub fn activation(&self, domain: &str) -> Result<Option<DomainActivation>> {
-        self.activations
-            .get(domain.as_bytes())?
-            .map(|v| decode("activation", &v))
-            .transpose()
+        Ok(self.activations.last(domain)?)
     }
 
     /// Records that `station` now serves `domain`, as the next generation
-    /// (on disk before the station is told).
-    pub fn activate_domain(&self, domain: &str, station: &str, at_ms: u64) -> Result<u64> {
-        let generation = self.activation(domain)?.map_or(0, |a| a.generation) + 1;
-        let record = DomainActivation {
-            generation,
-            station: station.to_owned(),
-            at_ms,
-        };
-        self.activations
-            .insert(domain.as_bytes(), &wire::encode_value(&record))?;
-        self.db.flush()?;
-        Ok(generation)
+    /// (on disk before the station is told; newer than any a candidate
+    /// said it holds, `known`, which a domain that was a sub-domain may).
+    pub fn activate_domain(
+        &self,
+        domain: &str,
+        station: &str,
+        at_ms: u64,
+        known: u64,
+    ) -> Result<u64> {
+        Ok(self
+            .activations
+            .activate(domain, station, at_ms, known)?
+            .generation)
     }
 
     /// Every node's last move between domains.

@@ -197,7 +197,7 @@ impl Mor {
             .collect();
         // Decide who serves what under the lock; record new activations
         // (an fsync) and build replicas outside it.
-        let mut activate: Vec<(String, String, u64)> = Vec::new();
+        let mut activate: Vec<(String, String, u64, u64)> = Vec::new();
         {
             let mut stations = self.stations.lock();
             // A station whose domain left the topology stops serving it,
@@ -255,19 +255,31 @@ impl Mor {
                     None if wait_for_holder => None,
                     None => domain.stations.iter().find(|n| free(n)).cloned(),
                 };
+                // The newest activation a connected candidate holds (one
+                // issued by a parent domain's manager, if the domain was a
+                // sub-domain before): the new one must outgrow it.
+                let known = stations
+                    .iter()
+                    .filter(|(name, e)| {
+                        domain.stations.contains(name)
+                            && e.data.claims.as_deref() == Some(domain.name.as_str())
+                    })
+                    .map(|(_, e)| e.data.claimed_generation)
+                    .max()
+                    .unwrap_or(0);
                 if let Some(e) = candidate.and_then(|name| stations.get_mut(&name)) {
                     e.data.serving = Some(domain.name.clone());
                     e.data.sent = None;
-                    activate.push((domain.name.clone(), e.peer.name.clone(), e.session));
+                    activate.push((domain.name.clone(), e.peer.name.clone(), e.session, known));
                 }
             }
         }
         // Every activation is a new generation, on disk before anyone hears of it.
         let mut activated = Vec::new();
-        for (domain, station, session) in activate {
+        for (domain, station, session, known) in activate {
             match self
                 .bases
-                .activate_domain(&domain, &station, crate::now_ms())
+                .activate_domain(&domain, &station, crate::now_ms(), known)
             {
                 Ok(generation) => {
                     if let Ok(Some(a)) = self.bases.activation(&domain) {
@@ -745,9 +757,12 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                     {
                         // One consolidation per window and station: across
                         // a fail-over the old and the new manager each hold
-                        // part of a window. Keyed by the authenticated
-                        // sender, never by what it claims.
-                        r.id = format!("{}/{}@{}", r.domain, r.window_start_ms, child.name);
+                        // part of a window.
+                        let candidates = topology
+                            .domain(&r.domain)
+                            .map(|d| d.stations.clone())
+                            .unwrap_or_default();
+                        r.key_by_origin(&child.name, |s| candidates.iter().any(|c| c == s));
                         reports.push((seq, r))
                     }
                     Upward::DomainReport(_) => {

@@ -7,9 +7,19 @@
 //!
 //! The generation is on disk before the element sends its first frame to
 //! the new parent: a node that restarts keeps refusing the old manager.
+//!
+//! On the parent's side, [`Activations`] issues the generations. They are
+//! activation times in ms (one more than the last where the clock says
+//! less), so a domain's next activation is newer than every earlier one
+//! even when another manager issues it: the top manager for its domains,
+//! and for a sub-domain whichever station serves the parent domain now —
+//! after a fail-over of the parent, one that never saw the sub-domain's
+//! earlier activations. That asks of the managers' clocks only to agree
+//! (NTP) to better than the time between two activations of one domain.
 
-use agad_protocol::wire::Activation;
+use agad_protocol::wire::{self, Activation};
 use agad_storage::{Database, StorageError, Tree};
+use serde::{Deserialize, Serialize};
 
 /// Domains remembered at most: an element belongs to one domain at a time
 /// and moves rarely; a parent that names ever new domains is refused.
@@ -73,10 +83,111 @@ impl Fence {
     }
 }
 
+/// How far ahead of this manager's clock a claimed generation may be (clocks
+/// that disagree by a day are broken, not skewed).
+const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+
+/// A domain's last activation, as the manager that issued it recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationRecord {
+    pub generation: u64,
+    /// The station activated.
+    pub station: String,
+    pub at_ms: u64,
+}
+
+/// The activations a parent manager issued, per domain, on disk.
+#[derive(Clone, Debug)]
+pub struct Activations {
+    db: Database,
+    last: Tree,
+}
+
+impl Activations {
+    /// The record in tree `tree` of `db`.
+    pub fn open(db: &Database, tree: &str) -> Result<Activations, StorageError> {
+        Ok(Activations {
+            db: db.clone(),
+            last: db.tree(tree)?,
+        })
+    }
+
+    /// The last activation of `domain` issued here.
+    pub fn last(&self, domain: &str) -> Result<Option<ActivationRecord>, StorageError> {
+        Ok(self.last.get(domain.as_bytes())?.and_then(|v| {
+            // Unreadable: the next generation still outgrows it (a time).
+            wire::decode_value(&v)
+                .map_err(|e| tracing::error!(domain, "unreadable activation record: {e}"))
+                .ok()
+        }))
+    }
+
+    /// Activates `station` for `domain` at `at_ms`, as a generation newer
+    /// than the last issued here and than `known` (one a candidate said it
+    /// holds); on disk before it is returned, so before anyone hears of it.
+    pub fn activate(
+        &self,
+        domain: &str,
+        station: &str,
+        at_ms: u64,
+        known: u64,
+    ) -> Result<ActivationRecord, StorageError> {
+        let last = self.last(domain)?.map_or(0, |a| a.generation);
+        // A generation from the future is no activation time: a candidate
+        // claiming one would freeze the domain's generations at its value.
+        let known = if known > at_ms.saturating_add(MAX_AHEAD_MS) {
+            tracing::warn!(
+                domain,
+                known,
+                "ignoring a claimed activation from the future"
+            );
+            0
+        } else {
+            known
+        };
+        let record = ActivationRecord {
+            generation: last.max(known).saturating_add(1).max(at_ms),
+            station: station.to_owned(),
+            at_ms,
+        };
+        self.last
+            .insert(domain.as_bytes(), &wire::encode_value(&record))?;
+        self.db.flush()?;
+        Ok(record)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generations_outgrow_the_last_issued_and_every_known_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("db")).unwrap();
+        let issued = Activations::open(&db, "activations").unwrap();
+        assert_eq!(issued.last("d1").unwrap(), None);
+        // A time, normally.
+        let first = issued.activate("d1", "s1", 1_000, 0).unwrap();
+        assert_eq!(first.generation, 1_000);
+        // A clock that went back still gives a newer generation.
+        let second = issued.activate("d1", "s2", 900, 0).unwrap();
+        assert_eq!(second.generation, 1_001);
+        // One a candidate holds from another issuer (the parent domain's
+        // previous manager) is outgrown too.
+        let third = issued.activate("d1", "s1", 1_002, 5_000).unwrap();
+        assert_eq!(third.generation, 5_001);
+        // Not one from the future, though.
+        let far = issued.activate("d9", "s1", 1_000, u64::MAX).unwrap();
+        assert_eq!(far.generation, 1_000);
+        assert_eq!(issued.last("d1").unwrap(), Some(third));
+        // Kept across a reopening.
+        drop(issued);
+        let reopened = Activations::open(&db, "activations").unwrap();
+        assert_eq!(reopened.last("d1").unwrap().unwrap().station, "s1");
+        assert_eq!(reopened.last("d2").unwrap(), None);
+    }
 
     fn activation(domain: &str, generation: u64) -> Activation {
         Activation {

@@ -193,6 +193,24 @@ pub struct DomainReport {
     pub domain_summaries: Vec<NodeSummary>,
 }
 
+impl DomainReport {
+    /// Keys the report by the station that consolidated it (`<domain>/<window
+    /// start>@<station>`): across a fail-over two stations each hold part of
+    /// a window, and a receiver keeps one report per id. `sender` is the
+    /// authenticated peer, and `is_candidate` tells the domain's candidate
+    /// stations: a report of a domain `sender` is no candidate of was
+    /// relayed from below, and keeps the station its relay named if that is
+    /// a candidate of the domain; anything else is keyed by `sender`.
+    pub fn key_by_origin(&mut self, sender: &str, is_candidate: impl Fn(&str) -> bool) {
+        let prefix = format!("{}/{}@", self.domain, self.window_start_ms);
+        let origin = match self.id.strip_prefix(&prefix) {
+            Some(named) if !is_candidate(sender) && is_candidate(named) => named.to_owned(),
+            _ => sender.to_owned(),
+        };
+        self.id = prefix + &origin;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSummary {
     /// Node name, or the domain's name for domain-wide rows.
@@ -699,6 +717,34 @@ mod tests {
     fn split(frame: &[u8]) -> (&[u8; HEADER_LEN], &[u8]) {
         let (h, b) = frame.split_at(HEADER_LEN);
         (h.try_into().unwrap(), b)
+    }
+
+    #[test]
+    fn a_report_is_keyed_by_the_station_that_consolidated_it() {
+        let report = |id: &str| DomainReport {
+            id: id.into(),
+            domain: "lab".into(),
+            window_start_ms: 60_000,
+            window_end_ms: 120_000,
+            consolidated_ms: 120_500,
+            nodes: vec![],
+            domain_summaries: vec![],
+        };
+        let lab_stations = |s: &str| s == "s2" || s == "s3";
+        // From a candidate of its domain: keyed by that sender, whatever it says.
+        let mut own = report("lab/60000@s3");
+        own.key_by_origin("s2", lab_stations);
+        assert_eq!(own.id, "lab/60000@s2");
+        // Relayed by the parent's station: the lab station it names stays.
+        let mut relayed = report("lab/60000@s3");
+        relayed.key_by_origin("campus-1", lab_stations);
+        assert_eq!(relayed.id, "lab/60000@s3");
+        // A relay naming no candidate, or another window, is keyed by the relay.
+        for claimed in ["lab/60000@campus-9", "lab/0@s3", "other/60000@s3", ""] {
+            let mut forged = report(claimed);
+            forged.key_by_origin("campus-1", lab_stations);
+            assert_eq!(forged.id, "lab/60000@campus-1", "{claimed}");
+        }
     }
 
     #[test]
