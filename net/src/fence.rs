@@ -66,6 +66,14 @@ impl Fence {
                 "this element already remembers {MAX_DOMAINS} domains' activations"
             ));
         }
+        // An activation time a day ahead is no activation: remembered, it
+        // would fence off every real manager of the domain until then.
+        if *generation > now_ms().saturating_add(MAX_AHEAD_MS) {
+            return Err(format!(
+                "it serves domain `{}` as activation {generation}, which lies in the future",
+                agad_protocol::text::excerpt(domain, 64)
+            ));
+        }
         if *generation < seen {
             // The domain name is the parent's word: short in the message.
             return Err(format!(
@@ -86,6 +94,12 @@ impl Fence {
 /// How far ahead of this manager's clock a claimed generation may be (clocks
 /// that disagree by a day are broken, not skewed).
 const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A domain's last activation, as the manager that issued it recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +219,11 @@ mod tests {
         fence.accept(Some(&activation("d1", 5))).unwrap();
         let refused = fence.accept(Some(&activation("d1", 4))).unwrap_err();
         assert!(refused.contains("activation 5 took over"), "{refused}");
+        // Nor is one from the future remembered (it would fence off every
+        // real manager until then).
+        let future = fence.accept(Some(&activation("d1", u64::MAX))).unwrap_err();
+        assert!(future.contains("in the future"), "{future}");
+        fence.accept(Some(&activation("d1", 5))).unwrap();
         // Per domain (a node that moved starts over), and remembered.
         fence.accept(Some(&activation("d2", 1))).unwrap();
         fence.accept(None).unwrap();
