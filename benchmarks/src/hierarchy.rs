@@ -18,6 +18,7 @@ use agad_net::tls::{self, Identity, TrustAnchor};
 use agad_protocol::wire::{Control, Enrollment, Message, Role};
 use agad_protocol::{Bundle, PublicKey};
 use agad_storage::Database;
+use agad_tests::hierarchy::{Deployment, free_address};
 use anyhow::{Context, bail};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
@@ -260,6 +261,53 @@ pub async fn start_mor(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok((address, task))
+}
+
+/// The harness's name of the `agad dominio` process.
+pub const DOMINIO: &str = "dominio";
+
+/// Starts `agad dominio` as the process [`DOMINIO`] of `d`, serving
+/// [`STATION`] under the top manager at `mor` with the certificates in
+/// `pki`, `extra` appended to its command line; the address its nodes
+/// connect to.
+pub fn start_dominio(
+    d: &mut Deployment,
+    pki: &Pki,
+    mor: SocketAddr,
+    extra: &[&str],
+) -> anyhow::Result<SocketAddr> {
+    // A port the kernel just handed out and took back: free for the child.
+    let address = free_address()?;
+    let pki_dir = pki.dir().to_str().context("the PKI path is not UTF-8")?;
+    let mor = mor.to_string();
+    // Nothing is deployed here, but a station needs a publisher to trust.
+    let publisher = d.path("publisher.pub");
+    std::fs::write(
+        &publisher,
+        agad_protocol::SecretKey::generate().public().to_text(),
+    )?;
+    let publisher = publisher
+        .to_str()
+        .context("the path is not UTF-8")?
+        .to_owned();
+    let mut args = vec![
+        "dominio",
+        "--pki",
+        pki_dir,
+        "--name",
+        STATION,
+        "--mor",
+        &mor,
+        "--listen",
+        &address,
+        "--data-dir",
+        DOMINIO,
+        "--trust",
+        &publisher,
+    ];
+    args.extend_from_slice(extra);
+    d.spawn(DOMINIO, &args)?;
+    Ok(address.parse()?)
 }
 
 /// Bytes a simulated node read from and wrote to its socket: TLS records,

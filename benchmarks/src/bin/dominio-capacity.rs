@@ -38,14 +38,14 @@
 //! It prints figures only; nothing here asserts a timing.
 
 use agad_benchmarks::args::Args;
-use agad_benchmarks::hierarchy::{self, MOR, NodeLink, Pki, STATION};
+use agad_benchmarks::hierarchy::{self, DOMINIO, MOR, NodeLink, Pki};
 use agad_benchmarks::processes;
 use agad_benchmarks::procfs::{self, machine_load};
 use agad_benchmarks::stats::{Timings, bytes, duration};
 use agad_protocol::Area;
 use agad_protocol::message::{Report, Summary};
 use agad_protocol::wire::{Component, ComponentStatus, Control, Message, Queued, State, Upward};
-use agad_tests::hierarchy::{Deployment, free_address};
+use agad_tests::hierarchy::Deployment;
 use anyhow::{Context, bail};
 use rustls::ClientConfig;
 use std::collections::VecDeque;
@@ -164,48 +164,6 @@ struct Shared {
     stop: watch::Receiver<bool>,
 }
 
-/// The harness's name of the `agad dominio` process.
-const DOMINIO: &str = "dominio";
-
-/// Starts `agad dominio` as the process [`DOMINIO`] of `d`, serving
-/// [`STATION`] under the top manager at `mor` with the certificates in
-/// `pki`; the address its nodes connect to.
-fn start_dominio(d: &mut Deployment, pki: &Pki, mor: SocketAddr) -> anyhow::Result<SocketAddr> {
-    // A port the kernel just handed out and took back: free for the child.
-    let address = free_address()?;
-    let pki_dir = pki.dir().to_str().context("the PKI path is not UTF-8")?;
-    let mor = mor.to_string();
-    // Nothing is deployed here, but a station needs a publisher to trust.
-    let publisher = d.path("publisher.pub");
-    std::fs::write(
-        &publisher,
-        agad_protocol::SecretKey::generate().public().to_text(),
-    )?;
-    let publisher = publisher
-        .to_str()
-        .context("the path is not UTF-8")?
-        .to_owned();
-    d.spawn(
-        DOMINIO,
-        &[
-            "dominio",
-            "--pki",
-            pki_dir,
-            "--name",
-            STATION,
-            "--mor",
-            &mor,
-            "--listen",
-            &address,
-            "--data-dir",
-            DOMINIO,
-            "--trust",
-            &publisher,
-        ],
-    )?;
-    Ok(address.parse()?)
-}
-
 struct Options {
     levels: Vec<usize>,
     window: Duration,
@@ -303,7 +261,7 @@ async fn ramp(
     let (stop_mor, mor_shutdown) = watch::channel(false);
     let (mor_address, mor) =
         hierarchy::start_mor(&d.path("mor"), pki.acceptor(MOR)?, Vec::new(), mor_shutdown).await?;
-    let dominio = start_dominio(d, pki, mor_address)?;
+    let dominio = hierarchy::start_dominio(d, pki, mor_address, &[])?;
 
     let (joined_tx, mut joined) = mpsc::unbounded_channel();
     let (quiet_tx, quiet) = watch::channel(false);
