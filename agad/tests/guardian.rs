@@ -318,6 +318,68 @@ fn a_killed_or_frozen_node_is_diagnosed_agent_down_and_cleared_when_back() -> an
     Ok(())
 }
 
+#[test]
+fn a_node_already_dead_when_its_manager_restarts_is_accused_and_cleared_when_back()
+-> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    // n3 is in the topology, without an address, and never starts.
+    let topology =
+        topology(&["s1"], &["n1", "n2"]) + "\n[[node]]\nname = \"n3\"\ndomain = \"d1\"\n";
+    d.apply(&topology)?;
+    let s1 = d.start_station("s1")?;
+    d.start_node("n1", &s1)?;
+    d.start_node("n2", &s1)?;
+    d.wait_for("both nodes connected", |d| {
+        Ok((d.node_connected("n1")? && d.node_connected("n2")?).then_some(()))
+    })?;
+
+    // The domain manager dies first, then n1 while nobody watches it: no
+    // event ever tells the restarted manager that n1 went silent.
+    d.kill9("s1")?;
+    d.kill9("n1")?;
+    d.restart("s1")?;
+    let raised = d.wait_for("n1 accused by the restarted s1", |d| {
+        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
+            .into_iter()
+            .find(|a| a.raised))
+    })?;
+    assert!(
+        raised.message.contains("answers ICMP echo") && raised.message.contains("silent"),
+        "{raised:?}"
+    );
+    // A node that never showed up, with no address to probe, is accused too.
+    let never = d.wait_for("n3 accused", |d| {
+        Ok(guardian_alarms(d, "n3", "agad.agent-down")?
+            .into_iter()
+            .find(|a| a.raised))
+    })?;
+    assert!(never.message.contains("no address to probe"), "{never:?}");
+    d.wait_for("n1 shown failed in the status", |d| {
+        let state = d.component_state(&json!({"node": {"name": "n1"}}))?;
+        Ok(state
+            .is_some_and(|s| s["failed"]["diagnosis"] == "agent-down")
+            .then_some(()))
+    })?;
+
+    // n1 comes back: cleared. n2, which redialled the restarted manager,
+    // was never accused.
+    d.restart("n1")?;
+    d.wait_for("n1's agent down cleared", |d| {
+        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
+            .iter()
+            .any(|a| !a.raised)
+            .then_some(()))
+    })?;
+    let about_n2: Vec<Alarm> = d
+        .alarms()?
+        .into_iter()
+        .filter(|a| a.node == "n2" && is_guardian_alarm(a))
+        .collect();
+    assert!(about_n2.is_empty(), "n2 falsely accused: {about_n2:?}");
+    Ok(())
+}
+
 /// What a station logged in its last run.
 fn since_last_start(log: &str) -> String {
     let start = log.rfind("domain manager listening on").unwrap_or(0);

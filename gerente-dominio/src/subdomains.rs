@@ -187,6 +187,33 @@ impl Sink for SubdomainGuardian {
     fn accusing_since(&self) -> Option<u64> {
         self.0.confirmed_since()
     }
+
+    /// The candidate stations of every sub-domain that no station serves,
+    /// while this station serves its own domain. A standby of a served
+    /// sub-domain is not expected: one not running is a loss of
+    /// redundancy, not of service (and a topology may name a spare not
+    /// started yet); once it must serve, it is.
+    fn expected(&self) -> Vec<String> {
+        let station = &self.0;
+        if station.activation().is_none() || station.is_stepped_down() || station.is_removed() {
+            return Vec::new();
+        }
+        let Some(replica) = station.replica() else {
+            return Vec::new();
+        };
+        let served: HashSet<String> = station
+            .subdomains
+            .lock()
+            .values()
+            .map(|e| e.data.domain.clone())
+            .collect();
+        replica
+            .subdomains
+            .iter()
+            .filter(|sub| !served.contains(&sub.topology.domain.name))
+            .flat_map(|sub| sub.topology.domain.stations.iter().cloned())
+            .collect()
+    }
 }
 
 /// One component per sub-domain: which station serves it, and how it is.

@@ -600,6 +600,28 @@ impl Sink for StationGuardian {
             Err(e) => tracing::error!("cannot store a guardian alarm: {e}"),
         }
     }
+
+    /// The candidate stations of every top-level domain that no station
+    /// serves (sub-domains' stations are their parent manager's children).
+    /// A standby of a served domain is not expected: one not running is a
+    /// loss of redundancy, not of service (and a topology may name a spare
+    /// not started yet); once it must serve, it is.
+    fn expected(&self) -> Vec<String> {
+        let topology = self.0.bases.topology().unwrap_or_default();
+        let served: HashSet<String> = self
+            .0
+            .stations
+            .lock()
+            .values()
+            .filter_map(|e| e.data.serving.clone())
+            .collect();
+        topology
+            .domains
+            .iter()
+            .filter(|d| d.parent.is_none() && !served.contains(&d.name))
+            .flat_map(|d| d.stations.iter().cloned())
+            .collect()
+    }
 }
 
 /// The names a station serving `domain` may speak for: its domain and
