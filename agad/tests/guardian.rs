@@ -10,7 +10,6 @@
 
 use agad_protocol::message::Alarm;
 use agad_tests::hierarchy::{Deployment, Options, is_guardian_alarm};
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -79,6 +78,18 @@ fn guardian_alarms(d: &Deployment, node: &str, key: &str) -> anyhow::Result<Vec<
         .collect())
 }
 
+/// The first raise of `key` about `node` in BIG, if any.
+fn raised(d: &Deployment, node: &str, key: &str) -> anyhow::Result<Option<Alarm>> {
+    Ok(guardian_alarms(d, node, key)?
+        .into_iter()
+        .find(|a| a.raised))
+}
+
+/// Whether BIG holds a clear of `key` about `node`.
+fn cleared(d: &Deployment, node: &str, key: &str) -> anyhow::Result<bool> {
+    Ok(guardian_alarms(d, node, key)?.iter().any(|a| !a.raised))
+}
+
 #[test]
 fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_returns()
 -> anyhow::Result<()> {
@@ -123,9 +134,7 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
     assert!(second > Some(first), "{second:?} after {first}");
     // The top manager's guardian found s1's host up and s1 silent.
     let down = d.wait_for("s1 diagnosed agent down", |d| {
-        Ok(guardian_alarms(d, "s1", "agad.agent-down")?
-            .into_iter()
-            .find(|a| a.raised))
+        raised(d, "s1", "agad.agent-down")
     })?;
     assert!(down.message.contains("agent down"), "{down:?}");
     let status = domain(&d)?;
@@ -149,10 +158,7 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
         Ok(d.log("s1").contains("stepping down").then_some(()))
     })?;
     d.wait_for("s1's agent-down cleared", |d| {
-        Ok(guardian_alarms(d, "s1", "agad.agent-down")?
-            .iter()
-            .any(|a| !a.raised)
-            .then_some(()))
+        Ok(cleared(d, "s1", "agad.agent-down")?.then_some(()))
     })?;
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(served_by(&d)?, (Some("s2".to_owned()), second));
@@ -290,10 +296,7 @@ fn a_killed_or_frozen_node_is_diagnosed_agent_down_and_cleared_when_back() -> an
         );
         // The station's next keep-alive carries the node's state.
         d.wait_for("n1 shown failed, agent down, in the status", |d| {
-            let state = d.component_state(&json!({"node": {"name": "n1"}}))?;
-            Ok(state
-                .is_some_and(|s| s["failed"]["diagnosis"] == "agent-down")
-                .then_some(()))
+            Ok(d.node_diagnosed("n1", "agent-down")?.then_some(()))
         })?;
         if fault == "kill -9" {
             d.restart("n1")?;
@@ -339,37 +342,25 @@ fn a_node_already_dead_when_its_manager_restarts_is_accused_and_cleared_when_bac
     d.kill9("s1")?;
     d.kill9("n1")?;
     d.restart("s1")?;
-    let raised = d.wait_for("n1 accused by the restarted s1", |d| {
-        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
-            .into_iter()
-            .find(|a| a.raised))
+    let accused = d.wait_for("n1 accused by the restarted s1", |d| {
+        raised(d, "n1", "agad.agent-down")
     })?;
     assert!(
-        raised.message.contains("answers ICMP echo") && raised.message.contains("silent"),
-        "{raised:?}"
+        accused.message.contains("answers ICMP echo") && accused.message.contains("silent"),
+        "{accused:?}"
     );
     // A node that never showed up, with no address to probe, is accused too.
-    let never = d.wait_for("n3 accused", |d| {
-        Ok(guardian_alarms(d, "n3", "agad.agent-down")?
-            .into_iter()
-            .find(|a| a.raised))
-    })?;
+    let never = d.wait_for("n3 accused", |d| raised(d, "n3", "agad.agent-down"))?;
     assert!(never.message.contains("no address to probe"), "{never:?}");
     d.wait_for("n1 shown failed in the status", |d| {
-        let state = d.component_state(&json!({"node": {"name": "n1"}}))?;
-        Ok(state
-            .is_some_and(|s| s["failed"]["diagnosis"] == "agent-down")
-            .then_some(()))
+        Ok(d.node_diagnosed("n1", "agent-down")?.then_some(()))
     })?;
 
     // n1 comes back: cleared. n2, which redialled the restarted manager,
     // was never accused.
     d.restart("n1")?;
     d.wait_for("n1's agent down cleared", |d| {
-        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
-            .iter()
-            .any(|a| !a.raised)
-            .then_some(()))
+        Ok(cleared(d, "n1", "agad.agent-down")?.then_some(()))
     })?;
     let about_n2: Vec<Alarm> = d
         .alarms()?

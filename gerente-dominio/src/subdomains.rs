@@ -189,10 +189,8 @@ impl Sink for SubdomainGuardian {
     }
 
     /// The candidate stations of every sub-domain that no station serves,
-    /// while this station serves its own domain. A standby of a served
-    /// sub-domain is not expected: one not running is a loss of
-    /// redundancy, not of service (and a topology may name a spare not
-    /// started yet); once it must serve, it is.
+    /// while this station serves its own domain
+    /// ([`agad_guardian::watch::candidates_of_unserved`]).
     fn expected(&self) -> Vec<String> {
         let station = &self.0;
         if station.activation().is_none() || station.is_stepped_down() || station.is_removed() {
@@ -201,18 +199,19 @@ impl Sink for SubdomainGuardian {
         let Some(replica) = station.replica() else {
             return Vec::new();
         };
-        let served: HashSet<String> = station
+        let served: Vec<String> = station
             .subdomains
             .lock()
             .values()
             .map(|e| e.data.domain.clone())
             .collect();
-        replica
-            .subdomains
-            .iter()
-            .filter(|sub| !served.contains(&sub.topology.domain.name))
-            .flat_map(|sub| sub.topology.domain.stations.iter().cloned())
-            .collect()
+        agad_guardian::watch::candidates_of_unserved(
+            replica.subdomains.iter().map(|sub| {
+                let d = &sub.topology.domain;
+                (d.name.as_str(), d.stations.as_slice())
+            }),
+            served,
+        )
     }
 }
 

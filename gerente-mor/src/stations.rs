@@ -602,25 +602,19 @@ impl Sink for StationGuardian {
     }
 
     /// The candidate stations of every top-level domain that no station
-    /// serves (sub-domains' stations are their parent manager's children).
-    /// A standby of a served domain is not expected: one not running is a
-    /// loss of redundancy, not of service (and a topology may name a spare
-    /// not started yet); once it must serve, it is.
+    /// serves (sub-domains' stations are their parent manager's children;
+    /// see [`agad_guardian::watch::candidates_of_unserved`]).
     fn expected(&self) -> Vec<String> {
         let topology = self.0.bases.topology().unwrap_or_default();
-        let served: HashSet<String> = self
-            .0
-            .stations
-            .lock()
-            .values()
-            .filter_map(|e| e.data.serving.clone())
-            .collect();
-        topology
-            .domains
-            .iter()
-            .filter(|d| d.parent.is_none() && !served.contains(&d.name))
-            .flat_map(|d| d.stations.iter().cloned())
-            .collect()
+        let stations = self.0.stations.lock();
+        agad_guardian::watch::candidates_of_unserved(
+            topology
+                .domains
+                .iter()
+                .filter(|d| d.parent.is_none())
+                .map(|d| (d.name.as_str(), d.stations.as_slice())),
+            stations.values().filter_map(|e| e.data.serving.clone()),
+        )
     }
 }
 

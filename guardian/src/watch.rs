@@ -5,7 +5,7 @@
 use crate::probe::{Probe, ProbeConfig, Target, probe};
 use agad_net::children::{ChildEvent, ChildRef, Children};
 use agad_protocol::Area;
-use agad_protocol::message::{Alarm, Comparison, Provenance, Severity};
+use agad_protocol::message::{Alarm, Comparison, RUNTIME_MODULE, RuntimeAlarm, Severity};
 use agad_protocol::status::Diagnosis;
 use agad_protocol::text::excerpt;
 use agad_storage::{Database, StorageError, Tree};
@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, watch};
 
 /// The module name of the alarms the guardian raises: the runtime's own
 /// (they belong to the element, not to an assigned module).
-pub const MODULE: &str = "agad";
+pub const MODULE: &str = RUNTIME_MODULE;
 /// Alarm key of "the host does not answer".
 pub const HOST_DOWN: &str = "agad.host-down";
 /// Alarm key of "the host answers, the element does not".
@@ -186,6 +186,23 @@ pub trait Sink: Send + Sync + 'static {
     fn expected(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// For [`Sink::expected`] of a parent of stations: the candidate stations
+/// of every domain (name, candidates) that no domain in `served` is. A standby of a
+/// served domain is not expected: one not running is a loss of redundancy,
+/// not of service (and a topology may name a spare not started yet); once
+/// it must serve, it is.
+pub fn candidates_of_unserved<'a>(
+    domains: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    served: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let served: std::collections::HashSet<String> = served.into_iter().collect();
+    domains
+        .into_iter()
+        .filter(|(domain, _)| !served.contains(*domain))
+        .flat_map(|(_, stations)| stations.iter().cloned())
+        .collect()
 }
 
 /// The guardian of one registry of children.
@@ -704,23 +721,20 @@ impl Guardian {
             .db
             .next_id()
             .unwrap_or_else(|_| self.counter.fetch_add(1, Ordering::Relaxed));
-        Alarm {
-            id: format!("{name}/{MODULE}/g{time_ms}n{n}"),
-            node: name.to_owned(),
-            module: MODULE.to_owned(),
-            provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+        RuntimeAlarm {
+            node: name,
+            module: MODULE,
+            serial: &format!("g{time_ms}n{n}"),
             area: Area::Fault,
-            key: key.to_owned(),
-            metric: "element.down-seconds".to_owned(),
-            subject: name.to_owned(),
+            key,
+            metric: "element.down-seconds",
+            subject: name,
             severity,
-            raised,
-            value: down_s as f64,
-            threshold: 0.0,
-            comparison: Comparison::Above,
-            message: excerpt(&message, agad_protocol::message::MAX_ALARM_TEXT),
+            message: &message,
             time_ms,
         }
+        .alarm(raised)
+        .measuring(down_s as f64, 0.0, Comparison::Above)
     }
 }
 
