@@ -4,7 +4,10 @@
 //! its standby and every node follows, nothing the node queued is lost or
 //! doubled, the old manager steps down when it returns and nodes refuse it
 //! while it still believes it serves (fencing); a killed or frozen node is
-//! diagnosed "agent down" and cleared when it is back. Faults that need
+//! diagnosed "agent down" and cleared when it is back; a node already dead
+//! when its manager restarts (or never started) is accused all the same; a
+//! stepped-down manager clears what it raised and its successor accuses
+//! anew. Faults that need
 //! separate hosts (a link down: "host down") are in `guardian_hosts.rs`.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
@@ -90,9 +93,9 @@ fn cleared(d: &Deployment, node: &str, key: &str) -> anyhow::Result<bool> {
     Ok(guardian_alarms(d, node, key)?.iter().any(|a| !a.raised))
 }
 
-#[test]
-fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_returns()
--> anyhow::Result<()> {
+/// d1 served by s1, s2 its standby, nodes n1 and n2 connected to s1 (and
+/// knowing both stations).
+fn s1_serving_n1_n2_with_standby_s2() -> anyhow::Result<Deployment> {
     let mut d = deployment()?;
     d.publish_inspector("cpu-mem")?;
     d.apply(&topology(&["s1", "s2"], &["n1", "n2"]))?;
@@ -111,6 +114,13 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
             && d.node_connected("n2")?)
         .then_some(()))
     })?;
+    Ok(d)
+}
+
+#[test]
+fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_returns()
+-> anyhow::Result<()> {
+    let mut d = s1_serving_n1_n2_with_standby_s2()?;
     let (_, first) = served_by(&d)?;
     let first = first.expect("an activation generation in the status");
     d.wait_for("reports of both nodes in BIG", |d| {
@@ -368,6 +378,48 @@ fn a_node_already_dead_when_its_manager_restarts_is_accused_and_cleared_when_bac
         .filter(|a| a.node == "n2" && is_guardian_alarm(a))
         .collect();
     assert!(about_n2.is_empty(), "n2 falsely accused: {about_n2:?}");
+    Ok(())
+}
+
+#[test]
+fn a_stepped_down_manager_clears_what_it_raised_and_the_new_one_accuses_anew() -> anyhow::Result<()>
+{
+    let mut d = s1_serving_n1_n2_with_standby_s2()?;
+    d.kill9("n1")?;
+    let by_s1 = d.wait_for("n1 accused by s1", |d| raised(d, "n1", "agad.agent-down"))?;
+
+    // s1 dies, s2 serves d1; s1 comes back, steps down, and clears what it
+    // raised: it no longer watches n1.
+    d.kill9("s1")?;
+    d.wait_for("s2 serving d1 with n2", |d| {
+        Ok((served_by(d)?.0.as_deref() == Some("s2") && d.node_connected("n2")?).then_some(()))
+    })?;
+    d.restart("s1")?;
+    let handed = d.wait_for("s1's accusation of n1 cleared", |d| {
+        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
+            .into_iter()
+            .find(|a| !a.raised && a.message.contains("no longer watched by this manager")))
+    })?;
+    assert!(d.log("s1").contains("stepping down"), "{}", d.log("s1"));
+    assert!(handed.time_ms > by_s1.time_ms);
+
+    // s2, which never saw n1, accuses it once its redial allowance is over,
+    // and clears it when n1 is back.
+    let by_s2 = d.wait_for("n1 accused by s2", |d| {
+        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
+            .into_iter()
+            .find(|a| a.raised && a.time_ms > handed.time_ms))
+    })?;
+    assert_ne!(by_s2.id, by_s1.id);
+    d.restart("n1")?;
+    d.wait_for("n1's agent down cleared by s2", |d| {
+        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
+            .iter()
+            .any(|a| !a.raised && a.time_ms > by_s2.time_ms && a.message.contains("is back"))
+            .then_some(()))
+    })?;
+    let active = d.agad(&["alarms", "--node", "n1", "--active"])?;
+    assert!(!active.contains("agent down"), "{active}");
     Ok(())
 }
 
