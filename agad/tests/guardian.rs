@@ -4,13 +4,15 @@
 //! its standby and every node follows, nothing the node queued is lost or
 //! doubled, the old manager steps down when it returns and nodes refuse it
 //! while it still believes it serves (fencing); a killed or frozen node is
-//! diagnosed "agent down" and cleared when it is back. Faults that need
+//! diagnosed "agent down" and cleared when it is back; a node already dead
+//! when its manager restarts (or never started) is accused all the same; a
+//! stepped-down manager clears what it raised and its successor accuses
+//! anew. Faults that need
 //! separate hosts (a link down: "host down") are in `guardian_hosts.rs`.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
 use agad_protocol::message::Alarm;
 use agad_tests::hierarchy::{Deployment, Options, is_guardian_alarm};
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -79,9 +81,21 @@ fn guardian_alarms(d: &Deployment, node: &str, key: &str) -> anyhow::Result<Vec<
         .collect())
 }
 
-#[test]
-fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_returns()
--> anyhow::Result<()> {
+/// The first raise of `key` about `node` in BIG, if any.
+fn raised(d: &Deployment, node: &str, key: &str) -> anyhow::Result<Option<Alarm>> {
+    Ok(guardian_alarms(d, node, key)?
+        .into_iter()
+        .find(|a| a.raised))
+}
+
+/// Whether BIG holds a clear of `key` about `node`.
+fn cleared(d: &Deployment, node: &str, key: &str) -> anyhow::Result<bool> {
+    Ok(guardian_alarms(d, node, key)?.iter().any(|a| !a.raised))
+}
+
+/// d1 served by s1, s2 its standby, nodes n1 and n2 connected to s1 (and
+/// knowing both stations).
+fn s1_serving_n1_n2_with_standby_s2() -> anyhow::Result<Deployment> {
     let mut d = deployment()?;
     d.publish_inspector("cpu-mem")?;
     d.apply(&topology(&["s1", "s2"], &["n1", "n2"]))?;
@@ -100,6 +114,13 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
             && d.node_connected("n2")?)
         .then_some(()))
     })?;
+    Ok(d)
+}
+
+#[test]
+fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_returns()
+-> anyhow::Result<()> {
+    let mut d = s1_serving_n1_n2_with_standby_s2()?;
     let (_, first) = served_by(&d)?;
     let first = first.expect("an activation generation in the status");
     d.wait_for("reports of both nodes in BIG", |d| {
@@ -123,9 +144,7 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
     assert!(second > Some(first), "{second:?} after {first}");
     // The top manager's guardian found s1's host up and s1 silent.
     let down = d.wait_for("s1 diagnosed agent down", |d| {
-        Ok(guardian_alarms(d, "s1", "agad.agent-down")?
-            .into_iter()
-            .find(|a| a.raised))
+        raised(d, "s1", "agad.agent-down")
     })?;
     assert!(down.message.contains("agent down"), "{down:?}");
     let status = domain(&d)?;
@@ -149,10 +168,7 @@ fn a_killed_domain_manager_fails_over_to_its_standby_and_steps_down_when_it_retu
         Ok(d.log("s1").contains("stepping down").then_some(()))
     })?;
     d.wait_for("s1's agent-down cleared", |d| {
-        Ok(guardian_alarms(d, "s1", "agad.agent-down")?
-            .iter()
-            .any(|a| !a.raised)
-            .then_some(()))
+        Ok(cleared(d, "s1", "agad.agent-down")?.then_some(()))
     })?;
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(served_by(&d)?, (Some("s2".to_owned()), second));
@@ -349,10 +365,7 @@ fn a_killed_or_frozen_node_is_diagnosed_agent_down_and_cleared_when_back() -> an
         );
         // The station's next keep-alive carries the node's state.
         d.wait_for("n1 shown failed, agent down, in the status", |d| {
-            let state = d.component_state(&json!({"node": {"name": "n1"}}))?;
-            Ok(state
-                .is_some_and(|s| s["failed"]["diagnosis"] == "agent-down")
-                .then_some(()))
+            Ok(d.node_diagnosed("n1", "agent-down")?.then_some(()))
         })?;
         if fault == "kill -9" {
             d.restart("n1")?;
@@ -374,6 +387,98 @@ fn a_killed_or_frozen_node_is_diagnosed_agent_down_and_cleared_when_back() -> an
             .filter(|a| is_guardian_alarm(a))
             .all(|a| a.module == "agad")
     );
+    Ok(())
+}
+
+#[test]
+fn a_node_already_dead_when_its_manager_restarts_is_accused_and_cleared_when_back()
+-> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    // n3 is in the topology, without an address, and never starts.
+    let topology =
+        topology(&["s1"], &["n1", "n2"]) + "\n[[node]]\nname = \"n3\"\ndomain = \"d1\"\n";
+    d.apply(&topology)?;
+    let s1 = d.start_station("s1")?;
+    d.start_node("n1", &s1)?;
+    d.start_node("n2", &s1)?;
+    d.wait_for("both nodes connected", |d| {
+        Ok((d.node_connected("n1")? && d.node_connected("n2")?).then_some(()))
+    })?;
+
+    // The domain manager dies first, then n1 while nobody watches it: no
+    // event ever tells the restarted manager that n1 went silent.
+    d.kill9("s1")?;
+    d.kill9("n1")?;
+    d.restart("s1")?;
+    let accused = d.wait_for("n1 accused by the restarted s1", |d| {
+        raised(d, "n1", "agad.agent-down")
+    })?;
+    assert!(
+        accused.message.contains("answers ICMP echo") && accused.message.contains("silent"),
+        "{accused:?}"
+    );
+    // A node that never showed up, with no address to probe, is accused too.
+    let never = d.wait_for("n3 accused", |d| raised(d, "n3", "agad.agent-down"))?;
+    assert!(never.message.contains("no address to probe"), "{never:?}");
+    d.wait_for("n1 shown failed in the status", |d| {
+        Ok(d.node_diagnosed("n1", "agent-down")?.then_some(()))
+    })?;
+
+    // n1 comes back: cleared. n2, which redialled the restarted manager,
+    // was never accused.
+    d.restart("n1")?;
+    d.wait_for("n1's agent down cleared", |d| {
+        Ok(cleared(d, "n1", "agad.agent-down")?.then_some(()))
+    })?;
+    let about_n2: Vec<Alarm> = d
+        .alarms()?
+        .into_iter()
+        .filter(|a| a.node == "n2" && is_guardian_alarm(a))
+        .collect();
+    assert!(about_n2.is_empty(), "n2 falsely accused: {about_n2:?}");
+    Ok(())
+}
+
+#[test]
+fn a_stepped_down_manager_clears_what_it_raised_and_the_new_one_accuses_anew() -> anyhow::Result<()>
+{
+    let mut d = s1_serving_n1_n2_with_standby_s2()?;
+    d.kill9("n1")?;
+    let by_s1 = d.wait_for("n1 accused by s1", |d| raised(d, "n1", "agad.agent-down"))?;
+
+    // s1 dies, s2 serves d1; s1 comes back, steps down, and clears what it
+    // raised: it no longer watches n1.
+    d.kill9("s1")?;
+    d.wait_for("s2 serving d1 with n2", |d| {
+        Ok((served_by(d)?.0.as_deref() == Some("s2") && d.node_connected("n2")?).then_some(()))
+    })?;
+    d.restart("s1")?;
+    let handed = d.wait_for("s1's accusation of n1 cleared", |d| {
+        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
+            .into_iter()
+            .find(|a| !a.raised && a.message.contains("no longer watched by this manager")))
+    })?;
+    assert!(d.log("s1").contains("stepping down"), "{}", d.log("s1"));
+    assert!(handed.time_ms > by_s1.time_ms);
+
+    // s2, which never saw n1, accuses it once its redial allowance is over,
+    // and clears it when n1 is back.
+    let by_s2 = d.wait_for("n1 accused by s2", |d| {
+        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
+            .into_iter()
+            .find(|a| a.raised && a.time_ms > handed.time_ms))
+    })?;
+    assert_ne!(by_s2.id, by_s1.id);
+    d.restart("n1")?;
+    d.wait_for("n1's agent down cleared by s2", |d| {
+        Ok(guardian_alarms(d, "n1", "agad.agent-down")?
+            .iter()
+            .any(|a| !a.raised && a.time_ms > by_s2.time_ms && a.message.contains("is back"))
+            .then_some(()))
+    })?;
+    let active = d.agad(&["alarms", "--node", "n1", "--active"])?;
+    assert!(!active.contains("agent down"), "{active}");
     Ok(())
 }
 

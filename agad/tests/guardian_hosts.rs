@@ -11,7 +11,6 @@
 use agad_protocol::message::Alarm;
 use agad_tests::hierarchy::{Deployment, Options, is_guardian_alarm};
 use agad_tests::network::Network;
-use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -88,10 +87,7 @@ fn host_down_agent_down_and_a_station_host_lost_are_diagnosed_and_healed() -> an
         "{down:?}"
     );
     d.wait_for("n1 shown failed, host down", |d| {
-        let state = d.component_state(&json!({"node": {"name": "n1"}}))?;
-        Ok(state
-            .is_some_and(|s| s["failed"]["diagnosis"] == "host-down")
-            .then_some(()))
+        Ok(d.node_diagnosed("n1", "host-down")?.then_some(()))
     })?;
     let table = d.agad(&["alarms", "--node", "n1", "--active"])?;
     assert!(table.contains("host-down"), "{table}");

@@ -28,13 +28,13 @@
 use crate::Station;
 use agad_net::children::{ChildEvent, ChildRef};
 use agad_protocol::Area;
-use agad_protocol::attest::{self, Attestation, Nonce};
-use agad_protocol::message::{Alarm, Comparison, Provenance, Severity};
+use agad_protocol::attest::{self, Attestation, Ledger, Nonce};
+use agad_protocol::message::{RUNTIME_MODULE, RuntimeAlarm, Severity};
 use agad_protocol::wire::{Component, ComponentStatus, Control, Message, State, Upward};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 /// Key of the alarm the manager raises for a node whose proof failed.
@@ -43,7 +43,7 @@ pub const ATTESTATION_FAILED_KEY: &str = "agad.attestation-failed";
 /// runtime's (`agad`), whose alarms belong to the node, not to an assigned
 /// module. Their ids (`<node>/agad/a<time>n<seq>`) cannot meet the node's
 /// own (`<node>/agad/<number>` or `t<time>`).
-const ALARM_MODULE: &str = "agad";
+const ALARM_MODULE: &str = RUNTIME_MODULE;
 /// Key of the node's own alarm for a quarantined module
 /// (`agad_runtime::integrity::TAMPERED_KEY`; the manager does not link the
 /// runtime).
@@ -58,7 +58,7 @@ pub fn deadline(every: Duration) -> Duration {
 /// Per node: the nonce outstanding and the last result.
 #[derive(Default)]
 pub struct Attestations {
-    nodes: Mutex<HashMap<String, NodeAttestation>>,
+    nodes: Ledger,
     /// Modules deleted from BC because their bytes failed a check: hash →
     /// (name, why), told to the top manager until it sends them again.
     bc_quarantined: Mutex<HashMap<String, (String, String)>>,
@@ -66,34 +66,8 @@ pub struct Attestations {
     alarm_seq: AtomicU64,
 }
 
-#[derive(Default)]
-struct NodeAttestation {
-    outstanding: Option<Outstanding>,
-    /// When (ms since the epoch) and how the last attestation ended.
-    last: Option<(u64, Result<u64, String>)>,
-    /// `agad.attestation-failed` is raised for this node, with this text.
-    alarm: Option<String>,
-}
-
-struct Outstanding {
-    nonce: Nonce,
-    session: u64,
-    sent: Instant,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Attestations {
-    /// The nonce outstanding for `node` on `session`, if any.
-    fn asked(&self, node: &str, session: u64) -> Option<Nonce> {
-        lock(&self.nodes)
-            .get(node)
-            .and_then(|n| n.outstanding.as_ref())
-            .filter(|o| o.session == session)
-            .map(|o| o.nonce)
-    }
 }
 
 /// Attests every connected node each `every`, and redeploys at once a
@@ -128,11 +102,7 @@ pub async fn run(station: Arc<Station>, every: Duration, mut shutdown: watch::Re
                     }
                 }
                 Ok(ChildEvent::Disconnected { child, .. }) => {
-                    if let Some(n) = lock(&station.attestations.nodes).get_mut(&child.name)
-                        && n.outstanding.as_ref().is_some_and(|o| o.session == child.session)
-                    {
-                        n.outstanding = None;
-                    }
+                    station.attestations.nodes.forget_nonce(&child.name, Some(child.session));
                 }
                 Ok(_) => {}
                 // Missed events only delay a heal until the next attestation.
@@ -152,44 +122,25 @@ fn attest_all(station: &Station, every: Duration) {
     }
     let due = deadline(every);
     let nodes = station.nodes.lock();
-    let mut state = lock(&station.attestations.nodes);
+    let ledger = &station.attestations.nodes;
     for (name, entry) in nodes.iter() {
-        let n = state.entry(name.clone()).or_default();
-        if let Some(o) = &n.outstanding {
-            if o.session == entry.session && o.sent.elapsed() < due {
-                continue;
-            }
-            if o.session == entry.session {
-                tracing::warn!(node = %name, "no attestation answer within {} s", due.as_secs());
-                n.last = Some((
-                    crate::now_ms(),
-                    Err(format!("no answer within {} s", due.as_secs())),
-                ));
-            }
+        let overdue = ledger.ask(name, entry.session, due, crate::now_ms(), |nonce| {
+            entry.send(Message::Control(Control::Attest { nonce }))
+        });
+        if overdue {
+            tracing::warn!(node = %name, "no attestation answer within {} s", due.as_secs());
         }
-        let nonce = attest::nonce();
-        n.outstanding = entry
-            .send(Message::Control(Control::Attest { nonce }))
-            .then(|| Outstanding {
-                nonce,
-                session: entry.session,
-                sent: Instant::now(),
-            });
     }
     // Nodes gone from the registry keep their last result (shown in
     // status) but no nonce.
-    for (name, n) in state.iter_mut() {
-        if !nodes.contains_key(name) {
-            n.outstanding = None;
-        }
-    }
+    ledger.retain_nonces(|name| nodes.contains_key(name));
 }
 
 /// A node's answer. Refused (logged, nothing else) if it is not for the
 /// nonce outstanding on this session; otherwise judged against BC, and
 /// what failed is redeployed with its bytes. Blocking (reads BC).
 pub fn received(station: &Station, child: &ChildRef, answer: Attestation) {
-    let asked = station.attestations.asked(&child.name, child.session);
+    let asked = station.attestations.nodes.asked(&child.name, child.session);
     let Some(replica) = station.replica() else {
         return;
     };
@@ -216,37 +167,25 @@ pub fn received(station: &Station, child: &ChildRef, answer: Attestation) {
             // answer), so a flood of answers logs once, then at debug.
             if asked.is_some() {
                 tracing::warn!(node = %child.name, "attestation answer refused: {refused}");
-                refuse(station, &child.name, &refused);
+                station
+                    .attestations
+                    .nodes
+                    .refused(&child.name, &refused, crate::now_ms());
             } else {
                 tracing::debug!(node = %child.name, "attestation answer refused: {refused}");
             }
             return;
         }
     };
-    let now = crate::now_ms();
     let summary = verdict.describe();
-    let alarm = {
-        let mut state = lock(&station.attestations.nodes);
-        let n = state.entry(child.name.clone()).or_default();
-        n.outstanding = None;
-        n.last = Some((
-            now,
-            if verdict.is_clean() {
-                Ok(verdict.intact.len() as u64)
-            } else {
-                Err(summary.clone())
-            },
-        ));
-        if !verdict.mismatched.is_empty() {
-            let raise = n.alarm.is_none();
-            n.alarm = Some(summary.clone());
-            raise.then(|| (true, summary.clone()))
-        } else if verdict.is_clean() {
-            n.alarm.take().map(|was| (false, was))
-        } else {
-            None
-        }
-    };
+    // Only a proof mismatch raises: a module the node quarantined itself
+    // was noticed (and alarmed) by the node.
+    let alarm = station.attestations.nodes.judged(
+        &child.name,
+        &verdict,
+        !verdict.mismatched.is_empty(),
+        crate::now_ms(),
+    );
     if verdict.is_clean() {
         tracing::debug!(node = %child.name, "attested: {summary}");
     } else {
@@ -255,14 +194,6 @@ pub fn received(station: &Station, child: &ChildRef, answer: Attestation) {
     }
     if let Some((raised, text)) = alarm {
         raise_alarm(station, child, raised, &text);
-    }
-}
-
-/// Spends the nonce outstanding for `node` and records the refusal.
-fn refuse(station: &Station, node: &str, refused: &attest::Refused) {
-    if let Some(n) = lock(&station.attestations.nodes).get_mut(node) {
-        n.outstanding = None;
-        n.last = Some((crate::now_ms(), Err(format!("answer refused: {refused}"))));
     }
 }
 
@@ -313,23 +244,19 @@ fn raise_alarm(station: &Station, child: &ChildRef, raised: bool, text: &str) {
     } else {
         format!("node {node} proves its code intact again (was: {text})")
     };
-    let alarm = Alarm {
-        id: format!("{node}/{ALARM_MODULE}/a{time_ms}n{n}"),
-        node: node.clone(),
-        module: ALARM_MODULE.to_owned(),
-        provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+    let alarm = RuntimeAlarm {
+        node,
+        module: ALARM_MODULE,
+        serial: &format!("a{time_ms}n{n}"),
         area: Area::Security,
-        key: ATTESTATION_FAILED_KEY.to_owned(),
-        metric: "attestation.failed".to_owned(),
-        subject: node.clone(),
+        key: ATTESTATION_FAILED_KEY,
+        metric: "attestation.failed",
+        subject: node,
         severity: Severity::Critical,
-        raised,
-        value: if raised { 1.0 } else { 0.0 },
-        threshold: 0.0,
-        comparison: Comparison::Above,
-        message: agad_protocol::text::excerpt(&message, 400),
+        message: &message,
         time_ms,
-    };
+    }
+    .alarm(raised);
     tracing::warn!(%node, raised, "{}", alarm.message);
     let stored = station.bases.record_alarm(&alarm).and_then(|new| {
         if new {
@@ -352,24 +279,13 @@ pub fn status(station: &Station) -> Vec<ComponentStatus> {
     let Some(replica) = station.replica() else {
         return Vec::new();
     };
-    let state = lock(&station.attestations.nodes);
+    let ledger = &station.attestations.nodes;
     replica
         .topology
         .nodes
         .iter()
         // A node not attested yet has no row: nothing is known against it.
-        .filter_map(|n| {
-            let s = match state.get(&n.name)?.last.clone()? {
-                (at_ms, Ok(modules)) => State::Attested { at_ms, modules },
-                (at_ms, Err(reason)) => State::AttestationFailed { at_ms, reason },
-            };
-            Some(ComponentStatus::new(
-                Component::Attestation {
-                    element: n.name.clone(),
-                },
-                s,
-            ))
-        })
+        .filter_map(|n| ledger.status(&n.name))
         .collect()
 }
 

@@ -95,6 +95,27 @@ impl Sink for NodeGuardian {
     fn accusing_since(&self) -> Option<u64> {
         self.0.confirmed_since()
     }
+
+    /// Every node of the domain, while this station serves it (not as a
+    /// standby, nor once stepped down or its domain removed).
+    fn expected(&self) -> Vec<String> {
+        let station = &self.0;
+        match station.replica() {
+            Some(replica)
+                if station.activation().is_some()
+                    && !station.is_stepped_down()
+                    && !station.is_removed() =>
+            {
+                replica
+                    .topology
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A guardian's alarm into BICD and upward, like a node's own.

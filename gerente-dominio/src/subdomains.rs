@@ -365,6 +365,33 @@ impl Sink for SubdomainGuardian {
     fn accusing_since(&self) -> Option<u64> {
         self.0.confirmed_since()
     }
+
+    /// The candidate stations of every sub-domain that no station serves,
+    /// while this station serves its own domain
+    /// ([`agad_guardian::watch::candidates_of_unserved`]).
+    fn expected(&self) -> Vec<String> {
+        let station = &self.0;
+        if station.activation().is_none() || station.is_stepped_down() || station.is_removed() {
+            return Vec::new();
+        }
+        let Some(replica) = station.replica() else {
+            return Vec::new();
+        };
+        let served: Vec<String> = station
+            .subdomains
+            .lock()
+            .values()
+            .filter(|e| e.data.serving)
+            .map(|e| e.data.domain.clone())
+            .collect();
+        agad_guardian::watch::candidates_of_unserved(
+            replica.subdomains.iter().map(|sub| {
+                let d = &sub.topology.domain;
+                (d.name.as_str(), d.stations.as_slice())
+            }),
+            served,
+        )
+    }
 }
 
 /// One component per sub-domain: which station serves it, and how it is.

@@ -17,13 +17,13 @@
 use crate::Mor;
 use agad_net::children::ChildRef;
 use agad_protocol::Area;
-use agad_protocol::attest::{self, Attestation, Nonce};
-use agad_protocol::message::{Alarm, Comparison, Provenance, Severity};
-use agad_protocol::wire::{Component, ComponentStatus, Control, Message, State};
+use agad_protocol::attest::{self, Attestation, Ledger};
+use agad_protocol::message::{RUNTIME_MODULE, RuntimeAlarm, Severity};
+use agad_protocol::wire::{ComponentStatus, Control, Message};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Key of the alarm recorded for a station whose BC failed attestation.
@@ -37,21 +37,8 @@ pub fn deadline(every: Duration) -> Duration {
 /// Per station: the nonce outstanding and the last result.
 #[derive(Default)]
 pub struct Attestations {
-    stations: Mutex<HashMap<String, StationAttestation>>,
+    stations: Ledger,
     alarm_seq: AtomicU64,
-}
-
-#[derive(Default)]
-struct StationAttestation {
-    outstanding: Option<(Nonce, u64, Instant)>,
-    /// When (ms since the epoch) and how the last attestation ended.
-    last: Option<(u64, Result<u64, String>)>,
-    /// The alarm is raised for this station, with this text.
-    alarm: Option<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Attests every serving station each `every`, until `shutdown`.
@@ -69,28 +56,19 @@ pub async fn run(mor: Arc<Mor>, every: Duration, mut shutdown: watch::Receiver<b
 fn attest_all(mor: &Mor, every: Duration) {
     let due = deadline(every);
     let stations = mor.stations.lock();
-    let mut state = lock(&mor.attestations.stations);
     for (name, e) in stations.iter() {
         if !e.data.is_serving() {
             continue;
         }
-        let a = state.entry(name.clone()).or_default();
-        if let Some((_, session, sent)) = &a.outstanding {
-            if *session == e.session && sent.elapsed() < due {
-                continue;
-            }
-            if *session == e.session {
-                tracing::warn!(station = %name, "no attestation answer within {} s", due.as_secs());
-                a.last = Some((
-                    crate::now_ms(),
-                    Err(format!("no answer within {} s", due.as_secs())),
-                ));
-            }
+        let overdue =
+            mor.attestations
+                .stations
+                .ask(name, e.session, due, crate::now_ms(), |nonce| {
+                    e.send(Message::Control(Control::Attest { nonce }))
+                });
+        if overdue {
+            tracing::warn!(station = %name, "no attestation answer within {} s", due.as_secs());
         }
-        let nonce = attest::nonce();
-        a.outstanding = e
-            .send(Message::Control(Control::Attest { nonce }))
-            .then(|| (nonce, e.session, Instant::now()));
     }
 }
 
@@ -98,11 +76,7 @@ fn attest_all(mor: &Mor, every: Duration) {
 /// this session; otherwise judged against BGC, and what failed replicated
 /// again with its bytes. Blocking (reads BGC, may reconcile).
 pub fn received(mor: &Mor, child: &ChildRef, answer: Attestation) {
-    let asked = lock(&mor.attestations.stations)
-        .get(&child.name)
-        .and_then(|a| a.outstanding)
-        .filter(|(_, session, _)| *session == child.session)
-        .map(|(nonce, _, _)| nonce);
+    let asked = mor.attestations.stations.asked(&child.name, child.session);
     // What the station was sent: the hashes the registry believes it holds.
     let held: Vec<String> = mor
         .stations
@@ -131,7 +105,9 @@ pub fn received(mor: &Mor, child: &ChildRef, answer: Attestation) {
             // answer), so a flood of answers logs once, then at debug.
             if asked.is_some() {
                 tracing::warn!(station = %child.name, "attestation answer refused: {refused}");
-                refuse(mor, &child.name, &refused);
+                mor.attestations
+                    .stations
+                    .refused(&child.name, &refused, crate::now_ms());
             } else {
                 tracing::debug!(station = %child.name, "attestation answer refused: {refused}");
             }
@@ -139,26 +115,12 @@ pub fn received(mor: &Mor, child: &ChildRef, answer: Attestation) {
         }
     };
     let summary = verdict.describe();
-    let change = {
-        let mut state = lock(&mor.attestations.stations);
-        let a = state.entry(child.name.clone()).or_default();
-        a.outstanding = None;
-        a.last = Some((
-            crate::now_ms(),
-            if verdict.is_clean() {
-                Ok(verdict.intact.len() as u64)
-            } else {
-                Err(summary.clone())
-            },
-        ));
-        if !verdict.is_clean() {
-            let raise = a.alarm.is_none();
-            a.alarm = Some(summary.clone());
-            raise.then(|| (true, summary.clone()))
-        } else {
-            a.alarm.take().map(|was| (false, was))
-        }
-    };
+    let change = mor.attestations.stations.judged(
+        &child.name,
+        &verdict,
+        !verdict.is_clean(),
+        crate::now_ms(),
+    );
     if !verdict.is_clean() {
         tracing::warn!(station = %child.name, "BC attestation failed: {summary}; replicating the good copy");
         if let Some(e) = mor.stations.lock().get_mut(&child.name)
@@ -176,14 +138,6 @@ pub fn received(mor: &Mor, child: &ChildRef, answer: Attestation) {
     }
 }
 
-/// Spends the nonce outstanding for `station` and records the refusal.
-fn refuse(mor: &Mor, station: &str, refused: &attest::Refused) {
-    if let Some(a) = lock(&mor.attestations.stations).get_mut(station) {
-        a.outstanding = None;
-        a.last = Some((crate::now_ms(), Err(format!("answer refused: {refused}"))));
-    }
-}
-
 /// Records the alarm about `station` in BIG (the top manager raises it: no
 /// station sends it).
 fn record_alarm(mor: &Mor, station: &str, raised: bool, text: &str) {
@@ -194,23 +148,19 @@ fn record_alarm(mor: &Mor, station: &str, raised: bool, text: &str) {
     } else {
         format!("station {station} proves its BC intact again (was: {text})")
     };
-    let alarm = Alarm {
-        id: format!("{station}/agad/a{time_ms}n{n}"),
-        node: station.to_owned(),
-        module: "agad".to_owned(),
-        provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+    let alarm = RuntimeAlarm {
+        node: station,
+        module: RUNTIME_MODULE,
+        serial: &format!("a{time_ms}n{n}"),
         area: Area::Security,
-        key: ATTESTATION_FAILED_KEY.to_owned(),
-        metric: "attestation.failed".to_owned(),
-        subject: station.to_owned(),
+        key: ATTESTATION_FAILED_KEY,
+        metric: "attestation.failed",
+        subject: station,
         severity: Severity::Critical,
-        raised,
-        value: if raised { 1.0 } else { 0.0 },
-        threshold: 0.0,
-        comparison: Comparison::Above,
-        message: agad_protocol::text::excerpt(&message, 400),
+        message: &message,
         time_ms,
-    };
+    }
+    .alarm(raised);
     tracing::warn!(%station, raised, "{}", alarm.message);
     if let Err(e) = mor.bases.record_alarm(&alarm) {
         tracing::error!(%station, "cannot record the attestation alarm: {e}");
@@ -219,17 +169,5 @@ fn record_alarm(mor: &Mor, station: &str, raised: bool, text: &str) {
 
 /// The last attestation of `station`, if it has one.
 pub fn status(mor: &Mor, station: &str) -> Option<ComponentStatus> {
-    let (at_ms, last) = lock(&mor.attestations.stations)
-        .get(station)?
-        .last
-        .clone()?;
-    Some(ComponentStatus::new(
-        Component::Attestation {
-            element: station.to_owned(),
-        },
-        match last {
-            Ok(modules) => State::Attested { at_ms, modules },
-            Err(reason) => State::AttestationFailed { at_ms, reason },
-        },
-    ))
+    mor.attestations.stations.status(station)
 }

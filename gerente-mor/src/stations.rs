@@ -612,6 +612,22 @@ impl Sink for StationGuardian {
             Err(e) => tracing::error!("cannot store a guardian alarm: {e}"),
         }
     }
+
+    /// The candidate stations of every top-level domain that no station
+    /// serves (sub-domains' stations are their parent manager's children;
+    /// see [`agad_guardian::watch::candidates_of_unserved`]).
+    fn expected(&self) -> Vec<String> {
+        let topology = self.0.bases.topology().unwrap_or_default();
+        let stations = self.0.stations.lock();
+        agad_guardian::watch::candidates_of_unserved(
+            topology
+                .domains
+                .iter()
+                .filter(|d| d.parent.is_none())
+                .map(|d| (d.name.as_str(), d.stations.as_slice())),
+            stations.values().filter_map(|e| e.data.serving.clone()),
+        )
+    }
 }
 
 /// The names a station serving `domain` may speak for: its domain and

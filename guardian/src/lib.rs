@@ -10,7 +10,12 @@
 //! element stays away, so the diagnosis follows what happens (a host that
 //! comes back before its process), and clear by themselves when it
 //! returns, with how long it was down. Failures are kept in the manager's
-//! database, so a restarted manager still clears what it raised.
+//! database, so a restarted manager still clears what it raised. A child
+//! the manager expects ([`Sink::expected`]) that stays absent past its
+//! redial allowance is diagnosed too (one dead before the manager started,
+//! restarted or took its domain over never connects, so no event tells);
+//! a failure of a child no longer this manager's (it stepped down, the
+//! child moved or left) is cleared, not left raised.
 //!
 //! - [`probe`]: is a host up (ICMP echo, TCP connect).
 //! - [`watch`]: the [`Guardian`] of one registry of children.

@@ -5,7 +5,7 @@
 use crate::probe::{Probe, ProbeConfig, Target, probe};
 use agad_net::children::{ChildEvent, ChildRef, Children};
 use agad_protocol::Area;
-use agad_protocol::message::{Alarm, Comparison, Provenance, Severity};
+use agad_protocol::message::{Alarm, Comparison, RUNTIME_MODULE, RuntimeAlarm, Severity};
 use agad_protocol::status::Diagnosis;
 use agad_protocol::text::excerpt;
 use agad_storage::{Database, StorageError, Tree};
@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, watch};
 
 /// The module name of the alarms the guardian raises: the runtime's own
 /// (they belong to the element, not to an assigned module).
-pub const MODULE: &str = "agad";
+pub const MODULE: &str = RUNTIME_MODULE;
 /// Alarm key of "the host does not answer".
 pub const HOST_DOWN: &str = "agad.host-down";
 /// Alarm key of "the host answers, the element does not".
@@ -30,6 +30,15 @@ const MAX_PROBES: usize = 64;
 /// called down too: the element redials with a back-off that grew while its
 /// host was cut off (at most 30 s, ±50 % jitter).
 const REDIAL_ALLOWANCE: Duration = Duration::from_secs(45);
+/// How often the guardian looks for expected children that are absent
+/// (and records that this manager is alive, see [`absence_allowance`]).
+const ABSENT_CHECK: Duration = Duration::from_secs(1);
+/// Time for a child whose redial is due to connect and say hello.
+const HELLO_ALLOWANCE: Duration = Duration::from_secs(5);
+/// The tree where each guardian records, every [`ABSENT_CHECK`], that its
+/// manager is alive (key: the guardian's own tree): a restarted manager
+/// learns how long it was down.
+const ALIVE_TREE: &str = "guardian-alive";
 
 /// How the guardian confirms a failure. Its timing follows each child's
 /// own keep-alive interval (see [`Timing`]).
@@ -100,6 +109,9 @@ struct Silent {
     /// Only suspected, its session still open: when it was last heard
     /// (a frame after that is a return).
     heard: Option<std::time::Instant>,
+    /// Expected but never connected to this manager's current run (no
+    /// address seen): without a topology address it cannot be probed.
+    absent: bool,
 }
 
 impl Silent {
@@ -112,6 +124,7 @@ impl Silent {
             grace: true,
             session: child.session,
             heard: None,
+            absent: false,
         }
     }
 
@@ -138,7 +151,8 @@ impl Silent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Located {
     /// No longer this manager's child (it left the topology, moved or
-    /// stepped down): nothing to diagnose; a failure of it is forgotten.
+    /// stepped down): nothing to diagnose; a failure of it is cleared
+    /// ("no longer watched by this manager") and forgotten.
     Gone,
     /// `host`: from the topology (an address or a name, optionally with a
     /// port); `None` uses the address it last connected from.
@@ -164,6 +178,31 @@ pub trait Sink: Send + Sync + 'static {
     fn accusing_since(&self) -> Option<u64> {
         Some(0)
     }
+    /// The children this manager expects connected now (its domain's
+    /// nodes, the candidate stations of a domain nobody serves): one
+    /// absent past its redial allowance is diagnosed like one gone silent,
+    /// so an element already dead when the manager starts, restarts or
+    /// takes a domain over is accused too. Called every second.
+    fn expected(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// For [`Sink::expected`] of a parent of stations: the candidate stations
+/// of every domain (name, candidates) that no domain in `served` is. A standby of a
+/// served domain is not expected: one not running is a loss of redundancy,
+/// not of service (and a topology may name a spare not started yet); once
+/// it must serve, it is.
+pub fn candidates_of_unserved<'a>(
+    domains: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    served: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let served: std::collections::HashSet<String> = served.into_iter().collect();
+    domains
+        .into_iter()
+        .filter(|(domain, _)| !served.contains(*domain))
+        .flat_map(|(_, stations)| stations.iter().cloned())
+        .collect()
 }
 
 /// The guardian of one registry of children.
@@ -184,6 +223,13 @@ pub struct Guardian {
     db: Database,
     /// ... or, should the database fail to number, this run's count.
     counter: AtomicU64,
+    /// Where this manager records that it is alive, under `alive_key`.
+    alive: Tree,
+    alive_key: Vec<u8>,
+    /// When this run started (Unix ms), and how long the manager was down
+    /// before it (`None`: unknown, a first start).
+    started_ms: u64,
+    downtime: Option<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -200,6 +246,12 @@ impl Guardian {
         config: GuardianConfig,
     ) -> Result<Guardian, StorageError> {
         let record = db.tree(tree)?;
+        let alive = db.tree(ALIVE_TREE)?;
+        let started_ms = now_ms();
+        let downtime = alive
+            .get(tree.as_bytes())?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(|b| Duration::from_millis(started_ms.saturating_sub(u64::from_be_bytes(b))));
         let mut failed = HashMap::new();
         for (k, v) in record.scan_prefix(b"")? {
             match agad_protocol::wire::decode_value::<Failure>(&v) {
@@ -218,6 +270,10 @@ impl Guardian {
             counter: AtomicU64::new(0),
             db: db.clone(),
             probing: tokio::sync::Semaphore::new(MAX_PROBES),
+            alive,
+            alive_key: tree.as_bytes().to_vec(),
+            started_ms,
+            downtime,
         })
     }
 
@@ -260,13 +316,23 @@ impl Guardian {
                 grace: true,
                 session: 0,
                 heard: None,
+                // Accused without a probe before: again so after a restart.
+                absent: address.is_none(),
             };
             self.start(&children, &sink, &shutdown, silent);
         }
         let mut stop = shutdown.clone();
+        // Expected children absent, and since when this run saw them so.
+        let mut absent: HashMap<String, u64> = HashMap::new();
+        let mut check = tokio::time::interval(ABSENT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 e = events.recv() => e,
+                _ = check.tick() => {
+                    self.check_absent(&children, &sink, &shutdown, &mut absent);
+                    continue;
+                }
                 _ = stop.changed() => return,
             };
             match event {
@@ -308,6 +374,54 @@ impl Guardian {
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+
+    /// Records that this manager is alive, and starts diagnosing every
+    /// expected child absent past its allowance.
+    fn check_absent<T: Send + 'static>(
+        self: &Arc<Self>,
+        children: &Arc<Children<T>>,
+        sink: &Arc<dyn Sink>,
+        shutdown: &watch::Receiver<bool>,
+        absent: &mut HashMap<String, u64>,
+    ) {
+        let now = now_ms();
+        // No flush: within a second of a crash is precise enough.
+        if let Err(e) = self.alive.insert(&self.alive_key, &now.to_be_bytes()) {
+            tracing::debug!("cannot record that the guardian is alive: {e}");
+        }
+        let expected = sink.expected();
+        let accusing = sink.accusing_since();
+        let mut still = HashMap::with_capacity(absent.len());
+        for name in expected {
+            if children.last_heard(&name).is_some() {
+                continue;
+            }
+            let first = absent.get(&name).copied().unwrap_or(now);
+            still.insert(name.clone(), first);
+            let Some(accusing) = accusing else { continue };
+            if lock(&self.failed).contains_key(&name) || lock(&self.diagnosing).contains_key(&name)
+            {
+                continue;
+            }
+            let from = first.max(accusing);
+            let allowance = absence_allowance(self.downtime, from.saturating_sub(self.started_ms));
+            if now.saturating_sub(from) < allowance.as_millis() as u64 {
+                continue;
+            }
+            let silent = Silent {
+                name,
+                address: None,
+                keepalive: children.config().liveness.interval,
+                since_ms: from,
+                grace: false,
+                session: 0,
+                heard: None,
+                absent: true,
+            };
+            self.start(children, sink, shutdown, silent);
+        }
+        *absent = still;
     }
 
     /// Starts diagnosing `name` unless that is under way.
@@ -383,11 +497,32 @@ impl Guardian {
             };
             let located = sink.locate(name);
             let Located::At { host, tcp_port } = located else {
-                self.forget(name);
+                let (me, sink, name) = (self.clone(), sink.clone(), name.to_owned());
+                let _ = tokio::task::spawn_blocking(move || me.forget(&name, &*sink)).await;
                 return;
             };
             let target = match resolve(host.as_deref(), tcp_port, address).await {
                 Ok(t) => t,
+                Err(reason) if silent.absent && sink.accusing_since().is_some() => {
+                    // An element of the topology that never shows up must
+                    // be seen: accused without a probe, "agent down" (its
+                    // host may be up or down, nothing tells), the reason
+                    // saying why it could not be probed.
+                    let seen = Probe {
+                        reachable: true,
+                        local_failure: false,
+                        evidence: format!(
+                            "not connected since {} and no address to probe ({reason})",
+                            clock(since_ms)
+                        ),
+                    };
+                    let (me, sink, name) = (self.clone(), sink.clone(), name.to_owned());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        me.diagnosed(&name, None, since_ms, seen, &*sink)
+                    })
+                    .await;
+                    continue;
+                }
                 Err(reason) => {
                     if !std::mem::replace(&mut told, true) {
                         tracing::warn!(element = name, "cannot probe: {reason}");
@@ -451,7 +586,7 @@ impl Guardian {
             }
             let (me, sink, name) = (self.clone(), sink.clone(), name.to_owned());
             let _ = tokio::task::spawn_blocking(move || {
-                me.diagnosed(&name, target.ip, since_ms, seen, &*sink)
+                me.diagnosed(&name, Some(target.ip), since_ms, seen, &*sink)
             })
             .await;
         }
@@ -459,7 +594,14 @@ impl Guardian {
 
     /// Records what the probe of silent `name` found; raises (and clears
     /// the other diagnosis) when it changed.
-    fn diagnosed(&self, name: &str, ip: IpAddr, since_ms: u64, seen: Probe, sink: &dyn Sink) {
+    fn diagnosed(
+        &self,
+        name: &str,
+        ip: Option<IpAddr>,
+        since_ms: u64,
+        seen: Probe,
+        sink: &dyn Sink,
+    ) {
         let diagnosis = if seen.reachable {
             Diagnosis::AgentDown
         } else {
@@ -480,7 +622,7 @@ impl Guardian {
             diagnosis,
             since_ms,
             reason,
-            address: Some(ip),
+            address: ip,
         };
         if let Some(b) = before {
             sink.store(self.alarm(name, &b, false, now_ms()));
@@ -522,11 +664,35 @@ impl Guardian {
         }
     }
 
-    /// `name` is no longer this manager's child: its failure is dropped
-    /// (the top manager closes alarms of what left the topology).
-    fn forget(&self, name: &str) {
-        lock(&self.failed).remove(name);
-        let _ = self.record.remove(name.as_bytes());
+    /// `name` is no longer this manager's child (it left the topology or
+    /// moved, or this manager stepped down or lost its domain): what was
+    /// raised about it is cleared, so no alarm stays raised with nobody to
+    /// clear it; the manager that watches it now diagnoses it anew (an
+    /// absent expected child). Stored through the sink: a stepped-down
+    /// domain manager still delivers its outbox.
+    fn forget(&self, name: &str, sink: &dyn Sink) {
+        let Some(failure) = lock(&self.failed).remove(name) else {
+            return;
+        };
+        let mut clear = self.alarm(name, &failure, false, now_ms());
+        clear.message = excerpt(
+            &format!(
+                "{} `{name}` is no longer watched by this manager (was: {} since {}): handed over or removed",
+                self.what,
+                failure.diagnosis.as_str(),
+                clock(failure.since_ms)
+            ),
+            agad_protocol::message::MAX_ALARM_TEXT,
+        );
+        sink.store(clear);
+        tracing::info!(
+            element = name,
+            "no longer watched: {} cleared",
+            failure.diagnosis.as_str()
+        );
+        if let Err(e) = self.record.remove(name.as_bytes()) {
+            tracing::error!(element = name, "cannot record the hand-over: {e}");
+        }
     }
 
     /// The raise or clear of `failure`'s condition, at `time_ms`.
@@ -555,23 +721,41 @@ impl Guardian {
             .db
             .next_id()
             .unwrap_or_else(|_| self.counter.fetch_add(1, Ordering::Relaxed));
-        Alarm {
-            id: format!("{name}/{MODULE}/g{time_ms}n{n}"),
-            node: name.to_owned(),
-            module: MODULE.to_owned(),
-            provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+        RuntimeAlarm {
+            node: name,
+            module: MODULE,
+            serial: &format!("g{time_ms}n{n}"),
             area: Area::Fault,
-            key: key.to_owned(),
-            metric: "element.down-seconds".to_owned(),
-            subject: name.to_owned(),
+            key,
+            metric: "element.down-seconds",
+            subject: name,
             severity,
-            raised,
-            value: down_s as f64,
-            threshold: 0.0,
-            comparison: Comparison::Above,
-            message: excerpt(&message, agad_protocol::message::MAX_ALARM_TEXT),
+            message: &message,
             time_ms,
         }
+        .alarm(raised)
+        .measuring(down_s as f64, 0.0, Comparison::Above)
+    }
+}
+
+/// How long an expected child may stay absent before it is accused, the
+/// absence counted from `from_start` after this run started.
+///
+/// A child redials its parent with a back-off that doubles from 0.5 s up to
+/// 30 s, ±50 % jitter (`agad node`, `agad dominio`): after failing for `U`
+/// its pending wait is at most `3 U + 0.75 s` (the waits before it add up to
+/// at least half its base) and at most 45 s ([`REDIAL_ALLOWANCE`]). A child
+/// of a manager that was down `D` and came back `from_start` ago has failed
+/// for `D + from_start`; the allowance is three times that plus a handshake,
+/// within 45 s. When `D` is unknown (a first start, or a domain taken over
+/// from another manager, whose death this one did not see) the whole 45 s.
+/// It does not follow the keep-alive interval: the redial back-off does not.
+fn absence_allowance(downtime: Option<Duration>, from_start: u64) -> Duration {
+    match downtime {
+        Some(d) => {
+            ((d + Duration::from_millis(from_start)) * 3 + HELLO_ALLOWANCE).min(REDIAL_ALLOWANCE)
+        }
+        None => REDIAL_ALLOWANCE,
     }
 }
 
@@ -693,11 +877,11 @@ mod tests {
         let sink = Recorded::default();
         let ip: IpAddr = "10.0.0.9".parse().unwrap();
         let since = now_ms() - 5_000;
-        guardian.diagnosed("n1", ip, since, probe_result(false), &sink);
+        guardian.diagnosed("n1", Some(ip), since, probe_result(false), &sink);
         // The same diagnosis again: nothing new.
-        guardian.diagnosed("n1", ip, since + 1000, probe_result(false), &sink);
+        guardian.diagnosed("n1", Some(ip), since + 1000, probe_result(false), &sink);
         // The host answers, the node still does not: the diagnosis changes.
-        guardian.diagnosed("n1", ip, since + 2000, probe_result(true), &sink);
+        guardian.diagnosed("n1", Some(ip), since + 2000, probe_result(true), &sink);
         assert_eq!(
             guardian.failure("n1").unwrap().diagnosis,
             Diagnosis::AgentDown
@@ -736,5 +920,181 @@ mod tests {
         assert!(alarms[3].message.contains("back after"), "{:?}", alarms[3]);
         let ids: HashSet<&str> = alarms.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(ids.len(), alarms.len(), "every event its own id");
+    }
+
+    /// A level that expects `expected`, knows no address for them, and
+    /// says `gone` once this manager no longer watches them.
+    #[derive(Default)]
+    struct Level {
+        alarms: Mutex<Vec<Alarm>>,
+        expected: Vec<String>,
+        gone: std::sync::atomic::AtomicBool,
+    }
+
+    impl Sink for Level {
+        fn locate(&self, _: &str) -> Located {
+            if self.gone.load(Ordering::Relaxed) {
+                Located::Gone
+            } else {
+                Located::At {
+                    host: None,
+                    tcp_port: None,
+                }
+            }
+        }
+        fn store(&self, alarm: Alarm) {
+            lock(&self.alarms).push(alarm);
+        }
+        fn expected(&self) -> Vec<String> {
+            self.expected.clone()
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[test]
+    fn the_absence_allowance_follows_how_long_the_manager_was_down() {
+        // A first start, or a domain taken over: the longest redial.
+        assert_eq!(absence_allowance(None, 0), REDIAL_ALLOWANCE);
+        // Down 2 s, absence counted from 1 s after the start: its nodes
+        // failed for 3 s at most, so redial within 9.75 s.
+        assert_eq!(
+            absence_allowance(Some(Duration::from_secs(2)), 1000),
+            Duration::from_secs(9) + HELLO_ALLOWANCE
+        );
+        // Down long enough for the back-off to reach its cap.
+        assert_eq!(
+            absence_allowance(Some(Duration::from_secs(600)), 0),
+            REDIAL_ALLOWANCE
+        );
+        // A standby activated long after its start: as good as unknown.
+        assert_eq!(
+            absence_allowance(Some(Duration::ZERO), 3_600_000),
+            REDIAL_ALLOWANCE
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expected_child_absent_past_its_allowance_is_accused_even_without_an_address() {
+        let db = Database::temporary().unwrap();
+        let guardian =
+            Arc::new(Guardian::open(&db, "g", "node", GuardianConfig::default()).unwrap());
+        let children: Arc<Children<()>> = Arc::new(Children::new(Default::default()));
+        let level = Arc::new(Level {
+            expected: vec!["n1".into(), "n2".into()],
+            ..Level::default()
+        });
+        let sink: Arc<dyn Sink> = level.clone();
+        let (_stop, shutdown) = watch::channel(false);
+        // n1 absent since a minute, n2 only since now: only n1 is past
+        // even the longest allowance.
+        let since = now_ms() - 60_000;
+        let mut absent = HashMap::from([("n1".to_owned(), since)]);
+        guardian.check_absent(&children, &sink, &shutdown, &mut absent);
+        assert_eq!(absent.len(), 2, "both followed: {absent:?}");
+        until("n1 accused", || guardian.failure("n1").is_some()).await;
+        let failure = guardian.failure("n1").unwrap();
+        assert_eq!(failure.diagnosis, Diagnosis::AgentDown);
+        assert_eq!(failure.since_ms, since, "since the absence began");
+        assert_eq!(failure.address, None);
+        assert!(
+            failure.reason.contains("no address to probe"),
+            "{failure:?}"
+        );
+        assert!(guardian.failure("n2").is_none() && guardian.silent_since("n2").is_none());
+        let alarms = lock(&level.alarms).clone();
+        assert_eq!(alarms.len(), 1, "{alarms:?}");
+        assert!(alarms[0].raised && alarms[0].key == AGENT_DOWN);
+        assert!(
+            alarms[0].message.contains("no address to probe"),
+            "{alarms:?}"
+        );
+
+        // Not while this manager does not trust its own view.
+        let doubting = Arc::new(Doubting(Level {
+            expected: vec!["n3".into()],
+            ..Level::default()
+        }));
+        let sink: Arc<dyn Sink> = doubting.clone();
+        let mut absent = HashMap::from([("n3".to_owned(), since)]);
+        guardian.check_absent(&children, &sink, &shutdown, &mut absent);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(guardian.silent_since("n3").is_none());
+        assert!(lock(&doubting.0.alarms).is_empty());
+    }
+
+    /// A level whose manager is not confirmed by its parent.
+    struct Doubting(Level);
+
+    impl Sink for Doubting {
+        fn locate(&self, e: &str) -> Located {
+            self.0.locate(e)
+        }
+        fn store(&self, alarm: Alarm) {
+            self.0.store(alarm)
+        }
+        fn expected(&self) -> Vec<String> {
+            self.0.expected()
+        }
+        fn accusing_since(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_no_longer_watched_is_cleared_not_just_forgotten() {
+        let db = Database::temporary().unwrap();
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let level = Arc::new(Level::default());
+        {
+            let guardian = Guardian::open(&db, "g", "node", GuardianConfig::default()).unwrap();
+            guardian.diagnosed(
+                "n1",
+                Some(ip),
+                now_ms() - 5_000,
+                probe_result(true),
+                &*level,
+            );
+        }
+        // The manager restarts and steps down (or its domain moved): its
+        // guardian finds the node no longer its own.
+        level.gone.store(true, Ordering::Relaxed);
+        let guardian =
+            Arc::new(Guardian::open(&db, "g", "node", GuardianConfig::default()).unwrap());
+        // Short intervals: a restored failure is looked at after one.
+        let children: Arc<Children<()>> =
+            Arc::new(Children::new(agad_net::children::ChildrenConfig {
+                liveness: agad_net::liveness::LivenessConfig::new(Duration::from_millis(200)),
+                ..Default::default()
+            }));
+        let (stop, shutdown) = watch::channel(false);
+        let running = tokio::spawn(guardian.clone().run(children, level.clone(), shutdown));
+        until("the failure dropped", || guardian.failure("n1").is_none()).await;
+        let _ = stop.send(true);
+        running.await.unwrap();
+
+        let alarms = lock(&level.alarms).clone();
+        let seen: Vec<(&str, bool)> = alarms.iter().map(|a| (a.key.as_str(), a.raised)).collect();
+        assert_eq!(seen, [(AGENT_DOWN, true), (AGENT_DOWN, false)]);
+        assert!(
+            alarms[1]
+                .message
+                .contains("no longer watched by this manager"),
+            "{:?}",
+            alarms[1]
+        );
+        alarms[1].check_origin("n1").unwrap();
+        assert_ne!(alarms[0].id, alarms[1].id);
+        // And for good: a restart does not bring it back.
+        let reopened = Guardian::open(&db, "g", "node", GuardianConfig::default()).unwrap();
+        assert!(reopened.failures().is_empty());
     }
 }

@@ -9,15 +9,21 @@
 //!
 //! The same messages serve both levels: a node attests the modules it runs
 //! to its domain manager, a domain manager attests its BC replica to the
-//! top manager. This module holds the data and the one comparison both
-//! parents make ([`verify`]); sending, deadlines and what to do about a
-//! mismatch belong to the managers.
+//! top manager. This module holds the data, the one comparison both
+//! parents make ([`verify`]) and what both keep per child ([`Ledger`]: the
+//! nonce outstanding, the last result, whether the alarm is raised);
+//! sending, deadlines and what to do about a mismatch belong to the
+//! managers.
 //!
 //! [`Control::Attest`]: crate::wire::Control::Attest
 //! [`Control::Attestation`]: crate::wire::Control::Attestation
 
+use crate::status::{Component, ComponentStatus, State};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Bytes of a nonce.
 pub const NONCE_LEN: usize = 32;
@@ -216,6 +222,156 @@ pub fn verify(
     Ok(verdict)
 }
 
+/// What a parent keeps about the attestation of each of its children (by
+/// name): at most one nonce outstanding, on one session; the last result
+/// and when; and the text of the integrity alarm while it is raised.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    children: Mutex<HashMap<String, Attested>>,
+}
+
+#[derive(Debug, Default)]
+struct Attested {
+    outstanding: Option<Outstanding>,
+    /// When (ms since the epoch) and how the last attestation ended: the
+    /// modules found intact, or why it failed.
+    last: Option<(u64, Result<u64, String>)>,
+    /// The alarm is raised, with this text.
+    alarm: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    nonce: Nonce,
+    session: u64,
+    sent: Instant,
+}
+
+impl Ledger {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Attested>> {
+        self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks `child` (on `session`) for a fresh proof unless its nonce is
+    /// outstanding for less than `due`; one overdue on the same session is
+    /// recorded as a failure at `now_ms` first (then true: worth a log
+    /// line). `send` delivers the nonce; if it cannot, nothing is
+    /// outstanding.
+    pub fn ask(
+        &self,
+        child: &str,
+        session: u64,
+        due: Duration,
+        now_ms: u64,
+        send: impl FnOnce(Nonce) -> bool,
+    ) -> bool {
+        let mut children = self.lock();
+        let c = children.entry(child.to_owned()).or_default();
+        let mut overdue = false;
+        if let Some(o) = &c.outstanding
+            && o.session == session
+        {
+            if o.sent.elapsed() < due {
+                return false;
+            }
+            overdue = true;
+            c.last = Some((now_ms, Err(format!("no answer within {} s", due.as_secs()))));
+        }
+        let nonce = nonce();
+        c.outstanding = send(nonce).then(|| Outstanding {
+            nonce,
+            session,
+            sent: Instant::now(),
+        });
+        overdue
+    }
+
+    /// The nonce outstanding for `child` on `session`, if any.
+    pub fn asked(&self, child: &str, session: u64) -> Option<Nonce> {
+        self.lock()
+            .get(child)
+            .and_then(|c| c.outstanding)
+            .filter(|o| o.session == session)
+            .map(|o| o.nonce)
+    }
+
+    /// No nonce outstanding for a child gone (its `session` ended, or, with
+    /// `None`, any session): a late answer is refused. Its last result stays.
+    pub fn forget_nonce(&self, child: &str, session: Option<u64>) {
+        if let Some(c) = self.lock().get_mut(child)
+            && c.outstanding
+                .is_some_and(|o| session.is_none_or(|s| s == o.session))
+        {
+            c.outstanding = None;
+        }
+    }
+
+    /// Only children for which `keep` holds keep a nonce outstanding.
+    pub fn retain_nonces(&self, keep: impl Fn(&str) -> bool) {
+        for (name, c) in self.lock().iter_mut() {
+            if !keep(name) {
+                c.outstanding = None;
+            }
+        }
+    }
+
+    /// Spends the nonce outstanding for `child`, recording the refusal of
+    /// its answer.
+    pub fn refused(&self, child: &str, refused: &Refused, now_ms: u64) {
+        if let Some(c) = self.lock().get_mut(child) {
+            c.outstanding = None;
+            c.last = Some((now_ms, Err(format!("answer refused: {refused}"))));
+        }
+    }
+
+    /// Records `verdict` on `child`'s answer (its nonce spent). The alarm
+    /// is raised by a verdict for which `raises` holds and cleared by a
+    /// clean one: returns `(raised, text)` when it changes.
+    pub fn judged(
+        &self,
+        child: &str,
+        verdict: &Verdict,
+        raises: bool,
+        now_ms: u64,
+    ) -> Option<(bool, String)> {
+        let summary = verdict.describe();
+        let mut children = self.lock();
+        let c = children.entry(child.to_owned()).or_default();
+        c.outstanding = None;
+        c.last = Some((
+            now_ms,
+            if verdict.is_clean() {
+                Ok(verdict.intact.len() as u64)
+            } else {
+                Err(summary.clone())
+            },
+        ));
+        if raises {
+            let raise = c.alarm.is_none();
+            c.alarm = Some(summary.clone());
+            raise.then_some((true, summary))
+        } else if verdict.is_clean() {
+            c.alarm.take().map(|was| (false, was))
+        } else {
+            None
+        }
+    }
+
+    /// The last attestation of `child`, as `agad status` shows it.
+    pub fn status(&self, child: &str) -> Option<ComponentStatus> {
+        let (at_ms, last) = self.lock().get(child)?.last.clone()?;
+        Some(ComponentStatus::new(
+            Component::Attestation {
+                element: child.to_owned(),
+            },
+            match last {
+                Ok(modules) => State::Attested { at_ms, modules },
+                Err(reason) => State::AttestationFailed { at_ms, reason },
+            },
+        ))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -333,5 +489,74 @@ mod tests {
             verify(Some(&n), &ans, &[], |_| None),
             Err(Refused::TooMany(MAX_ATTESTED + 1))
         );
+    }
+
+    #[test]
+    fn the_ledger_keeps_one_nonce_per_session_and_raises_and_clears_once() {
+        let ledger = Ledger::default();
+        let due = Duration::from_secs(60);
+        let mut sent = Vec::new();
+        assert!(!ledger.ask("n1", 1, due, 1, |n| {
+            sent.push(n);
+            true
+        }));
+        // Outstanding and not due: not asked again.
+        assert!(!ledger.ask("n1", 1, due, 2, |_| panic!("asked twice")));
+        assert_eq!(ledger.asked("n1", 1), Some(sent[0]));
+        assert_eq!(ledger.asked("n1", 2), None, "another session's answer");
+        assert!(ledger.status("n1").is_none(), "nothing known yet");
+
+        // Overdue on the same session: recorded, and a fresh nonce.
+        assert!(ledger.ask("n1", 1, Duration::ZERO, 3, |n| {
+            sent.push(n);
+            true
+        }));
+        assert_ne!(sent[0], sent[1]);
+        assert!(matches!(
+            ledger.status("n1").unwrap().state,
+            State::AttestationFailed { at_ms: 3, .. }
+        ));
+
+        let bad = Verdict {
+            mismatched: vec![("m".into(), "h".into())],
+            ..Verdict::default()
+        };
+        let good = Verdict {
+            intact: vec!["m".into()],
+            ..Verdict::default()
+        };
+        let raised = ledger.judged("n1", &bad, true, 4).unwrap();
+        assert!(raised.0 && raised.1.contains('m'), "{raised:?}");
+        assert_eq!(ledger.asked("n1", 1), None, "the nonce is spent");
+        assert_eq!(ledger.judged("n1", &bad, true, 5), None, "raised once");
+        assert_eq!(
+            ledger.judged("n1", &good, false, 6),
+            Some((false, raised.1))
+        );
+        assert_eq!(ledger.judged("n1", &good, false, 7), None, "cleared once");
+        assert!(matches!(
+            ledger.status("n1").unwrap().state,
+            State::Attested {
+                at_ms: 7,
+                modules: 1
+            }
+        ));
+
+        // A refused answer spends the nonce; a child gone keeps its result.
+        ledger.ask("n1", 2, due, 8, |_| true);
+        ledger.refused("n1", &Refused::WrongNonce, 9);
+        assert_eq!(ledger.asked("n1", 2), None);
+        ledger.ask("n1", 3, due, 10, |_| true);
+        ledger.forget_nonce("n1", Some(2));
+        assert!(
+            ledger.asked("n1", 3).is_some(),
+            "another session's nonce stays"
+        );
+        ledger.retain_nonces(|_| false);
+        assert_eq!(ledger.asked("n1", 3), None);
+        assert!(ledger.status("n1").is_some());
+        // Not sent: nothing outstanding.
+        ledger.ask("n2", 1, due, 11, |_| false);
+        assert_eq!(ledger.asked("n2", 1), None);
     }
 }

@@ -101,6 +101,62 @@ pub struct Alarm {
 /// Longest text an alarm's id, key, metric, subject or message may be.
 pub const MAX_ALARM_TEXT: usize = 1024;
 
+/// The module name of the alarms AGAD raises about an element itself (host
+/// down, agent down, disk low, attestation failed): they belong to the
+/// element, not to an assigned module.
+pub const RUNTIME_MODULE: &str = "agad";
+
+/// An alarm AGAD itself raises or clears — a node runtime or a manager,
+/// never a module's code: [`RuntimeAlarm::alarm`] makes it.
+#[derive(Debug, Clone)]
+pub struct RuntimeAlarm<'a> {
+    /// The element it is about; its id is in that element's id space,
+    /// `<node>/<module>/<serial>`, so every manager above accepts it.
+    pub node: &'a str,
+    /// [`RUNTIME_MODULE`] for the element's own condition; a module's name
+    /// for what the runtime says of that module (it refused or stopped it:
+    /// the module's code never ran).
+    pub module: &'a str,
+    /// Unique per node and module, across restarts of whoever raises it.
+    pub serial: &'a str,
+    pub area: Area,
+    pub key: &'a str,
+    pub metric: &'a str,
+    pub subject: &'a str,
+    pub severity: Severity,
+    pub message: &'a str,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+impl RuntimeAlarm<'_> {
+    /// Its raise (`raised`) or clear: value 1 or 0 above a threshold of 0
+    /// (see [`Alarm::measuring`] for a measured value), by the runtime of
+    /// this build (every crate of the workspace shares its version), the
+    /// message escaped and cut to fit [`MAX_ALARM_TEXT`].
+    pub fn alarm(&self, raised: bool) -> Alarm {
+        // Room for the excerpt's "…(+N bytes)" mark.
+        const MARK: usize = 32;
+        Alarm {
+            id: format!("{}/{}/{}", self.node, self.module, self.serial),
+            node: self.node.to_owned(),
+            module: self.module.to_owned(),
+            provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+            area: self.area,
+            key: self.key.to_owned(),
+            metric: self.metric.to_owned(),
+            subject: self.subject.to_owned(),
+            severity: self.severity,
+            raised,
+            value: if raised { 1.0 } else { 0.0 },
+            threshold: 0.0,
+            comparison: Comparison::Above,
+            message: crate::text::excerpt(self.message, MAX_ALARM_TEXT - MARK),
+            time_ms: self.time_ms,
+        }
+    }
+}
+
 /// Why a manager refuses an alarm a child sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AlarmRefused {
@@ -113,6 +169,15 @@ pub enum AlarmRefused {
 }
 
 impl Alarm {
+    /// The same alarm, carrying a measured `value` compared with
+    /// `threshold`.
+    pub fn measuring(mut self, value: f64, threshold: f64, comparison: Comparison) -> Alarm {
+        self.value = value;
+        self.threshold = threshold;
+        self.comparison = comparison;
+        self
+    }
+
     /// Whether this alarm may come from `node` (a child's authenticated
     /// name, or a node in the subtree a relaying manager serves): it is
     /// about `node`, its id is `<node>/<module>/<sequence>` with its own
@@ -364,5 +429,41 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_runtime_alarm_is_in_its_elements_id_space_and_fits_what_managers_accept() {
+        let long = "é\n".repeat(MAX_ALARM_TEXT);
+        let condition = RuntimeAlarm {
+            node: "n1",
+            module: RUNTIME_MODULE,
+            serial: "a5n1",
+            area: Area::Fault,
+            key: "agad.disk-low",
+            metric: "fs.available-bytes",
+            subject: "/data",
+            severity: Severity::Major,
+            message: &long,
+            time_ms: 5,
+        };
+        let raised = condition.alarm(true);
+        assert_eq!(raised.id, "n1/agad/a5n1");
+        assert_eq!(raised.check_origin("n1"), Ok(()));
+        assert!(raised.message.len() <= MAX_ALARM_TEXT);
+        assert!(!raised.message.contains('\n'), "escaped");
+        assert_eq!(
+            raised.provenance,
+            Provenance::runtime(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!((raised.value, raised.threshold), (1.0, 0.0));
+        assert_eq!(raised.comparison, Comparison::Above);
+        let cleared = condition
+            .alarm(false)
+            .measuring(2048.0, 1024.0, Comparison::Below);
+        assert!(!cleared.raised);
+        assert_eq!(
+            (cleared.value, cleared.threshold, cleared.comparison),
+            (2048.0, 1024.0, Comparison::Below)
+        );
     }
 }

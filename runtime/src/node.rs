@@ -15,7 +15,8 @@ use crate::instance::{Fault, InitError, InspectorInstance};
 use crate::refusals::RefusalAlarms;
 use crate::trust::{TrustError, TrustStore};
 use agad_protocol::message::{
-    Alarm, Comparison, FaultKind, ModuleFault, Provenance, Report, Severity, Summary,
+    Alarm, Comparison, FaultKind, ModuleFault, Provenance, RUNTIME_MODULE, Report, RuntimeAlarm,
+    Severity, Summary,
 };
 use agad_protocol::{Bundle, Capability, Kind, Limits, PublicKey};
 use agad_storage::{Database, Tree};
@@ -314,9 +315,9 @@ impl Node {
                     continue;
                 };
                 let time_ms = now_ms();
-                let id = match db.next_id() {
-                    Ok(n) => format!("{node}/agad/{n}"),
-                    Err(_) => format!("{node}/agad/t{time_ms}"),
+                let serial = match db.next_id() {
+                    Ok(n) => n.to_string(),
+                    Err(_) => format!("t{time_ms}"),
                 };
                 let message = if raised {
                     format!(
@@ -331,23 +332,25 @@ impl Node {
                     )
                 };
                 tracing::warn!(available, raised, "{message}");
-                let alarm = Alarm {
-                    id,
-                    node: node.clone(),
-                    module: "agad".to_owned(),
-                    provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+                let subject = dir.display().to_string();
+                let alarm = RuntimeAlarm {
+                    node: &node,
+                    module: RUNTIME_MODULE,
+                    serial: &serial,
                     area: agad_protocol::Area::Fault,
-                    key: "agad.disk-low".to_owned(),
-                    metric: "fs.available-bytes".to_owned(),
-                    subject: dir.display().to_string(),
+                    key: "agad.disk-low",
+                    metric: "fs.available-bytes",
+                    subject: &subject,
                     severity: Severity::Major,
-                    raised,
-                    value: available as f64,
-                    threshold: policy.low_free_bytes as f64,
-                    comparison: Comparison::Below,
-                    message,
+                    message: &message,
                     time_ms,
-                };
+                }
+                .alarm(raised)
+                .measuring(
+                    available as f64,
+                    policy.low_free_bytes as f64,
+                    Comparison::Below,
+                );
                 if events.send(Event::Alarm(alarm)).await.is_err() {
                     return;
                 }

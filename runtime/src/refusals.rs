@@ -15,7 +15,7 @@
 
 use crate::host::clock::now_ms;
 use agad_protocol::Area;
-use agad_protocol::message::{Alarm, Comparison, MAX_ALARM_TEXT, Provenance, Severity};
+use agad_protocol::message::{Alarm, RuntimeAlarm, Severity};
 use agad_storage::{Database, StorageError, Tree};
 use std::collections::HashMap;
 
@@ -156,44 +156,28 @@ impl RefusalAlarms {
 
     fn alarm(&self, module: &str, raised: bool, message: String) -> Result<Alarm, StorageError> {
         let time_ms = now_ms();
-        Ok(Alarm {
-            id: format!("{}/{module}/{}", self.node, self.db.next_id()?),
-            node: self.node.clone(),
-            module: module.to_owned(),
-            // The runtime raises it: the module's code never ran.
-            provenance: Provenance::runtime(env!("CARGO_PKG_VERSION")),
+        // The runtime raises it: the module's code never ran.
+        Ok(RuntimeAlarm {
+            node: &self.node,
+            module,
+            serial: &self.db.next_id()?.to_string(),
             area: self.spec.area,
-            key: self.spec.key.to_owned(),
-            metric: self.spec.metric.to_owned(),
-            subject: module.to_owned(),
+            key: self.spec.key,
+            metric: self.spec.metric,
+            subject: module,
             severity: self.spec.severity,
-            raised,
-            value: if raised { 1.0 } else { 0.0 },
-            threshold: 0.0,
-            comparison: Comparison::Above,
-            message: truncate(message, MAX_ALARM_TEXT),
+            message: &message,
             time_ms,
-        })
-    }
-}
-
-/// At most `max` bytes, cut at a character boundary.
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max.saturating_sub(3);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
         }
-        text.truncate(cut);
-        text.push_str("...");
+        .alarm(raised))
     }
-    text
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use agad_protocol::message::MAX_ALARM_TEXT;
 
     fn refused(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -762,6 +762,13 @@ impl Deployment {
             .map(|c| c["state"].clone()))
     }
 
+    /// Whether the status shows `node` failed with `diagnosis`
+    /// (`agent-down`, `host-down`), as its station's keep-alive carries it.
+    pub fn node_diagnosed(&self, node: &str, diagnosis: &str) -> anyhow::Result<bool> {
+        let state = self.component_state(&serde_json::json!({"node": {"name": node}}))?;
+        Ok(state.is_some_and(|s| s["failed"]["diagnosis"] == diagnosis))
+    }
+
     /// Starts the top manager again (after a stop or kill -9) and waits
     /// until it answers `agad status`.
     pub fn restart_mor(&mut self) -> anyhow::Result<()> {

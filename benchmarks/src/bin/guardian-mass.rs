@@ -244,11 +244,14 @@ async fn wait_in_big(
                 .collect());
         }
         if began.elapsed() > patience {
+            let log = d.log(DOMINIO);
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
             bail!(
-                "only {} of {n} nodes {} in BIG within {}",
+                "only {} of {n} nodes {} in BIG within {}; the domain manager's last lines:\n{}",
                 first.len(),
                 if raised { "diagnosed" } else { "cleared" },
-                duration(patience)
+                duration(patience),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
