@@ -32,6 +32,11 @@ pub struct Outbox {
     reports: Tree,
     /// Wakes the sender when something new is queued.
     queued: Arc<Notify>,
+    /// Held from numbering an entry until it is in its tree: the sender
+    /// reads entries *after* the last one it sent, so an entry must never
+    /// become visible after one numbered later (it would be skipped until
+    /// the next reconnection).
+    numbering: Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -58,6 +63,7 @@ impl Outbox {
             alarms: db.tree("outbox-alarms")?,
             reports: db.tree("outbox-reports")?,
             queued: Arc::new(Notify::new()),
+            numbering: Arc::default(),
         })
     }
 
@@ -70,10 +76,17 @@ impl Outbox {
 
     /// Queues `body` durably and returns its sequence number.
     pub fn push(&self, body: &Upward) -> Result<u64, StorageError> {
-        // Never 0: senders ask for entries *after* the last one sent, starting at 0.
-        let seq = self.db.next_id()? + 1;
+        let value = wire::encode_value(body);
         let tree = self.tree(Class::of(body));
-        tree.insert(&seq.to_be_bytes(), &wire::encode_value(body))?;
+        let seq = {
+            let _order = self.numbering.lock().unwrap_or_else(|p| p.into_inner());
+            // Never 0: senders ask for entries *after* the last one sent, starting at 0.
+            let seq = self.db.next_id()? + 1;
+            tree.insert(&seq.to_be_bytes(), &value)?;
+            seq
+        };
+        // On disk before the caller acknowledges what it pushed (outside
+        // the lock: concurrent pushers share their fsyncs).
         tree.flush()?;
         self.queued.notify_one();
         Ok(seq)
@@ -167,6 +180,49 @@ mod tests {
             message: String::new(),
             time_ms: n,
         })
+    }
+
+    /// A sender reads "entries after the last one sent" while several
+    /// threads push (a domain manager's sessions and its guardian): every
+    /// entry must be read, none skipped because a later number landed first.
+    #[test]
+    fn a_sender_misses_nothing_pushed_concurrently() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path()).unwrap();
+        let outbox = Outbox::open(&db).unwrap();
+        const THREADS: u64 = 8;
+        const EACH: u64 = 300;
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let outbox = outbox.clone();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        outbox.push(&alarm(t * EACH + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut last = 0;
+        let mut done = false;
+        while !done {
+            done = pushers.iter().all(|p| p.is_finished());
+            for e in outbox.after(Class::Alarm, last, 64).unwrap() {
+                last = e.seq;
+                let Upward::Alarm(a) = e.body else { panic!() };
+                seen.insert(a.time_ms);
+            }
+        }
+        // Drained once more after every pusher finished.
+        for e in outbox.after(Class::Alarm, last, usize::MAX).unwrap() {
+            let Upward::Alarm(a) = e.body else { panic!() };
+            seen.insert(a.time_ms);
+        }
+        assert_eq!(
+            seen.len() as u64,
+            THREADS * EACH,
+            "entries skipped by the sender"
+        );
     }
 
     #[test]

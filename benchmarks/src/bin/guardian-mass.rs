@@ -245,13 +245,29 @@ async fn wait_in_big(
         }
         if began.elapsed() > patience {
             let log = d.log(DOMINIO);
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let diagnosed = log.matches("diagnosis=\"agent down\"").count();
+            let missing: Vec<&str> = d_names(n)
+                .iter()
+                .map(String::as_str)
+                .filter(|name| !first.contains_key(name))
+                .take(5)
+                .map(|name| {
+                    log.lines()
+                        .filter(|l| {
+                            l.contains(&format!("\"{name}\""))
+                                || l.contains(&format!("name={name} "))
+                        })
+                        .last()
+                        .unwrap_or("(nothing logged)")
+                })
+                .collect();
             bail!(
-                "only {} of {n} nodes {} in BIG within {}; the domain manager's last lines:\n{}",
+                "only {} of {n} nodes {} in BIG within {} ({diagnosed} diagnosed in the domain manager's log, {} guardian events in BIG); about the first missing:\n{}",
                 first.len(),
                 if raised { "diagnosed" } else { "cleared" },
                 duration(patience),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                alarms.iter().filter(|a| a.key == AGENT_DOWN).count(),
+                missing.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -283,6 +299,10 @@ fn report(
         bytes(before.rss_bytes as f64),
         bytes(after.rss_bytes as f64),
     );
+}
+
+fn d_names(n: usize) -> Vec<String> {
+    hierarchy::node_names(n)
 }
 
 fn unix_ms() -> u64 {
