@@ -225,7 +225,16 @@ impl KnowledgeBase {
             return out;
         }
         let State { series, hits } = state;
-        let times = if self.max_repeat > 0 {
+        let candidates = self.candidates(alarm);
+        out.not_considered = self.rules.len() - candidates.len();
+        // Only series some candidate counts are kept: candidates depend on
+        // the key and area alone, so the alarms of a series that a `repeat`
+        // rule could match are all counted, and keys no rule counts cost no
+        // memory.
+        let counted = candidates
+            .iter()
+            .any(|rank| self.rules[*rank as usize].when.repeat.is_some());
+        let times = if counted {
             let times = series.touch(pair(&alarm.node, &alarm.key));
             times.push_back(now_ms);
             while times.len() > self.max_repeat
@@ -239,8 +248,6 @@ impl KnowledgeBase {
         } else {
             None
         };
-        let candidates = self.candidates(alarm);
-        out.not_considered = self.rules.len() - candidates.len();
         let mut stopped_by: Option<&str> = None;
         for rank in candidates {
             let rule = &self.rules[rank as usize];
@@ -831,6 +838,17 @@ mod tests {
         // n3 was kept: its second alarm fires.
         let d = kb.evaluate(&mut state, &on("n3"), t + 2);
         assert_eq!(d[0].why, ["fired 2 time(s) within 1h (needs 2)"]);
+        // Keys no `repeat` rule can match are not tracked.
+        let kb = one("key = \"load.per-core\"\nrepeat = { count = 2, within = \"1h\" }");
+        let mut state = State::default();
+        kb.evaluate(&mut state, &alarm(), t);
+        assert_eq!(state.series_len(), 0);
+        let load = Alarm {
+            key: "load.per-core".into(),
+            ..alarm()
+        };
+        kb.evaluate(&mut state, &load, t);
+        assert_eq!(state.series_len(), 1);
     }
 
     const CHAIN: &str = "[rule.diagnose]\nspecialist = \"top-cpu\"\n";

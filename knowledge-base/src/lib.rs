@@ -14,6 +14,54 @@
 //! The language is described in `knowledge-base/README.md`, with a
 //! commented example in `knowledge-base/examples/rules/`.
 //!
+//! ```
+//! use agad_knowledge_base::{Action, Catalog, KnowledgeBase, State};
+//! use agad_protocol::manifest::{ConfigKey, ConfigType};
+//! # use agad_protocol::message::{Alarm, Comparison, Provenance, Severity};
+//!
+//! let mut catalog = Catalog::default();
+//! catalog.keys.insert("fs.used:*".into());
+//! catalog.specialists.insert("disk-usage".into(), vec![ConfigKey {
+//!     name: "path".into(), kind: ConfigType::String, required: true,
+//!     default: None, description: "where to look".into(),
+//! }]);
+//! let rules = r#"
+//! [[rule]]
+//! name = "disk-full"
+//! [rule.match]
+//! key = "fs.used:*"
+//! severity = "major"
+//! [rule.diagnose]
+//! specialist = "disk-usage"
+//! args = { path = "{subject}" }
+//! "#;
+//! let kb = KnowledgeBase::parse(&[("rules/disk.toml".into(), rules.into())], &catalog)
+//!     .expect("the rules are valid");
+//!
+//! # let alarm = Alarm {
+//! #     id: "web-1/disk-space/1".into(), node: "web-1".into(), module: "disk-space".into(),
+//! #     provenance: Provenance::default(), area: agad_protocol::Area::Performance,
+//! #     key: "fs.used:/var".into(), metric: "fs.used-percent".into(), subject: "/var".into(),
+//! #     severity: Severity::Critical, raised: true, value: 97.0, threshold: 90.0,
+//! #     comparison: Comparison::Above, message: String::new(), time_ms: 0,
+//! # };
+//! // `alarm`: a critical `fs.used:/var` alarm with subject `/var`.
+//! let mut state = State::default();
+//! let now_ms = 1_795_780_800_000; // the caller's clock
+//! let decisions = kb.evaluate(&mut state, &alarm, now_ms);
+//! assert_eq!(decisions[0].rule.name, "disk-full");
+//! let Action::Chain(chain) = &decisions[0].rule.action else { unreachable!() };
+//! assert_eq!(chain.diagnose.render_args(&alarm, &[]).unwrap(), [("path".to_owned(), "/var".to_owned())]);
+//!
+//! // A typo is refused with its position.
+//! let errors = KnowledgeBase::parse(
+//!     &[("rules/disk.toml".into(), rules.replace("{subject}", "{subjct}"))],
+//!     &catalog,
+//! )
+//! .unwrap_err();
+//! assert!(errors[0].to_string().starts_with("rules/disk.toml:9:17: argument `path`: unknown placeholder `{subjct}`"));
+//! ```
+//!
 //! Layout:
 //! - [`catalog`]: what rules may name (specialists and their arguments,
 //!   inspectors, keys, metrics), filled by the caller.
