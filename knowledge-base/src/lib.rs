@@ -68,10 +68,12 @@
 //! - [`model`]: the checked rules, actions, argument templates and schedules.
 //! - `parse`: TOML with spans → model, collecting every error.
 //! - `eval`: the index, matching, explanations and due schedules.
+//! - `diff`: what replacing one rule set by another changes (`--dry-run`).
 //! - [`state`]: bounded repetition and rule-hit memory.
 //! - [`time`]: UTC calendar arithmetic (hours, days, dates).
 
 pub mod catalog;
+mod diff;
 mod eval;
 pub mod model;
 mod parse;
@@ -80,6 +82,7 @@ pub mod time;
 
 pub use agad_protocol::source::SourceError;
 pub use catalog::Catalog;
+pub use diff::{Changes, Diff};
 pub use eval::{Considered, Decision, Explanation, KnowledgeBase, Verdict};
 pub use model::{
     Action, After, Chain, Due, FactCondition, Fix, KeyPattern, Match, MissingFact, NodeSet, Origin,

@@ -7,6 +7,7 @@
 //! `repeat.count` of the rule set, and nothing older than the longest
 //! `repeat.within`.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Series (and rule hits) tracked when the caller does not say.
@@ -15,8 +16,9 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// Repetition and rule-hit memory, owned by the caller (the dispatcher
 /// keeps one per domain manager; `agad kb test` a fresh one) and passed to
 /// [`crate::KnowledgeBase::evaluate`]. Kept apart from the rule set so a new
-/// rule set can be applied without forgetting the counts.
-#[derive(Debug, Clone)]
+/// rule set can be applied without forgetting the counts. Serializable, so
+/// a dispatcher can keep the counts across its restarts (bincode or JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
     pub(crate) series: Lru<VecDeque<u64>>,
     pub(crate) hits: Lru<u64>,
@@ -65,7 +67,7 @@ pub(crate) fn pair(a: &str, b: &str) -> String {
 }
 
 /// A map that forgets the entry touched longest ago beyond `capacity`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Lru<V> {
     map: HashMap<String, (u64, V)>,
     /// Touch stamp → key, oldest first.
@@ -128,5 +130,20 @@ mod tests {
         assert_eq!(lru.map.len(), 2);
         assert_eq!(lru.order.len(), 2);
         assert_eq!(lru.evicted, 1);
+    }
+
+    #[test]
+    fn state_survives_a_round_trip() {
+        let mut state = State::with_capacity(3);
+        state.series.touch(pair("n1", "k")).push_back(5);
+        *state.hits.touch(pair("r", "n1")) = 7;
+        let json = serde_json::to_string(&state).unwrap();
+        let back: State = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.series.get(&pair("n1", "k")).unwrap(),
+            &VecDeque::from([5])
+        );
+        assert_eq!(back.hits.get(&pair("r", "n1")), Some(&7));
+        assert_eq!(back.capacity(), 3);
     }
 }
