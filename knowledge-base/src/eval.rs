@@ -212,7 +212,12 @@ impl KnowledgeBase {
 
     fn run(&self, state: &mut State, alarm: &Alarm, now_ms: u64, explain: bool) -> Explanation<'_> {
         let mut out = Explanation {
-            alarm: describe(alarm),
+            // Only an explanation shows it: evaluation does not pay for it.
+            alarm: if explain {
+                describe(alarm)
+            } else {
+                String::new()
+            },
             now_ms,
             decisions: Vec::new(),
             considered: Vec::new(),

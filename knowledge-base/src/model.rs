@@ -451,8 +451,9 @@ pub struct Schedule {
 
 impl Schedule {
     /// Whether the module should be running at `now_ms` by this schedule:
-    /// started (or no start) and not yet stopped. A schedule with only a
-    /// stop date says nothing about running, so it is never active.
+    /// its start date has come and its stop date (if any) has not. A
+    /// schedule with only a stop date says nothing about running, so it is
+    /// never active.
     pub fn active_at(&self, now_ms: u64) -> bool {
         self.start_ms.is_some_and(|s| s <= now_ms) && self.stop_ms.is_none_or(|s| now_ms < s)
     }
