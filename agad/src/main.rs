@@ -5,6 +5,7 @@
 mod admin_cmd;
 mod demo;
 mod identity;
+mod kb_cmd;
 mod module_cmd;
 mod node_cmd;
 mod pki_cmd;
@@ -76,6 +77,9 @@ enum Command {
     },
     /// Start a whole hierarchy on this machine: top manager, two domains, nodes.
     Demo(demo::DemoArgs),
+    /// The knowledge base's rules (BCN): check them, test an alarm against them.
+    #[command(subcommand)]
+    Kb(kb_cmd::KbCommand),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Alarms { args, mor } => admin_cmd::alarms(&mor.dir, args),
         Command::Status { json, mor } => admin_cmd::status(&mor.dir, json),
         Command::Demo(args) => demo::run(args),
+        Command::Kb(cmd) => kb_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

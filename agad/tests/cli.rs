@@ -828,3 +828,128 @@ fn a_managed_node_whose_disk_fills_queues_the_low_disk_alarm() {
     );
     assert!(status.success(), "{status:?}");
 }
+
+/// The example rules of the repository, checked against their catalog.
+fn kb_examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../knowledge-base/examples")
+}
+
+#[test]
+fn kb_check_prints_every_error_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = kb_examples();
+    let catalog = examples.join("catalog.toml");
+    let catalog = catalog.to_str().unwrap();
+
+    let out = agad(
+        &[
+            "kb",
+            "check",
+            examples.join("rules").to_str().unwrap(),
+            "--catalog",
+            catalog,
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), "OK: 5 rule(s), 1 schedule(s), 2 group(s)");
+
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/cpu.toml"),
+        "[[rule]]\nname = \"cpu\"\n[rule.match]\nkey = \"cpu.total\"\nseverity = \"loud\"\n\
+         [rule.diagnose]\nspecialist = \"top-cpus\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rules/disk.toml"),
+        "[[rule]]\nname = \"disk\"\n[rule.match]\nkey = \"fs.used:*\"\n\
+         [rule.diagnose]\nspecialist = \"disk-usage\"\nargs = { path = \"{subjet}\" }\n",
+    )
+    .unwrap();
+    let out = agad(&["kb", "check", "rules", "--catalog", catalog], dir.path());
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    assert!(
+        lines[0].starts_with("rules/cpu.toml:5:12: `loud` is not a severity; expected info"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(
+            "rules/cpu.toml:7:14: unknown specialist `top-cpus`; known specialists: `disk-usage`"
+        ),
+        "{err}"
+    );
+    assert!(
+        lines[2]
+            .starts_with("rules/disk.toml:7:17: argument `path`: unknown placeholder `{subjet}`"),
+        "{err}"
+    );
+    assert_eq!(
+        lines[3],
+        "error: 3 error(s); the rule set is refused as a whole"
+    );
+}
+
+#[test]
+fn kb_test_says_which_rule_matches_and_why_the_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = kb_examples();
+    // Three load alarms on web-1 within 30 minutes (2026-11-27, a Friday,
+    // at noon UTC), then a CPU alarm: JSON lines as `agad alarms --json`
+    // prints them, fields left out take defaults.
+    let noon: u64 = 1_795_780_800_000;
+    let mut lines = String::new();
+    for i in 0..3 {
+        lines.push_str(&format!(
+            "{{\"node\": \"web-1\", \"module\": \"cpu-mem\", \"area\": \"performance\", \"key\": \"load.per-core\", \"metric\": \"load.per-core\", \"time_ms\": {}}}\n",
+            noon + i * 600_000
+        ));
+    }
+    lines.push_str(&format!(
+        "{{\"node\": \"web-1\", \"module\": \"cpu-mem\", \"area\": \"performance\", \"key\": \"cpu.total\", \"severity\": \"critical\", \"time_ms\": {noon}}}\n"
+    ));
+    std::fs::write(dir.path().join("alarms.json"), lines).unwrap();
+    let out = agad(
+        &[
+            "kb",
+            "test",
+            examples.join("rules").to_str().unwrap(),
+            "alarms.json",
+            "--catalog",
+            examples.join("catalog.toml").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let runs: Vec<&str> = text.split("\n\n").collect();
+    assert_eq!(runs.len(), 4, "{text}");
+    assert!(runs[0].contains("no rule matches"), "{text}");
+    assert!(
+        runs[1].contains("load-keeps-coming (")
+            && runs[1].contains("repeat: fired 2 time(s) within 30m on `web-1`; needs 3"),
+        "{text}"
+    );
+    assert!(runs[2].contains("MATCH load-keeps-coming ("), "{text}");
+    assert!(
+        runs[2].contains("start cpu-mem(period=5s, raise_after=1) on the alarm's node for 1h"),
+        "{text}"
+    );
+    assert!(
+        runs[2].contains("  - fired 3 time(s) within 30m (needs 3)"),
+        "{text}"
+    );
+    assert!(runs[3].contains("MATCH web-cpu ("), "{text}");
+    assert!(
+        runs[3].contains("diagnose top-cpu(count=5, sample=2s) within 20s"),
+        "{text}"
+    );
+    assert!(
+        runs[3].contains("  - node `web-1` is in group web"),
+        "{text}"
+    );
+}

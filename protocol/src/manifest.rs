@@ -233,23 +233,13 @@ pub struct SpecError {
 
 impl SpecError {
     fn at(text: &str, span: Range<usize>, reason: impl Into<String>) -> SpecError {
-        let (line, column) = line_column(text, span.start);
+        let (line, column) = crate::source::line_column(text, span.start);
         SpecError {
             line,
             column,
             reason: reason.into(),
         }
     }
-}
-
-/// 1-based line and column (in characters) of byte `offset` of `text`.
-pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.matches('\n').count() + 1;
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
 }
 
 impl ManifestSpec {

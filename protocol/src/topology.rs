@@ -11,6 +11,7 @@
 
 use crate::duration::{format_duration_ms, parse_duration};
 use crate::manifest::{ConfigKey, PERIOD_KEY, ScalarText};
+use crate::source::{Source, SourceError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -89,18 +90,9 @@ pub struct NodeAssignment {
     pub config: Vec<(String, String)>,
 }
 
-/// Why a topology file was refused, pointing at the offending value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {reason}")]
-pub struct TopologyError {
-    /// The file name as given to [`parse`], for the operator's editor.
-    pub file: String,
-    /// 1-based.
-    pub line: usize,
-    /// 1-based, in characters.
-    pub column: usize,
-    pub reason: String,
-}
+/// Why a topology file was refused, pointing at the offending value (the
+/// same error type as every other operator file: [`crate::source`]).
+pub type TopologyError = SourceError;
 
 // The file as written. Every value the checks may complain about keeps its
 // byte range, so an error can point at it rather than at the whole entry.
@@ -163,43 +155,24 @@ pub fn parse<'m>(
     file: &str,
     published: &dyn Fn(&str) -> Option<&'m [ConfigKey]>,
 ) -> Result<Topology, TopologyError> {
-    let checker = Checker { text, file };
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        // Multi-line parser messages would break the one-line `file:line:col`
-        // form that editors and CI annotations understand.
-        let reason = e.message().trim().replace('\n', "; ");
-        checker.error(e.span().unwrap_or(0..0), reason)
-    })?;
+    let checker = Checker {
+        source: Source::new(file, text),
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| checker.source.toml_error(&e))?;
     checker.check(raw, published)
 }
 
 struct Checker<'a> {
-    text: &'a str,
-    file: &'a str,
+    source: Source<'a>,
 }
 
 impl Checker<'_> {
-    fn position(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let before = self.text.get(..offset).unwrap_or(self.text);
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let line = before.matches('\n').count() + 1;
-        let column = before[line_start..].chars().count() + 1;
-        (line, column)
-    }
-
     fn line(&self, span: &Range<usize>) -> usize {
-        self.position(span.start).0
+        self.source.line(span)
     }
 
     fn error(&self, span: Range<usize>, reason: impl Into<String>) -> TopologyError {
-        let (line, column) = self.position(span.start);
-        TopologyError {
-            file: self.file.to_owned(),
-            line,
-            column,
-            reason: reason.into(),
-        }
+        self.source.error(span, reason)
     }
 
     fn name(&self, what: &str, name: &Text) -> Result<String, TopologyError> {

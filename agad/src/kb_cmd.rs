@@ -1,0 +1,203 @@
+//! `agad kb ...`: the knowledge base's rules as an operator edits them —
+//! check a rules directory, and see which rule an alarm would reach and why.
+//! (`kb apply`, which replicates a rule set to the domains, is not here
+//! yet.)
+
+use agad_knowledge_base::{Catalog, KbError, KnowledgeBase, State};
+use agad_protocol::ManifestSpec;
+use agad_protocol::message::Alarm;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum KbCommand {
+    /// Parse and check a rules directory; print every error as file:line:column: reason.
+    Check {
+        /// Folder of rules files (`*.toml`).
+        dir: PathBuf,
+        #[command(flatten)]
+        catalog: CatalogArg,
+    },
+    /// Show which rule an alarm (or each of a sequence of alarms) matches, and why the others do not.
+    Test {
+        /// Folder of rules files (`*.toml`).
+        dir: PathBuf,
+        /// JSON: one alarm, an array of alarms, or one alarm per line (`agad alarms --json`).
+        /// Missing fields take neutral defaults (raised, no subject, provenance empty).
+        alarms: PathBuf,
+        /// Evaluate at this UTC time (RFC 3339) instead of each alarm's own `time_ms`.
+        #[arg(long)]
+        at: Option<String>,
+        #[command(flatten)]
+        catalog: CatalogArg,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct CatalogArg {
+    /// What rules may name (TOML: specialists, modules, keys, metrics;
+    /// see knowledge-base/examples/catalog.toml). The built-in inspectors
+    /// are always known.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+}
+
+pub fn run(cmd: KbCommand) -> anyhow::Result<()> {
+    match cmd {
+        KbCommand::Check { dir, catalog } => {
+            let kb = load(&dir, &catalog)?;
+            println!(
+                "OK: {} rule(s), {} schedule(s), {} group(s)",
+                kb.rules().len(),
+                kb.schedules().len(),
+                kb.groups().len()
+            );
+            Ok(())
+        }
+        KbCommand::Test {
+            dir,
+            alarms,
+            at,
+            catalog,
+        } => test(&dir, &alarms, at.as_deref(), &catalog),
+    }
+}
+
+fn catalog(arg: &CatalogArg) -> anyhow::Result<Catalog> {
+    let mut catalog = match &arg.catalog {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text).map_err(|e| {
+                let source = agad_protocol::source::Source::new(&path.to_string_lossy(), &text)
+                    .toml_error(&e);
+                anyhow::anyhow!("{source}")
+            })?
+        }
+        None => {
+            eprintln!(
+                "note: no --catalog: only the built-in inspectors are known (no specialist, key or metric)"
+            );
+            Catalog::default()
+        }
+    };
+    for builtin in agad_modules::INSPECTORS {
+        let spec = ManifestSpec::from_toml(builtin.manifest_toml)
+            .map_err(|e| anyhow::anyhow!("built-in {}: {e}", builtin.name))?;
+        catalog
+            .modules
+            .entry(builtin.name.to_owned())
+            .or_insert_with(|| spec.config_keys());
+    }
+    Ok(catalog)
+}
+
+fn load(dir: &Path, arg: &CatalogArg) -> anyhow::Result<KnowledgeBase> {
+    let catalog = catalog(arg)?;
+    match KnowledgeBase::load_dir(dir, &catalog) {
+        Ok(kb) => Ok(kb),
+        Err(KbError::Invalid(errors)) => {
+            let mut err = std::io::stderr().lock();
+            for e in &errors {
+                writeln!(err, "{e}")?;
+            }
+            bail!(
+                "{} error(s); the rule set is refused as a whole",
+                errors.len()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An alarm as an operator writes it for a test: what is missing takes a
+/// neutral value.
+fn alarm_from(value: serde_json::Value, n: usize) -> anyhow::Result<Alarm> {
+    let mut full = serde_json::json!({
+        "id": "",
+        "node": "",
+        "module": "",
+        "provenance": { "version": "", "sequence": 0, "sha256": "" },
+        "area": "fault",
+        "key": "",
+        "metric": "",
+        "subject": "",
+        "severity": "major",
+        "raised": true,
+        "value": 0.0,
+        "threshold": 0.0,
+        "comparison": "above",
+        "message": "",
+        "time_ms": now_ms(),
+    });
+    let serde_json::Value::Object(given) = value else {
+        bail!("alarm {n}: expected a JSON object");
+    };
+    if let serde_json::Value::Object(full) = &mut full {
+        full.extend(given);
+    }
+    serde_json::from_value(full).with_context(|| format!("alarm {n}"))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn read_alarms(path: &Path) -> anyhow::Result<Vec<Alarm>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let values: Vec<serde_json::Value> = match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Array(items)) => items,
+        Ok(one) => vec![one],
+        // JSON lines, as `agad alarms --json` prints them.
+        Err(_) => text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    if values.is_empty() {
+        bail!("{}: no alarm", path.display());
+    }
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| alarm_from(v, i + 1))
+        .collect::<anyhow::Result<_>>()
+        .with_context(|| path.display().to_string())
+}
+
+fn test(dir: &Path, alarms: &Path, at: Option<&str>, arg: &CatalogArg) -> anyhow::Result<()> {
+    let kb = load(dir, arg)?;
+    let alarms = read_alarms(alarms)?;
+    let at = at
+        .map(|t| {
+            humantime::parse_rfc3339(t)
+                .map_err(|e| anyhow::anyhow!("--at `{t}`: {e} (use e.g. 2026-12-01T08:00:00Z)"))
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                })
+        })
+        .transpose()?;
+    // One state through the sequence: repetition and `after` see the
+    // earlier alarms of the file.
+    let mut state = State::default();
+    let mut out = std::io::stdout().lock();
+    for (i, alarm) in alarms.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        let explanation = kb.explain(&mut state, alarm, at.unwrap_or(alarm.time_ms));
+        write!(out, "{explanation}")?;
+    }
+    Ok(())
+}
