@@ -250,8 +250,10 @@ fn a_sub_domain_fails_over_to_its_standby_and_keeps_its_station_when_its_parent_
             .and_then(|x| x["station"].as_str().map(str::to_owned)))
     };
     let lab_served_by = |d: &Deployment| -> anyhow::Result<Option<String>> {
-        Ok(d.component_state(&json!({"subdomain": {"domain": "lab"}}))?
-            .and_then(|s| s["connected"]["served_by"].as_str().map(str::to_owned)))
+        Ok(
+            d.component_state(&serde_json::json!({"subdomain": {"domain": "lab"}}))?
+                .and_then(|s| s["connected"]["served_by"].as_str().map(str::to_owned)),
+        )
     };
     let s1 = d.start_station("s1")?;
     d.wait_for("s1 serving campus", |d| {

@@ -265,11 +265,11 @@ async fn wait_in_big(
                 .take(5)
                 .map(|name| {
                     log.lines()
-                        .filter(|l| {
+                        .rev()
+                        .find(|l| {
                             l.contains(&format!("\"{name}\""))
                                 || l.contains(&format!("name={name} "))
                         })
-                        .last()
                         .unwrap_or("(nothing logged)")
                 })
                 .collect();
