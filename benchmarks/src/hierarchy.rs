@@ -263,6 +263,30 @@ pub async fn start_mor(
     Ok((address, task))
 }
 
+/// A simulated node: its name and TLS client configuration.
+pub type SimulatedNode = (String, Arc<ClientConfig>);
+
+/// The PKI and bases of a domain of `n` simulated nodes, prepared in `d`'s
+/// folder (the top manager's data in `mor/`, not running yet): every node
+/// enrolled and active, nothing assigned. Each node's name and TLS client
+/// configuration.
+pub fn simulated_domain(d: &Deployment, n: usize) -> anyhow::Result<(Pki, Vec<SimulatedNode>)> {
+    let pki = Pki::create(&d.path("pki"))?;
+    let (names, enrollees) = issue_all(&pki, n)?;
+    prepare_mor(
+        &d.path("mor"),
+        &[],
+        &[],
+        &enrollees,
+        &topology_text(&names, &[]),
+    )?;
+    let nodes = names
+        .iter()
+        .map(|name| Ok((name.clone(), pki.client(name)?)))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((pki, nodes))
+}
+
 /// The harness's name of the `agad dominio` process.
 pub const DOMINIO: &str = "dominio";
 

@@ -211,20 +211,7 @@ fn main() -> anyhow::Result<()> {
     // Only the domain manager runs as an `agad` process; this program
     // prepares the certificates and the top manager in the same folder.
     let mut d = Deployment::empty(&processes::agad_binary()?, processes::options("warn"))?;
-    let pki = Pki::create(&d.path("pki"))?;
-    let (names, enrollees) = hierarchy::issue_all(&pki, largest)?;
-    let mor_dir = d.path("mor");
-    hierarchy::prepare_mor(
-        &mor_dir,
-        &[],
-        &[],
-        &enrollees,
-        &hierarchy::topology_text(&names, &[]),
-    )?;
-    let nodes: Vec<(String, Arc<ClientConfig>)> = names
-        .iter()
-        .map(|name| Ok((name.clone(), pki.client(name)?)))
-        .collect::<anyhow::Result<_>>()?;
+    let (pki, nodes) = hierarchy::simulated_domain(&d, largest)?;
     eprintln!("setup took {} (not measured)", duration(began.elapsed()));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

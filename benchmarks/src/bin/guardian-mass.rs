@@ -94,19 +94,7 @@ fn main() -> anyhow::Result<()> {
         duration(KEEPALIVE)
     );
     let mut d = Deployment::empty(&processes::agad_binary()?, processes::options("warn"))?;
-    let pki = Pki::create(&d.path("pki"))?;
-    let (names, enrollees) = hierarchy::issue_all(&pki, n)?;
-    hierarchy::prepare_mor(
-        &d.path("mor"),
-        &[],
-        &[],
-        &enrollees,
-        &hierarchy::topology_text(&names, &[]),
-    )?;
-    let nodes: Vec<(String, Arc<ClientConfig>)> = names
-        .iter()
-        .map(|name| Ok((name.clone(), pki.client(name)?)))
-        .collect::<anyhow::Result<_>>()?;
+    let (pki, nodes) = hierarchy::simulated_domain(&d, n)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
