@@ -26,11 +26,13 @@
 //! that the top manager, told in the next answer, sends the bytes again.
 
 use crate::Station;
+use agad_guardian::raised::Raised;
 use agad_net::children::{ChildEvent, ChildRef};
 use agad_protocol::Area;
 use agad_protocol::attest::{self, Attestation, Ledger, Nonce};
 use agad_protocol::message::{RUNTIME_MODULE, RuntimeAlarm, Severity};
 use agad_protocol::wire::{Component, ComponentStatus, Control, Message, State, Upward};
+use agad_storage::{Database, StorageError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,14 +58,32 @@ pub fn deadline(every: Duration) -> Duration {
 }
 
 /// Per node: the nonce outstanding and the last result.
-#[derive(Default)]
 pub struct Attestations {
     nodes: Ledger,
+    /// The alarms raised and not cleared yet, kept across restarts.
+    raised: Raised,
     /// Modules deleted from BC because their bytes failed a check: hash →
     /// (name, why), told to the top manager until it sends them again.
     bc_quarantined: Mutex<HashMap<String, (String, String)>>,
     /// Makes the ids of the manager's own alarms unique within a millisecond.
     alarm_seq: AtomicU64,
+}
+
+impl Attestations {
+    /// The nodes' attestations, with the alarms raised before a restart.
+    pub fn open(db: &Database) -> Result<Attestations, StorageError> {
+        let raised = Raised::open(db, "attestation-alarms")?;
+        let nodes = Ledger::default();
+        for (node, text) in raised.all() {
+            nodes.restore_alarm(&node, text);
+        }
+        Ok(Attestations {
+            nodes,
+            raised,
+            bc_quarantined: Mutex::default(),
+            alarm_seq: AtomicU64::new(0),
+        })
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,6 +213,10 @@ pub fn received(station: &Station, child: &ChildRef, answer: Attestation) {
         resend(station, &child.name, &verdict.to_resend());
     }
     if let Some((raised, text)) = alarm {
+        station
+            .attestations
+            .raised
+            .set(&child.name, raised.then_some(text.as_str()));
         raise_alarm(station, child, raised, &text);
     }
 }

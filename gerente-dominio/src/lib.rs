@@ -368,7 +368,7 @@ pub async fn run(
         guardian,
         sub_guardian,
         confirmed_ms: AtomicU64::new(0),
-        attestations: Default::default(),
+        attestations: attest::Attestations::open(&db)?,
     });
 
     let (events_tx, mut events) = mpsc::channel(64);

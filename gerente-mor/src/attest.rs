@@ -15,11 +15,13 @@
 //! domain's [`Component::Attestation`] of its station.
 
 use crate::Mor;
+use agad_guardian::raised::Raised;
 use agad_net::children::ChildRef;
 use agad_protocol::Area;
 use agad_protocol::attest::{self, Attestation, Ledger};
 use agad_protocol::message::{RUNTIME_MODULE, RuntimeAlarm, Severity};
 use agad_protocol::wire::{ComponentStatus, Control, Message};
+use agad_storage::{Database, StorageError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,10 +37,27 @@ pub fn deadline(every: Duration) -> Duration {
 }
 
 /// Per station: the nonce outstanding and the last result.
-#[derive(Default)]
 pub struct Attestations {
     stations: Ledger,
+    /// The alarms raised and not cleared yet, kept across restarts.
+    raised: Raised,
     alarm_seq: AtomicU64,
+}
+
+impl Attestations {
+    /// The stations' attestations, with the alarms raised before a restart.
+    pub fn open(db: &Database) -> Result<Attestations, StorageError> {
+        let raised = Raised::open(db, "attestation-alarms")?;
+        let stations = Ledger::default();
+        for (station, text) in raised.all() {
+            stations.restore_alarm(&station, text);
+        }
+        Ok(Attestations {
+            stations,
+            raised,
+            alarm_seq: AtomicU64::new(0),
+        })
+    }
 }
 
 /// Attests every serving station each `every`, until `shutdown`.
@@ -134,6 +153,9 @@ pub fn received(mor: &Mor, child: &ChildRef, answer: Attestation) {
         mor.reconcile();
     }
     if let Some((raised, text)) = change {
+        mor.attestations
+            .raised
+            .set(&child.name, raised.then_some(text.as_str()));
         record_alarm(mor, &child.name, raised, &text);
     }
 }

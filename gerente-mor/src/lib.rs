@@ -104,7 +104,7 @@ pub async fn run(
         advertised: Default::default(),
         started: Instant::now(),
         takeover_grace: config.takeover_grace,
-        attestations: Default::default(),
+        attestations: attest::Attestations::open(&db)?,
     });
     // Finishes what an apply cut short by a stop left: raises that can no
     // longer clear under the topology in force.

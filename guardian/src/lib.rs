@@ -19,12 +19,15 @@
 //!
 //! - [`probe`]: is a host up (ICMP echo, TCP connect).
 //! - [`watch`]: the [`Guardian`] of one registry of children.
+//! - [`raised`]: the integrity alarms a manager raised, kept across its
+//!   restarts (attestation itself is the managers' `attest` modules).
 //!
 //! Not here: moving a failed domain manager's role (the top manager's
 //! reconcile does, with generation fencing), module integrity (the node
 //! runtime re-hashes its modules; the domain manager attests them).
 
 pub mod probe;
+pub mod raised;
 pub mod watch;
 
 pub use watch::{Failure, Guardian, GuardianConfig, Located, Sink};

@@ -286,6 +286,12 @@ impl Ledger {
         overdue
     }
 
+    /// `child`'s alarm was raised with `text` before this manager restarted:
+    /// its next clean answer clears it.
+    pub fn restore_alarm(&self, child: &str, text: String) {
+        self.lock().entry(child.to_owned()).or_default().alarm = Some(text);
+    }
+
     /// The nonce outstanding for `child` on `session`, if any.
     pub fn asked(&self, child: &str, session: u64) -> Option<Nonce> {
         self.lock()
@@ -489,6 +495,27 @@ mod tests {
             verify(Some(&n), &ans, &[], |_| None),
             Err(Refused::TooMany(MAX_ATTESTED + 1))
         );
+    }
+
+    #[test]
+    fn an_alarm_raised_before_a_restart_is_cleared_by_the_next_clean_answer() {
+        let ledger = Ledger::default();
+        ledger.restore_alarm("n1", "m: proof mismatch".into());
+        let bad = Verdict {
+            mismatched: vec![("m".into(), "h".into())],
+            ..Verdict::default()
+        };
+        let good = Verdict {
+            intact: vec!["m".into()],
+            ..Verdict::default()
+        };
+        assert_eq!(
+            ledger.judged("n1", &good, false, 2),
+            Some((false, "m: proof mismatch".into()))
+        );
+        // Restored, then found failing again: not raised a second time.
+        ledger.restore_alarm("n2", "m: proof mismatch".into());
+        assert_eq!(ledger.judged("n2", &bad, true, 3), None, "already raised");
     }
 
     #[test]
