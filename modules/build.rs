@@ -66,6 +66,7 @@ fn main() {
         .to_path_buf();
     for path in [
         "wit",
+        "sdk",
         "inspectors",
         "tests/guests",
         "Cargo.toml",

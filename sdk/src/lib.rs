@@ -67,7 +67,7 @@ pub mod window;
 #[allow(unsafe_code, missing_docs, clippy::all)]
 pub mod inspector {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "../wit",
         world: "agad:platform/inspector",
         pub_export_macro: true,
         export_macro_name: "export",
@@ -86,7 +86,7 @@ pub mod inspector {
 #[allow(unsafe_code, missing_docs, clippy::all)]
 pub mod specialist {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "../wit",
         world: "agad:platform/specialist",
         pub_export_macro: true,
         export_macro_name: "export",
