@@ -404,6 +404,28 @@ impl Node {
         }
     }
 
+    /// Runs a specialist once with `args`, under its manifest's limits (as
+    /// granted by this node's ceilings): `Ok(Err(reason))` is the
+    /// specialist's own failure, `Err` a fault (timeout, memory, trap).
+    pub async fn run_specialist(
+        &self,
+        module: &LinkedModule,
+        args: &[(String, String)],
+    ) -> Result<Result<wit::Diagnosis, String>, Fault> {
+        let m = &module.manifest;
+        if m.kind != Kind::Specialist {
+            return Err(Fault {
+                kind: FaultKind::Trap,
+                message: format!("{} is a {:?}, not a specialist", m.name, m.kind),
+            });
+        }
+        let host = self.factory(module.clone()).host();
+        crate::SpecialistInstance::new(module, host)
+            .await?
+            .run(args)
+            .await
+    }
+
     /// Instantiates and configures an inspector now (so a refused config is
     /// an error here), then keeps it ticking on its period until `shutdown`.
     pub async fn start_inspector(
@@ -481,20 +503,24 @@ struct InstanceFactory {
 }
 
 impl InstanceFactory {
-    async fn configured(
-        &self,
-        config: &[(String, String)],
-    ) -> Result<InspectorInstance, InitError> {
+    /// The host capabilities one instance of the module sees.
+    fn host(&self) -> HostState {
         let m = &self.module.manifest;
-        let host = HostState::with_pool(
+        HostState::with_pool(
             &m.name,
             SnmpClient::new(self.snmp_agents.clone()),
             ModuleState::new(self.state.clone(), &m.name)
                 .with_quota(self.module.limits.max_state_bytes),
             self.module.limits.max_memory_bytes,
             self.pool.clone(),
-        );
-        let mut instance = InspectorInstance::new(&self.module, host).await?;
+        )
+    }
+
+    async fn configured(
+        &self,
+        config: &[(String, String)],
+    ) -> Result<InspectorInstance, InitError> {
+        let mut instance = InspectorInstance::new(&self.module, self.host()).await?;
         instance.init(config).await?;
         Ok(instance)
     }
