@@ -134,6 +134,27 @@ pub struct AlarmsArgs {
     json: bool,
 }
 
+/// What the knowledge base did about an alarm, in one line: the rule, the
+/// case's state, each specialist's result.
+fn case_line(case: &agad_protocol::run::Case) -> String {
+    use agad_protocol::run::CaseState;
+    let mut line = format!("rule {}: {}", case.rule, case.state.label());
+    match &case.state {
+        CaseState::Escalated { to, reason } => line.push_str(&format!(" to {to} ({reason})")),
+        CaseState::Failed { reason } => line.push_str(&format!(" ({reason})")),
+        _ => {}
+    }
+    for (step, r) in &case.results {
+        line.push_str(&format!(
+            " · {step} {}: {}: {}",
+            r.specialist,
+            r.outcome.label(),
+            agad_protocol::text::excerpt(&r.outcome.text(), 160)
+        ));
+    }
+    line
+}
+
 /// A node's state in one word, for the alarm table.
 fn node_state(state: &State) -> &'static str {
     match state {
@@ -481,8 +502,19 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
         );
     }
     for a in &answer.alarms {
+        let cases = answer
+            .cases
+            .get(&a.id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if args.json {
-            outln!("{}", serde_json::to_string(a)?);
+            let mut value = serde_json::to_value(a)?;
+            if !cases.is_empty()
+                && let serde_json::Value::Object(fields) = &mut value
+            {
+                fields.insert("cases".into(), serde_json::to_value(cases)?);
+            }
+            outln!("{value}");
         } else {
             outln!(
                 "{:<20} {:<7} {:<9} {:<12} {:<14} {:<14} {:<10} {}",
@@ -499,6 +531,9 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
                 a.provenance.version,
                 a.message
             );
+            for case in cases {
+                outln!("{:<20} └ {}", "", case_line(case));
+            }
         }
     }
     note_truncated(answer.truncated, args.limit);

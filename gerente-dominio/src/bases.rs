@@ -260,6 +260,19 @@ impl Bases {
             .collect())
     }
 
+    /// The alarm of this id in BICD.
+    pub fn alarm(&self, id: &str) -> Result<Option<Alarm>, StorageError> {
+        Ok(self
+            .bicd_alarms
+            .get(id.as_bytes())?
+            .and_then(|v| wire::decode_value(&v).ok()))
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush()
+    }
+
     /// Records an alarm in BICD, durably; false if that id was already there.
     pub fn record_alarm(&self, alarm: &Alarm) -> Result<bool, StorageError> {
         let new = self

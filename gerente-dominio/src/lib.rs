@@ -11,12 +11,15 @@
 //! - [`attest`]: attestation of the code each node holds, and its healing.
 //! - [`bases`]: BC, BTPD and BICD in the station's database.
 //! - [`consolidate`]: merging node reports into one domain report per window.
+//! - [`dispatch`]: the knowledge base (BCN) acting on stored alarms:
+//!   specialists run on the nodes, fixes confirmed or escalated.
 //! - [`nodes`]: the sessions of the domain's nodes.
 //! - [`subdomains`]: sub-domain managers activated and relayed by this one.
 
 pub mod attest;
 pub mod bases;
 pub mod consolidate;
+pub mod dispatch;
 pub mod nodes;
 pub mod subdomains;
 
@@ -96,6 +99,8 @@ pub struct Station {
     confirmed_ms: AtomicU64,
     /// The nodes' attestations: nonces outstanding, last results.
     pub attestations: attest::Attestations,
+    /// The knowledge base and its cases.
+    pub dispatch: dispatch::Dispatcher,
 }
 
 impl Station {
@@ -198,6 +203,7 @@ impl Station {
             Ok(stored) => {
                 tracing::info!(domain = %stored.topology.domain.name, version, "replica in force");
                 let stored = Arc::new(stored);
+                self.dispatch.set_rules(&stored.rules);
                 *self.replica.write().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
                 self.removed.store(false, Ordering::Relaxed);
                 self.send_up(Control::ReplicaAck { version });
@@ -369,7 +375,11 @@ pub async fn run(
         sub_guardian,
         confirmed_ms: AtomicU64::new(0),
         attestations: attest::Attestations::open(&db)?,
+        dispatch: dispatch::Dispatcher::open(&db)?,
     });
+    if let Some(replica) = station.replica() {
+        station.dispatch.set_rules(&replica.rules);
+    }
 
     let (events_tx, mut events) = mpsc::channel(64);
     let link = tokio::spawn(uplink::run(
@@ -459,6 +469,7 @@ pub async fn run(
         config.consolidation_grace,
         shutdown.clone(),
     ));
+    let dispatching = tokio::spawn(dispatch::run(station.clone(), shutdown.clone()));
     let attesting = tokio::spawn(attest::run(
         station.clone(),
         config.attest_every,
@@ -504,6 +515,7 @@ pub async fn run(
     }
     consolidation.abort();
     attesting.abort();
+    dispatching.abort();
     from_mor.abort();
     Ok(())
 }

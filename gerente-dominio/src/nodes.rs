@@ -52,6 +52,7 @@ impl Parent for NodeParent {
         if let Some(replica) = self.0.replica() {
             redeploy(&self.0, &replica, Some(&child.name));
         }
+        crate::dispatch::node_connected(&self.0, &child.name);
     }
 
     fn handle(&self, child: &ChildRef, message: Message) -> Result<Option<Message>, SessionError> {
@@ -120,8 +121,12 @@ impl Sink for NodeGuardian {
 
 /// A guardian's alarm into BICD and upward, like a node's own.
 pub(crate) fn store_guardian_alarm(station: &Station, alarm: Alarm) {
+    if let Err(e) = station.dispatch.enqueue(&alarm) {
+        tracing::error!("cannot queue a guardian alarm for the knowledge base: {e}");
+    }
     match station.bases.record_alarm(&alarm) {
         Ok(true) => {
+            station.dispatch.wake();
             if let Err(e) = station.outbox.push(&Upward::Alarm(alarm)) {
                 tracing::error!("cannot queue a guardian alarm: {e}");
             }
@@ -361,17 +366,30 @@ fn handle(
                     "a node may not raise or clear the guardian's alarms".into(),
                 ));
             }
+            // In the knowledge base's inbox in the same flush as in BICD.
+            station.dispatch.enqueue(&alarm).map_err(storage)?;
             let new = station.bases.record_alarm(&alarm).map_err(storage)?;
             if new {
                 station
                     .outbox
                     .push(&Upward::Alarm(alarm.clone()))
                     .map_err(|e| SessionError::Storage(e.to_string()))?;
+                station.dispatch.wake();
                 station.nodes.publish(ChildEvent::AlarmStored {
                     child: child.clone(),
                     alarm: Arc::new(alarm),
                 });
             }
+            Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
+        }
+        Message::Alarm(Queued {
+            seq,
+            body: Upward::RunResult(result),
+        }) => {
+            result
+                .check_origin(&child.name)
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
+            crate::dispatch::received(station, result).map_err(storage)?;
             Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
         }
         Message::Reports(batch) => {

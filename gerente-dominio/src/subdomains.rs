@@ -572,6 +572,24 @@ fn relay(
             }
             ack(vec![seq])
         }
+        Message::Alarm(Queued {
+            seq,
+            body: Upward::Case(case),
+        }) => {
+            if !subtree.nodes.contains(&case.node) {
+                return Err(SessionError::Protocol(
+                    "a relayed case about a node outside the station's sub-domain".into(),
+                ));
+            }
+            case.check_origin()
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
+            // The top manager keeps the highest revision: relayed as it is.
+            station
+                .outbox
+                .push(&Upward::Case(case))
+                .map_err(|e| storage(e.to_string()))?;
+            ack(vec![seq])
+        }
         // The top manager keeps one per id, so a replay is harmless.
         Message::Reports(mut batch) => {
             let mut seqs = Vec::with_capacity(batch.len());

@@ -45,6 +45,8 @@ pub enum Request {
     Status,
     Reports(ReportQuery),
     Alarms(AlarmQuery),
+    /// How often each knowledge-base rule acted and how it went.
+    KbStats,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,6 +76,7 @@ pub enum Answer {
     Status(Status),
     Reports(ReportRows),
     Alarms(AlarmList),
+    KbStats(Vec<query::RuleStats>),
     Error(String),
 }
 
@@ -216,6 +219,7 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
         Request::Status => Answer::Status(query::status(mor)?),
         Request::Reports(q) => Answer::Reports(query::reports(b, &q)?),
         Request::Alarms(q) => Answer::Alarms(query::alarms(mor, &q)?),
+        Request::KbStats => Answer::KbStats(query::kb_stats(&mor.bases)?),
     })
 }
 

@@ -387,6 +387,11 @@ impl Bases {
 
     // ---- BIG
 
+    /// Stores a knowledge-base case if newer than the one held.
+    pub fn record_case(&self, case: &agad_protocol::run::Case) -> Result<bool> {
+        self.big.record_case(case)
+    }
+
     /// Stores an alarm once per id, durably; false if already there.
     pub fn record_alarm(&self, alarm: &Alarm) -> Result<bool> {
         self.big.record_alarm(alarm)

@@ -14,6 +14,7 @@ use crate::bases::{BaseError, Bases};
 use crate::stations::DomainStatus;
 use agad_protocol::Area;
 use agad_protocol::message::{Alarm, Provenance, Severity, Summary};
+use agad_protocol::run::{Case, CaseState, RunOutcome};
 use agad_protocol::status::Diagnosis;
 use agad_protocol::wire::{DomainReport, State};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,86 @@ pub struct AlarmList {
     pub nodes: BTreeMap<String, State>,
     /// Older matching alarms were left out because of the limit.
     pub truncated: bool,
+    /// The knowledge base's cases of each alarm in `alarms` that has one
+    /// (by alarm id): the rule chosen, the specialists' results, the state.
+    #[serde(default)]
+    pub cases: BTreeMap<String, Vec<Case>>,
+}
+
+/// How one knowledge-base rule did, over every case BIG holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleStats {
+    pub rule: String,
+    /// Alarms it acted on.
+    pub cases: u64,
+    /// Cases ended with a diagnosis (no fix in the rule, or none needed).
+    pub diagnosed: u64,
+    /// Cases whose fix was confirmed by the alarm clearing.
+    pub fixed: u64,
+    /// Cases handed to a person.
+    pub escalated: u64,
+    /// Cases that ended without a result and nobody to tell.
+    pub failed: u64,
+    /// Runs that ran past their deadline.
+    pub timed_out: u64,
+    /// Runs a node's policy (or trust) refused.
+    pub refused: u64,
+    /// Cases still running or waiting for a confirmation.
+    pub open: u64,
+}
+
+impl RuleStats {
+    /// Cases it helped: diagnosed or fixed.
+    pub fn helped(&self) -> u64 {
+        self.diagnosed + self.fixed
+    }
+
+    /// Share of its finished cases that helped, 0 to 1.
+    pub fn success_rate(&self) -> f64 {
+        let finished = self.cases - self.open;
+        if finished == 0 {
+            0.0
+        } else {
+            self.helped() as f64 / finished as f64
+        }
+    }
+}
+
+/// Every rule that acted, most helpful first.
+pub fn kb_stats(bases: &Bases) -> Result<Vec<RuleStats>, BaseError> {
+    let mut by_rule: BTreeMap<String, RuleStats> = BTreeMap::new();
+    bases.big.each_case(|case| {
+        let stats = by_rule.entry(case.rule.clone()).or_default();
+        stats.cases += 1;
+        match case.state {
+            CaseState::Diagnosed => stats.diagnosed += 1,
+            CaseState::FixedConfirmed => stats.fixed += 1,
+            CaseState::Escalated { .. } => stats.escalated += 1,
+            CaseState::Failed { .. } => stats.failed += 1,
+            CaseState::Running { .. } | CaseState::Confirming { .. } => stats.open += 1,
+        }
+        for (_, result) in &case.results {
+            match result.outcome {
+                RunOutcome::TimedOut { .. } => stats.timed_out += 1,
+                RunOutcome::Refused { .. } => stats.refused += 1,
+                _ => {}
+            }
+        }
+    })?;
+    let mut rows: Vec<RuleStats> = by_rule
+        .into_iter()
+        .map(|(rule, mut s)| {
+            s.rule = rule;
+            s
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.helped()
+            .cmp(&a.helped())
+            .then(b.success_rate().total_cmp(&a.success_rate()))
+            .then_with(|| a.rule.cmp(&b.rule))
+    });
+    Ok(rows)
 }
 
 /// Which report rows. Every field narrows; the default is every per-node
@@ -166,6 +247,12 @@ impl<T> Newest<T> {
 /// The alarms `query` asks for, with the state of their nodes.
 pub fn alarms(mor: &Mor, query: &AlarmQuery) -> Result<AlarmList, BaseError> {
     let mut list = alarm_events(&mor.bases, query)?;
+    for a in &list.alarms {
+        let cases = mor.bases.big.cases_of(&a.id)?;
+        if !cases.is_empty() {
+            list.cases.insert(a.id.clone(), cases);
+        }
+    }
     let mut states = mor.node_states();
     list.nodes = list
         .alarms
@@ -243,6 +330,7 @@ fn alarm_events(bases: &Bases, query: &AlarmQuery) -> Result<AlarmList, BaseErro
         alarms,
         nodes: BTreeMap::new(),
         truncated,
+        cases: BTreeMap::new(),
     })
 }
 

@@ -751,6 +751,35 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
             }
             ack(vec![seq])
         }
+        Message::Alarm(Queued {
+            seq,
+            body: Upward::Case(case),
+        }) => {
+            let topology = topology()?;
+            if topology.domain_of(&case.node).is_none() {
+                refused(
+                    mor,
+                    child,
+                    &format!(
+                        "a case of node `{}`, which is not in the topology",
+                        excerpt(&case.node, 64)
+                    ),
+                );
+                return ack(vec![seq]);
+            }
+            let subtree = subtree(&topology)?;
+            if !subtree.nodes.contains(&case.node) && !moved_from(mor, &case.node, &subtree)? {
+                return Err(SessionError::Protocol(
+                    "a case about a node outside the station's domain".into(),
+                ));
+            }
+            case.check_origin()
+                .map_err(|e| SessionError::Protocol(e.to_string()))?;
+            if mor.bases.record_case(&case).map_err(storage)? {
+                tracing::debug!(case = %case.key(), state = case.state.label(), "case stored");
+            }
+            ack(vec![seq])
+        }
         Message::Reports(batch) => {
             let topology = topology()?;
             let mut reports = Vec::with_capacity(batch.len());

@@ -19,7 +19,8 @@ pub enum Class {
 impl Class {
     pub fn of(body: &Upward) -> Class {
         match body {
-            Upward::Alarm(_) => Class::Alarm,
+            // Urgent like alarms: a diagnosis is what the operator waits for.
+            Upward::Alarm(_) | Upward::RunResult(_) | Upward::Case(_) => Class::Alarm,
             Upward::NodeReport(_) | Upward::DomainReport(_) => Class::Report,
         }
     }

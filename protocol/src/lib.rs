@@ -15,6 +15,8 @@
 //!   file (`.agad`), and the checks a receiver makes before compiling it.
 //! - [`duration`]: `500ms` / `10s` / `2m` / `1h`, as operators write them.
 //! - [`message`]: alarms, summaries and reports as they travel upward.
+//! - [`run`]: specialist runs and the knowledge base's cases (alarm,
+//!   rule, results, state).
 //! - [`source`]: `file:line:column: reason` errors for files operators
 //!   write (topology, rules), and the byte-span → position computation.
 //! - [`status`]: the typed state of an element's components (keep-alives,
@@ -32,6 +34,7 @@ pub mod duration;
 pub mod keys;
 pub mod manifest;
 pub mod message;
+pub mod run;
 pub mod source;
 pub mod status;
 pub mod text;

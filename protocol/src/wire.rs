@@ -229,6 +229,10 @@ pub enum Upward {
     Alarm(Alarm),
     NodeReport(Report),
     DomainReport(DomainReport),
+    /// Node → domain manager: how a specialist run ended.
+    RunResult(crate::run::RunResult),
+    /// Domain manager → top manager: a knowledge-base case, each time it changes.
+    Case(crate::run::Case),
 }
 
 /// Control class: membership, replication, deployment, liveness, acks.
@@ -330,6 +334,9 @@ pub enum Control {
     },
     /// Child → parent: the answer to [`Control::Attest`].
     Attestation(Box<crate::attest::Attestation>),
+    /// Domain manager → node: run a specialist once (the result comes
+    /// back through the node's outbox as [`Upward::RunResult`]).
+    Run(Box<crate::run::RunRequest>),
 }
 
 /// Which activation of a domain's manager a station serves under.
@@ -434,10 +441,11 @@ pub enum MessageKind {
     Reports,
     Attest,
     Attestation,
+    Run,
 }
 
 /// `Control`'s variants in declaration order, which is their wire index.
-const CONTROL_KINDS: [MessageKind; 15] = [
+const CONTROL_KINDS: [MessageKind; 16] = [
     MessageKind::Hello,
     MessageKind::Welcome,
     MessageKind::AssignDomain,
@@ -453,13 +461,14 @@ const CONTROL_KINDS: [MessageKind; 15] = [
     MessageKind::StepDown,
     MessageKind::Attest,
     MessageKind::Attestation,
+    MessageKind::Run,
 ];
 /// `Message`'s variants in declaration order (`None`: a `Control`).
 const MESSAGE_KINDS: [Option<MessageKind>; 3] =
     [None, Some(MessageKind::Alarm), Some(MessageKind::Reports)];
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 17] = [
+    pub const ALL: [MessageKind; 18] = [
         MessageKind::Hello,
         MessageKind::Welcome,
         MessageKind::AssignDomain,
@@ -477,6 +486,7 @@ impl MessageKind {
         MessageKind::Reports,
         MessageKind::Attest,
         MessageKind::Attestation,
+        MessageKind::Run,
     ];
 
     pub fn of(message: &Message) -> MessageKind {
@@ -497,6 +507,7 @@ impl MessageKind {
                 Control::StepDown { .. } => MessageKind::StepDown,
                 Control::Attest { .. } => MessageKind::Attest,
                 Control::Attestation(_) => MessageKind::Attestation,
+                Control::Run(_) => MessageKind::Run,
             },
             Message::Alarm(_) => MessageKind::Alarm,
             Message::Reports(_) => MessageKind::Reports,
@@ -510,7 +521,7 @@ impl MessageKind {
         use MessageKind::*;
         match self {
             Welcome | AssignDomain | Replicate | Deploy | Unassign | Redirect | StepDown
-            | Attest => sender == Sender::Parent,
+            | Attest | Run => sender == Sender::Parent,
             Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports | Attestation => {
                 sender == Sender::Child
             }
@@ -537,6 +548,7 @@ impl MessageKind {
             MessageKind::Reports => "reports",
             MessageKind::Attest => "attest",
             MessageKind::Attestation => "attestation",
+            MessageKind::Run => "run",
         }
     }
 }
@@ -1259,6 +1271,12 @@ mod tests {
                     quarantined: Vec::new(),
                 })))
             }
+            MessageKind::Run => control(Control::Run(Box::new(crate::run::RunRequest {
+                id: "n/m/1#rule#diagnose".into(),
+                module: module_copy(None),
+                args: vec![("path".into(), "/var".into())],
+                deadline_ms: 30_000,
+            }))),
         }
     }
 
@@ -1294,6 +1312,7 @@ mod tests {
             Redirect,
             StepDown,
             Attest,
+            Run,
         ];
         let child_only = [
             Hello,

@@ -19,6 +19,7 @@
 //! - [`node`]: loading modules and supervising them on their periods.
 //! - [`refusals`]: the alarm for a module a node could not start (and the
 //!   bookkeeping of the runtime's other per-module alarms).
+//! - [`runs`]: specialist runs a manager asks for, each at most once.
 //! - [`crashloop`]: the alarm for a module that keeps failing.
 //! - [`integrity`]: module files and compiled artefacts re-hashed, altered
 //!   ones quarantined, and the answers to a manager's attestation.
@@ -51,6 +52,7 @@ pub mod integrity;
 pub mod managed;
 pub mod node;
 pub mod refusals;
+pub mod runs;
 pub mod trust;
 
 pub use budget::OutputLimits;

@@ -7,11 +7,15 @@
 use crate::integrity::{self, IntegrityError, ModuleStore};
 use crate::node::{Event, ModuleConfig, Node};
 use crate::refusals::RefusalAlarms;
+use crate::runs::{NotAccepted, Runs};
+use crate::{Fault, LoadError, TrustError};
 use agad_net::fence::Fence;
 use agad_net::outbox::Outbox;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
 use agad_protocol::Bundle;
 use agad_protocol::attest::{Artefact, Attestation, Nonce, Quarantine};
+use agad_protocol::message::{FaultKind, Provenance};
+use agad_protocol::run::{RunOutcome, RunRequest, RunResult};
 use agad_protocol::wire::{
     Activation, Component, ComponentStatus, Control, Deployment, State, Upward,
 };
@@ -52,6 +56,8 @@ struct Managed {
     refusal_sender: Mutex<Option<JoinHandle<()>>>,
     /// The newest activation of its domain's manager this node accepted.
     fence: Fence,
+    /// Specialist runs the manager asked for: each at most once.
+    runs: Runs,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -454,6 +460,116 @@ impl Managed {
         Ok((stop, task))
     }
 
+    /// Runs a specialist the manager asked for, once per run id, and queues
+    /// its result; a second request for the same id is refused (and logged).
+    async fn run_specialist(self: &Arc<Self>, request: RunRequest) {
+        let name = request.module.manifest.name.clone();
+        let permit = match self.runs.accept(&request.id, &name).await {
+            Ok(permit) => permit,
+            Err(NotAccepted::Duplicate(id)) => {
+                // Tests count these lines.
+                tracing::warn!(%id, specialist = %name, "refused a second run of a specialist run id");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(id = %request.id, specialist = %name, "specialist run not accepted: {e}");
+                return;
+            }
+        };
+        let started_ms = crate::host::clock::now_ms();
+        // Tests count these lines.
+        tracing::info!(id = %request.id, specialist = %name, "specialist run started");
+        let deadline = Duration::from_millis(request.deadline_ms.max(1));
+        let provenance = Provenance::of(&request.module.manifest);
+        let outcome = match tokio::time::timeout(deadline, self.specialist_outcome(&request)).await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => RunOutcome::TimedOut {
+                reason: format!(
+                    "not finished within the rule's deadline of {} ms",
+                    request.deadline_ms
+                ),
+            },
+        };
+        drop(permit);
+        tracing::info!(id = %request.id, specialist = %name, outcome = outcome.label(), "specialist run ended");
+        let result = RunResult {
+            id: request.id,
+            node: self.node.settings().name.clone(),
+            specialist: name,
+            provenance,
+            outcome,
+            started_ms,
+            finished_ms: crate::host::clock::now_ms(),
+        };
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.runs.finished(result)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("cannot queue a specialist result: {e}"),
+            Err(e) => tracing::error!("specialist result task failed: {e}"),
+        }
+    }
+
+    /// Loads (or reuses) the specialist and runs it once.
+    async fn specialist_outcome(self: &Arc<Self>, request: &RunRequest) -> RunOutcome {
+        let hash = request.module.manifest.sha256_hex();
+        let module = match self.runs.cached(&hash) {
+            Some(module) => module,
+            None => {
+                let me = self.clone();
+                let shipped = request.module.clone();
+                let loaded = tokio::task::spawn_blocking(move || -> Result<_, RunOutcome> {
+                    let failed = |reason: String| RunOutcome::Failed { reason };
+                    let bundle = me
+                        .bundle_for(shipped)
+                        .map_err(|e| failed(format!("{e:#}")))?;
+                    let module = me.node.load(&bundle).map_err(|e| match e {
+                        // The node's own rules: its policy, its keys.
+                        LoadError::Trust(TrustError::Rollback { .. }) => failed(e.to_string()),
+                        LoadError::Trust(_)
+                        | LoadError::Link(crate::LinkError::DeniedByPolicy { .. }) => {
+                            RunOutcome::Refused {
+                                reason: e.to_string(),
+                            }
+                        }
+                        other => failed(other.to_string()),
+                    })?;
+                    me.store
+                        .put(&bundle)
+                        .map_err(|e| failed(format!("{e:#}")))?;
+                    Ok(module)
+                })
+                .await;
+                match loaded {
+                    Ok(Ok(module)) => {
+                        self.runs.cache(hash, module.clone());
+                        module
+                    }
+                    Ok(Err(outcome)) => return outcome,
+                    Err(e) => {
+                        return RunOutcome::Failed {
+                            reason: format!("loading task failed: {e}"),
+                        };
+                    }
+                }
+            }
+        };
+        match self.node.run_specialist(&module, &request.args).await {
+            Ok(Ok(d)) => RunOutcome::Diagnosed {
+                summary: d.summary,
+                facts: d.facts,
+            },
+            Ok(Err(reason)) => RunOutcome::Failed { reason },
+            Err(Fault {
+                kind: FaultKind::Timeout,
+                message,
+            }) => RunOutcome::TimedOut { reason: message },
+            Err(Fault { kind, message }) => RunOutcome::Failed {
+                reason: format!("{kind:?}: {message}"),
+            },
+        }
+    }
+
     fn stop_all(&self) {
         for (_, r) in lock(&self.running).drain() {
             let _ = r.stop.send(true);
@@ -551,6 +667,7 @@ pub async fn run(
         refusals: RefusalAlarms::open(&node.settings().name, &db)?,
         refusal_sender: Mutex::default(),
         fence: Fence::open(&db)?,
+        runs: Runs::open(&node.settings().name, &db, outbox.clone())?,
         node,
         running: Mutex::default(),
         faults: Mutex::default(),
@@ -591,7 +708,7 @@ pub async fn run(
                 let label = match &body {
                     Upward::Alarm(a) => Ok(a.id.clone()),
                     Upward::NodeReport(r) => Err((r.module.clone(), r.time_ms)),
-                    Upward::DomainReport(_) => Err((String::new(), 0)),
+                    _ => Err((String::new(), 0)),
                 };
                 let reserve = reserve.clone();
                 let pushed = tokio::task::spawn_blocking(move || {
@@ -622,6 +739,10 @@ pub async fn run(
                         tracing::warn!("deployment {version}: {p}");
                     }
                     let _ = up_tx.send(Control::DeployAck { version, problems }).await;
+                }
+                Some(Downlink::Control(Control::Run(request))) => {
+                    let managed = managed.clone();
+                    tokio::spawn(async move { managed.run_specialist(*request).await });
                 }
                 Some(Downlink::Control(Control::Attest { nonce })) => {
                     // Answered from a task: hashing every module must not

@@ -19,6 +19,8 @@
 //! - `big-reports-by-domain`: lp(domain) ‖ window start ‖ id → ().
 //! - `big-reports-by-node`: lp(node) ‖ window start ‖ id → () for every node
 //!   with a row in the report.
+//! - `big-cases`: `<alarm id>#<rule>` → the knowledge base's case for
+//!   that alarm and rule, its highest revision.
 //! - `big-meta`: which index layout the trees hold.
 //!
 //! Index entries are written after the primary copy and written again when
@@ -30,6 +32,7 @@
 
 use super::{Result, decode};
 use agad_protocol::message::Alarm;
+use agad_protocol::run::Case;
 use agad_protocol::wire::{self, DomainReport};
 use agad_storage::{Database, Tree};
 use serde::{Deserialize, Serialize};
@@ -58,6 +61,7 @@ pub struct Big {
     reports: Tree,
     reports_by_domain: Tree,
     reports_by_node: Tree,
+    cases: Tree,
     meta: Tree,
     /// Serialises the read-modify-write of a condition's latest event (two
     /// stations may relay one node's alarms during a take-over) against
@@ -220,6 +224,7 @@ impl Big {
             reports: db.tree("big-reports")?,
             reports_by_domain: db.tree("big-reports-by-domain")?,
             reports_by_node: db.tree("big-reports-by-node")?,
+            cases: db.tree("big-cases")?,
             meta: db.tree("big-meta")?,
             conditions_lock: Arc::default(),
         };
@@ -275,6 +280,42 @@ impl Big {
         }
         self.db.flush()?;
         Ok(new)
+    }
+
+    /// Stores a case if it is newer than the one held (by revision);
+    /// false if not. Durable.
+    pub fn record_case(&self, case: &Case) -> Result<bool> {
+        let key = case.key();
+        let _guard = self.lock();
+        let held: Option<Case> = self
+            .cases
+            .get(key.as_bytes())?
+            .map(|v| decode("case", &v))
+            .transpose()?;
+        if held.is_some_and(|h| h.revision >= case.revision) {
+            return Ok(false);
+        }
+        self.cases
+            .insert(key.as_bytes(), &wire::encode_value(case))?;
+        self.db.flush()?;
+        Ok(true)
+    }
+
+    /// The cases of one alarm (one per rule that acted on it).
+    pub fn cases_of(&self, alarm_id: &str) -> Result<Vec<Case>> {
+        self.cases
+            .scan_prefix(format!("{alarm_id}#").as_bytes())?
+            .into_iter()
+            .map(|(_, v)| decode("case", &v))
+            .collect()
+    }
+
+    /// Visits every case, in key order.
+    pub fn each_case(&self, mut visit: impl FnMut(Case)) -> Result<()> {
+        all_entries(&self.cases, |_, value| {
+            visit(decode("case", &value)?);
+            Ok(ControlFlow::Continue(()))
+        })
     }
 
     fn index_alarm(&self, alarm: &Alarm) -> Result<()> {

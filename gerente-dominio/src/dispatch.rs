@@ -1,0 +1,578 @@
+//! The knowledge base at work: every alarm the station stores is evaluated
+//! against BCN; a matching rule opens a case, ships its specialist to the
+//! alarm's node and runs it, then, as the rule's chain says, runs a fix,
+//! waits for the inspector to clear the alarm, or escalates to a person.
+//!
+//! Everything is on disk before it is acted on, so a `kill -9` loses
+//! nothing and repeats nothing:
+//! - an alarm is put in the inbox in the same flush that stores it in BICD,
+//!   and leaves it only once evaluated (with its cases written);
+//! - a run is recorded as pending before it is sent, and sent again to the
+//!   node whenever the node (re)connects: the node runs each run id at most
+//!   once ([`agad_protocol::run::run_id`]), so a resend after a restart or
+//!   a fail-over never runs a specialist twice;
+//! - a case goes to the top manager through the outbox at every change.
+
+use crate::Station;
+use agad_knowledge_base::{Action, Catalog, Chain, KnowledgeBase, State};
+use agad_protocol::message::Alarm;
+use agad_protocol::run::{Case, CaseState, RunOutcome, RunRequest, RunResult, StepKind, run_id};
+use agad_protocol::wire::{self, Control, Message, Upward};
+use agad_storage::{Database, StorageError, Tree};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// Alarms waiting for evaluation; past this the oldest are evaluated late
+/// but none is dropped (the inbox is on disk). Bounds one pass's work.
+const BATCH: usize = 256;
+/// Alarm ids remembered as evaluated (a replayed alarm is not counted twice).
+const REMEMBERED: usize = 100_000;
+/// How long past its deadline a run may stay without a result while its
+/// node is connected, before the case gives up on it.
+const RESULT_GRACE_MS: u64 = 60_000;
+/// Key of the repetition state in the `kb` tree.
+const STATE: &[u8] = b"state";
+
+/// A run asked of a node, until its result comes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    case: String,
+    node: String,
+    step: StepKind,
+    specialist: String,
+    args: Vec<(String, String)>,
+    deadline_ms: u64,
+    sent_ms: u64,
+}
+
+pub struct Dispatcher {
+    kb: RwLock<Option<Arc<KnowledgeBase>>>,
+    state: Mutex<State>,
+    /// Alarm id → alarm, until evaluated.
+    inbox: Tree,
+    /// Alarm id → (), once evaluated.
+    evaluated: Tree,
+    /// Case key → [`Case`].
+    cases: Tree,
+    /// Run id → [`Pending`].
+    pending: Tree,
+    meta: Tree,
+    wake: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Dispatcher {
+    pub fn open(db: &Database) -> Result<Dispatcher, StorageError> {
+        let meta = db.tree("kb")?;
+        let state = meta
+            .get(STATE)?
+            .and_then(|bytes| wire::decode_value::<State>(&bytes).ok())
+            .unwrap_or_default();
+        Ok(Dispatcher {
+            kb: RwLock::new(None),
+            state: Mutex::new(state),
+            inbox: db.tree("kb-inbox")?,
+            evaluated: db.tree("kb-evaluated")?,
+            cases: db.tree("kb-cases")?,
+            pending: db.tree("kb-pending")?,
+            meta,
+            wake: Notify::new(),
+        })
+    }
+
+    /// Puts the replica's rule set in force. The top manager checked it
+    /// against every published module; this station re-reads it without
+    /// the names it cannot know (other domains' modules). A set that does
+    /// not parse keeps the one in force.
+    pub fn set_rules(&self, files: &[(String, String)]) {
+        let kb = if files.is_empty() {
+            None
+        } else {
+            match KnowledgeBase::parse(files, &Catalog::trusting()) {
+                Ok(kb) => Some(Arc::new(kb)),
+                Err(errors) => {
+                    for e in errors.iter().take(10) {
+                        tracing::error!("knowledge base refused: {e}");
+                    }
+                    tracing::error!(
+                        errors = errors.len(),
+                        "the replica's rule set does not parse here; the previous one stays in force"
+                    );
+                    return;
+                }
+            }
+        };
+        if let Some(kb) = &kb {
+            tracing::info!(rules = kb.rules().len(), "knowledge base in force");
+        }
+        *self.kb.write().unwrap_or_else(|p| p.into_inner()) = kb;
+    }
+
+    fn kb(&self) -> Option<Arc<KnowledgeBase>> {
+        self.kb.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Queues a stored alarm for evaluation. Call before the flush that
+    /// stores it in BICD: both are on disk together, or neither.
+    pub fn enqueue(&self, alarm: &Alarm) -> Result<(), StorageError> {
+        if self.kb().is_none() && alarm.raised {
+            return Ok(());
+        }
+        self.inbox
+            .insert(alarm.id.as_bytes(), &wire::encode_value(alarm))
+    }
+
+    /// Wakes the worker (an alarm was stored).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Every case this station holds, for status and tests.
+    pub fn cases(&self) -> Vec<Case> {
+        self.cases
+            .scan_prefix(b"")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, v)| wire::decode_value(&v).ok())
+            .collect()
+    }
+
+    fn case(&self, key: &str) -> Result<Option<Case>, StorageError> {
+        Ok(self
+            .cases
+            .get(key.as_bytes())?
+            .and_then(|v| wire::decode_value(&v).ok()))
+    }
+}
+
+/// Writes `case` (one revision more) and queues it for the top manager.
+fn save(station: &Station, mut case: Case, now_ms: u64) -> Result<Case, StorageError> {
+    case.revision += 1;
+    case.updated_ms = now_ms;
+    let d = &station.dispatch;
+    d.cases
+        .insert(case.key().as_bytes(), &wire::encode_value(&case))?;
+    station.outbox.push(&Upward::Case(case.clone()))?;
+    tracing::info!(case = %case.key(), state = case.state.label(), revision = case.revision, "case updated");
+    Ok(case)
+}
+
+/// Evaluates what is in the inbox. Blocking (sled, fsync).
+fn evaluate_inbox(station: &Station) -> Result<(), StorageError> {
+    let d = &station.dispatch;
+    let entries = d.inbox.entries_after(b"", BATCH)?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let kb = d.kb();
+    for (key, value) in entries {
+        d.inbox.remove(&key)?;
+        if d.evaluated.insert_new(&key, &[])? {
+            let Ok(alarm) = wire::decode_value::<Alarm>(&value) else {
+                continue;
+            };
+            let now = crate::now_ms();
+            if alarm.raised {
+                if let Some(kb) = &kb {
+                    open_cases(station, kb, &alarm, now)?;
+                }
+            } else {
+                confirm_fixes(station, &alarm, now)?;
+            }
+        }
+    }
+    let state = wire::encode_value(&*lock(&d.state));
+    d.meta.insert(STATE, &state)?;
+    forget_oldest(&d.evaluated)?;
+    station.bases.flush()
+}
+
+/// Keeps the newest [`REMEMBERED`] evaluated ids (sled keys are ordered by
+/// id, not by time: ids of one node and module grow, so this drops low
+/// serials first, which is good enough for a replay guard).
+fn forget_oldest(tree: &Tree) -> Result<(), StorageError> {
+    let excess = tree.len().saturating_sub(REMEMBERED);
+    if excess > 0 {
+        for (key, _) in tree.entries_after(b"", excess)? {
+            tree.remove(&key)?;
+        }
+    }
+    Ok(())
+}
+
+/// The rules that act on a raised alarm: a case per chain.
+fn open_cases(
+    station: &Station,
+    kb: &KnowledgeBase,
+    alarm: &Alarm,
+    now: u64,
+) -> Result<(), StorageError> {
+    let decisions = {
+        let mut state = lock(&station.dispatch.state);
+        kb.evaluate(&mut state, alarm, now)
+    };
+    for decision in decisions {
+        let rule = decision.rule;
+        match &rule.action {
+            Action::Chain(chain) => {
+                let key = format!("{}#{}", alarm.id, rule.name);
+                if station.dispatch.case(&key)?.is_some() {
+                    continue;
+                }
+                tracing::info!(alarm = %alarm.id, rule = %rule.name, "rule matched: opening a case");
+                let mut case = Case {
+                    alarm_id: alarm.id.clone(),
+                    node: alarm.node.clone(),
+                    key: alarm.key.clone(),
+                    rule: rule.name.clone(),
+                    steps: vec![(StepKind::Diagnose, chain.diagnose.specialist.clone())],
+                    results: Vec::new(),
+                    state: CaseState::Running {
+                        step: StepKind::Diagnose,
+                    },
+                    revision: 0,
+                    opened_ms: now,
+                    updated_ms: now,
+                };
+                match chain.diagnose.render_args(alarm, &[]) {
+                    Ok(args) => {
+                        let case = save(station, case, now)?;
+                        start_run(station, case, chain, StepKind::Diagnose, args, now)?;
+                    }
+                    Err(missing) => {
+                        case.state =
+                            end_without_fix(chain, format!("diagnosis not run: {missing}"));
+                        save(station, case, now)?;
+                    }
+                }
+            }
+            // Starting and stopping modules from rules is not built yet:
+            // said plainly rather than silently ignored.
+            Action::Start(_) | Action::Stop { .. } => {
+                tracing::warn!(alarm = %alarm.id, rule = %rule.name, action = %agad_knowledge_base::action_summary(&rule.action), "rule matched, but starting or stopping modules from rules is not supported yet");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How a chain ends when its fix is not confirmed: escalated to whoever
+/// the rule names, or failed.
+fn end_without_fix(chain: &Chain, reason: String) -> CaseState {
+    match &chain.escalate {
+        Some(to) => CaseState::Escalated {
+            to: to.clone(),
+            reason,
+        },
+        None => CaseState::Failed { reason },
+    }
+}
+
+/// Records a run of `step` of `chain` as pending, then sends it if its
+/// node is connected. A specialist this domain was not given ends the
+/// case at once (escalated, or failed), never silently.
+fn start_run(
+    station: &Station,
+    case: Case,
+    chain: &Chain,
+    step: StepKind,
+    args: Vec<(String, String)>,
+    now: u64,
+) -> Result<(), StorageError> {
+    let (specialist, deadline_ms) = match step {
+        StepKind::Diagnose => (&chain.diagnose.specialist, chain.diagnose.deadline_ms),
+        StepKind::Fix => match &chain.fix {
+            Some(fix) => (&fix.step.specialist, fix.step.deadline_ms),
+            None => return Ok(()),
+        },
+    };
+    let published = station
+        .replica()
+        .is_some_and(|r| r.modules.iter().any(|m| m.manifest.name == *specialist));
+    if !published {
+        let mut case = case;
+        case.state = end_without_fix(
+            chain,
+            format!("{step} not run: specialist `{specialist}` is not published to this domain"),
+        );
+        save(station, case, now)?;
+        return station.bases.flush();
+    }
+    let id = run_id(&case.alarm_id, &case.rule, step);
+    let pending = Pending {
+        case: case.key(),
+        node: case.node.clone(),
+        step,
+        specialist: specialist.to_owned(),
+        args,
+        deadline_ms,
+        sent_ms: now,
+    };
+    station
+        .dispatch
+        .pending
+        .insert(id.as_bytes(), &wire::encode_value(&pending))?;
+    station.bases.flush()?;
+    send_run(station, &id, &pending);
+    Ok(())
+}
+
+/// Sends one pending run to its node, if connected: the manifest, and the
+/// bytes only if the node does not hold them.
+fn send_run(station: &Station, id: &str, pending: &Pending) {
+    let Some(replica) = station.replica() else {
+        return;
+    };
+    let Some(copy) = replica
+        .modules
+        .iter()
+        .find(|m| m.manifest.name == pending.specialist)
+    else {
+        tracing::warn!(run = %id, specialist = %pending.specialist, "specialist not in this domain's replica: waiting for one that has it");
+        return;
+    };
+    let hash = copy.manifest.sha256_hex();
+    let held = station
+        .nodes
+        .lock()
+        .get(&pending.node)
+        .map(|e| e.held.contains(&hash));
+    let Some(held) = held else {
+        tracing::info!(run = %id, node = %pending.node, "node not connected: the run waits for it");
+        return;
+    };
+    let module = if held {
+        copy.without_bytes()
+    } else {
+        match station.bases.module(&hash) {
+            Ok(Some(full)) => full,
+            Ok(None) | Err(_) => {
+                tracing::error!(run = %id, specialist = %pending.specialist, "specialist bytes missing from BC");
+                return;
+            }
+        }
+    };
+    let request = RunRequest {
+        id: id.to_owned(),
+        module,
+        args: pending.args.clone(),
+        deadline_ms: pending.deadline_ms,
+    };
+    if let Some(e) = station.nodes.lock().get_mut(&pending.node)
+        && e.send(Message::Control(Control::Run(Box::new(request))))
+    {
+        e.held.insert(hash);
+        tracing::info!(run = %id, node = %pending.node, specialist = %pending.specialist, with_bytes = !held, "specialist run sent");
+    }
+}
+
+/// A node (re)connected: its pending runs go again (it refuses those it
+/// already accepted).
+pub fn node_connected(station: &Station, node: &str) {
+    let now = crate::now_ms();
+    for (id, mut pending) in pending_runs(station) {
+        if pending.node == node {
+            // Its deadline counts from now: the node was away.
+            pending.sent_ms = now;
+            if let Err(e) = station
+                .dispatch
+                .pending
+                .insert(id.as_bytes(), &wire::encode_value(&pending))
+            {
+                tracing::error!(run = %id, "cannot record a resent run: {e}");
+            }
+            send_run(station, &id, &pending);
+        }
+    }
+}
+
+fn pending_runs(station: &Station) -> Vec<(String, Pending)> {
+    station
+        .dispatch
+        .pending
+        .scan_prefix(b"")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some((
+                String::from_utf8(k).ok()?,
+                wire::decode_value::<Pending>(&v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// A node's result: kept with its case, which moves on. Blocking. A result
+/// for no pending run (a replay, or a run given up on) is recorded only if
+/// its case does not have it yet.
+pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError> {
+    let d = &station.dispatch;
+    let now = crate::now_ms();
+    let Some(pending) = d
+        .pending
+        .get(result.id.as_bytes())?
+        .and_then(|v| wire::decode_value::<Pending>(&v).ok())
+    else {
+        tracing::info!(run = %result.id, "result of no pending run (already recorded or given up): kept only in the log");
+        return Ok(());
+    };
+    d.pending.remove(result.id.as_bytes())?;
+    let Some(mut case) = d.case(&pending.case)? else {
+        return station.bases.flush();
+    };
+    tracing::info!(run = %result.id, outcome = result.outcome.label(), "specialist result received");
+    let outcome = result.outcome.clone();
+    case.results.push((pending.step, result));
+    let chain = d.kb().and_then(|kb| match &kb.rule(&case.rule)?.action {
+        Action::Chain(chain) => Some(chain.clone()),
+        _ => None,
+    });
+    let mut fix_args = None;
+    case.state = match (pending.step, &outcome, &chain) {
+        (StepKind::Diagnose, RunOutcome::Diagnosed { facts, .. }, Some(chain)) => {
+            match &chain.fix {
+                None => CaseState::Diagnosed,
+                Some(fix) if fix.condition.as_ref().is_none_or(|c| c.holds(facts)) => {
+                    let alarm = station.bases.alarm(&case.alarm_id)?;
+                    match alarm.map(|a| fix.step.render_args(&a, facts)) {
+                        Some(Ok(args)) => {
+                            fix_args = Some(args);
+                            case.steps
+                                .push((StepKind::Fix, fix.step.specialist.clone()));
+                            CaseState::Running {
+                                step: StepKind::Fix,
+                            }
+                        }
+                        Some(Err(missing)) => {
+                            end_without_fix(chain, format!("fix not run: {missing}"))
+                        }
+                        None => {
+                            end_without_fix(chain, "fix not run: the alarm is not in BICD".into())
+                        }
+                    }
+                }
+                Some(fix) => end_without_fix(
+                    chain,
+                    format!(
+                        "diagnosed; no fix applied ({} does not hold)",
+                        fix.condition
+                            .as_ref()
+                            .map_or_else(String::new, |c| c.to_string())
+                    ),
+                ),
+            }
+        }
+        (StepKind::Fix, RunOutcome::Diagnosed { .. }, Some(chain)) => CaseState::Confirming {
+            until_ms: now + chain.confirm_within_ms.unwrap_or(0),
+        },
+        (step, RunOutcome::Diagnosed { .. }, None) => match step {
+            // The rule changed meanwhile: what ran is the outcome.
+            StepKind::Diagnose => CaseState::Diagnosed,
+            StepKind::Fix => CaseState::Failed {
+                reason: "fixed, but the rule is gone: nothing confirms it".into(),
+            },
+        },
+        (step, other, chain) => {
+            let reason = format!("{step} {}: {}", other.label(), other.text());
+            match chain {
+                Some(chain) => end_without_fix(chain, reason),
+                None => CaseState::Failed { reason },
+            }
+        }
+    };
+    let case = save(station, case, now)?;
+    if let (Some(args), Some(chain)) = (fix_args, &chain) {
+        start_run(station, case, chain, StepKind::Fix, args, now)?;
+    } else {
+        station.bases.flush()?;
+    }
+    Ok(())
+}
+
+/// A clear of a node's key confirms the fixes waiting on it.
+fn confirm_fixes(station: &Station, clear: &Alarm, now: u64) -> Result<(), StorageError> {
+    for case in station.dispatch.cases() {
+        if case.node == clear.node
+            && case.key == clear.key
+            && matches!(case.state, CaseState::Confirming { .. })
+        {
+            let mut case = case;
+            case.state = CaseState::FixedConfirmed;
+            save(station, case, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fixes not confirmed in time escalate; runs that never answered give up.
+fn expire(station: &Station) -> Result<(), StorageError> {
+    let d = &station.dispatch;
+    let now = crate::now_ms();
+    let mut changed = false;
+    for case in d.cases() {
+        if let CaseState::Confirming { until_ms } = case.state
+            && now >= until_ms
+        {
+            let chain = d.kb().and_then(|kb| match &kb.rule(&case.rule)?.action {
+                Action::Chain(chain) => Some(chain.clone()),
+                _ => None,
+            });
+            let reason = "fixed, but the alarm did not clear in time".to_owned();
+            let mut case = case;
+            case.state = match chain {
+                Some(chain) => end_without_fix(&chain, reason),
+                None => CaseState::Failed { reason },
+            };
+            save(station, case, now)?;
+            changed = true;
+        }
+    }
+    for (id, pending) in pending_runs(station) {
+        let connected = station.nodes.lock().contains_key(&pending.node);
+        if connected && now > pending.sent_ms + pending.deadline_ms + RESULT_GRACE_MS {
+            d.pending.remove(id.as_bytes())?;
+            if let Some(mut case) = d.case(&pending.case)? {
+                let reason = format!(
+                    "{} sent no result within its deadline and {} s more",
+                    pending.node,
+                    RESULT_GRACE_MS / 1000
+                );
+                case.state = CaseState::Failed { reason };
+                save(station, case, now)?;
+            }
+            changed = true;
+        }
+    }
+    if changed {
+        station.bases.flush()?;
+    }
+    Ok(())
+}
+
+/// The dispatcher's loop: evaluates what is stored, expires what waited too
+/// long, until `shutdown`.
+pub async fn run(station: Arc<Station>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let s = station.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            evaluate_inbox(&s)?;
+            expire(&s)
+        })
+        .await;
+        match pass {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("knowledge base dispatch failed: {e}"),
+            Err(e) => tracing::error!("knowledge base dispatch task failed: {e}"),
+        }
+        tokio::select! {
+            _ = station.dispatch.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

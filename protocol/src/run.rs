@@ -1,0 +1,351 @@
+//! Specialist runs and the cases the knowledge base opens for alarms.
+//!
+//! A domain manager whose knowledge base (BCN) matches an alarm opens a
+//! [`Case`] for (alarm, rule) and asks the alarm's node to run a specialist
+//! ([`RunRequest`]); the node answers through its outbox with a
+//! [`RunResult`]. Every run has an id derived from (alarm, rule, step), so a
+//! node that already ran it refuses a second run, whoever asks: a manager
+//! that restarted, or its standby. The case, with every result, travels up
+//! to the top manager (BIG) each time it changes.
+
+use crate::Bundle;
+use crate::message::{MAX_ALARM_TEXT, Provenance};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Which step of a rule's chain a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    Diagnose,
+    Fix,
+}
+
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StepKind::Diagnose => "diagnose",
+            StepKind::Fix => "fix",
+        })
+    }
+}
+
+/// The id of the run of `step` of `rule` for the alarm `alarm_id`
+/// (`<node>/<module>/<seq>#<rule>#<step>`): in the alarm's node's id space,
+/// so the node's results are bound to their origin like its alarms.
+pub fn run_id(alarm_id: &str, rule: &str, step: StepKind) -> String {
+    format!("{alarm_id}#{rule}#{step}")
+}
+
+/// Parent → node: run this specialist once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// See [`run_id`]; the node runs each id at most once.
+    pub id: String,
+    /// The specialist, with its bytes only when the node lacks that hash.
+    pub module: Bundle,
+    pub args: Vec<(String, String)>,
+    /// The rule's deadline for the whole run (the module's own
+    /// `max_time_per_call_ms` still applies).
+    pub deadline_ms: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum RunOutcome {
+    /// The specialist returned a diagnosis.
+    Diagnosed {
+        summary: String,
+        facts: Vec<(String, String)>,
+    },
+    /// The specialist returned an error, trapped, or could not be loaded.
+    Failed { reason: String },
+    /// It ran past its deadline and was stopped.
+    TimedOut { reason: String },
+    /// The node would not run it: its policy refuses a capability, or the
+    /// module is not a specialist, or its signature is refused.
+    Refused { reason: String },
+    /// The node had already run this id: the result went up then.
+    AlreadyRan,
+}
+
+impl RunOutcome {
+    /// One word, for tables and statistics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RunOutcome::Diagnosed { .. } => "diagnosed",
+            RunOutcome::Failed { .. } => "failed",
+            RunOutcome::TimedOut { .. } => "timed-out",
+            RunOutcome::Refused { .. } => "refused",
+            RunOutcome::AlreadyRan => "already-ran",
+        }
+    }
+
+    /// One line for a person.
+    pub fn text(&self) -> String {
+        match self {
+            RunOutcome::Diagnosed { summary, .. } => summary.clone(),
+            RunOutcome::Failed { reason }
+            | RunOutcome::TimedOut { reason }
+            | RunOutcome::Refused { reason } => reason.clone(),
+            RunOutcome::AlreadyRan => "already ran on this node".to_owned(),
+        }
+    }
+}
+
+/// Most facts a result keeps, and the longest text of any of its strings.
+pub const MAX_FACTS: usize = 64;
+
+/// Node → parent (through the outbox): how one run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The [`RunRequest::id`].
+    pub id: String,
+    pub node: String,
+    pub specialist: String,
+    /// The code that ran (empty when it could not be loaded).
+    pub provenance: Provenance,
+    pub outcome: RunOutcome,
+    /// Milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    pub finished_ms: u64,
+}
+
+/// Why a manager refuses a run result a child sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResultRefused {
+    #[error("a run result about another node ({0} bytes of name)")]
+    OtherNode(usize),
+    #[error("a run id that is not in the node's alarm id space ({0} bytes)")]
+    ForeignId(usize),
+    #[error("a run result with {0} facts (at most {MAX_FACTS})")]
+    TooManyFacts(usize),
+    #[error("a run result whose {field} has {len} bytes (at most {MAX_ALARM_TEXT})")]
+    TooLong { field: &'static str, len: usize },
+}
+
+impl RunResult {
+    /// Whether this result may come from `node`: about it, its id in the
+    /// node's own id space, and every text bounded.
+    pub fn check_origin(&self, node: &str) -> Result<(), ResultRefused> {
+        if self.node != node {
+            return Err(ResultRefused::OtherNode(self.node.len()));
+        }
+        if !self
+            .id
+            .strip_prefix(node)
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return Err(ResultRefused::ForeignId(self.id.len()));
+        }
+        let long = |field: &'static str, text: &str| {
+            if text.len() > MAX_ALARM_TEXT {
+                Err(ResultRefused::TooLong {
+                    field,
+                    len: text.len(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        long("id", &self.id)?;
+        long("specialist", &self.specialist)?;
+        match &self.outcome {
+            RunOutcome::Diagnosed { summary, facts } => {
+                long("summary", summary)?;
+                if facts.len() > MAX_FACTS {
+                    return Err(ResultRefused::TooManyFacts(facts.len()));
+                }
+                for (k, v) in facts {
+                    long("fact", k)?;
+                    long("fact", v)?;
+                }
+            }
+            RunOutcome::Failed { reason }
+            | RunOutcome::TimedOut { reason }
+            | RunOutcome::Refused { reason } => long("reason", reason)?,
+            RunOutcome::AlreadyRan => {}
+        }
+        Ok(())
+    }
+}
+
+/// Where a case stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum CaseState {
+    /// A specialist was asked to run (`step`), no result yet.
+    Running { step: StepKind },
+    /// Diagnosed; nothing more to do.
+    Diagnosed,
+    /// Fixed; waiting for the alarm to clear until `until_ms`.
+    Confirming { until_ms: u64 },
+    /// Fixed, and the alarm cleared.
+    FixedConfirmed,
+    /// The chain ended without a confirmed fix and a person was told.
+    Escalated { to: String, reason: String },
+    /// The chain ended without a confirmed fix, nobody to tell.
+    Failed { reason: String },
+}
+
+impl CaseState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CaseState::Running {
+                step: StepKind::Diagnose,
+            } => "diagnosing",
+            CaseState::Running {
+                step: StepKind::Fix,
+            } => "fixing",
+            CaseState::Diagnosed => "diagnosed",
+            CaseState::Confirming { .. } => "confirming",
+            CaseState::FixedConfirmed => "fixed",
+            CaseState::Escalated { .. } => "escalated",
+            CaseState::Failed { .. } => "failed",
+        }
+    }
+
+    /// Whether the case is over.
+    pub fn is_final(&self) -> bool {
+        !matches!(
+            self,
+            CaseState::Running { .. } | CaseState::Confirming { .. }
+        )
+    }
+}
+
+/// One rule acting on one alarm, with every run so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    /// The alarm's id (`<node>/<module>/<seq>`).
+    pub alarm_id: String,
+    pub node: String,
+    /// The alarm's key: a clear of the same node and key confirms a fix.
+    pub key: String,
+    pub rule: String,
+    /// Specialist of each step, in order: diagnose, then fix.
+    pub steps: Vec<(StepKind, String)>,
+    pub results: Vec<(StepKind, RunResult)>,
+    pub state: CaseState,
+    /// Increases with every change: a receiver keeps the highest.
+    pub revision: u64,
+    pub opened_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl Case {
+    /// `<alarm id>#<rule>`: one case per (alarm, rule).
+    pub fn key(&self) -> String {
+        format!("{}#{}", self.alarm_id, self.rule)
+    }
+
+    /// Whether a case may come from a station whose subtree holds `node`:
+    /// its runs are that node's, and its texts are bounded.
+    pub fn check_origin(&self) -> Result<(), ResultRefused> {
+        let node = &self.node;
+        if !self
+            .alarm_id
+            .strip_prefix(node.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return Err(ResultRefused::ForeignId(self.alarm_id.len()));
+        }
+        if self.results.len() > 2 || self.steps.len() > 2 {
+            return Err(ResultRefused::TooManyFacts(self.results.len()));
+        }
+        for text in [&self.alarm_id, &self.rule, &self.key] {
+            if text.len() > MAX_ALARM_TEXT {
+                return Err(ResultRefused::TooLong {
+                    field: "case",
+                    len: text.len(),
+                });
+            }
+        }
+        for (_, r) in &self.results {
+            r.check_origin(node)?;
+        }
+        Ok(())
+    }
+
+    /// The latest result, in one line: `top-cpu: diagnosed: pid 4242 ...`.
+    pub fn latest(&self) -> Option<String> {
+        self.results.last().map(|(_, r)| {
+            format!(
+                "{}: {}: {}",
+                r.specialist,
+                r.outcome.label(),
+                crate::text::excerpt(&r.outcome.text(), 200)
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(node: &str, id: &str) -> RunResult {
+        RunResult {
+            id: id.into(),
+            node: node.into(),
+            specialist: "top-cpu".into(),
+            provenance: Provenance::default(),
+            outcome: RunOutcome::Diagnosed {
+                summary: "pid 42 uses 99% CPU".into(),
+                facts: vec![("pid".into(), "42".into())],
+            },
+            started_ms: 1,
+            finished_ms: 2,
+        }
+    }
+
+    #[test]
+    fn a_result_is_bound_to_its_node() {
+        let id = run_id("n1/cpu-mem/7", "web-cpu", StepKind::Diagnose);
+        assert_eq!(id, "n1/cpu-mem/7#web-cpu#diagnose");
+        assert_eq!(result("n1", &id).check_origin("n1"), Ok(()));
+        assert!(matches!(
+            result("n1", &id).check_origin("n2"),
+            Err(ResultRefused::OtherNode(_))
+        ));
+        assert!(matches!(
+            result("n1", "n10/cpu-mem/7#r#diagnose").check_origin("n1"),
+            Err(ResultRefused::ForeignId(_))
+        ));
+        let mut many = result("n1", &id);
+        many.outcome = RunOutcome::Diagnosed {
+            summary: String::new(),
+            facts: vec![("k".into(), "v".into()); MAX_FACTS + 1],
+        };
+        assert!(matches!(
+            many.check_origin("n1"),
+            Err(ResultRefused::TooManyFacts(_))
+        ));
+    }
+
+    #[test]
+    fn a_case_is_checked_with_its_results() {
+        let id = run_id("n1/cpu-mem/7", "web-cpu", StepKind::Diagnose);
+        let mut case = Case {
+            alarm_id: "n1/cpu-mem/7".into(),
+            node: "n1".into(),
+            key: "cpu.total".into(),
+            rule: "web-cpu".into(),
+            steps: vec![(StepKind::Diagnose, "top-cpu".into())],
+            results: vec![(StepKind::Diagnose, result("n1", &id))],
+            state: CaseState::Diagnosed,
+            revision: 2,
+            opened_ms: 1,
+            updated_ms: 2,
+        };
+        assert_eq!(case.check_origin(), Ok(()));
+        assert_eq!(case.key(), "n1/cpu-mem/7#web-cpu");
+        assert_eq!(
+            case.latest().as_deref(),
+            Some("top-cpu: diagnosed: pid 42 uses 99% CPU")
+        );
+        case.results[0].1.node = "n2".into();
+        assert!(case.check_origin().is_err());
+    }
+}
