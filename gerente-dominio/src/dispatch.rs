@@ -12,9 +12,14 @@
 //!   once ([`agad_protocol::run::run_id`]), so a resend after a restart or
 //!   a fail-over never runs a specialist twice;
 //! - a case goes to the top manager through the outbox at every change.
+//!
+//! Rules and schedules that start or stop resident modules change the
+//! nodes' deployments: [`changes`] says how, [`crate::nodes`] applies it
+//! whenever it deploys, and the worker redeploys when a schedule comes due
+//! or a rule's start runs out.
 
 use crate::Station;
-use agad_knowledge_base::{Action, Catalog, Chain, KnowledgeBase, State};
+use agad_knowledge_base::{Action, Catalog, Chain, KnowledgeBase, State, Targets, Transition};
 use agad_protocol::message::Alarm;
 use agad_protocol::run::{Case, CaseState, RunOutcome, RunRequest, RunResult, StepKind, run_id};
 use agad_protocol::wire::{self, Control, Message, Upward};
@@ -34,6 +39,81 @@ const REMEMBERED: usize = 100_000;
 const RESULT_GRACE_MS: u64 = 60_000;
 /// Key of the repetition state in the `kb` tree.
 const STATE: &[u8] = b"state";
+/// Key, in the `kb` tree, of the time up to which due schedules were acted on.
+const SCHEDULED_UNTIL: &[u8] = b"scheduled-until";
+
+/// A resident module a rule started on a node (until `until_ms`), or
+/// stopped there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleMade {
+    pub node: String,
+    pub module: String,
+    /// Stopped instead of started.
+    pub stop: bool,
+    pub config: Vec<(String, String)>,
+    /// `None`: until the rule set changes it.
+    pub until_ms: Option<u64>,
+    pub rule: String,
+}
+
+/// What the knowledge base changes in one node's deployment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Modules to run (with this configuration) besides, or instead of,
+    /// what the topology assigns.
+    pub start: Vec<(String, Vec<(String, String)>)>,
+    /// Modules not to run, assigned or not.
+    pub stop: Vec<String>,
+}
+
+/// What the knowledge base changes in `node`'s deployment at `now_ms`
+/// (domain `domain`): its schedules — running between their start and
+/// stop dates, stopped from a lone stop date on — then what rules started
+/// or stopped there, later decisions winning. Pure, so tests drive it with
+/// their own clock.
+pub fn changes(
+    kb: Option<&KnowledgeBase>,
+    rule_made: &[RuleMade],
+    node: &str,
+    domain: &str,
+    now_ms: u64,
+) -> Changes {
+    let mut out = Changes::default();
+    let mut set = |module: &str, run: Option<Vec<(String, String)>>| {
+        out.start.retain(|(m, _)| m != module);
+        out.stop.retain(|m| m != module);
+        match run {
+            Some(config) => out.start.push((module.to_owned(), config)),
+            None => out.stop.push(module.to_owned()),
+        }
+    };
+    if let Some(kb) = kb {
+        for schedule in kb.schedules() {
+            let targeted = match &schedule.targets {
+                Targets::Nodes(nodes) | Targets::Group { nodes, .. } => {
+                    nodes.iter().any(|n| n == node)
+                }
+                Targets::Domain(d) => d == domain,
+            };
+            if !targeted {
+                continue;
+            }
+            if schedule.active_at(now_ms) {
+                set(&schedule.module, Some(schedule.config.clone()));
+            } else if schedule.start_ms.is_none()
+                && schedule.stop_ms.is_some_and(|stop| stop <= now_ms)
+            {
+                set(&schedule.module, None);
+            }
+        }
+    }
+    for made in rule_made {
+        if made.node == node && made.until_ms.is_none_or(|until| now_ms < until) {
+            set(&made.module, (!made.stop).then(|| made.config.clone()));
+        }
+    }
+    out
+}
 
 /// A run asked of a node, until its result comes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +138,8 @@ pub struct Dispatcher {
     cases: Tree,
     /// Run id → [`Pending`].
     pending: Tree,
+    /// `<node>\0<module>` → [`RuleMade`].
+    rule_made: Tree,
     meta: Tree,
     wake: Notify,
 }
@@ -80,6 +162,7 @@ impl Dispatcher {
             evaluated: db.tree("kb-evaluated")?,
             cases: db.tree("kb-cases")?,
             pending: db.tree("kb-pending")?,
+            rule_made: db.tree("kb-rule-made")?,
             meta,
             wake: Notify::new(),
         })
@@ -135,6 +218,26 @@ impl Dispatcher {
     /// Every case this station holds, for status and tests.
     pub fn cases(&self) -> Vec<Case> {
         self.cases
+            .scan_prefix(b"")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, v)| wire::decode_value(&v).ok())
+            .collect()
+    }
+
+    /// What the knowledge base changes in `node`'s deployment now.
+    pub fn changes_for(&self, node: &str, domain: &str) -> Changes {
+        changes(
+            self.kb().as_deref(),
+            &self.rule_made(),
+            node,
+            domain,
+            crate::now_ms(),
+        )
+    }
+
+    fn rule_made(&self) -> Vec<RuleMade> {
+        self.rule_made
             .scan_prefix(b"")
             .unwrap_or_default()
             .into_iter()
@@ -251,12 +354,56 @@ fn open_cases(
                     }
                 }
             }
-            // Starting and stopping modules from rules is not built yet:
-            // said plainly rather than silently ignored.
-            Action::Start(_) | Action::Stop { .. } => {
-                tracing::warn!(alarm = %alarm.id, rule = %rule.name, action = %agad_knowledge_base::action_summary(&rule.action), "rule matched, but starting or stopping modules from rules is not supported yet");
+            Action::Start(start) => {
+                let config: Result<Vec<(String, String)>, _> = start
+                    .config
+                    .iter()
+                    .map(|(k, t)| Ok((k.clone(), t.render(alarm, &[])?)))
+                    .collect();
+                match config {
+                    Ok(config) => rule_made(
+                        station,
+                        RuleMade {
+                            node: alarm.node.clone(),
+                            module: start.module.clone(),
+                            stop: false,
+                            config,
+                            until_ms: start.for_ms.map(|ms| now + ms),
+                            rule: rule.name.clone(),
+                        },
+                    )?,
+                    Err(agad_knowledge_base::MissingFact(fact)) => {
+                        tracing::warn!(alarm = %alarm.id, rule = %rule.name, "start not done: no `{fact}` to fill its configuration");
+                    }
+                }
             }
+            Action::Stop { module } => rule_made(
+                station,
+                RuleMade {
+                    node: alarm.node.clone(),
+                    module: module.clone(),
+                    stop: true,
+                    config: Vec::new(),
+                    until_ms: None,
+                    rule: rule.name.clone(),
+                },
+            )?,
         }
+    }
+    Ok(())
+}
+
+/// Records a module a rule started or stopped on a node, and redeploys it.
+fn rule_made(station: &Station, made: RuleMade) -> Result<(), StorageError> {
+    tracing::info!(node = %made.node, module = %made.module, stop = made.stop, rule = %made.rule, until_ms = ?made.until_ms, "rule changes a node's modules");
+    let key = format!("{}\0{}", made.node, made.module);
+    station
+        .dispatch
+        .rule_made
+        .insert(key.as_bytes(), &wire::encode_value(&made))?;
+    station.bases.flush()?;
+    if let Some(replica) = station.replica() {
+        crate::nodes::redeploy(station, &replica, Some(&made.node));
     }
     Ok(())
 }
@@ -548,8 +695,39 @@ fn expire(station: &Station) -> Result<(), StorageError> {
             changed = true;
         }
     }
+    // Rule-made starts that ran out, and schedules that came due since the
+    // last pass: the nodes' deployments change.
+    let mut redeploy = false;
+    for made in d.rule_made() {
+        if made.until_ms.is_some_and(|until| until <= now) {
+            d.rule_made
+                .remove(format!("{}\0{}", made.node, made.module).as_bytes())?;
+            tracing::info!(node = %made.node, module = %made.module, rule = %made.rule, "a rule's start ran out");
+            changed = true;
+            redeploy = true;
+        }
+    }
+    let since = d
+        .meta
+        .get(SCHEDULED_UNTIL)?
+        .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(now);
+    if let Some(kb) = d.kb() {
+        for due in kb.due(since, now) {
+            let what = match due.transition {
+                Transition::Start => "start",
+                Transition::Stop => "stop",
+            };
+            tracing::info!(schedule = %due.schedule.name, module = %due.schedule.module, at_ms = due.at_ms, "scheduled {what} due");
+            redeploy = true;
+        }
+    }
+    d.meta.insert(SCHEDULED_UNTIL, &now.to_be_bytes())?;
     if changed {
         station.bases.flush()?;
+    }
+    if redeploy && let Some(replica) = station.replica() {
+        crate::nodes::redeploy(station, &replica, None);
     }
     Ok(())
 }
@@ -574,5 +752,115 @@ pub async fn run(station: Arc<Station>, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Milliseconds of a UTC date-time.
+    fn at(text: &str) -> u64 {
+        let t = humantime::parse_rfc3339(text).unwrap();
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+
+    fn kb() -> KnowledgeBase {
+        let text = r#"
+[[schedule]]
+name = "night-probe"
+module = "link-watch"
+config = { target = "core-1", period = "10s" }
+nodes = ["n1"]
+start = 2026-12-05T22:00:00Z
+stop = 2026-12-06T04:00:00Z
+
+[[schedule]]
+name = "retire-snmp"
+module = "snmp-threshold"
+domain = "lab"
+stop = 2026-12-10T00:00:00Z
+"#;
+        KnowledgeBase::parse(&[("s.toml".into(), text.into())], &Catalog::trusting()).unwrap()
+    }
+
+    #[test]
+    fn schedules_change_a_deployment_exactly_between_their_dates() {
+        let kb = kb();
+        let changes = |node: &str, t: &str| changes(Some(&kb), &[], node, "lab", at(t));
+        assert_eq!(
+            changes("n1", "2026-12-05T21:59:59.999Z"),
+            Changes::default()
+        );
+        let probe = (
+            "link-watch".to_owned(),
+            vec![
+                ("period".to_owned(), "10s".to_owned()),
+                ("target".to_owned(), "core-1".to_owned()),
+            ],
+        );
+        assert_eq!(changes("n1", "2026-12-05T22:00:00Z").start, vec![probe]);
+        assert_eq!(changes("n2", "2026-12-05T23:00:00Z"), Changes::default());
+        assert_eq!(changes("n1", "2026-12-06T04:00:00Z"), Changes::default());
+        // A lone stop date stops the module on every node of the domain.
+        assert_eq!(
+            changes("n2", "2026-12-10T00:00:00Z").stop,
+            vec!["snmp-threshold".to_owned()]
+        );
+        assert!(changes("n2", "2026-12-09T23:59:59Z").stop.is_empty());
+        assert_eq!(
+            kb.due(at("2026-12-05T21:00:00Z"), at("2026-12-05T22:00:00Z"))
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_rule_made_start_lasts_until_its_end_and_later_decisions_win() {
+        let kb = kb();
+        let started = RuleMade {
+            node: "n1".into(),
+            module: "cpu-mem".into(),
+            stop: false,
+            config: vec![("period".into(), "1s".into())],
+            until_ms: Some(at("2026-12-01T01:00:00Z")),
+            rule: "load-keeps-coming".into(),
+        };
+        let c = changes(
+            Some(&kb),
+            &[started.clone()],
+            "n1",
+            "lab",
+            at("2026-12-01T00:59:59Z"),
+        );
+        assert_eq!(
+            c.start,
+            vec![("cpu-mem".to_owned(), started.config.clone())]
+        );
+        let c = changes(
+            Some(&kb),
+            &[started.clone()],
+            "n1",
+            "lab",
+            at("2026-12-01T01:00:00Z"),
+        );
+        assert_eq!(c, Changes::default());
+        // A rule that stops the night probe while its schedule runs it.
+        let stopped = RuleMade {
+            module: "link-watch".into(),
+            stop: true,
+            config: vec![],
+            until_ms: None,
+            ..started
+        };
+        let c = changes(
+            Some(&kb),
+            &[stopped],
+            "n1",
+            "lab",
+            at("2026-12-05T23:00:00Z"),
+        );
+        assert_eq!((c.start, c.stop), (vec![], vec!["link-watch".to_owned()]));
     }
 }

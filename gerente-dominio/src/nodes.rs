@@ -246,21 +246,29 @@ fn deployment_for(
             modules,
         });
     }
-    for assignment in replica
+    // What the topology assigns, changed by the knowledge base's rules and
+    // schedules (a module started for a while, or stopped).
+    let changes = station
+        .dispatch
+        .changes_for(node, &replica.topology.domain.name);
+    let mut wanted: Vec<(String, Vec<(String, String)>, bool)> = replica
         .topology
         .assignments
         .iter()
         .filter(|a| a.node == node)
-    {
-        let Some(copy) = replica
-            .modules
-            .iter()
-            .find(|m| m.manifest.name == assignment.module)
-        else {
-            anyhow::bail!(
-                "module `{}` is assigned but not in this replica",
-                assignment.module
-            );
+        .filter(|a| {
+            !changes.stop.contains(&a.module) && !changes.start.iter().any(|(m, _)| *m == a.module)
+        })
+        .map(|a| (a.module.clone(), a.config.clone(), true))
+        .collect();
+    wanted.extend(changes.start.into_iter().map(|(m, c)| (m, c, false)));
+    for (name, config, assigned) in wanted {
+        let Some(copy) = replica.modules.iter().find(|m| m.manifest.name == name) else {
+            if !assigned {
+                tracing::warn!(%node, module = %name, "a rule or schedule starts a module this domain was not given");
+                continue;
+            }
+            anyhow::bail!("module `{name}` is assigned but not in this replica");
         };
         let hash = copy.manifest.sha256_hex();
         let module = if held.contains(&hash) {
@@ -269,14 +277,11 @@ fn deployment_for(
             let full = station
                 .bases
                 .module(&hash)?
-                .ok_or_else(|| anyhow::anyhow!("module `{}` is not in BC", assignment.module))?;
+                .ok_or_else(|| anyhow::anyhow!("module `{name}` is not in BC"))?;
             held.insert(hash);
             full
         };
-        modules.push(Deployment {
-            module,
-            config: assignment.config.clone(),
-        });
+        modules.push(Deployment { module, config });
     }
     Ok(Control::Deploy {
         version: replica.version,
