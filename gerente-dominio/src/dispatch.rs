@@ -829,7 +829,7 @@ stop = 2026-12-10T00:00:00Z
         };
         let c = changes(
             Some(&kb),
-            &[started.clone()],
+            std::slice::from_ref(&started),
             "n1",
             "lab",
             at("2026-12-01T00:59:59Z"),
@@ -840,7 +840,7 @@ stop = 2026-12-10T00:00:00Z
         );
         let c = changes(
             Some(&kb),
-            &[started.clone()],
+            std::slice::from_ref(&started),
             "n1",
             "lab",
             at("2026-12-01T01:00:00Z"),

@@ -231,6 +231,9 @@ pub fn status(
         .collect()
 }
 
+/// A module's configuration as deployed.
+type Config = Vec<(String, String)>;
+
 /// The `Deploy` for one node: manifests always, bytes only for hashes it lacks.
 fn deployment_for(
     station: &Station,
@@ -251,7 +254,8 @@ fn deployment_for(
     let changes = station
         .dispatch
         .changes_for(node, &replica.topology.domain.name);
-    let mut wanted: Vec<(String, Vec<(String, String)>, bool)> = replica
+    // (module, configuration, assigned by the topology)
+    let mut wanted: Vec<(String, Config, bool)> = replica
         .topology
         .assignments
         .iter()
