@@ -57,3 +57,27 @@ pub fn options(log_filter: &str) -> Options {
 pub fn start(log_filter: &str) -> anyhow::Result<Deployment> {
     Deployment::start(&agad_binary()?, options(log_filter))
 }
+
+/// Id → µs since the epoch of the first log line with `marker` that names
+/// it (`2025-01-02T03:04:05.123456Z  INFO ...: <marker>... id=<id> ...`):
+/// when a process did something to an alarm or a run, by its own log.
+pub fn log_times(
+    log: &str,
+    marker: &str,
+) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+    let mut times = std::collections::HashMap::new();
+    for line in log.lines() {
+        let Some((head, rest)) = line.split_once(marker) else {
+            continue;
+        };
+        let Some(id) = rest.split_whitespace().find_map(|t| t.strip_prefix("id=")) else {
+            continue;
+        };
+        let stamp = head.split_whitespace().next().unwrap_or_default();
+        let at = humantime::parse_rfc3339(stamp)
+            .with_context(|| format!("log line without an RFC 3339 timestamp: {line}"))?;
+        let micros = i64::try_from(at.duration_since(std::time::UNIX_EPOCH)?.as_micros())?;
+        times.entry(id.to_owned()).or_insert(micros);
+    }
+    Ok(times)
+}

@@ -478,7 +478,7 @@ impl Managed {
         };
         let started_ms = crate::host::clock::now_ms();
         // Tests count these lines.
-        tracing::info!(id = %request.id, specialist = %name, "specialist run started");
+        tracing::info!(id = %request.id, specialist = %name, "specialist run accepted");
         let deadline = Duration::from_millis(request.deadline_ms.max(1));
         let provenance = Provenance::of(&request.module.manifest);
         let outcome = match tokio::time::timeout(deadline, self.specialist_outcome(&request)).await
@@ -513,7 +513,9 @@ impl Managed {
     /// Loads (or reuses) the specialist and runs it once.
     async fn specialist_outcome(self: &Arc<Self>, request: &RunRequest) -> RunOutcome {
         let hash = request.module.manifest.sha256_hex();
-        let module = match self.runs.cached(&hash) {
+        let cached = self.runs.cached(&hash);
+        let warm = cached.is_some();
+        let module = match cached {
             Some(module) => module,
             None => {
                 let me = self.clone();
@@ -554,6 +556,8 @@ impl Managed {
                 }
             }
         };
+        // Benchmarks time the dispatch up to this line.
+        tracing::info!(id = %request.id, warm, "specialist run starting");
         match self.node.run_specialist(&module, &request.args).await {
             Ok(Ok(d)) => RunOutcome::Diagnosed {
                 summary: d.summary,

@@ -36,7 +36,7 @@ use agad_benchmarks::stats::{Timings, duration};
 use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 const HELP: &str =
     "alarm-latency: alarm latency node → domain manager and node → top manager (real processes)
@@ -95,9 +95,9 @@ fn main() -> anyhow::Result<()> {
     })?;
     d.stop(NODE)?;
 
-    let gm = arrivals(&d.log("mor"), GM_STORED)?;
-    let gd = arrivals(&d.log(STATION), GD_RECEIVED)?;
-    let queued = arrivals(&d.log(NODE), NODE_QUEUED)?;
+    let gm = processes::log_times(&d.log("mor"), GM_STORED)?;
+    let gd = processes::log_times(&d.log(STATION), GD_RECEIVED)?;
+    let queued = processes::log_times(&d.log(NODE), NODE_QUEUED)?;
     let mut alarms = d.alarms()?;
     alarms.retain(|a| a.node == NODE && a.module == MODULE);
     alarms.sort_by_key(|a| a.time_ms);
@@ -222,24 +222,4 @@ impl Leg {
             }
         );
     }
-}
-
-/// Alarm id → µs since the epoch of the first log line with `marker` that
-/// names it (`2025-01-02T03:04:05.123456Z  INFO ...: <marker>... id=<id> ...`).
-fn arrivals(log: &str, marker: &str) -> anyhow::Result<HashMap<String, i64>> {
-    let mut times = HashMap::new();
-    for line in log.lines() {
-        let Some((head, rest)) = line.split_once(marker) else {
-            continue;
-        };
-        let Some(id) = rest.split_whitespace().find_map(|t| t.strip_prefix("id=")) else {
-            continue;
-        };
-        let stamp = head.split_whitespace().next().unwrap_or_default();
-        let at = humantime::parse_rfc3339(stamp)
-            .with_context(|| format!("log line without an RFC 3339 timestamp: {line}"))?;
-        let micros = i64::try_from(at.duration_since(UNIX_EPOCH)?.as_micros())?;
-        times.entry(id.to_owned()).or_insert(micros);
-    }
-    Ok(times)
 }
