@@ -563,6 +563,8 @@ impl Managed {
                 summary: d.summary,
                 facts: d.facts,
             },
+            // The specialist's own words for a refusal by the node's policy.
+            Ok(Err(reason)) if reason.starts_with("refused:") => RunOutcome::Refused { reason },
             Ok(Err(reason)) => RunOutcome::Failed { reason },
             Err(Fault {
                 kind: FaultKind::Timeout,
