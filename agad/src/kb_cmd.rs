@@ -78,18 +78,26 @@ fn catalog(arg: &CatalogArg) -> anyhow::Result<Catalog> {
         }
         None => {
             eprintln!(
-                "note: no --catalog: only the built-in inspectors are known (no specialist, key or metric)"
+                "note: no --catalog: only the built-in inspectors and the runtime's own alarms are known (no specialist)"
             );
             Catalog::default()
         }
     };
+    // What the runtime raises itself, and the built-in inspectors with
+    // the keys and metrics their manifests declare (a catalog file's own
+    // entry for one of them keeps its configuration keys).
+    let runtime = Catalog::with_runtime();
+    catalog.keys.extend(runtime.keys);
+    catalog.metrics.extend(runtime.metrics);
     for builtin in agad_modules::INSPECTORS {
         let spec = ManifestSpec::from_toml(builtin.manifest_toml)
             .map_err(|e| anyhow::anyhow!("built-in {}: {e}", builtin.name))?;
-        catalog
+        let config = catalog
             .modules
-            .entry(builtin.name.to_owned())
-            .or_insert_with(|| spec.config_keys());
+            .get(builtin.name)
+            .cloned()
+            .unwrap_or_else(|| spec.config_keys());
+        catalog.add_module(builtin.name, spec.kind, config, &spec.emitted());
     }
     Ok(catalog)
 }

@@ -5,7 +5,8 @@
 //! rule against it, so a rule naming something no node could run is refused
 //! when it is written, not when an alarm finally reaches it.
 
-use agad_protocol::manifest::{ConfigKey, Kind, Manifest};
+use agad_protocol::manifest::{ConfigKey, Emits, Kind, Manifest};
+use agad_protocol::message::RUNTIME_MODULE;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,15 +40,85 @@ pub struct Catalog {
     pub domains: Option<BTreeSet<String>>,
 }
 
+/// The alarm keys the runtime and the managers raise themselves (module
+/// [`RUNTIME_MODULE`], or the module concerned for the per-module ones),
+/// which no manifest declares: a node's disk, a module refused, crashing,
+/// tampered with, over its state quota or output budget, a station failing
+/// attestation, a host or agent down.
+pub const RUNTIME_KEYS: &[&str] = &[
+    "agad.agent-down",
+    "agad.attestation-failed",
+    "agad.disk-low",
+    "agad.host-down",
+    "agad.module-crash-loop",
+    "agad.module-refused",
+    "agad.module-tampered",
+    "agad.output-dropped",
+    "agad.state-quota",
+];
+
+/// The metrics of those alarms.
+pub const RUNTIME_METRICS: &[&str] = &[
+    "agad.dropped-outputs",
+    "attestation.failed",
+    "element.down-seconds",
+    "fs.available-bytes",
+    "module.refused",
+    "module.restarts",
+    "module.tampered",
+    "state.used-bytes",
+];
+
 impl Catalog {
+    /// A catalog holding only what the runtime itself raises
+    /// ([`RUNTIME_KEYS`], [`RUNTIME_METRICS`]).
+    pub fn with_runtime() -> Catalog {
+        let mut catalog = Catalog::default();
+        catalog.keys.extend(RUNTIME_KEYS.iter().map(|k| (*k).to_owned()));
+        catalog
+            .metrics
+            .extend(RUNTIME_METRICS.iter().map(|m| (*m).to_owned()));
+        catalog
+    }
+
     /// Adds a signed module: a specialist's arguments or a resident
-    /// module's configuration.
+    /// module's configuration, and the alarm keys and metrics it declares.
     pub fn add_manifest(&mut self, manifest: &Manifest) {
-        let keys = manifest.config.clone();
-        match manifest.kind {
-            Kind::Specialist => self.specialists.insert(manifest.name.clone(), keys),
-            Kind::Inspector => self.modules.insert(manifest.name.clone(), keys),
+        self.add_module(
+            &manifest.name,
+            manifest.kind,
+            manifest.config.clone(),
+            &manifest.emits,
+        );
+    }
+
+    /// [`Catalog::add_manifest`] from its parts (an author's manifest
+    /// before signing: `agad kb check` and the built-in inspectors).
+    pub fn add_module(&mut self, name: &str, kind: Kind, config: Vec<ConfigKey>, emits: &Emits) {
+        match kind {
+            Kind::Specialist => self.specialists.insert(name.to_owned(), config),
+            Kind::Inspector => self.modules.insert(name.to_owned(), config),
         };
+        self.keys.extend(emits.keys.iter().cloned());
+        self.metrics.extend(emits.metrics.iter().cloned());
+    }
+
+    /// Adds the alarm keys and metrics an assignment's configuration makes
+    /// (`emits.from_config` of its module's manifest: snmp-threshold's
+    /// `metric = "ups.load"` raises `ups.load`).
+    pub fn add_assignment(&mut self, emits: &Emits, config: &[(String, String)]) {
+        for (key, value) in config {
+            if emits.from_config.contains(key) && !value.trim().is_empty() {
+                self.keys.insert(value.trim().to_owned());
+                self.metrics.insert(value.trim().to_owned());
+            }
+        }
+    }
+
+    /// Whether a rule may match alarms of `module`: a resident module, or
+    /// the runtime itself (its own alarms carry [`RUNTIME_MODULE`]).
+    pub fn knows_alarm_module(&self, module: &str) -> bool {
+        module == RUNTIME_MODULE || self.modules.contains_key(module)
     }
 
     /// Whether an alarm key pattern as a rule writes it (`cpu.total`,
@@ -80,5 +151,52 @@ mod tests {
         assert!(!catalog.knows_key("fs.used"));
         assert!(!catalog.knows_key("cpu.total:x"));
         assert!(!catalog.knows_key("if.link:*"));
+    }
+
+    fn manifest(name: &str, kind: Kind, extra: &str) -> Manifest {
+        let spec = agad_protocol::ManifestSpec::from_toml(&format!(
+            "name = \"{name}\"\nversion = \"0.1.0\"\nsequence = 1\nkind = \"{}\"\narea = \"fault\"\n{extra}",
+            if kind == Kind::Specialist { "specialist" } else { "inspector" }
+        ))
+        .unwrap();
+        agad_protocol::Bundle::sign(spec, b"w".to_vec(), &agad_protocol::SecretKey::generate(), 1)
+            .manifest
+    }
+
+    #[test]
+    fn manifests_bring_their_arguments_keys_and_metrics() {
+        let mut catalog = Catalog::with_runtime();
+        assert!(catalog.knows_key("agad.module-crash-loop"));
+        assert!(catalog.metrics.contains("module.restarts"));
+        assert!(catalog.knows_alarm_module("agad"));
+        assert!(!catalog.knows_alarm_module("disk-space"));
+        catalog.add_manifest(&manifest(
+            "disk-space",
+            Kind::Inspector,
+            "[emits]\nkeys = [\"fs.used:*\"]\nmetrics = [\"fs.used-percent\"]\n",
+        ));
+        catalog.add_manifest(&manifest(
+            "disk-usage",
+            Kind::Specialist,
+            "[config.path]\ntype = \"string\"\nrequired = true\ndescription = \"where\"\n",
+        ));
+        assert!(catalog.knows_alarm_module("disk-space"));
+        assert!(catalog.knows_key("fs.used:/var"));
+        assert!(catalog.metrics.contains("fs.used-percent"));
+        assert_eq!(catalog.specialists["disk-usage"][0].name, "path");
+        assert!(!catalog.modules.contains_key("disk-usage"));
+        // An assignment's `metric` names its alarm when the manifest says so.
+        let snmp = manifest(
+            "snmp-threshold",
+            Kind::Inspector,
+            "[emits]\nfrom_config = [\"metric\"]\n[config.metric]\ntype = \"string\"\ndescription = \"m\"\n",
+        );
+        catalog.add_manifest(&snmp);
+        catalog.add_assignment(
+            &snmp.emits,
+            &[("metric".into(), "ups.load".into()), ("oid".into(), "1.3.6".into())],
+        );
+        assert!(catalog.knows_key("ups.load") && catalog.metrics.contains("ups.load"));
+        assert!(!catalog.knows_key("1.3.6"));
     }
 }

@@ -568,7 +568,7 @@ impl<'c> Checker<'c> {
             }
         }
         if let Some(module) = &m.module {
-            if self.catalog.modules.contains_key(module.get_ref()) {
+            if self.catalog.knows_alarm_module(module.get_ref()) {
                 when.module = Some(module.get_ref().clone());
             } else {
                 let known = listing(self.catalog.modules.keys());
