@@ -74,7 +74,9 @@ impl Catalog {
     /// ([`RUNTIME_KEYS`], [`RUNTIME_METRICS`]).
     pub fn with_runtime() -> Catalog {
         let mut catalog = Catalog::default();
-        catalog.keys.extend(RUNTIME_KEYS.iter().map(|k| (*k).to_owned()));
+        catalog
+            .keys
+            .extend(RUNTIME_KEYS.iter().map(|k| (*k).to_owned()));
         catalog
             .metrics
             .extend(RUNTIME_METRICS.iter().map(|m| (*m).to_owned()));
@@ -159,8 +161,13 @@ mod tests {
             if kind == Kind::Specialist { "specialist" } else { "inspector" }
         ))
         .unwrap();
-        agad_protocol::Bundle::sign(spec, b"w".to_vec(), &agad_protocol::SecretKey::generate(), 1)
-            .manifest
+        agad_protocol::Bundle::sign(
+            spec,
+            b"w".to_vec(),
+            &agad_protocol::SecretKey::generate(),
+            1,
+        )
+        .manifest
     }
 
     #[test]
@@ -194,7 +201,10 @@ mod tests {
         catalog.add_manifest(&snmp);
         catalog.add_assignment(
             &snmp.emits,
-            &[("metric".into(), "ups.load".into()), ("oid".into(), "1.3.6".into())],
+            &[
+                ("metric".into(), "ups.load".into()),
+                ("oid".into(), "1.3.6".into()),
+            ],
         );
         assert!(catalog.knows_key("ups.load") && catalog.metrics.contains("ups.load"));
         assert!(!catalog.knows_key("1.3.6"));

@@ -263,7 +263,8 @@ pub fn validate_emitted_metric(metric: &str) -> Result<(), String> {
 }
 
 fn validate_emitted_name(name: &str, whole_len: usize) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':' | '@' | '%');
+    let ok_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':' | '@' | '%');
     if name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.chars().all(ok_char)
         && whole_len <= MAX_EMIT_CHARS
@@ -752,7 +753,10 @@ capabilities = ["os", "state"]
         assert_eq!(emits.keys, ["cpu.total", "fs.used:*"]);
         assert_eq!(emits.metrics, ["cpu.total-percent", "fs.used-percent"]);
         // No `[emits]`: nothing declared, still a valid manifest.
-        assert_eq!(ManifestSpec::from_toml(HEAD).unwrap().emitted(), Emits::default());
+        assert_eq!(
+            ManifestSpec::from_toml(HEAD).unwrap().emitted(),
+            Emits::default()
+        );
         // Part of the signed bytes: a manifest that declares other keys
         // is another manifest.
         let key = crate::SecretKey::generate();
@@ -771,26 +775,54 @@ capabilities = ["os", "state"]
                 .to_string()
         };
         assert!(
-            err("keys = [\"cpu.total\", \"fs.*.used\"]").starts_with("7:22: emits.keys `fs.*.used`: an alarm key starts with a letter"),
+            err("keys = [\"cpu.total\", \"fs.*.used\"]")
+                .starts_with("7:22: emits.keys `fs.*.used`: an alarm key starts with a letter"),
             "{}",
             err("keys = [\"cpu.total\", \"fs.*.used\"]")
         );
-        for bad in ["", "9lives", "red\\u001b[31m", "a b", "fs.used:**", ":*", "x\\nINFO forged"] {
+        for bad in [
+            "",
+            "9lives",
+            "red\\u001b[31m",
+            "a b",
+            "fs.used:**",
+            ":*",
+            "x\\nINFO forged",
+        ] {
             assert!(
                 err(&format!("keys = [\"{bad}\"]")).starts_with("7:9: emits.keys"),
                 "{bad:?}: {}",
                 err(&format!("keys = [\"{bad}\"]"))
             );
         }
-        assert!(err("metrics = [\"cpu:*\"]").starts_with("7:12: emits.metrics `cpu:*`: a metric starts"));
-        assert!(err(&format!("metrics = [\"{}\"]", "m".repeat(MAX_EMIT_CHARS + 1))).contains("at most 128"));
+        assert!(
+            err("metrics = [\"cpu:*\"]")
+                .starts_with("7:12: emits.metrics `cpu:*`: a metric starts")
+        );
+        assert!(
+            err(&format!(
+                "metrics = [\"{}\"]",
+                "m".repeat(MAX_EMIT_CHARS + 1)
+            ))
+            .contains("at most 128")
+        );
         let many: Vec<String> = (0..=MAX_EMITS).map(|i| format!("\"k{i}\"")).collect();
         assert!(
-            err(&format!("keys = [{}]", many.join(", "))).contains("emits.keys: at most 64 entries"),
+            err(&format!("keys = [{}]", many.join(", ")))
+                .contains("emits.keys: at most 64 entries"),
         );
         assert!(err("key = [\"cpu.total\"]").contains("unknown field `key`"));
-        assert!(err("from_config = [\"metric\"]").starts_with("7:16: emits.from_config `metric`: not a key of `[config]`"));
-        for good in ["cpu.total", "fs.used:*", "snmp.agent:*", "proc.running:sshd", "if.link:eth0/1"] {
+        assert!(
+            err("from_config = [\"metric\"]")
+                .starts_with("7:16: emits.from_config `metric`: not a key of `[config]`")
+        );
+        for good in [
+            "cpu.total",
+            "fs.used:*",
+            "snmp.agent:*",
+            "proc.running:sshd",
+            "if.link:eth0/1",
+        ] {
             validate_emitted_key(good).unwrap();
         }
     }
