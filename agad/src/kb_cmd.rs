@@ -338,3 +338,30 @@ fn test(dir: &Path, alarms: &Path, at: Option<&str>, arg: &CatalogArg) -> anyhow
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use agad_knowledge_base::catalog::{RUNTIME_KEYS, RUNTIME_METRICS};
+
+    /// The catalog's list of the runtime's own alarms follows the
+    /// constants the runtime and the managers raise them with.
+    #[test]
+    fn the_runtime_keys_the_catalog_knows_are_the_ones_raised() {
+        for key in [
+            agad_runtime::integrity::TAMPERED_KEY,
+            agad_runtime::crashloop::CRASH_LOOP_KEY,
+            agad_runtime::refusals::REFUSED_KEY,
+            agad_runtime::budget::NOTICE_KEY,
+            agad_gerente_dominio::attest::ATTESTATION_FAILED_KEY,
+            agad_gerente_mor::attest::ATTESTATION_FAILED_KEY,
+        ] {
+            assert!(RUNTIME_KEYS.contains(&key), "{key}");
+        }
+        for metric in [
+            agad_runtime::refusals::REFUSED_METRIC,
+            agad_runtime::budget::NOTICE_METRIC,
+        ] {
+            assert!(RUNTIME_METRICS.contains(&metric), "{metric}");
+        }
+    }
+}
