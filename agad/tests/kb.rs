@@ -156,7 +156,10 @@ fn a_rule_set_is_checked_stored_and_acknowledged_by_the_domain_manager() -> anyh
         show["rules"]["files"],
         serde_json::json!(["disk.toml", "runtime.toml"])
     );
-    assert_eq!(show["rules"]["specialists"], serde_json::json!(["disk-usage"]));
+    assert_eq!(
+        show["rules"]["specialists"],
+        serde_json::json!(["disk-usage"])
+    );
     assert!(show["domains"][0]["replica_acked"].as_u64().unwrap() >= version);
     let text = d.agad(&["kb", "show"])?;
     assert!(
@@ -164,11 +167,7 @@ fn a_rule_set_is_checked_stored_and_acknowledged_by_the_domain_manager() -> anyh
             && text.contains("domain d1: holds this rule set"),
         "{text}"
     );
-    assert!(
-        d.log("s1").contains("replica in force"),
-        "{}",
-        d.log("s1")
-    );
+    assert!(d.log("s1").contains("replica in force"), "{}", d.log("s1"));
     // The same set again: nothing to store.
     let again = d.agad(&["kb", "apply", "rules"])?;
     assert!(again.contains("no change"), "{again}");
@@ -208,7 +207,10 @@ fn a_rule_set_is_checked_stored_and_acknowledged_by_the_domain_manager() -> anyh
         "rules",
         &[(
             "disk.toml",
-            &DISK_RULES.replace("key = \"fs.used:*\"", "key = \"fs.used:*\"\nseverity = \"critical\""),
+            &DISK_RULES.replace(
+                "key = \"fs.used:*\"",
+                "key = \"fs.used:*\"\nseverity = \"critical\"",
+            ),
         )],
     );
     std::fs::remove_file(d.path("rules/runtime.toml"))?;
@@ -219,5 +221,16 @@ fn a_rule_set_is_checked_stored_and_acknowledged_by_the_domain_manager() -> anyh
     );
     assert_eq!(bases_version(&d)?, after);
     assert_eq!(kb_show(&d)?["rules"]["rules"], 2);
+
+    // A topology without the node the rules name: told, not refused.
+    std::fs::write(
+        d.path("without-n1.toml"),
+        TOPOLOGY.replace("[[node]]\nname = \"n1\"\ndomain = \"d1\"\n", ""),
+    )?;
+    let dry = d.agad(&["topology", "apply", "--dry-run", "without-n1.toml"])?;
+    assert!(
+        dry.contains("- node n1") && dry.contains("the rule set in force gets 1 error(s)"),
+        "{dry}"
+    );
     Ok(())
 }

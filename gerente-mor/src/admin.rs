@@ -236,12 +236,20 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
                     .map(|x| x.manifest.config.as_slice())
             };
             let new = topology::parse(&text, &file, &config_of)?;
-            let changes: Vec<String> = b
+            let mut changes: Vec<String> = b
                 .topology()?
                 .diff(&new)
                 .iter()
                 .map(|c| c.to_string())
                 .collect();
+            // The topology is applied all the same (it is what exists);
+            // the operator is told the rules need a new `kb apply`.
+            let broken = b.rules_errors_under(&new)?;
+            if broken > 0 && !changes.is_empty() {
+                changes.push(format!(
+                    "! the rule set in force gets {broken} error(s) under this topology (a node or domain it names is gone): fix it and `agad kb apply` it"
+                ));
+            }
             if dry_run || changes.is_empty() {
                 Answer::TopologyDiff {
                     changes,

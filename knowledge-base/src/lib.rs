@@ -173,6 +173,11 @@ impl KnowledgeBase {
     }
 }
 
+/// Largest rule set, all its files together: it travels whole in every
+/// domain's replica (a frame of at most 32 MiB), nested sub-domains
+/// included. 10,000 rules are about 1.5 MB.
+pub const MAX_SET_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Most rules files one set may hold (`agad kb apply` and the top manager
 /// refuse more).
 pub const MAX_FILES: usize = 256;
@@ -214,6 +219,13 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, KbError> {
                 "{} rules files; a rule set has at most {MAX_FILES}",
                 files.len()
             ),
+        });
+    }
+    let total: u64 = files.iter().map(|(_, text)| text.len() as u64).sum();
+    if total > MAX_SET_BYTES {
+        return Err(KbError::Unreadable {
+            path: dir.to_owned(),
+            reason: format!("{total} bytes of rules; a rule set is at most {MAX_SET_BYTES}"),
         });
     }
     files.sort();

@@ -13,7 +13,10 @@
 //! not when an alarm finally reaches it.
 
 use super::{BaseError, Bases, Result, decode};
-use agad_knowledge_base::{Catalog, KnowledgeBase, MAX_FILE_BYTES, MAX_FILES, SourceError};
+use agad_knowledge_base::{
+    Catalog, KnowledgeBase, MAX_FILE_BYTES, MAX_FILES, MAX_SET_BYTES, SourceError,
+};
+use agad_protocol::topology::Topology;
 use agad_protocol::wire;
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +43,8 @@ pub struct RuleSet {
 }
 
 /// Rules files as a client sends them: names without folders (`cpu.toml`),
-/// unique, at most [`MAX_FILES`] of at most [`MAX_FILE_BYTES`] each. Names
+/// unique, at most [`MAX_FILES`] of at most [`MAX_FILE_BYTES`] each and
+/// [`MAX_SET_BYTES`] together (the set travels in every replica). Names
 /// are stored, replicated and shown in errors, so they stay plain.
 pub fn check_files(files: &[(String, String)]) -> Result<()> {
     let refuse = |reason: String| Err(BaseError::Refused(reason));
@@ -51,6 +55,12 @@ pub fn check_files(files: &[(String, String)]) -> Result<()> {
         return refuse(format!(
             "{} rules files; a rule set has at most {MAX_FILES}",
             files.len()
+        ));
+    }
+    let total: u64 = files.iter().map(|(_, text)| text.len() as u64).sum();
+    if total > MAX_SET_BYTES {
+        return refuse(format!(
+            "{total} bytes of rules; a rule set is at most {MAX_SET_BYTES}"
         ));
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -91,12 +101,16 @@ impl Bases {
     /// What rules may name now: BGC, the runtime's own alarms, the
     /// topology's assignments, nodes and domains.
     pub fn catalog(&self) -> Result<Catalog> {
+        self.catalog_for(&self.topology()?)
+    }
+
+    /// [`Bases::catalog`] under `topology` instead of the one in force.
+    pub fn catalog_for(&self, topology: &Topology) -> Result<Catalog> {
         let mut catalog = Catalog::with_runtime();
         let bundles = self.bundles()?;
         for bundle in &bundles {
             catalog.add_manifest(&bundle.manifest);
         }
-        let topology = self.topology()?;
         for assignment in &topology.assignments {
             if let Some(bundle) = bundles
                 .iter()
@@ -118,6 +132,19 @@ impl Bases {
     ) -> Result<std::result::Result<KnowledgeBase, Vec<SourceError>>> {
         check_files(files)?;
         Ok(KnowledgeBase::parse(files, &self.catalog()?))
+    }
+
+    /// How many errors the rule set in force would have under `topology`
+    /// (a topology that removes a node or domain the rules name): 0 when
+    /// there is no set.
+    pub fn rules_errors_under(&self, topology: &Topology) -> Result<usize> {
+        let Some(set) = self.rules()? else {
+            return Ok(0);
+        };
+        let catalog = self.catalog_for(topology)?;
+        Ok(KnowledgeBase::parse(&set.files, &catalog)
+            .err()
+            .map_or(0, |errors| errors.len()))
     }
 
     /// Stores a checked set as the one in force (one key: all or nothing)
@@ -227,5 +254,11 @@ mod tests {
         assert!(check_files(&[]).is_err());
         let big = "#".repeat(MAX_FILE_BYTES as usize + 1);
         assert!(check_files(&[("a.toml".to_owned(), big)]).is_err());
+        let part = "#".repeat(MAX_FILE_BYTES as usize);
+        let too_much: Vec<(String, String)> = (0..=MAX_SET_BYTES / MAX_FILE_BYTES)
+            .map(|i| (format!("{i}.toml"), part.clone()))
+            .collect();
+        let err = check_files(&too_much).unwrap_err().to_string();
+        assert!(err.contains("a rule set is at most"), "{err}");
     }
 }
