@@ -177,6 +177,13 @@ fn show(mor: &Path, json: bool) -> anyhow::Result<()> {
     if !rules.specialists.is_empty() {
         writeln!(out, "specialists: {}", rules.specialists.join(", "))?;
     }
+    if !rules.modules.is_empty() {
+        writeln!(
+            out,
+            "modules started or stopped: {}",
+            rules.modules.join(", ")
+        )?;
+    }
     for d in &status.domains {
         let replica = match (d.replica_sent, d.replica_acked, &d.parent) {
             (_, Some(a), _) => format!("replica v{a} acknowledged"),

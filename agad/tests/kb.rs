@@ -160,6 +160,7 @@ fn a_rule_set_is_checked_stored_and_acknowledged_by_the_domain_manager() -> anyh
         show["rules"]["specialists"],
         serde_json::json!(["disk-usage"])
     );
+    assert_eq!(show["rules"]["modules"], serde_json::json!(["disk-space"]));
     assert!(show["domains"][0]["replica_acked"].as_u64().unwrap() >= version);
     let text = d.agad(&["kb", "show"])?;
     assert!(

@@ -126,6 +126,8 @@ pub struct RuleSetStatus {
     pub groups: usize,
     /// The specialists its rules run (replicated with it).
     pub specialists: Vec<String>,
+    /// The resident modules its rules start or stop (replicated with it).
+    pub modules: Vec<String>,
 }
 
 /// One domain's replica as far as the rules go.
@@ -412,6 +414,7 @@ fn kb_show(mor: &Mor) -> anyhow::Result<KbStatus> {
             schedules: s.schedules,
             groups: s.groups,
             specialists: s.specialists,
+            modules: s.modules,
         }),
     })
 }

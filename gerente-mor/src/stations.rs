@@ -427,17 +427,26 @@ impl Mor {
             .collect();
         // BCN: the whole rule set goes to every domain (its manager
         // evaluates the rules for its own nodes), with the specialists the
-        // rules run, so the manager can ship them without asking.
-        let (rules, specialists) = match self.bases.rules()? {
-            Some(set) => (set.files, set.specialists),
-            None => (Vec::new(), Vec::new()),
+        // rules run and the modules they start, so the manager can ship
+        // them without asking.
+        let (rules, specialists, started) = match self.bases.rules()? {
+            Some(set) => (set.files, set.specialists, set.modules),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         let mut modules = Vec::new();
-        let wanted = names.into_iter().map(|name| (name, "is assigned")).chain(
-            specialists
-                .iter()
-                .map(|name| (name.as_str(), "is run by the rules")),
-        );
+        let wanted = names
+            .into_iter()
+            .map(|name| (name, "is assigned"))
+            .chain(
+                specialists
+                    .iter()
+                    .map(|n| (n.as_str(), "is run by the rules")),
+            )
+            .chain(
+                started
+                    .iter()
+                    .map(|n| (n.as_str(), "is started by the rules")),
+            );
         let mut included = std::collections::BTreeSet::new();
         for (name, why) in wanted {
             if !included.insert(name) {

@@ -38,6 +38,14 @@ pub struct Catalog {
     /// Domains schedules may target; `None`: not checked.
     #[serde(default)]
     pub domains: Option<BTreeSet<String>>,
+    /// Accept any alarm key, metric and matched module (`[rule.match]`)
+    /// without checking them: for a domain manager parsing a set the top
+    /// manager already checked against every published module, when its
+    /// replica holds only its own domain's modules. Specialists and the
+    /// modules rules start or stop are still checked (their arguments and
+    /// configuration have types), and they travel in every replica.
+    #[serde(default)]
+    pub trust_alarm_names: bool,
 }
 
 /// The alarm keys the runtime and the managers raise themselves (module
@@ -120,13 +128,18 @@ impl Catalog {
     /// Whether a rule may match alarms of `module`: a resident module, or
     /// the runtime itself (its own alarms carry [`RUNTIME_MODULE`]).
     pub fn knows_alarm_module(&self, module: &str) -> bool {
-        module == RUNTIME_MODULE || self.modules.contains_key(module)
+        self.trust_alarm_names || module == RUNTIME_MODULE || self.modules.contains_key(module)
+    }
+
+    /// Whether a rule may match alarms measuring `metric`.
+    pub fn knows_metric(&self, metric: &str) -> bool {
+        self.trust_alarm_names || self.metrics.contains(metric)
     }
 
     /// Whether an alarm key pattern as a rule writes it (`cpu.total`,
     /// `fs.used:/var`, `fs.used:*`) names a key inspectors raise.
     pub fn knows_key(&self, pattern: &str) -> bool {
-        if self.keys.contains(pattern) {
+        if self.trust_alarm_names || self.keys.contains(pattern) {
             return true;
         }
         // An instance of a known family: `fs.used:/var` under `fs.used:*`.
@@ -208,5 +221,10 @@ mod tests {
         );
         assert!(catalog.knows_key("ups.load") && catalog.metrics.contains("ups.load"));
         assert!(!catalog.knows_key("1.3.6"));
+        assert!(!catalog.knows_metric("if.oper-up") && !catalog.knows_alarm_module("if-health"));
+        // A domain manager trusts the top manager's check of alarm names.
+        catalog.trust_alarm_names = true;
+        assert!(catalog.knows_key("if.link:eth0") && catalog.knows_metric("if.oper-up"));
+        assert!(catalog.knows_alarm_module("if-health"));
     }
 }

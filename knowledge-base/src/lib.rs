@@ -171,6 +171,25 @@ impl KnowledgeBase {
         }
         names
     }
+
+    /// Every resident module the rules and schedules start or stop, by
+    /// name: what a domain needs in its BC to ship when they fire.
+    pub fn started_modules(&self) -> std::collections::BTreeSet<&str> {
+        let mut names: std::collections::BTreeSet<&str> =
+            self.schedules().iter().map(|s| s.module.as_str()).collect();
+        for rule in self.rules() {
+            match &rule.action {
+                Action::Start(start) => {
+                    names.insert(start.module.as_str());
+                }
+                Action::Stop { module } => {
+                    names.insert(module.as_str());
+                }
+                Action::Chain(_) => {}
+            }
+        }
+        names
+    }
 }
 
 /// Largest rule set, all its files together: it travels whole in every
@@ -406,6 +425,10 @@ mod tests {
         assert_eq!(
             kb.specialists().into_iter().collect::<Vec<_>>(),
             ["service-restart", "top-cpu"]
+        );
+        assert_eq!(
+            kb.started_modules().into_iter().collect::<Vec<_>>(),
+            ["link-watch"]
         );
     }
 

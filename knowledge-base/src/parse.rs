@@ -553,7 +553,7 @@ impl<'c> Checker<'c> {
             when.key = pattern;
         }
         if let Some(metric) = &m.metric {
-            if self.catalog.metrics.contains(metric.get_ref()) {
+            if self.catalog.knows_metric(metric.get_ref()) {
                 when.metric = Some(metric.get_ref().clone());
             } else {
                 let known = listing(self.catalog.metrics.iter());

@@ -37,6 +37,9 @@ pub struct RuleSet {
     /// The specialists its rules run: their bundles travel with every
     /// domain's replica.
     pub specialists: Vec<String>,
+    /// The resident modules its rules and schedules start or stop: their
+    /// bundles travel with every domain's replica too.
+    pub modules: Vec<String>,
     pub rules: usize,
     pub schedules: usize,
     pub groups: usize,
@@ -157,6 +160,11 @@ impl Bases {
             version,
             files,
             specialists: kb.specialists().into_iter().map(str::to_owned).collect(),
+            modules: kb
+                .started_modules()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
             rules: kb.rules().len(),
             schedules: kb.schedules().len(),
             groups: kb.groups().len(),
@@ -230,6 +238,7 @@ mod tests {
         assert_eq!(stored.version, version);
         assert_eq!(stored.files, files);
         assert_eq!(stored.specialists, ["disk-usage"]);
+        assert!(stored.modules.is_empty());
         assert_eq!((stored.rules, stored.schedules, stored.groups), (1, 0, 0));
     }
 
