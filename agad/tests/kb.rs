@@ -235,3 +235,86 @@ fn a_rule_set_is_checked_stored_and_acknowledged_by_the_domain_manager() -> anyh
     );
     Ok(())
 }
+
+/// The lines of `log` that say `what` and carry `version=N` with N at
+/// least `version`.
+fn logged_at_least(log: &str, what: &str, version: u64) -> bool {
+    log.lines().filter(|l| l.contains(what)).any(|l| {
+        l.split_whitespace()
+            .filter_map(|w| w.strip_prefix("version="))
+            .any(|v| v.parse::<u64>().is_ok_and(|v| v >= version))
+    })
+}
+
+#[test]
+fn a_rule_set_reaches_a_sub_domain_and_outlives_a_top_manager_restart() -> anyhow::Result<()> {
+    let mut d = Deployment::start(Path::new(env!("CARGO_BIN_EXE_agad")), Options::default())?;
+    d.publish_inspector("disk-space")?;
+    let bytes = agad_modules::inspector("disk-space").unwrap().wasm;
+    d.publish("disk-usage", bytes, DISK_USAGE)?;
+    d.apply(
+        "[[domain]]\nname = \"campus\"\nstations = [\"s1\"]\n\n\
+         [[domain]]\nname = \"lab\"\nparent = \"campus\"\nstations = [\"s2\"]\n\n\
+         [[node]]\nname = \"n1\"\ndomain = \"lab\"\n\n\
+         [[assign]]\nmodule = \"disk-space\"\ndomain = \"lab\"\n[assign.config]\nperiod = \"1s\"\n",
+    )?;
+    let campus = d.start_station("s1")?;
+    d.start_station_under("s2", &campus)?;
+    write_rules(&d, "rules", &[("disk.toml", DISK_RULES)]);
+    let applied = d.agad(&["kb", "apply", "rules"])?;
+    let version: u64 = applied
+        .lines()
+        .find_map(|l| l.strip_prefix("applied as version "))
+        .unwrap_or_else(|| panic!("{applied}"))
+        .trim()
+        .parse()?;
+    // The lab's replica travels inside the campus's: its manager stores
+    // it (a version carrying the rules) and the campus manager hears so.
+    d.wait_for("the lab manager to hold the rules", |d| {
+        Ok((logged_at_least(&d.log("s2"), "replica in force", version)
+            && logged_at_least(&d.log("s1"), "sub-domain replica acknowledged", version))
+        .then_some(()))
+    })?;
+    let show = d.wait_for("both domains to hold the rules", |d| {
+        let show = kb_show(d)?;
+        let domains = show["domains"].as_array().cloned().unwrap_or_default();
+        Ok(
+            (domains.len() == 2 && domains.iter().all(|x| x["holds_rules"] == true))
+                .then_some(show),
+        )
+    })?;
+    let lab = show["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["domain"] == "lab")
+        .unwrap()
+        .clone();
+    assert_eq!(lab["parent"], "campus");
+    let text = d.agad(&["kb", "show"])?;
+    assert!(
+        text.contains("domain lab: holds this rule set (replica inside campus's)"),
+        "{text}"
+    );
+
+    // Stored with the topology, on disk before the apply answered: a top
+    // manager killed and restarted has the same set under the same
+    // version, and replicates it again.
+    d.kill9("mor")?;
+    d.restart_mor()?;
+    let show = kb_show(&d)?;
+    assert_eq!(show["rules"]["version"], version);
+    assert_eq!(show["rules"]["files"], serde_json::json!(["disk.toml"]));
+    d.wait_for("campus to hold the rules after the restart", |d| {
+        let show = kb_show(d)?;
+        Ok(show["domains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["domain"] == "campus" && x["holds_rules"] == true)
+            .then_some(()))
+    })?;
+    let again = d.agad(&["kb", "apply", "rules"])?;
+    assert!(again.contains("no change"), "{again}");
+    Ok(())
+}
