@@ -173,6 +173,37 @@ fn a_rule_set_is_checked_stored_and_acknowledged_by_the_domain_manager() -> anyh
     let again = d.agad(&["kb", "apply", "rules"])?;
     assert!(again.contains("no change"), "{again}");
     assert_eq!(kb_show(&d)?["rules"]["version"], version);
+    // What the domain manager stored: the files as written, the
+    // specialist the rules run and the module they stop, signed.
+    d.stop("s1")?;
+    {
+        let db = agad_storage::Database::open(&d.path("s1/db"))?;
+        let replica = agad_gerente_dominio::bases::Bases::open(&db, Vec::new())?
+            .replica()?
+            .unwrap();
+        assert!(replica.version >= version);
+        assert_eq!(
+            replica.rules,
+            [
+                ("disk.toml".to_owned(), DISK_RULES.to_owned()),
+                ("runtime.toml".to_owned(), RUNTIME_RULES.to_owned())
+            ]
+        );
+        let specialist = replica
+            .modules
+            .iter()
+            .find(|m| m.manifest.name == "disk-usage")
+            .unwrap();
+        assert_eq!(specialist.manifest.kind, agad_protocol::Kind::Specialist);
+        assert_eq!(specialist.manifest.config[0].name, "path");
+        assert!(
+            replica
+                .modules
+                .iter()
+                .any(|m| m.manifest.name == "disk-space")
+        );
+    }
+    d.restart("s1")?;
 
     // An invalid set: every error with its position, nothing stored.
     write_rules(&d, "broken", &[("broken.toml", BROKEN_RULES)]);
