@@ -1,8 +1,11 @@
 //! `agad kb ...`: the knowledge base's rules as an operator edits them —
-//! check a rules directory, and see which rule an alarm would reach and why.
-//! (`kb apply`, which replicates a rule set to the domains, is not here
-//! yet.)
+//! check a rules directory, see which rule an alarm would reach and why,
+//! publish a rule set through the top manager (`apply`, which checks it
+//! against what the deployment can run and replicates it to every domain)
+//! and see which domains hold it (`show`).
 
+use crate::admin_cmd::{MorDir, ask};
+use agad_gerente_mor::admin::{Answer, Request};
 use agad_knowledge_base::{Catalog, KbError, KnowledgeBase, State};
 use agad_protocol::ManifestSpec;
 use agad_protocol::message::Alarm;
@@ -33,6 +36,29 @@ pub enum KbCommand {
         #[command(flatten)]
         catalog: CatalogArg,
     },
+    /// Publish a rules directory: the top manager checks it against its
+    /// published modules and topology (every error as file:line:column:
+    /// reason, nothing stored), prints what it changes, stores it and
+    /// replicates it to every domain.
+    Apply {
+        /// Folder of rules files (`*.toml`, not its subfolders).
+        #[arg(value_name = "DIR")]
+        rules: PathBuf,
+        /// Check and show the difference only; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        mor: MorDir,
+    },
+    /// The rule set in force at the top manager and which domains'
+    /// managers acknowledged a replica carrying it.
+    Show {
+        /// Print it as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        mor: MorDir,
+    },
 }
 
 #[derive(clap::Args)]
@@ -62,7 +88,117 @@ pub fn run(cmd: KbCommand) -> anyhow::Result<()> {
             at,
             catalog,
         } => test(&dir, &alarms, at.as_deref(), &catalog),
+        KbCommand::Apply {
+            rules,
+            dry_run,
+            mor,
+        } => apply(&mor.dir, &rules, dry_run),
+        KbCommand::Show { json, mor } => show(&mor.dir, json),
     }
+}
+
+/// Sends every rules file of `dir` (by file name) to the top manager.
+fn apply(mor: &Path, dir: &Path, dry_run: bool) -> anyhow::Result<()> {
+    let files = agad_knowledge_base::read_dir(dir)?
+        .into_iter()
+        .map(|(path, text)| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, text)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    match ask(mor, Request::KbApply { files, dry_run })? {
+        Answer::KbInvalid { errors } => {
+            let mut err = std::io::stderr().lock();
+            for e in &errors {
+                let file = dir.join(&e.file);
+                writeln!(
+                    err,
+                    "{}:{}:{}: {}",
+                    file.display(),
+                    e.line,
+                    e.column,
+                    e.reason
+                )?;
+            }
+            bail!(
+                "{} error(s); the rule set is refused as a whole (nothing stored)",
+                errors.len()
+            )
+        }
+        Answer::KbDiff {
+            changes,
+            applied,
+            version,
+        } => {
+            if changes.is_empty() {
+                writeln!(out, "no change")?;
+            }
+            for c in &changes {
+                writeln!(out, "{c}")?;
+            }
+            match (applied, version) {
+                (true, Some(v)) => writeln!(out, "applied as version {v}")?,
+                _ if dry_run => writeln!(out, "not applied (dry run)")?,
+                _ => {}
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer from the top manager: {other:?}"),
+    }
+}
+
+fn show(mor: &Path, json: bool) -> anyhow::Result<()> {
+    let status = match ask(mor, Request::KbShow)? {
+        Answer::KbShow(status) => status,
+        other => bail!("unexpected answer from the top manager: {other:?}"),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+        return Ok(());
+    }
+    let Some(rules) = &status.rules else {
+        writeln!(out, "no rule set applied (`agad kb apply <dir>`)")?;
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "rule set version {}: {} rule(s), {} schedule(s), {} group(s) in {}",
+        rules.version,
+        rules.rules,
+        rules.schedules,
+        rules.groups,
+        rules.files.join(", ")
+    )?;
+    if !rules.specialists.is_empty() {
+        writeln!(out, "specialists: {}", rules.specialists.join(", "))?;
+    }
+    if !rules.modules.is_empty() {
+        writeln!(
+            out,
+            "modules started or stopped: {}",
+            rules.modules.join(", ")
+        )?;
+    }
+    for d in &status.domains {
+        let replica = match (d.replica_sent, d.replica_acked, &d.parent) {
+            (_, Some(a), _) => format!("replica v{a} acknowledged"),
+            (Some(s), None, _) => format!("replica v{s} sent, not acknowledged"),
+            (None, None, Some(parent)) => format!("replica inside {parent}'s"),
+            (None, None, None) => "no replica".to_owned(),
+        };
+        let holds = if d.holds_rules {
+            "holds this rule set"
+        } else {
+            "NOT YET"
+        };
+        writeln!(out, "domain {}: {holds} ({replica})", d.domain)?;
+    }
+    Ok(())
 }
 
 fn catalog(arg: &CatalogArg) -> anyhow::Result<Catalog> {
@@ -78,18 +214,26 @@ fn catalog(arg: &CatalogArg) -> anyhow::Result<Catalog> {
         }
         None => {
             eprintln!(
-                "note: no --catalog: only the built-in inspectors are known (no specialist, key or metric)"
+                "note: no --catalog: only the built-in inspectors and the runtime's own alarms are known (no specialist)"
             );
             Catalog::default()
         }
     };
+    // What the runtime raises itself, and the built-in inspectors with
+    // the keys and metrics their manifests declare (a catalog file's own
+    // entry for one of them keeps its configuration keys).
+    let runtime = Catalog::with_runtime();
+    catalog.keys.extend(runtime.keys);
+    catalog.metrics.extend(runtime.metrics);
     for builtin in agad_modules::INSPECTORS {
         let spec = ManifestSpec::from_toml(builtin.manifest_toml)
             .map_err(|e| anyhow::anyhow!("built-in {}: {e}", builtin.name))?;
-        catalog
+        let config = catalog
             .modules
-            .entry(builtin.name.to_owned())
-            .or_insert_with(|| spec.config_keys());
+            .get(builtin.name)
+            .cloned()
+            .unwrap_or_else(|| spec.config_keys());
+        catalog.add_module(builtin.name, spec.kind, config, &spec.emitted());
     }
     Ok(catalog)
 }
@@ -200,4 +344,31 @@ fn test(dir: &Path, alarms: &Path, at: Option<&str>, arg: &CatalogArg) -> anyhow
         write!(out, "{explanation}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use agad_knowledge_base::catalog::{RUNTIME_KEYS, RUNTIME_METRICS};
+
+    /// The catalog's list of the runtime's own alarms follows the
+    /// constants the runtime and the managers raise them with.
+    #[test]
+    fn the_runtime_keys_the_catalog_knows_are_the_ones_raised() {
+        for key in [
+            agad_runtime::integrity::TAMPERED_KEY,
+            agad_runtime::crashloop::CRASH_LOOP_KEY,
+            agad_runtime::refusals::REFUSED_KEY,
+            agad_runtime::budget::NOTICE_KEY,
+            agad_gerente_dominio::attest::ATTESTATION_FAILED_KEY,
+            agad_gerente_mor::attest::ATTESTATION_FAILED_KEY,
+        ] {
+            assert!(RUNTIME_KEYS.contains(&key), "{key}");
+        }
+        for metric in [
+            agad_runtime::refusals::REFUSED_METRIC,
+            agad_runtime::budget::NOTICE_METRIC,
+        ] {
+            assert!(RUNTIME_METRICS.contains(&metric), "{metric}");
+        }
+    }
 }

@@ -894,6 +894,41 @@ fn kb_check_prints_every_error_with_file_line_and_column() {
     );
 }
 
+/// Without `--catalog`, the built-in inspectors' declared keys and
+/// metrics (`[emits]`) and the runtime's own alarms are known.
+#[test]
+fn kb_check_knows_the_builtin_inspectors_emits_and_the_runtime_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    let rule = |key: &str, metric: &str, module: &str| {
+        format!(
+            "[[rule]]\nname = \"r\"\n[rule.match]\nkey = \"{key}\"\nmetric = \"{metric}\"\nmodule = \"{module}\"\n[rule.stop]\nmodule = \"if-health\"\n"
+        )
+    };
+    for (key, metric, module) in [
+        ("if.link:eth0", "if.oper-up", "if-health"),
+        ("fs.used:*", "fs.used-percent", "disk-space"),
+        ("proc.running:sshd", "proc.count", "app-watch"),
+        ("agad.module-crash-loop", "module.restarts", "agad"),
+    ] {
+        std::fs::write(dir.path().join("rules/r.toml"), rule(key, metric, module)).unwrap();
+        let out = agad(&["kb", "check", "rules"], dir.path());
+        assert!(out.status.success(), "{key}: {}", stderr(&out));
+    }
+    std::fs::write(
+        dir.path().join("rules/r.toml"),
+        rule("if.lnk:eth0", "if.oper-down", "if-health"),
+    )
+    .unwrap();
+    let out = agad(&["kb", "check", "rules"], dir.path());
+    let err = stderr(&out);
+    assert!(
+        err.contains("rules/r.toml:4:7: unknown alarm key `if.lnk:eth0`")
+            && err.contains("rules/r.toml:5:10: unknown metric `if.oper-down`"),
+        "{err}"
+    );
+}
+
 #[test]
 fn kb_test_says_which_rule_matches_and_why_the_others_do_not() {
     let dir = tempfile::tempdir().unwrap();

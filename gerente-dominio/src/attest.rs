@@ -415,6 +415,7 @@ mod tests {
             limits: Default::default(),
             valid_for_days: 30,
             config: Default::default(),
+            emits: Default::default(),
         };
         Bundle::sign(spec, wasm.to_vec(), key, crate::now_ms() / 1000)
     }

@@ -22,7 +22,7 @@ use crate::Station;
 use agad_knowledge_base::{Action, Catalog, Chain, KnowledgeBase, State, Targets, Transition};
 use agad_protocol::message::Alarm;
 use agad_protocol::run::{Case, CaseState, RunOutcome, RunRequest, RunResult, StepKind, run_id};
-use agad_protocol::wire::{self, Control, Message, Upward};
+use agad_protocol::wire::{self, Control, Message, Replica, Upward};
 use agad_storage::{Database, StorageError, Tree};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, RwLock};
@@ -169,14 +169,22 @@ impl Dispatcher {
     }
 
     /// Puts the replica's rule set in force. The top manager checked it
-    /// against every published module; this station re-reads it without
-    /// the names it cannot know (other domains' modules). A set that does
-    /// not parse keeps the one in force.
-    pub fn set_rules(&self, files: &[(String, String)]) {
+    /// against every published module and the whole topology; this station
+    /// re-reads it against the modules its replica carries (the specialists
+    /// and started modules the rules name are among them), trusting the
+    /// top manager's check of alarm keys, metrics and nodes, which it
+    /// cannot see whole. A set that does not parse keeps the one in force.
+    pub fn set_rules(&self, replica: &Replica) {
+        let files = &replica.rules;
         let kb = if files.is_empty() {
             None
         } else {
-            match KnowledgeBase::parse(files, &Catalog::trusting()) {
+            let mut catalog = Catalog::with_runtime();
+            for module in &replica.modules {
+                catalog.add_manifest(&module.manifest);
+            }
+            catalog.trust_alarm_names = true;
+            match KnowledgeBase::parse(files, &catalog) {
                 Ok(kb) => Some(Arc::new(kb)),
                 Err(errors) => {
                     for e in errors.iter().take(10) {
@@ -782,7 +790,18 @@ module = "snmp-threshold"
 domain = "lab"
 stop = 2026-12-10T00:00:00Z
 "#;
-        KnowledgeBase::parse(&[("s.toml".into(), text.into())], &Catalog::trusting()).unwrap()
+        let mut catalog = Catalog::with_runtime();
+        catalog.trust_alarm_names = true;
+        let target = agad_protocol::ConfigKey {
+            name: "target".into(),
+            kind: agad_protocol::ConfigType::String,
+            required: true,
+            default: None,
+            description: "host to probe".into(),
+        };
+        catalog.modules.insert("link-watch".into(), vec![target]);
+        catalog.modules.insert("snmp-threshold".into(), vec![]);
+        KnowledgeBase::parse(&[("s.toml".into(), text.into())], &catalog).unwrap()
     }
 
     #[test]

@@ -203,7 +203,7 @@ impl Station {
             Ok(stored) => {
                 tracing::info!(domain = %stored.topology.domain.name, version, "replica in force");
                 let stored = Arc::new(stored);
-                self.dispatch.set_rules(&stored.rules);
+                self.dispatch.set_rules(&stored);
                 *self.replica.write().unwrap_or_else(|p| p.into_inner()) = Some(stored.clone());
                 self.removed.store(false, Ordering::Relaxed);
                 self.send_up(Control::ReplicaAck { version });
@@ -378,7 +378,7 @@ pub async fn run(
         dispatch: dispatch::Dispatcher::open(&db)?,
     });
     if let Some(replica) = station.replica() {
-        station.dispatch.set_rules(&replica.rules);
+        station.dispatch.set_rules(&replica);
     }
 
     let (events_tx, mut events) = mpsc::channel(64);

@@ -32,6 +32,14 @@ pub enum Request {
         dry_run: bool,
     },
     TopologyShow,
+    /// A knowledge-base rule set: every rules file of the operator's
+    /// folder as (file name, text).
+    KbApply {
+        files: Vec<(String, String)>,
+        dry_run: bool,
+    },
+    /// The rule set in force and which domains hold it.
+    KbShow,
     EnrollList,
     EnrollApprove {
         fingerprint: String,
@@ -67,6 +75,18 @@ pub enum Answer {
         text: String,
         version: u64,
     },
+    /// What a rule set changes (`+ rule x`, `~ group y`, ...); `applied`
+    /// with the version it was stored as.
+    KbDiff {
+        changes: Vec<String>,
+        applied: bool,
+        version: Option<u64>,
+    },
+    /// A rule set refused whole: every error, nothing stored.
+    KbInvalid {
+        errors: Vec<RuleError>,
+    },
+    KbShow(KbStatus),
     Members(Vec<Member>),
     Member(Member),
     Ticket {
@@ -78,6 +98,52 @@ pub enum Answer {
     Alarms(AlarmList),
     KbStats(Vec<query::RuleStats>),
     Error(String),
+}
+
+/// One error of a refused rule set, at its position in the file the
+/// client named (the client puts its folder back in front).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub reason: String,
+}
+
+/// `agad kb show`: the rule set in force and, per domain, whether its
+/// manager acknowledged a replica carrying it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KbStatus {
+    /// `None`: no rule set was ever applied.
+    pub rules: Option<RuleSetStatus>,
+    pub domains: Vec<DomainRules>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleSetStatus {
+    /// The bases version its apply made.
+    pub version: u64,
+    pub files: Vec<String>,
+    pub rules: usize,
+    pub schedules: usize,
+    pub groups: usize,
+    /// The specialists its rules run (replicated with it).
+    pub specialists: Vec<String>,
+    /// The resident modules its rules start or stop (replicated with it).
+    pub modules: Vec<String>,
+}
+
+/// One domain's replica as far as the rules go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainRules {
+    pub domain: String,
+    /// A sub-domain's replica travels inside its parent's: the parent's
+    /// acknowledgement covers it.
+    pub parent: Option<String>,
+    pub replica_sent: Option<u64>,
+    pub replica_acked: Option<u64>,
+    /// The acknowledged replica carries the rule set in force.
+    pub holds_rules: bool,
 }
 
 /// Binds the socket now (so a second manager on the same directory fails
@@ -175,12 +241,20 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
                     .map(|x| x.manifest.config.as_slice())
             };
             let new = topology::parse(&text, &file, &config_of)?;
-            let changes: Vec<String> = b
+            let mut changes: Vec<String> = b
                 .topology()?
                 .diff(&new)
                 .iter()
                 .map(|c| c.to_string())
                 .collect();
+            // The topology is applied all the same (it is what exists);
+            // the operator is told the rules need a new `kb apply`.
+            let broken = b.rules_errors_under(&new)?;
+            if broken > 0 && !changes.is_empty() {
+                changes.push(format!(
+                    "! the rule set in force gets {broken} error(s) under this topology (a node or domain it names is gone): fix it and `agad kb apply` it"
+                ));
+            }
             if dry_run || changes.is_empty() {
                 Answer::TopologyDiff {
                     changes,
@@ -201,6 +275,8 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
             text: b.topology()?.to_toml(),
             version: b.version()?,
         },
+        Request::KbApply { files, dry_run } => kb_apply(mor, files, dry_run)?,
+        Request::KbShow => Answer::KbShow(kb_show(mor)?),
         Request::EnrollList => Answer::Members(b.members()?),
         Request::EnrollApprove { fingerprint } => {
             let m = b.approve(&fingerprint)?;
@@ -220,6 +296,130 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
         Request::Reports(q) => Answer::Reports(query::reports(b, &q)?),
         Request::Alarms(q) => Answer::Alarms(query::alarms(mor, &q)?),
         Request::KbStats => Answer::KbStats(query::kb_stats(&mor.bases)?),
+    })
+}
+
+/// Checks a rule set against what this deployment can run, tells what it
+/// changes and, unless `dry_run` or nothing changes, stores it; the next
+/// reconcile replicates it to every domain.
+fn kb_apply(mor: &Mor, files: Vec<(String, String)>, dry_run: bool) -> anyhow::Result<Answer> {
+    use agad_knowledge_base::KnowledgeBase;
+    let b = &mor.bases;
+    let new = match b.check_rules(&files)? {
+        Ok(kb) => kb,
+        Err(errors) => {
+            tracing::info!(errors = errors.len(), "rule set refused");
+            return Ok(Answer::KbInvalid {
+                errors: errors
+                    .into_iter()
+                    .map(|e| RuleError {
+                        file: e.file,
+                        line: e.line,
+                        column: e.column,
+                        reason: e.reason,
+                    })
+                    .collect(),
+            });
+        }
+    };
+    let stored = b.rules()?;
+    let mut changes = Vec::new();
+    let old = match &stored {
+        Some(set) => match b.check_rules(&set.files)? {
+            Ok(kb) => kb,
+            Err(errors) => {
+                // What BGC or BTPG no longer have (a node removed, say):
+                // the stored set is compared as if empty, and says so.
+                changes.push(format!(
+                    "(the stored rule set has {} error(s) against the bases now; compared as if empty)",
+                    errors.len()
+                ));
+                KnowledgeBase::empty()
+            }
+        },
+        None => KnowledgeBase::empty(),
+    };
+    let diff = old.diff(&new);
+    changes.extend(
+        diff.to_string()
+            .lines()
+            .map(str::to_owned)
+            .filter(|l| l != "no change"),
+    );
+    let mut sorted = files.clone();
+    sorted.sort();
+    let same_text = stored.as_ref().is_some_and(|s| s.files == sorted);
+    if diff.is_empty() && !same_text && stored.is_some() {
+        changes.push("~ text only (comments, layout or file names): no rule changes".to_owned());
+    }
+    if dry_run || same_text {
+        return Ok(Answer::KbDiff {
+            changes,
+            applied: false,
+            version: None,
+        });
+    }
+    let version = b.apply_rules(&files, &new)?;
+    tracing::info!(
+        version,
+        rules = new.rules().len(),
+        "rule set applied: {}",
+        diff.to_string().trim_end().replace('\n', "; ")
+    );
+    mor.reconcile();
+    Ok(Answer::KbDiff {
+        changes,
+        applied: true,
+        version: Some(version),
+    })
+}
+
+fn kb_show(mor: &Mor) -> anyhow::Result<KbStatus> {
+    let set = mor.bases.rules()?;
+    let domains = mor.domain_status();
+    let acked = |domain: &str| {
+        domains
+            .iter()
+            .find(|d| d.domain == domain)
+            .and_then(|d| d.replica_acked)
+    };
+    // A sub-domain holds what the top-level domain above it acknowledged.
+    let top_acked = |d: &crate::stations::DomainStatus| {
+        let mut current = d.clone();
+        for _ in 0..domains.len() {
+            match &current.parent {
+                Some(parent) => match domains.iter().find(|x| &x.domain == parent) {
+                    Some(p) => current = p.clone(),
+                    None => return None,
+                },
+                None => return acked(&current.domain),
+            }
+        }
+        None
+    };
+    Ok(KbStatus {
+        domains: domains
+            .iter()
+            .map(|d| DomainRules {
+                domain: d.domain.clone(),
+                parent: d.parent.clone(),
+                replica_sent: d.replica_sent,
+                replica_acked: d.replica_acked,
+                holds_rules: match (&set, top_acked(d)) {
+                    (Some(set), Some(acked)) => acked >= set.version,
+                    _ => false,
+                },
+            })
+            .collect(),
+        rules: set.map(|s| RuleSetStatus {
+            version: s.version,
+            files: s.files.into_iter().map(|(name, _)| name).collect(),
+            rules: s.rules,
+            schedules: s.schedules,
+            groups: s.groups,
+            specialists: s.specialists,
+            modules: s.modules,
+        }),
     })
 }
 

@@ -3,11 +3,13 @@
 //! registry, and BIG (every alarm and domain report received, indexed;
 //! see [`big`]).
 //!
-//! BTPG also keeps each node's last move between domains ([`orphans::Move`]).
+//! BTPG also keeps each node's last move between domains ([`orphans::Move`])
+//! and the knowledge-base rule set in force (BCN, [`bcn`]).
 //!
 //! One version number covers everything replicated: any change to BGC,
-//! BTPG or enrollment bumps it, and replicas carry it.
+//! BTPG (rules included) or enrollment bumps it, and replicas carry it.
 
+pub mod bcn;
 pub mod big;
 pub mod orphans;
 

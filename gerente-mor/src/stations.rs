@@ -425,12 +425,37 @@ impl Mor {
             .iter()
             .map(|a| a.module.as_str())
             .collect();
+        // BCN: the whole rule set goes to every domain (its manager
+        // evaluates the rules for its own nodes), with the specialists the
+        // rules run and the modules they start, so the manager can ship
+        // them without asking.
+        let (rules, specialists, started) = match self.bases.rules()? {
+            Some(set) => (set.files, set.specialists, set.modules),
+            None => (Vec::new(), Vec::new(), Vec::new()),
+        };
         let mut modules = Vec::new();
-        for name in names {
+        let wanted = names
+            .into_iter()
+            .map(|name| (name, "is assigned"))
+            .chain(
+                specialists
+                    .iter()
+                    .map(|n| (n.as_str(), "is run by the rules")),
+            )
+            .chain(
+                started
+                    .iter()
+                    .map(|n| (n.as_str(), "is started by the rules")),
+            );
+        let mut included = std::collections::BTreeSet::new();
+        for (name, why) in wanted {
+            if !included.insert(name) {
+                continue;
+            }
             let bundle = self
                 .bases
                 .bundle(name)?
-                .ok_or_else(|| anyhow::anyhow!("module `{name}` is assigned but not in BGC"))?;
+                .ok_or_else(|| anyhow::anyhow!("module `{name}` {why} but not in BGC"))?;
             let hash = bundle.manifest.sha256_hex();
             modules.push(if held.insert(hash) {
                 bundle
@@ -471,7 +496,7 @@ impl Mor {
             version,
             topology: slice,
             modules,
-            rules: Vec::new(),
+            rules,
             members,
             subdomains,
             moved,

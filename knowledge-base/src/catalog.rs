@@ -5,7 +5,8 @@
 //! rule against it, so a rule naming something no node could run is refused
 //! when it is written, not when an alarm finally reaches it.
 
-use agad_protocol::manifest::{ConfigKey, Kind, Manifest};
+use agad_protocol::manifest::{ConfigKey, Emits, Kind, Manifest};
+use agad_protocol::message::RUNTIME_MODULE;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,38 +38,108 @@ pub struct Catalog {
     /// Domains schedules may target; `None`: not checked.
     #[serde(default)]
     pub domains: Option<BTreeSet<String>>,
-    /// Names (specialists, modules, keys, metrics) are not checked, and
-    /// arguments of unknown modules are taken as text: for a domain
-    /// manager re-reading a rule set its publisher checked against the
-    /// whole catalog, holding only its own domain's modules. Syntax,
-    /// templates and durations are still checked.
-    #[serde(skip)]
-    pub trusting: bool,
+    /// Accept any alarm key, metric and matched module (`[rule.match]`)
+    /// without checking them: for a domain manager parsing a set the top
+    /// manager already checked against every published module, when its
+    /// replica holds only its own domain's modules. Specialists and the
+    /// modules rules start or stop are still checked (their arguments and
+    /// configuration have types), and they travel in every replica.
+    #[serde(default)]
+    pub trust_alarm_names: bool,
 }
 
+/// The alarm keys the runtime and the managers raise themselves (module
+/// [`RUNTIME_MODULE`], or the module concerned for the per-module ones),
+/// which no manifest declares: a node's disk, a module refused, crashing,
+/// tampered with, over its state quota or output budget, a station failing
+/// attestation, a host or agent down.
+pub const RUNTIME_KEYS: &[&str] = &[
+    "agad.agent-down",
+    "agad.attestation-failed",
+    "agad.disk-low",
+    "agad.host-down",
+    "agad.module-crash-loop",
+    "agad.module-refused",
+    "agad.module-tampered",
+    "agad.output-dropped",
+    "agad.state-quota",
+];
+
+/// The metrics of those alarms.
+pub const RUNTIME_METRICS: &[&str] = &[
+    "agad.dropped-outputs",
+    "attestation.failed",
+    "element.down-seconds",
+    "fs.available-bytes",
+    "module.refused",
+    "module.restarts",
+    "module.tampered",
+    "state.used-bytes",
+];
+
 impl Catalog {
-    /// A catalog that checks no name (see [`Catalog::trusting`]).
-    pub fn trusting() -> Catalog {
-        Catalog {
-            trusting: true,
-            ..Catalog::default()
-        }
+    /// A catalog holding only what the runtime itself raises
+    /// ([`RUNTIME_KEYS`], [`RUNTIME_METRICS`]).
+    pub fn with_runtime() -> Catalog {
+        let mut catalog = Catalog::default();
+        catalog
+            .keys
+            .extend(RUNTIME_KEYS.iter().map(|k| (*k).to_owned()));
+        catalog
+            .metrics
+            .extend(RUNTIME_METRICS.iter().map(|m| (*m).to_owned()));
+        catalog
     }
 
     /// Adds a signed module: a specialist's arguments or a resident
-    /// module's configuration.
+    /// module's configuration, and the alarm keys and metrics it declares.
     pub fn add_manifest(&mut self, manifest: &Manifest) {
-        let keys = manifest.config.clone();
-        match manifest.kind {
-            Kind::Specialist => self.specialists.insert(manifest.name.clone(), keys),
-            Kind::Inspector => self.modules.insert(manifest.name.clone(), keys),
+        self.add_module(
+            &manifest.name,
+            manifest.kind,
+            manifest.config.clone(),
+            &manifest.emits,
+        );
+    }
+
+    /// [`Catalog::add_manifest`] from its parts (an author's manifest
+    /// before signing: `agad kb check` and the built-in inspectors).
+    pub fn add_module(&mut self, name: &str, kind: Kind, config: Vec<ConfigKey>, emits: &Emits) {
+        match kind {
+            Kind::Specialist => self.specialists.insert(name.to_owned(), config),
+            Kind::Inspector => self.modules.insert(name.to_owned(), config),
         };
+        self.keys.extend(emits.keys.iter().cloned());
+        self.metrics.extend(emits.metrics.iter().cloned());
+    }
+
+    /// Adds the alarm keys and metrics an assignment's configuration makes
+    /// (`emits.from_config` of its module's manifest: snmp-threshold's
+    /// `metric = "ups.load"` raises `ups.load`).
+    pub fn add_assignment(&mut self, emits: &Emits, config: &[(String, String)]) {
+        for (key, value) in config {
+            if emits.from_config.contains(key) && !value.trim().is_empty() {
+                self.keys.insert(value.trim().to_owned());
+                self.metrics.insert(value.trim().to_owned());
+            }
+        }
+    }
+
+    /// Whether a rule may match alarms of `module`: a resident module, or
+    /// the runtime itself (its own alarms carry [`RUNTIME_MODULE`]).
+    pub fn knows_alarm_module(&self, module: &str) -> bool {
+        self.trust_alarm_names || module == RUNTIME_MODULE || self.modules.contains_key(module)
+    }
+
+    /// Whether a rule may match alarms measuring `metric`.
+    pub fn knows_metric(&self, metric: &str) -> bool {
+        self.trust_alarm_names || self.metrics.contains(metric)
     }
 
     /// Whether an alarm key pattern as a rule writes it (`cpu.total`,
     /// `fs.used:/var`, `fs.used:*`) names a key inspectors raise.
     pub fn knows_key(&self, pattern: &str) -> bool {
-        if self.keys.contains(pattern) {
+        if self.trust_alarm_names || self.keys.contains(pattern) {
             return true;
         }
         // An instance of a known family: `fs.used:/var` under `fs.used:*`.
@@ -97,25 +168,63 @@ mod tests {
         assert!(!catalog.knows_key("if.link:*"));
     }
 
+    fn manifest(name: &str, kind: Kind, extra: &str) -> Manifest {
+        let spec = agad_protocol::ManifestSpec::from_toml(&format!(
+            "name = \"{name}\"\nversion = \"0.1.0\"\nsequence = 1\nkind = \"{}\"\narea = \"fault\"\n{extra}",
+            if kind == Kind::Specialist { "specialist" } else { "inspector" }
+        ))
+        .unwrap();
+        agad_protocol::Bundle::sign(
+            spec,
+            b"w".to_vec(),
+            &agad_protocol::SecretKey::generate(),
+            1,
+        )
+        .manifest
+    }
+
     #[test]
-    fn a_trusting_catalog_checks_syntax_but_no_name() {
-        let rules = r#"
-[[rule]]
-name = "disk-full"
-[rule.match]
-key = "fs.used:*"
-metric = "fs.used-percent"
-[rule.diagnose]
-specialist = "disk-usage"
-args = { path = "{subject}", depth = 2 }
-"#;
-        let files = [("r.toml".to_owned(), rules.to_owned())];
-        assert!(crate::KnowledgeBase::parse(&files, &Catalog::default()).is_err());
-        let kb = crate::KnowledgeBase::parse(&files, &Catalog::trusting()).unwrap();
-        assert_eq!(kb.rules().len(), 1);
-        // A bad placeholder is still an error.
-        let bad = [("r.toml".to_owned(), rules.replace("{subject}", "{subjct}"))];
-        let errors = crate::KnowledgeBase::parse(&bad, &Catalog::trusting()).unwrap_err();
-        assert_eq!(errors.len(), 1, "{errors:?}");
+    fn manifests_bring_their_arguments_keys_and_metrics() {
+        let mut catalog = Catalog::with_runtime();
+        assert!(catalog.knows_key("agad.module-crash-loop"));
+        assert!(catalog.metrics.contains("module.restarts"));
+        assert!(catalog.knows_alarm_module("agad"));
+        assert!(!catalog.knows_alarm_module("disk-space"));
+        catalog.add_manifest(&manifest(
+            "disk-space",
+            Kind::Inspector,
+            "[emits]\nkeys = [\"fs.used:*\"]\nmetrics = [\"fs.used-percent\"]\n",
+        ));
+        catalog.add_manifest(&manifest(
+            "disk-usage",
+            Kind::Specialist,
+            "[config.path]\ntype = \"string\"\nrequired = true\ndescription = \"where\"\n",
+        ));
+        assert!(catalog.knows_alarm_module("disk-space"));
+        assert!(catalog.knows_key("fs.used:/var"));
+        assert!(catalog.metrics.contains("fs.used-percent"));
+        assert_eq!(catalog.specialists["disk-usage"][0].name, "path");
+        assert!(!catalog.modules.contains_key("disk-usage"));
+        // An assignment's `metric` names its alarm when the manifest says so.
+        let snmp = manifest(
+            "snmp-threshold",
+            Kind::Inspector,
+            "[emits]\nfrom_config = [\"metric\"]\n[config.metric]\ntype = \"string\"\ndescription = \"m\"\n",
+        );
+        catalog.add_manifest(&snmp);
+        catalog.add_assignment(
+            &snmp.emits,
+            &[
+                ("metric".into(), "ups.load".into()),
+                ("oid".into(), "1.3.6".into()),
+            ],
+        );
+        assert!(catalog.knows_key("ups.load") && catalog.metrics.contains("ups.load"));
+        assert!(!catalog.knows_key("1.3.6"));
+        assert!(!catalog.knows_metric("if.oper-up") && !catalog.knows_alarm_module("if-health"));
+        // A domain manager trusts the top manager's check of alarm names.
+        catalog.trust_alarm_names = true;
+        assert!(catalog.knows_key("if.link:eth0") && catalog.knows_metric("if.oper-up"));
+        assert!(catalog.knows_alarm_module("if-health"));
     }
 }

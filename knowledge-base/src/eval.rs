@@ -106,6 +106,16 @@ pub enum Verdict {
 }
 
 impl KnowledgeBase {
+    /// A set without rules, groups or schedules (what a deployment has
+    /// before its first `agad kb apply`).
+    pub fn empty() -> KnowledgeBase {
+        KnowledgeBase::build(Parsed {
+            rules: Vec::new(),
+            groups: Default::default(),
+            schedules: Vec::new(),
+        })
+    }
+
     pub(crate) fn build(parsed: Parsed) -> KnowledgeBase {
         let Parsed {
             mut rules,

@@ -150,34 +150,105 @@ impl KnowledgeBase {
     /// `drafts/` folder stays out) as one rule set. Errors name files as
     /// `dir/file.toml`.
     pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<KnowledgeBase, KbError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| KbError::Io { path, source }
-        };
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
-            if path.extension().is_none_or(|e| e != "toml") || !path.is_file() {
-                continue;
-            }
-            let size = std::fs::metadata(&path).map_err(io(&path))?.len();
-            if size > MAX_FILE_BYTES {
-                return Err(KbError::Unreadable {
-                    path,
-                    reason: format!("{size} bytes; a rules file is at most {MAX_FILE_BYTES}"),
-                });
-            }
-            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            files.push((path.display().to_string(), text));
-        }
-        if files.is_empty() {
-            return Err(KbError::Unreadable {
-                path: dir.to_owned(),
-                reason: "no rules files (`*.toml`) here".to_owned(),
-            });
-        }
+        let files: Vec<(String, String)> = read_dir(dir)?
+            .into_iter()
+            .map(|(path, text)| (path.display().to_string(), text))
+            .collect();
         KnowledgeBase::parse(&files, catalog).map_err(KbError::Invalid)
     }
+
+    /// Every specialist the rules run (diagnoses and fixes), by name: what
+    /// a domain needs in its BC to act on them.
+    pub fn specialists(&self) -> std::collections::BTreeSet<&str> {
+        let mut names = std::collections::BTreeSet::new();
+        for rule in self.rules() {
+            if let Action::Chain(chain) = &rule.action {
+                names.insert(chain.diagnose.specialist.as_str());
+                if let Some(fix) = &chain.fix {
+                    names.insert(fix.step.specialist.as_str());
+                }
+            }
+        }
+        names
+    }
+
+    /// Every resident module the rules and schedules start or stop, by
+    /// name: what a domain needs in its BC to ship when they fire.
+    pub fn started_modules(&self) -> std::collections::BTreeSet<&str> {
+        let mut names: std::collections::BTreeSet<&str> =
+            self.schedules().iter().map(|s| s.module.as_str()).collect();
+        for rule in self.rules() {
+            match &rule.action {
+                Action::Start(start) => {
+                    names.insert(start.module.as_str());
+                }
+                Action::Stop { module } => {
+                    names.insert(module.as_str());
+                }
+                Action::Chain(_) => {}
+            }
+        }
+        names
+    }
+}
+
+/// Largest rule set, all its files together: it travels whole in every
+/// domain's replica (a frame of at most 32 MiB), nested sub-domains
+/// included. 10,000 rules are about 1.5 MB.
+pub const MAX_SET_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Most rules files one set may hold (`agad kb apply` and the top manager
+/// refuse more).
+pub const MAX_FILES: usize = 256;
+
+/// The rules files of a directory: every `*.toml` file directly in `dir`
+/// (not its subfolders), by path, with its text; unparsed (`agad kb apply`
+/// sends them as they are to the top manager, which checks them).
+pub fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, KbError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| KbError::Io { path, source }
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        if path.extension().is_none_or(|e| e != "toml") || !path.is_file() {
+            continue;
+        }
+        let size = std::fs::metadata(&path).map_err(io(&path))?.len();
+        if size > MAX_FILE_BYTES {
+            return Err(KbError::Unreadable {
+                path,
+                reason: format!("{size} bytes; a rules file is at most {MAX_FILE_BYTES}"),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        files.push((path, text));
+    }
+    if files.is_empty() {
+        return Err(KbError::Unreadable {
+            path: dir.to_owned(),
+            reason: "no rules files (`*.toml`) here".to_owned(),
+        });
+    }
+    if files.len() > MAX_FILES {
+        return Err(KbError::Unreadable {
+            path: dir.to_owned(),
+            reason: format!(
+                "{} rules files; a rule set has at most {MAX_FILES}",
+                files.len()
+            ),
+        });
+    }
+    let total: u64 = files.iter().map(|(_, text)| text.len() as u64).sum();
+    if total > MAX_SET_BYTES {
+        return Err(KbError::Unreadable {
+            path: dir.to_owned(),
+            reason: format!("{total} bytes of rules; a rule set is at most {MAX_SET_BYTES}"),
+        });
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// An action in one line (`diagnose top-cpu (30s) → fix ... → escalate to noc`).
@@ -332,5 +403,56 @@ pub(crate) mod fixtures {
     /// Milliseconds of a UTC date-time (`2026-11-27T08:00:00Z`).
     pub fn at(text: &str) -> u64 {
         time::datetime_ms(&text.parse().unwrap()).unwrap()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::fixtures::kb;
+
+    #[test]
+    fn specialists_are_the_diagnoses_and_fixes_the_rules_run() {
+        let kb = kb(concat!(
+            "[[rule]]\nname = \"cpu\"\n[rule.match]\nkey = \"cpu.total\"\n",
+            "[rule.diagnose]\nspecialist = \"top-cpu\"\n",
+            "[rule.fix]\nspecialist = \"service-restart\"\nargs = { service = \"web\" }\n",
+            "[[rule]]\nname = \"disk\"\n[rule.match]\nkey = \"fs.used:*\"\n",
+            "[rule.diagnose]\nspecialist = \"top-cpu\"\n",
+            "[[rule]]\nname = \"probe\"\n[rule.match]\nseverity = \"critical\"\n",
+            "[rule.start]\nmodule = \"link-watch\"\nconfig = { target = \"gw\" }\n",
+        ));
+        assert_eq!(
+            kb.specialists().into_iter().collect::<Vec<_>>(),
+            ["service-restart", "top-cpu"]
+        );
+        assert_eq!(
+            kb.started_modules().into_iter().collect::<Vec<_>>(),
+            ["link-watch"]
+        );
+    }
+
+    #[test]
+    fn a_directory_is_read_whole_in_name_order_without_subfolders() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.toml"), "# b").unwrap();
+        std::fs::write(dir.path().join("a.toml"), "# a").unwrap();
+        std::fs::write(dir.path().join("notes.md"), "not rules").unwrap();
+        std::fs::create_dir(dir.path().join("drafts")).unwrap();
+        std::fs::write(dir.path().join("drafts/c.toml"), "# c").unwrap();
+        let files = crate::read_dir(dir.path()).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.toml", "b.toml"]);
+        assert_eq!(files[0].1, "# a");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(
+            crate::read_dir(empty.path())
+                .unwrap_err()
+                .to_string()
+                .contains("no rules files")
+        );
     }
 }

@@ -539,8 +539,7 @@ impl<'c> Checker<'c> {
         }
         if let Some(key) = &m.key {
             let pattern = self.ok(source, key.span(), parse_key(key.get_ref()));
-            if pattern.is_some() && !self.catalog.trusting && !self.catalog.knows_key(key.get_ref())
-            {
+            if pattern.is_some() && !self.catalog.knows_key(key.get_ref()) {
                 let known = listing(self.catalog.keys.iter());
                 self.error(
                     source,
@@ -554,7 +553,7 @@ impl<'c> Checker<'c> {
             when.key = pattern;
         }
         if let Some(metric) = &m.metric {
-            if self.catalog.trusting || self.catalog.metrics.contains(metric.get_ref()) {
+            if self.catalog.knows_metric(metric.get_ref()) {
                 when.metric = Some(metric.get_ref().clone());
             } else {
                 let known = listing(self.catalog.metrics.iter());
@@ -569,7 +568,7 @@ impl<'c> Checker<'c> {
             }
         }
         if let Some(module) = &m.module {
-            if self.catalog.trusting || self.catalog.modules.contains_key(module.get_ref()) {
+            if self.catalog.knows_alarm_module(module.get_ref()) {
                 when.module = Some(module.get_ref().clone());
             } else {
                 let known = listing(self.catalog.modules.keys());
@@ -807,7 +806,6 @@ impl<'c> Checker<'c> {
         let catalog: &'c Catalog = self.catalog;
         match catalog.modules.get(module.get_ref()) {
             Some(keys) => Some((module.get_ref().clone(), keys.as_slice())),
-            None if catalog.trusting => Some((module.get_ref().clone(), &[])),
             None => {
                 let known = listing(catalog.modules.keys());
                 let hint = if catalog.specialists.contains_key(module.get_ref()) {
@@ -839,12 +837,7 @@ impl<'c> Checker<'c> {
     ) -> Option<Step> {
         let catalog = self.catalog;
         let name = specialist.get_ref();
-        let keys = match catalog.specialists.get(name) {
-            Some(keys) => Some(keys.as_slice()),
-            None if catalog.trusting => Some(&[][..]),
-            None => None,
-        };
-        let Some(keys) = keys else {
+        let Some(keys) = catalog.specialists.get(name) else {
             let known = listing(catalog.specialists.keys());
             let hint = if catalog.modules.contains_key(name) {
                 " (it is a resident module: use `[rule.start]`)"
@@ -904,8 +897,6 @@ impl<'c> Checker<'c> {
                 keys.iter()
                     .find(|k| k.name == *name.get_ref())
                     .map(|k| k.kind)
-                    // Checked by the rule set's publisher: taken as text.
-                    .or(self.catalog.trusting.then_some(ConfigType::String))
             };
             let Some(kind) = kind else {
                 let names: Vec<String> = keys

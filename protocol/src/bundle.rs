@@ -100,11 +100,13 @@ impl Bundle {
     /// Fills in the manifest from the author's spec and signs it.
     pub fn sign(spec: ManifestSpec, wasm: Vec<u8>, key: &SecretKey, now_secs: u64) -> Bundle {
         let config = spec.config_keys();
+        let emits = spec.emitted();
         let mut capabilities = spec.capabilities;
         capabilities.sort();
         capabilities.dedup();
         let manifest = Manifest {
             config,
+            emits,
             name: spec.name,
             version: spec.version,
             sequence: spec.sequence,
@@ -262,6 +264,7 @@ mod tests {
             limits: Limits::default(),
             valid_for_days: 1,
             config: Default::default(),
+            emits: Default::default(),
         }
     }
 

@@ -45,6 +45,6 @@ pub use bundle::{Bundle, BundleError, MAX_BUNDLE_BYTES};
 pub use duration::parse_duration;
 pub use keys::{KeyError, KeyId, PublicKey, SecretKey};
 pub use manifest::{
-    Area, Capability, ConfigKey, ConfigType, Kind, Limits, Manifest, ManifestSpec, NameError,
-    SpecError, validate_module_name,
+    Area, Capability, ConfigKey, ConfigType, Emits, Kind, Limits, Manifest, ManifestSpec,
+    NameError, SpecError, validate_module_name,
 };

@@ -196,6 +196,85 @@ pub struct ManifestSpec {
     /// against them when it is applied.
     #[serde(default)]
     pub config: BTreeMap<Spanned<String>, ConfigKeySpec>,
+    /// The alarm keys and metrics the module's alarms carry (`[emits]`),
+    /// which knowledge-base rules may match; see [`EmitsSpec`].
+    #[serde(default)]
+    pub emits: EmitsSpec,
+}
+
+/// Most alarm keys, and most metrics, one manifest may declare.
+pub const MAX_EMITS: usize = 64;
+
+/// Longest alarm key or metric name a manifest may declare, in bytes.
+pub const MAX_EMIT_CHARS: usize = 128;
+
+/// What an author declares the module's alarms carry:
+///
+/// ```toml
+/// [emits]
+/// keys = ["cpu.total", "fs.used:*"]
+/// metrics = ["cpu.total-percent", "fs.used-percent"]
+/// ```
+///
+/// A key is exact (`cpu.total`) or a family whose instances follow a
+/// colon (`fs.used:*` covers `fs.used:/var`). Rules naming a key or metric
+/// no published module declares are refused when they are applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmitsSpec {
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub metrics: Vec<Spanned<String>>,
+    /// Configuration keys whose assigned value is itself the key and
+    /// metric of an alarm the module raises (snmp-threshold's `metric`):
+    /// the top manager adds each assignment's value.
+    #[serde(default)]
+    pub from_config: Vec<Spanned<String>>,
+}
+
+/// The alarm keys and metrics of a signed manifest, each sorted and
+/// without duplicates so the signed encoding is canonical.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Emits {
+    pub keys: Vec<String>,
+    pub metrics: Vec<String>,
+    /// Configuration keys whose assigned values are alarm keys and
+    /// metrics too ([`EmitsSpec::from_config`]).
+    pub from_config: Vec<String>,
+}
+
+/// An alarm key as a manifest declares it: at most [`MAX_EMIT_CHARS`]
+/// ASCII letters, digits and `. - _ / : @ %`, starting with a letter; a
+/// family ends in `:*` (`fs.used:*`), and `*` appears nowhere else. These
+/// names reach operators' terminals and rule errors, so nothing that
+/// could be a control sequence or a line break is accepted.
+pub fn validate_emitted_key(key: &str) -> Result<(), String> {
+    let name = key.strip_suffix(":*").unwrap_or(key);
+    validate_emitted_name(name, key.len()).map_err(|reason| {
+        format!("an alarm key {reason}, and a key family ends in `:*` (`fs.used:*`)")
+    })
+}
+
+/// A metric name as a manifest declares it: the same characters as a key
+/// ([`validate_emitted_key`]), without families.
+pub fn validate_emitted_metric(metric: &str) -> Result<(), String> {
+    validate_emitted_name(metric, metric.len()).map_err(|reason| format!("a metric {reason}"))
+}
+
+fn validate_emitted_name(name: &str, whole_len: usize) -> Result<(), String> {
+    let ok_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':' | '@' | '%');
+    if name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(ok_char)
+        && whole_len <= MAX_EMIT_CHARS
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "starts with a letter and holds only ASCII letters, digits and `. - _ / : @ %` (at most {MAX_EMIT_CHARS})"
+        ))
+    }
 }
 
 /// One configuration key as the author declares it:
@@ -287,7 +366,66 @@ impl ManifestSpec {
                 }
             }
         }
+        for (what, names, check) in [
+            (
+                "keys",
+                &spec.emits.keys,
+                validate_emitted_key as fn(&str) -> Result<(), String>,
+            ),
+            ("metrics", &spec.emits.metrics, validate_emitted_metric),
+        ] {
+            if let Some(extra) = names.get(MAX_EMITS) {
+                return Err(SpecError::at(
+                    text,
+                    extra.span(),
+                    format!("emits.{what}: at most {MAX_EMITS} entries"),
+                ));
+            }
+            for name in names {
+                if let Err(reason) = check(name.get_ref()) {
+                    return Err(SpecError::at(
+                        text,
+                        name.span(),
+                        format!("emits.{what} `{}`: {reason}", name.get_ref().escape_debug()),
+                    ));
+                }
+            }
+        }
+        if let Some(extra) = spec.emits.from_config.get(MAX_EMITS) {
+            return Err(SpecError::at(
+                text,
+                extra.span(),
+                format!("emits.from_config: at most {MAX_EMITS} entries"),
+            ));
+        }
+        for name in &spec.emits.from_config {
+            if !spec.config.keys().any(|k| k.get_ref() == name.get_ref()) {
+                return Err(SpecError::at(
+                    text,
+                    name.span(),
+                    format!(
+                        "emits.from_config `{}`: not a key of `[config]`",
+                        name.get_ref().escape_debug()
+                    ),
+                ));
+            }
+        }
         Ok(spec)
+    }
+
+    /// The declared alarm keys and metrics, sorted and deduplicated, as
+    /// the manifest signs them.
+    pub fn emitted(&self) -> Emits {
+        let sorted = |names: &[Spanned<String>]| {
+            let set: std::collections::BTreeSet<String> =
+                names.iter().map(|n| n.get_ref().clone()).collect();
+            set.into_iter().collect()
+        };
+        Emits {
+            keys: sorted(&self.emits.keys),
+            metrics: sorted(&self.emits.metrics),
+            from_config: sorted(&self.emits.from_config),
+        }
     }
 
     /// The declared configuration, sorted by key, as the manifest signs it.
@@ -455,6 +593,9 @@ pub struct Manifest {
     pub limits: Limits,
     /// The configuration keys the module accepts, sorted by name.
     pub config: Vec<ConfigKey>,
+    /// The alarm keys and metrics its alarms carry (empty when the author
+    /// declared none).
+    pub emits: Emits,
     /// SHA-256 of the exact wasm bytes.
     pub sha256: [u8; 32],
     /// Seconds since the Unix epoch.
@@ -600,6 +741,90 @@ capabilities = ["os", "state"]
             err("[config.n]\ntype = \"string\"\ndescription = \"red \\u001b[31m\"\n")
                 .starts_with("8:15: config key `n`: `description` must be one line"),
         );
+    }
+
+    #[test]
+    fn emits_are_signed_sorted_and_deduplicated() {
+        let spec = ManifestSpec::from_toml(&format!(
+            "{HEAD}[emits]\nkeys = [\"fs.used:*\", \"cpu.total\", \"cpu.total\"]\nmetrics = [\"fs.used-percent\", \"cpu.total-percent\"]\n"
+        ))
+        .unwrap();
+        let emits = spec.emitted();
+        assert_eq!(emits.keys, ["cpu.total", "fs.used:*"]);
+        assert_eq!(emits.metrics, ["cpu.total-percent", "fs.used-percent"]);
+        // No `[emits]`: nothing declared, still a valid manifest.
+        assert_eq!(
+            ManifestSpec::from_toml(HEAD).unwrap().emitted(),
+            Emits::default()
+        );
+        // Part of the signed bytes: a manifest that declares other keys
+        // is another manifest.
+        let key = crate::SecretKey::generate();
+        let signed = crate::Bundle::sign(spec.clone(), b"w".to_vec(), &key, 1);
+        let mut forged = signed.manifest.clone();
+        forged.emits.keys.push("mem.used".into());
+        assert_ne!(forged.canonical_bytes(), signed.manifest.canonical_bytes());
+        assert_eq!(signed.manifest.emits, emits);
+    }
+
+    #[test]
+    fn invalid_emits_are_refused_with_line_and_column() {
+        let err = |extra: &str| {
+            ManifestSpec::from_toml(&format!("{HEAD}[emits]\n{extra}\n"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err("keys = [\"cpu.total\", \"fs.*.used\"]")
+                .starts_with("7:22: emits.keys `fs.*.used`: an alarm key starts with a letter"),
+            "{}",
+            err("keys = [\"cpu.total\", \"fs.*.used\"]")
+        );
+        for bad in [
+            "",
+            "9lives",
+            "red\\u001b[31m",
+            "a b",
+            "fs.used:**",
+            ":*",
+            "x\\nINFO forged",
+        ] {
+            assert!(
+                err(&format!("keys = [\"{bad}\"]")).starts_with("7:9: emits.keys"),
+                "{bad:?}: {}",
+                err(&format!("keys = [\"{bad}\"]"))
+            );
+        }
+        assert!(
+            err("metrics = [\"cpu:*\"]")
+                .starts_with("7:12: emits.metrics `cpu:*`: a metric starts")
+        );
+        assert!(
+            err(&format!(
+                "metrics = [\"{}\"]",
+                "m".repeat(MAX_EMIT_CHARS + 1)
+            ))
+            .contains("at most 128")
+        );
+        let many: Vec<String> = (0..=MAX_EMITS).map(|i| format!("\"k{i}\"")).collect();
+        assert!(
+            err(&format!("keys = [{}]", many.join(", ")))
+                .contains("emits.keys: at most 64 entries"),
+        );
+        assert!(err("key = [\"cpu.total\"]").contains("unknown field `key`"));
+        assert!(
+            err("from_config = [\"metric\"]")
+                .starts_with("7:16: emits.from_config `metric`: not a key of `[config]`")
+        );
+        for good in [
+            "cpu.total",
+            "fs.used:*",
+            "snmp.agent:*",
+            "proc.running:sshd",
+            "if.link:eth0/1",
+        ] {
+            validate_emitted_key(good).unwrap();
+        }
     }
 
     #[test]

@@ -990,6 +990,7 @@ mod tests {
                 capabilities: vec![crate::manifest::Capability::Os],
                 limits: crate::manifest::Limits::default(),
                 config: Vec::new(),
+                emits: Default::default(),
                 sha256: [7; 32],
                 issued_at: 1,
                 expires_at: 2,

@@ -291,6 +291,7 @@ mod tests {
             limits: Default::default(),
             valid_for_days: 30,
             config: Default::default(),
+            emits: Default::default(),
         };
         Bundle::sign(spec, wasm.to_vec(), &SecretKey::generate(), 1_800_000_000)
     }

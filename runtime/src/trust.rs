@@ -99,6 +99,7 @@ mod tests {
             limits: Limits::default(),
             valid_for_days: 1,
             config: Default::default(),
+            emits: Default::default(),
         };
         Bundle::sign(spec, wasm.to_vec(), key, 1_800_000_000)
     }

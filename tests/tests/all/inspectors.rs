@@ -160,6 +160,28 @@ fn alarms(outputs: &[Output]) -> Vec<&Alarm> {
     outputs.iter().flat_map(|o| o.alarms.iter()).collect()
 }
 
+/// Every alarm of `outputs` carries a key and a metric the built-in
+/// `module`'s manifest declares in `[emits]` (what `agad kb apply` lets
+/// rules match): a key exactly, or as an instance of a `family:*`.
+fn assert_declared(module: &str, outputs: &[Output]) {
+    let builtin = agad_modules::inspector(module).unwrap();
+    let emits = ManifestSpec::from_toml(builtin.manifest_toml)
+        .unwrap()
+        .emitted();
+    for alarm in alarms(outputs) {
+        let key_known = emits.keys.iter().any(|k| match k.strip_suffix('*') {
+            Some(family) => alarm.key.starts_with(family),
+            None => *k == alarm.key,
+        });
+        assert!(key_known, "{module}: key `{}` not in [emits]", alarm.key);
+        assert!(
+            emits.metrics.contains(&alarm.metric),
+            "{module}: metric `{}` not in [emits]",
+            alarm.metric
+        );
+    }
+}
+
 #[test]
 fn cpu_mem_raises_a_crossed_threshold_once_and_summarises_per_window() {
     let h = Harness::new(vec![]);
@@ -178,6 +200,7 @@ fn cpu_mem_raises_a_crossed_threshold_once_and_summarises_per_window() {
         .filter(|a| a.raised && a.metric.starts_with("mem"))
         .collect();
     assert_eq!(raised.len(), 1, "{outputs:?}");
+    assert_declared("cpu-mem", &outputs);
     assert!(
         outputs[0]
             .alarms
@@ -215,6 +238,7 @@ fn app_watch_alarms_once_for_a_missing_process_and_not_for_a_running_one() {
     let outputs = h.ticks(&mut watch, 4, Duration::from_millis(100));
     let raised: Vec<_> = alarms(&outputs).into_iter().filter(|a| a.raised).collect();
     assert_eq!(raised.len(), 1, "{outputs:?}");
+    assert_declared("app-watch", &outputs);
     assert!(
         raised[0].subject.contains("agad-no-such-daemon")
             || raised[0].key.contains("agad-no-such-daemon"),
@@ -230,6 +254,7 @@ fn disk_space_alarms_once_per_filesystem_over_threshold() {
     let outputs = h.ticks(&mut disks, 3, Duration::from_millis(100));
     let raised = alarms(&outputs);
     assert!(!raised.is_empty(), "some filesystem is in use");
+    assert_declared("disk-space", &outputs);
     let mut keys: Vec<_> = raised.iter().map(|a| a.key.clone()).collect();
     let n = keys.len();
     keys.dedup();
@@ -250,6 +275,7 @@ fn if_health_reads_if_mib_from_snmpd_and_reports_consolidated_rates() {
             .all(|a| !a.raised || a.subject != "lo"),
         "loopback is up: {outputs:?}"
     );
+    assert_declared("if-health", &outputs);
     let summaries: Vec<_> = outputs.iter().flat_map(|o| o.summaries.iter()).collect();
     assert!(!summaries.is_empty(), "{outputs:?}");
 }
@@ -293,6 +319,9 @@ fn snmp_threshold_over_v3_raises_once_and_an_unreachable_agent_alarms_once() {
         1,
         "one 'agent unreachable' alarm, not one per tick: {outputs:?}"
     );
+    // The agent alarm is declared; the threshold alarm's key is the
+    // assignment's `metric` (`emits.from_config`), the OID without one.
+    assert_declared("snmp-threshold", &outputs);
 }
 
 /// A tmpfs mounted on a temporary directory, unmounted on drop.
@@ -508,6 +537,7 @@ fn if_health_admin_shutdown_in_a_namespace() {
             vec!["if.link:if3".to_owned()],
             "from {source}: the failed link alarms, the shut one does not: {outputs:?}"
         );
+        assert_declared("if-health", outputs);
     }
 }
 
@@ -650,6 +680,7 @@ fn if_health_snmp_rates_in_a_namespace() {
         .filter(|a| a.raised && a.key == "if.out-errors:if1")
         .collect();
     assert_eq!(drops.len(), 1, "{outputs:?}");
+    assert_declared("if-health", &outputs);
     assert!(
         (drops[0].value - 50.0).abs() < 5.0,
         "50 drops a second: {:?}",
