@@ -59,6 +59,15 @@ pub enum KbCommand {
         #[command(flatten)]
         mor: MorDir,
     },
+    /// How each rule did on the alarms it acted on (from the cases in
+    /// BIG), most helpful first: diagnosed, fixed, escalated, failed.
+    Stats {
+        /// Print it as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        mor: MorDir,
+    },
 }
 
 #[derive(clap::Args)]
@@ -94,6 +103,7 @@ pub fn run(cmd: KbCommand) -> anyhow::Result<()> {
             mor,
         } => apply(&mor.dir, &rules, dry_run),
         KbCommand::Show { json, mor } => show(&mor.dir, json),
+        KbCommand::Stats { json, mor } => stats(&mor.dir, json),
     }
 }
 
@@ -149,6 +159,59 @@ fn apply(mor: &Path, dir: &Path, dry_run: bool) -> anyhow::Result<()> {
         }
         other => bail!("unexpected answer from the top manager: {other:?}"),
     }
+}
+
+fn stats(mor: &Path, json: bool) -> anyhow::Result<()> {
+    let rows = match ask(mor, Request::KbStats)? {
+        Answer::KbStats(rows) => rows,
+        Answer::Error(e) => bail!("{e}"),
+        _ => bail!("unexpected answer from the top manager"),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    if rows.is_empty() {
+        writeln!(out, "no rule has acted on an alarm yet")?;
+        return Ok(());
+    }
+    let width = rows.iter().map(|r| r.rule.len()).max().unwrap_or(4).max(4);
+    writeln!(
+        out,
+        "{:<width$} {:>6} {:>7} {:>9} {:>6} {:>9} {:>6} {:>9} {:>8} {:>5}",
+        "RULE",
+        "CASES",
+        "HELPED",
+        "DIAGNOSED",
+        "FIXED",
+        "ESCALATED",
+        "FAILED",
+        "TIMED OUT",
+        "REFUSED",
+        "OPEN"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<width$} {:>6} {:>6.0}% {:>9} {:>6} {:>9} {:>6} {:>9} {:>8} {:>5}",
+            r.rule,
+            r.cases,
+            r.success_rate() * 100.0,
+            r.diagnosed,
+            r.fixed,
+            r.escalated,
+            r.failed,
+            r.timed_out,
+            r.refused,
+            r.open
+        )?;
+    }
+    writeln!(
+        out,
+        "(HELPED: diagnosed or fixed, of the finished cases; TIMED OUT and REFUSED count runs)"
+    )?;
+    Ok(())
 }
 
 fn show(mor: &Path, json: bool) -> anyhow::Result<()> {
