@@ -65,12 +65,25 @@ pub fn log_times(
     log: &str,
     marker: &str,
 ) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+    log_times_by(log, marker, "id")
+}
+
+/// [`log_times`] keyed by another field of the line (`case=<key>`).
+pub fn log_times_by(
+    log: &str,
+    marker: &str,
+    field: &str,
+) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+    let prefix = format!("{field}=");
     let mut times = std::collections::HashMap::new();
     for line in log.lines() {
         let Some((head, rest)) = line.split_once(marker) else {
             continue;
         };
-        let Some(id) = rest.split_whitespace().find_map(|t| t.strip_prefix("id=")) else {
+        let Some(id) = rest
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix(prefix.as_str()))
+        else {
             continue;
         };
         let stamp = head.split_whitespace().next().unwrap_or_default();

@@ -269,7 +269,7 @@ fn save(station: &Station, mut case: Case, now_ms: u64) -> Result<Case, StorageE
     d.cases
         .insert(case.key().as_bytes(), &wire::encode_value(&case))?;
     station.outbox.push(&Upward::Case(case.clone()))?;
-    tracing::info!(case = %case.key(), state = case.state.label(), revision = case.revision, "case updated");
+    tracing::info!(case = %case.key(), state = %case.state.label(), revision = case.revision, "case updated");
     Ok(case)
 }
 
@@ -580,7 +580,7 @@ pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError
     let Some(mut case) = d.case(&pending.case)? else {
         return station.bases.flush();
     };
-    tracing::info!(run = %result.id, outcome = result.outcome.label(), "specialist result received");
+    tracing::info!(run = %result.id, outcome = %result.outcome.label(), "specialist result received");
     let outcome = result.outcome.clone();
     case.results.push((pending.step, result));
     let chain = d.kb().and_then(|kb| match &kb.rule(&case.rule)?.action {

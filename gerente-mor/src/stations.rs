@@ -801,7 +801,7 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
             case.check_origin()
                 .map_err(|e| SessionError::Protocol(e.to_string()))?;
             if mor.bases.record_case(&case).map_err(storage)? {
-                tracing::debug!(case = %case.key(), state = case.state.label(), "case stored");
+                tracing::debug!(case = %case.key(), state = %case.state.label(), "case stored");
             }
             ack(vec![seq])
         }

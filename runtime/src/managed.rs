@@ -492,7 +492,7 @@ impl Managed {
             },
         };
         drop(permit);
-        tracing::info!(id = %request.id, specialist = %name, outcome = outcome.label(), "specialist run ended");
+        tracing::info!(id = %request.id, specialist = %name, outcome = %outcome.label(), "specialist run ended");
         let result = RunResult {
             id: request.id,
             node: self.node.settings().name.clone(),

@@ -9,6 +9,8 @@
 //! process's log.
 //!
 //! Layout:
+//! - [`faults`]: faults injected on this machine and undone on drop (a
+//!   CPU hog, a small service killed, a small tmpfs filled).
 //! - [`hierarchy`]: a whole deployment as real `agad` processes in a
 //!   temporary folder (certificates, publishing, topology, enrollment), and
 //!   stopping, killing, restarting, freezing and thawing them by name.
@@ -22,6 +24,7 @@
 //!   authPriv user) on a free loopback UDP port, optionally inside a network
 //!   namespace; killed on drop.
 
+pub mod faults;
 pub mod hierarchy;
 pub mod netns;
 pub mod network;

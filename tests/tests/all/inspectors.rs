@@ -324,65 +324,25 @@ fn snmp_threshold_over_v3_raises_once_and_an_unreachable_agent_alarms_once() {
     assert_declared("snmp-threshold", &outputs);
 }
 
-/// A tmpfs mounted on a temporary directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `bytes` bytes. Needs root: fails loudly otherwise.
-    fn mount(bytes: u64) -> Tmpfs {
-        assert!(
-            agad_tests::netns::running_as_root(),
-            "mounting a tmpfs needs root: run this test as root (sudo), it cannot be skipped"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_str().unwrap().to_owned();
-        agad_tests::netns::run(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={bytes}"),
-                "tmpfs",
-                &path,
-            ],
-        )
-        .unwrap();
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> String {
-        self.dir.path().to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if let Err(e) = agad_tests::netns::run("umount", &["-l", &self.path()]) {
-            eprintln!("{e}");
-        }
-    }
-}
+use agad_tests::faults::Tmpfs;
 
 #[test]
 fn disk_space_alarms_for_a_full_tmpfs_named_or_by_default() {
-    let tmpfs = Tmpfs::mount(1024 * 1024);
+    let tmpfs = Tmpfs::mount(1024 * 1024).unwrap();
     // 97 % of the tmpfs: 1 MiB less 32 KiB, written as one file.
     std::fs::write(
-        tmpfs.dir.path().join("fill"),
+        tmpfs.path().join("fill"),
         vec![7u8; 1024 * 1024 - 32 * 1024],
     )
     .unwrap();
     let df = std::process::Command::new("df")
-        .args(["--output=pcent", &tmpfs.path()])
+        .args(["--output=pcent", &tmpfs.path_text()])
         .output()
         .unwrap();
     let df = String::from_utf8_lossy(&df.stdout).into_owned();
-    let key = format!("fs.used:{}", tmpfs.path());
+    let key = format!("fs.used:{}", tmpfs.path_text());
     for config in [
-        vec![("mounts", tmpfs.path()), ("used_percent", "95".into())],
+        vec![("mounts", tmpfs.path_text()), ("used_percent", "95".into())],
         // The default set includes tmpfs; 95 % is above 90 %.
         vec![],
     ] {
@@ -402,7 +362,7 @@ fn disk_space_alarms_for_a_full_tmpfs_named_or_by_default() {
             1,
             "config {config:?}, df says {df}: {outputs:?}"
         );
-        assert_eq!(raised[0].subject, tmpfs.path());
+        assert_eq!(raised[0].subject, tmpfs.path_text());
         assert!(raised[0].value > 95.0, "{:?} (df: {df})", raised[0]);
     }
 }
