@@ -9,6 +9,7 @@ use crate::engine::{LinkError, LinkedModule, ModuleEngine};
 use crate::host::HostState;
 use crate::host::blocking::HostPool;
 use crate::host::clock::now_ms;
+use crate::host::policy::HostPolicy;
 use crate::host::snmp::{AgentConfig, SnmpClient};
 use crate::host::state::ModuleState;
 use crate::instance::{Fault, InitError, InspectorInstance};
@@ -72,6 +73,9 @@ pub struct NodeSettings {
     pub agents: Arc<[AgentConfig]>,
     /// Capabilities this node grants at most (its policy).
     pub policy: Vec<Capability>,
+    /// What `disk` may measure and `service` may restart (nothing by
+    /// default), for the modules granted those capabilities.
+    pub host_policy: Arc<HostPolicy>,
     /// Tick period for modules whose config sets no `period`.
     pub default_period: Duration,
     pub restart: RestartPolicy,
@@ -399,6 +403,7 @@ impl Node {
         InstanceFactory {
             module,
             snmp_agents: self.settings.agents.clone(),
+            host_policy: self.settings.host_policy.clone(),
             state: self.state.clone(),
             pool: HostPool::for_module(self.host_threads.clone()),
         }
@@ -497,6 +502,7 @@ fn migrate_state(db: &Database, state_db: &Database) -> Result<(), LoadError> {
 struct InstanceFactory {
     module: LinkedModule,
     snmp_agents: Arc<[AgentConfig]>,
+    host_policy: Arc<HostPolicy>,
     state: Tree,
     /// Shared by every instance of the module, across restarts.
     pool: HostPool,
@@ -514,6 +520,7 @@ impl InstanceFactory {
             self.module.limits.max_memory_bytes,
             self.pool.clone(),
         )
+        .with_policy(&m.name, self.host_policy.clone(), self.pool.clone())
     }
 
     async fn configured(
