@@ -79,10 +79,7 @@ impl DiskUsage {
                 return Err(DiskError::Io(format!("`{}`: {e}", path.escape_debug())));
             }
         };
-        let allowed = self.policy.disk_usage_paths.iter().any(|tree| {
-            let tree = fs::canonicalize(tree).unwrap_or_else(|_| tree.clone());
-            resolved.starts_with(tree)
-        });
+        let allowed = self.policy.allowed_tree(&resolved).is_some();
         if !allowed {
             return Err(DiskError::NotAllowed(format!(
                 "`{}` is not allowed by this node's policy (disk_usage_paths: {})",

@@ -42,12 +42,18 @@ impl ServicePolicy {
 }
 
 impl HostPolicy {
-    /// The allowed tree `path` (absolute, resolved) lies in, if any.
+    /// The allowed tree `path` (absolute, symbolic links resolved) lies
+    /// in, if any. The trees are resolved too, so that a policy naming
+    /// `/var/run` allows what `/run` holds; component-wise, so `/var/logs`
+    /// is not inside `/var/log`.
     pub fn allowed_tree(&self, path: &Path) -> Option<&Path> {
         self.disk_usage_paths
             .iter()
+            .find(|tree| {
+                let resolved = std::fs::canonicalize(tree).unwrap_or_else(|_| tree.to_path_buf());
+                path.starts_with(resolved)
+            })
             .map(PathBuf::as_path)
-            .find(|tree| path.starts_with(tree))
     }
 }
 
