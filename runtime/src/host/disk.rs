@@ -163,7 +163,7 @@ fn scan(
             continue;
         };
         seen += 1;
-        if seen > max_entries || (seen % 1024 == 0 && Instant::now() > deadline) {
+        if seen > max_entries || (seen.is_multiple_of(1024) && Instant::now() > deadline) {
             // What was counted so far still adds up into the parents as
             // the stack unwinds: the sizes become lower bounds.
             complete = false;
