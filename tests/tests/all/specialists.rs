@@ -104,3 +104,34 @@ async fn the_node_policy_reaches_the_disk_capability() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn every_specialist_declares_exactly_the_arguments_it_accepts() {
+    let (node, key, _dir) = node(settings(Capability::ALL.to_vec()));
+    for builtin in agad_modules::SPECIALISTS {
+        let spec = ManifestSpec::from_toml(builtin.manifest_toml).unwrap();
+        assert_eq!(
+            spec.kind,
+            agad_protocol::Kind::Specialist,
+            "{}",
+            builtin.name
+        );
+        let mut declared: Vec<String> = spec.config_keys().into_iter().map(|k| k.name).collect();
+        let module = node.load(&built_in(builtin.name, &key)).unwrap();
+        // Refused before any work: the SDK checks the keys first.
+        let error = node
+            .run_specialist(&module, &args(&[("zz-undeclared", "1")]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        let known = error
+            .split("(known: ")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{}: {error}", builtin.name));
+        let mut accepted: Vec<String> = known.split(", ").map(str::to_owned).collect();
+        declared.sort();
+        accepted.sort();
+        assert_eq!(declared, accepted, "{}", builtin.name);
+    }
+}
