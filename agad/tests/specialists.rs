@@ -435,3 +435,87 @@ fn run_refuses_to_mix_a_specialist_with_other_bundles_or_config() {
         stderr(&out)
     );
 }
+
+/// Where the node may not open a raw socket (not root): an unprivileged
+/// ICMP socket when the namespace's `net.ipv4.ping_group_range` admits the
+/// node's group, else TCP connect to the given port. The node runs as
+/// `nobody` in a namespace of its own, whose ping_group_range the test
+/// sets (the sysctl is per namespace). Needs root to make the namespace.
+#[test]
+fn link_probe_without_privileges_uses_an_icmp_socket_or_falls_back_to_tcp() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new();
+    let netns = agad_tests::netns::Netns::empty("probe").unwrap();
+    // `nobody` reads the bundle and key and makes its data directory here.
+    std::fs::set_permissions(ws.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sysctl = |range: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns.name(), "sysctl", "-w"])
+            .arg(format!("net.ipv4.ping_group_range={range}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let as_nobody = |args: &[&str]| -> (Value, Output) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns.name()])
+            .args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .arg(AGAD)
+            .args([
+                "node",
+                "run",
+                "--bundle",
+                "link-probe.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "nobody-data",
+            ])
+            .current_dir(ws.dir.path())
+            .env("AGAD_LOG", "warn");
+        for arg in args {
+            cmd.args(["--arg", arg]);
+        }
+        let out = cmd.output().unwrap();
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .unwrap_or(Value::Null);
+        (line, out)
+    };
+
+    // Every group may open ICMP datagram sockets (systemd's default).
+    sysctl("0\t2147483647");
+    let (run, out) = as_nobody(&["target=127.0.0.1", "count=3", "hops=4"]);
+    diagnosed(&run, &out);
+    assert_eq!(fact(&run, "method"), Some("icmp"), "{run}");
+    assert_eq!(fact(&run, "received"), Some("3"), "{run}");
+    // The path needs a raw socket: refused, and said so; the rest holds.
+    assert!(
+        fact(&run, "path_error").is_some_and(|e| e.contains("raw ICMP")),
+        "{run}"
+    );
+
+    // No group may (the kernel's default): TCP to the port, where a
+    // refused connection is an answer too.
+    sysctl("1\t0");
+    let (run, out) = as_nobody(&["target=127.0.0.1", "count=2", "port=9", "hops=0"]);
+    diagnosed(&run, &out);
+    assert_eq!(fact(&run, "method"), Some("tcp"), "{run}");
+    assert_eq!(fact(&run, "received"), Some("2"), "{run}");
+    // Without a port there is nothing to fall back to: a clear refusal.
+    let (run, out) = as_nobody(&["target=127.0.0.1", "count=1"]);
+    assert!(!out.status.success());
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("refused:") && error.contains("may not send ICMP echo"),
+        "{run}\n{}",
+        stderr(&out)
+    );
+}
