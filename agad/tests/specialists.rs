@@ -275,8 +275,26 @@ fn service_restart_restarts_a_killed_allow_listed_service_and_refuses_others() {
     let name = format!("agsvc{}", std::process::id() % 1_000_000);
     let program = ws.path(&name);
     std::fs::copy("/bin/sleep", &program).unwrap();
-    let mut service = Command::new(&program).arg("120").spawn().unwrap();
+    // A test thread forking while the copy was open for writing makes
+    // the exec fail with "text file busy" until that child has exec'd.
+    let mut service = (0..50)
+        .find_map(|_| match Command::new(&program).arg("120").spawn() {
+            Ok(child) => Some(child),
+            Err(e) if e.raw_os_error() == Some(26) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                None
+            }
+            Err(e) => panic!("{e}"),
+        })
+        .expect("the service starts");
     let first = service.id();
+    // Between fork and exec the child still has the test's name.
+    for _ in 0..100 {
+        if comm(first).as_deref() == Some(name.as_str()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(comm(first).as_deref(), Some(name.as_str()));
     ws.node_config(&format!(
         "[services.testsvc]\n\
