@@ -38,6 +38,11 @@ pub const MAX_TIMEOUT_MS: u32 = 5_000;
 pub const MAX_INTERVAL_MS: u32 = 1_000;
 /// Most hops one `trace-path` tries.
 pub const MAX_HOPS: u32 = 30;
+/// Longest one call keeps probing, whatever its count and timeouts allow
+/// (100 echoes of 5 s would be minutes): past it no further probe is sent,
+/// and the answer covers the probes sent. A call dropped at the module's
+/// deadline leaves its blocking work running; this is what ends it.
+pub const MAX_CALL: Duration = Duration::from_secs(30);
 
 const ECHO_REPLY: u8 = 0;
 const DEST_UNREACHABLE: u8 = 3;
@@ -101,12 +106,18 @@ impl Prober {
             (_, IpAddr::V6(_)) => None,
         };
         let mut rtts = Vec::new();
-        let (method, sent) = match icmp {
+        let until = Instant::now() + MAX_CALL;
+        let mut sent = 0;
+        let method = match icmp {
             Some((socket, v4)) => {
                 for seq in 0..options.count {
                     if seq > 0 {
                         std::thread::sleep(interval);
                     }
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    sent += 1;
                     let answer = socket
                         .echo(v4, None, seq as u16, timeout)
                         .map_err(|e| ProbeError::Io(e.to_string()))?;
@@ -119,7 +130,7 @@ impl Prober {
                         rtts.push(rtt.as_micros() as u64);
                     }
                 }
-                (Method::Icmp, options.count)
+                Method::Icmp
             }
             None => {
                 let Some(port) = options.tcp_port else {
@@ -130,11 +141,15 @@ impl Prober {
                     if seq > 0 {
                         std::thread::sleep(interval);
                     }
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    sent += 1;
                     if let Some(rtt) = tcp_connect(to, timeout) {
                         rtts.push(rtt.as_micros() as u64);
                     }
                 }
-                (Method::Tcp, options.count)
+                Method::Tcp
             }
         };
         Ok(PingResult {
@@ -174,8 +189,12 @@ impl Prober {
             ))
         })?;
         let timeout = Duration::from_millis(timeout_ms.into());
+        let until = Instant::now() + MAX_CALL;
         let mut hops = Vec::new();
         for ttl in 1..=max_hops {
+            if Instant::now() >= until {
+                break;
+            }
             let answer = socket
                 .echo(v4, Some(ttl), ttl as u16, timeout)
                 .map_err(|e| ProbeError::Io(e.to_string()))?;

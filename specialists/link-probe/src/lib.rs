@@ -16,6 +16,9 @@
 //! | `timeout` | 1s       | wait for each answer, up to 5s                 |
 //! | `hops`    | 16       | most hops traced, 0 (no path) to 30            |
 //!
+//! `count` × `timeout` and `hops` × `timeout` must each stay within 25 s
+//! (what they take when nothing answers), so both fit the deadline.
+//!
 //! Facts: `cause` (`unreachable`, `loss`, `path-changed` or `none`),
 //! `loss_percent`, `rtt_avg_ms`, `rtt_min_ms`, `rtt_max_ms`, `jitter_ms`
 //! (mean difference between consecutive round trips, as RFC 3550's
@@ -28,6 +31,9 @@ use agad_sdk::{Config, Diagnosis};
 use std::time::Duration;
 
 pub const ARGS: &[&str] = &["target", "port", "count", "method", "timeout", "hops"];
+
+/// Longest the echoes, and the path, may take when nothing answers.
+pub const MAX_PHASE: Duration = Duration::from_secs(25);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {
@@ -74,6 +80,18 @@ pub fn parse_args(config: &Config) -> Result<Args, String> {
     let hops: u32 = config.get_or("hops", 16)?;
     if hops > 30 {
         return Err(format!("hops: \"{hops}\" is not between 0 and 30"));
+    }
+    // Echoes and the path each fit in half the module's deadline (60 s),
+    // whatever goes unanswered.
+    for (what, n) in [("count", count), ("hops", hops)] {
+        let worst = timeout.saturating_mul(n);
+        if worst > MAX_PHASE {
+            return Err(format!(
+                "{what} × timeout may take {} s unanswered; keep it within {} s",
+                worst.as_secs(),
+                MAX_PHASE.as_secs()
+            ));
+        }
     }
     Ok(Args {
         target,
@@ -289,6 +307,9 @@ mod tests {
         assert!(args(&[("target", "x"), ("timeout", "9s")]).is_err());
         assert!(args(&[("target", "x"), ("hops", "31")]).is_err());
         assert!(args(&[("target", "a b")]).is_err());
+        let slow = args(&[("target", "x"), ("count", "100"), ("timeout", "1s")]).unwrap_err();
+        assert!(slow.contains("count × timeout"), "{slow}");
+        assert!(args(&[("target", "x"), ("count", "20"), ("timeout", "1s")]).is_ok());
     }
 
     #[test]
