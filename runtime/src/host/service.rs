@@ -123,8 +123,16 @@ fn is_zombie(pid: u32) -> bool {
         .is_none_or(|state| matches!(state, "Z" | "X" | "x"))
 }
 
+/// Most of the restart command's stderr kept for the error message.
+const STDERR_KEPT: usize = 4096;
+
 /// Runs `argv` to completion within `timeout` (killed past it), its
 /// output discarded but for the first line of what it wrote to stderr.
+///
+/// Its stderr is read without blocking while it runs: a command writing
+/// more than a pipe holds would otherwise stall until its timeout, and a
+/// daemon it leaves behind holding the pipe would make a blocking read
+/// wait for as long as that daemon lives.
 fn run_bounded(argv: &[String], timeout: Duration) -> Result<(), String> {
     let (program, args) = argv
         .split_first()
@@ -136,8 +144,19 @@ fn run_bounded(argv: &[String], timeout: Duration) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+    let mut pipe = child.stderr.take();
+    if let Some(p) = &pipe
+        && rustix::fs::fcntl_setfl(p, rustix::fs::OFlags::NONBLOCK).is_err()
+    {
+        // Without non-blocking reads the message is not worth a hang.
+        pipe = None;
+    }
+    let mut stderr = Vec::new();
     let deadline = Instant::now() + timeout;
     let status = loop {
+        if let Some(p) = pipe.as_mut() {
+            drain(p, &mut stderr);
+        }
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
@@ -152,14 +171,13 @@ fn run_bounded(argv: &[String], timeout: Duration) -> Result<(), String> {
             Err(e) => return Err(format!("waiting for `{program}`: {e}")),
         }
     };
+    if let Some(p) = pipe.as_mut() {
+        drain(p, &mut stderr);
+    }
     if status.success() {
         return Ok(());
     }
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.by_ref().take(4096).read_to_string(&mut stderr);
-    }
+    let stderr = String::from_utf8_lossy(&stderr);
     let first = stderr.lines().next().unwrap_or_default();
     Err(format!(
         "`{program}` failed ({status}){}",
@@ -169,6 +187,20 @@ fn run_bounded(argv: &[String], timeout: Duration) -> Result<(), String> {
             format!(": {}", agad_protocol::text::excerpt(first, 200))
         }
     ))
+}
+
+/// Reads what the non-blocking `pipe` holds now, keeping the first
+/// [`STDERR_KEPT`] bytes.
+fn drain(pipe: &mut std::process::ChildStderr, kept: &mut Vec<u8>) {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = pipe.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let room = STDERR_KEPT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
 }
 
 impl service::Host for Offloaded<Services> {
@@ -209,6 +241,15 @@ mod tests {
     fn a_failing_or_slow_command_is_an_error() {
         let err = run_bounded(&["false".into()], Duration::from_secs(5)).unwrap_err();
         assert!(err.contains("failed"), "{err}");
+        // Its first stderr line says why, even when it wrote far more than
+        // a pipe holds, and a daemon it left holding the pipe is no wait.
+        let sh = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+        let err = run_bounded(
+            &sh("echo 'unit not found' >&2; head -c 200000 /dev/zero >&2; (sleep 5 &); exit 3"),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert!(err.contains("unit not found"), "{err}");
         let err =
             run_bounded(&["sleep".into(), "5".into()], Duration::from_millis(100)).unwrap_err();
         assert!(err.contains("killed"), "{err}");
