@@ -537,3 +537,116 @@ fn link_probe_without_privileges_uses_an_icmp_socket_or_falls_back_to_tcp() {
         stderr(&out)
     );
 }
+
+/// A route change, for real: a client namespace reaches the target's
+/// address straight over one link, then through a router namespace; the
+/// second run of link-probe names the new path and the old one. Needs
+/// root (namespaces, raw ICMP for the path).
+#[test]
+fn link_probe_reports_a_changed_route_path() {
+    use agad_tests::netns::{Netns, run};
+    let ws = Workspace::new();
+    let client = Netns::empty("c").unwrap();
+    let router = Netns::empty("r").unwrap();
+    let target = Netns::empty("t").unwrap();
+    let (c, r, t) = (client.name(), router.name(), target.name());
+    // Interface names are per namespace, so they need not be unique.
+    let link = |a: &str, a_if: &str, a_ip: &str, b: &str, b_if: &str, b_ip: &str| {
+        run(
+            "ip",
+            &[
+                "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
+            ],
+        )
+        .unwrap();
+        for (ns, dev, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
+            run("ip", &["-n", ns, "addr", "add", ip, "dev", dev]).unwrap();
+            run("ip", &["-n", ns, "link", "set", dev, "up"]).unwrap();
+        }
+    };
+    link(c, "direct", "10.3.0.1/24", t, "direct", "10.3.0.2/24");
+    link(c, "uplink", "10.1.0.1/24", r, "west", "10.1.0.2/24");
+    link(r, "east", "10.2.0.1/24", t, "back", "10.2.0.2/24");
+    run("ip", &["-n", t, "addr", "add", "10.9.9.9/32", "dev", "lo"]).unwrap();
+    run(
+        "ip",
+        &["netns", "exec", r, "sysctl", "-w", "net.ipv4.ip_forward=1"],
+    )
+    .unwrap();
+    // The router knows the target's address; the target answers the
+    // client's router-side address through the router.
+    run(
+        "ip",
+        &["-n", r, "route", "add", "10.9.9.9/32", "via", "10.2.0.2"],
+    )
+    .unwrap();
+    run(
+        "ip",
+        &["-n", t, "route", "add", "10.1.0.0/24", "via", "10.2.0.1"],
+    )
+    .unwrap();
+
+    let probe = || -> (Value, Output) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", c, AGAD])
+            .args([
+                "node",
+                "run",
+                "--bundle",
+                "link-probe.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "data",
+                "--arg",
+                "target=10.9.9.9",
+                "--arg",
+                "count=2",
+                "--arg",
+                "hops=5",
+                "--arg",
+                "timeout=500ms",
+            ])
+            .current_dir(ws.dir.path())
+            .env("AGAD_LOG", "warn")
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .unwrap_or(Value::Null);
+        (line, out)
+    };
+
+    run(
+        "ip",
+        &["-n", c, "route", "add", "10.9.9.9/32", "via", "10.3.0.2"],
+    )
+    .unwrap();
+    let (run1, out) = probe();
+    diagnosed(&run1, &out);
+    assert_eq!(fact(&run1, "path"), Some("10.9.9.9"), "{run1}");
+    assert_eq!(fact(&run1, "path_changed"), Some("false"), "{run1}");
+
+    run(
+        "ip",
+        &[
+            "-n",
+            c,
+            "route",
+            "replace",
+            "10.9.9.9/32",
+            "via",
+            "10.1.0.2",
+        ],
+    )
+    .unwrap();
+    let (run2, out) = probe();
+    diagnosed(&run2, &out);
+    assert_eq!(fact(&run2, "path"), Some("10.1.0.2 10.9.9.9"), "{run2}");
+    assert_eq!(fact(&run2, "path_changed"), Some("true"), "{run2}");
+    assert_eq!(fact(&run2, "previous_path"), Some("10.9.9.9"), "{run2}");
+    assert_eq!(fact(&run2, "cause"), Some("path-changed"), "{run2}");
+    assert_eq!(fact(&run2, "loss_percent"), Some("0.0"), "{run2}");
+}
