@@ -410,8 +410,11 @@ impl Node {
     }
 
     /// Runs a specialist once with `args`, under its manifest's limits (as
-    /// granted by this node's ceilings): `Ok(Err(reason))` is the
-    /// specialist's own failure, `Err` a fault (timeout, memory, trap).
+    /// granted by this node's ceilings) and with the node's host policy
+    /// (what `disk` may measure, which services `service` may restart):
+    /// `Ok(Err(reason))` is the specialist's own failure (the built-in
+    /// ones start a refusal by the node's policy with `refused:`), `Err` a
+    /// fault (timeout, memory, trap).
     pub async fn run_specialist(
         &self,
         module: &LinkedModule,
