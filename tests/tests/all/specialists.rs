@@ -135,3 +135,26 @@ async fn every_specialist_declares_exactly_the_arguments_it_accepts() {
         assert_eq!(declared, accepted, "{}", builtin.name);
     }
 }
+
+#[tokio::test]
+async fn a_specialist_past_its_deadline_is_a_timeout_fault() {
+    // The node grants at most 300 ms a call; top-cpu sleeps a second
+    // between its two listings (a WASI sleep, ended by the deadline).
+    let (node, key, _dir) = node(NodeSettings {
+        ceilings: agad_runtime::Ceilings {
+            max_time_per_call_ms: 300,
+            ..Default::default()
+        },
+        ..settings(Capability::ALL.to_vec())
+    });
+    let module = node.load(&built_in("top-cpu", &key)).unwrap();
+    let fault = node
+        .run_specialist(&module, &args(&[("sample", "1s")]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fault.kind,
+        agad_protocol::message::FaultKind::Timeout,
+        "{fault}"
+    );
+}
