@@ -163,6 +163,13 @@ fn top_cpu_names_the_pid_of_a_cpu_hog() {
             .contains("unknown config key \"pid\""),
         "{run}"
     );
+
+    // Past the node's deadline: a fault, said as such.
+    ws.node_config("max_call_time_ms = 200\n");
+    let (run, out) = ws.specialist("top-cpu", &["sample=1s"]);
+    assert!(!out.status.success());
+    assert_eq!(run["outcome"], "fault", "{run}");
+    assert_eq!(run["fault"], "timeout", "{run}");
 }
 
 /// Unmounts a test's filesystem when the test ends, however it ends.
