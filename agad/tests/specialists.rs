@@ -657,3 +657,101 @@ fn link_probe_reports_a_changed_route_path() {
     assert_eq!(fact(&run2, "cause"), Some("path-changed"), "{run2}");
     assert_eq!(fact(&run2, "loss_percent"), Some("0.0"), "{run2}");
 }
+
+/// if-diagnose on a real link that fails: a veth whose peer goes down
+/// (link-down), then one shut down by its operator (admin-down). Needs
+/// root (a namespace).
+#[test]
+fn if_diagnose_tells_a_failed_link_from_an_admin_shutdown() {
+    use agad_tests::netns::{Netns, run};
+    let ws = Workspace::new();
+    let ns = Netns::empty("if").unwrap();
+    let peer = Netns::empty("ifpeer").unwrap();
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "wan0",
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wan0",
+            "netns",
+            peer.name(),
+        ],
+    )
+    .unwrap();
+    for n in [ns.name(), peer.name()] {
+        run("ip", &["-n", n, "link", "set", "wan0", "up"]).unwrap();
+    }
+    let diagnose = || -> (Value, Output) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns.name(), AGAD])
+            .args([
+                "node",
+                "run",
+                "--bundle",
+                "if-diagnose.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "data",
+                "--arg",
+                "interface=wan0",
+                "--arg",
+                "sample=200ms",
+                "--arg",
+                "source=os",
+            ])
+            .current_dir(ws.dir.path())
+            .env("AGAD_LOG", "warn")
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .unwrap_or(Value::Null);
+        (line, out)
+    };
+    // The kernel's link watch sets an operational state a moment after
+    // the change (up to a second): wait for it, as the node would see it.
+    let settle = |state: &str| {
+        for _ in 0..100 {
+            let out = Command::new("ip")
+                .args(["-n", ns.name(), "link", "show", "wan0"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("state {state} ")) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("wan0 never reached state {state}");
+    };
+    settle("UP");
+    let (run_up, out) = diagnose();
+    diagnosed(&run_up, &out);
+    assert_eq!(fact(&run_up, "oper_state"), Some("up"), "{run_up}");
+    assert_eq!(fact(&run_up, "cause"), Some("none"), "{run_up}");
+
+    // The far end fails: our side is up administratively, its link is not.
+    run("ip", &["-n", peer.name(), "link", "set", "wan0", "down"]).unwrap();
+    settle("DOWN");
+    let (failed, out) = diagnose();
+    diagnosed(&failed, &out);
+    assert_eq!(fact(&failed, "cause"), Some("link-down"), "{failed}");
+    assert_eq!(fact(&failed, "admin_up"), Some("true"), "{failed}");
+
+    // Shut down on purpose.
+    run("ip", &["-n", ns.name(), "link", "set", "wan0", "down"]).unwrap();
+    settle("DOWN");
+    let (shut, out) = diagnose();
+    diagnosed(&shut, &out);
+    assert_eq!(fact(&shut, "cause"), Some("admin-down"), "{shut}");
+    assert_eq!(fact(&shut, "admin_up"), Some("false"), "{shut}");
+}
