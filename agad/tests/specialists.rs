@@ -473,10 +473,14 @@ fn link_probe_without_privileges_uses_an_icmp_socket_or_falls_back_to_tcp() {
     let netns = agad_tests::netns::Netns::empty("probe").unwrap();
     // `nobody` reads the bundle and key and makes its data directory here.
     std::fs::set_permissions(ws.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Written through /proc (what `sysctl -w` does), which shows the
+    // writer's namespace.
     let sysctl = |range: &str| {
         let out = Command::new("ip")
-            .args(["netns", "exec", netns.name(), "sysctl", "-w"])
-            .arg(format!("net.ipv4.ping_group_range={range}"))
+            .args(["netns", "exec", netns.name(), "sh", "-c"])
+            .arg(format!(
+                "echo '{range}' > /proc/sys/net/ipv4/ping_group_range"
+            ))
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -577,7 +581,14 @@ fn link_probe_reports_a_changed_route_path() {
     run("ip", &["-n", t, "addr", "add", "10.9.9.9/32", "dev", "lo"]).unwrap();
     run(
         "ip",
-        &["netns", "exec", r, "sysctl", "-w", "net.ipv4.ip_forward=1"],
+        &[
+            "netns",
+            "exec",
+            r,
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward",
+        ],
     )
     .unwrap();
     // The router knows the target's address; the target answers the
