@@ -241,6 +241,24 @@ fn disk_usage_names_the_directory_that_fills_a_small_filesystem() {
     let bytes: u64 = fact(&run, "bytes").unwrap().parse().unwrap();
     assert!(bytes >= 20 << 20, "{run}");
 
+    // A log directory filling the disk names its service, for a rule whose
+    // fix restarts it.
+    std::fs::remove_dir_all(disk.join("spool")).unwrap();
+    let logs = disk.join("log/websvc");
+    std::fs::create_dir_all(&logs).unwrap();
+    for i in 0..3 {
+        std::fs::write(logs.join(format!("access.{i}")), vec![7u8; 4 << 20]).unwrap();
+    }
+    let (run, out) = ws.specialist("disk-usage", &[&path_arg]);
+    diagnosed(&run, &out);
+    assert_eq!(
+        fact(&run, "path"),
+        Some(logs.display().to_string().as_str()),
+        "{run}"
+    );
+    assert_eq!(fact(&run, "cause"), Some("runaway-log"), "{run}");
+    assert_eq!(fact(&run, "service"), Some("websvc"), "{run}");
+
     // A path outside the allowed tree, even through `..`, is refused.
     let escape = format!("path={}/..", disk.display());
     let (run, _) = ws.specialist("disk-usage", &[&escape]);

@@ -13,7 +13,10 @@
 //! | `count` | 10       | largest directories listed, 1 to 100                |
 //!
 //! Facts: `path` (the directory named), `bytes` (its size), `cause`
-//! (`directory`, or `files` when `path` itself holds the bytes), `scanned`,
+//! (`runaway-log` when the directory named is a log directory, with
+//! `service`, the name of the service whose logs they are, so a rule can
+//! restart it; else `directory`, or `files` when `path` itself holds the
+//! bytes), `scanned`,
 //! `total_bytes`, `files`, `complete` (false: the node's scan bound was
 //! reached and sizes are lower bounds), then `largest.<rank>` lines
 //! (`bytes path`).
@@ -65,6 +68,22 @@ pub fn culprit(directories: &[DirectorySize]) -> Option<&DirectorySize> {
     }
 }
 
+/// The service a log directory belongs to: the component after a `log` or
+/// `logs` component (`/var/log/nginx` → `nginx`), else the one before it
+/// (`/srv/app/logs` → `app`); `None` for a path that is no log directory.
+pub fn log_service(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let at = parts.iter().position(|p| matches!(*p, "log" | "logs"))?;
+    let name = match parts.get(at + 1) {
+        Some(next) => *next,
+        // `/var/log` itself says nothing about a service.
+        None if at > 0 && !matches!(parts[at - 1], "var" | "tmp" | "srv" | "opt") => parts[at - 1],
+        None => return None,
+    };
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
+    (name.chars().all(ok) && !name.starts_with('.')).then(|| name.to_owned())
+}
+
 pub fn diagnose(
     args: &Args,
     directories: &[DirectorySize],
@@ -76,10 +95,13 @@ pub fn diagnose(
         .find(|d| d.depth == 0)
         .ok_or("the node returned no size for the path itself")?;
     let named = culprit(directories).unwrap_or(root);
-    let cause = if named.depth == 0 {
-        "files"
-    } else {
-        "directory"
+    let service = (named.depth > 0)
+        .then(|| log_service(&named.path))
+        .flatten();
+    let cause = match (&service, named.depth) {
+        (Some(_), _) => "runaway-log",
+        (None, 0) => "files",
+        (None, _) => "directory",
     };
     let mut d = Diagnosis::new(format!(
         "{} holds {} MiB of the {} MiB under {}{}",
@@ -95,11 +117,15 @@ pub fn diagnose(
     ))
     .fact("path", &named.path)
     .fact("bytes", named.bytes)
-    .fact("cause", cause)
-    .fact("scanned", &root.path)
-    .fact("total_bytes", root.bytes)
-    .fact("files", files)
-    .fact("complete", complete);
+    .fact("cause", cause);
+    if let Some(service) = &service {
+        d = d.fact("service", service);
+    }
+    d = d
+        .fact("scanned", &root.path)
+        .fact("total_bytes", root.bytes)
+        .fact("files", files)
+        .fact("complete", complete);
     for (rank, dir) in directories
         .iter()
         .filter(|d| d.depth > 0)
@@ -171,22 +197,41 @@ mod tests {
     }
 
     #[test]
-    fn the_deepest_directory_holding_most_is_named() {
+    fn a_log_directory_names_its_service() {
+        assert_eq!(log_service("/var/log/nginx").as_deref(), Some("nginx"));
+        assert_eq!(log_service("/var/log/nginx/old").as_deref(), Some("nginx"));
+        assert_eq!(log_service("/srv/app/logs").as_deref(), Some("app"));
+        assert_eq!(log_service("/var/log"), None);
+        assert_eq!(log_service("/var/lib/mysql"), None);
+        assert_eq!(log_service("/var/log/.hidden"), None);
         let dirs = [
             dir("/v", 1000, 0),
             dir("/v/log", 900, 1),
-            dir("/v/lib", 90, 1),
-            dir("/v/log/app", 800, 2),
-            dir("/v/log/other", 100, 2),
-            // Not a child of /v/log even though its name starts so.
-            dir("/v/logs", 0, 1),
+            dir("/v/log/web", 880, 2),
         ];
-        assert_eq!(culprit(&dirs).unwrap().path, "/v/log/app");
+        let a = args(&[("path", "/v")]).unwrap();
+        let d = diagnose(&a, &dirs, 1, true).unwrap();
+        assert_eq!(d.get("cause"), Some("runaway-log"));
+        assert_eq!(d.get("service"), Some("web"));
+    }
+
+    #[test]
+    fn the_deepest_directory_holding_most_is_named() {
+        let dirs = [
+            dir("/v", 1000, 0),
+            dir("/v/data", 900, 1),
+            dir("/v/lib", 90, 1),
+            dir("/v/data/app", 800, 2),
+            dir("/v/data/other", 100, 2),
+            // Not a child of /v/data even though its name starts so.
+            dir("/v/datas", 0, 1),
+        ];
+        assert_eq!(culprit(&dirs).unwrap().path, "/v/data/app");
         let a = args(&[("path", "/v")]).unwrap();
         let d = diagnose(&a, &dirs, 3, true).unwrap();
-        assert_eq!(d.get("path"), Some("/v/log/app"));
+        assert_eq!(d.get("path"), Some("/v/data/app"));
         assert_eq!(d.get("cause"), Some("directory"));
-        assert_eq!(d.get("largest.1"), Some("900 /v/log"));
+        assert_eq!(d.get("largest.1"), Some("900 /v/data"));
         // Spread evenly: the root itself is named.
         let even = [dir("/v", 100, 0), dir("/v/a", 40, 1), dir("/v/b", 40, 1)];
         assert_eq!(culprit(&even).unwrap().path, "/v");
