@@ -10,13 +10,19 @@ use std::process::{Command, Stdio};
 
 const TARGET: &str = "wasm32-wasip2";
 
-/// (package, folder) of every guest; the first five are the built-in inspectors.
+/// (package, folder) of every guest: the built-in inspectors, the built-in
+/// specialists, the test guests.
 const GUESTS: &[(&str, &str)] = &[
     ("cpu-mem", "inspectors/cpu-mem"),
     ("disk-space", "inspectors/disk-space"),
     ("if-health", "inspectors/if-health"),
     ("app-watch", "inspectors/app-watch"),
     ("snmp-threshold", "inspectors/snmp-threshold"),
+    ("top-cpu", "specialists/top-cpu"),
+    ("disk-usage", "specialists/disk-usage"),
+    ("if-diagnose", "specialists/if-diagnose"),
+    ("link-probe", "specialists/link-probe"),
+    ("service-restart", "specialists/service-restart"),
     ("misbehave", "tests/guests/misbehave"),
 ];
 
@@ -68,6 +74,7 @@ fn main() {
         "wit",
         "sdk",
         "inspectors",
+        "specialists",
         "tests/guests",
         "Cargo.toml",
         "Cargo.lock",

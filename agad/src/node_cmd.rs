@@ -4,8 +4,8 @@ use crate::identity::{IdentityArgs, TicketArgs};
 use crate::module_cmd::{read_bundle, read_public_keys};
 use agad_protocol::Capability;
 use agad_runtime::{
-    AgentConfig, Ceilings, CrashLoopPolicy, DiskPolicy, Event, IntegrityPolicy, ModuleConfig, Node,
-    NodeSettings, OutputLimits, RestartPolicy, parse_duration,
+    AgentConfig, Ceilings, CrashLoopPolicy, DiskPolicy, Event, HostPolicy, IntegrityPolicy,
+    ModuleConfig, Node, NodeSettings, OutputLimits, RestartPolicy, ServicePolicy, parse_duration,
 };
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -52,7 +52,9 @@ pub struct ManagedArgs {
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
-    /// Run signed modules locally and print each alarm, report and fault as one JSON line.
+    /// Run signed modules locally: inspectors until stopped, printing each
+    /// alarm, report and fault as one JSON line; or one specialist once,
+    /// with `--arg`s, printing its diagnosis as one JSON line.
     Run(RunArgs),
 }
 
@@ -77,6 +79,43 @@ pub struct RunArgs {
     /// Stop after this long (e.g. 30s, 5m); runs until Ctrl-C otherwise.
     #[arg(long = "for", value_parser = crate::parse_cli_duration)]
     pub run_for: Option<Duration>,
+    /// Argument `key=value` of a specialist (repeatable): the bundle is then
+    /// run once and its diagnosis printed.
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
+}
+
+/// What `agad node run` prints for one run of a specialist.
+#[derive(Debug, serde::Serialize)]
+struct SpecialistRun<'a> {
+    module: &'a str,
+    /// `diagnosed`, `failed` (the specialist's own error: bad arguments,
+    /// refused by the node's policy, ...) or `fault` (timeout, memory,
+    /// trap).
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<String>,
+    /// Facts in the specialist's order, as `[key, value]` pairs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    facts: Option<Vec<(String, String)>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fault: Option<agad_protocol::message::FaultKind>,
+    elapsed_ms: u64,
+}
+
+/// `--arg` values as pairs.
+fn split_args(values: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    values
+        .iter()
+        .map(|raw| match raw.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_owned(), value.to_owned()))
+            }
+            _ => bail!("--arg `{raw}`: expected KEY=VALUE"),
+        })
+        .collect()
 }
 
 /// The node's settings file, as an operator writes it.
@@ -144,6 +183,36 @@ pub struct NodeFile {
     /// How long a crash-looping module must run without a fault for the
     /// alarm to clear [default: 5m].
     pub crash_loop_clean: Option<String>,
+    /// Directory trees the `disk` capability may measure (absolute paths;
+    /// a module asking about anything else gets "not allowed by this
+    /// node's policy") [default: none].
+    #[serde(default)]
+    pub disk_usage_paths: Vec<PathBuf>,
+    /// Services the `service` capability may restart, by name: how each is
+    /// restarted and how it is known to run [default: none].
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceFile>,
+}
+
+/// One allow-listed service (`[services.<name>]`):
+///
+/// ```toml
+/// [services.nginx]
+/// restart = ["systemctl", "restart", "nginx"]
+/// process = "nginx"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Program and arguments that restart the service, run without a shell.
+    pub restart: Vec<String>,
+    /// Process name whose presence means the service runs (as `ps -o comm`
+    /// shows it, or argv[0]'s file name).
+    pub process: String,
+    /// Longest the restart command may run before it is killed [default: 10s].
+    pub restart_timeout: Option<String>,
+    /// How long to wait, after the command, for the process [default: 5s].
+    pub confirm_within: Option<String>,
 }
 
 impl NodeFile {
@@ -230,7 +299,9 @@ impl NodeFile {
             )?
             .try_into()?,
         };
+        let host_policy = self.host_policy(source)?;
         Ok(NodeSettings {
+            host_policy: Arc::new(host_policy),
             name: self.name.clone().unwrap_or_else(host_name),
             agents: Arc::from(self.agents.clone()),
             policy: self
@@ -291,6 +362,72 @@ impl NodeFile {
                     IntegrityPolicy::default().check_every,
                 )?,
             },
+        })
+    }
+}
+
+impl NodeFile {
+    /// `disk_usage_paths` and `[services]`, checked; every problem names
+    /// the field.
+    fn host_policy(&self, source: &str) -> anyhow::Result<HostPolicy> {
+        for path in &self.disk_usage_paths {
+            if !path.is_absolute() {
+                bail!(
+                    "{source}: `disk_usage_paths`: `{}` is not an absolute path",
+                    path.display()
+                );
+            }
+        }
+        let mut services = BTreeMap::new();
+        for (name, service) in &self.services {
+            let field = format!("services.{name}");
+            if agad_protocol::validate_module_name(name).is_err() {
+                bail!(
+                    "{source}: `{}`: a service name holds only ASCII letters, digits, `-`, `_` and `.`",
+                    field.escape_debug()
+                );
+            }
+            if service.restart.first().is_none_or(|p| p.trim().is_empty()) {
+                bail!(
+                    "{source}: `{field}.restart`: give the program and its arguments, e.g. [\"systemctl\", \"restart\", \"{name}\"]"
+                );
+            }
+            if service.process.trim().is_empty() || service.process.contains('/') {
+                bail!(
+                    "{source}: `{field}.process`: give the name of the service's process (no path), e.g. \"{name}\""
+                );
+            }
+            let wait = |key: &str, value: &Option<String>, default: Duration| match value {
+                None => Ok(default),
+                Some(v) => match parse_duration(v) {
+                    Some(d) if !d.is_zero() && d <= ServicePolicy::MAX_WAIT => Ok(d),
+                    _ => bail!(
+                        "{source}: `{field}.{key}`: `{v}` is not a duration between 1ms and {}s (e.g. 5s)",
+                        ServicePolicy::MAX_WAIT.as_secs()
+                    ),
+                },
+            };
+            services.insert(
+                name.clone(),
+                ServicePolicy {
+                    restart: service.restart.clone(),
+                    process: service.process.clone(),
+                    restart_timeout: wait(
+                        "restart_timeout",
+                        &service.restart_timeout,
+                        ServicePolicy::DEFAULT_RESTART_TIMEOUT,
+                    )?,
+                    confirm_within: wait(
+                        "confirm_within",
+                        &service.confirm_within,
+                        ServicePolicy::DEFAULT_CONFIRM_WITHIN,
+                    )?,
+                },
+            );
+        }
+        Ok(HostPolicy {
+            disk_usage_paths: self.disk_usage_paths.clone(),
+            services,
         })
     }
 }
@@ -478,6 +615,27 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
         {
             bail!("--config names module `{unknown}`, which no --bundle provides");
         }
+        let specialists = bundles
+            .iter()
+            .filter(|(_, b)| b.manifest.kind == agad_protocol::Kind::Specialist)
+            .count();
+        if specialists > 0 {
+            let [(path, bundle)] = bundles.as_slice() else {
+                bail!(
+                    "a specialist runs once and on its own: give one --bundle (and its --arg values)"
+                );
+            };
+            if !args.config.is_empty() {
+                bail!("--config is for inspectors; give a specialist's arguments with --arg KEY=VALUE");
+            }
+            let outcome = run_specialist_once(&node, path, bundle, &split_args(&args.args)?).await;
+            node.database().flush()?;
+            node.state_database().flush()?;
+            return outcome;
+        }
+        if !args.args.is_empty() {
+            bail!("--arg is for a specialist; give an inspector's settings with --config KEY=VALUE");
+        }
         let mut tasks = Vec::new();
         let mut started = Vec::new();
         for (path, bundle) in bundles {
@@ -552,6 +710,57 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
+/// Runs one specialist once and prints what came of it as one JSON line;
+/// an error (exit status 2) unless it diagnosed.
+async fn run_specialist_once(
+    node: &Node,
+    path: &Path,
+    bundle: &agad_protocol::Bundle,
+    args: &[(String, String)],
+) -> anyhow::Result<()> {
+    let module = node
+        .load(bundle)
+        .with_context(|| path.display().to_string())?;
+    let started = std::time::Instant::now();
+    let result = node.run_specialist(&module, args).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let name = &bundle.manifest.name;
+    let mut run = SpecialistRun {
+        module: name,
+        outcome: "diagnosed",
+        summary: None,
+        facts: None,
+        error: None,
+        fault: None,
+        elapsed_ms,
+    };
+    let failure = match result {
+        Ok(Ok(diagnosis)) => {
+            run.summary = Some(diagnosis.summary);
+            run.facts = Some(diagnosis.facts);
+            None
+        }
+        Ok(Err(reason)) => {
+            run.outcome = "failed";
+            run.error = Some(reason.clone());
+            Some(format!("specialist `{name}` failed: {reason}"))
+        }
+        Err(fault) => {
+            run.outcome = "fault";
+            run.fault = Some(fault.kind);
+            run.error = Some(fault.message.clone());
+            Some(format!("specialist `{name}`: {fault}"))
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", serde_json::to_string(&run)?)?;
+    stdout.flush()?;
+    match failure {
+        None => Ok(()),
+        Some(why) => bail!(why),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -597,6 +806,72 @@ mod tests {
         let file: NodeFile = toml::from_str("max_call_time_ms = 0").unwrap();
         let err = file.settings("n.toml").unwrap_err().to_string();
         assert!(err.contains("max_call_time_ms"), "{err}");
+    }
+
+    #[test]
+    fn specialist_args_split_on_the_first_equals() {
+        assert_eq!(
+            split_args(&["path=/var".into(), "expr=a=b".into()]).unwrap(),
+            vec![
+                ("path".into(), "/var".into()),
+                ("expr".into(), "a=b".into())
+            ]
+        );
+        assert!(split_args(&["novalue".into()]).is_err());
+        assert!(split_args(&["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn node_file_reads_disk_paths_and_services_and_refuses_bad_ones() {
+        let file: NodeFile = toml::from_str(
+            "disk_usage_paths = [\"/var/log\"]\n\
+             [services.web]\nrestart = [\"systemctl\", \"restart\", \"nginx\"]\nprocess = \"nginx\"\nconfirm_within = \"2s\"\n",
+        )
+        .unwrap();
+        let settings = file.settings("n.toml").unwrap();
+        let policy = &settings.host_policy;
+        assert_eq!(policy.disk_usage_paths, vec![PathBuf::from("/var/log")]);
+        let web = &policy.services["web"];
+        assert_eq!(web.process, "nginx");
+        assert_eq!(web.confirm_within, Duration::from_secs(2));
+        assert_eq!(web.restart_timeout, ServicePolicy::DEFAULT_RESTART_TIMEOUT);
+        // Nothing by default.
+        let none = NodeFile::default().settings("n.toml").unwrap();
+        assert!(
+            none.host_policy.disk_usage_paths.is_empty() && none.host_policy.services.is_empty()
+        );
+
+        for (text, field) in [
+            ("disk_usage_paths = [\"var\"]", "disk_usage_paths"),
+            (
+                "[services.web]\nrestart = []\nprocess = \"nginx\"",
+                "services.web.restart",
+            ),
+            (
+                "[services.web]\nrestart = [\"x\"]\nprocess = \"/usr/sbin/nginx\"",
+                "services.web.process",
+            ),
+            (
+                "[services.web]\nrestart = [\"x\"]\nprocess = \"n\"\nconfirm_within = \"2h\"",
+                "services.web.confirm_within",
+            ),
+            (
+                "[services.\"a b\"]\nrestart = [\"x\"]\nprocess = \"n\"",
+                "services.a b",
+            ),
+        ] {
+            let file: NodeFile = toml::from_str(text).unwrap();
+            let err = file.settings("n.toml").unwrap_err().to_string();
+            assert!(
+                err.contains("n.toml") && err.contains(field),
+                "{text}: {err}"
+            );
+        }
+        let err = toml::from_str::<NodeFile>(
+            "[services.web]\nrestart = [\"x\"]\nprocess = \"n\"\nshell = true",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("shell"), "{err}");
     }
 
     #[test]

@@ -140,6 +140,7 @@ impl Hierarchy {
             name: name.to_owned(),
             agents: Vec::new().into(),
             policy: Capability::ALL.to_vec(),
+            host_policy: Default::default(),
             default_period: Duration::from_secs(1),
             restart: Default::default(),
             ceilings: Default::default(),

@@ -1,17 +1,17 @@
 //! The WebAssembly modules built from this repository.
 //!
 //! What it is for: giving the `agad` tool, the tests and the benchmarks the
-//! built-in inspectors (embedded bytes plus their author manifests) and the
-//! test guests (by path), all compiled by this crate's build script from the
-//! guest crates in `inspectors/` and `tests/guests/` (`wasm32-wasip2`,
-//! release, size-optimised).
+//! built-in inspectors and specialists (embedded bytes plus their author
+//! manifests) and the test guests (by path), all compiled by this crate's
+//! build script from the guest crates in `inspectors/`, `specialists/` and
+//! `tests/guests/` (`wasm32-wasip2`, release, size-optimised).
 //!
 //! What it is not for: signing or verifying — bundles are made from these
 //! bytes by `agad-protocol`, with the operator's key — nor writing modules
 //! (that is `agad-sdk`).
 //!
 //! Layout: [`BuiltIn`] and [`INSPECTORS`] / [`inspector`] for the shipped
-//! inspectors; [`test_guests`] for runtime test programs; [`files`] for the
+//! inspectors; [`SPECIALISTS`] / [`specialist`] for the shipped specialists; [`test_guests`] for runtime test programs; [`files`] for the
 //! paths of every built module.
 
 mod paths {
@@ -56,6 +56,24 @@ pub fn inspector(name: &str) -> Option<&'static BuiltIn> {
     INSPECTORS.iter().find(|m| m.name == name)
 }
 
+/// The five built-in specialists (run once, on demand, with arguments).
+pub const SPECIALISTS: &[BuiltIn] = &[
+    built_in!("top-cpu", "specialists/top-cpu", "top_cpu"),
+    built_in!("disk-usage", "specialists/disk-usage", "disk_usage"),
+    built_in!("if-diagnose", "specialists/if-diagnose", "if_diagnose"),
+    built_in!("link-probe", "specialists/link-probe", "link_probe"),
+    built_in!(
+        "service-restart",
+        "specialists/service-restart",
+        "service_restart"
+    ),
+];
+
+/// The built-in specialist called `name`.
+pub fn specialist(name: &str) -> Option<&'static BuiltIn> {
+    SPECIALISTS.iter().find(|m| m.name == name)
+}
+
 /// Guests that exist only to test the runtime, by path (like wasmtime's
 /// test-programs artifacts).
 pub mod test_guests {
@@ -76,7 +94,7 @@ mod tests {
 
     #[test]
     fn every_inspector_is_a_component_with_a_manifest_of_its_name() {
-        for builtin in INSPECTORS {
+        for builtin in INSPECTORS.iter().chain(SPECIALISTS) {
             // Component-model binary: magic, then version 0x0d and layer 1.
             assert_eq!(&builtin.wasm[..8], b"\0asm\x0d\0\x01\0", "{}", builtin.name);
             assert!(
@@ -88,6 +106,7 @@ mod tests {
             );
         }
         assert!(inspector("if-health").is_some() && inspector("nope").is_none());
+        assert!(specialist("top-cpu").is_some() && specialist("cpu-mem").is_none());
         assert!(std::path::Path::new(test_guests::MISBEHAVE_WASM).is_file());
     }
 }

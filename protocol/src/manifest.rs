@@ -84,6 +84,9 @@ pub enum Area {
 }
 
 /// A host capability, one per WIT interface of the `platform` world.
+///
+/// New variants go at the end: manifests are bincode-encoded, which
+/// numbers variants in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Capability {
@@ -92,15 +95,27 @@ pub enum Capability {
     State,
     Log,
     Clock,
+    /// Sizes of directory trees, only under the paths the node's policy
+    /// lists (`disk_usage_paths`; none by default).
+    Disk,
+    /// ICMP echo (TCP connect where ICMP is not permitted) and a
+    /// traceroute-like path, bounded in count and time.
+    Probe,
+    /// Restarting the services the node's policy allow-lists
+    /// (`[services.<name>]`; none by default).
+    Service,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 8] = [
         Capability::Os,
         Capability::Snmp,
         Capability::State,
         Capability::Log,
         Capability::Clock,
+        Capability::Disk,
+        Capability::Probe,
+        Capability::Service,
     ];
 
     /// The WIT interface name (without package and version).
@@ -111,6 +126,9 @@ impl Capability {
             Capability::State => "state",
             Capability::Log => "log",
             Capability::Clock => "clock",
+            Capability::Disk => "disk",
+            Capability::Probe => "probe",
+            Capability::Service => "service",
         }
     }
 

@@ -4,7 +4,7 @@
 //!
 //! Calls into a module are async (the node drops a call that outlives the
 //! module's deadline, wherever the guest is waiting), and so are the
-//! capabilities that may block (os, snmp, state): their work runs on the
+//! capabilities that may block (os, snmp, state, disk, probe, service): their work runs on the
 //! node's bounded pool for blocking host work ([`crate::host::blocking`]),
 //! never on the threads that run modules. They are `trappable` because a
 //! host-side failure of that pool (a panicked worker) is not the guest's to
@@ -18,6 +18,9 @@ pub mod inspector {
             "agad:platform/os": async | trappable,
             "agad:platform/snmp": async | trappable,
             "agad:platform/state": async | trappable,
+            "agad:platform/disk": async | trappable,
+            "agad:platform/probe": async | trappable,
+            "agad:platform/service": async | trappable,
         },
         exports: { default: async },
     });
@@ -34,4 +37,4 @@ pub mod specialist {
     });
 }
 
-pub use inspector::agad::platform::{clock, log, os, snmp, state, types};
+pub use inspector::agad::platform::{clock, disk, log, os, probe, service, snmp, state, types};

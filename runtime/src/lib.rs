@@ -8,7 +8,8 @@
 //!
 //! Layout:
 //! - [`bindings`]: host bindings generated from `wit/`.
-//! - [`host`]: one struct per capability (os, snmp, state, log, clock).
+//! - [`host`]: one struct per capability (os, snmp, state, log, clock, disk,
+//!   probe, service) and the node's policy for disk and service.
 //! - [`trust`]: signature, hash, expiry and rollback checks.
 //! - [`engine`]: wasmtime engine, compiled-module cache, capability-checked linking.
 //! - [`imports`]: a component's imports read from its bytes, checked against
@@ -59,6 +60,7 @@ pub use budget::OutputLimits;
 pub use crashloop::CrashLoopPolicy;
 pub use disk::DiskPolicy;
 pub use engine::{LinkError, LinkedModule, ModuleEngine};
+pub use host::policy::{HostPolicy, ServicePolicy};
 pub use host::snmp::AgentConfig;
 pub use instance::{Fault, InitError, InspectorInstance, SpecialistInstance};
 pub use integrity::IntegrityPolicy;

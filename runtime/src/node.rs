@@ -9,6 +9,7 @@ use crate::engine::{LinkError, LinkedModule, ModuleEngine};
 use crate::host::HostState;
 use crate::host::blocking::HostPool;
 use crate::host::clock::now_ms;
+use crate::host::policy::HostPolicy;
 use crate::host::snmp::{AgentConfig, SnmpClient};
 use crate::host::state::ModuleState;
 use crate::instance::{Fault, InitError, InspectorInstance};
@@ -72,6 +73,9 @@ pub struct NodeSettings {
     pub agents: Arc<[AgentConfig]>,
     /// Capabilities this node grants at most (its policy).
     pub policy: Vec<Capability>,
+    /// What `disk` may measure and `service` may restart (nothing by
+    /// default), for the modules granted those capabilities.
+    pub host_policy: Arc<HostPolicy>,
     /// Tick period for modules whose config sets no `period`.
     pub default_period: Duration,
     pub restart: RestartPolicy,
@@ -399,14 +403,18 @@ impl Node {
         InstanceFactory {
             module,
             snmp_agents: self.settings.agents.clone(),
+            host_policy: self.settings.host_policy.clone(),
             state: self.state.clone(),
             pool: HostPool::for_module(self.host_threads.clone()),
         }
     }
 
     /// Runs a specialist once with `args`, under its manifest's limits (as
-    /// granted by this node's ceilings): `Ok(Err(reason))` is the
-    /// specialist's own failure, `Err` a fault (timeout, memory, trap).
+    /// granted by this node's ceilings) and with the node's host policy
+    /// (what `disk` may measure, which services `service` may restart):
+    /// `Ok(Err(reason))` is the specialist's own failure (the built-in
+    /// ones start a refusal by the node's policy with `refused:`), `Err` a
+    /// fault (timeout, memory, trap).
     pub async fn run_specialist(
         &self,
         module: &LinkedModule,
@@ -497,6 +505,7 @@ fn migrate_state(db: &Database, state_db: &Database) -> Result<(), LoadError> {
 struct InstanceFactory {
     module: LinkedModule,
     snmp_agents: Arc<[AgentConfig]>,
+    host_policy: Arc<HostPolicy>,
     state: Tree,
     /// Shared by every instance of the module, across restarts.
     pool: HostPool,
@@ -514,6 +523,7 @@ impl InstanceFactory {
             self.module.limits.max_memory_bytes,
             self.pool.clone(),
         )
+        .with_policy(&m.name, self.host_policy.clone(), self.pool.clone())
     }
 
     async fn configured(

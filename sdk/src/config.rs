@@ -118,6 +118,26 @@ impl FromConfig for bool {
     }
 }
 
+/// `500ms`, `10s`, `2m`, `1h`, as the manifest's `duration` type: a whole
+/// number and a unit, so `10` never means ten of a unit the reader guesses.
+impl FromConfig for std::time::Duration {
+    fn from_config(value: &str) -> Result<Self, String> {
+        let bad = || "is not a duration (e.g. 500ms, 10s, 2m, 1h)".to_owned();
+        let split = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = value.split_at(split);
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let secs = |factor: u64| n.checked_mul(factor).map(std::time::Duration::from_secs);
+        match unit {
+            "ms" => Some(std::time::Duration::from_millis(n)),
+            "s" => secs(1),
+            "m" => secs(60),
+            "h" => secs(3600),
+            _ => None,
+        }
+        .ok_or_else(bad)
+    }
+}
+
 impl FromConfig for Severity {
     fn from_config(value: &str) -> Result<Self, String> {
         match value.to_ascii_lowercase().as_str() {
@@ -447,6 +467,18 @@ mod tests {
             90.0
         );
         assert!(config.list("enabled").is_empty());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(
+            Duration::from_config("1500ms"),
+            Ok(Duration::from_millis(1500))
+        );
+        assert_eq!(Duration::from_config("2m"), Ok(Duration::from_secs(120)));
+        assert!(Duration::from_config("2").is_err());
+        assert!(Duration::from_config("1.5s").is_err());
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! An inspector is a type implementing [`Inspector`] (configure, poll the
 //! host, hand over its alarm set) plus one [`inspector!`] call, which also
 //! keeps its raised alarms across restarts; [`inspector::Guest`] with
-//! [`export_inspector!`] is the raw form underneath. A specialist implements `specialist::Guest`
-//! and calls `export_specialist!` (feature `specialist`). The host capabilities are the modules
-//! [`os`], [`snmp`], [`state`], [`log`] and [`clock`]; a component imports
+//! [`export_inspector!`] is the raw form underneath. A specialist (feature
+//! `specialist`) is a type implementing `Specialist` (its argument keys and
+//! one `run` returning a [`Diagnosis`]) plus one `specialist!` call;
+//! `specialist::Guest` with `export_specialist!` is the raw form. The host
+//! capabilities are the modules [`os`], [`snmp`], [`state`], [`log`],
+//! [`clock`], [`disk`], [`probe`] and [`service`]; a component imports
 //! only the interfaces whose functions it calls, and its manifest must list
 //! at least those (a node refuses an undeclared import).
 //!
@@ -98,17 +101,20 @@ pub mod specialist {
             "agad:platform/log@0.1.0": crate::inspector::agad::platform::log,
             "agad:platform/clock@0.1.0": crate::inspector::agad::platform::clock,
             "agad:platform/types@0.1.0": crate::inspector::agad::platform::types,
+            "agad:platform/disk@0.1.0": crate::inspector::agad::platform::disk,
+            "agad:platform/probe@0.1.0": crate::inspector::agad::platform::probe,
+            "agad:platform/service@0.1.0": crate::inspector::agad::platform::service,
         },
     });
 }
 
-pub use inspector::agad::platform::{clock, log, os, snmp, state, types};
+pub use inspector::agad::platform::{clock, disk, log, os, probe, service, snmp, state, types};
 
 pub use alarm::{Alarms, Check, alarm};
 pub use config::{Common, Config, ConfigError};
 pub use hysteresis::{Hysteresis, Transition};
 pub use rate::{CounterWidth, Measured, Rate};
-pub use types::{Alarm, Comparison, Output, Severity, Summary};
+pub use types::{Alarm, Comparison, Diagnosis, Output, Severity, Summary};
 pub use window::Window;
 
 /// Exports `$ty` (which implements [`inspector::Guest`]) as the module's
@@ -191,6 +197,72 @@ macro_rules! inspector {
             $crate::export_inspector!(AgadInspectorExports);
         };
     };
+}
+
+/// A specialist as its author writes it: the argument keys it accepts and
+/// one run. [`specialist!`] turns it into the WIT export `run`, refusing
+/// unknown or repeated keys before [`Specialist::run`] is called.
+///
+/// Bad arguments, and failures the specialist can explain, are `Err` with
+/// a message for the operator: the node records it as the run's failure.
+/// A panic is a trap, reported as a fault of the module.
+#[cfg(feature = "specialist")]
+pub trait Specialist {
+    /// The argument keys it accepts; any other is refused.
+    const ARGS: &'static [&'static str];
+    /// Runs once with the validated arguments.
+    fn run(args: &Config) -> Result<Diagnosis, String>;
+}
+
+#[cfg(feature = "specialist")]
+#[doc(hidden)]
+pub fn __run<T: Specialist>(args: types::Config) -> Result<Diagnosis, String> {
+    let config = Config::parse(&args, T::ARGS)?;
+    T::run(&config)
+}
+
+/// Exports `$ty` (which implements [`Specialist`]) as the module's `run`.
+/// Call once, at the crate root. Needs the `specialist` feature.
+#[cfg(feature = "specialist")]
+#[macro_export]
+macro_rules! specialist {
+    ($ty:ty) => {
+        const _: () = {
+            struct AgadSpecialistExports;
+            impl $crate::specialist::Guest for AgadSpecialistExports {
+                fn run(args: $crate::types::Config) -> Result<$crate::types::Diagnosis, String> {
+                    $crate::__run::<$ty>(args)
+                }
+            }
+            $crate::export_specialist!(AgadSpecialistExports);
+        };
+    };
+}
+
+impl types::Diagnosis {
+    /// A diagnosis with its one line for a person and no facts yet.
+    pub fn new(summary: impl Into<String>) -> Diagnosis {
+        Diagnosis {
+            summary: summary.into(),
+            facts: Vec::new(),
+        }
+    }
+
+    /// Adds a fact (facts keep the order they are added in: most
+    /// important first). A dispatcher branches on them, so keys are
+    /// stable names (`cause`, `pid`, `path`, `restarted`).
+    pub fn fact(mut self, key: &str, value: impl std::fmt::Display) -> Diagnosis {
+        self.facts.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// The value of fact `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.facts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Default for types::Output {

@@ -105,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         name: "bench".into(),
         agents: agents.clone(),
         policy: Capability::ALL.to_vec(),
+        host_policy: Default::default(),
         default_period: Duration::from_secs(10),
         restart: RestartPolicy::default(),
         ceilings: Default::default(),

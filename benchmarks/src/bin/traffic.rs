@@ -309,6 +309,7 @@ fn run_comparison(
         name: NODE_NAME.into(),
         agents: Arc::from(vec![agent_config]),
         policy: Capability::ALL.to_vec(),
+        host_policy: Default::default(),
         default_period: PERIOD,
         restart: RestartPolicy::default(),
         ceilings: Default::default(),

@@ -1,18 +1,25 @@
 //! Host capabilities: one struct per WIT interface, gathered in [`HostState`],
 //! the data of every module's store. Only the interfaces a module is granted
 //! are added to its linker ([`add_granted_to_linker`]). The capabilities that
-//! may block run their work through [`blocking`].
+//! may block run their work through [`blocking`]; those that act on the node
+//! beyond reading it (`disk`, `service`) also obey the node's [`policy`].
 
 pub mod blocking;
 pub mod clock;
+pub mod disk;
 pub mod log;
 pub mod os;
+pub mod policy;
+pub mod probe;
+pub mod service;
 pub mod snmp;
 pub mod state;
 
 use crate::bindings;
 use agad_protocol::Capability;
 use blocking::{HostPool, Offloaded};
+use policy::HostPolicy;
+use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -21,6 +28,9 @@ pub struct HostState {
     pub os: Offloaded<os::OsProbe>,
     pub snmp: Offloaded<snmp::SnmpClient>,
     pub state: Offloaded<state::ModuleState>,
+    pub disk: Offloaded<disk::DiskUsage>,
+    pub probe: Offloaded<probe::Prober>,
+    pub service: Offloaded<service::Services>,
     pub log: log::ModuleLog,
     pub clock: clock::Clock,
     pub limits: MemoryLimiter,
@@ -54,10 +64,14 @@ impl HostState {
         max_memory_bytes: u64,
         pool: HostPool,
     ) -> HostState {
+        let deny = Arc::new(HostPolicy::default());
         HostState {
             os: Offloaded::new(os::OsProbe::new().with_module(module), pool.clone()),
             snmp: Offloaded::new(snmp.with_module(module), pool.clone()),
-            state: Offloaded::new(state, pool),
+            state: Offloaded::new(state, pool.clone()),
+            disk: Offloaded::new(disk::DiskUsage::new(module, deny.clone()), pool.clone()),
+            probe: Offloaded::new(probe::Prober::new(module), pool.clone()),
+            service: Offloaded::new(service::Services::new(module, deny), pool),
             log: log::ModuleLog::new(module),
             clock: clock::Clock,
             limits: MemoryLimiter::new(max_memory_bytes),
@@ -66,6 +80,21 @@ impl HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
         }
+    }
+}
+
+impl HostState {
+    /// Gives `disk` and `service` the node's policy; without it they
+    /// refuse every path and every service.
+    pub fn with_policy(
+        mut self,
+        module: &str,
+        policy: Arc<HostPolicy>,
+        pool: HostPool,
+    ) -> HostState {
+        self.disk = Offloaded::new(disk::DiskUsage::new(module, policy.clone()), pool.clone());
+        self.service = Offloaded::new(service::Services::new(module, policy), pool);
+        self
     }
 }
 
@@ -109,6 +138,18 @@ pub fn add_granted_to_linker(
                     &mut s.clock
                 })?
             }
+            Capability::Disk => bindings::disk::add_to_linker::<
+                _,
+                HasSelf<Offloaded<disk::DiskUsage>>,
+            >(linker, |s| &mut s.disk)?,
+            Capability::Probe => bindings::probe::add_to_linker::<
+                _,
+                HasSelf<Offloaded<probe::Prober>>,
+            >(linker, |s| &mut s.probe)?,
+            Capability::Service => bindings::service::add_to_linker::<
+                _,
+                HasSelf<Offloaded<service::Services>>,
+            >(linker, |s| &mut s.service)?,
         }
     }
     Ok(())

@@ -653,7 +653,7 @@ fn speed_bps(sys: &Path) -> Option<u64> {
 /// Pids whose `comm` matches one of `names`, and every live pid (so the
 /// caller can forget dead ones). Reading `comm` (one short line per process)
 /// is much cheaper than letting sysinfo parse every process's stat.
-fn scan_proc_names(names: &[String]) -> (Vec<Pid>, HashSet<Pid>) {
+pub(crate) fn scan_proc_names(names: &[String]) -> (Vec<Pid>, HashSet<Pid>) {
     let mut matching = Vec::new();
     let mut alive = HashSet::new();
     let Ok(dir) = fs::read_dir("/proc") else {

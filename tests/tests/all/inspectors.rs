@@ -27,6 +27,7 @@ impl Harness {
             name: "inspected".into(),
             agents: Arc::from(agents),
             policy: Capability::ALL.to_vec(),
+            host_policy: Default::default(),
             default_period: Duration::from_secs(1),
             restart: RestartPolicy::default(),
             ceilings: Default::default(),

@@ -8,3 +8,4 @@ mod network;
 mod os;
 mod runtime;
 mod snmp;
+mod specialists;

@@ -33,6 +33,7 @@ pub(crate) fn settings(policy: Vec<Capability>) -> NodeSettings {
         name: "test-node".into(),
         agents: Arc::from(Vec::new()),
         policy,
+        host_policy: Default::default(),
         default_period: Duration::from_millis(100),
         restart: RestartPolicy {
             initial: Duration::from_millis(50),
