@@ -142,6 +142,9 @@ pub struct Dispatcher {
     rule_made: Tree,
     meta: Tree,
     wake: Notify,
+    /// Held while a case is read, changed and written: results come from
+    /// the nodes' sessions, clears and expiries from the worker.
+    editing: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,6 +168,7 @@ impl Dispatcher {
             rule_made: db.tree("kb-rule-made")?,
             meta,
             wake: Notify::new(),
+            editing: Mutex::new(()),
         })
     }
 
@@ -276,6 +280,7 @@ fn save(station: &Station, mut case: Case, now_ms: u64) -> Result<Case, StorageE
 /// Evaluates what is in the inbox. Blocking (sled, fsync).
 fn evaluate_inbox(station: &Station) -> Result<(), StorageError> {
     let d = &station.dispatch;
+    let _editing = lock(&d.editing);
     let entries = d.inbox.entries_after(b"", BATCH)?;
     if entries.is_empty() {
         return Ok(());
@@ -346,6 +351,7 @@ fn open_cases(
                     state: CaseState::Running {
                         step: StepKind::Diagnose,
                     },
+                    cleared_ms: None,
                     revision: 0,
                     opened_ms: now,
                     updated_ms: now,
@@ -567,6 +573,7 @@ fn pending_runs(station: &Station) -> Vec<(String, Pending)> {
 /// its case does not have it yet.
 pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError> {
     let d = &station.dispatch;
+    let _editing = lock(&d.editing);
     let now = crate::now_ms();
     let Some(pending) = d
         .pending
@@ -622,6 +629,10 @@ pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError
                 ),
             }
         }
+        // The inspector may clear the alarm before the fix's result is in.
+        (StepKind::Fix, RunOutcome::Diagnosed { .. }, _) if case.cleared_ms.is_some() => {
+            CaseState::FixedConfirmed
+        }
         (StepKind::Fix, RunOutcome::Diagnosed { .. }, Some(chain)) => CaseState::Confirming {
             until_ms: now + chain.confirm_within_ms.unwrap_or(0),
         },
@@ -649,17 +660,21 @@ pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError
     Ok(())
 }
 
-/// A clear of a node's key confirms the fixes waiting on it.
+/// A clear of a node's key confirms the fixes waiting on it, and is noted
+/// on those still running (confirmed when they succeed).
 fn confirm_fixes(station: &Station, clear: &Alarm, now: u64) -> Result<(), StorageError> {
-    for case in station.dispatch.cases() {
-        if case.node == clear.node
-            && case.key == clear.key
-            && matches!(case.state, CaseState::Confirming { .. })
-        {
-            let mut case = case;
-            case.state = CaseState::FixedConfirmed;
-            save(station, case, now)?;
+    for mut case in station.dispatch.cases() {
+        if case.node != clear.node || case.key != clear.key {
+            continue;
         }
+        match case.state {
+            CaseState::Confirming { .. } => case.state = CaseState::FixedConfirmed,
+            CaseState::Running {
+                step: StepKind::Fix,
+            } if case.cleared_ms.is_none() => case.cleared_ms = Some(now),
+            _ => continue,
+        }
+        save(station, case, now)?;
     }
     Ok(())
 }
@@ -667,6 +682,7 @@ fn confirm_fixes(station: &Station, clear: &Alarm, now: u64) -> Result<(), Stora
 /// Fixes not confirmed in time escalate; runs that never answered give up.
 fn expire(station: &Station) -> Result<(), StorageError> {
     let d = &station.dispatch;
+    let _editing = lock(&d.editing);
     let now = crate::now_ms();
     let mut changed = false;
     for case in d.cases() {

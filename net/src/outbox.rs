@@ -113,7 +113,10 @@ impl Outbox {
                 // Written by this process's own encoder; a failure means a
                 // version change or disk damage. Skip it rather than block
                 // everything queued behind it forever.
-                Err(e) => tracing::error!(seq, "dropping unreadable outbox entry: {e}"),
+                Err(e) => {
+                    tracing::error!(seq, "dropping unreadable outbox entry: {e}");
+                    self.tree(class).remove(&key)?;
+                }
             }
         }
         Ok(out)

@@ -50,9 +50,10 @@ pub struct RunRequest {
     pub deadline_ms: u64,
 }
 
-/// How a run ended.
+/// How a run ended. (Externally tagged, as every enum on the wire: bincode
+/// cannot read internally tagged ones.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub enum RunOutcome {
     /// The specialist returned a diagnosis.
     Diagnosed {
@@ -173,7 +174,7 @@ impl RunResult {
 
 /// Where a case stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub enum CaseState {
     /// A specialist was asked to run (`step`), no result yet.
     Running { step: StepKind },
@@ -228,6 +229,9 @@ pub struct Case {
     pub steps: Vec<(StepKind, String)>,
     pub results: Vec<(StepKind, RunResult)>,
     pub state: CaseState,
+    /// When the alarm cleared while its fix was running (its result not
+    /// in yet): the fix is confirmed as soon as it succeeds.
+    pub cleared_ms: Option<u64>,
     /// Increases with every change: a receiver keeps the highest.
     pub revision: u64,
     pub opened_ms: u64,
@@ -282,6 +286,7 @@ impl Case {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -335,6 +340,7 @@ mod tests {
             steps: vec![(StepKind::Diagnose, "top-cpu".into())],
             results: vec![(StepKind::Diagnose, result("n1", &id))],
             state: CaseState::Diagnosed,
+            cleared_ms: None,
             revision: 2,
             opened_ms: 1,
             updated_ms: 2,
@@ -345,6 +351,26 @@ mod tests {
             case.latest().as_deref(),
             Some("top-cpu: diagnosed: pid 42 uses 99% CPU")
         );
+        // Both travel in bincode: every variant must decode.
+        for state in [
+            CaseState::Running {
+                step: StepKind::Fix,
+            },
+            CaseState::Diagnosed,
+            CaseState::Confirming { until_ms: 9 },
+            CaseState::FixedConfirmed,
+            CaseState::Escalated {
+                to: "ops".into(),
+                reason: "r".into(),
+            },
+            CaseState::Failed { reason: "r".into() },
+        ] {
+            let mut c = case.clone();
+            c.state = state;
+            let bytes = crate::wire::encode_value(&crate::wire::Upward::Case(c.clone()));
+            let back: crate::wire::Upward = crate::wire::decode_value(&bytes).unwrap();
+            assert_eq!(back, crate::wire::Upward::Case(c));
+        }
         case.results[0].1.node = "n2".into();
         assert!(case.check_origin().is_err());
     }

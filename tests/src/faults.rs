@@ -78,14 +78,28 @@ impl Service {
         Ok(())
     }
 
-    /// Pids of its running processes.
+    /// Pids of its live processes (not zombies: a killed instance whose
+    /// parent is gone may wait for a reaper that containers lack).
     pub fn pids(&self) -> Vec<u32> {
-        let out = Command::new("pgrep")
-            .args(["-x", &self.name])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        out.lines().filter_map(|l| l.trim().parse().ok()).collect()
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|pid: &u32| {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                // `pid (comm) state ...`; comm may hold spaces and parentheses.
+                let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                    return false;
+                };
+                let state = stat[close + 1..].split_whitespace().next();
+                stat[open + 1..close] == self.name && state != Some("Z")
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     /// Kills every instance (SIGKILL).

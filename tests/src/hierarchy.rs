@@ -786,6 +786,18 @@ impl Deployment {
         )
     }
 
+    /// The knowledge base's cases of `node`'s alarms in BIG (`agad alarms
+    /// --json`), one per (alarm, rule), as JSON.
+    pub fn cases(&self, node: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.agad(&["alarms", "--json", "--limit", "10000", "--node", node])?;
+        let mut cases = Vec::new();
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            let alarm: serde_json::Value = serde_json::from_str(line)?;
+            cases.extend(alarm["cases"].as_array().cloned().unwrap_or_default());
+        }
+        Ok(cases)
+    }
+
     /// Ids of the alarms `node` logged as durably queued (every run of it).
     pub fn queued_alarm_ids(&self, node: &str) -> BTreeSet<String> {
         self.log(node)
@@ -939,4 +951,14 @@ fn json_lines<T: serde::de::DeserializeOwned>(text: &str, command: &str) -> anyh
     text.lines()
         .map(|l| serde_json::from_str(l).with_context(|| format!("`{command}` printed `{l}`")))
         .collect()
+}
+
+/// An externally tagged enum's variant in JSON (a case's `state`, a run's
+/// `outcome`): `"diagnosed"`, or the one key of `{"escalated": {...}}`.
+pub fn variant(value: &serde_json::Value) -> &str {
+    match value {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Object(map) => map.keys().next().map_or("", String::as_str),
+        _ => "",
+    }
 }

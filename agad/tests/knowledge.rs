@@ -1,0 +1,243 @@
+//! The knowledge base at work, on real processes (a top manager, a domain
+//! manager and a node, all `agad` with real mutual TLS, the real built-in
+//! inspectors and specialists): a rule published with `agad kb apply`
+//! reaches the domain manager, an alarm of the node opens a case there,
+//! the specialist runs on the node, and the case with its result is in BIG
+//! (`agad alarms`), once, even when the domain manager is killed in the
+//! middle of the run.
+#![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
+
+use agad_tests::faults::{Hog, Service, Tmpfs};
+use agad_tests::hierarchy::{Deployment, Options, variant};
+use serde_json::Value;
+use std::path::Path;
+
+const STATION: &str = "s1";
+const NODE: &str = "n1";
+
+fn deployment() -> anyhow::Result<Deployment> {
+    Deployment::start(Path::new(env!("CARGO_BIN_EXE_agad")), Options::default())
+}
+
+/// Domain `d1` served by [`STATION`], node [`NODE`] running cpu-mem with a
+/// CPU threshold one busy core crosses on this 2-core machine.
+fn topology() -> String {
+    format!(
+        "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\nreport_window = \"2s\"\n\n\
+         [[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\naddress = \"127.0.0.1\"\n\n\
+         [[assign]]\nmodule = \"cpu-mem\"\nnodes = [\"{NODE}\"]\n[assign.config]\n\
+         period = \"500ms\"\nthreshold = 30\nraise_after = 2\nclear_after = 2\nwindow_secs = 2\n"
+    )
+}
+
+/// Publishes the rules `text` as `rules/cpu.toml` with `agad kb apply`.
+fn apply_rules(d: &Deployment, text: &str) -> anyhow::Result<String> {
+    std::fs::create_dir_all(d.path("rules"))?;
+    std::fs::write(d.path("rules/cpu.toml"), text)?;
+    d.agad(&["kb", "apply", "rules"])
+}
+
+fn rule(sample: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"cpu-hog\"\n[rule.match]\nkey = \"cpu.total\"\n\
+         [rule.diagnose]\nspecialist = \"top-cpu\"\nargs = {{ sample = \"{sample}\", count = 5 }}\n"
+    )
+}
+
+fn start(d: &mut Deployment, rules: &str) -> anyhow::Result<()> {
+    d.publish_inspector("cpu-mem")?;
+    let top = agad_modules::specialist("top-cpu").unwrap();
+    d.publish("top-cpu", top.wasm, top.manifest_toml)?;
+    d.apply(&topology())?;
+    apply_rules(d, rules)?;
+    let station = d.start_station(STATION)?;
+    d.start_node(NODE, &station)
+}
+
+/// The first diagnosed case of the CPU rule, once BIG has it.
+fn diagnosed(d: &mut Deployment) -> anyhow::Result<Value> {
+    d.wait_for("a diagnosed cpu-hog case in BIG", |d| {
+        Ok(d.cases(NODE)?
+            .into_iter()
+            .find(|c| c["rule"] == "cpu-hog" && variant(&c["state"]) == "diagnosed"))
+    })
+}
+
+#[test]
+fn a_cpu_hog_is_diagnosed_by_top_cpu_naming_its_pid() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    start(&mut d, &rule("1s"))?;
+    let hog = Hog::start()?;
+    let case = diagnosed(&mut d)?;
+    let result = &case["results"][0][1];
+    assert_eq!(result["specialist"], "top-cpu");
+    assert_eq!(result["node"], NODE);
+    assert_eq!(variant(&result["outcome"]), "diagnosed", "{case}");
+    // The hog is among the processes the diagnosis names.
+    let text = result["outcome"].to_string();
+    assert!(
+        text.contains(&hog.pid().to_string()),
+        "the hog (pid {}) is not in the diagnosis: {text}",
+        hog.pid()
+    );
+    // `agad alarms` shows the rule, the specialist's result and the state.
+    let table = d.agad(&["alarms", "--node", NODE])?;
+    assert!(
+        table.contains("rule cpu-hog: diagnosed") && table.contains("top-cpu: diagnosed"),
+        "{table}"
+    );
+    // `agad kb stats` counts it as helped.
+    let stats = d.agad(&["kb", "stats"])?;
+    assert!(stats.lines().any(|l| l.starts_with("cpu-hog")), "{stats}");
+    d.check()
+}
+
+#[test]
+fn a_domain_manager_killed_during_a_run_does_not_run_the_specialist_twice() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    // A run long enough to kill its manager in the middle of it.
+    start(&mut d, &rule("5s"))?;
+    let _hog = Hog::start()?;
+    let run = d.wait_for("a specialist run on the node", |d| {
+        Ok(d.log(NODE)
+            .lines()
+            .find(|l| l.contains("specialist run accepted"))
+            .and_then(|l| l.split_whitespace().find_map(|t| t.strip_prefix("id=")))
+            .map(str::to_owned))
+    })?;
+    d.kill9(STATION)?;
+    d.restart(STATION)?;
+    let case = diagnosed(&mut d)?;
+    assert_eq!(case["results"].as_array().map(Vec::len), Some(1), "{case}");
+    let log = d.log(NODE);
+    let accepted = log
+        .lines()
+        .filter(|l| l.contains("specialist run accepted") && l.contains(&format!("id={run}")))
+        .count();
+    assert_eq!(accepted, 1, "run {run} accepted {accepted} times:\n{log}");
+    // The restarted manager sent the pending run again; the node refused it.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused a second run") && l.contains(&format!("id={run}"))),
+        "no refusal of a second run of {run}:\n{log}"
+    );
+    d.check()
+}
+
+#[test]
+fn a_killed_allow_listed_service_is_restarted_and_the_fix_confirmed() -> anyhow::Result<()> {
+    let service = Service::start("kb")?;
+    let mut d = deployment()?;
+    d.publish_inspector("app-watch")?;
+    for name in ["top-cpu", "service-restart"] {
+        let s = agad_modules::specialist(name).unwrap();
+        d.publish(name, s.wasm, s.manifest_toml)?;
+    }
+    d.apply(&format!(
+        "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\n\n\
+         [[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\naddress = \"127.0.0.1\"\n\n\
+         [[assign]]\nmodule = \"app-watch\"\nnodes = [\"{NODE}\"]\n[assign.config]\n\
+         period = \"500ms\"\nprocesses = \"{}\"\nraise_after = 1\nclear_after = 1\n",
+        service.name()
+    ))?;
+    apply_rules(
+        &d,
+        "[[rule]]\nname = \"service-down\"\n[rule.match]\nkey = \"proc.running:*\"\n\
+         [rule.diagnose]\nspecialist = \"top-cpu\"\nargs = { sample = \"100ms\" }\n\
+         [rule.fix]\nspecialist = \"service-restart\"\nargs = { service = \"{subject}\" }\n\
+         [rule.confirm]\nwithin = \"30s\"\n[rule.escalate]\nto = \"ops\"\n",
+    )?;
+    let station = d.start_station(STATION)?;
+    d.start_node_with_config(NODE, &station, &service.policy())?;
+    // The node runs app-watch (deployed, watching) before the service dies.
+    d.wait_for("app-watch running on the node", |d| {
+        Ok(d.log(NODE).contains("deployment").then_some(()))
+    })?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let before = service.pids();
+    assert!(!before.is_empty(), "the service is not running");
+    service.kill();
+    let case = d.wait_for("the service-down case fixed and confirmed in BIG", |d| {
+        Ok(d.cases(NODE)?
+            .into_iter()
+            .find(|c| c["rule"] == "service-down" && variant(&c["state"]) == "fixed-confirmed"))
+    })?;
+    let results = case["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 2, "{case}");
+    assert_eq!(results[1][0], "fix");
+    assert_eq!(results[1][1]["specialist"], "service-restart");
+    let facts = results[1][1]["outcome"]["diagnosed"]["facts"].to_string();
+    assert!(facts.contains("restarted"), "{facts}");
+    let after = service.pids();
+    assert!(
+        !after.is_empty() && after.iter().all(|p| !before.contains(p)),
+        "a new process runs: before {before:?}, after {after:?}"
+    );
+    // The clear that confirmed it is in BIG too.
+    let alarms = d.alarms()?;
+    assert!(
+        alarms
+            .iter()
+            .any(|a| a.node == NODE && a.key.starts_with("proc.running:") && !a.raised),
+        "no clear of the service alarm in BIG"
+    );
+    d.check()
+}
+
+#[test]
+fn a_filling_filesystem_is_diagnosed_by_disk_usage_naming_the_directory() -> anyhow::Result<()> {
+    let mount = Tmpfs::mount(4 * 1024 * 1024)?;
+    let path = mount.path_text();
+    std::fs::create_dir_all(mount.path().join("logs/app"))?;
+    std::fs::create_dir_all(mount.path().join("cache"))?;
+    std::fs::write(mount.path().join("cache/small"), vec![0u8; 64 * 1024])?;
+
+    let mut d = deployment()?;
+    d.publish_inspector("disk-space")?;
+    let s = agad_modules::specialist("disk-usage").unwrap();
+    d.publish("disk-usage", s.wasm, s.manifest_toml)?;
+    d.apply(&format!(
+        "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\n\n\
+         [[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\naddress = \"127.0.0.1\"\n\n\
+         [[assign]]\nmodule = \"disk-space\"\nnodes = [\"{NODE}\"]\n[assign.config]\n\
+         period = \"500ms\"\nmounts = \"{path}\"\nused_percent = 80\nraise_after = 1\n"
+    ))?;
+    apply_rules(
+        &d,
+        "[[rule]]\nname = \"disk-filling\"\n[rule.match]\nkey = \"fs.used:*\"\n\
+         [rule.diagnose]\nspecialist = \"disk-usage\"\nargs = { path = \"{subject}\" }\n",
+    )?;
+    let station = d.start_station(STATION)?;
+    d.start_node_with_config(
+        NODE,
+        &station,
+        &format!("disk_usage_paths = [\"{path}\"]\n"),
+    )?;
+    // 3.5 MiB of the 4 MiB under logs/app.
+    std::fs::write(
+        mount.path().join("logs/app/big.log"),
+        vec![1u8; 3584 * 1024],
+    )?;
+    let case = d.wait_for("a diagnosed disk-filling case in BIG", |d| {
+        Ok(d.cases(NODE)?
+            .into_iter()
+            .find(|c| c["rule"] == "disk-filling" && variant(&c["state"]) == "diagnosed"))
+    })?;
+    let facts = case["results"][0][1]["outcome"]["diagnosed"]["facts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let fact = |k: &str| {
+        facts
+            .iter()
+            .find(|f| f[0] == k)
+            .and_then(|f| f[1].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        fact("path").as_deref(),
+        Some(format!("{path}/logs/app").as_str()),
+        "{case}"
+    );
+    d.check()
+}
