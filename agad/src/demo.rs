@@ -46,6 +46,48 @@ const DOMAINS: &[(&str, &str, &[&str])] = &[
 /// Modules that need an SNMP agent named in a node file; the demo has none.
 const NEEDS_AGENT: &[&str] = &["snmp-threshold"];
 
+/// The demo's knowledge base: every alarm its topology can raise gets a
+/// specialist's diagnosis on its node (lab's missing daemon, at once).
+const DEMO_RULES: &str = r#"# The demo's knowledge base (BCN); `agad alarms` shows each case under its alarm.
+
+# A watched process is missing: which processes run the node right now.
+[[rule]]
+name = "process-missing"
+[rule.match]
+key = "proc.running:*"
+[rule.diagnose]
+specialist = "top-cpu"
+args = { sample = "1s", count = 3 }
+[rule.escalate]
+to = "on-call"
+
+[[rule]]
+name = "cpu-busy"
+[rule.match]
+key = "cpu.total"
+[rule.diagnose]
+specialist = "top-cpu"
+args = { sample = "2s" }
+
+# What fills a filesystem (the demo's nodes allow no path: the answer is
+# the node policy's refusal, as it would be on a node that does not allow it).
+[[rule]]
+name = "disk-filling"
+[rule.match]
+key = "fs.used:*"
+[rule.diagnose]
+specialist = "disk-usage"
+args = { path = "{subject}" }
+
+[[rule]]
+name = "link-down"
+[rule.match]
+key = "if.link:*"
+[rule.diagnose]
+specialist = "if-diagnose"
+args = { interface = "{subject}", source = "os" }
+"#;
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = std::path::absolute(&args.dir)?;
     std::fs::create_dir_all(dir.join("logs"))
@@ -102,6 +144,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             dry_run: false,
         },
     )?;
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(rules.join("demo.toml"), DEMO_RULES)?;
+    eprintln!("#   agad kb apply {d}/rules");
+    crate::kb_cmd::run(crate::kb_cmd::KbCommand::Apply {
+        rules,
+        dry_run: false,
+        mor: admin_cmd::MorDir {
+            dir: mor_dir.clone(),
+        },
+    })?;
 
     let mut names = Vec::new();
     for (domain, station, nodes) in DOMAINS {
@@ -158,8 +211,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("  export AGAD_MOR_DIR={d}/mor");
     eprintln!("  agad status             # domains, their managers, nodes and modules");
     eprintln!(
-        "  agad alarms             # alarms in BIG (lab-1 alarms: a process it watches is missing)"
+        "  agad alarms             # alarms in BIG (lab-1 alarms: a process it watches is missing),"
     );
+    eprintln!(
+        "                          # each with the rule that acted and its specialist's diagnosis"
+    );
+    eprintln!("  agad kb stats           # how often each rule of {d}/rules helped");
     eprintln!(
         "  agad report             # consolidated reports, one per domain per {}s window",
         args.window_secs
@@ -227,7 +284,10 @@ fn publisher_key(dir: &Path) -> anyhow::Result<SecretKey> {
 /// Signs the built-in inspectors into `<dir>/<name>.agad`.
 fn sign_builtins(dir: &Path, key: &SecretKey) -> anyhow::Result<Vec<PathBuf>> {
     let mut bundles = Vec::new();
-    for builtin in agad_modules::INSPECTORS {
+    let builtins = agad_modules::INSPECTORS
+        .iter()
+        .chain(agad_modules::SPECIALISTS);
+    for builtin in builtins {
         if NEEDS_AGENT.contains(&builtin.name) {
             continue;
         }

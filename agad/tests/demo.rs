@@ -81,6 +81,25 @@ fn connected(dir: &Path, node: &str) -> bool {
         .is_some_and(|c| c["state"].get("connected").is_some())
 }
 
+/// Whether a case of `rule` about `node` is diagnosed in the demo's BIG
+/// (`agad alarms --json`), with top-cpu's result.
+fn diagnosed(dir: &Path, node: &str, rule: &str) -> bool {
+    let out = Command::new(AGAD)
+        .args(["alarms", "--json", "--node", node])
+        .env("AGAD_MOR_DIR", dir.join("mor"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .flat_map(|a| a["cases"].as_array().cloned().unwrap_or_default())
+        .any(|c| {
+            c["rule"] == rule
+                && c["state"] == "diagnosed"
+                && c["results"][0][1]["specialist"] == "top-cpu"
+        })
+}
+
 fn wait_until(what: &str, demo: &Demo, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
@@ -145,6 +164,10 @@ fn the_demo_outlives_a_killed_node_and_its_restart_script_brings_it_back() {
     // Everything else keeps running.
     assert!(demo.child.try_wait().unwrap().is_none(), "{}", demo.text());
     assert!(connected(&dir, "campus-2") && connected(&dir, "lab-1"));
+    // The demo's knowledge base diagnosed lab-1's missing process there.
+    wait_until("lab-1's missing process diagnosed", &demo, || {
+        diagnosed(&dir, "lab-1", "process-missing")
+    });
 
     let out = Command::new("sh").arg(&script).output().unwrap();
     assert!(out.status.success(), "{out:?}");

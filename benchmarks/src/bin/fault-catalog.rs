@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         d.path("rules/faults.toml"),
         "[[rule]]\nname = \"cpu-hog\"\n[rule.match]\nkey = \"cpu.total\"\n\
-         [rule.diagnose]\nspecialist = \"top-cpu\"\nargs = { sample = \"500ms\" }\n\n\
+         [rule.diagnose]\nspecialist = \"top-cpu\"\nargs = { sample = \"250ms\" }\n\n\
          [[rule]]\nname = \"service-down\"\n[rule.match]\nkey = \"proc.running:*\"\n\
          [rule.diagnose]\nspecialist = \"top-cpu\"\nargs = { sample = \"100ms\" }\n\
          [rule.fix]\nspecialist = \"service-restart\"\nargs = { service = \"{subject}\" }\n\
@@ -223,7 +223,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "(diagnosis: the specialist's own work included — top-cpu samples 500 ms, if-diagnose \
+        "(diagnosis: the specialist's own work included — top-cpu samples 250 ms, if-diagnose \
          500 ms; the inspector period is 1 s, so `2 periods` is 2 s)"
     );
     Ok(())
