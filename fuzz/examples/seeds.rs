@@ -12,6 +12,7 @@ use agad_fuzz::snmp_walk::{BOOTS, ENGINE_ID, TIME};
 use agad_fuzz::{NOW, check_body, check_bundle, check_snmp, header, publisher};
 use agad_protocol::attest;
 use agad_protocol::message::{Alarm, Comparison, Report, Severity, Summary};
+use agad_protocol::run;
 use agad_protocol::topology::{self, Topology};
 use agad_protocol::wire::{
     self, Component, ComponentStatus, Control, Deployment, DomainReport, Enrollment, HEADER_LEN,
@@ -338,7 +339,54 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
                 reason: "module bytes altered on disk".into(),
             }],
         }))),
+        Message::Control(Control::Run(Box::new(run::RunRequest {
+            id: "edge-1/cpu-mem/7#cpu-hog#diagnose".into(),
+            module: bundles[0].without_bytes(),
+            args: vec![("sample".into(), "1s".into())],
+            deadline_ms: 30_000,
+        }))),
+        Message::Alarm(Queued {
+            seq: 9,
+            body: Upward::RunResult(run_result()),
+        }),
+        Message::Alarm(Queued {
+            seq: 10,
+            body: Upward::Case(run::Case {
+                alarm_id: "edge-1/cpu-mem/7".into(),
+                node: "edge-1".into(),
+                key: "cpu.total".into(),
+                rule: "cpu-hog".into(),
+                steps: vec![(run::StepKind::Diagnose, "top-cpu".into())],
+                results: vec![(run::StepKind::Diagnose, run_result())],
+                state: run::CaseState::Escalated {
+                    to: "ops".into(),
+                    reason: "no fix applied".into(),
+                },
+                cleared_ms: None,
+                revision: 2,
+                opened_ms: 1_700_000_000_000,
+                updated_ms: 1_700_000_001_000,
+            }),
+        }),
     ]
+}
+
+fn run_result() -> run::RunResult {
+    run::RunResult {
+        id: "edge-1/cpu-mem/7#cpu-hog#diagnose".into(),
+        node: "edge-1".into(),
+        specialist: "top-cpu".into(),
+        provenance: Default::default(),
+        outcome: run::RunOutcome::Diagnosed {
+            summary: "pid 4242 (hog) uses 99.8% of a core".into(),
+            facts: vec![
+                ("pid".into(), "4242".into()),
+                ("cause".into(), "cpu-hog".into()),
+            ],
+        },
+        started_ms: 1_700_000_000_000,
+        finished_ms: 1_700_000_001_000,
+    }
 }
 
 /// Bytes of one seed, named by kind and index.

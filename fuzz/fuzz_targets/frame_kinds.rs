@@ -32,6 +32,7 @@ fn prefix(kind: MessageKind) -> &'static [u8] {
         MessageKind::Reports => &[2],
         MessageKind::Attest => &[0, 13],
         MessageKind::Attestation => &[0, 14],
+        MessageKind::Run => &[0, 15],
     }
 }
 
