@@ -44,7 +44,8 @@ use anyhow::{Context, bail};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const HELP: &str = "fault-catalog: fault injected → right diagnosis (and fix) at the top manager (real processes, root)
-usage: fault-catalog [--repeat N]
+usage: fault-catalog [--quick] [--repeat N]
+  --quick      one injection per fault
   --repeat N   injections per fault (default 3)
 needs target/release/agad: cargo build --release -p agad -p agad-benchmarks";
 
@@ -75,7 +76,8 @@ fn main() -> anyhow::Result<()> {
         println!("{HELP}");
         return Ok(());
     }
-    let repeat: usize = args.value("--repeat")?.unwrap_or(3);
+    let quick = args.flag("--quick");
+    let repeat: usize = args.value("--repeat")?.unwrap_or(if quick { 1 } else { 3 });
     args.finish()?;
     if !agad_tests::netns::running_as_root() {
         bail!("fault-catalog mounts a tmpfs and makes a network namespace: run it as root");

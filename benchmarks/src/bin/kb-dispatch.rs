@@ -39,7 +39,8 @@ use std::time::Duration;
 
 const HELP: &str =
     "kb-dispatch: alarm leaving a node → the specialist BCN chose starting on it (real processes)
-usage: kb-dispatch [--nodes N] [--warm N] [--period-ms MS]
+usage: kb-dispatch [--quick] [--nodes N] [--warm N] [--period-ms MS]
+  --quick         3 nodes, 10 warm runs each
   --nodes N       nodes, one after another, each giving one cold run (default 10)
   --warm N        warm runs measured per node after its cold one (default 20)
   --period-ms MS  one alarm (and one run) per this period (default 500)
@@ -56,8 +57,9 @@ fn main() -> anyhow::Result<()> {
         println!("{HELP}");
         return Ok(());
     }
-    let nodes: usize = args.value("--nodes")?.unwrap_or(10);
-    let warm: usize = args.value("--warm")?.unwrap_or(20);
+    let quick = args.flag("--quick");
+    let nodes: usize = args.value("--nodes")?.unwrap_or(if quick { 3 } else { 10 });
+    let warm: usize = args.value("--warm")?.unwrap_or(if quick { 10 } else { 20 });
     let period_ms: u64 = args.value("--period-ms")?.unwrap_or(500);
     args.finish()?;
     if nodes == 0 || period_ms == 0 {
