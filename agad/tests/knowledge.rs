@@ -241,3 +241,36 @@ fn a_filling_filesystem_is_diagnosed_by_disk_usage_naming_the_directory() -> any
     );
     d.check()
 }
+
+#[test]
+fn a_rule_starts_an_inspector_on_the_alarms_node_for_a_while() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("app-watch")?;
+    // When the CPU is busy, watch for a process there for 4 s.
+    start(
+        &mut d,
+        "[[rule]]\nname = \"watch-when-busy\"\n[rule.match]\nkey = \"cpu.total\"\n\
+         [rule.start]\nmodule = \"app-watch\"\nconfig = { processes = \"agad-kb-missing\", period = \"500ms\", raise_after = 1 }\nfor = \"4s\"\n",
+    )?;
+    let _hog = Hog::start()?;
+    // The started inspector runs: its alarm about the missing process
+    // reaches BIG from the node.
+    d.wait_for("app-watch's alarm from the started inspector", |d| {
+        Ok(d.alarms()?
+            .into_iter()
+            .find(|a| a.node == NODE && a.module == "app-watch" && a.raised))
+    })?;
+    // And it is stopped again when its time runs out.
+    d.wait_for("the started inspector stopped again", |d| {
+        Ok(d.log(STATION)
+            .contains("a rule's start ran out")
+            .then_some(()))
+    })?;
+    d.wait_for("app-watch stopped on the node", |d| {
+        Ok(d.log(NODE)
+            .lines()
+            .any(|l| l.contains("stopping") && l.contains("module=app-watch"))
+            .then_some(()))
+    })?;
+    d.check()
+}
