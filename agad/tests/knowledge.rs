@@ -274,3 +274,45 @@ fn a_rule_starts_an_inspector_on_the_alarms_node_for_a_while() -> anyhow::Result
     })?;
     d.check()
 }
+
+#[test]
+fn a_run_the_nodes_policy_refuses_is_recorded_and_escalated() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    let s = agad_modules::specialist("disk-usage").unwrap();
+    d.publish("disk-usage", s.wasm, s.manifest_toml)?;
+    // The node's policy allows no path to disk-usage (the default).
+    start(
+        &mut d,
+        "[[rule]]\nname = \"busy-look-at-var\"\n[rule.match]\nkey = \"cpu.total\"\n\
+         [rule.diagnose]\nspecialist = \"disk-usage\"\nargs = { path = \"/var\" }\n\
+         [rule.fix]\nspecialist = \"top-cpu\"\n[rule.escalate]\nto = \"ops-oncall\"\n",
+    )?;
+    let _hog = Hog::start()?;
+    let case = d.wait_for("the refused run's case escalated in BIG", |d| {
+        Ok(d.cases(NODE)?
+            .into_iter()
+            .find(|c| c["rule"] == "busy-look-at-var" && variant(&c["state"]) == "escalated"))
+    })?;
+    let result = &case["results"][0][1];
+    assert_eq!(variant(&result["outcome"]), "refused", "{case}");
+    assert!(
+        result["outcome"]["refused"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("polic")),
+        "{case}"
+    );
+    assert_eq!(case["state"]["escalated"]["to"], "ops-oncall", "{case}");
+    let stats = d.agad(&["kb", "stats", "--json"])?;
+    let stats: Value = serde_json::from_str(&stats)?;
+    let row = stats
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["rule"] == "busy-look-at-var"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (row["escalated"].as_u64(), row["refused"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    d.check()
+}
