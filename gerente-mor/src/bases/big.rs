@@ -515,6 +515,10 @@ impl Big {
                     // entry that leads here: a crash in between leaves
                     // something the next prune still finds.
                     self.alarms_by_node.remove(&under(&lp(&a.node), &key))?;
+                    // Its knowledge-base cases go with it.
+                    for (case, _) in self.cases.scan_prefix(format!("{}#", a.id).as_bytes())? {
+                        self.cases.remove(&case)?;
+                    }
                     self.alarms.remove(id)?;
                     pruned.alarms += 1;
                 }
@@ -754,6 +758,23 @@ pub(crate) mod tests {
         for start in [0, 500, 1000] {
             big.record_report(&report("d", start, &["n1"])).unwrap();
         }
+        let case = |alarm_id: &str| Case {
+            alarm_id: alarm_id.into(),
+            node: "n1".into(),
+            key: "k".into(),
+            rule: "r".into(),
+            steps: vec![],
+            results: vec![],
+            state: agad_protocol::run::CaseState::Diagnosed,
+            cleared_ms: None,
+            revision: 1,
+            opened_ms: 10,
+            updated_ms: 10,
+        };
+        // A case of the active raise and one of the cleared one.
+        assert!(big.record_case(&case("n1/m/1")).unwrap());
+        assert!(big.record_case(&case("n1/m/2")).unwrap());
+        assert!(!big.record_case(&case("n1/m/2")).unwrap(), "same revision");
         let pruned = big.prune(600).unwrap();
         assert_eq!(
             pruned,
@@ -767,6 +788,11 @@ pub(crate) mod tests {
         assert_eq!(big.alarms_by_node.len(), 2, "no index entry left behind");
         assert_eq!(big.reports_by_domain.len(), 1);
         assert_eq!(big.reports_by_node.len(), 1);
+        assert_eq!(big.cases_of("n1/m/1").unwrap().len(), 1);
+        assert!(
+            big.cases_of("n1/m/2").unwrap().is_empty(),
+            "pruned with its alarm"
+        );
         assert_eq!(big.prune(600).unwrap(), Pruned::default());
     }
 }
