@@ -703,16 +703,27 @@ fn expire(station: &Station) -> Result<(), StorageError> {
             changed = true;
         }
     }
+    // A station that stepped down will not see its nodes again: another
+    // station serves them, and their results go there.
+    let stepped_down = station.is_stepped_down();
     for (id, pending) in pending_runs(station) {
         let connected = station.nodes.lock().contains_key(&pending.node);
-        if connected && now > pending.sent_ms + pending.deadline_ms + RESULT_GRACE_MS {
+        if (connected || stepped_down)
+            && now > pending.sent_ms + pending.deadline_ms + RESULT_GRACE_MS
+        {
             d.pending.remove(id.as_bytes())?;
             if let Some(mut case) = d.case(&pending.case)? {
-                let reason = format!(
-                    "{} sent no result within its deadline and {} s more",
-                    pending.node,
-                    RESULT_GRACE_MS / 1000
-                );
+                let reason = if stepped_down {
+                    "this manager stepped down before the result came: the node \
+                     reports to the manager now serving the domain"
+                        .to_owned()
+                } else {
+                    format!(
+                        "{} sent no result within its deadline and {} s more",
+                        pending.node,
+                        RESULT_GRACE_MS / 1000
+                    )
+                };
                 case.state = CaseState::Failed { reason };
                 save(station, case, now)?;
             }
