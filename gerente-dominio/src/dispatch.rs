@@ -286,12 +286,14 @@ fn evaluate_inbox(station: &Station) -> Result<(), StorageError> {
         return Ok(());
     }
     let kb = d.kb();
+    // Acted on, then marked evaluated, then out of the inbox: writes reach
+    // the disk in order, so a crash in between evaluates the alarm again
+    // (its cases and runs, keyed by alarm and rule, are not made twice)
+    // rather than never.
     for (key, value) in entries {
-        d.inbox.remove(&key)?;
-        if d.evaluated.insert_new(&key, &[])? {
-            let Ok(alarm) = wire::decode_value::<Alarm>(&value) else {
-                continue;
-            };
+        if d.evaluated.get(&key)?.is_none()
+            && let Ok(alarm) = wire::decode_value::<Alarm>(&value)
+        {
             let now = crate::now_ms();
             if alarm.raised {
                 if let Some(kb) = &kb {
@@ -300,7 +302,9 @@ fn evaluate_inbox(station: &Station) -> Result<(), StorageError> {
             } else {
                 confirm_fixes(station, &alarm, now)?;
             }
+            d.evaluated.insert(&key, &[])?;
         }
+        d.inbox.remove(&key)?;
     }
     let state = wire::encode_value(&*lock(&d.state));
     d.meta.insert(STATE, &state)?;
