@@ -360,14 +360,18 @@ fn open_cases(
                     opened_ms: now,
                     updated_ms: now,
                 };
-                match chain.diagnose.render_args(alarm, &[]) {
-                    Ok(args) => {
-                        let case = save(station, case, now)?;
-                        start_run(station, case, chain, StepKind::Diagnose, args, now)?;
+                let run = match chain.diagnose.render_args(alarm, &[]) {
+                    Ok(args) => record_run(station, &case, chain, StepKind::Diagnose, args, now)?,
+                    Err(missing) => Err(format!("diagnosis not run: {missing}")),
+                };
+                match run {
+                    Ok((id, pending)) => {
+                        save(station, case, now)?;
+                        station.bases.flush()?;
+                        send_run(station, &id, &pending);
                     }
-                    Err(missing) => {
-                        case.state =
-                            end_without_fix(chain, format!("diagnosis not run: {missing}"));
+                    Err(reason) => {
+                        case.state = end_without_fix(chain, reason);
                         save(station, case, now)?;
                     }
                 }
@@ -438,35 +442,31 @@ fn end_without_fix(chain: &Chain, reason: String) -> CaseState {
     }
 }
 
-/// Records a run of `step` of `chain` as pending, then sends it if its
-/// node is connected. A specialist this domain was not given ends the
-/// case at once (escalated, or failed), never silently.
-fn start_run(
+/// A run of `step` of `chain` for `case`, recorded as pending (the caller
+/// saves the case, then sends it). Recorded before the case says it runs:
+/// a crash in between leaves a run the case's next write will name, never
+/// a case waiting on a run nobody recorded. `Err(reason)`: the specialist
+/// was not given to this domain, which ends the case (never silently).
+fn record_run(
     station: &Station,
-    case: Case,
+    case: &Case,
     chain: &Chain,
     step: StepKind,
     args: Vec<(String, String)>,
     now: u64,
-) -> Result<(), StorageError> {
-    let (specialist, deadline_ms) = match step {
-        StepKind::Diagnose => (&chain.diagnose.specialist, chain.diagnose.deadline_ms),
-        StepKind::Fix => match &chain.fix {
-            Some(fix) => (&fix.step.specialist, fix.step.deadline_ms),
-            None => return Ok(()),
-        },
+) -> Result<Result<(String, Pending), String>, StorageError> {
+    let (specialist, deadline_ms) = match (step, &chain.fix) {
+        (StepKind::Diagnose, _) => (&chain.diagnose.specialist, chain.diagnose.deadline_ms),
+        (StepKind::Fix, Some(fix)) => (&fix.step.specialist, fix.step.deadline_ms),
+        (StepKind::Fix, None) => return Ok(Err("the rule has no fix".into())),
     };
     let published = station
         .replica()
         .is_some_and(|r| r.modules.iter().any(|m| m.manifest.name == *specialist));
     if !published {
-        let mut case = case;
-        case.state = end_without_fix(
-            chain,
-            format!("{step} not run: specialist `{specialist}` is not published to this domain"),
-        );
-        save(station, case, now)?;
-        return station.bases.flush();
+        return Ok(Err(format!(
+            "{step} not run: specialist `{specialist}` is not published to this domain"
+        )));
     }
     let id = run_id(&case.alarm_id, &case.rule, step);
     let pending = Pending {
@@ -482,9 +482,7 @@ fn start_run(
         .dispatch
         .pending
         .insert(id.as_bytes(), &wire::encode_value(&pending))?;
-    station.bases.flush()?;
-    send_run(station, &id, &pending);
-    Ok(())
+    Ok(Ok((id, pending)))
 }
 
 /// Sends one pending run to its node, if connected: the manifest, and the
@@ -587,39 +585,48 @@ pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError
         tracing::info!(run = %result.id, "result of no pending run (already recorded or given up): kept only in the log");
         return Ok(());
     };
-    d.pending.remove(result.id.as_bytes())?;
     let Some(mut case) = d.case(&pending.case)? else {
+        d.pending.remove(result.id.as_bytes())?;
         return station.bases.flush();
     };
+    if case.results.iter().any(|(_, r)| r.id == result.id) {
+        // Delivered again after a crash that came after the case was
+        // written: only the pending run is left to clear.
+        d.pending.remove(result.id.as_bytes())?;
+        return station.bases.flush();
+    }
     tracing::info!(run = %result.id, outcome = %result.outcome.label(), "specialist result received");
     let outcome = result.outcome.clone();
+    let run = result.id.clone();
     case.results.push((pending.step, result));
     let chain = d.kb().and_then(|kb| match &kb.rule(&case.rule)?.action {
         Action::Chain(chain) => Some(chain.clone()),
         _ => None,
     });
-    let mut fix_args = None;
+    let mut next = None;
     case.state = match (pending.step, &outcome, &chain) {
         (StepKind::Diagnose, RunOutcome::Diagnosed { facts, .. }, Some(chain)) => {
             match &chain.fix {
                 None => CaseState::Diagnosed,
                 Some(fix) if fix.condition.as_ref().is_none_or(|c| c.holds(facts)) => {
                     let alarm = station.bases.alarm(&case.alarm_id)?;
-                    match alarm.map(|a| fix.step.render_args(&a, facts)) {
+                    let run = match alarm.map(|a| fix.step.render_args(&a, facts)) {
                         Some(Ok(args)) => {
-                            fix_args = Some(args);
+                            record_run(station, &case, chain, StepKind::Fix, args, now)?
+                        }
+                        Some(Err(missing)) => Err(format!("fix not run: {missing}")),
+                        None => Err("fix not run: the alarm is not in BICD".into()),
+                    };
+                    match run {
+                        Ok(run) => {
+                            next = Some(run);
                             case.steps
                                 .push((StepKind::Fix, fix.step.specialist.clone()));
                             CaseState::Running {
                                 step: StepKind::Fix,
                             }
                         }
-                        Some(Err(missing)) => {
-                            end_without_fix(chain, format!("fix not run: {missing}"))
-                        }
-                        None => {
-                            end_without_fix(chain, "fix not run: the alarm is not in BICD".into())
-                        }
+                        Err(reason) => end_without_fix(chain, reason),
                     }
                 }
                 Some(fix) => end_without_fix(
@@ -655,11 +662,11 @@ pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError
             }
         }
     };
-    let case = save(station, case, now)?;
-    if let (Some(args), Some(chain)) = (fix_args, &chain) {
-        start_run(station, case, chain, StepKind::Fix, args, now)?;
-    } else {
-        station.bases.flush()?;
+    save(station, case, now)?;
+    d.pending.remove(run.as_bytes())?;
+    station.bases.flush()?;
+    if let Some((id, pending)) = next {
+        send_run(station, &id, &pending);
     }
     Ok(())
 }
