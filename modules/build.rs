@@ -18,6 +18,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("if-health", "inspectors/if-health"),
     ("app-watch", "inspectors/app-watch"),
     ("snmp-threshold", "inspectors/snmp-threshold"),
+    ("link-watch", "probes/link-watch"),
     ("top-cpu", "specialists/top-cpu"),
     ("disk-usage", "specialists/disk-usage"),
     ("if-diagnose", "specialists/if-diagnose"),

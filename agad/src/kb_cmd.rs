@@ -282,13 +282,13 @@ fn catalog(arg: &CatalogArg) -> anyhow::Result<Catalog> {
             Catalog::default()
         }
     };
-    // What the runtime raises itself, and the built-in inspectors with
+    // What the runtime raises itself, and the built-in inspectors and probes with
     // the keys and metrics their manifests declare (a catalog file's own
     // entry for one of them keeps its configuration keys).
     let runtime = Catalog::with_runtime();
     catalog.keys.extend(runtime.keys);
     catalog.metrics.extend(runtime.metrics);
-    for builtin in agad_modules::INSPECTORS {
+    for builtin in agad_modules::INSPECTORS.iter().chain(agad_modules::PROBES) {
         let spec = ManifestSpec::from_toml(builtin.manifest_toml)
             .map_err(|e| anyhow::anyhow!("built-in {}: {e}", builtin.name))?;
         let config = catalog

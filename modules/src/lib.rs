@@ -56,6 +56,15 @@ pub fn inspector(name: &str) -> Option<&'static BuiltIn> {
     INSPECTORS.iter().find(|m| m.name == name)
 }
 
+/// The built-in probes: resident modules (the inspector world) that
+/// measure the network from the node rather than read it.
+pub const PROBES: &[BuiltIn] = &[built_in!("link-watch", "probes/link-watch", "link_watch")];
+
+/// The built-in resident module (inspector or probe) called `name`.
+pub fn resident(name: &str) -> Option<&'static BuiltIn> {
+    INSPECTORS.iter().chain(PROBES).find(|m| m.name == name)
+}
+
 /// The five built-in specialists (run once, on demand, with arguments).
 pub const SPECIALISTS: &[BuiltIn] = &[
     built_in!("top-cpu", "specialists/top-cpu", "top_cpu"),
@@ -94,7 +103,7 @@ mod tests {
 
     #[test]
     fn every_inspector_is_a_component_with_a_manifest_of_its_name() {
-        for builtin in INSPECTORS.iter().chain(SPECIALISTS) {
+        for builtin in INSPECTORS.iter().chain(PROBES).chain(SPECIALISTS) {
             // Component-model binary: magic, then version 0x0d and layer 1.
             assert_eq!(&builtin.wasm[..8], b"\0asm\x0d\0\x01\0", "{}", builtin.name);
             assert!(

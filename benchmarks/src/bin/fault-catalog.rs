@@ -15,16 +15,13 @@
 //! | killed service | `kill -9` of a small service allow-listed in the node's policy | app-watch → `proc.running:<svc>` | top-cpu, then service-restart (fix), confirmed by the clear |
 //! | filling filesystem | 3.5 MiB written into one directory of a 4 MiB tmpfs | disk-space → `fs.used:<mount>` | disk-usage, `path` of that directory |
 //! | interface down | the far end of a veth pair (in a namespace of its own) set down | if-health (os) → `if.link:<if>` | if-diagnose, `cause` `link-down` |
+//! | link loss | 40 % of the far end's outgoing packets dropped (nftables `numgen random`: this kernel has no `netem`) | the link-watch probe (echoes every second) → `link.loss:<address>` | link-probe, `cause` `loss` |
 //!
 //! **What is timed**: from the injection (wall clock) to the GM's `case
 //! stored` log line with the state sought (µs, same machine clock). The
 //! diagnosis is checked (the hog's pid, the directory, the cause); a wrong
 //! one is reported, not timed. Each fault is injected `--repeat` times,
 //! recovering (and waiting for the clear) in between.
-//!
-//! Link loss (`tc netem`) is not in the catalog: no built-in inspector
-//! raises an alarm on packet loss (link-probe is a specialist, run once
-//! a rule asks), so there is no alarm to start from.
 //!
 //! Needs root (tmpfs, namespace). Run:
 //!
@@ -47,13 +44,16 @@ const HELP: &str = "fault-catalog: fault injected → right diagnosis (and fix) 
 usage: fault-catalog [--quick] [--repeat N]
   --quick      one injection per fault
   --repeat N   injections per fault (default 3)
-needs target/release/agad: cargo build --release -p agad -p agad-benchmarks";
+needs root, nftables and target/release/agad: cargo build --release -p agad -p agad-benchmarks";
 
 const STATION: &str = "s1";
 const NODE: &str = "n1";
 const PERIOD: Duration = Duration::from_secs(1);
 const IFACE: &str = "agadf0";
 const PEER: &str = "agadf1";
+/// The veth pair's addresses: the node's end, and the far end link-watch probes.
+const NEAR: &str = "10.203.0.1/30";
+const FAR: &str = "10.203.0.2";
 const GOAL_FIX: Duration = Duration::from_secs(10);
 
 fn now_us() -> i64 {
@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
     let tmpfs = Tmpfs::mount(4 * 1024 * 1024)?;
     std::fs::create_dir_all(tmpfs.path().join("logs/app"))?;
     std::fs::create_dir_all(tmpfs.path().join("cache"))?;
+    agad_tests::network::ensure_nft()?;
     let ns = Netns::empty("faults")?;
     run(
         "ip",
@@ -103,14 +104,35 @@ fn main() -> anyhow::Result<()> {
             ns.name(),
         ],
     )?;
+    run("ip", &["addr", "add", NEAR, "dev", IFACE])?;
     run("ip", &["link", "set", IFACE, "up"])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            ns.name(),
+            "addr",
+            "add",
+            &format!("{FAR}/30"),
+            "dev",
+            PEER,
+        ],
+    )?;
     run("ip", &["-n", ns.name(), "link", "set", PEER, "up"])?;
 
     let mut d = processes::start("info,agad_gerente_mor::stations=debug")?;
     for inspector in ["cpu-mem", "app-watch", "disk-space", "if-health"] {
         d.publish_inspector(inspector)?;
     }
-    for name in ["top-cpu", "service-restart", "disk-usage", "if-diagnose"] {
+    let probe = agad_modules::resident("link-watch").context("no built-in link-watch")?;
+    d.publish("link-watch", probe.wasm, probe.manifest_toml)?;
+    for name in [
+        "top-cpu",
+        "service-restart",
+        "disk-usage",
+        "if-diagnose",
+        "link-probe",
+    ] {
         let s = agad_modules::specialist(name).with_context(|| format!("no built-in {name}"))?;
         d.publish(name, s.wasm, s.manifest_toml)?;
     }
@@ -121,7 +143,8 @@ fn main() -> anyhow::Result<()> {
          [[assign]]\nmodule = \"cpu-mem\"\nnodes = [\"{NODE}\"]\n[assign.config]\n{common}threshold = 40\n\n\
          [[assign]]\nmodule = \"app-watch\"\nnodes = [\"{NODE}\"]\n[assign.config]\n{common}processes = \"{svc}\"\n\n\
          [[assign]]\nmodule = \"disk-space\"\nnodes = [\"{NODE}\"]\n[assign.config]\n{common}mounts = \"{mount}\"\nused_percent = 80\n\n\
-         [[assign]]\nmodule = \"if-health\"\nnodes = [\"{NODE}\"]\n[assign.config]\n{common}source = \"os\"\ninterfaces = \"{IFACE}\"\n",
+         [[assign]]\nmodule = \"if-health\"\nnodes = [\"{NODE}\"]\n[assign.config]\n{common}source = \"os\"\ninterfaces = \"{IFACE}\"\n\n\
+         [[assign]]\nmodule = \"link-watch\"\nnodes = [\"{NODE}\"]\n[assign.config]\n{common}targets = \"{FAR}\"\ncount = 5\ntimeout = \"200ms\"\n",
         svc = service.name(),
         mount = tmpfs.path_text(),
     ))?;
@@ -137,7 +160,9 @@ fn main() -> anyhow::Result<()> {
          [[rule]]\nname = \"disk-filling\"\n[rule.match]\nkey = \"fs.used:*\"\n\
          [rule.diagnose]\nspecialist = \"disk-usage\"\nargs = { path = \"{subject}\" }\n\n\
          [[rule]]\nname = \"link-down\"\n[rule.match]\nkey = \"if.link:*\"\n\
-         [rule.diagnose]\nspecialist = \"if-diagnose\"\nargs = { interface = \"{subject}\", sample = \"500ms\", source = \"os\" }\n",
+         [rule.diagnose]\nspecialist = \"if-diagnose\"\nargs = { interface = \"{subject}\", sample = \"500ms\", source = \"os\" }\n\n\
+         [[rule]]\nname = \"link-loss\"\n[rule.match]\nkey = \"link.loss:*\"\n\
+         [rule.diagnose]\nspecialist = \"link-probe\"\nargs = { target = \"{subject}\", count = 8, timeout = \"200ms\", hops = 0 }\n",
     )?;
     d.agad(&["kb", "apply", "rules"])?;
     let station = d.start_station(STATION)?;
@@ -160,6 +185,7 @@ fn main() -> anyhow::Result<()> {
     let mut svc = Figures::default();
     let mut disk = Figures::default();
     let mut link = Figures::default();
+    let mut loss = Figures::default();
     for round in 1..=repeat {
         eprintln!("round {round}/{repeat}: CPU hog");
         let t0 = now_us();
@@ -196,6 +222,34 @@ fn main() -> anyhow::Result<()> {
         })?;
         run("ip", &["-n", ns.name(), "link", "set", PEER, "up"])?;
         wait_cleared(&mut d, &format!("if.link:{IFACE}"))?;
+        // link-watch lost every echo while the link was down.
+        wait_cleared(&mut d, &format!("link.loss:{FAR}"))?;
+
+        eprintln!("round {round}/{repeat}: link loss");
+        let t0 = now_us();
+        let nft = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns.name(), "nft"];
+            all.extend_from_slice(args);
+            run("ip", &all)
+        };
+        nft(&["add", "table", "inet", "agad_fc"])?;
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            "agad_fc",
+            "out",
+            "{ type filter hook output priority 0; }",
+        ])?;
+        nft(&[
+            "add", "rule", "inet", "agad_fc", "out", "oifname", PEER, "numgen", "random", "mod",
+            "100", "<", "40", "drop",
+        ])?;
+        measure(&mut d, "link-loss", t0, &mut loss, |facts| {
+            facts.contains("\"loss\"")
+        })?;
+        nft(&["delete", "table", "inet", "agad_fc"])?;
+        wait_cleared(&mut d, &format!("link.loss:{FAR}"))?;
     }
 
     println!();
@@ -215,6 +269,7 @@ fn main() -> anyhow::Result<()> {
         ("killed service", &svc),
         ("filling filesystem", &disk),
         ("interface down", &link),
+        ("link loss (40 %)", &loss),
     ] {
         row(name, "diagnosis", &f.diagnosed, two_periods);
         if !f.fixed.is_empty() {
