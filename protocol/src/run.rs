@@ -72,6 +72,36 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
+    /// The outcome cut to what a manager accepts ([`RunResult::check_origin`]):
+    /// at most [`MAX_FACTS`] facts, every text escaped and cut to fit. A
+    /// node applies it to what a module returned before queuing it, so a
+    /// buggy specialist cannot make a result its manager refuses — which
+    /// would close the node's session at every resend.
+    pub fn bounded(self) -> RunOutcome {
+        // Room for the excerpt's "…(+N bytes)" mark.
+        let cut = |text: String| crate::text::excerpt(&text, MAX_ALARM_TEXT - 32);
+        match self {
+            RunOutcome::Diagnosed { summary, facts } => RunOutcome::Diagnosed {
+                summary: cut(summary),
+                facts: facts
+                    .into_iter()
+                    .take(MAX_FACTS)
+                    .map(|(k, v)| (cut(k), cut(v)))
+                    .collect(),
+            },
+            RunOutcome::Failed { reason } => RunOutcome::Failed {
+                reason: cut(reason),
+            },
+            RunOutcome::TimedOut { reason } => RunOutcome::TimedOut {
+                reason: cut(reason),
+            },
+            RunOutcome::Refused { reason } => RunOutcome::Refused {
+                reason: cut(reason),
+            },
+            RunOutcome::AlreadyRan => RunOutcome::AlreadyRan,
+        }
+    }
+
     /// One word, for tables and statistics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -327,6 +357,20 @@ mod tests {
             many.check_origin("n1"),
             Err(ResultRefused::TooManyFacts(_))
         ));
+        // Too many facts, and texts too long, as a buggy module returns them.
+        many.outcome = RunOutcome::Diagnosed {
+            summary: "s\n".repeat(MAX_ALARM_TEXT),
+            facts: vec![("k".into(), "v".repeat(MAX_ALARM_TEXT + 1)); MAX_FACTS + 1],
+        };
+        assert!(many.check_origin("n1").is_err());
+        // What a node queues after bounding it is accepted.
+        many.outcome = many.outcome.bounded();
+        assert_eq!(many.check_origin("n1"), Ok(()));
+        let RunOutcome::Diagnosed { summary, facts } = &many.outcome else {
+            unreachable!()
+        };
+        assert_eq!(facts.len(), MAX_FACTS);
+        assert!(!summary.contains('\n'), "escaped");
     }
 
     #[test]

@@ -464,6 +464,24 @@ impl Managed {
     /// its result; a second request for the same id is refused (and logged).
     async fn run_specialist(self: &Arc<Self>, request: RunRequest) {
         let name = request.module.manifest.name.clone();
+        // The parent's words go into this node's log, its database and its
+        // result: an id outside this node's id space would make a result the
+        // parent refuses, at every resend.
+        let own = request
+            .id
+            .strip_prefix(self.node.settings().name.as_str())
+            .is_some_and(|rest| rest.starts_with('/'));
+        if !own
+            || request.id.len() > agad_protocol::message::MAX_ALARM_TEXT
+            || agad_protocol::validate_module_name(&name).is_err()
+        {
+            tracing::warn!(
+                id = %agad_protocol::text::excerpt(&request.id, agad_protocol::text::EXCERPT),
+                specialist = %agad_protocol::text::excerpt(&name, 64),
+                "refused a run whose id is not this node's or whose module name is invalid"
+            );
+            return;
+        }
         let permit = match self.runs.accept(&request.id, &name).await {
             Ok(permit) => permit,
             Err(NotAccepted::Duplicate(id)) => {
@@ -492,6 +510,7 @@ impl Managed {
             },
         };
         drop(permit);
+        let outcome = outcome.bounded();
         tracing::info!(id = %request.id, specialist = %name, outcome = %outcome.label(), "specialist run ended");
         let result = RunResult {
             id: request.id,
