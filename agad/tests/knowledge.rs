@@ -22,8 +22,13 @@ fn deployment() -> anyhow::Result<Deployment> {
 /// Domain `d1` served by [`STATION`], node [`NODE`] running cpu-mem with a
 /// CPU threshold one busy core crosses on this 2-core machine.
 fn topology() -> String {
+    topology_served_by(&format!("\"{STATION}\""))
+}
+
+/// [`topology`] with `stations` (a TOML list's items) for d1.
+fn topology_served_by(stations: &str) -> String {
     format!(
-        "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\nreport_window = \"2s\"\n\n\
+        "[[domain]]\nname = \"d1\"\nstations = [{stations}]\nreport_window = \"2s\"\n\n\
          [[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\naddress = \"127.0.0.1\"\n\n\
          [[assign]]\nmodule = \"cpu-mem\"\nnodes = [\"{NODE}\"]\n[assign.config]\n\
          period = \"500ms\"\nthreshold = 30\nraise_after = 2\nclear_after = 2\nwindow_secs = 2\n"
@@ -121,6 +126,65 @@ fn a_domain_manager_killed_during_a_run_does_not_run_the_specialist_twice() -> a
             .any(|l| l.contains("refused a second run") && l.contains(&format!("id={run}"))),
         "no refusal of a second run of {run}:\n{log}"
     );
+    d.check()
+}
+
+/// Who serves d1, per the top manager.
+fn served_by(d: &Deployment) -> anyhow::Result<Option<String>> {
+    let status = d.status()?;
+    Ok(status["domains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["domain"] == "d1")
+        .and_then(|x| x["station"].as_str().map(str::to_owned)))
+}
+
+#[test]
+fn a_run_asked_before_a_fail_over_is_taken_over_by_the_standby() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    let top = agad_modules::specialist("top-cpu").unwrap();
+    d.publish("top-cpu", top.wasm, top.manifest_toml)?;
+    d.apply(&topology_served_by("\"s1\", \"s2\""))?;
+    // A run long enough to fail the domain over in the middle of it.
+    apply_rules(&d, &rule("5s"))?;
+    let s1 = d.start_station("s1")?;
+    d.wait_for("s1 serving d1", |d| {
+        Ok((served_by(d)?.as_deref() == Some("s1")).then_some(()))
+    })?;
+    let s2 = d.start_station("s2")?;
+    d.start_node(NODE, &format!("{s1},{s2}"))?;
+    let _hog = Hog::start()?;
+    let run = d.wait_for("a specialist run on the node", |d| {
+        Ok(d.log(NODE)
+            .lines()
+            .find(|l| l.contains("specialist run accepted"))
+            .and_then(|l| l.split_whitespace().find_map(|t| t.strip_prefix("id=")))
+            .map(str::to_owned))
+    })?;
+    // s1 dies with the run pending: s2 takes the domain over, and the
+    // node's result goes to it.
+    d.kill9("s1")?;
+    let case = diagnosed(&mut d)?;
+    assert_eq!(served_by(&d)?.as_deref(), Some("s2"));
+    let results = case["results"].as_array().cloned().unwrap_or_default();
+    assert_eq!(results.len(), 1, "{case}");
+    assert_eq!(results[0][1]["id"], run.as_str(), "{case}");
+    let text = results[0][1]["outcome"].to_string();
+    assert!(text.contains("pid"), "{text}");
+    assert!(
+        d.log("s2")
+            .contains("took over the case of a run asked for before a fail-over"),
+        "{}",
+        d.log("s2")
+    );
+    let accepted = d
+        .log(NODE)
+        .lines()
+        .filter(|l| l.contains("specialist run accepted"))
+        .count();
+    assert_eq!(accepted, 1, "{}", d.log(NODE));
     d.check()
 }
 

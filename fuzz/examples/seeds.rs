@@ -344,10 +344,11 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
             module: bundles[0].without_bytes(),
             args: vec![("sample".into(), "1s".into())],
             deadline_ms: 30_000,
+            alarm: edge_alarm(),
         }))),
         Message::Alarm(Queued {
             seq: 9,
-            body: Upward::RunResult(run_result()),
+            body: Upward::RunResult(Box::new(run_result())),
         }),
         Message::Alarm(Queued {
             seq: 10,
@@ -363,6 +364,7 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
                     reason: "no fix applied".into(),
                 },
                 cleared_ms: None,
+                generation: 3,
                 revision: 2,
                 opened_ms: 1_700_000_000_000,
                 updated_ms: 1_700_000_001_000,
@@ -386,6 +388,16 @@ fn run_result() -> run::RunResult {
         },
         started_ms: 1_700_000_000_000,
         finished_ms: 1_700_000_001_000,
+        alarm: edge_alarm(),
+    }
+}
+
+/// The alarm the seeds' specialist run answers.
+fn edge_alarm() -> Alarm {
+    Alarm {
+        id: "edge-1/cpu-mem/7".into(),
+        node: "edge-1".into(),
+        ..alarm(7)
     }
 }
 

@@ -11,7 +11,11 @@
 //!   node whenever the node (re)connects: the node runs each run id at most
 //!   once ([`agad_protocol::run::run_id`]), so a resend after a restart or
 //!   a fail-over never runs a specialist twice;
-//! - a case goes to the top manager through the outbox at every change.
+//! - a case goes to the top manager through the outbox at every change;
+//! - after a fail-over, the station now serving the domain takes over the
+//!   case of a run its predecessor asked for when the node's result comes
+//!   to it (the result carries the alarm it answers), and the top manager
+//!   keeps its revisions over the predecessor's ([`Case::supersedes`]).
 //!
 //! Rules and schedules that start or stop resident modules change the
 //! nodes' deployments: [`changes`] says how, [`crate::nodes`] applies it
@@ -21,7 +25,9 @@
 use crate::Station;
 use agad_knowledge_base::{Action, Catalog, Chain, KnowledgeBase, State, Targets, Transition};
 use agad_protocol::message::Alarm;
-use agad_protocol::run::{Case, CaseState, RunOutcome, RunRequest, RunResult, StepKind, run_id};
+use agad_protocol::run::{
+    Case, CaseState, RunOutcome, RunRequest, RunResult, StepKind, run_id, run_of,
+};
 use agad_protocol::wire::{self, Control, Message, Replica, Upward};
 use agad_storage::{Database, StorageError, Tree};
 use serde::{Deserialize, Serialize};
@@ -39,6 +45,10 @@ const REMEMBERED: usize = 100_000;
 const RESULT_GRACE_MS: u64 = 60_000;
 /// Key of the repetition state in the `kb` tree.
 const STATE: &[u8] = b"state";
+/// Results kept until a rule set is in force to take their cases over
+/// (a node may deliver one to a station that took the domain over before
+/// its replica came); past this, later ones are only logged.
+const MAX_ORPHANS: usize = 1024;
 /// Key, in the `kb` tree, of the time up to which due schedules were acted on.
 const SCHEDULED_UNTIL: &[u8] = b"scheduled-until";
 
@@ -125,6 +135,8 @@ struct Pending {
     args: Vec<(String, String)>,
     deadline_ms: u64,
     sent_ms: u64,
+    /// The alarm the run answers (sent with it, given back with the result).
+    alarm: Alarm,
 }
 
 pub struct Dispatcher {
@@ -140,6 +152,8 @@ pub struct Dispatcher {
     pending: Tree,
     /// `<node>\0<module>` → [`RuleMade`].
     rule_made: Tree,
+    /// Run id → [`RunResult`] of no case here, waiting for a rule set.
+    orphans: Tree,
     meta: Tree,
     wake: Notify,
     /// Held while a case is read, changed and written: results come from
@@ -166,6 +180,7 @@ impl Dispatcher {
             cases: db.tree("kb-cases")?,
             pending: db.tree("kb-pending")?,
             rule_made: db.tree("kb-rule-made")?,
+            orphans: db.tree("kb-orphans")?,
             meta,
             wake: Notify::new(),
             editing: Mutex::new(()),
@@ -267,6 +282,7 @@ impl Dispatcher {
 
 /// Writes `case` (one revision more) and queues it for the top manager.
 fn save(station: &Station, mut case: Case, now_ms: u64) -> Result<Case, StorageError> {
+    case.generation = station.generation();
     case.revision += 1;
     case.updated_ms = now_ms;
     let d = &station.dispatch;
@@ -356,12 +372,15 @@ fn open_cases(
                         step: StepKind::Diagnose,
                     },
                     cleared_ms: None,
+                    generation: 0,
                     revision: 0,
                     opened_ms: now,
                     updated_ms: now,
                 };
                 let run = match chain.diagnose.render_args(alarm, &[]) {
-                    Ok(args) => record_run(station, &case, chain, StepKind::Diagnose, args, now)?,
+                    Ok(args) => {
+                        record_run(station, &case, chain, StepKind::Diagnose, args, alarm, now)?
+                    }
                     Err(missing) => Err(format!("diagnosis not run: {missing}")),
                 };
                 match run {
@@ -453,6 +472,7 @@ fn record_run(
     chain: &Chain,
     step: StepKind,
     args: Vec<(String, String)>,
+    alarm: &Alarm,
     now: u64,
 ) -> Result<Result<(String, Pending), String>, StorageError> {
     let (specialist, deadline_ms) = match (step, &chain.fix) {
@@ -477,6 +497,7 @@ fn record_run(
         args,
         deadline_ms,
         sent_ms: now,
+        alarm: alarm.clone(),
     };
     station
         .dispatch
@@ -525,6 +546,7 @@ fn send_run(station: &Station, id: &str, pending: &Pending) {
         module,
         args: pending.args.clone(),
         deadline_ms: pending.deadline_ms,
+        alarm: pending.alarm.clone(),
     };
     if let Some(e) = station.nodes.lock().get_mut(&pending.node)
         && e.send(Message::Control(Control::Run(Box::new(request))))
@@ -571,23 +593,46 @@ fn pending_runs(station: &Station) -> Vec<(String, Pending)> {
 }
 
 /// A node's result: kept with its case, which moves on. Blocking. A result
-/// for no pending run (a replay, or a run given up on) is recorded only if
-/// its case does not have it yet.
+/// for no pending run is recorded only if its case does not have it yet: a
+/// replay, or a run given up on, is only logged; a run a predecessor asked
+/// for before a fail-over is taken over ([`take_over`]).
 pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError> {
     let d = &station.dispatch;
     let _editing = lock(&d.editing);
     let now = crate::now_ms();
-    let Some(pending) = d
+    let pending = d
         .pending
         .get(result.id.as_bytes())?
-        .and_then(|v| wire::decode_value::<Pending>(&v).ok())
-    else {
-        tracing::info!(run = %result.id, "result of no pending run (already recorded or given up): kept only in the log");
-        return Ok(());
-    };
-    let Some(mut case) = d.case(&pending.case)? else {
-        d.pending.remove(result.id.as_bytes())?;
-        return station.bases.flush();
+        .and_then(|v| wire::decode_value::<Pending>(&v).ok());
+    let (pending, mut case) = match pending {
+        Some(pending) => match d.case(&pending.case)? {
+            Some(case) => (pending, case),
+            None => {
+                d.pending.remove(result.id.as_bytes())?;
+                return station.bases.flush();
+            }
+        },
+        None => {
+            let key = run_of(&result.id, &result.alarm.id)
+                .map(|(rule, _)| format!("{}#{rule}", result.alarm.id));
+            if key.is_none_or(|key| d.case(&key).ok().flatten().is_some()) {
+                tracing::info!(run = %result.id, "result of no pending run (already recorded or given up): kept only in the log");
+                return Ok(());
+            }
+            let Some(kb) = d.kb() else {
+                return keep_orphan(station, &result);
+            };
+            match take_over(&kb, &result, now) {
+                Ok(taken) => {
+                    tracing::info!(run = %result.id, "took over the case of a run asked for before a fail-over");
+                    taken
+                }
+                Err(why) => {
+                    tracing::warn!(run = %result.id, "result of a run no rule here asks for: {why}; kept only in the log");
+                    return Ok(());
+                }
+            }
+        }
     };
     if case.results.iter().any(|(_, r)| r.id == result.id) {
         // Delivered again after a crash that came after the case was
@@ -609,13 +654,12 @@ pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError
             match &chain.fix {
                 None => CaseState::Diagnosed,
                 Some(fix) if fix.condition.as_ref().is_none_or(|c| c.holds(facts)) => {
-                    let alarm = station.bases.alarm(&case.alarm_id)?;
-                    let run = match alarm.map(|a| fix.step.render_args(&a, facts)) {
-                        Some(Ok(args)) => {
-                            record_run(station, &case, chain, StepKind::Fix, args, now)?
+                    let alarm = &pending.alarm;
+                    let run = match fix.step.render_args(alarm, facts) {
+                        Ok(args) => {
+                            record_run(station, &case, chain, StepKind::Fix, args, alarm, now)?
                         }
-                        Some(Err(missing)) => Err(format!("fix not run: {missing}")),
-                        None => Err("fix not run: the alarm is not in BICD".into()),
+                        Err(missing) => Err(format!("fix not run: {missing}")),
                     };
                     match run {
                         Ok(run) => {
@@ -669,6 +713,90 @@ pub fn received(station: &Station, result: RunResult) -> Result<(), StorageError
         send_run(station, &id, &pending);
     }
     Ok(())
+}
+
+/// The case of `result`, a run this station did not ask for, as the
+/// station before it opened it, if the rule set here has the rule with
+/// that specialist at that step; with the run as it would have recorded
+/// it. The case's key and its node's id space were checked with the
+/// result: a node can only make this station take over a case of its own
+/// alarms, as raising one would.
+fn take_over(kb: &KnowledgeBase, result: &RunResult, now: u64) -> Result<(Pending, Case), String> {
+    let alarm = &result.alarm;
+    let (rule, step) = run_of(&result.id, &alarm.id).ok_or("not a run of its alarm")?;
+    let chain = match kb.rule(rule).map(|r| &r.action) {
+        Some(Action::Chain(chain)) => chain,
+        Some(_) => return Err(format!("rule `{rule}` runs no specialist")),
+        None => return Err(format!("no rule `{rule}` in force here")),
+    };
+    let run = match (step, &chain.fix) {
+        (StepKind::Diagnose, _) => &chain.diagnose,
+        (StepKind::Fix, Some(fix)) => &fix.step,
+        (StepKind::Fix, None) => return Err(format!("rule `{rule}` has no fix")),
+    };
+    if run.specialist != result.specialist {
+        return Err(format!(
+            "rule `{rule}` runs `{}` to {step}, not `{}`",
+            run.specialist, result.specialist
+        ));
+    }
+    let mut steps = vec![(StepKind::Diagnose, chain.diagnose.specialist.clone())];
+    if step == StepKind::Fix {
+        steps.push((StepKind::Fix, run.specialist.clone()));
+    }
+    let case = Case {
+        alarm_id: alarm.id.clone(),
+        node: alarm.node.clone(),
+        key: alarm.key.clone(),
+        rule: rule.to_owned(),
+        steps,
+        results: Vec::new(),
+        state: CaseState::Running { step },
+        cleared_ms: None,
+        generation: 0,
+        revision: 0,
+        opened_ms: now,
+        updated_ms: now,
+    };
+    let pending = Pending {
+        case: case.key(),
+        node: alarm.node.clone(),
+        step,
+        specialist: run.specialist.clone(),
+        args: Vec::new(),
+        deadline_ms: run.deadline_ms,
+        sent_ms: now,
+        alarm: alarm.clone(),
+    };
+    Ok((pending, case))
+}
+
+/// Keeps a result no rule set here can take over yet (none is in force):
+/// taken over once one is ([`take_over_orphans`]).
+fn keep_orphan(station: &Station, result: &RunResult) -> Result<(), StorageError> {
+    let orphans = &station.dispatch.orphans;
+    if orphans.len() >= MAX_ORPHANS {
+        tracing::warn!(run = %result.id, "result of no case, and {MAX_ORPHANS} such results wait already: kept only in the log");
+        return Ok(());
+    }
+    tracing::info!(run = %result.id, "result of no case before a rule set is in force: kept until one is");
+    orphans.insert(result.id.as_bytes(), &wire::encode_value(result))?;
+    station.bases.flush()
+}
+
+/// Results kept by [`keep_orphan`], now that a rule set is in force.
+fn take_over_orphans(station: &Station) -> Result<(), StorageError> {
+    let d = &station.dispatch;
+    if d.kb().is_none() || d.orphans.is_empty() {
+        return Ok(());
+    }
+    for (key, value) in d.orphans.entries_after(b"", BATCH)? {
+        d.orphans.remove(&key)?;
+        if let Ok(result) = wire::decode_value::<RunResult>(&value) {
+            received(station, result)?;
+        }
+    }
+    station.bases.flush()
 }
 
 /// A clear of a node's key confirms the fixes waiting on it, and is noted
@@ -785,6 +913,7 @@ pub async fn run(station: Arc<Station>, mut shutdown: watch::Receiver<bool>) {
         let s = station.clone();
         let pass = tokio::task::spawn_blocking(move || {
             evaluate_inbox(&s)?;
+            take_over_orphans(&s)?;
             expire(&s)
         })
         .await;

@@ -123,6 +123,16 @@ impl Station {
         }
     }
 
+    /// The generation of this station's latest activation (0 before any),
+    /// kept once stepped down: it orders what this station writes against
+    /// what the station that took over writes.
+    pub fn generation(&self) -> u64 {
+        match &*self.activation.read().unwrap_or_else(|p| p.into_inner()) {
+            Some((a, _)) => a.generation,
+            None => 0,
+        }
+    }
+
     /// Whether another station took this one's domain over (it keeps its
     /// replica and delivers what it holds, but serves no node).
     pub fn is_stepped_down(&self) -> bool {

@@ -398,7 +398,7 @@ fn handle(
             result
                 .check_origin(&child.name)
                 .map_err(|e| SessionError::Protocol(e.to_string()))?;
-            crate::dispatch::received(station, result).map_err(storage)?;
+            crate::dispatch::received(station, *result).map_err(storage)?;
             Ok(Some(Message::Control(Control::Ack { seqs: vec![seq] })))
         }
         Message::Reports(batch) => {

@@ -583,7 +583,7 @@ fn relay(
             }
             case.check_origin()
                 .map_err(|e| SessionError::Protocol(e.to_string()))?;
-            // The top manager keeps the highest revision: relayed as it is.
+            // The top manager keeps the latest (generation, revision): relayed as it is.
             station
                 .outbox
                 .push(&Upward::Case(case))

@@ -9,7 +9,7 @@
 //! to the top manager (BIG) each time it changes.
 
 use crate::Bundle;
-use crate::message::{MAX_ALARM_TEXT, Provenance};
+use crate::message::{Alarm, AlarmRefused, MAX_ALARM_TEXT, Provenance};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -37,6 +37,21 @@ pub fn run_id(alarm_id: &str, rule: &str, step: StepKind) -> String {
     format!("{alarm_id}#{rule}#{step}")
 }
 
+/// The rule and step of run `id` for the alarm `alarm_id`: `None` when the
+/// id is not one [`run_id`] makes for that alarm.
+pub fn run_of<'a>(id: &'a str, alarm_id: &str) -> Option<(&'a str, StepKind)> {
+    let (rule, step) = id
+        .strip_prefix(alarm_id)?
+        .strip_prefix('#')?
+        .rsplit_once('#')?;
+    let step = match step {
+        "diagnose" => StepKind::Diagnose,
+        "fix" => StepKind::Fix,
+        _ => return None,
+    };
+    (!rule.is_empty()).then_some((rule, step))
+}
+
 /// Parent → node: run this specialist once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRequest {
@@ -48,6 +63,28 @@ pub struct RunRequest {
     /// The rule's deadline for the whole run (the module's own
     /// `max_time_per_call_ms` still applies).
     pub deadline_ms: u64,
+    /// The alarm the run answers. The node gives it back with the result,
+    /// so a station that takes the domain over in the middle of a run
+    /// (fail-over) can take the case over too.
+    pub alarm: Alarm,
+}
+
+impl RunRequest {
+    /// Whether `node` may run this: the alarm is the node's own, and the
+    /// id is a run of it. The parent's words go into the node's log, its
+    /// database and its result; anything else would make a result the
+    /// parent refuses at every resend.
+    pub fn check_for(&self, node: &str) -> Result<(), ResultRefused> {
+        check_run(&self.id, &self.alarm, node)
+    }
+}
+
+fn check_run(id: &str, alarm: &Alarm, node: &str) -> Result<(), ResultRefused> {
+    alarm.check_origin(node).map_err(ResultRefused::Alarm)?;
+    if id.len() > MAX_ALARM_TEXT || run_of(id, &alarm.id).is_none() {
+        return Err(ResultRefused::ForeignId(id.len()));
+    }
+    Ok(())
 }
 
 /// How a run ended. (Externally tagged, as every enum on the wire: bincode
@@ -141,6 +178,8 @@ pub struct RunResult {
     /// Milliseconds since the Unix epoch.
     pub started_ms: u64,
     pub finished_ms: u64,
+    /// The alarm the run answered ([`RunRequest::alarm`]).
+    pub alarm: Alarm,
 }
 
 /// Why a manager refuses a run result a child sent.
@@ -148,8 +187,10 @@ pub struct RunResult {
 pub enum ResultRefused {
     #[error("a run result about another node ({0} bytes of name)")]
     OtherNode(usize),
-    #[error("a run id that is not in the node's alarm id space ({0} bytes)")]
+    #[error("a run id that is not a run of its alarm ({0} bytes)")]
     ForeignId(usize),
+    #[error("a run about an alarm that is not the node's: {0}")]
+    Alarm(AlarmRefused),
     #[error("a run result with {0} facts (at most {MAX_FACTS})")]
     TooManyFacts(usize),
     #[error("a run result whose {field} has {len} bytes (at most {MAX_ALARM_TEXT})")]
@@ -157,19 +198,13 @@ pub enum ResultRefused {
 }
 
 impl RunResult {
-    /// Whether this result may come from `node`: about it, its id in the
-    /// node's own id space, and every text bounded.
+    /// Whether this result may come from `node`: about it, a run of one of
+    /// its alarms, and every text bounded.
     pub fn check_origin(&self, node: &str) -> Result<(), ResultRefused> {
         if self.node != node {
             return Err(ResultRefused::OtherNode(self.node.len()));
         }
-        if !self
-            .id
-            .strip_prefix(node)
-            .is_some_and(|rest| rest.starts_with('/'))
-        {
-            return Err(ResultRefused::ForeignId(self.id.len()));
-        }
+        check_run(&self.id, &self.alarm, node)?;
         let long = |field: &'static str, text: &str| {
             if text.len() > MAX_ALARM_TEXT {
                 Err(ResultRefused::TooLong {
@@ -262,7 +297,12 @@ pub struct Case {
     /// When the alarm cleared while its fix was running (its result not
     /// in yet): the fix is confirmed as soon as it succeeds.
     pub cleared_ms: Option<u64>,
-    /// Increases with every change: a receiver keeps the highest.
+    /// The activation generation of the station that wrote this revision:
+    /// after a fail-over the station serving the domain takes over the
+    /// cases whose runs answer to it, and what the one before it still
+    /// writes about them loses ([`Case::supersedes`]).
+    pub generation: u64,
+    /// Increases with every change a station makes.
     pub revision: u64,
     pub opened_ms: u64,
     pub updated_ms: u64,
@@ -272,6 +312,12 @@ impl Case {
     /// `<alarm id>#<rule>`: one case per (alarm, rule).
     pub fn key(&self) -> String {
         format!("{}#{}", self.alarm_id, self.rule)
+    }
+
+    /// Whether a receiver holding `held` keeps this one instead: a later
+    /// activation's, or a later revision of the same activation's.
+    pub fn supersedes(&self, held: &Case) -> bool {
+        (self.generation, self.revision) > (held.generation, held.revision)
     }
 
     /// Whether a case may come from a station whose subtree holds `node`:
@@ -317,11 +363,33 @@ impl Case {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::message::{RuntimeAlarm, Severity};
+
+    /// A raised alarm of `node` with the id `id` (`<node>/<module>/<n>`).
+    pub(crate) fn alarm(node: &str, id: &str) -> Alarm {
+        let mut parts = id.splitn(3, '/').skip(1);
+        let (module, serial) = (parts.next().unwrap(), parts.next().unwrap());
+        RuntimeAlarm {
+            node,
+            module,
+            serial,
+            area: crate::manifest::Area::Performance,
+            key: "cpu.total",
+            metric: "cpu.total-percent",
+            subject: "",
+            severity: Severity::Major,
+            message: "CPU high",
+            time_ms: 1,
+        }
+        .alarm(true)
+    }
 
     fn result(node: &str, id: &str) -> RunResult {
+        let alarm_id = id.split_once('#').map_or(id, |(a, _)| a);
         RunResult {
+            alarm: alarm(node, alarm_id),
             id: id.into(),
             node: node.into(),
             specialist: "top-cpu".into(),
@@ -344,10 +412,34 @@ mod tests {
             result("n1", &id).check_origin("n2"),
             Err(ResultRefused::OtherNode(_))
         ));
+        // Another node's alarm, or an id that is not a run of the alarm.
         assert!(matches!(
-            result("n1", "n10/cpu-mem/7#r#diagnose").check_origin("n1"),
-            Err(ResultRefused::ForeignId(_))
+            result("n10", "n10/cpu-mem/7#r#diagnose").check_origin("n10"),
+            Ok(())
         ));
+        let mut foreign = result("n1", &id);
+        foreign.alarm = alarm("n10", "n10/cpu-mem/7");
+        assert!(matches!(
+            foreign.check_origin("n1"),
+            Err(ResultRefused::Alarm(_))
+        ));
+        for id in [
+            "n1/cpu-mem/8#web-cpu#diagnose",
+            "n1/cpu-mem/7#web-cpu#cure",
+            "n1/cpu-mem/7##diagnose",
+            "n1/cpu-mem/7",
+        ] {
+            let mut other = result("n1", id);
+            other.alarm = alarm("n1", "n1/cpu-mem/7");
+            assert!(
+                matches!(other.check_origin("n1"), Err(ResultRefused::ForeignId(_))),
+                "{id}"
+            );
+        }
+        assert_eq!(
+            run_of("n1/cpu-mem/7#a#b#fix", "n1/cpu-mem/7"),
+            Some(("a#b", StepKind::Fix))
+        );
         let mut many = result("n1", &id);
         many.outcome = RunOutcome::Diagnosed {
             summary: String::new(),
@@ -385,11 +477,20 @@ mod tests {
             results: vec![(StepKind::Diagnose, result("n1", &id))],
             state: CaseState::Diagnosed,
             cleared_ms: None,
+            generation: 3,
             revision: 2,
             opened_ms: 1,
             updated_ms: 2,
         };
         assert_eq!(case.check_origin(), Ok(()));
+        // A later activation's case wins over any revision of an earlier one.
+        let older = Case {
+            generation: 2,
+            revision: 9,
+            ..case.clone()
+        };
+        assert!(case.supersedes(&older) && !older.supersedes(&case));
+        assert!(!case.supersedes(&case));
         assert_eq!(case.key(), "n1/cpu-mem/7#web-cpu");
         assert_eq!(
             case.latest().as_deref(),

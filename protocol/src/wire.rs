@@ -230,7 +230,7 @@ pub enum Upward {
     NodeReport(Report),
     DomainReport(DomainReport),
     /// Node → domain manager: how a specialist run ended.
-    RunResult(crate::run::RunResult),
+    RunResult(Box<crate::run::RunResult>),
     /// Domain manager → top manager: a knowledge-base case, each time it changes.
     Case(crate::run::Case),
 }
@@ -1277,6 +1277,7 @@ mod tests {
                 module: module_copy(None),
                 args: vec![("path".into(), "/var".into())],
                 deadline_ms: 30_000,
+                alarm: crate::run::tests::alarm("n", "n/m/1"),
             }))),
         }
     }

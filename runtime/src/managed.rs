@@ -465,24 +465,24 @@ impl Managed {
     async fn run_specialist(self: &Arc<Self>, request: RunRequest) {
         let name = request.module.manifest.name.clone();
         // The parent's words go into this node's log, its database and its
-        // result: an id outside this node's id space would make a result the
-        // parent refuses, at every resend.
-        let own = request
-            .id
-            .strip_prefix(self.node.settings().name.as_str())
-            .is_some_and(|rest| rest.starts_with('/'));
-        if !own
-            || request.id.len() > agad_protocol::message::MAX_ALARM_TEXT
-            || agad_protocol::validate_module_name(&name).is_err()
-        {
+        // result: a run of an alarm that is not this node's would make a
+        // result the parent refuses, at every resend.
+        if agad_protocol::validate_module_name(&name).is_err() {
             tracing::warn!(
-                id = %agad_protocol::text::excerpt(&request.id, agad_protocol::text::EXCERPT),
                 specialist = %agad_protocol::text::excerpt(&name, 64),
-                "refused a run whose id is not this node's or whose module name is invalid"
+                "refused a run whose module name is invalid"
             );
             return;
         }
-        let permit = match self.runs.accept(&request.id, &name).await {
+        if let Err(e) = request.check_for(&self.node.settings().name) {
+            tracing::warn!(
+                id = %agad_protocol::text::excerpt(&request.id, agad_protocol::text::EXCERPT),
+                specialist = %name,
+                "refused a run that is not of one of this node's alarms: {e}"
+            );
+            return;
+        }
+        let permit = match self.runs.accept(&request.id, &name, &request.alarm).await {
             Ok(permit) => permit,
             Err(NotAccepted::Duplicate(id)) => {
                 // Tests count these lines.
@@ -520,6 +520,7 @@ impl Managed {
             outcome,
             started_ms,
             finished_ms: crate::host::clock::now_ms(),
+            alarm: request.alarm,
         };
         let me = self.clone();
         match tokio::task::spawn_blocking(move || me.runs.finished(result)).await {

@@ -9,7 +9,7 @@
 
 use crate::engine::LinkedModule;
 use agad_net::outbox::Outbox;
-use agad_protocol::message::Provenance;
+use agad_protocol::message::{Alarm, Provenance};
 use agad_protocol::run::{RunOutcome, RunResult};
 use agad_protocol::wire::{self, Upward};
 use agad_storage::{Database, StorageError, Tree};
@@ -35,6 +35,8 @@ struct Mark {
     specialist: String,
     started_ms: u64,
     finished: bool,
+    /// The alarm the run answers, for the result of a run a restart cut.
+    alarm: Alarm,
 }
 
 /// Why a request was not accepted.
@@ -90,6 +92,7 @@ impl Runs {
                     },
                     started_ms: mark.started_ms,
                     finished_ms: crate::host::clock::now_ms(),
+                    alarm: mark.alarm,
                 })?;
             }
         }
@@ -102,6 +105,7 @@ impl Runs {
         &self,
         id: &str,
         specialist: &str,
+        alarm: &Alarm,
     ) -> Result<OwnedSemaphorePermit, NotAccepted> {
         if self.marks.get(id.as_bytes())?.is_some() {
             return Err(NotAccepted::Duplicate(id.to_owned()));
@@ -113,6 +117,7 @@ impl Runs {
             specialist: specialist.to_owned(),
             started_ms: crate::host::clock::now_ms(),
             finished: false,
+            alarm: alarm.clone(),
         };
         if !self
             .marks
@@ -145,8 +150,9 @@ impl Runs {
             specialist: result.specialist.clone(),
             started_ms: result.started_ms,
             finished: true,
+            alarm: result.alarm.clone(),
         };
-        let seq = self.outbox.push(&Upward::RunResult(result))?;
+        let seq = self.outbox.push(&Upward::RunResult(Box::new(result)))?;
         self.marks
             .insert(id.as_bytes(), &wire::encode_value(&mark))?;
         self.db.flush()?;
@@ -200,9 +206,27 @@ impl Runs {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use agad_protocol::message::{RuntimeAlarm, Severity};
+
+    fn alarm(serial: &str) -> Alarm {
+        RuntimeAlarm {
+            node: "n1",
+            module: "cpu-mem",
+            serial,
+            area: agad_protocol::Area::Performance,
+            key: "cpu.total",
+            metric: "cpu.total-percent",
+            subject: "",
+            severity: Severity::Major,
+            message: "CPU high",
+            time_ms: 1,
+        }
+        .alarm(true)
+    }
 
     fn result(id: &str) -> RunResult {
         RunResult {
+            alarm: alarm(id.split(['/', '#']).nth(2).unwrap()),
             id: id.into(),
             node: "n1".into(),
             specialist: "top-cpu".into(),
@@ -223,9 +247,9 @@ mod tests {
         {
             let db = Database::open(dir.path()).unwrap();
             let runs = Runs::open("n1", &db, Outbox::open(&db).unwrap()).unwrap();
-            let permit = runs.accept(id, "top-cpu").await.unwrap();
+            let permit = runs.accept(id, "top-cpu", &alarm("1")).await.unwrap();
             assert!(matches!(
-                runs.accept(id, "top-cpu").await,
+                runs.accept(id, "top-cpu", &alarm("1")).await,
                 Err(NotAccepted::Duplicate(_))
             ));
             drop(permit);
@@ -238,14 +262,14 @@ mod tests {
         // The interrupted run is reported failed, once.
         assert_eq!(outbox.len(), 1);
         assert!(matches!(
-            runs.accept(id, "top-cpu").await,
+            runs.accept(id, "top-cpu", &alarm("1")).await,
             Err(NotAccepted::Duplicate(_))
         ));
         drop(runs);
         let runs = Runs::open("n1", &db, outbox.clone()).unwrap();
         assert_eq!(outbox.len(), 1, "reported once, not at every start");
         let other = "n1/cpu-mem/2#web-cpu#diagnose";
-        let _permit = runs.accept(other, "top-cpu").await.unwrap();
+        let _permit = runs.accept(other, "top-cpu", &alarm("2")).await.unwrap();
         runs.finished(result(other)).unwrap();
         assert_eq!(outbox.len(), 2);
     }

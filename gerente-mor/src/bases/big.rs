@@ -292,7 +292,7 @@ impl Big {
             .get(key.as_bytes())?
             .map(|v| decode("case", &v))
             .transpose()?;
-        if held.is_some_and(|h| h.revision >= case.revision) {
+        if held.is_some_and(|h| !case.supersedes(&h)) {
             return Ok(false);
         }
         self.cases
@@ -767,6 +767,7 @@ pub(crate) mod tests {
             results: vec![],
             state: agad_protocol::run::CaseState::Diagnosed,
             cleared_ms: None,
+            generation: 2,
             revision: 1,
             opened_ms: 10,
             updated_ms: 10,
@@ -775,6 +776,22 @@ pub(crate) mod tests {
         assert!(big.record_case(&case("n1/m/1")).unwrap());
         assert!(big.record_case(&case("n1/m/2")).unwrap());
         assert!(!big.record_case(&case("n1/m/2")).unwrap(), "same revision");
+        // What the station before a fail-over still writes loses, whatever
+        // its revision.
+        let stale = Case {
+            generation: 1,
+            revision: 7,
+            ..case("n1/m/1")
+        };
+        assert!(!big.record_case(&stale).unwrap(), "an earlier activation's");
+        let taken_over = Case {
+            generation: 3,
+            ..case("n1/m/1")
+        };
+        assert!(
+            big.record_case(&taken_over).unwrap(),
+            "a later activation's"
+        );
         let pruned = big.prune(600).unwrap();
         assert_eq!(
             pruned,
