@@ -25,6 +25,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("link-probe", "specialists/link-probe"),
     ("service-restart", "specialists/service-restart"),
     ("misbehave", "tests/guests/misbehave"),
+    ("misbehave-specialist", "tests/guests/misbehave-specialist"),
 ];
 
 /// Variables of the outer build that must not reach the guest build: flags

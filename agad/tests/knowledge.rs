@@ -380,3 +380,43 @@ fn a_run_the_nodes_policy_refuses_is_recorded_and_escalated() -> anyhow::Result<
     );
     d.check()
 }
+
+#[test]
+fn a_specialist_past_its_memory_limit_is_recorded_failed_and_escalated() -> anyhow::Result<()> {
+    use agad_modules::test_guests::{MISBEHAVE_SPECIALIST_MANIFEST, MISBEHAVE_SPECIALIST_WASM};
+    let mut d = deployment()?;
+    d.publish(
+        "misbehave-specialist",
+        &std::fs::read(MISBEHAVE_SPECIALIST_WASM)?,
+        &std::fs::read_to_string(MISBEHAVE_SPECIALIST_MANIFEST)?,
+    )?;
+    // The specialist allocates past its manifest's 16 MiB.
+    start(
+        &mut d,
+        "[[rule]]\nname = \"bomb\"\n[rule.match]\nkey = \"cpu.total\"\n\
+         [rule.diagnose]\nspecialist = \"misbehave-specialist\"\nargs = { mode = \"bomb\" }\n\
+         [rule.escalate]\nto = \"ops-oncall\"\n",
+    )?;
+    let _hog = Hog::start()?;
+    let case = d.wait_for("the bomb's case escalated in BIG", |d| {
+        Ok(d.cases(NODE)?
+            .into_iter()
+            .find(|c| c["rule"] == "bomb" && variant(&c["state"]) == "escalated"))
+    })?;
+    let result = &case["results"][0][1];
+    assert_eq!(variant(&result["outcome"]), "failed", "{case}");
+    assert!(
+        result["outcome"]["failed"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("max_memory_bytes")),
+        "{case}"
+    );
+    assert_eq!(case["state"]["escalated"]["to"], "ops-oncall", "{case}");
+    // The node is still up, and says why in its log.
+    assert!(
+        d.log(NODE).contains("specialist run ended"),
+        "{}",
+        d.log(NODE)
+    );
+    d.check()
+}

@@ -1049,4 +1049,95 @@ stop = 2026-12-10T00:00:00Z
         );
         assert_eq!((c.start, c.stop), (vec![], vec!["link-watch".to_owned()]));
     }
+
+    #[test]
+    fn a_result_asked_for_before_a_fail_over_is_taken_over_only_by_its_rule() {
+        let text = r#"
+[[rule]]
+name = "cpu-hog"
+[rule.match]
+key = "cpu.total"
+[rule.diagnose]
+specialist = "top-cpu"
+deadline = "20s"
+[rule.fix]
+specialist = "service-restart"
+args = { service = "{subject}" }
+"#;
+        let mut catalog = Catalog::with_runtime();
+        catalog.trust_alarm_names = true;
+        for name in ["top-cpu", "service-restart"] {
+            let arg = |n: &str| agad_protocol::ConfigKey {
+                name: n.into(),
+                kind: agad_protocol::ConfigType::String,
+                required: false,
+                default: None,
+                description: String::new(),
+            };
+            catalog
+                .specialists
+                .insert(name.into(), vec![arg("service"), arg("sample")]);
+        }
+        let kb = KnowledgeBase::parse(&[("r.toml".into(), text.into())], &catalog).unwrap();
+        let alarm = agad_protocol::message::RuntimeAlarm {
+            node: "n1",
+            module: "cpu-mem",
+            serial: "7",
+            area: agad_protocol::Area::Performance,
+            key: "cpu.total",
+            metric: "cpu.total-percent",
+            subject: "",
+            severity: agad_protocol::message::Severity::Major,
+            message: "CPU high",
+            time_ms: 1,
+        }
+        .alarm(true);
+        let result = |rule: &str, step: StepKind, specialist: &str| RunResult {
+            id: run_id(&alarm.id, rule, step),
+            node: "n1".into(),
+            specialist: specialist.into(),
+            provenance: Default::default(),
+            outcome: RunOutcome::Diagnosed {
+                summary: "s".into(),
+                facts: vec![],
+            },
+            started_ms: 1,
+            finished_ms: 2,
+            alarm: alarm.clone(),
+        };
+        let (pending, case) =
+            take_over(&kb, &result("cpu-hog", StepKind::Diagnose, "top-cpu"), 5).unwrap();
+        assert_eq!(case.key(), "n1/cpu-mem/7#cpu-hog");
+        assert_eq!((case.node.as_str(), case.key.as_str()), ("n1", "cpu.total"));
+        assert_eq!(
+            case.state,
+            CaseState::Running {
+                step: StepKind::Diagnose
+            }
+        );
+        assert_eq!(
+            (pending.step, pending.deadline_ms),
+            (StepKind::Diagnose, 20_000)
+        );
+        assert_eq!(pending.case, case.key());
+        // A fix's result: the case has both steps.
+        let (_, case) =
+            take_over(&kb, &result("cpu-hog", StepKind::Fix, "service-restart"), 5).unwrap();
+        assert_eq!(case.steps.len(), 2);
+        // Not this rule set's: no rule, or another specialist at that step.
+        assert!(
+            take_over(&kb, &result("other", StepKind::Diagnose, "top-cpu"), 5)
+                .unwrap_err()
+                .contains("no rule `other`")
+        );
+        assert!(
+            take_over(
+                &kb,
+                &result("cpu-hog", StepKind::Diagnose, "service-restart"),
+                5
+            )
+            .unwrap_err()
+            .contains("runs `top-cpu` to diagnose")
+        );
+    }
 }

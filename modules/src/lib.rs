@@ -88,6 +88,9 @@ pub fn specialist(name: &str) -> Option<&'static BuiltIn> {
 pub mod test_guests {
     /// `tests/guests/misbehave`: loops, bombs and traps on request.
     pub use super::paths::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
+    /// `tests/guests/misbehave-specialist`: a specialist that bombs or
+    /// loops on request.
+    pub use super::paths::{MISBEHAVE_SPECIALIST_MANIFEST, MISBEHAVE_SPECIALIST_WASM};
 }
 
 /// Paths of every built module and its manifest (`CPU_MEM_WASM`,
@@ -117,5 +120,6 @@ mod tests {
         assert!(inspector("if-health").is_some() && inspector("nope").is_none());
         assert!(specialist("top-cpu").is_some() && specialist("cpu-mem").is_none());
         assert!(std::path::Path::new(test_guests::MISBEHAVE_WASM).is_file());
+        assert!(std::path::Path::new(test_guests::MISBEHAVE_SPECIALIST_WASM).is_file());
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! | fault | how it is injected | inspector → alarm | rule's specialist, expected fact |
 //! | --- | --- | --- | --- |
-//! | CPU hog | a busy shell loop | cpu-mem → `cpu.total` | top-cpu, `pid` of the loop |
+//! | CPU hog | a busy shell loop | cpu-mem → `cpu.total` | top-cpu, the loop's pid among the top CPU users |
 //! | killed service | `kill -9` of a small service allow-listed in the node's policy | app-watch → `proc.running:<svc>` | top-cpu, then service-restart (fix), confirmed by the clear |
 //! | filling filesystem | 3.5 MiB written into one directory of a 4 MiB tmpfs | disk-space → `fs.used:<mount>` | disk-usage, `path` of that directory |
 //! | interface down | the far end of a veth pair (in a namespace of its own) set down | if-health (os) → `if.link:<if>` | if-diagnose, `cause` `link-down` |
@@ -152,7 +152,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         d.path("rules/faults.toml"),
         "[[rule]]\nname = \"cpu-hog\"\n[rule.match]\nkey = \"cpu.total\"\n\
-         [rule.diagnose]\nspecialist = \"top-cpu\"\nargs = { sample = \"250ms\" }\n\n\
+         [rule.diagnose]\nspecialist = \"top-cpu\"\nargs = { sample = \"100ms\" }\n\n\
          [[rule]]\nname = \"service-down\"\n[rule.match]\nkey = \"proc.running:*\"\n\
          [rule.diagnose]\nspecialist = \"top-cpu\"\nargs = { sample = \"100ms\" }\n\
          [rule.fix]\nspecialist = \"service-restart\"\nargs = { service = \"{subject}\" }\n\
@@ -191,8 +191,10 @@ fn main() -> anyhow::Result<()> {
         let t0 = now_us();
         let hog = Hog::start()?;
         let pid = hog.pid().to_string();
+        // The hog among the processes top-cpu names by CPU: on a machine
+        // shared with other busy processes it may not be the first.
         measure(&mut d, "cpu-hog", t0, &mut cpu, |facts| {
-            facts.contains(&format!("\"{pid}\""))
+            facts.contains(&format!("\"{pid}\"")) || facts.contains(&format!("\"{pid} "))
         })?;
         drop(hog);
         wait_cleared(&mut d, "cpu.total")?;
@@ -280,7 +282,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "(diagnosis: the specialist's own work included — top-cpu samples 250 ms, if-diagnose \
+        "(diagnosis: the specialist's own work included — top-cpu samples 100 ms, if-diagnose \
          500 ms; the inspector period is 1 s, so `2 periods` is 2 s)"
     );
     Ok(())
@@ -318,7 +320,10 @@ fn measure(
                 variant(&case["state"]),
                 "diagnosed" | "fixed-confirmed" | "escalated" | "failed"
             );
-            case["rule"] == rule && opened >= t0 - 1_000_000 && done
+            // Opened since the injection (to the millisecond it records):
+            // not a case of the fault before, whose probe may have fired
+            // the same rule (link-watch during the interface down).
+            case["rule"] == rule && opened >= t0 - 1_000 && done
         }))
     })?;
     let key = format!(

@@ -70,8 +70,9 @@ impl Settings {
                 "must be between 1ms and 2s",
             ));
         }
-        // Echoes go one after another, a lost one costing `timeout`: the
-        // whole tick must fit in the manifest's 15 s call budget.
+        // TCP connects (the fallback) go one after another, a lost one
+        // costing `timeout`: the whole tick must fit in the manifest's 15 s
+        // call budget even then.
         if timeout * count * targets.len() as u32 > Duration::from_secs(10) {
             return Err(ConfigError::invalid(
                 "count",
@@ -204,8 +205,8 @@ mod guest {
 
         fn poll(&mut self, now_ms: u64) -> Output {
             let s = self.settings();
-            // One after another without a pause: a tick lasts the answers'
-            // round trips, and a lost echo its `timeout`.
+            // All at once, answers matched as they come: a tick lasts at
+            // most `timeout`, however many echoes are lost.
             let options = || PingOptions {
                 count: s.count,
                 interval_ms: 0,

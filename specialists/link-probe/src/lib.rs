@@ -32,8 +32,12 @@ use std::time::Duration;
 
 pub const ARGS: &[&str] = &["target", "port", "count", "method", "timeout", "hops"];
 
-/// Longest the echoes, and the path, may take when nothing answers.
+/// Longest the echoes, and the path, may take when nothing answers (ICMP
+/// echoes are not waited for one by one, TCP connects and hops are).
 pub const MAX_PHASE: Duration = Duration::from_secs(25);
+/// Time between echoes: spaced enough to sample jitter rather than one
+/// burst's queueing, short enough that 8 echoes take a sixth of a second.
+pub const ECHO_INTERVAL_MS: u32 = 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {
@@ -238,7 +242,7 @@ impl agad_sdk::Specialist for LinkProbe {
             &args.target,
             PingOptions {
                 count: args.count,
-                interval_ms: 100,
+                interval_ms: ECHO_INTERVAL_MS,
                 timeout_ms,
                 tcp_port: args.port,
                 method: args.method,
