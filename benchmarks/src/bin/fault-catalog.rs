@@ -15,7 +15,7 @@
 //! | killed service | `kill -9` of a small service allow-listed in the node's policy | app-watch → `proc.running:<svc>` | top-cpu, then service-restart (fix), confirmed by the clear |
 //! | filling filesystem | 3.5 MiB written into one directory of a 4 MiB tmpfs | disk-space → `fs.used:<mount>` | disk-usage, `path` of that directory |
 //! | interface down | the far end of a veth pair (in a namespace of its own) set down | if-health (os) → `if.link:<if>` | if-diagnose, `cause` `link-down` |
-//! | link loss | 40 % of the far end's outgoing packets dropped (nftables `numgen random`: this kernel has no `netem`) | the link-watch probe (echoes every second) → `link.loss:<address>` | link-probe, `cause` `loss` |
+//! | link loss | 40 % of the far end's outgoing packets dropped: `tc netem loss 40%` where the kernel has netem, else nftables `numgen random` (this machine's kernel has no netem; the run says which) | the link-watch probe (echoes every second) → `link.loss:<address>` | link-probe, `cause` `loss` |
 //!
 //! **What is timed**: from the injection (wall clock) to the GM's `case
 //! stored` log line with the state sought (µs, same machine clock). The
@@ -186,6 +186,7 @@ fn main() -> anyhow::Result<()> {
     let mut disk = Figures::default();
     let mut link = Figures::default();
     let mut loss = Figures::default();
+    let mut loss_by = "";
     for round in 1..=repeat {
         eprintln!("round {round}/{repeat}: CPU hog");
         let t0 = now_us();
@@ -234,23 +235,62 @@ fn main() -> anyhow::Result<()> {
             all.extend_from_slice(args);
             run("ip", &all)
         };
-        nft(&["add", "table", "inet", "agad_fc"])?;
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            "agad_fc",
-            "out",
-            "{ type filter hook output priority 0; }",
-        ])?;
-        nft(&[
-            "add", "rule", "inet", "agad_fc", "out", "oifname", PEER, "numgen", "random", "mod",
-            "100", "<", "40", "drop",
-        ])?;
+        // `tc netem` where the kernel has it; else nftables' `numgen random`.
+        let netem = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns.name(),
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                PEER,
+                "root",
+                "netem",
+                "loss",
+                "40%",
+            ],
+        )
+        .is_ok();
+        if !netem {
+            nft(&["add", "table", "inet", "agad_fc"])?;
+            nft(&[
+                "add",
+                "chain",
+                "inet",
+                "agad_fc",
+                "out",
+                "{ type filter hook output priority 0; }",
+            ])?;
+            nft(&[
+                "add", "rule", "inet", "agad_fc", "out", "oifname", PEER, "numgen", "random",
+                "mod", "100", "<", "40", "drop",
+            ])?;
+        }
+        loss_by = if netem { "tc netem" } else { "nftables numgen" };
         measure(&mut d, "link-loss", t0, &mut loss, |facts| {
             facts.contains("\"loss\"")
         })?;
-        nft(&["delete", "table", "inet", "agad_fc"])?;
+        if netem {
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns.name(),
+                    "tc",
+                    "qdisc",
+                    "del",
+                    "dev",
+                    PEER,
+                    "root",
+                ],
+            )?;
+        } else {
+            nft(&["delete", "table", "inet", "agad_fc"])?;
+        }
         wait_cleared(&mut d, &format!("link.loss:{FAR}"))?;
     }
 
@@ -282,7 +322,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "(diagnosis: the specialist's own work included — top-cpu samples 100 ms, if-diagnose \
+        "(link loss injected with {loss_by}; diagnosis: the specialist's own work included — top-cpu samples 100 ms, if-diagnose \
          500 ms; the inspector period is 1 s, so `2 periods` is 2 s)"
     );
     Ok(())
