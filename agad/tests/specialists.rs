@@ -767,6 +767,8 @@ fn if_diagnose_tells_a_failed_link_from_an_admin_shutdown() {
     diagnosed(&run_up, &out);
     assert_eq!(fact(&run_up, "oper_state"), Some("up"), "{run_up}");
     assert_eq!(fact(&run_up, "cause"), Some("none"), "{run_up}");
+    // veth reports full duplex (and 10 Gb/s) through sysfs.
+    assert_eq!(fact(&run_up, "duplex"), Some("full"), "{run_up}");
 
     // The far end fails: our side is up administratively, its link is not.
     run("ip", &["-n", peer.name(), "link", "set", "wan0", "down"]).unwrap();

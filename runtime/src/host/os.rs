@@ -185,6 +185,7 @@ impl OsProbe {
                     // many than a silent dead link.
                     admin_up: admin_up(&sys).unwrap_or(true),
                     speed_bps: speed_bps(&sys),
+                    duplex: duplex(&sys),
                     name: c.name,
                     in_octets: c.in_octets,
                     out_octets: c.out_octets,
@@ -648,6 +649,19 @@ fn speed_bps(sys: &Path) -> Option<u64> {
         .ok()
         .filter(|m| *m > 0)
         .map(|m| m.saturating_mul(1_000_000))
+}
+
+/// `/sys/class/net/<if>/duplex`: `full`, `half`, or `unknown` (also
+/// unreadable, EINVAL, when the link is down or the driver does not say).
+fn duplex(sys: &Path) -> os::Duplex {
+    match fs::read_to_string(sys.join("duplex"))
+        .as_deref()
+        .map(str::trim)
+    {
+        Ok("full") => os::Duplex::Full,
+        Ok("half") => os::Duplex::Half,
+        _ => os::Duplex::Unknown,
+    }
 }
 
 /// Pids whose `comm` matches one of `names`, and every live pid (so the

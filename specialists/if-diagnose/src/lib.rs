@@ -4,7 +4,8 @@
 //!
 //! Reads the interface twice, `sample` apart: from the node's SNMP agent
 //! (IF-MIB `ifTable`/`ifXTable`, EtherLike-MIB's duplex) or, on a node
-//! without one, from the kernel (the `os` capability; no duplex there).
+//! without one, from the kernel (the `os` capability; duplex from
+//! `/sys/class/net/<if>/duplex`).
 //!
 //! | arg         | default  | meaning                                      |
 //! |-------------|----------|----------------------------------------------|
@@ -194,7 +195,11 @@ fn read_os(name: &str) -> Result<Reading, String> {
         oper_state: oper_name(i.oper_state).to_owned(),
         admin_up: i.admin_up,
         speed_bps: i.speed_bps,
-        duplex: "unknown",
+        duplex: match i.duplex {
+            os::Duplex::Full => "full",
+            os::Duplex::Half => "half",
+            os::Duplex::Unknown => "unknown",
+        },
         in_octets: i.in_octets,
         out_octets: i.out_octets,
         in_errors: i.in_errors,

@@ -117,6 +117,11 @@ fn interfaces_include_loopback_up_with_counters_that_move() {
         lo.oper_state
     );
     assert_eq!(lo.speed_bps, None, "loopback has no speed");
+    assert!(
+        matches!(lo.duplex, agad_runtime::bindings::os::Duplex::Unknown),
+        "loopback has no duplex: {:?}",
+        lo.duplex
+    );
     // Every interface the kernel lists, and nothing else.
     let mut kernel: Vec<String> = fs::read_dir("/sys/class/net")
         .expect("sysfs")
