@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod attest;
 pub mod bases;
+pub mod notify;
 pub mod query;
 pub mod stations;
 
