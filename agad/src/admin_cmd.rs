@@ -1,8 +1,10 @@
 //! Operator commands against a running top manager (through its admin
 //! socket): publish modules, apply the topology, enroll, and read BIG.
 
+use crate::table::Table;
 use agad_gerente_mor::admin::{self, Answer, Request};
 use agad_gerente_mor::query::{AlarmQuery, ReportQuery};
+use agad_gerente_mor::units;
 use agad_protocol::Area;
 use agad_protocol::message::Severity;
 use agad_protocol::status::Diagnosis;
@@ -77,10 +79,10 @@ pub struct ReportArgs {
     /// Only this metric.
     #[arg(long)]
     metric: Option<String>,
-    /// From this long ago (e.g. 15m, 1h, 48h).
+    /// From this long ago (e.g. 15m, 1h, 2d, 1h30m).
     #[arg(long, default_value = "1h", value_parser = crate::parse_cli_duration)]
     since: Duration,
-    /// Up to this long ago (windows starting before then) [default: now].
+    /// Up to this long ago (windows starting before then; e.g. 30m, 1d) [default: now].
     #[arg(long, value_parser = crate::parse_cli_duration)]
     until: Option<Duration>,
     /// Per-domain rows (every node merged) instead of per-node rows.
@@ -119,7 +121,7 @@ pub struct AlarmsArgs {
     /// Only this severity or worse (info, warning, minor, major, critical).
     #[arg(long, value_parser = parse_kebab::<Severity>)]
     severity: Option<Severity>,
-    /// From this long ago (e.g. 15m, 1h, 48h) [default: all].
+    /// From this long ago (e.g. 15m, 1h, 2d, 1h30m) [default: all].
     #[arg(long, value_parser = crate::parse_cli_duration)]
     since: Option<Duration>,
     /// Up to this long ago [default: now].
@@ -171,6 +173,16 @@ fn node_state(state: &State) -> &'static str {
             ..
         } => "agent-down",
         _ => "?",
+    }
+}
+
+/// One of the protocol's kebab-case enums as the word its JSON uses
+/// (`critical`, `host-down`), never its Rust name.
+fn word<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
     }
 }
 
@@ -421,55 +433,82 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
         Answer::Reports(r) => r,
         other => return Err(unexpected(other)),
     };
-    if !args.json {
-        outln!(
-            "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6}",
-            "WINDOW",
-            "DOMAIN",
-            "NODE",
-            "MODULE",
-            "VERSION",
-            "METRIC",
-            "SUBJECT",
-            "MIN",
-            "MAX",
-            "MEAN",
-            "LAST",
-            "COUNT",
-            "COVER"
-        );
-    }
-    for r in &answer.rows {
-        let s = &r.summary;
-        if args.json {
+    if args.json {
+        for r in &answer.rows {
             let line = serde_json::json!({
                 "window_start": time(r.window_start_ms), "window_end": time(r.window_end_ms),
                 "window_start_ms": r.window_start_ms, "window_end_ms": r.window_end_ms,
                 "domain": r.domain, "node": r.node, "module": r.module,
-                "provenance": r.provenance, "summary": s,
+                "provenance": r.provenance,
+                "unit": units::unit_of(&r.summary.metric, &r.summary.unit),
+                "summary": r.summary,
             });
             outln!("{line}");
-        } else {
-            outln!(
-                "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6} {:>5.0}%",
-                time(r.window_start_ms),
-                r.domain,
-                r.node,
-                r.module,
-                r.provenance.version,
-                s.metric,
-                s.subject,
-                s.min,
-                s.max,
-                s.mean,
-                s.last,
-                s.count,
-                s.coverage * 100.0
-            );
         }
+        note_truncated(answer.truncated, args.limit);
+        return Ok(());
+    }
+    // A per-domain row is the domain's: its "node" would be the domain again.
+    let mut table = Table::new(if args.per_domain {
+        &[
+            "START", "LENGTH", "DOMAIN", "MODULE", "VERSION", "METRIC", "SUBJECT", "MIN>", "MAX>",
+            "MEAN>", "LAST>", "UNIT", "COUNT>", "COVER>",
+        ]
+    } else {
+        &[
+            "START", "LENGTH", "DOMAIN", "NODE", "MODULE", "VERSION", "METRIC", "SUBJECT", "MIN>",
+            "MAX>", "MEAN>", "LAST>", "UNIT", "COUNT>", "COVER>",
+        ]
+    });
+    for r in &answer.rows {
+        let s = &r.summary;
+        let scale = units::scale_of(&s.metric, &s.unit, &[s.min, s.max, s.mean, s.last]);
+        let mut cells = vec![
+            time(r.window_start_ms),
+            length(r.window_end_ms.saturating_sub(r.window_start_ms)),
+            r.domain.clone(),
+        ];
+        if !args.per_domain {
+            cells.push(r.node.clone());
+        }
+        cells.extend([
+            r.module.clone(),
+            r.provenance.version.clone(),
+            s.metric.clone(),
+            or_dash(&s.subject),
+            scale.format(s.min),
+            scale.format(s.max),
+            scale.format(s.mean),
+            scale.format(s.last),
+            or_dash(&scale.unit),
+            s.count.to_string(),
+            format!("{:.0}%", s.coverage * 100.0),
+        ]);
+        table.row(cells);
+    }
+    if table.is_empty() {
+        eprintln!(
+            "no report rows match (windows since {}); widen --since, or see `agad status` for what is running",
+            time(ago_ms(args.since))
+        );
+    } else {
+        table.print()?;
     }
     note_truncated(answer.truncated, args.limit);
     Ok(())
+}
+
+/// A window's length as people say it (`1m`, `2s`, `1h 30m`).
+fn length(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.to_owned()
+    }
 }
 
 pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
@@ -489,18 +528,16 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
         Answer::Alarms(a) => a,
         other => return Err(unexpected(other)),
     };
-    if !args.json {
-        outln!(
-            "{:<20} {:<7} {:<9} {:<12} {:<14} {:<14} {:<10} MESSAGE",
-            "TIME",
-            "STATE",
-            "SEVERITY",
-            "NODE",
-            "NODE STATE",
-            "MODULE",
-            "VERSION"
-        );
-    }
+    let mut table = Table::new(&[
+        "TIME",
+        "STATE",
+        "SEVERITY",
+        "NODE",
+        "NODE STATE",
+        "MODULE",
+        "VERSION",
+        "MESSAGE",
+    ]);
     for a in &answer.alarms {
         let cases = answer
             .cases
@@ -516,24 +553,31 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
             }
             outln!("{value}");
         } else {
-            outln!(
-                "{:<20} {:<7} {:<9} {:<12} {:<14} {:<14} {:<10} {}",
+            table.row(vec![
                 time(a.time_ms),
                 match (a.raised, a.is_closing()) {
                     (true, _) => "RAISED",
                     (false, true) => "closed",
                     (false, false) => "cleared",
-                },
-                format!("{:?}", a.severity).to_lowercase(),
-                a.node,
-                answer.nodes.get(&a.node).map_or("-", node_state),
-                a.module,
-                a.provenance.version,
-                a.message
-            );
+                }
+                .into(),
+                word(&a.severity),
+                a.node.clone(),
+                answer.nodes.get(&a.node).map_or("-", node_state).into(),
+                a.module.clone(),
+                a.provenance.version.clone(),
+                a.message.clone(),
+            ]);
             for case in cases {
-                outln!("{:<20} └ {}", "", case_line(case));
+                table.note(format!("{:<20}  └ {}", "", case_line(case)));
             }
+        }
+    }
+    if !args.json {
+        if table.is_empty() {
+            eprintln!("no alarms match");
+        } else {
+            table.print()?;
         }
     }
     note_truncated(answer.truncated, args.limit);

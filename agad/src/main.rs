@@ -10,6 +10,7 @@ mod module_cmd;
 mod node_cmd;
 mod pki_cmd;
 mod station_cmd;
+mod table;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -130,10 +131,12 @@ fn private_files() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
-/// `500ms`, `30s`, `5m`, `1h` on the command line.
+/// `500ms`, `30s`, `5m`, `1h`, `2d`, `1h30m` on the command line: the
+/// files' syntax, and days and combinations as humantime reads them.
 fn parse_cli_duration(text: &str) -> Result<std::time::Duration, String> {
     agad_runtime::parse_duration(text)
-        .ok_or_else(|| format!("`{text}` is not a duration (use e.g. 500ms, 30s, 5m, 1h)"))
+        .or_else(|| humantime::parse_duration(text.trim()).ok())
+        .ok_or_else(|| format!("`{text}` is not a duration (use e.g. 500ms, 30s, 5m, 1h, 2d)"))
 }
 
 /// Resolves on Ctrl-C or SIGTERM, so managers and nodes stop cleanly either way.
@@ -145,6 +148,22 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn durations_on_the_command_line() {
+        let d = |t: &str| super::parse_cli_duration(t);
+        assert_eq!(d("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(d("48h"), Ok(Duration::from_secs(48 * 3600)));
+        assert_eq!(d("2d"), Ok(Duration::from_secs(2 * 86400)));
+        assert_eq!(d("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(d("10").unwrap_err().contains("2d"));
+        assert!(d("soon").is_err());
     }
 }
 

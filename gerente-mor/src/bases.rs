@@ -33,6 +33,10 @@ pub enum BaseError {
     Corrupt { what: &'static str, reason: String },
     #[error("{0}")]
     Refused(String),
+    /// A query named a domain or node that neither the topology nor the
+    /// history knows (a typo, most likely): said, not answered empty.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 type Result<T> = std::result::Result<T, BaseError>;

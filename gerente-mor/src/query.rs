@@ -326,12 +326,63 @@ fn alarm_events(bases: &Bases, query: &AlarmQuery) -> Result<AlarmList, BaseErro
         }
     }
     let (alarms, truncated) = newest.finish();
+    known(
+        bases,
+        query.domain.as_deref(),
+        query.node.as_deref(),
+        !alarms.is_empty(),
+    )?;
     Ok(AlarmList {
         alarms,
         nodes: BTreeMap::new(),
         truncated,
         cases: BTreeMap::new(),
     })
+}
+
+/// Refuses a domain or node the topology in force does not name, when
+/// nothing was found for it either (a node or domain removed from the
+/// topology keeps its history): a typo gets an error, not an empty table.
+fn known(
+    bases: &Bases,
+    domain: Option<&str>,
+    node: Option<&str>,
+    found: bool,
+) -> Result<(), BaseError> {
+    if found || (domain.is_none() && node.is_none()) {
+        return Ok(());
+    }
+    let topology = bases.topology()?;
+    let list = |names: Vec<&str>| {
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    if let Some(d) = domain
+        && topology.domain(d).is_none()
+    {
+        return Err(BaseError::Unknown(format!(
+            "no domain `{d}` in the topology, and nothing recorded matches it (domains: {})",
+            list(topology.domains.iter().map(|d| d.name.as_str()).collect())
+        )));
+    }
+    if let Some(n) = node
+        && !topology.nodes.iter().any(|x| x.name == n)
+    {
+        let mut names: Vec<&str> = topology.nodes.iter().map(|x| x.name.as_str()).collect();
+        let more = names.len().saturating_sub(20);
+        names.truncate(20);
+        let mut known = list(names);
+        if more > 0 {
+            known.push_str(&format!(" and {more} more"));
+        }
+        return Err(BaseError::Unknown(format!(
+            "no node `{n}` in the topology, and nothing recorded matches it (nodes: {known})"
+        )));
+    }
+    Ok(())
 }
 
 /// The report rows `query` asks for.
@@ -352,6 +403,13 @@ pub fn reports(bases: &Bases, query: &ReportQuery) -> Result<ReportRows, BaseErr
         rows_of(query, r, &mut newest)
     })?;
     let (rows, truncated) = newest.finish();
+    // Per-domain rows are named after their domain: `--node` matches it.
+    let node = query.node.as_deref().filter(|_| !query.per_domain);
+    let domain = query
+        .domain
+        .as_deref()
+        .or(query.node.as_deref().filter(|_| query.per_domain));
+    known(bases, domain, node, !rows.is_empty())?;
     Ok(ReportRows {
         rows: merge_stations(rows),
         truncated,
@@ -602,9 +660,31 @@ mod tests {
             q(|q| q.domain = Some("d1".into())),
             ["n1/m/1", "n2/m/1", "n1/m/2"]
         );
+        let typo = |q: AlarmQuery| alarm_events(&b, &q).unwrap_err().to_string();
+        let err = typo(AlarmQuery {
+            domain: Some("nowhere".into()),
+            ..Default::default()
+        });
+        assert!(
+            err.contains("no domain `nowhere`") && err.contains("d1, d2"),
+            "{err}"
+        );
+        let err = typo(AlarmQuery {
+            node: Some("n9".into()),
+            ..Default::default()
+        });
+        assert!(
+            err.contains("no node `n9`") && err.contains("n1, n2, n3"),
+            "{err}"
+        );
+        assert_eq!(q(|q| q.node = Some("n2".into())), ["n2/m/1"]);
         assert_eq!(
-            q(|q| q.domain = Some("nowhere".into())),
-            Vec::<String>::new()
+            q(|q| {
+                q.node = Some("n2".into());
+                q.severity = Some(Severity::Critical);
+            }),
+            Vec::<String>::new(),
+            "a known node with nothing matching is an empty answer"
         );
         assert_eq!(
             q(|q| {
@@ -715,6 +795,33 @@ mod tests {
                 ..Default::default()
             })
             .is_empty()
+        );
+        for typo in [
+            ReportQuery {
+                domain: Some("d3".into()),
+                ..Default::default()
+            },
+            ReportQuery {
+                node: Some("n9".into()),
+                ..Default::default()
+            },
+            ReportQuery {
+                node: Some("n1".into()),
+                per_domain: true,
+                ..Default::default()
+            },
+        ] {
+            let err = reports(&b, &typo).unwrap_err();
+            assert!(matches!(err, BaseError::Unknown(_)), "{typo:?}: {err}");
+        }
+        assert!(
+            rows(ReportQuery {
+                node: Some("n1".into()),
+                module: Some("other".into()),
+                ..Default::default()
+            })
+            .is_empty(),
+            "a known node with nothing matching is an empty answer"
         );
         let newest = reports(
             &b,
