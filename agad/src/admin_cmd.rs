@@ -327,7 +327,7 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             status.modules.join(", ")
         }
     );
-    for d in status.domains {
+    for d in &status.domains {
         let station = d.station.as_deref().unwrap_or("NO MANAGER");
         let replica = match (d.replica_sent, d.replica_acked) {
             (Some(s), Some(a)) => format!("replica v{s} sent, v{a} acknowledged"),
@@ -342,8 +342,15 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             .generation
             .map(|g| format!(", activation {g}"))
             .unwrap_or_default();
+        // The domain is in the state of the station serving it.
+        let in_state = since(
+            d.stations
+                .iter()
+                .find(|s| s.serving)
+                .and_then(|s| s.since_ms),
+        );
         outln!(
-            "domain {}: {station} ({}), {replica}{heard}{generation}",
+            "domain {}: {station} ({}{in_state}), {replica}{heard}{generation}",
             d.domain,
             d.state
         );
@@ -356,7 +363,7 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             let what = format!("station {} ({role})", s.name);
             outln!("  {mark} {what:<32} {}{}", s.state, since(s.since_ms));
         }
-        for c in d.components {
+        for c in &d.components {
             let mark = if c.healthy() { "ok  " } else { "DOWN" };
             let what = match &c.component {
                 Component::Store {
@@ -371,6 +378,21 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
                 other => other.to_string(),
             };
             outln!("  {mark} {what:<32} {}{}", c.state, since(c.since_ms));
+            if let Component::Node { name } = &c.component
+                && let Some(n) = status.nodes.iter().find(|n| n.name == *name)
+            {
+                outln!("         modules: {}", modules_line(n));
+            }
+        }
+        // Nodes of the domain its manager has not mentioned yet.
+        for n in status
+            .nodes
+            .iter()
+            .filter(|n| n.domain == d.domain && n.state.is_none())
+        {
+            let what = format!("node {}", n.name);
+            outln!("  ?    {what:<32} not heard of yet");
+            outln!("         modules: {}", modules_line(n));
         }
     }
     for l in &status.links {
@@ -380,6 +402,22 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `cpu-mem running, app-watch FAILING` (or `none assigned`).
+fn modules_line(n: &agad_gerente_mor::query::NodeStatus) -> String {
+    use agad_gerente_mor::query::ModuleState;
+    if n.modules.is_empty() {
+        return "none assigned".into();
+    }
+    n.modules
+        .iter()
+        .map(|m| match m.state {
+            ModuleState::Failing => format!("{} FAILING", m.name),
+            other => format!("{} {}", m.name, other.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// ` since <time> (<how long>)` of a state, if known.

@@ -193,6 +193,32 @@ fn report_alarms_and_their_filters_read_as_an_operator_expects() -> anyhow::Resu
         "nothing older than a day"
     );
 
+    // Status: each node's modules and their state, since when each
+    // element is in its state; the same as JSON.
+    let status = d.agad(&["status"])?;
+    let node_line = status
+        .lines()
+        .position(|l| l.contains("node n1"))
+        .unwrap_or_else(|| panic!("{status}"));
+    let lines: Vec<&str> = status.lines().collect();
+    assert!(lines[node_line].contains(" since "), "{status}");
+    assert_eq!(
+        lines[node_line + 1].trim(),
+        "modules: app-watch running, cpu-mem running",
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("domain d1: s1 (connected since ")),
+        "{status}"
+    );
+    let json = d.status()?;
+    let n1 = &json["nodes"][0];
+    assert_eq!(n1["name"], "n1");
+    assert_eq!(n1["modules"][0]["state"], "running", "{json}");
+    assert!(n1["since_ms"].as_u64().is_some(), "{json}");
+
     // The alarm table: aligned, severity in words.
     let table = d.agad(&["alarms", "--severity", "critical"])?;
     let header = table.lines().next().unwrap();

@@ -194,6 +194,56 @@ pub struct Status {
     pub domains: Vec<DomainStatus>,
     /// BTPG's links and whether each is failed.
     pub links: Vec<LinkStatus>,
+    /// Every node of the topology, its state and its modules.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node of the topology as `agad status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub domain: String,
+    /// As its domain manager last reported it; `None` when no serving
+    /// station has mentioned it.
+    pub state: Option<State>,
+    /// In this state since (Unix ms), where known.
+    pub since_ms: Option<u64>,
+    /// The modules the topology assigns it, by name.
+    pub modules: Vec<ModuleStatus>,
+}
+
+/// One module assigned to a node, as far as the top manager can tell.
+///
+/// The node reports each module's state (and since when) to its domain
+/// manager; the manager's keep-alive to the top carries only the names of
+/// a node's failing components, so here a module is running, failing, or
+/// unknown (its node is not connected).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleStatus {
+    pub name: String,
+    pub state: ModuleState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModuleState {
+    Running,
+    /// Its node names it among its failing components (restarting,
+    /// refused, quarantined: `agad alarms --node` says which and why).
+    Failing,
+    /// Its node is not connected: nothing known.
+    Unknown,
+}
+
+impl ModuleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleState::Running => "running",
+            ModuleState::Failing => "failing",
+            ModuleState::Unknown => "unknown",
+        }
+    }
 }
 
 /// One link of the topology as `agad status` shows it.
@@ -502,7 +552,75 @@ pub fn status(mor: &Mor) -> Result<Status, BaseError> {
             .collect(),
         domains: mor.domain_status(),
         links: link_status(mor)?,
+        nodes: node_status(mor)?,
     })
+}
+
+/// Every node of BTPG with the state its domain manager reported and the
+/// modules BTPG assigns it.
+fn node_status(mor: &Mor) -> Result<Vec<NodeStatus>, BaseError> {
+    let topology = mor.bases.topology()?;
+    let reported: HashMap<String, (State, Option<u64>)> = mor
+        .domain_status()
+        .into_iter()
+        .flat_map(|d| d.components)
+        .filter_map(|c| match c.component {
+            agad_protocol::wire::Component::Node { name } => Some((name, (c.state, c.since_ms))),
+            _ => None,
+        })
+        .collect();
+    let mut assigned: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let resolved = topology.resolved();
+    for a in &resolved {
+        assigned
+            .entry(a.node.as_str())
+            .or_default()
+            .push(a.module.clone());
+    }
+    Ok(topology
+        .nodes
+        .iter()
+        .map(|n| {
+            let (state, since_ms) = match reported.get(&n.name) {
+                Some((state, since)) => (Some(state.clone()), *since),
+                None => (None, None),
+            };
+            let modules = assigned
+                .get(n.name.as_str())
+                .into_iter()
+                .flatten()
+                .map(|m| ModuleStatus {
+                    name: m.clone(),
+                    state: module_state(state.as_ref(), m),
+                })
+                .collect();
+            NodeStatus {
+                name: n.name.clone(),
+                domain: n.domain.clone(),
+                state,
+                since_ms,
+                modules,
+            }
+        })
+        .collect())
+}
+
+/// A module's state from its node's: failing when the node names it.
+fn module_state(node: Option<&State>, module: &str) -> ModuleState {
+    match node {
+        Some(State::Connected { failing, .. }) => {
+            let me = agad_protocol::wire::Component::Module {
+                name: module.to_owned(),
+            }
+            .to_string();
+            if failing.contains(&me) {
+                ModuleState::Failing
+            } else {
+                ModuleState::Running
+            }
+        }
+        _ => ModuleState::Unknown,
+    }
 }
 
 /// Every link of BTPG, failed when an end is a host the guardian found down
@@ -835,6 +953,31 @@ mod tests {
         assert!(newest.truncated);
         let keys: Vec<String> = newest.rows.iter().map(key).collect();
         assert_eq!(keys, ["300:d1:n1:y", "300:d1:n2:x", "300:d1:n2:y"]);
+    }
+
+    #[test]
+    fn a_module_is_failing_when_its_connected_node_names_it() {
+        let connected = |failing: &[&str]| State::Connected {
+            served_by: None,
+            failing: failing.iter().map(|f| f.to_string()).collect(),
+        };
+        assert_eq!(
+            module_state(Some(&connected(&[])), "cpu-mem"),
+            ModuleState::Running
+        );
+        assert_eq!(
+            module_state(Some(&connected(&["module cpu-mem"])), "cpu-mem"),
+            ModuleState::Failing
+        );
+        assert_eq!(
+            module_state(Some(&connected(&["module cpu-mem-2"])), "cpu-mem"),
+            ModuleState::Running
+        );
+        assert_eq!(
+            module_state(Some(&State::NotConnected), "cpu-mem"),
+            ModuleState::Unknown
+        );
+        assert_eq!(module_state(None, "cpu-mem"), ModuleState::Unknown);
     }
 
     #[test]
