@@ -53,12 +53,39 @@ pub enum TopologyCommand {
 pub enum EnrollCommand {
     /// List every identity that asked to join, with its state.
     List,
-    /// Approve a pending request by its certificate fingerprint (a unique prefix will do).
-    Approve { fingerprint: String },
+    /// Approve a pending request.
+    Approve {
+        /// The request's certificate fingerprint as `enroll list` shows it,
+        /// or a prefix of it no other request shares (4 hex digits at least).
+        fingerprint: String,
+    },
     /// Let an approved identity start working.
-    Activate { name: String },
-    /// A one-time ticket that approves NAME when it first connects (`--ticket`).
-    Ticket { name: String },
+    Activate {
+        /// The identity's name (its certificate's name).
+        name: String,
+    },
+    /// A one-time ticket that approves NAME when it first connects
+    /// (give it to the node or station with `--ticket-file`).
+    Ticket {
+        /// The name of the node or station the ticket is for.
+        name: String,
+    },
+    /// List the tickets not used yet.
+    Tickets,
+    /// Cancel unused tickets.
+    Revoke {
+        /// A name (all of its unused tickets), or a ticket's first hex
+        /// digits as `enroll tickets` shows them (4 at least).
+        ticket: String,
+    },
+    /// Refuse a pending request, or forget a member (a stale request, or a
+    /// name whose certificate was re-issued); its next connection asks anew.
+    #[command(visible_alias = "remove")]
+    Reject {
+        /// The name, the certificate fingerprint, or a prefix of it no
+        /// other shares (4 hex digits at least).
+        who: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -281,32 +308,80 @@ pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
         EnrollCommand::Approve { fingerprint } => Request::EnrollApprove { fingerprint },
         EnrollCommand::Activate { name } => Request::EnrollActivate { name },
         EnrollCommand::Ticket { name } => Request::EnrollTicket { name },
+        EnrollCommand::Tickets => Request::EnrollTickets,
+        EnrollCommand::Revoke { ticket } => Request::EnrollRevoke { who: ticket },
+        EnrollCommand::Reject { who } => Request::EnrollRemove { who },
     };
     match ask(dir, request)? {
         Answer::Members(members) => {
-            outln!("{:<24} {:<8} {:<9} FINGERPRINT", "NAME", "ROLE", "STATE");
+            if members.is_empty() {
+                eprintln!("nobody has asked to enroll yet");
+                return Ok(());
+            }
+            let mut table = Table::new(&["NAME", "ROLE", "STATE", "FINGERPRINT"]);
             for m in members {
-                outln!(
-                    "{:<24} {:<8} {:<9} {}",
+                table.row(vec![
                     m.name,
-                    m.role,
-                    format!("{:?}", m.state).to_lowercase(),
-                    m.fingerprint
+                    m.role.to_string(),
+                    word(&m.state),
+                    m.fingerprint,
+                ]);
+            }
+            table.print()?;
+        }
+        Answer::Member(m) => {
+            outln!("{} ({}) is now {}", m.name, m.role, word(&m.state));
+            if m.state == agad_protocol::wire::Enrollment::Inactive {
+                outln!(
+                    "(it starts working after `agad enroll activate {}`)",
+                    m.name
                 );
             }
         }
-        Answer::Member(m) => outln!(
-            "{} ({}) is now {}",
+        Answer::Unchanged(m) => outln!(
+            "{} ({}) is already {}: nothing changed",
             m.name,
             m.role,
-            format!("{:?}", m.state).to_lowercase()
+            word(&m.state)
+        ),
+        Answer::Removed(m) => outln!(
+            "{} ({}, {}, {}) removed; its next connection is a new request",
+            m.name,
+            m.role,
+            word(&m.state),
+            m.fingerprint
         ),
         Answer::Ticket { name, ticket } => {
-            outln!("{ticket}\n(one use; start `{name}` with --ticket {ticket})")
+            outln!("{ticket}");
+            eprintln!(
+                "(one use; save it to a file and start `{name}` with --ticket-file FILE, or set AGAD_TICKET)"
+            );
+        }
+        Answer::Tickets(tickets) => {
+            if tickets.is_empty() {
+                eprintln!("no unused tickets");
+                return Ok(());
+            }
+            // The rest of a ticket is its secret: enough to tell them apart.
+            let mut table = Table::new(&["NAME", "TICKET"]);
+            for (name, ticket) in tickets {
+                table.row(vec![name, format!("{}…", prefix(&ticket, 8))]);
+            }
+            table.print()?;
+        }
+        Answer::Revoked(tickets) => {
+            for (name, ticket) in tickets {
+                outln!("ticket {}… for {name} cancelled", prefix(&ticket, 8));
+            }
         }
         other => return Err(unexpected(other)),
     }
     Ok(())
+}
+
+/// The first `n` characters of `text`.
+fn prefix(text: &str, n: usize) -> &str {
+    text.char_indices().nth(n).map_or(text, |(i, _)| &text[..i])
 }
 
 pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {

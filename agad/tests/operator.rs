@@ -233,3 +233,113 @@ fn report_alarms_and_their_filters_read_as_an_operator_expects() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// Starts node `name` under the station at `addr` without a ticket: its
+/// request waits for the operator.
+fn node_without_ticket(d: &mut Deployment, name: &str, addr: &str) -> anyhow::Result<()> {
+    d.issue("node", name)?;
+    d.spawn(
+        name,
+        &[
+            "node",
+            "--dominio",
+            addr,
+            "--pki",
+            "pki",
+            "--name",
+            name,
+            "--trust",
+            "publisher.pub",
+            "--data-dir",
+            name,
+        ],
+    )
+}
+
+/// The row of `name` in `agad enroll list`, as cells.
+fn member(d: &Deployment, name: &str) -> anyhow::Result<Option<Vec<String>>> {
+    Ok(d.agad(&["enroll", "list"])?
+        .lines()
+        .map(|l| cells(l).into_iter().map(str::to_owned).collect::<Vec<_>>())
+        .find(|c| c.first().map(String::as_str) == Some(name)))
+}
+
+#[test]
+fn enrollment_by_prefix_twice_tickets_revoked_and_stale_requests_rejected() -> anyhow::Result<()> {
+    let mut d = Deployment::start(Path::new(env!("CARGO_BIN_EXE_agad")), Options::default())?;
+    d.publish_inspector("cpu-mem")?;
+    d.apply(
+        "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\n\n\
+         [[node]]\nname = \"n1\"\ndomain = \"d1\"\n\n\
+         [[node]]\nname = \"a-node-with-a-rather-long-name\"\ndomain = \"d1\"\n\n\
+         [[node]]\nname = \"n3\"\ndomain = \"d1\"\n",
+    )?;
+    let addr = d.start_station("s1")?;
+
+    // A node started with its ticket: approved by it, so nobody is told
+    // to approve it by hand.
+    d.start_node("n1", &addr)?;
+
+    // Without a ticket: pending until approved by a 4-digit prefix.
+    let long = "a-node-with-a-rather-long-name";
+    node_without_ticket(&mut d, long, &addr)?;
+    let row = d.wait_for("the long name's request", |d| member(d, long))?;
+    assert_eq!(row[1..3], ["node", "pending"], "{row:?}");
+    let fingerprint = row[3].clone();
+    // Columns line up however long the name.
+    let list = d.agad(&["enroll", "list"])?;
+    let column = list.lines().next().unwrap().find("FINGERPRINT").unwrap();
+    for line in list.lines().skip(1) {
+        assert!(
+            line.get(column..)
+                .is_some_and(|f| f.len() == 64 && f.chars().all(|c| c.is_ascii_hexdigit())),
+            "{list}"
+        );
+    }
+    let out = d.agad(&["enroll", "approve", &fingerprint[..4]])?;
+    assert_eq!(
+        out.trim_end().lines().next(),
+        Some(&*format!("{long} (node) is now inactive"))
+    );
+    let out = d.agad(&["enroll", "approve", &fingerprint[..4]])?;
+    assert_eq!(
+        out.trim(),
+        format!("{long} (node) is already inactive: nothing changed")
+    );
+    let err = String::from_utf8_lossy(&d.run(&["enroll", "approve", "abc"])?.stderr).into_owned();
+    assert!(err.contains("at least 4 hex digits"), "{err}");
+    d.agad(&["enroll", "activate", long])?;
+    let out = d.agad(&["enroll", "activate", long])?;
+    assert!(out.contains("already active: nothing changed"), "{out}");
+
+    // A stale request is rejected by name; `remove` is the same command.
+    node_without_ticket(&mut d, "n3", &addr)?;
+    d.wait_for("n3's request", |d| member(d, "n3"))?;
+    d.stop("n3")?;
+    let out = d.agad(&["enroll", "reject", "n3"])?;
+    assert!(out.starts_with("n3 (node, pending, "), "{out}");
+    assert_eq!(member(&d, "n3")?, None);
+    let out = d.run(&["enroll", "remove", "n3"])?;
+    assert!(!out.status.success(), "already gone");
+
+    // Tickets: listed while unused (their secret cut short), revoked.
+    let ticket = d.ticket("n3")?;
+    let tickets = d.agad(&["enroll", "tickets"])?;
+    assert!(
+        tickets
+            .lines()
+            .any(|l| cells(l) == ["n3", &*format!("{}…", &ticket[..8])]),
+        "{tickets}"
+    );
+    assert!(!tickets.contains(&ticket), "the whole secret is not shown");
+    let out = d.agad(&["enroll", "revoke", &ticket[..6]])?;
+    assert!(out.contains("for n3 cancelled"), "{out}");
+    assert!(!d.agad(&["enroll", "tickets"])?.contains("n3"));
+
+    assert!(
+        !d.log("n1").contains("approve with"),
+        "a node with a ticket is not told to be approved by hand:\n{}",
+        d.log("n1")
+    );
+    Ok(())
+}
