@@ -40,6 +40,8 @@ pub struct MorDir {
 pub enum TopologyCommand {
     /// Show the difference between BTPG and FILE, then apply it as a whole.
     Apply {
+        /// The topology file (TOML: `[[domain]]`, `[[node]]`, `[[link]]`,
+        /// `[[assign]]`), the whole topology wanted.
         file: PathBuf,
         /// Only show the difference.
         #[arg(long)]
@@ -205,7 +207,7 @@ fn node_state(state: &State) -> &'static str {
 
 /// One of the protocol's kebab-case enums as the word its JSON uses
 /// (`critical`, `host-down`), never its Rust name.
-fn word<T: serde::Serialize>(value: &T) -> String {
+pub fn word<T: serde::Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => s,
         Ok(other) => other.to_string(),
@@ -253,7 +255,15 @@ pub fn publish(dir: &Path, bundle: &Path) -> anyhow::Result<()> {
             sequence,
             outcome,
         } => {
-            outln!("{module} {version} (sequence {sequence}): {outcome:?}");
+            use agad_gerente_mor::bases::Published;
+            let what = match outcome {
+                Published::New => "published".to_owned(),
+                Published::Replaced { previous_sequence } => {
+                    format!("published, replacing sequence {previous_sequence}")
+                }
+                Published::AlreadyThere => "already published: nothing changed".to_owned(),
+            };
+            outln!("{module} {version} (sequence {sequence}): {what}");
             Ok(())
         }
         other => Err(unexpected(other)),
@@ -513,7 +523,8 @@ fn ago_ms(ago: Duration) -> u64 {
     now.saturating_sub(ago.as_millis() as u64)
 }
 
-fn time(ms: u64) -> String {
+/// An instant as RFC 3339 UTC, to the second.
+pub fn time(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
 }

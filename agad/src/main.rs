@@ -19,7 +19,10 @@ use std::process::ExitCode;
 #[command(
     name = "agad",
     version,
-    about = "AGAD: network management with signed WebAssembly inspectors"
+    about = "AGAD: network management with signed WebAssembly inspectors",
+    after_help = "Logging: AGAD_LOG (or, if unset, RUST_LOG) sets the log filter, in \
+        tracing's EnvFilter syntax: AGAD_LOG=info, or AGAD_LOG=warn,agad_gerente_mor=debug \
+        for one crate. Default: warn. Logs go to stderr."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AGAD_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
@@ -118,7 +122,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             ExitCode::from(2)
         }
     }
@@ -151,9 +155,61 @@ async fn shutdown_signal() {
     }
 }
 
+/// The error and its causes on one line, each said once: many errors
+/// already print their cause (`cannot read x: No such file`), and `{:#}`
+/// would repeat it after them.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    /// An error that prints its cause and also gives it as its source,
+    /// as thiserror's `{source}` fields do.
+    #[derive(Debug)]
+    struct Reading(std::io::Error);
+
+    impl std::fmt::Display for Reading {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read x.crt: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Reading {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(Reading(io)).context("no usable certificate for `mor`");
+        assert_eq!(
+            format!("{e:#}"),
+            "no usable certificate for `mor`: cannot read x.crt: No such file: No such file",
+            "what `{{:#}}` says"
+        );
+        assert_eq!(
+            super::said_once(&e),
+            "no usable certificate for `mor`: cannot read x.crt: No such file"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::said_once(&e), "outer: inner");
+    }
 
     #[test]
     fn durations_on_the_command_line() {

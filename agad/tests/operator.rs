@@ -336,6 +336,32 @@ fn enrollment_by_prefix_twice_tickets_revoked_and_stale_requests_rejected() -> a
     assert!(out.contains("for n3 cancelled"), "{out}");
     assert!(!d.agad(&["enroll", "tickets"])?.contains("n3"));
 
+    // Publishing: the outcome in words; an unknown key says how to trust it.
+    let again = d.agad(&["module", "publish", "cpu-mem.agad"])?;
+    assert_eq!(
+        again.trim(),
+        "cpu-mem 0.1.0 (sequence 1): already published: nothing changed"
+    );
+    d.agad(&["module", "keygen", "--out", "stranger"])?;
+    d.agad(&[
+        "module",
+        "sign",
+        "cpu-mem.wasm",
+        "--manifest",
+        "cpu-mem.toml",
+        "--key",
+        "stranger.secret",
+        "--out",
+        "stranger.agad",
+    ])?;
+    let err = refused(&d, &["module", "publish", "stranger.agad"])?;
+    assert!(
+        err.contains("which the top manager does not trust")
+            && err.contains("restart `agad mor` with `--trust FILE.pub`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "said once: {err}");
+
     assert!(
         !d.log("n1").contains("approve with"),
         "a node with a ticket is not told to be approved by hand:\n{}",

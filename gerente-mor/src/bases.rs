@@ -83,6 +83,35 @@ pub enum Published {
     AlreadyThere,
 }
 
+/// Why the top manager refuses a bundle, with what the operator can do.
+fn refusal(e: &agad_protocol::bundle::BundleError) -> String {
+    use agad_protocol::bundle::BundleError;
+    let date = |secs: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+        .to_string()
+    };
+    match e {
+        BundleError::UntrustedSigner { module, signer } => format!(
+            "module `{module}` is signed by key {signer}, which the top manager does not trust; \
+             to trust it, restart `agad mor` with `--trust FILE.pub` (the public key \
+             `agad module keygen` wrote beside the secret key that signed it; repeat \
+             `--trust` for several keys), and give the same file to the domain managers and nodes"
+        ),
+        BundleError::Expired {
+            module,
+            expires_at,
+            now,
+        } => format!(
+            "module `{module}`: its signature expired at {} (now {}): sign it again",
+            date(*expires_at),
+            date(*now)
+        ),
+        other => other.to_string(),
+    }
+}
+
 impl Bases {
     pub fn open(db: &Database) -> Result<Bases> {
         Ok(Bases {
@@ -123,7 +152,7 @@ impl Bases {
     ) -> Result<Published> {
         bundle
             .verify(trusted, now_secs)
-            .map_err(|e| BaseError::Refused(format!("bundle refused: {e}")))?;
+            .map_err(|e| BaseError::Refused(format!("bundle refused: {}", refusal(&e))))?;
         let name = &bundle.manifest.name;
         let outcome = match self.bundle(name)? {
             Some(old)
