@@ -173,7 +173,16 @@ fn said_once(e: &anyhow::Error) -> String {
     line
 }
 
+/// The reader of our output went away (`agad report | head`): not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::time::Duration;
 
@@ -221,12 +230,4 @@ mod tests {
         assert!(d("10").unwrap_err().contains("2d"));
         assert!(d("soon").is_err());
     }
-}
-
-/// The reader of our output went away (`agad report | head`): not an error.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }

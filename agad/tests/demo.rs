@@ -273,7 +273,7 @@ fn the_demo_prints_real_commands_and_a_second_run_goes_on_from_the_first() {
     }
     assert!(
         text.lines().any(|l| l.starts_with("#   agad node ")
-            && l.contains(&format!("--name lab-1 "))
+            && l.contains("--name lab-1 ")
             && l.contains(&format!("--ticket-file {d}/lab-1.ticket"))),
         "{text}"
     );
