@@ -362,6 +362,12 @@ fn enrollment_by_prefix_twice_tickets_revoked_and_stale_requests_rejected() -> a
     );
     assert_eq!(err.lines().count(), 1, "said once: {err}");
 
+    // Its first contact, before the ticket's approval reached the station.
+    assert!(
+        d.log("n1").contains("enrollment requested with a ticket"),
+        "{}",
+        d.log("n1")
+    );
     assert!(
         !d.log("n1").contains("approve with"),
         "a node with a ticket is not told to be approved by hand:\n{}",
