@@ -1,8 +1,10 @@
 //! Operator commands against a running top manager (through its admin
 //! socket): publish modules, apply the topology, enroll, and read BIG.
 
+use crate::table::Table;
 use agad_gerente_mor::admin::{self, Answer, Request};
 use agad_gerente_mor::query::{AlarmQuery, ReportQuery};
+use agad_gerente_mor::units;
 use agad_protocol::Area;
 use agad_protocol::message::Severity;
 use agad_protocol::status::Diagnosis;
@@ -38,6 +40,8 @@ pub struct MorDir {
 pub enum TopologyCommand {
     /// Show the difference between BTPG and FILE, then apply it as a whole.
     Apply {
+        /// The topology file (TOML: `[[domain]]`, `[[node]]`, `[[link]]`,
+        /// `[[assign]]`), the whole topology wanted.
         file: PathBuf,
         /// Only show the difference.
         #[arg(long)]
@@ -51,12 +55,39 @@ pub enum TopologyCommand {
 pub enum EnrollCommand {
     /// List every identity that asked to join, with its state.
     List,
-    /// Approve a pending request by its certificate fingerprint (a unique prefix will do).
-    Approve { fingerprint: String },
+    /// Approve a pending request.
+    Approve {
+        /// The request's certificate fingerprint as `enroll list` shows it,
+        /// or a prefix of it no other request shares (4 hex digits at least).
+        fingerprint: String,
+    },
     /// Let an approved identity start working.
-    Activate { name: String },
-    /// A one-time ticket that approves NAME when it first connects (`--ticket`).
-    Ticket { name: String },
+    Activate {
+        /// The identity's name (its certificate's name).
+        name: String,
+    },
+    /// A one-time ticket that approves NAME when it first connects
+    /// (give it to the node or station with `--ticket-file`).
+    Ticket {
+        /// The name of the node or station the ticket is for.
+        name: String,
+    },
+    /// List the tickets not used yet.
+    Tickets,
+    /// Cancel unused tickets.
+    Revoke {
+        /// A name (all of its unused tickets), or a ticket's first hex
+        /// digits as `enroll tickets` shows them (4 at least).
+        ticket: String,
+    },
+    /// Refuse a pending request, or forget a member (a stale request, or a
+    /// name whose certificate was re-issued); its next connection asks anew.
+    #[command(visible_alias = "remove")]
+    Reject {
+        /// The name, the certificate fingerprint, or a prefix of it no
+        /// other shares (4 hex digits at least).
+        who: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -77,10 +108,10 @@ pub struct ReportArgs {
     /// Only this metric.
     #[arg(long)]
     metric: Option<String>,
-    /// From this long ago (e.g. 15m, 1h, 48h).
+    /// From this long ago (e.g. 15m, 1h, 2d, 1h30m).
     #[arg(long, default_value = "1h", value_parser = crate::parse_cli_duration)]
     since: Duration,
-    /// Up to this long ago (windows starting before then) [default: now].
+    /// Up to this long ago (windows starting before then; e.g. 30m, 1d) [default: now].
     #[arg(long, value_parser = crate::parse_cli_duration)]
     until: Option<Duration>,
     /// Per-domain rows (every node merged) instead of per-node rows.
@@ -119,7 +150,7 @@ pub struct AlarmsArgs {
     /// Only this severity or worse (info, warning, minor, major, critical).
     #[arg(long, value_parser = parse_kebab::<Severity>)]
     severity: Option<Severity>,
-    /// From this long ago (e.g. 15m, 1h, 48h) [default: all].
+    /// From this long ago (e.g. 15m, 1h, 2d, 1h30m) [default: all].
     #[arg(long, value_parser = crate::parse_cli_duration)]
     since: Option<Duration>,
     /// Up to this long ago [default: now].
@@ -174,6 +205,16 @@ fn node_state(state: &State) -> &'static str {
     }
 }
 
+/// One of the protocol's kebab-case enums as the word its JSON uses
+/// (`critical`, `host-down`), never its Rust name.
+pub fn word<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
 /// A value of one of the protocol's kebab-case enums (`--area fault`).
 fn parse_kebab<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(text.to_owned()))
@@ -214,7 +255,15 @@ pub fn publish(dir: &Path, bundle: &Path) -> anyhow::Result<()> {
             sequence,
             outcome,
         } => {
-            outln!("{module} {version} (sequence {sequence}): {outcome:?}");
+            use agad_gerente_mor::bases::Published;
+            let what = match outcome {
+                Published::New => "published".to_owned(),
+                Published::Replaced { previous_sequence } => {
+                    format!("published, replacing sequence {previous_sequence}")
+                }
+                Published::AlreadyThere => "already published: nothing changed".to_owned(),
+            };
+            outln!("{module} {version} (sequence {sequence}): {what}");
             Ok(())
         }
         other => Err(unexpected(other)),
@@ -269,32 +318,80 @@ pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
         EnrollCommand::Approve { fingerprint } => Request::EnrollApprove { fingerprint },
         EnrollCommand::Activate { name } => Request::EnrollActivate { name },
         EnrollCommand::Ticket { name } => Request::EnrollTicket { name },
+        EnrollCommand::Tickets => Request::EnrollTickets,
+        EnrollCommand::Revoke { ticket } => Request::EnrollRevoke { who: ticket },
+        EnrollCommand::Reject { who } => Request::EnrollRemove { who },
     };
     match ask(dir, request)? {
         Answer::Members(members) => {
-            outln!("{:<24} {:<8} {:<9} FINGERPRINT", "NAME", "ROLE", "STATE");
+            if members.is_empty() {
+                eprintln!("nobody has asked to enroll yet");
+                return Ok(());
+            }
+            let mut table = Table::new(&["NAME", "ROLE", "STATE", "FINGERPRINT"]);
             for m in members {
-                outln!(
-                    "{:<24} {:<8} {:<9} {}",
+                table.row(vec![
                     m.name,
-                    m.role,
-                    format!("{:?}", m.state).to_lowercase(),
-                    m.fingerprint
+                    m.role.to_string(),
+                    word(&m.state),
+                    m.fingerprint,
+                ]);
+            }
+            table.print()?;
+        }
+        Answer::Member(m) => {
+            outln!("{} ({}) is now {}", m.name, m.role, word(&m.state));
+            if m.state == agad_protocol::wire::Enrollment::Inactive {
+                outln!(
+                    "(it starts working after `agad enroll activate {}`)",
+                    m.name
                 );
             }
         }
-        Answer::Member(m) => outln!(
-            "{} ({}) is now {}",
+        Answer::Unchanged(m) => outln!(
+            "{} ({}) is already {}: nothing changed",
             m.name,
             m.role,
-            format!("{:?}", m.state).to_lowercase()
+            word(&m.state)
+        ),
+        Answer::Removed(m) => outln!(
+            "{} ({}, {}, {}) removed; its next connection is a new request",
+            m.name,
+            m.role,
+            word(&m.state),
+            m.fingerprint
         ),
         Answer::Ticket { name, ticket } => {
-            outln!("{ticket}\n(one use; start `{name}` with --ticket {ticket})")
+            outln!("{ticket}");
+            eprintln!(
+                "(one use; save it to a file and start `{name}` with --ticket-file FILE, or set AGAD_TICKET)"
+            );
+        }
+        Answer::Tickets(tickets) => {
+            if tickets.is_empty() {
+                eprintln!("no unused tickets");
+                return Ok(());
+            }
+            // The rest of a ticket is its secret: enough to tell them apart.
+            let mut table = Table::new(&["NAME", "TICKET"]);
+            for (name, ticket) in tickets {
+                table.row(vec![name, format!("{}…", prefix(&ticket, 8))]);
+            }
+            table.print()?;
+        }
+        Answer::Revoked(tickets) => {
+            for (name, ticket) in tickets {
+                outln!("ticket {}… for {name} cancelled", prefix(&ticket, 8));
+            }
         }
         other => return Err(unexpected(other)),
     }
     Ok(())
+}
+
+/// The first `n` characters of `text`.
+fn prefix(text: &str, n: usize) -> &str {
+    text.char_indices().nth(n).map_or(text, |(i, _)| &text[..i])
 }
 
 pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
@@ -315,7 +412,7 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             status.modules.join(", ")
         }
     );
-    for d in status.domains {
+    for d in &status.domains {
         let station = d.station.as_deref().unwrap_or("NO MANAGER");
         let replica = match (d.replica_sent, d.replica_acked) {
             (Some(s), Some(a)) => format!("replica v{s} sent, v{a} acknowledged"),
@@ -330,8 +427,15 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             .generation
             .map(|g| format!(", activation {g}"))
             .unwrap_or_default();
+        // The domain is in the state of the station serving it.
+        let in_state = since(
+            d.stations
+                .iter()
+                .find(|s| s.serving)
+                .and_then(|s| s.since_ms),
+        );
         outln!(
-            "domain {}: {station} ({}), {replica}{heard}{generation}",
+            "domain {}: {station} ({}{in_state}), {replica}{heard}{generation}",
             d.domain,
             d.state
         );
@@ -344,7 +448,7 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             let what = format!("station {} ({role})", s.name);
             outln!("  {mark} {what:<32} {}{}", s.state, since(s.since_ms));
         }
-        for c in d.components {
+        for c in &d.components {
             let mark = if c.healthy() { "ok  " } else { "DOWN" };
             let what = match &c.component {
                 Component::Store {
@@ -359,6 +463,21 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
                 other => other.to_string(),
             };
             outln!("  {mark} {what:<32} {}{}", c.state, since(c.since_ms));
+            if let Component::Node { name } = &c.component
+                && let Some(n) = status.nodes.iter().find(|n| n.name == *name)
+            {
+                outln!("         modules: {}", modules_line(n));
+            }
+        }
+        // Nodes of the domain its manager has not mentioned yet.
+        for n in status
+            .nodes
+            .iter()
+            .filter(|n| n.domain == d.domain && n.state.is_none())
+        {
+            let what = format!("node {}", n.name);
+            outln!("  ?    {what:<32} not heard of yet");
+            outln!("         modules: {}", modules_line(n));
         }
     }
     for l in &status.links {
@@ -368,6 +487,22 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `cpu-mem running, app-watch FAILING` (or `none assigned`).
+fn modules_line(n: &agad_gerente_mor::query::NodeStatus) -> String {
+    use agad_gerente_mor::query::ModuleState;
+    if n.modules.is_empty() {
+        return "none assigned".into();
+    }
+    n.modules
+        .iter()
+        .map(|m| match m.state {
+            ModuleState::Failing => format!("{} FAILING", m.name),
+            other => format!("{} {}", m.name, other.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// ` since <time> (<how long>)` of a state, if known.
@@ -388,7 +523,8 @@ fn ago_ms(ago: Duration) -> u64 {
     now.saturating_sub(ago.as_millis() as u64)
 }
 
-fn time(ms: u64) -> String {
+/// An instant as RFC 3339 UTC, to the second.
+pub fn time(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -421,55 +557,82 @@ pub fn report(dir: &Path, args: ReportArgs) -> anyhow::Result<()> {
         Answer::Reports(r) => r,
         other => return Err(unexpected(other)),
     };
-    if !args.json {
-        outln!(
-            "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10} {:>6} {:>6}",
-            "WINDOW",
-            "DOMAIN",
-            "NODE",
-            "MODULE",
-            "VERSION",
-            "METRIC",
-            "SUBJECT",
-            "MIN",
-            "MAX",
-            "MEAN",
-            "LAST",
-            "COUNT",
-            "COVER"
-        );
-    }
-    for r in &answer.rows {
-        let s = &r.summary;
-        if args.json {
+    if args.json {
+        for r in &answer.rows {
             let line = serde_json::json!({
                 "window_start": time(r.window_start_ms), "window_end": time(r.window_end_ms),
                 "window_start_ms": r.window_start_ms, "window_end_ms": r.window_end_ms,
                 "domain": r.domain, "node": r.node, "module": r.module,
-                "provenance": r.provenance, "summary": s,
+                "provenance": r.provenance,
+                "unit": units::unit_of(&r.summary.metric, &r.summary.unit),
+                "summary": r.summary,
             });
             outln!("{line}");
-        } else {
-            outln!(
-                "{:<20} {:<10} {:<12} {:<14} {:<10} {:<22} {:<12} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6} {:>5.0}%",
-                time(r.window_start_ms),
-                r.domain,
-                r.node,
-                r.module,
-                r.provenance.version,
-                s.metric,
-                s.subject,
-                s.min,
-                s.max,
-                s.mean,
-                s.last,
-                s.count,
-                s.coverage * 100.0
-            );
         }
+        note_truncated(answer.truncated, args.limit);
+        return Ok(());
+    }
+    // A per-domain row is the domain's: its "node" would be the domain again.
+    let mut table = Table::new(if args.per_domain {
+        &[
+            "START", "LENGTH", "DOMAIN", "MODULE", "VERSION", "METRIC", "SUBJECT", "MIN>", "MAX>",
+            "MEAN>", "LAST>", "UNIT", "COUNT>", "COVER>",
+        ]
+    } else {
+        &[
+            "START", "LENGTH", "DOMAIN", "NODE", "MODULE", "VERSION", "METRIC", "SUBJECT", "MIN>",
+            "MAX>", "MEAN>", "LAST>", "UNIT", "COUNT>", "COVER>",
+        ]
+    });
+    for r in &answer.rows {
+        let s = &r.summary;
+        let scale = units::scale_of(&s.metric, &s.unit, &[s.min, s.max, s.mean, s.last]);
+        let mut cells = vec![
+            time(r.window_start_ms),
+            length(r.window_end_ms.saturating_sub(r.window_start_ms)),
+            r.domain.clone(),
+        ];
+        if !args.per_domain {
+            cells.push(r.node.clone());
+        }
+        cells.extend([
+            r.module.clone(),
+            r.provenance.version.clone(),
+            s.metric.clone(),
+            or_dash(&s.subject),
+            scale.format(s.min),
+            scale.format(s.max),
+            scale.format(s.mean),
+            scale.format(s.last),
+            or_dash(&scale.unit),
+            s.count.to_string(),
+            format!("{:.0}%", s.coverage * 100.0),
+        ]);
+        table.row(cells);
+    }
+    if table.is_empty() {
+        eprintln!(
+            "no report rows match (windows since {}); widen --since, or see `agad status` for what is running",
+            time(ago_ms(args.since))
+        );
+    } else {
+        table.print()?;
     }
     note_truncated(answer.truncated, args.limit);
     Ok(())
+}
+
+/// A window's length as people say it (`1m`, `2s`, `1h 30m`).
+fn length(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.to_owned()
+    }
 }
 
 pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
@@ -489,18 +652,16 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
         Answer::Alarms(a) => a,
         other => return Err(unexpected(other)),
     };
-    if !args.json {
-        outln!(
-            "{:<20} {:<7} {:<9} {:<12} {:<14} {:<14} {:<10} MESSAGE",
-            "TIME",
-            "STATE",
-            "SEVERITY",
-            "NODE",
-            "NODE STATE",
-            "MODULE",
-            "VERSION"
-        );
-    }
+    let mut table = Table::new(&[
+        "TIME",
+        "STATE",
+        "SEVERITY",
+        "NODE",
+        "NODE STATE",
+        "MODULE",
+        "VERSION",
+        "MESSAGE",
+    ]);
     for a in &answer.alarms {
         let cases = answer
             .cases
@@ -516,24 +677,31 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
             }
             outln!("{value}");
         } else {
-            outln!(
-                "{:<20} {:<7} {:<9} {:<12} {:<14} {:<14} {:<10} {}",
+            table.row(vec![
                 time(a.time_ms),
                 match (a.raised, a.is_closing()) {
                     (true, _) => "RAISED",
                     (false, true) => "closed",
                     (false, false) => "cleared",
-                },
-                format!("{:?}", a.severity).to_lowercase(),
-                a.node,
-                answer.nodes.get(&a.node).map_or("-", node_state),
-                a.module,
-                a.provenance.version,
-                a.message
-            );
+                }
+                .into(),
+                word(&a.severity),
+                a.node.clone(),
+                answer.nodes.get(&a.node).map_or("-", node_state).into(),
+                a.module.clone(),
+                a.provenance.version.clone(),
+                a.message.clone(),
+            ]);
             for case in cases {
-                outln!("{:<20} └ {}", "", case_line(case));
+                table.note(format!("{:<20}  └ {}", "", case_line(case)));
             }
+        }
+    }
+    if !args.json {
+        if table.is_empty() {
+            eprintln!("no alarms match");
+        } else {
+            table.print()?;
         }
     }
     note_truncated(answer.truncated, args.limit);

@@ -23,9 +23,16 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Folder for the demo's keys, certificates, bundles, databases and logs (reused between runs).
+    /// Folder for the demo's keys, certificates, bundles, databases and
+    /// logs. A second run in the same folder goes on from the first: the
+    /// same identities, and BIG keeps the history (see --fresh).
     #[arg(long, default_value = "agad-demo")]
     dir: PathBuf,
+    /// Start afresh: clear the databases and logs a previous run left in
+    /// --dir (keys, certificates and signed bundles are kept), so the run
+    /// shows the whole sequence again (publish, apply, enroll, deploy).
+    #[arg(long)]
+    fresh: bool,
     /// How often each inspector samples.
     #[arg(long, default_value = "2s")]
     period: String,
@@ -93,18 +100,30 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("logs"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let d = dir.display();
-    // Keys and certificates are kept; the processes' bases start afresh so
-    // every run shows the whole sequence (publish, apply, enroll, deploy).
-    for name in std::iter::once("mor").chain(
+    let names = std::iter::once("mor").chain(
         DOMAINS
             .iter()
             .flat_map(|(_, s, n)| std::iter::once(*s).chain(n.iter().copied())),
-    ) {
-        let data = dir.join(name);
-        if data.exists() {
-            std::fs::remove_dir_all(&data)
-                .with_context(|| format!("cannot clear {}", data.display()))?;
+    );
+    let previous = dir.join("mor").exists();
+    if args.fresh {
+        // Keys and certificates are kept; the processes' bases go.
+        for name in names {
+            let data = dir.join(name);
+            if data.exists() {
+                std::fs::remove_dir_all(&data)
+                    .with_context(|| format!("cannot clear {}", data.display()))?;
+            }
         }
+        if previous {
+            eprintln!(
+                "Starting afresh (--fresh): the previous run's databases and logs in {d} are cleared."
+            );
+        }
+    } else if previous {
+        eprintln!(
+            "Going on from the previous run in {d}: same identities, BIG keeps its history (`--fresh` starts afresh)."
+        );
     }
     let publisher = publisher_key(&dir)?;
     let bundles = sign_builtins(&dir, &publisher)?;
@@ -113,7 +132,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mor_dir = dir.join("mor");
     let mor_addr = free_port()?;
     let exe = std::env::current_exe()?;
-    let mut children = Children::new(&dir);
+    let mut children = Children::new(&dir, args.fresh);
 
     eprintln!(
         "#   agad mor --pki {d}/pki --name mor --listen {mor_addr} --data-dir {d}/mor --trust {d}/publisher.pub"
@@ -130,9 +149,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .arg(dir.join("publisher.pub")),
     )?;
     wait_for(&mor_dir, &mut children)?;
+    // The operator commands below find the top manager through it.
+    eprintln!("#   export AGAD_MOR_DIR={d}/mor");
     for path in &bundles {
         eprintln!("#   agad module publish {}", path.display());
-        admin_cmd::publish(&mor_dir, path)?;
+        admin_cmd::publish(&mor_dir, path).with_context(|| {
+            format!(
+                "the built-in modules changed since the run that published them in {d}: run `agad demo --fresh`"
+            )
+        })?;
     }
     let topology = dir.join("topology.toml");
     std::fs::write(&topology, demo_topology(&args.period, args.window_secs))?;
@@ -159,9 +184,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut names = Vec::new();
     for (domain, station, nodes) in DOMAINS {
         let listen = free_port()?;
-        let station_ticket = ticket(&mor_dir, station)?;
+        let station_ticket = ticket(&dir, &mor_dir, station)?;
         eprintln!(
-            "#   agad dominio --pki {d}/pki --name {station} --mor {mor_addr} --listen {listen} --data-dir {d}/{station} --trust {d}/publisher.pub --ticket <from agad enroll ticket {station}>"
+            "#   agad dominio --pki {d}/pki --name {station} --mor {mor_addr} --listen {listen} --data-dir {d}/{station} --trust {d}/publisher.pub{} --keepalive 5s",
+            ticket_flag(&station_ticket)
         );
         children.spawn(
             station,
@@ -181,13 +207,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .arg(dir.join(station))
                 .arg("--trust")
                 .arg(dir.join("publisher.pub"))
-                .args(["--ticket", &station_ticket, "--keepalive", "5s"]),
+                .args(ticket_args(&station_ticket))
+                .args(["--keepalive", "5s"]),
         )?;
         names.push(station.to_string());
         for node in *nodes {
-            let node_ticket = ticket(&mor_dir, node)?;
+            let node_ticket = ticket(&dir, &mor_dir, node)?;
             eprintln!(
-                "#   agad node --dominio {listen} --pki {d}/pki --name {node} --trust {d}/publisher.pub --data-dir {d}/{node} --ticket <...>   (domain {domain})"
+                "#   agad node --dominio {listen} --pki {d}/pki --name {node} --trust {d}/publisher.pub --data-dir {d}/{node}{} --keepalive 5s   (domain {domain})",
+                ticket_flag(&node_ticket)
             );
             children.spawn(
                 node,
@@ -199,7 +227,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                     .arg(dir.join("publisher.pub"))
                     .arg("--data-dir")
                     .arg(dir.join(node))
-                    .args(["--ticket", &node_ticket, "--keepalive", "5s"]),
+                    .args(ticket_args(&node_ticket))
+                    .args(["--keepalive", "5s"]),
             )?;
             names.push(node.to_string());
         }
@@ -284,6 +313,7 @@ fn publisher_key(dir: &Path) -> anyhow::Result<SecretKey> {
 /// Signs the built-in inspectors into `<dir>/<name>.agad`.
 fn sign_builtins(dir: &Path, key: &SecretKey) -> anyhow::Result<Vec<PathBuf>> {
     let mut bundles = Vec::new();
+    let mut reused = 0;
     let builtins = agad_modules::INSPECTORS
         .iter()
         .chain(agad_modules::SPECIALISTS);
@@ -293,12 +323,27 @@ fn sign_builtins(dir: &Path, key: &SecretKey) -> anyhow::Result<Vec<PathBuf>> {
         }
         let spec = ManifestSpec::from_toml(builtin.manifest_toml)
             .with_context(|| format!("built-in manifest of {}", builtin.name))?;
-        std::fs::write(dir.join(format!("{}.wasm", builtin.name)), builtin.wasm)?;
-        std::fs::write(
-            dir.join(format!("{}.toml", builtin.name)),
-            builtin.manifest_toml,
-        )?;
         let bundle_path = dir.join(format!("{}.agad", builtin.name));
+        let manifest_path = dir.join(format!("{}.toml", builtin.name));
+        // The previous run's bundle, if it signed this very module: signing
+        // again would make a new bundle under the same sequence, which the
+        // top manager that kept its BGC refuses.
+        let same = std::fs::read(&bundle_path)
+            .ok()
+            .and_then(|b| Bundle::from_bytes(&b).ok())
+            .is_some_and(|old| {
+                old.wasm == builtin.wasm
+                    && std::fs::read_to_string(&manifest_path)
+                        .is_ok_and(|m| m == builtin.manifest_toml)
+                    && old.verify(&[key.public()], unix_now()).is_ok()
+            });
+        if same {
+            reused += 1;
+            bundles.push(bundle_path);
+            continue;
+        }
+        std::fs::write(dir.join(format!("{}.wasm", builtin.name)), builtin.wasm)?;
+        std::fs::write(&manifest_path, builtin.manifest_toml)?;
         let bundle = Bundle::sign(spec, builtin.wasm.to_vec(), key, unix_now());
         std::fs::write(&bundle_path, bundle.to_bytes())?;
         eprintln!(
@@ -307,6 +352,12 @@ fn sign_builtins(dir: &Path, key: &SecretKey) -> anyhow::Result<Vec<PathBuf>> {
             builtin.name
         );
         bundles.push(bundle_path);
+    }
+    if reused > 0 {
+        eprintln!(
+            "#   ({reused} bundles signed by a previous run in {} are reused)",
+            dir.display()
+        );
     }
     Ok(bundles)
 }
@@ -363,16 +414,48 @@ fn demo_topology(period: &str, window_secs: u64) -> String {
     t
 }
 
-fn ticket(mor_dir: &Path, name: &str) -> anyhow::Result<String> {
-    match admin_cmd::ask(
+/// A ticket for `name` in `<dir>/<name>.ticket` (printed as the command
+/// that makes it), or `None` when `name` is enrolled already (a run that
+/// goes on from the previous one).
+fn ticket(dir: &Path, mor_dir: &Path, name: &str) -> anyhow::Result<Option<PathBuf>> {
+    let Answer::Members(members) = admin_cmd::ask(mor_dir, Request::EnrollList)? else {
+        bail!("unexpected answer to enroll list");
+    };
+    if members.iter().any(|m| m.name == name) {
+        return Ok(None);
+    }
+    let ticket = match admin_cmd::ask(
         mor_dir,
         Request::EnrollTicket {
             name: name.to_owned(),
         },
     )? {
-        Answer::Ticket { ticket, .. } => Ok(ticket),
+        Answer::Ticket { ticket, .. } => ticket,
         other => bail!("unexpected answer: {other:?}"),
+    };
+    let path = dir.join(format!("{name}.ticket"));
+    eprintln!("#   agad enroll ticket {name} > {}", path.display());
+    if path.exists() {
+        std::fs::remove_file(&path)?;
     }
+    crate::module_cmd::write_private(&path, ticket.as_bytes())?;
+    Ok(Some(path))
+}
+
+/// ` --ticket-file FILE`, as printed.
+fn ticket_flag(ticket: &Option<PathBuf>) -> String {
+    ticket
+        .as_ref()
+        .map(|p| format!(" --ticket-file {}", p.display()))
+        .unwrap_or_default()
+}
+
+/// `--ticket-file FILE` on a command line, if there is a ticket.
+fn ticket_args(ticket: &Option<PathBuf>) -> Vec<std::ffi::OsString> {
+    ticket
+        .iter()
+        .flat_map(|p| ["--ticket-file".into(), p.clone().into_os_string()])
+        .collect()
 }
 
 /// Tickets approve; the operator still activates. The demo plays the operator.
@@ -393,6 +476,19 @@ fn activate_when_approved(
         let Answer::Members(members) = admin_cmd::ask(mor_dir, Request::EnrollList)? else {
             bail!("unexpected answer to enroll list");
         };
+        for m in members.iter().filter(|m| m.state == Enrollment::Pending) {
+            // Left pending by an interrupted run (its ticket is spent):
+            // the demo plays the operator.
+            if waiting.iter().any(|w| **w == m.name) {
+                eprintln!("#   agad enroll approve {}", m.fingerprint);
+                admin_cmd::ask(
+                    mor_dir,
+                    Request::EnrollApprove {
+                        fingerprint: m.fingerprint.clone(),
+                    },
+                )?;
+            }
+        }
         for m in members.iter().filter(|m| m.state != Enrollment::Pending) {
             if waiting.iter().any(|w| **w == m.name) {
                 if m.state == Enrollment::Inactive {
@@ -473,13 +569,16 @@ struct Element {
 struct Children {
     dir: PathBuf,
     elements: Vec<Element>,
+    /// Logs start empty (else each run's output follows the previous one's).
+    fresh: bool,
 }
 
 impl Children {
-    fn new(dir: &Path) -> Children {
+    fn new(dir: &Path, fresh: bool) -> Children {
         Children {
             dir: dir.to_owned(),
             elements: Vec::new(),
+            fresh,
         }
     }
 
@@ -492,7 +591,13 @@ impl Children {
         command: &mut Command,
     ) -> anyhow::Result<()> {
         let log_path = self.dir.join("logs").join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(!self.fresh)
+            .write(true)
+            .truncate(self.fresh)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
         let log_filter = std::env::var("AGAD_LOG").unwrap_or_else(|_| "info".into());
         self.write_restart_script(name, command, &log_filter, &log_path)?;
         let _ = std::fs::remove_file(pid_file(&self.dir, name));
@@ -545,7 +650,7 @@ impl Children {
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot replace {}", path.display()))?;
         }
-        // It holds the enrollment ticket of the command line: the user's only.
+        // It names the enrollment ticket's file: the user's only.
         crate::module_cmd::write_private(&path, script.as_bytes())?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;

@@ -10,6 +10,7 @@ mod module_cmd;
 mod node_cmd;
 mod pki_cmd;
 mod station_cmd;
+mod table;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -18,7 +19,10 @@ use std::process::ExitCode;
 #[command(
     name = "agad",
     version,
-    about = "AGAD: network management with signed WebAssembly inspectors"
+    about = "AGAD: network management with signed WebAssembly inspectors",
+    after_help = "Logging: AGAD_LOG (or, if unset, RUST_LOG) sets the log filter, in \
+        tracing's EnvFilter syntax: AGAD_LOG=info, or AGAD_LOG=warn,agad_gerente_mor=debug \
+        for one crate. Default: warn. Logs go to stderr."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AGAD_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
@@ -117,7 +122,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             ExitCode::from(2)
         }
     }
@@ -130,10 +135,12 @@ fn private_files() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
-/// `500ms`, `30s`, `5m`, `1h` on the command line.
+/// `500ms`, `30s`, `5m`, `1h`, `2d`, `1h30m` on the command line: the
+/// files' syntax, and days and combinations as humantime reads them.
 fn parse_cli_duration(text: &str) -> Result<std::time::Duration, String> {
     agad_runtime::parse_duration(text)
-        .ok_or_else(|| format!("`{text}` is not a duration (use e.g. 500ms, 30s, 5m, 1h)"))
+        .or_else(|| humantime::parse_duration(text.trim()).ok())
+        .ok_or_else(|| format!("`{text}` is not a duration (use e.g. 500ms, 30s, 5m, 1h, 2d)"))
 }
 
 /// Resolves on Ctrl-C or SIGTERM, so managers and nodes stop cleanly either way.
@@ -148,10 +155,79 @@ async fn shutdown_signal() {
     }
 }
 
+/// The error and its causes on one line, each said once: many errors
+/// already print their cause (`cannot read x: No such file`), and `{:#}`
+/// would repeat it after them.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// The reader of our output went away (`agad report | head`): not an error.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    /// An error that prints its cause and also gives it as its source,
+    /// as thiserror's `{source}` fields do.
+    #[derive(Debug)]
+    struct Reading(std::io::Error);
+
+    impl std::fmt::Display for Reading {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read x.crt: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Reading {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(Reading(io)).context("no usable certificate for `mor`");
+        assert_eq!(
+            format!("{e:#}"),
+            "no usable certificate for `mor`: cannot read x.crt: No such file: No such file",
+            "what `{{:#}}` says"
+        );
+        assert_eq!(
+            super::said_once(&e),
+            "no usable certificate for `mor`: cannot read x.crt: No such file"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::said_once(&e), "outer: inner");
+    }
+
+    #[test]
+    fn durations_on_the_command_line() {
+        let d = |t: &str| super::parse_cli_duration(t);
+        assert_eq!(d("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(d("48h"), Ok(Duration::from_secs(48 * 3600)));
+        assert_eq!(d("2d"), Ok(Duration::from_secs(2 * 86400)));
+        assert_eq!(d("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(d("10").unwrap_err().contains("2d"));
+        assert!(d("soon").is_err());
+    }
 }

@@ -29,6 +29,7 @@ pub enum ModuleCommand {
     },
     /// Check a bundle: signature by a trusted key, hash, validity; print its manifest.
     Verify {
+        /// The signed bundle (`.agad`) to check.
         bundle: PathBuf,
         /// Public key to trust (repeatable).
         #[arg(long = "trust", required = true)]
@@ -36,6 +37,7 @@ pub enum ModuleCommand {
     },
     /// Publish a signed bundle into the top manager's BGC.
     Publish {
+        /// The signed bundle (`.agad`, from `agad module sign`).
         bundle: PathBuf,
         #[command(flatten)]
         mor: crate::admin_cmd::MorDir,
@@ -80,18 +82,28 @@ pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
                 "  module        {} {} (sequence {})",
                 m.name, m.version, m.sequence
             );
-            println!("  kind, area    {:?}, {:?}", m.kind, m.area);
+            println!(
+                "  kind, area    {}, {}",
+                crate::admin_cmd::word(&m.kind),
+                crate::admin_cmd::word(&m.area)
+            );
             let caps: Vec<String> = m.capabilities.iter().map(|c| c.to_string()).collect();
             println!("  capabilities  {}", caps.join(", "));
+            let bytes = |n: u64| {
+                agad_gerente_mor::units::scale_for("B", n as f64).format_with_unit(n as f64)
+            };
             println!(
-                "  limits        {} bytes of memory, {} ms per call, {} bytes of state",
-                m.limits.max_memory_bytes, m.limits.max_time_per_call_ms, m.limits.max_state_bytes
+                "  limits        {} of memory, {} ms per call, {} of state",
+                bytes(m.limits.max_memory_bytes),
+                m.limits.max_time_per_call_ms,
+                bytes(m.limits.max_state_bytes)
             );
             println!("  sha256        {}", m.sha256_hex());
             println!("  signer        {}", m.signer);
             println!(
-                "  valid         {} .. {} (Unix seconds)",
-                m.issued_at, m.expires_at
+                "  valid         {} to {}",
+                crate::admin_cmd::time(m.issued_at.saturating_mul(1000)),
+                crate::admin_cmd::time(m.expires_at.saturating_mul(1000))
             );
             Ok(())
         }

@@ -16,13 +16,17 @@ pub enum PkiCommand {
         #[arg(long, default_value = "agad")]
         deployment: String,
     },
-    /// Issue a station certificate signed by the CA: <NAME>.crt and <NAME>.key.
+    /// Issue a certificate signed by the CA for a node, a domain manager
+    /// or the top manager (--role): <NAME>.crt and <NAME>.key.
     Issue {
         /// Directory holding ca.crt and ca.key.
         #[arg(long)]
         ca_dir: PathBuf,
-        /// What the station is: node, dominio or mor.
-        #[arg(long)]
+        /// What the certificate is for, written into it (a peer acts only
+        /// in its certificate's role): `node` (a managed node, `agad node`),
+        /// `dominio` (a domain-manager station, `agad dominio`) or `mor`
+        /// (the top manager, `agad mor`).
+        #[arg(long, value_parser = ["node", "dominio", "mor"])]
         role: String,
         /// Station name (certificate CN): 1-64 characters of A-Z a-z 0-9 . _ -
         #[arg(long)]

@@ -76,6 +76,29 @@ fn sign_then_verify_and_tampering_is_detected() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("OK") && text.contains("cpu-mem"), "{text}");
+    // Dates as RFC 3339 UTC, sizes scaled, enums as their words.
+    let valid = text.lines().find(|l| l.contains("valid")).unwrap();
+    let dates: Vec<&str> = valid
+        .split_whitespace()
+        .skip(1)
+        .filter(|w| *w != "to")
+        .collect();
+    assert_eq!(dates.len(), 2, "{text}");
+    for d in dates {
+        assert!(
+            d.len() == 20 && d.ends_with('Z') && d.as_bytes()[10] == b'T',
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("inspector, performance") || text.contains("inspector, "),
+        "{text}"
+    );
+    assert!(text.contains("MiB of memory"), "{text}");
+    assert!(
+        !text.contains("Unix seconds") && !text.contains("Inspector"),
+        "{text}"
+    );
 
     let mut bytes = std::fs::read(&bundle).unwrap();
     let last = bytes.len() - 10;
@@ -987,4 +1010,65 @@ fn kb_test_says_which_rule_matches_and_why_the_others_do_not() {
         runs[3].contains("  - node `web-1` is in group web"),
         "{text}"
     );
+}
+
+#[test]
+fn help_documents_logging_roles_and_positional_arguments_and_errors_are_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = |args: &[&str]| {
+        let out = agad(args, dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    assert!(
+        top.contains("AGAD_LOG") && top.contains("RUST_LOG"),
+        "{top}"
+    );
+    let issue = help(&["pki", "issue", "--help"]);
+    assert!(
+        issue.contains("[possible values: node, dominio, mor]") && issue.contains("top manager"),
+        "{issue}"
+    );
+    for args in [
+        &["topology", "apply", "--help"][..],
+        &["module", "publish", "--help"],
+        &["module", "verify", "--help"],
+        &["enroll", "approve", "--help"],
+    ] {
+        let text = help(args);
+        let arguments = text
+            .split("Arguments:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{text}"));
+        let first = arguments.lines().nth(1).unwrap();
+        assert!(
+            first
+                .trim()
+                .split_once("  ")
+                .is_some_and(|(_, what)| !what.trim().is_empty()),
+            "described: {text}"
+        );
+    }
+    // A missing certificate: the cause once, not repeated after itself.
+    let out = agad(
+        &[
+            "mor",
+            "--pki",
+            "nopki",
+            "--name",
+            "mor",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "m",
+            "--trust",
+            "k.pub",
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }

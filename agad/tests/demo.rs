@@ -206,3 +206,125 @@ fn the_demo_outlives_a_killed_node_and_its_restart_script_brings_it_back() {
         !alive(restarted)
     });
 }
+
+/// Starts `agad demo --dir DIR ARGS`, its stderr in `stderr`.
+fn start_demo(dir: &Path, stderr: &Path, args: &[&str]) -> Demo {
+    let child = Command::new(AGAD)
+        .args(["demo", "--dir"])
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Demo {
+        child,
+        stderr: stderr.to_owned(),
+    }
+}
+
+/// The ids and times of lab-1's alarms in the demo's BIG.
+fn lab_alarms(dir: &Path) -> Vec<(String, u64)> {
+    let out = Command::new(AGAD)
+        .args(["alarms", "--json", "--node", "lab-1"])
+        .env("AGAD_MOR_DIR", dir.join("mor"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_owned(),
+                a["time_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn stop(mut demo: Demo) {
+    assert!(signal("INT", demo.child.id()).success());
+    let status = demo.child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{}", demo.text());
+}
+
+#[test]
+fn the_demo_prints_real_commands_and_a_second_run_goes_on_from_the_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut demo = start_demo(&dir, &tmp.path().join("first.stderr"), &["--for", "10m"]);
+    demo.wait_for("Ctrl-C stops everything", |l| {
+        l.contains("Ctrl-C stops everything").then_some(())
+    });
+    wait_until("lab-1's alarm in BIG", &demo, || {
+        !lab_alarms(&dir).is_empty()
+    });
+    let text = demo.text();
+    // Every command with its real values: no placeholders, the tickets
+    // made by the command shown and passed as files.
+    let d = dir.display();
+    for line in [
+        format!("#   export AGAD_MOR_DIR={d}/mor"),
+        format!("#   agad enroll ticket station-campus > {d}/station-campus.ticket"),
+        format!("#   agad enroll ticket lab-1 > {d}/lab-1.ticket"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("#   agad node ")
+            && l.contains("--name lab-1 ")
+            && l.contains(&format!("--ticket-file {d}/lab-1.ticket"))),
+        "{text}"
+    );
+    assert!(!text.contains("<from") && !text.contains("<...>"), "{text}");
+    let ticket = std::fs::read_to_string(dir.join("lab-1.ticket")).unwrap();
+    assert_eq!(ticket.trim().len(), 32, "the ticket itself");
+    // Read while the top manager runs (it answers through its socket).
+    let before = lab_alarms(&dir);
+    assert!(!before.is_empty());
+    stop(demo);
+
+    // Again in the same folder: it says it goes on, and BIG kept the
+    // first run's alarms.
+    let mut demo = start_demo(&dir, &tmp.path().join("second.stderr"), &["--for", "10m"]);
+    demo.wait_for("Ctrl-C stops everything", |l| {
+        l.contains("Ctrl-C stops everything").then_some(())
+    });
+    let text = demo.text();
+    assert!(
+        text.starts_with(&format!("Going on from the previous run in {d}")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("agad enroll ticket"),
+        "the same identities need no new tickets:\n{text}"
+    );
+    let after = lab_alarms(&dir);
+    for a in &before {
+        assert!(after.contains(a), "{a:?} kept: {after:?}");
+    }
+    wait_until("lab-1 connected again", &demo, || connected(&dir, "lab-1"));
+    stop(demo);
+
+    // `--fresh` says so, and starts from empty bases.
+    let mut demo = start_demo(
+        &dir,
+        &tmp.path().join("third.stderr"),
+        &["--fresh", "--for", "10m"],
+    );
+    demo.wait_for("Ctrl-C stops everything", |l| {
+        l.contains("Ctrl-C stops everything").then_some(())
+    });
+    assert!(
+        demo.text().starts_with("Starting afresh (--fresh)"),
+        "{}",
+        demo.text()
+    );
+    let fresh = lab_alarms(&dir);
+    assert!(
+        before.iter().all(|a| !fresh.contains(a)),
+        "the old history is gone: {fresh:?}"
+    );
+    stop(demo);
+}

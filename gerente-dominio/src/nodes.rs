@@ -330,25 +330,39 @@ fn admission(
         .find(|m| m.name == peer.name && m.role == Role::Node && m.fingerprint == peer.fingerprint);
     match member {
         Some(m) if m.state == Enrollment::Active => None,
+        Some(m) if m.state == Enrollment::Inactive => Some((
+            m.state,
+            format!(
+                "`{}` is approved; it starts working after `agad enroll activate {}`",
+                peer.name, peer.name
+            ),
+        )),
         Some(m) => Some((
             m.state,
-            format!("enrollment of `{}` is {:?}", peer.name, m.state),
+            format!(
+                "enrollment of `{}` waits for `agad enroll approve {}`",
+                peer.name, m.fingerprint
+            ),
         )),
         None => {
-            // Unknown here: ask the top manager (a ticket approves at once).
+            // A ticket approves at once: the operator has nothing to do
+            // but wait for the approval to reach this station.
+            let reason = if ticket.is_some() {
+                "enrollment requested with a ticket; waiting for the top manager's answer".into()
+            } else {
+                format!(
+                    "enrollment requested; approve with `agad enroll approve {}`",
+                    peer.fingerprint
+                )
+            };
+            // Unknown here: ask the top manager.
             station.request_enrollment(
                 peer.name.clone(),
                 Role::Node,
                 peer.fingerprint.clone(),
                 ticket,
             );
-            Some((
-                Enrollment::Pending,
-                format!(
-                    "enrollment requested; approve with `agad enroll approve {}`",
-                    peer.fingerprint
-                ),
-            ))
+            Some((Enrollment::Pending, reason))
         }
     }
 }

@@ -514,7 +514,16 @@ fn admission(
         Some(m) => {
             return Err((
                 m.state,
-                format!("enrollment of `{}` is {:?}", peer.name, m.state),
+                match m.state {
+                    Enrollment::Pending => format!(
+                        "enrollment of `{}` waits for `agad enroll approve {}`",
+                        peer.name, m.fingerprint
+                    ),
+                    _ => format!(
+                        "`{}` is approved; it starts working after `agad enroll activate {}`",
+                        peer.name, peer.name
+                    ),
+                },
             ));
         }
         None => {

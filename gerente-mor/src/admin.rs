@@ -50,6 +50,16 @@ pub enum Request {
     EnrollTicket {
         name: String,
     },
+    /// Forget a member or request: by name, fingerprint or unique prefix.
+    EnrollRemove {
+        who: String,
+    },
+    /// Unused tickets, by name.
+    EnrollTickets,
+    /// Cancel unused tickets: a name's, or the one a prefix names.
+    EnrollRevoke {
+        who: String,
+    },
     Status,
     Reports(ReportQuery),
     Alarms(AlarmQuery),
@@ -88,7 +98,15 @@ pub enum Answer {
     },
     KbShow(KbStatus),
     Members(Vec<Member>),
+    /// A member after a change.
     Member(Member),
+    /// A member already in the state asked for: nothing changed.
+    Unchanged(Member),
+    /// A member or request forgotten.
+    Removed(Member),
+    /// Unused tickets as (name, ticket): listed, or cancelled.
+    Tickets(Vec<(String, String)>),
+    Revoked(Vec<(String, String)>),
     Ticket {
         name: String,
         ticket: String,
@@ -278,16 +296,27 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
         Request::KbApply { files, dry_run } => kb_apply(mor, files, dry_run)?,
         Request::KbShow => Answer::KbShow(kb_show(mor)?),
         Request::EnrollList => Answer::Members(b.members()?),
-        Request::EnrollApprove { fingerprint } => {
-            let m = b.approve(&fingerprint)?;
+        Request::EnrollApprove { fingerprint } => match b.approve(&fingerprint)? {
+            (m, true) => {
+                mor.reconcile();
+                Answer::Member(m)
+            }
+            (m, false) => Answer::Unchanged(m),
+        },
+        Request::EnrollActivate { name } => match b.activate(&name)? {
+            (m, true) => {
+                mor.reconcile();
+                Answer::Member(m)
+            }
+            (m, false) => Answer::Unchanged(m),
+        },
+        Request::EnrollRemove { who } => {
+            let m = b.remove_member(&who)?;
             mor.reconcile();
-            Answer::Member(m)
+            Answer::Removed(m)
         }
-        Request::EnrollActivate { name } => {
-            let m = b.activate(&name)?;
-            mor.reconcile();
-            Answer::Member(m)
-        }
+        Request::EnrollTickets => Answer::Tickets(b.tickets()?),
+        Request::EnrollRevoke { who } => Answer::Revoked(b.revoke(&who)?),
         Request::EnrollTicket { name } => Answer::Ticket {
             ticket: b.ticket(&name)?,
             name,

@@ -33,9 +33,18 @@ pub enum BaseError {
     Corrupt { what: &'static str, reason: String },
     #[error("{0}")]
     Refused(String),
+    /// A query named a domain or node that neither the topology nor the
+    /// history knows (a typo, most likely): said, not answered empty.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 type Result<T> = std::result::Result<T, BaseError>;
+
+/// Fewest hex digits of a fingerprint or ticket that name it (when no
+/// other one starts the same): four, enough among a deployment's members
+/// and short enough to type.
+pub const MIN_PREFIX: usize = 4;
 
 #[derive(Clone, Debug)]
 pub struct Bases {
@@ -72,6 +81,35 @@ pub enum Published {
     New,
     Replaced { previous_sequence: u64 },
     AlreadyThere,
+}
+
+/// Why the top manager refuses a bundle, with what the operator can do.
+fn refusal(e: &agad_protocol::bundle::BundleError) -> String {
+    use agad_protocol::bundle::BundleError;
+    let date = |secs: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+        .to_string()
+    };
+    match e {
+        BundleError::UntrustedSigner { module, signer } => format!(
+            "module `{module}` is signed by key {signer}, which the top manager does not trust; \
+             to trust it, restart `agad mor` with `--trust FILE.pub` (the public key \
+             `agad module keygen` wrote beside the secret key that signed it; repeat \
+             `--trust` for several keys), and give the same file to the domain managers and nodes"
+        ),
+        BundleError::Expired {
+            module,
+            expires_at,
+            now,
+        } => format!(
+            "module `{module}`: its signature expired at {} (now {}): sign it again",
+            date(*expires_at),
+            date(*now)
+        ),
+        other => other.to_string(),
+    }
 }
 
 impl Bases {
@@ -114,7 +152,7 @@ impl Bases {
     ) -> Result<Published> {
         bundle
             .verify(trusted, now_secs)
-            .map_err(|e| BaseError::Refused(format!("bundle refused: {e}")))?;
+            .map_err(|e| BaseError::Refused(format!("bundle refused: {}", refusal(&e))))?;
         let name = &bundle.manifest.name;
         let outcome = match self.bundle(name)? {
             Some(old)
@@ -336,28 +374,52 @@ impl Bases {
         Ok((state, true))
     }
 
-    /// Operator approval of a pending request, by certificate fingerprint.
-    pub fn approve(&self, fingerprint: &str) -> Result<Member> {
-        let mut m = self
-            .members()?
-            .into_iter()
-            .find(|m| {
-                m.fingerprint == fingerprint
-                    || (fingerprint.len() >= 8 && m.fingerprint.starts_with(fingerprint))
-            })
-            .ok_or_else(|| {
-                BaseError::Refused(format!(
-                    "no enrollment request with fingerprint {fingerprint} (see `agad enroll list`)"
-                ))
-            })?;
-        if m.state == Enrollment::Pending {
-            m.state = Enrollment::Inactive;
-            self.put_member(&m)?;
+    /// The member `who` names: its exact name, else its certificate
+    /// fingerprint or a prefix of it (at least [`MIN_PREFIX`] hex digits)
+    /// that no other member shares.
+    pub fn find_member(&self, who: &str) -> Result<Member> {
+        let members = self.members()?;
+        if let Some(m) = members.iter().find(|m| m.name == who) {
+            return Ok(m.clone());
         }
-        Ok(m)
+        let who = who.to_ascii_lowercase();
+        if let Some(m) = members.iter().find(|m| m.fingerprint == who) {
+            return Ok(m.clone());
+        }
+        if who.len() < MIN_PREFIX {
+            return Err(BaseError::Refused(format!(
+                "`{who}` names no member, and a fingerprint prefix needs at least {MIN_PREFIX} hex digits (see `agad enroll list`)"
+            )));
+        }
+        let mut found = members
+            .into_iter()
+            .filter(|m| m.fingerprint.starts_with(&who));
+        match (found.next(), found.next()) {
+            (Some(m), None) => Ok(m),
+            (None, _) => Err(BaseError::Refused(format!(
+                "no member or enrollment request `{who}` (see `agad enroll list`)"
+            ))),
+            (Some(a), Some(b)) => Err(BaseError::Refused(format!(
+                "fingerprint prefix `{who}` is ambiguous ({} and {} at least): give more digits",
+                a.name, b.name
+            ))),
+        }
     }
 
-    pub fn activate(&self, name: &str) -> Result<Member> {
+    /// Operator approval of a pending request, by certificate fingerprint
+    /// (or a unique prefix of it); whether anything changed.
+    pub fn approve(&self, fingerprint: &str) -> Result<(Member, bool)> {
+        let mut m = self.find_member(fingerprint)?;
+        if m.state != Enrollment::Pending {
+            return Ok((m, false));
+        }
+        m.state = Enrollment::Inactive;
+        self.put_member(&m)?;
+        Ok((m, true))
+    }
+
+    /// Lets an approved identity work; whether anything changed.
+    pub fn activate(&self, name: &str) -> Result<(Member, bool)> {
         let mut m = self.member(name)?.ok_or_else(|| {
             BaseError::Refused(format!(
                 "`{name}` has not asked to enroll (see `agad enroll list`)"
@@ -368,13 +430,24 @@ impl Bases {
                 "`{name}` is not approved yet: `agad enroll approve {}` first",
                 m.fingerprint
             ))),
-            Enrollment::Active => Ok(m),
+            Enrollment::Active => Ok((m, false)),
             Enrollment::Inactive => {
                 m.state = Enrollment::Active;
                 self.put_member(&m)?;
-                Ok(m)
+                Ok((m, true))
             }
         }
+    }
+
+    /// Forgets a member or a request (a stale one, or a name whose
+    /// certificate was re-issued): by name, or by fingerprint or a unique
+    /// prefix of it. Its next connection is a new request.
+    pub fn remove_member(&self, who: &str) -> Result<Member> {
+        let m = self.find_member(who)?;
+        self.members.remove(m.name.as_bytes())?;
+        self.bump()?;
+        self.db.flush()?;
+        Ok(m)
     }
 
     /// A one-time ticket that approves `name` when it first connects.
@@ -385,6 +458,54 @@ impl Bases {
         self.tickets.insert(ticket.as_bytes(), name.as_bytes())?;
         self.db.flush()?;
         Ok(ticket)
+    }
+
+    /// Tickets not used yet, as (name, ticket), by name.
+    pub fn tickets(&self) -> Result<Vec<(String, String)>> {
+        let mut out: Vec<(String, String)> = self
+            .tickets
+            .scan_prefix(b"")?
+            .into_iter()
+            .map(|(t, n)| {
+                (
+                    String::from_utf8_lossy(&n).into_owned(),
+                    String::from_utf8_lossy(&t).into_owned(),
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Cancels unused tickets: every one issued for the name `who`, or
+    /// the one `who` starts (at least [`MIN_PREFIX`] hex digits, unique).
+    /// Returns the cancelled ones as (name, ticket).
+    pub fn revoke(&self, who: &str) -> Result<Vec<(String, String)>> {
+        let tickets = self.tickets()?;
+        let mut gone: Vec<(String, String)> =
+            tickets.iter().filter(|(n, _)| n == who).cloned().collect();
+        if gone.is_empty() && who.len() >= MIN_PREFIX {
+            gone = tickets
+                .iter()
+                .filter(|(_, t)| t.starts_with(&who.to_ascii_lowercase()))
+                .cloned()
+                .collect();
+            if gone.len() > 1 {
+                return Err(BaseError::Refused(format!(
+                    "ticket prefix `{who}` is ambiguous: give more digits, or the name to cancel all of its tickets"
+                )));
+            }
+        }
+        if gone.is_empty() {
+            return Err(BaseError::Refused(format!(
+                "no unused ticket for `{who}` (see `agad enroll tickets`)"
+            )));
+        }
+        for (_, t) in &gone {
+            self.tickets.remove(t.as_bytes())?;
+        }
+        self.db.flush()?;
+        Ok(gone)
     }
 
     // ---- BIG
@@ -476,11 +597,43 @@ mod tests {
         let err = b.activate("n1").unwrap_err().to_string();
         assert!(err.contains("agad enroll approve ab12cd34ef"), "{err}");
         assert_eq!(
-            b.approve("ab12cd34").unwrap().state,
-            Enrollment::Inactive,
-            "a unique prefix approves"
+            b.enroll("n2", Role::Node, "ab13ffff", None).unwrap(),
+            (Enrollment::Pending, true)
         );
-        assert_eq!(b.activate("n1").unwrap().state, Enrollment::Active);
+        let err = b.approve("ab1").unwrap_err().to_string();
+        assert!(err.contains("at least 4 hex digits"), "{err}");
+        assert!(b.approve("ab1c").is_err(), "no such prefix");
+        assert!(
+            b.approve("ab12").is_ok() && b.approve("AB12").is_ok(),
+            "a unique 4-digit prefix approves, in either case"
+        );
+        let (m, changed) = b.approve("ab12cd34").unwrap();
+        assert_eq!(
+            (m.state, changed),
+            (Enrollment::Inactive, false),
+            "approving twice changes nothing"
+        );
+        b.enroll("n3", Role::Node, "ab12cd99", None).unwrap();
+        let err = b.approve("ab12").unwrap_err().to_string();
+        assert!(err.contains("ambiguous"), "{err}");
+        assert_eq!(
+            b.activate("n1").unwrap(),
+            (b.member("n1").unwrap().unwrap(), true)
+        );
+        assert_eq!(b.activate("n1").unwrap().0.state, Enrollment::Active);
+        assert!(
+            !b.activate("n1").unwrap().1,
+            "activating twice changes nothing"
+        );
+        // A stale request goes, by name or fingerprint; its next
+        // connection asks again.
+        assert_eq!(b.remove_member("ab13").unwrap().name, "n2");
+        assert_eq!(b.remove_member("n3").unwrap().name, "n3");
+        assert!(b.remove_member("n3").is_err());
+        assert_eq!(
+            b.enroll("n2", Role::Node, "ab13ffff", None).unwrap(),
+            (Enrollment::Pending, true)
+        );
         assert_eq!(
             b.enroll("n1", Role::Node, "ab12cd34ef", None).unwrap(),
             (Enrollment::Active, false)
@@ -511,6 +664,29 @@ mod tests {
             b.enroll("n3", Role::Node, "03", Some(&t2)).unwrap().0,
             Enrollment::Pending,
             "used up"
+        );
+    }
+
+    #[test]
+    fn unused_tickets_are_listed_and_revoked_by_name_or_prefix() {
+        let b = bases();
+        let a = b.ticket("n1").unwrap();
+        let c = b.ticket("n2").unwrap();
+        let d = b.ticket("n2").unwrap();
+        let listed = b.tickets().unwrap();
+        assert_eq!(listed.len(), 3);
+        assert!(listed.contains(&("n1".into(), a.clone())));
+        b.enroll("n1", Role::Node, "01", Some(&a)).unwrap();
+        assert_eq!(b.tickets().unwrap().len(), 2, "a used ticket is gone");
+        assert!(b.revoke("n1").is_err(), "nothing left for n1");
+        assert_eq!(b.revoke(&c[..8]).unwrap(), [("n2".to_owned(), c.clone())]);
+        assert!(b.revoke(&c[..8]).is_err());
+        assert_eq!(b.revoke("n2").unwrap(), [("n2".to_owned(), d.clone())]);
+        assert!(b.tickets().unwrap().is_empty());
+        assert_eq!(
+            b.enroll("n2", Role::Node, "02", Some(&d)).unwrap().0,
+            Enrollment::Pending,
+            "a revoked ticket approves nothing"
         );
     }
 }

@@ -15,6 +15,7 @@
 //! - [`admin`]: the operator's requests and their answers.
 //! - [`query`]: typed queries over BIG and the status, for the admin socket
 //!   (and the web API).
+//! - [`units`]: how metric values are shown (units, KiB/MiB/GiB scaling).
 
 pub mod admin;
 pub mod attest;
@@ -22,6 +23,7 @@ pub mod bases;
 pub mod notify;
 pub mod query;
 pub mod stations;
+pub mod units;
 
 use agad_guardian::{Guardian, GuardianConfig};
 use agad_net::children::{Children, ChildrenConfig, serve_child};

@@ -194,6 +194,56 @@ pub struct Status {
     pub domains: Vec<DomainStatus>,
     /// BTPG's links and whether each is failed.
     pub links: Vec<LinkStatus>,
+    /// Every node of the topology, its state and its modules.
+    #[serde(default)]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node of the topology as `agad status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub domain: String,
+    /// As its domain manager last reported it; `None` when no serving
+    /// station has mentioned it.
+    pub state: Option<State>,
+    /// In this state since (Unix ms), where known.
+    pub since_ms: Option<u64>,
+    /// The modules the topology assigns it, by name.
+    pub modules: Vec<ModuleStatus>,
+}
+
+/// One module assigned to a node, as far as the top manager can tell.
+///
+/// The node reports each module's state (and since when) to its domain
+/// manager; the manager's keep-alive to the top carries only the names of
+/// a node's failing components, so here a module is running, failing, or
+/// unknown (its node is not connected).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleStatus {
+    pub name: String,
+    pub state: ModuleState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModuleState {
+    Running,
+    /// Its node names it among its failing components (restarting,
+    /// refused, quarantined: `agad alarms --node` says which and why).
+    Failing,
+    /// Its node is not connected: nothing known.
+    Unknown,
+}
+
+impl ModuleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleState::Running => "running",
+            ModuleState::Failing => "failing",
+            ModuleState::Unknown => "unknown",
+        }
+    }
 }
 
 /// One link of the topology as `agad status` shows it.
@@ -326,12 +376,63 @@ fn alarm_events(bases: &Bases, query: &AlarmQuery) -> Result<AlarmList, BaseErro
         }
     }
     let (alarms, truncated) = newest.finish();
+    known(
+        bases,
+        query.domain.as_deref(),
+        query.node.as_deref(),
+        !alarms.is_empty(),
+    )?;
     Ok(AlarmList {
         alarms,
         nodes: BTreeMap::new(),
         truncated,
         cases: BTreeMap::new(),
     })
+}
+
+/// Refuses a domain or node the topology in force does not name, when
+/// nothing was found for it either (a node or domain removed from the
+/// topology keeps its history): a typo gets an error, not an empty table.
+fn known(
+    bases: &Bases,
+    domain: Option<&str>,
+    node: Option<&str>,
+    found: bool,
+) -> Result<(), BaseError> {
+    if found || (domain.is_none() && node.is_none()) {
+        return Ok(());
+    }
+    let topology = bases.topology()?;
+    let list = |names: Vec<&str>| {
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    if let Some(d) = domain
+        && topology.domain(d).is_none()
+    {
+        return Err(BaseError::Unknown(format!(
+            "no domain `{d}` in the topology, and nothing recorded matches it (domains: {})",
+            list(topology.domains.iter().map(|d| d.name.as_str()).collect())
+        )));
+    }
+    if let Some(n) = node
+        && !topology.nodes.iter().any(|x| x.name == n)
+    {
+        let mut names: Vec<&str> = topology.nodes.iter().map(|x| x.name.as_str()).collect();
+        let more = names.len().saturating_sub(20);
+        names.truncate(20);
+        let mut known = list(names);
+        if more > 0 {
+            known.push_str(&format!(" and {more} more"));
+        }
+        return Err(BaseError::Unknown(format!(
+            "no node `{n}` in the topology, and nothing recorded matches it (nodes: {known})"
+        )));
+    }
+    Ok(())
 }
 
 /// The report rows `query` asks for.
@@ -352,6 +453,13 @@ pub fn reports(bases: &Bases, query: &ReportQuery) -> Result<ReportRows, BaseErr
         rows_of(query, r, &mut newest)
     })?;
     let (rows, truncated) = newest.finish();
+    // Per-domain rows are named after their domain: `--node` matches it.
+    let node = query.node.as_deref().filter(|_| !query.per_domain);
+    let domain = query
+        .domain
+        .as_deref()
+        .or(query.node.as_deref().filter(|_| query.per_domain));
+    known(bases, domain, node, !rows.is_empty())?;
     Ok(ReportRows {
         rows: merge_stations(rows),
         truncated,
@@ -444,7 +552,75 @@ pub fn status(mor: &Mor) -> Result<Status, BaseError> {
             .collect(),
         domains: mor.domain_status(),
         links: link_status(mor)?,
+        nodes: node_status(mor)?,
     })
+}
+
+/// Every node of BTPG with the state its domain manager reported and the
+/// modules BTPG assigns it.
+fn node_status(mor: &Mor) -> Result<Vec<NodeStatus>, BaseError> {
+    let topology = mor.bases.topology()?;
+    let reported: HashMap<String, (State, Option<u64>)> = mor
+        .domain_status()
+        .into_iter()
+        .flat_map(|d| d.components)
+        .filter_map(|c| match c.component {
+            agad_protocol::wire::Component::Node { name } => Some((name, (c.state, c.since_ms))),
+            _ => None,
+        })
+        .collect();
+    let mut assigned: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let resolved = topology.resolved();
+    for a in &resolved {
+        assigned
+            .entry(a.node.as_str())
+            .or_default()
+            .push(a.module.clone());
+    }
+    Ok(topology
+        .nodes
+        .iter()
+        .map(|n| {
+            let (state, since_ms) = match reported.get(&n.name) {
+                Some((state, since)) => (Some(state.clone()), *since),
+                None => (None, None),
+            };
+            let modules = assigned
+                .get(n.name.as_str())
+                .into_iter()
+                .flatten()
+                .map(|m| ModuleStatus {
+                    name: m.clone(),
+                    state: module_state(state.as_ref(), m),
+                })
+                .collect();
+            NodeStatus {
+                name: n.name.clone(),
+                domain: n.domain.clone(),
+                state,
+                since_ms,
+                modules,
+            }
+        })
+        .collect())
+}
+
+/// A module's state from its node's: failing when the node names it.
+fn module_state(node: Option<&State>, module: &str) -> ModuleState {
+    match node {
+        Some(State::Connected { failing, .. }) => {
+            let me = agad_protocol::wire::Component::Module {
+                name: module.to_owned(),
+            }
+            .to_string();
+            if failing.contains(&me) {
+                ModuleState::Failing
+            } else {
+                ModuleState::Running
+            }
+        }
+        _ => ModuleState::Unknown,
+    }
 }
 
 /// Every link of BTPG, failed when an end is a host the guardian found down
@@ -602,9 +778,31 @@ mod tests {
             q(|q| q.domain = Some("d1".into())),
             ["n1/m/1", "n2/m/1", "n1/m/2"]
         );
+        let typo = |q: AlarmQuery| alarm_events(&b, &q).unwrap_err().to_string();
+        let err = typo(AlarmQuery {
+            domain: Some("nowhere".into()),
+            ..Default::default()
+        });
+        assert!(
+            err.contains("no domain `nowhere`") && err.contains("d1, d2"),
+            "{err}"
+        );
+        let err = typo(AlarmQuery {
+            node: Some("n9".into()),
+            ..Default::default()
+        });
+        assert!(
+            err.contains("no node `n9`") && err.contains("n1, n2, n3"),
+            "{err}"
+        );
+        assert_eq!(q(|q| q.node = Some("n2".into())), ["n2/m/1"]);
         assert_eq!(
-            q(|q| q.domain = Some("nowhere".into())),
-            Vec::<String>::new()
+            q(|q| {
+                q.node = Some("n2".into());
+                q.severity = Some(Severity::Critical);
+            }),
+            Vec::<String>::new(),
+            "a known node with nothing matching is an empty answer"
         );
         assert_eq!(
             q(|q| {
@@ -716,6 +914,33 @@ mod tests {
             })
             .is_empty()
         );
+        for typo in [
+            ReportQuery {
+                domain: Some("d3".into()),
+                ..Default::default()
+            },
+            ReportQuery {
+                node: Some("n9".into()),
+                ..Default::default()
+            },
+            ReportQuery {
+                node: Some("n1".into()),
+                per_domain: true,
+                ..Default::default()
+            },
+        ] {
+            let err = reports(&b, &typo).unwrap_err();
+            assert!(matches!(err, BaseError::Unknown(_)), "{typo:?}: {err}");
+        }
+        assert!(
+            rows(ReportQuery {
+                node: Some("n1".into()),
+                module: Some("other".into()),
+                ..Default::default()
+            })
+            .is_empty(),
+            "a known node with nothing matching is an empty answer"
+        );
         let newest = reports(
             &b,
             &ReportQuery {
@@ -728,6 +953,31 @@ mod tests {
         assert!(newest.truncated);
         let keys: Vec<String> = newest.rows.iter().map(key).collect();
         assert_eq!(keys, ["300:d1:n1:y", "300:d1:n2:x", "300:d1:n2:y"]);
+    }
+
+    #[test]
+    fn a_module_is_failing_when_its_connected_node_names_it() {
+        let connected = |failing: &[&str]| State::Connected {
+            served_by: None,
+            failing: failing.iter().map(|f| f.to_string()).collect(),
+        };
+        assert_eq!(
+            module_state(Some(&connected(&[])), "cpu-mem"),
+            ModuleState::Running
+        );
+        assert_eq!(
+            module_state(Some(&connected(&["module cpu-mem"])), "cpu-mem"),
+            ModuleState::Failing
+        );
+        assert_eq!(
+            module_state(Some(&connected(&["module cpu-mem-2"])), "cpu-mem"),
+            ModuleState::Running
+        );
+        assert_eq!(
+            module_state(Some(&State::NotConnected), "cpu-mem"),
+            ModuleState::Unknown
+        );
+        assert_eq!(module_state(None, "cpu-mem"), ModuleState::Unknown);
     }
 
     #[test]
