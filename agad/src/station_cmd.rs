@@ -33,6 +33,11 @@ pub struct MorArgs {
     /// (`agad.attestation-failed`).
     #[arg(long, default_value = "60s", value_parser = crate::parse_cli_duration)]
     attest_every: Duration,
+    /// TOML file of webhook receivers: every alarm BIG stores and every
+    /// escalated case is POSTed to them in Alertmanager's webhook format,
+    /// retried until taken (README, "Webhooks").
+    #[arg(long, value_name = "FILE")]
+    webhooks: Option<PathBuf>,
 }
 
 /// `--retention`: an age, or `off`.
@@ -96,6 +101,16 @@ pub struct DominioArgs {
 }
 
 pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
+    let webhooks = match &args.webhooks {
+        None => Vec::new(),
+        Some(path) => agad_gerente_mor::notify::load(path).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("webhooks refused:\n{}", lines.join("\n"))
+        })?,
+    };
+    for w in &webhooks {
+        tracing::info!(webhook = %w.name, url = %w.url, "alarms and escalations go to this webhook");
+    }
     let open_files = raise_open_files();
     let config = agad_gerente_mor::MorConfig {
         data_dir: args.data_dir.clone(),
@@ -107,6 +122,7 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
         takeover_grace: std::time::Duration::from_secs(5),
         guardian: Default::default(),
         attest_every: args.attest_every,
+        webhooks,
     };
     serve(&args.listen, "top manager", move |listener, shutdown| {
         agad_gerente_mor::run(config, listener, shutdown)

@@ -93,6 +93,7 @@ impl Hierarchy {
             takeover_grace: std::time::Duration::from_secs(5),
             guardian: Default::default(),
             attest_every: Duration::from_secs(60),
+            webhooks: Vec::new(),
         };
         let shutdown = self.stop.subscribe();
         self.spawn(

@@ -250,6 +250,7 @@ pub async fn start_mor(
         takeover_grace: std::time::Duration::from_secs(5),
         guardian: Default::default(),
         attest_every: std::time::Duration::from_secs(60),
+        webhooks: Vec::new(),
     };
     let task = tokio::spawn(agad_gerente_mor::run(config, listener, shutdown));
     let socket = agad_gerente_mor::admin_socket(data_dir);

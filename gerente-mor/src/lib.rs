@@ -60,6 +60,8 @@ pub struct MorConfig {
     pub guardian: GuardianConfig,
     /// How often every serving station is asked to attest its BC.
     pub attest_every: std::time::Duration,
+    /// Where alarms and escalations are sent ([`notify`]); none by default.
+    pub webhooks: Vec<notify::Receiver>,
 }
 
 pub struct Mor {
@@ -78,6 +80,8 @@ pub struct Mor {
     takeover_grace: Duration,
     /// The stations' attestations: nonces outstanding, last results.
     pub attestations: attest::Attestations,
+    /// Alarms and escalations for the webhook receivers.
+    pub notifier: Arc<notify::Notifier>,
 }
 
 /// The admin socket of a top manager whose data directory is `data_dir`.
@@ -108,6 +112,7 @@ pub async fn run(
         started: Instant::now(),
         takeover_grace: config.takeover_grace,
         attestations: attest::Attestations::open(&db)?,
+        notifier: Arc::new(notify::Notifier::open(&db, config.webhooks)?),
     });
     // Finishes what an apply cut short by a stop left: raises that can no
     // longer clear under the topology in force.
@@ -145,6 +150,7 @@ pub async fn run(
         config.attest_every,
         shutdown.clone(),
     ));
+    let notifying = tokio::spawn(mor.notifier.clone().run(shutdown.clone()));
     let parent = Arc::new(StationParent(mor.clone()));
     agad_net::server::serve(
         listener,
@@ -156,6 +162,7 @@ pub async fn run(
     .await;
     let _ = watcher.await;
     let _ = guardian.await;
+    let _ = notifying.await;
     takeover.abort();
     attesting.abort();
     admin.abort();

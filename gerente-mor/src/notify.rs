@@ -4,7 +4,8 @@
 //! takes Alertmanager's webhooks takes AGAD's.
 //!
 //! Durable and in order: an event is written to the `notify-events` tree
-//! when BIG stores what it is about; each receiver has a cursor on disk and
+//! (and flushed) right after BIG stores what it is about — a `kill -9` in
+//! between loses that notification, never the alarm; each receiver has a cursor on disk and
 //! moves it past an event only once the receiver answered 2xx (or the
 //! event is filtered out for it, or older than [`MAX_AGE`]). A receiver
 //! that is down is retried with a doubling back-off up to a minute, and a

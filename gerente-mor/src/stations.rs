@@ -633,7 +633,8 @@ impl Sink for StationGuardian {
 
     fn store(&self, alarm: Alarm) {
         match self.0.bases.record_alarm(&alarm) {
-            Ok(_) => {}
+            Ok(true) => notify_alarm(&self.0, &alarm),
+            Ok(false) => {}
             Err(e) => tracing::error!("cannot store a guardian alarm: {e}"),
         }
     }
@@ -769,6 +770,7 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
             if new {
                 // Debug only: BIG is the record, and a flood must not fill the log.
                 tracing::debug!(id = %alarm.id, raised = alarm.raised, "alarm stored");
+                notify_alarm(mor, &alarm);
                 mor.stations.publish(ChildEvent::AlarmStored {
                     child: child.clone(),
                     alarm: Arc::new(alarm),
@@ -802,6 +804,18 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                 .map_err(|e| SessionError::Protocol(e.to_string()))?;
             if mor.bases.record_case(&case).map_err(storage)? {
                 tracing::debug!(case = %case.key(), state = %case.state.label(), "case stored");
+                if matches!(case.state, agad_protocol::run::CaseState::Escalated { .. }) {
+                    let domain = topology
+                        .domain_of(&case.node)
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Err(e) = mor
+                        .notifier
+                        .push(crate::notify::Event::Escalated { case, domain })
+                    {
+                        tracing::error!("cannot queue an escalation for the webhooks: {e}");
+                    }
+                }
             }
             ack(vec![seq])
         }
@@ -928,5 +942,28 @@ fn moved_from(mor: &Mor, node: &str, subtree: &Subtree) -> Result<bool, SessionE
 fn refused(mor: &Mor, child: &ChildRef, what: &str) {
     if let Verdict::Allowed { suppressed } = mor.refusals.check(&child.name) {
         tracing::warn!(station = %child.name, suppressed, "refused {what}: dropped, not stored in BIG");
+    }
+}
+
+/// Queues an alarm BIG just stored for the webhook receivers (with the
+/// domain of the node or station it is about). Blocking (an fsync).
+fn notify_alarm(mor: &Mor, alarm: &Alarm) {
+    let topology = mor.bases.topology().unwrap_or_default();
+    let domain = topology
+        .domain_of(&alarm.node)
+        .or_else(|| {
+            topology
+                .domains
+                .iter()
+                .find(|d| d.stations.contains(&alarm.node))
+                .map(|d| d.name.as_str())
+        })
+        .unwrap_or_default()
+        .to_owned();
+    if let Err(e) = mor.notifier.push(crate::notify::Event::Alarm {
+        alarm: alarm.clone(),
+        domain,
+    }) {
+        tracing::error!(id = %alarm.id, "cannot queue an alarm for the webhooks: {e}");
     }
 }
