@@ -42,6 +42,13 @@ impl IdentityArgs {
         )?))
     }
 
+    /// TLS for the top manager's web port: this identity, no client
+    /// certificate.
+    pub fn web_server(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let (identity, _) = self.load()?;
+        Ok(tls::web_server_config(&identity)?)
+    }
+
     pub fn client(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         let (identity, ca) = self.load()?;
         Ok(tls::client_config(&identity, &ca)?)

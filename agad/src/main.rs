@@ -11,6 +11,7 @@ mod node_cmd;
 mod pki_cmd;
 mod station_cmd;
 mod table;
+mod web_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -79,6 +80,13 @@ enum Command {
         #[command(flatten)]
         mor: admin_cmd::MorDir,
     },
+    /// The top manager's web port: its users.
+    Web {
+        #[command(subcommand)]
+        command: web_cmd::WebCommand,
+        #[command(flatten)]
+        mor: admin_cmd::MorDir,
+    },
     /// Start a whole hierarchy on this machine: top manager, two domains, nodes.
     Demo(demo::DemoArgs),
     /// The knowledge base's rules (BCN): check them, test an alarm against them.
@@ -115,6 +123,7 @@ fn main() -> ExitCode {
         Command::Report { args, mor } => admin_cmd::report(&mor.dir, args),
         Command::Alarms { args, mor } => admin_cmd::alarms(&mor.dir, args),
         Command::Status { json, mor } => admin_cmd::status(&mor.dir, json),
+        Command::Web { command, mor } => web_cmd::run(command, &mor.dir),
         Command::Demo(args) => demo::run(args),
         Command::Kb(cmd) => kb_cmd::run(cmd),
     };

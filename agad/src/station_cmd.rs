@@ -38,6 +38,15 @@ pub struct MorArgs {
     /// retried until taken (README, "Webhooks").
     #[arg(long, value_name = "FILE")]
     webhooks: Option<PathBuf>,
+    /// Open the web port here: the JSON API (`/api/v1/...`) and Prometheus'
+    /// `/metrics`, behind a login. Plain HTTP on a loopback address, HTTPS
+    /// with this manager's certificate anywhere else (README, "Web port").
+    #[arg(long, value_name = "ADDRESS")]
+    web: Option<std::net::SocketAddr>,
+    /// The web port's users (`agad web user add` writes it).
+    /// Default: `web-users.toml` in the data directory.
+    #[arg(long, value_name = "FILE")]
+    web_users: Option<PathBuf>,
 }
 
 /// `--retention`: an age, or `off`.
@@ -111,6 +120,28 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
     for w in &webhooks {
         tracing::info!(webhook = %w.name, url = %w.url, "alarms and escalations go to this webhook");
     }
+    let web = match args.web {
+        None => None,
+        Some(listen) => {
+            let path = args
+                .web_users
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("web-users.toml"));
+            let users = agad_gerente_mor::web::users::Users::load(&path)?;
+            if users.is_empty() {
+                anyhow::bail!(
+                    "{}: no users; add one with `agad web user add NAME --role admin`",
+                    path.display()
+                );
+            }
+            let tls = if listen.ip().is_loopback() {
+                None
+            } else {
+                Some(args.identity.web_server()?)
+            };
+            Some(agad_gerente_mor::web::WebConfig { listen, users, tls })
+        }
+    };
     let open_files = raise_open_files();
     let config = agad_gerente_mor::MorConfig {
         data_dir: args.data_dir.clone(),
@@ -123,6 +154,7 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
         guardian: Default::default(),
         attest_every: args.attest_every,
         webhooks,
+        web,
     };
     serve(&args.listen, "top manager", move |listener, shutdown| {
         agad_gerente_mor::run(config, listener, shutdown)

@@ -94,6 +94,7 @@ impl Hierarchy {
             guardian: Default::default(),
             attest_every: Duration::from_secs(60),
             webhooks: Vec::new(),
+            web: None,
         };
         let shutdown = self.stop.subscribe();
         self.spawn(

@@ -251,6 +251,7 @@ pub async fn start_mor(
         guardian: Default::default(),
         attest_every: std::time::Duration::from_secs(60),
         webhooks: Vec::new(),
+        web: None,
     };
     let task = tokio::spawn(agad_gerente_mor::run(config, listener, shutdown));
     let socket = agad_gerente_mor::admin_socket(data_dir);

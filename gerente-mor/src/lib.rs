@@ -24,6 +24,7 @@ pub mod notify;
 pub mod query;
 pub mod stations;
 pub mod units;
+pub mod web;
 
 use agad_guardian::{Guardian, GuardianConfig};
 use agad_net::children::{Children, ChildrenConfig, serve_child};
@@ -62,6 +63,8 @@ pub struct MorConfig {
     pub attest_every: std::time::Duration,
     /// Where alarms and escalations are sent ([`notify`]); none by default.
     pub webhooks: Vec<notify::Receiver>,
+    /// The web port ([`web`]): the JSON API and `/metrics`; off by default.
+    pub web: Option<web::WebConfig>,
 }
 
 pub struct Mor {
@@ -151,6 +154,10 @@ pub async fn run(
         shutdown.clone(),
     ));
     let notifying = tokio::spawn(mor.notifier.clone().run(shutdown.clone()));
+    let web = match config.web {
+        Some(web) => Some(web::bind(mor.clone(), web, shutdown.clone()).await?),
+        None => None,
+    };
     let parent = Arc::new(StationParent(mor.clone()));
     agad_net::server::serve(
         listener,
@@ -163,6 +170,9 @@ pub async fn run(
     let _ = watcher.await;
     let _ = guardian.await;
     let _ = notifying.await;
+    if let Some(web) = web {
+        let _ = web.await;
+    }
     takeover.abort();
     attesting.abort();
     admin.abort();

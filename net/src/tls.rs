@@ -122,6 +122,20 @@ pub fn server_config(identity: &Identity, ca: &TrustAnchor) -> Result<Arc<Server
     Ok(Arc::new(config))
 }
 
+/// Listening side for browsers and API clients (the top manager's web
+/// port): `identity`'s certificate, no client certificate asked (people log
+/// in), TLS 1.2 and 1.3, HTTP/1.1.
+pub fn web_server_config(identity: &Identity) -> Result<Arc<ServerConfig>, PkiError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(config_error)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Connecting side: presents `identity` and requires a server certificate
 /// chaining to `ca`, whatever name it carries.
 pub fn client_config(identity: &Identity, ca: &TrustAnchor) -> Result<Arc<ClientConfig>, PkiError> {

@@ -1,0 +1,163 @@
+//! The top manager's web port on real processes: `agad web user add`
+//! writes the users, `agad mor --web` serves the JSON API and Prometheus'
+//! `/metrics` over what BIG holds from a real node, and refuses whoever
+//! has not logged in.
+#![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
+
+use agad_tests::hierarchy::{Deployment, Options, free_address};
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const AGAD: &str = env!("CARGO_BIN_EXE_agad");
+
+fn add_user(file: &Path, name: &str, role: &str, password: &str) {
+    let mut child = Command::new(AGAD)
+        .args(["web", "user", "add", name, "--role", role, "--file"])
+        .arg(file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("added user `{name}`")));
+}
+
+/// GET `url` with an optional login: the status and the body.
+fn get(url: &str, login: Option<(&str, &str)>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    if let Some((user, password)) = login {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        request = request.header("Authorization", &format!("Basic {token}"));
+    }
+    let mut response = request.call().unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()> {
+    let files = tempfile::tempdir()?;
+    let users = files.path().join("users.toml");
+    add_user(&users, "alice", "admin", "correct horse battery");
+    add_user(&users, "bob", "read-only", "staple staple");
+    let web = free_address()?;
+    let mut d = Deployment::start_with(
+        Path::new(AGAD),
+        Options::default(),
+        &["--web", &web, "--web-users", users.to_str().unwrap()],
+    )?;
+    d.publish_inspector("cpu-mem")?;
+    d.apply(
+        "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\nreport_window = \"2s\"\n\n\
+         [[node]]\nname = \"n1\"\ndomain = \"d1\"\naddress = \"127.0.0.1\"\n\n\
+         [[assign]]\nmodule = \"cpu-mem\"\nnodes = [\"n1\"]\n[assign.config]\n\
+         period = \"500ms\"\nwindow_secs = 2\n",
+    )?;
+    let station = d.start_station("s1")?;
+    d.start_node("n1", &station)?;
+    d.wait_for("a report of n1 in BIG", |d| {
+        Ok(d.reports()?.iter().any(|r| r.node == "n1").then_some(()))
+    })?;
+    let url = |path: &str| format!("http://{web}{path}");
+    let bob = Some(("bob", "staple staple"));
+
+    // No login, a wrong one, an unknown user: refused, with the challenge.
+    for login in [
+        None,
+        Some(("bob", "wrong password")),
+        Some(("mallory", "x")),
+    ] {
+        let (status, _) = get(&url("/metrics"), login);
+        assert_eq!(status, 401, "{login:?}");
+        let (status, _) = get(&url("/api/v1/status"), login);
+        assert_eq!(status, 401, "{login:?}");
+    }
+
+    // Prometheus' view: n1's CPU, labelled by domain and node.
+    let (status, text) = get(&url("/metrics"), bob);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("# TYPE agad_cpu_total_percent gauge")
+            && text.contains("agad_cpu_total_percent{domain=\"d1\",node=\"n1\",module=\"cpu-mem\""),
+        "{text}"
+    );
+
+    // The JSON API reads what the CLI reads.
+    let (status, body) = get(&url("/api/v1/status"), bob);
+    assert_eq!(status, 200, "{body}");
+    let status_json: Value = serde_json::from_str(&body)?;
+    let cli: Value = serde_json::from_str(&d.agad(&["status", "--json"])?)?;
+    assert_eq!(status_json["domains"][0]["domain"], "d1");
+    assert_eq!(
+        status_json["domains"][0]["domain"],
+        cli["domains"][0]["domain"]
+    );
+    let (status, body) = get(&url("/api/v1/reports?node=n1&limit=3"), bob);
+    assert_eq!(status, 200, "{body}");
+    let rows: Value = serde_json::from_str(&body)?;
+    assert!(
+        rows["rows"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty() && r.len() <= 3),
+        "{rows}"
+    );
+    // An unknown node is an error, as in the CLI.
+    let (status, body) = get(
+        &url("/api/v1/alarms?node=nosuch"),
+        Some(("alice", "correct horse battery")),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("nosuch"), "{body}");
+    let (status, body) = get(&url("/api/v1/kb/stats"), bob);
+    assert_eq!((status, body.as_str()), (200, "[]"));
+
+    // The description needs no login.
+    let (status, body) = get(&url("/api/v1/openapi.json"), None);
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body)?;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/v1/alarms"]["get"].is_object(), "{doc}");
+    d.check()
+}
+
+#[test]
+fn the_web_port_needs_users() -> anyhow::Result<()> {
+    let d = Deployment::empty(Path::new(AGAD), Options::default())?;
+    d.agad(&["pki", "init", "--dir", "pki"])?;
+    d.agad(&["module", "keygen", "--out", "publisher"])?;
+    d.issue("mor", "mor")?;
+    let out = d.run(&[
+        "mor",
+        "--pki",
+        "pki",
+        "--name",
+        "mor",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        "mor",
+        "--trust",
+        "publisher.pub",
+        "--web",
+        "127.0.0.1:0",
+    ])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("web-users.toml") && stderr.contains("agad web user add"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! The top manager's web port: a JSON API and a Prometheus endpoint over
+//! the same query module the CLI reads through (nothing is computed twice),
+//! behind a login (HTTP Basic against [`users::Users`]; Argon2id hashes).
+//!
+//! Plain HTTP only on a loopback address; anywhere else the port speaks
+//! HTTPS with the top manager's own certificate (the deployment's CA is
+//! what a browser or Prometheus must trust). Bounded like every other port:
+//! at most [`MAX_CONNECTIONS`] at once, a request's headers within
+//! [`HEADER_TIMEOUT`], a TLS handshake within as long, and at most
+//! [`PASSWORD_CHECKS`] Argon2 checks at once, so a flood of bad logins
+//! costs a bounded share of the CPU.
+//!
+//! | path | role | what |
+//! |---|---|---|
+//! | `GET /metrics` | read-only | Prometheus text: the latest window of every series ([`metrics`]) |
+//! | `GET /api/v1/status` | read-only | what `agad status --json` prints |
+//! | `GET /api/v1/alarms` | read-only | `agad alarms --json`; query `domain`, `node`, `module`, `severity`, `area`, `since_ms`, `until_ms`, `active_only`, `limit` |
+//! | `GET /api/v1/reports` | read-only | `agad report --json`; query `domain`, `node`, `module`, `metric`, `since_ms`, `until_ms`, `per_domain`, `limit` |
+//! | `GET /api/v1/kb/stats` | read-only | `agad kb stats --json` |
+//! | `GET /api/v1/openapi.json` | none | this API, described |
+
+pub mod metrics;
+pub mod users;
+
+use crate::Mor;
+use crate::bases::BaseError;
+use crate::query::{self, AlarmQuery, ReportQuery};
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use users::{Role, Users};
+
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client has to send a request's headers (and to finish a TLS
+/// handshake).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Argon2 password checks at once.
+pub const PASSWORD_CHECKS: usize = 2;
+/// How far back `/metrics` looks for each series' latest window.
+const METRICS_LOOKBACK: Duration = Duration::from_secs(3600);
+
+/// Where and how the web port listens.
+pub struct WebConfig {
+    pub listen: SocketAddr,
+    pub users: Users,
+    /// `None`: plain HTTP (only allowed on a loopback address).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+struct Web {
+    mor: Arc<Mor>,
+    users: Users,
+    checks: Semaphore,
+}
+
+/// Binds the web port now (so a taken port stops the start with a clear
+/// error) and serves it until `shutdown`.
+pub async fn bind(
+    mor: Arc<Mor>,
+    config: WebConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if config.tls.is_none() && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "the web port {} is not on loopback: it needs HTTPS (give the top manager its certificate)",
+            config.listen
+        );
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("web port {}: {e}", config.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        https = config.tls.is_some(),
+        users = !config.users.is_empty(),
+        "web port open"
+    );
+    let web = Arc::new(Web {
+        mor,
+        users: config.users,
+        checks: Semaphore::new(PASSWORD_CHECKS),
+    });
+    let acceptor = config.tls.map(tokio_rustls::TlsAcceptor::from);
+    Ok(tokio::spawn(serve(
+        listener,
+        router(web),
+        acceptor,
+        shutdown,
+    )))
+}
+
+fn router(web: Arc<Web>) -> Router {
+    Router::new()
+        .route("/metrics", get(prometheus))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/alarms", get(alarms))
+        .route("/api/v1/reports", get(reports))
+        .route("/api/v1/kb/stats", get(kb_stats))
+        .route("/api/v1/openapi.json", get(openapi))
+        .with_state(web)
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("web port: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let (app, tls) = (app.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let served = match tls {
+                None => {
+                    http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                        _ => return,
+                    }
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!("web connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// The caller's login, if it holds `need` or more; else the answer to give.
+async fn login(web: &Arc<Web>, headers: &HeaderMap, need: Role) -> Result<Role, Response> {
+    let unauthorized = || {
+        let mut r = (StatusCode::UNAUTHORIZED, "log in (HTTP Basic)\n").into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"agad\", charset=\"UTF-8\""),
+        );
+        r
+    };
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+        .and_then(|bytes| String::from_utf8(bytes).ok());
+    let Some((name, password)) = credentials
+        .as_deref()
+        .and_then(|c| c.split_once(':'))
+        .map(|(n, p)| (n.to_owned(), p.to_owned()))
+    else {
+        return Err(unauthorized());
+    };
+    let Ok(_permit) = web.checks.acquire().await else {
+        return Err(unauthorized());
+    };
+    let me = web.clone();
+    let role =
+        tokio::task::spawn_blocking(move || me.users.check(&name, &password).map(|u| u.role))
+            .await
+            .ok()
+            .flatten();
+    match role {
+        Some(role) if role >= need => Ok(role),
+        Some(_) => Err((StatusCode::FORBIDDEN, "this login may only read\n").into_response()),
+        None => Err(unauthorized()),
+    }
+}
+
+/// Runs a blocking query (sled) and answers it as JSON.
+async fn json<T: Serialize + Send + 'static>(
+    query: impl FnOnce() -> Result<T, BaseError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(query).await {
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err(e)) => error(&e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn error(e: &BaseError) -> Response {
+    let status = match e {
+        BaseError::Unknown(_) => StatusCode::NOT_FOUND,
+        BaseError::Refused(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+async fn prometheus(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
+        return r;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let query = ReportQuery {
+        since_ms: Some(now.saturating_sub(METRICS_LOOKBACK.as_millis() as u64)),
+        ..ReportQuery::default()
+    };
+    let mor = web.mor.clone();
+    match tokio::task::spawn_blocking(move || query::reports(&mor.bases, &query)).await {
+        Ok(Ok(rows)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            metrics::exposition(&rows.rows),
+        )
+            .into_response(),
+        Ok(Err(e)) => error(&e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn status(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
+        return r;
+    }
+    let mor = web.mor.clone();
+    json(move || query::status(&mor)).await
+}
+
+async fn alarms(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<AlarmQuery>,
+) -> Response {
+    if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
+        return r;
+    }
+    let mor = web.mor.clone();
+    json(move || query::alarms(&mor, &q)).await
+}
+
+async fn reports(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<ReportQuery>,
+) -> Response {
+    if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
+        return r;
+    }
+    let mor = web.mor.clone();
+    json(move || query::reports(&mor.bases, &q)).await
+}
+
+async fn kb_stats(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
+        return r;
+    }
+    let mor = web.mor.clone();
+    json(move || query::kb_stats(&mor.bases)).await
+}
+
+/// The API, described (OpenAPI 3.1); served without a login so tools can
+/// read it before they have one.
+async fn openapi() -> Response {
+    let read = |summary: &str, params: &[&str]| {
+        serde_json::json!({
+            "get": {
+                "summary": summary,
+                "security": [{ "basic": [] }],
+                "parameters": params.iter().map(|p| serde_json::json!({
+                    "name": p, "in": "query", "required": false, "schema": { "type": "string" }
+                })).collect::<Vec<_>>(),
+                "responses": {
+                    "200": { "description": "OK" },
+                    "401": { "description": "no or wrong login" },
+                    "404": { "description": "an unknown domain or node" }
+                }
+            }
+        })
+    };
+    let doc = serde_json::json!({
+        "openapi": "3.1.0",
+        "info": { "title": "AGAD top manager", "version": env!("CARGO_PKG_VERSION") },
+        "components": { "securitySchemes": { "basic": { "type": "http", "scheme": "basic" } } },
+        "paths": {
+            "/metrics": read("Prometheus exposition of the latest consolidated window of every series", &[]),
+            "/api/v1/status": read("Domains, stations, nodes, modules and links", &[]),
+            "/api/v1/alarms": read("Alarms from BIG with their knowledge-base cases", &["domain", "node", "module", "module_version", "severity", "area", "since_ms", "until_ms", "active_only", "limit"]),
+            "/api/v1/reports": read("Consolidated reports from BIG", &["domain", "node", "module", "module_version", "metric", "since_ms", "until_ms", "per_domain", "limit"]),
+            "/api/v1/kb/stats": read("How often each knowledge-base rule helped", &[]),
+        }
+    });
+    axum::Json(doc).into_response()
+}
