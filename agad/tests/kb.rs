@@ -349,3 +349,32 @@ fn a_rule_set_reaches_a_sub_domain_and_outlives_a_top_manager_restart() -> anyho
     assert!(again.contains("no change"), "{again}");
     Ok(())
 }
+
+#[test]
+fn a_module_the_rules_in_force_could_no_longer_run_is_refused_at_publish() -> anyhow::Result<()> {
+    let d = Deployment::start(Path::new(env!("CARGO_BIN_EXE_agad")), Options::default())?;
+    d.publish_inspector("disk-space")?;
+    let bytes = agad_modules::inspector("disk-space").unwrap().wasm;
+    d.publish("disk-usage", bytes, DISK_USAGE)?;
+    d.apply(TOPOLOGY)?;
+    write_rules(&d, "rules", &[("disk.toml", DISK_RULES)]);
+    d.agad(&["kb", "apply", "rules"])?;
+    // Sequence 2 drops the `path` argument the rule passes.
+    let without_path = DISK_USAGE
+        .replace("sequence = 1", "sequence = 2")
+        .replace(
+            "[config.path]\ntype = \"string\"\nrequired = true\ndescription = \"the filesystem to look into\"\n",
+            "",
+        );
+    assert!(!without_path.contains("config.path"));
+    let refused = d.publish("disk-usage", bytes, &without_path).unwrap_err();
+    let text = format!("{refused:#}");
+    assert!(
+        text.contains("would break the rule set in force") && text.contains("disk.toml:"),
+        "{text}"
+    );
+    // Nothing half-applied: BGC keeps sequence 1.
+    let modules = d.status()?["modules"].to_string();
+    assert!(modules.contains("disk-usage 0.1.0 (seq 1)"), "{modules}");
+    Ok(())
+}

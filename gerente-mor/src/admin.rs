@@ -235,6 +235,20 @@ fn try_handle(mor: &Mor, request: Request) -> anyhow::Result<Answer> {
         Request::Publish { bundle_hex } => {
             let bytes = hex::decode(bundle_hex.trim())?;
             let bundle = Bundle::from_bytes(&bytes)?;
+            // Nothing half-applied: a module the rules in force could no
+            // longer run (an argument they pass is gone) is refused whole.
+            let broken = b.rules_errors_if_published(&bundle)?;
+            if !broken.is_empty() {
+                let errors: Vec<String> = broken.iter().take(10).map(ToString::to_string).collect();
+                return Err(crate::bases::BaseError::Refused(format!(
+                    "publishing `{}` sequence {} would break the rule set in force ({} error(s)); change the rules with `agad kb apply` first:\n{}",
+                    bundle.manifest.name,
+                    bundle.manifest.sequence,
+                    broken.len(),
+                    errors.join("\n")
+                ))
+                .into());
+            }
             let outcome = b.publish(&bundle, &mor.trusted, crate::now_secs())?;
             mor.reconcile();
             Answer::Published {

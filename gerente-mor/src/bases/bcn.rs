@@ -16,6 +16,7 @@ use super::{BaseError, Bases, Result, decode};
 use agad_knowledge_base::{
     Catalog, KnowledgeBase, MAX_FILE_BYTES, MAX_FILES, MAX_SET_BYTES, SourceError,
 };
+use agad_protocol::Bundle;
 use agad_protocol::topology::Topology;
 use agad_protocol::wire;
 use serde::{Deserialize, Serialize};
@@ -109,8 +110,11 @@ impl Bases {
 
     /// [`Bases::catalog`] under `topology` instead of the one in force.
     pub fn catalog_for(&self, topology: &Topology) -> Result<Catalog> {
+        self.catalog_of(self.bundles()?, topology)
+    }
+
+    fn catalog_of(&self, bundles: Vec<Bundle>, topology: &Topology) -> Result<Catalog> {
         let mut catalog = Catalog::with_runtime();
-        let bundles = self.bundles()?;
         for bundle in &bundles {
             catalog.add_manifest(&bundle.manifest);
         }
@@ -148,6 +152,23 @@ impl Bases {
         Ok(KnowledgeBase::parse(&set.files, &catalog)
             .err()
             .map_or(0, |errors| errors.len()))
+    }
+
+    /// The errors the rule set in force would have if `bundle` replaced the
+    /// published module of its name (a specialist that drops an argument
+    /// the rules pass, an inspector that no longer raises a key they
+    /// match): none when there is no set.
+    pub fn rules_errors_if_published(&self, bundle: &Bundle) -> Result<Vec<SourceError>> {
+        let Some(set) = self.rules()? else {
+            return Ok(Vec::new());
+        };
+        let mut bundles = self.bundles()?;
+        bundles.retain(|b| b.manifest.name != bundle.manifest.name);
+        bundles.push(bundle.clone());
+        let catalog = self.catalog_of(bundles, &self.topology()?)?;
+        Ok(KnowledgeBase::parse(&set.files, &catalog)
+            .err()
+            .unwrap_or_default())
     }
 
     /// Stores a checked set as the one in force (one key: all or nothing)
