@@ -695,6 +695,19 @@ pub fn alarms(dir: &Path, args: AlarmsArgs) -> anyhow::Result<()> {
             for case in cases {
                 table.note(format!("{:<20}  └ {}", "", case_line(case)));
             }
+            if let Some(ack) = answer.acks.get(&a.id) {
+                table.note(format!(
+                    "{:<20}  └ acknowledged by {} at {}{}",
+                    "",
+                    ack.by,
+                    time(ack.at_ms),
+                    if ack.comment.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", ack.comment)
+                    }
+                ));
+            }
         }
     }
     if !args.json {

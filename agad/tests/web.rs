@@ -26,23 +26,47 @@ fn add_user(file: &Path, name: &str, role: &str, password: &str) {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("added user `{name}`")));
 }
 
-/// GET `url` with an optional login: the status and the body.
-fn get(url: &str, login: Option<(&str, &str)>) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
-        .into();
-    let mut request = agent.get(url);
-    if let Some((user, password)) = login {
-        use base64::Engine;
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        request = request.header("Authorization", &format!("Basic {token}"));
-    }
-    let mut response = request.call().unwrap();
+        .into()
+}
+
+/// The `Authorization` header of a login.
+fn basic((user, password): (&str, &str)) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+/// The status and body of an answer.
+fn read(mut response: ureq::http::Response<ureq::Body>) -> (u16, String) {
     let status = response.status().as_u16();
     (
         status,
         response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+/// GET `url` with an optional login.
+fn get(url: &str, login: Option<(&str, &str)>) -> (u16, String) {
+    let mut request = agent().get(url);
+    if let Some(login) = login {
+        request = request.header("Authorization", &basic(login));
+    }
+    read(request.call().unwrap())
+}
+
+/// POST `body` (JSON) to `url` as `login`.
+fn post(url: &str, login: (&str, &str), body: &Value) -> (u16, String) {
+    read(
+        agent()
+            .post(url)
+            .header("Authorization", &basic(login))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes())
+            .unwrap(),
     )
 }
 
@@ -63,7 +87,7 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
         "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\nreport_window = \"2s\"\n\n\
          [[node]]\nname = \"n1\"\ndomain = \"d1\"\naddress = \"127.0.0.1\"\n\n\
          [[assign]]\nmodule = \"cpu-mem\"\nnodes = [\"n1\"]\n[assign.config]\n\
-         period = \"500ms\"\nwindow_secs = 2\n",
+         period = \"500ms\"\nwindow_secs = 2\nmem_percent = 0.1\nraise_after = 1\n",
     )?;
     let station = d.start_station("s1")?;
     d.start_node("n1", &station)?;
@@ -122,6 +146,29 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
     assert!(body.contains("nosuch"), "{body}");
     let (status, body) = get(&url("/api/v1/kb/stats"), bob);
     assert_eq!((status, body.as_str()), (200, "[]"));
+
+    // Acknowledging: an admin may, a read-only login may not.
+    let alarm = d.wait_for("a raised alarm of n1 in BIG", |d| {
+        Ok(d.alarms()?.into_iter().find(|a| a.node == "n1" && a.raised))
+    })?;
+    let alice = ("alice", "correct horse battery");
+    let ack = serde_json::json!({ "alarm_id": alarm.id, "comment": "on it" });
+    let (status, _) = post(&url("/api/v1/acks"), ("bob", "staple staple"), &ack);
+    assert_eq!(status, 403);
+    let (status, body) = post(&url("/api/v1/acks"), alice, &ack);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = post(
+        &url("/api/v1/acks"),
+        alice,
+        &serde_json::json!({ "alarm_id": "n1/cpu-mem/nosuch" }),
+    );
+    assert_eq!(status, 404);
+    let (_, body) = get(&url("/api/v1/alarms?node=n1"), bob);
+    let list: Value = serde_json::from_str(&body)?;
+    assert_eq!(list["acks"][&alarm.id]["by"], "alice", "{list}");
+    assert_eq!(list["acks"][&alarm.id]["comment"], "on it", "{list}");
+    let table = d.agad(&["alarms", "--node", "n1"])?;
+    assert!(table.contains("acknowledged by alice"), "{table}");
 
     // The description needs no login.
     let (status, body) = get(&url("/api/v1/openapi.json"), None);

@@ -60,6 +60,9 @@ pub struct AlarmList {
     /// (by alarm id): the rule chosen, the specialists' results, the state.
     #[serde(default)]
     pub cases: BTreeMap<String, Vec<Case>>,
+    /// Operators' acknowledgements of alarms in `alarms` (by alarm id).
+    #[serde(default)]
+    pub acks: BTreeMap<String, crate::bases::big::Ack>,
 }
 
 /// How one knowledge-base rule did, over every case BIG holds.
@@ -302,6 +305,9 @@ pub fn alarms(mor: &Mor, query: &AlarmQuery) -> Result<AlarmList, BaseError> {
         if !cases.is_empty() {
             list.cases.insert(a.id.clone(), cases);
         }
+        if let Some(ack) = mor.bases.big.ack_of(&a.id)? {
+            list.acks.insert(a.id.clone(), ack);
+        }
     }
     let mut states = mor.node_states();
     list.nodes = list
@@ -387,6 +393,7 @@ fn alarm_events(bases: &Bases, query: &AlarmQuery) -> Result<AlarmList, BaseErro
         nodes: BTreeMap::new(),
         truncated,
         cases: BTreeMap::new(),
+        acks: BTreeMap::new(),
     })
 }
 

@@ -21,6 +21,7 @@
 //!   with a row in the report.
 //! - `big-cases`: `<alarm id>#<rule>` → the knowledge base's case for
 //!   that alarm and rule, its highest revision.
+//! - `big-acks`: alarm id → [`Ack`], an operator's acknowledgement.
 //! - `big-meta`: which index layout the trees hold.
 //!
 //! Index entries are written after the primary copy and written again when
@@ -50,6 +51,16 @@ const PAGE: usize = 256;
 /// How often the prune runs at most (and at least once per retention / 10).
 const PRUNE_PERIOD_MAX: Duration = Duration::from_secs(3600);
 
+/// An operator's acknowledgement of an alarm: someone is on it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ack {
+    /// The login that acknowledged it.
+    pub by: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub comment: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct Big {
     db: Database,
@@ -62,6 +73,7 @@ pub struct Big {
     reports_by_domain: Tree,
     reports_by_node: Tree,
     cases: Tree,
+    acks: Tree,
     meta: Tree,
     /// Serialises the read-modify-write of a condition's latest event (two
     /// stations may relay one node's alarms during a take-over) against
@@ -225,6 +237,7 @@ impl Big {
             reports_by_domain: db.tree("big-reports-by-domain")?,
             reports_by_node: db.tree("big-reports-by-node")?,
             cases: db.tree("big-cases")?,
+            acks: db.tree("big-acks")?,
             meta: db.tree("big-meta")?,
             conditions_lock: Arc::default(),
         };
@@ -299,6 +312,26 @@ impl Big {
             .insert(key.as_bytes(), &wire::encode_value(case))?;
         self.db.flush()?;
         Ok(true)
+    }
+
+    /// Records `ack` of alarm `id`, replacing an earlier one; false if BIG
+    /// has no such alarm. Durable.
+    pub fn record_ack(&self, id: &str, ack: &Ack) -> Result<bool> {
+        let _guard = self.lock();
+        if self.alarm(id.as_bytes())?.is_none() {
+            return Ok(false);
+        }
+        self.acks.insert(id.as_bytes(), &wire::encode_value(ack))?;
+        self.db.flush()?;
+        Ok(true)
+    }
+
+    /// The acknowledgement of alarm `id`, if any.
+    pub fn ack_of(&self, id: &str) -> Result<Option<Ack>> {
+        self.acks
+            .get(id.as_bytes())?
+            .map(|v| decode("acknowledgement", &v))
+            .transpose()
     }
 
     /// The cases of one alarm (one per rule that acted on it).
@@ -519,6 +552,7 @@ impl Big {
                     for (case, _) in self.cases.scan_prefix(format!("{}#", a.id).as_bytes())? {
                         self.cases.remove(&case)?;
                     }
+                    self.acks.remove(a.id.as_bytes())?;
                     self.alarms.remove(id)?;
                     pruned.alarms += 1;
                 }

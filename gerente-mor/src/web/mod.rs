@@ -17,6 +17,7 @@
 //! | `GET /api/v1/alarms` | read-only | `agad alarms --json`; query `domain`, `node`, `module`, `severity`, `area`, `since_ms`, `until_ms`, `active_only`, `limit` |
 //! | `GET /api/v1/reports` | read-only | `agad report --json`; query `domain`, `node`, `module`, `metric`, `since_ms`, `until_ms`, `per_domain`, `limit` |
 //! | `GET /api/v1/kb/stats` | read-only | `agad kb stats --json` |
+//! | `POST /api/v1/acks` | admin | acknowledge an alarm: `{"alarm_id": "...", "comment": "..."}` |
 //! | `GET /api/v1/openapi.json` | none | this API, described |
 
 pub mod metrics;
@@ -105,6 +106,7 @@ fn router(web: Arc<Web>) -> Router {
         .route("/api/v1/alarms", get(alarms))
         .route("/api/v1/reports", get(reports))
         .route("/api/v1/kb/stats", get(kb_stats))
+        .route("/api/v1/acks", axum::routing::post(acknowledge))
         .route("/api/v1/openapi.json", get(openapi))
         .with_state(web)
 }
@@ -160,8 +162,9 @@ async fn serve(
     }
 }
 
-/// The caller's login, if it holds `need` or more; else the answer to give.
-async fn login(web: &Arc<Web>, headers: &HeaderMap, need: Role) -> Result<Role, Response> {
+/// The caller's login name, if it holds `need` or more; else the answer
+/// to give.
+async fn login(web: &Arc<Web>, headers: &HeaderMap, need: Role) -> Result<String, Response> {
     let unauthorized = || {
         let mut r = (StatusCode::UNAUTHORIZED, "log in (HTTP Basic)\n").into_response();
         r.headers_mut().insert(
@@ -192,13 +195,16 @@ async fn login(web: &Arc<Web>, headers: &HeaderMap, need: Role) -> Result<Role, 
         return Err(unauthorized());
     };
     let me = web.clone();
-    let role =
-        tokio::task::spawn_blocking(move || me.users.check(&name, &password).map(|u| u.role))
-            .await
-            .ok()
-            .flatten();
+    let role = tokio::task::spawn_blocking(move || {
+        me.users
+            .check(&name, &password)
+            .map(|u| (u.name.clone(), u.role))
+    })
+    .await
+    .ok()
+    .flatten();
     match role {
-        Some(role) if role >= need => Ok(role),
+        Some((name, role)) if role >= need => Ok(name),
         Some(_) => Err((StatusCode::FORBIDDEN, "this login may only read\n").into_response()),
         None => Err(unauthorized()),
     }
@@ -294,6 +300,51 @@ async fn kb_stats(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     json(move || query::kb_stats(&mor.bases)).await
 }
 
+/// What `POST /api/v1/acks` takes.
+#[derive(serde::Deserialize)]
+struct AckRequest {
+    alarm_id: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// Longest comment kept with an acknowledgement.
+const MAX_COMMENT: usize = 1024;
+
+async fn acknowledge(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    axum::Json(request): axum::Json<AckRequest>,
+) -> Response {
+    let by = match login(&web, &headers, Role::Admin).await {
+        Ok(name) => name,
+        Err(r) => return r,
+    };
+    let ack = crate::bases::big::Ack {
+        by,
+        at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        comment: agad_protocol::text::excerpt(&request.comment, MAX_COMMENT),
+    };
+    let mor = web.mor.clone();
+    let id = request.alarm_id.clone();
+    let stored = ack.clone();
+    match tokio::task::spawn_blocking(move || mor.bases.big.record_ack(&id, &stored)).await {
+        Ok(Ok(true)) => {
+            tracing::info!(alarm = %agad_protocol::text::excerpt(&request.alarm_id, 200), by = %ack.by, "alarm acknowledged");
+            axum::Json(ack).into_response()
+        }
+        Ok(Ok(false)) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": "no such alarm in BIG" })),
+        )
+            .into_response(),
+        Ok(Err(e)) => error(&e),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
 /// The API, described (OpenAPI 3.1); served without a login so tools can
 /// read it before they have one.
 async fn openapi() -> Response {
@@ -323,6 +374,23 @@ async fn openapi() -> Response {
             "/api/v1/alarms": read("Alarms from BIG with their knowledge-base cases", &["domain", "node", "module", "module_version", "severity", "area", "since_ms", "until_ms", "active_only", "limit"]),
             "/api/v1/reports": read("Consolidated reports from BIG", &["domain", "node", "module", "module_version", "metric", "since_ms", "until_ms", "per_domain", "limit"]),
             "/api/v1/kb/stats": read("How often each knowledge-base rule helped", &[]),
+            "/api/v1/acks": {
+                "post": {
+                    "summary": "Acknowledge an alarm (admin)",
+                    "security": [{ "basic": [] }],
+                    "requestBody": { "content": { "application/json": { "schema": {
+                        "type": "object",
+                        "required": ["alarm_id"],
+                        "properties": { "alarm_id": { "type": "string" }, "comment": { "type": "string" } }
+                    } } } },
+                    "responses": {
+                        "200": { "description": "the acknowledgement stored" },
+                        "401": { "description": "no or wrong login" },
+                        "403": { "description": "a read-only login" },
+                        "404": { "description": "no such alarm" }
+                    }
+                }
+            },
         }
     });
     axum::Json(doc).into_response()
