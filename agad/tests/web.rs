@@ -90,6 +90,26 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
          period = \"500ms\"\nwindow_secs = 2\nmem_percent = 0.1\nraise_after = 1\n",
     )?;
     let station = d.start_station("s1")?;
+    // Live events, subscribed before the node exists: its first alarm
+    // arrives on the stream as it is stored.
+    let (events_tx, events) = std::sync::mpsc::channel::<String>();
+    let stream_url = format!("http://{web}/api/v1/events");
+    std::thread::spawn(move || {
+        let mut response = agent()
+            .get(&stream_url)
+            .header("Authorization", &basic(("bob", "staple staple")))
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let reader = std::io::BufReader::new(response.body_mut().as_reader());
+        for line in std::io::BufRead::lines(reader) {
+            let Ok(line) = line else { return };
+            if events_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
     d.start_node("n1", &station)?;
     d.wait_for("a report of n1 in BIG", |d| {
         Ok(d.reports()?.iter().any(|r| r.node == "n1").then_some(()))
@@ -146,6 +166,22 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
     assert!(body.contains("nosuch"), "{body}");
     let (status, body) = get(&url("/api/v1/kb/stats"), bob);
     assert_eq!((status, body.as_str()), (200, "[]"));
+
+    // The alarm came live: `event: alarm`, then its JSON.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut previous = String::new();
+    let live = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = events
+            .recv_timeout(left)
+            .expect("an alarm event on /api/v1/events");
+        if previous == "event: alarm" && line.starts_with("data: ") {
+            break line;
+        }
+        previous = line;
+    };
+    let live: Value = serde_json::from_str(live.trim_start_matches("data: "))?;
+    assert_eq!(live["node"], "n1", "{live}");
 
     // Acknowledging: an admin may, a read-only login may not.
     let alarm = d.wait_for("a raised alarm of n1 in BIG", |d| {

@@ -17,6 +17,7 @@
 //! | `GET /api/v1/alarms` | read-only | `agad alarms --json`; query `domain`, `node`, `module`, `severity`, `area`, `since_ms`, `until_ms`, `active_only`, `limit` |
 //! | `GET /api/v1/reports` | read-only | `agad report --json`; query `domain`, `node`, `module`, `metric`, `since_ms`, `until_ms`, `per_domain`, `limit` |
 //! | `GET /api/v1/kb/stats` | read-only | `agad kb stats --json` |
+//! | `GET /api/v1/events` | read-only | live events (server-sent events): `alarm`, `station`, `reports`, `lagged` |
 //! | `POST /api/v1/acks` | admin | acknowledge an alarm: `{"alarm_id": "...", "comment": "..."}` |
 //! | `GET /api/v1/openapi.json` | none | this API, described |
 
@@ -107,6 +108,7 @@ fn router(web: Arc<Web>) -> Router {
         .route("/api/v1/reports", get(reports))
         .route("/api/v1/kb/stats", get(kb_stats))
         .route("/api/v1/acks", axum::routing::post(acknowledge))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.json", get(openapi))
         .with_state(web)
 }
@@ -300,6 +302,56 @@ async fn kb_stats(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     json(move || query::kb_stats(&mor.bases)).await
 }
 
+/// How often an idle event stream gets a comment line, so proxies and
+/// clients see it is alive.
+const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Live events for pages and tools, as they happen at the top manager:
+/// `alarm` (an alarm BIG stored, as JSON), `station` (a station connected,
+/// went quiet, or left), `reports` (a station's reports stored) and
+/// `lagged` (this client fell behind and missed events: read the API
+/// again). Each client has a bounded queue (the stations' event channel);
+/// a slow one misses events, it never holds the manager up.
+async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    use agad_net::children::ChildEvent;
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
+        return r;
+    }
+    let receiver = web.mor.stations.subscribe();
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            let event = match receiver.recv().await {
+                Ok(ChildEvent::AlarmStored { alarm, .. }) => Event::default()
+                    .event("alarm")
+                    .json_data(&*alarm)
+                    .unwrap_or_default(),
+                Ok(ChildEvent::ReportsStored { child, count }) => Event::default()
+                    .event("reports")
+                    .data(serde_json::json!({ "station": child.name, "count": count }).to_string()),
+                Ok(
+                    ChildEvent::Connected(child)
+                    | ChildEvent::Suspect { child, .. }
+                    | ChildEvent::Stale { child, .. }
+                    | ChildEvent::Disconnected { child, .. },
+                ) => Event::default()
+                    .event("station")
+                    .data(serde_json::json!({ "station": child.name }).to_string()),
+                Ok(ChildEvent::KeepAlive { .. }) => continue,
+                Err(RecvError::Lagged(missed)) => {
+                    Event::default().event("lagged").data(missed.to_string())
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, std::convert::Infallible>(event), receiver));
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(EVENTS_KEEPALIVE))
+        .into_response()
+}
+
 /// What `POST /api/v1/acks` takes.
 #[derive(serde::Deserialize)]
 struct AckRequest {
@@ -374,6 +426,7 @@ async fn openapi() -> Response {
             "/api/v1/alarms": read("Alarms from BIG with their knowledge-base cases", &["domain", "node", "module", "module_version", "severity", "area", "since_ms", "until_ms", "active_only", "limit"]),
             "/api/v1/reports": read("Consolidated reports from BIG", &["domain", "node", "module", "module_version", "metric", "since_ms", "until_ms", "per_domain", "limit"]),
             "/api/v1/kb/stats": read("How often each knowledge-base rule helped", &[]),
+            "/api/v1/events": read("Live events (text/event-stream): alarm, station, reports, lagged", &[]),
             "/api/v1/acks": {
                 "post": {
                     "summary": "Acknowledge an alarm (admin)",
