@@ -206,6 +206,16 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
     let table = d.agad(&["alarms", "--node", "n1"])?;
     assert!(table.contains("acknowledged by alice"), "{table}");
 
+    // The page: behind the login, self-contained.
+    let (status, _) = get(&url("/"), None);
+    assert_eq!(status, 401);
+    let (status, page) = get(&url("/"), bob);
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("/api/v1/events") && !page.contains("https://"),
+        "the page reads the API and nothing from elsewhere"
+    );
+
     // The description needs no login.
     let (status, body) = get(&url("/api/v1/openapi.json"), None);
     assert_eq!(status, 200);

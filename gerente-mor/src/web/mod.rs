@@ -12,6 +12,7 @@
 //!
 //! | path | role | what |
 //! |---|---|---|
+//! | `GET /` | read-only | the page: topology, alarms, reports, modules, rules, live |
 //! | `GET /metrics` | read-only | Prometheus text: the latest window of every series ([`metrics`]) |
 //! | `GET /api/v1/status` | read-only | what `agad status --json` prints |
 //! | `GET /api/v1/alarms` | read-only | `agad alarms --json`; query `domain`, `node`, `module`, `severity`, `area`, `since_ms`, `until_ms`, `active_only`, `limit` |
@@ -102,6 +103,7 @@ pub async fn bind(
 
 fn router(web: Arc<Web>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/metrics", get(prometheus))
         .route("/api/v1/status", get(status))
         .route("/api/v1/alarms", get(alarms))
@@ -210,6 +212,28 @@ async fn login(web: &Arc<Web>, headers: &HeaderMap, need: Role) -> Result<String
         Some(_) => Err((StatusCode::FORBIDDEN, "this login may only read\n").into_response()),
         None => Err(unauthorized()),
     }
+}
+
+/// The page, built into the binary: nothing is fetched from elsewhere.
+const PAGE: &str = include_str!("dashboard.html");
+
+async fn page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
+        return r;
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything the page uses is its own: no script or style from
+            // elsewhere may run in it.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 /// Runs a blocking query (sled) and answers it as JSON.
