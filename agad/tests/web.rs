@@ -206,15 +206,74 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
     let table = d.agad(&["alarms", "--node", "n1"])?;
     assert!(table.contains("acknowledged by alice"), "{table}");
 
-    // The page: behind the login, self-contained.
-    let (status, _) = get(&url("/"), None);
-    assert_eq!(status, 401);
-    let (status, page) = get(&url("/"), bob);
+    // The page: behind the login form and its session cookie, and
+    // self-contained.
+    let browser: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let location = |r: &ureq::http::Response<ureq::Body>| {
+        r.headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let r = browser.get(&url("/")).call()?;
+    assert_eq!((r.status().as_u16(), location(&r)), (303, "/login".into()));
+    let (status, form) = get(&url("/login"), None);
+    assert!(
+        status == 200 && form.contains("type=\"password\""),
+        "{form}"
+    );
+    let form_post = |body: &str| {
+        browser
+            .post(&url("/login"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(body.as_bytes())
+    };
+    let r = form_post("name=bob&password=wrong")?;
+    assert_eq!(
+        (r.status().as_u16(), location(&r)),
+        (303, "/login?failed".into())
+    );
+    let r = form_post("name=bob&password=staple+staple")?;
+    assert_eq!((r.status().as_u16(), location(&r)), (303, "/".into()));
+    let cookie = r.headers()["set-cookie"].to_str()?.to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let (status, page) = read(browser.get(&url("/")).header("Cookie", &session).call()?);
     assert_eq!(status, 200);
     assert!(
         page.contains("/api/v1/events") && !page.contains("https://"),
         "the page reads the API and nothing from elsewhere"
     );
+    let (status, _) = read(
+        browser
+            .get(&url("/api/v1/status"))
+            .header("Cookie", &session)
+            .call()?,
+    );
+    assert_eq!(status, 200);
+    // bob may only read, whichever way he logged in.
+    let (status, _) = read(
+        browser
+            .post(&url("/api/v1/acks"))
+            .header("Cookie", &session)
+            .header("Content-Type", "application/json")
+            .send(ack.to_string().as_bytes())?,
+    );
+    assert_eq!(status, 403);
+    browser
+        .post(&url("/logout"))
+        .header("Cookie", &session)
+        .send(&[][..])?;
+    let r = browser.get(&url("/")).header("Cookie", &session).call()?;
+    assert_eq!(r.status().as_u16(), 303, "logged out");
 
     // The description needs no login.
     let (status, body) = get(&url("/api/v1/openapi.json"), None);

@@ -1,6 +1,7 @@
 //! The top manager's web port: a JSON API and a Prometheus endpoint over
 //! the same query module the CLI reads through (nothing is computed twice),
-//! behind a login (HTTP Basic against [`users::Users`]; Argon2id hashes).
+//! behind a login against [`users::Users`] (Argon2id hashes): HTTP Basic
+//! for tools, a form and a session cookie for browsers ([`sessions`]).
 //!
 //! Plain HTTP only on a loopback address; anywhere else the port speaks
 //! HTTPS with the top manager's own certificate (the deployment's CA is
@@ -12,7 +13,8 @@
 //!
 //! | path | role | what |
 //! |---|---|---|
-//! | `GET /` | read-only | the page: topology, alarms, reports, modules, rules, live |
+//! | `GET /` | read-only | the page: topology, alarms, reports, modules, rules, live (sent to `/login` without a session) |
+//! | `GET, POST /login`, `POST /logout` | none | the login form, a session cookie |
 //! | `GET /metrics` | read-only | Prometheus text: the latest window of every series ([`metrics`]) |
 //! | `GET /api/v1/status` | read-only | what `agad status --json` prints |
 //! | `GET /api/v1/alarms` | read-only | `agad alarms --json`; query `domain`, `node`, `module`, `severity`, `area`, `since_ms`, `until_ms`, `active_only`, `limit` |
@@ -23,6 +25,7 @@
 //! | `GET /api/v1/openapi.json` | none | this API, described |
 
 pub mod metrics;
+pub mod sessions;
 pub mod users;
 
 use crate::Mor;
@@ -63,6 +66,9 @@ struct Web {
     mor: Arc<Mor>,
     users: Users,
     checks: Semaphore,
+    sessions: sessions::Sessions,
+    /// Whether the port speaks HTTPS (the cookie is then `Secure`).
+    https: bool,
 }
 
 /// Binds the web port now (so a taken port stops the start with a clear
@@ -91,6 +97,8 @@ pub async fn bind(
         mor,
         users: config.users,
         checks: Semaphore::new(PASSWORD_CHECKS),
+        sessions: sessions::Sessions::default(),
+        https: config.tls.is_some(),
     });
     let acceptor = config.tls.map(tokio_rustls::TlsAcceptor::from);
     Ok(tokio::spawn(serve(
@@ -104,6 +112,8 @@ pub async fn bind(
 fn router(web: Arc<Web>) -> Router {
     Router::new()
         .route("/", get(page))
+        .route("/login", get(login_form).post(log_in))
+        .route("/logout", axum::routing::post(log_out))
         .route("/metrics", get(prometheus))
         .route("/api/v1/status", get(status))
         .route("/api/v1/alarms", get(alarms))
@@ -177,6 +187,18 @@ async fn login(web: &Arc<Web>, headers: &HeaderMap, need: Role) -> Result<String
         );
         r
     };
+    let session = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(sessions::token)
+        .and_then(|t| web.sessions.get(t));
+    if let Some(session) = session {
+        return if session.role >= need {
+            Ok(session.name)
+        } else {
+            Err((StatusCode::FORBIDDEN, "this login may only read\n").into_response())
+        };
+    }
     let credentials = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -219,7 +241,12 @@ const PAGE: &str = include_str!("dashboard.html");
 
 async fn page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
-        return r;
+        // A browser without a session goes to the form.
+        return if r.status() == StatusCode::UNAUTHORIZED {
+            axum::response::Redirect::to("/login").into_response()
+        } else {
+            r
+        };
     }
     (
         [
@@ -234,6 +261,80 @@ async fn page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
         PAGE,
     )
         .into_response()
+}
+
+/// The login form (`?failed` after a wrong password).
+async fn login_form(Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+    let failed = if q.contains_key("failed") {
+        "<p class=\"error\">Wrong name or password.</p>"
+    } else {
+        ""
+    };
+    axum::response::Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>AGAD — log in</title>\
+         <style>body{{font:14px system-ui,sans-serif;display:grid;place-items:center;height:90vh;background:#f6f7f9}}\
+         form{{background:#fff;padding:1.5em 2em;border:1px solid #d5d9e0}}label{{display:block;margin:.6em 0}}\
+         .error{{color:#c8322f}}</style></head><body><form method=\"post\" action=\"/login\">\
+         <h1>AGAD</h1>{failed}<label>Name <input name=\"name\" autocomplete=\"username\" autofocus></label>\
+         <label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\"></label>\
+         <button>Log in</button></form></body></html>"
+    ))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+}
+
+async fn log_in(State(web): State<Arc<Web>>, axum::Form(form): axum::Form<LoginForm>) -> Response {
+    let Ok(_permit) = web.checks.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let me = web.clone();
+    let user = tokio::task::spawn_blocking(move || {
+        me.users
+            .check(&form.name, &form.password)
+            .map(|u| (u.name.clone(), u.role))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((name, role)) = user else {
+        return axum::response::Redirect::to("/login?failed").into_response();
+    };
+    let Some(token) = web.sessions.open(&name, role) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many sessions\n").into_response();
+    };
+    tracing::info!(user = %name, "logged in to the web page");
+    let cookie = format!(
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        sessions::COOKIE,
+        sessions::LIFETIME.as_secs(),
+        if web.https { "; Secure" } else { "" }
+    );
+    let mut response = axum::response::Redirect::to("/").into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+async fn log_out(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if let Some(token) = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(sessions::token)
+    {
+        web.sessions.close(token);
+    }
+    let mut response = axum::response::Redirect::to("/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("agad_session=; Path=/; Max-Age=0"),
+    );
+    response
 }
 
 /// Runs a blocking query (sled) and answers it as JSON.
