@@ -5,7 +5,8 @@
 # What else the tests need is installed here: the wasm32-wasip2 target and the
 # rustfmt and clippy components (listed in rust-toolchain.toml) and Debian's
 # real SNMP agent, snmpd, iproute2 (`ip`), iputils-ping and nftables (the test
-# network's hosts and packet loss); fuzz/run.sh installs cargo-fuzz.
+# network's hosts and packet loss), chromium and chromium-driver (the web page
+# in a real browser); fuzz/run.sh installs cargo-fuzz.
 # Arguments go to `cargo test`, e.g. `./test.sh -p agad-net`.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,8 +39,10 @@ if ! command -v ip >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
 fi
 # `ping` checks a test network's hosts reach each other (tests/src/network.rs);
-# `nft` drops a share of a host's packets (this kernel has no netem).
-for pair in ping:iputils-ping nft:nftables; do
+# `nft` drops a share of a host's packets (this kernel has no netem);
+# Debian's `chromium` and `chromedriver` drive the web page in a real browser
+# (agad/tests/browser.rs).
+for pair in ping:iputils-ping nft:nftables chromium:chromium chromedriver:chromium-driver; do
     command_name=${pair%%:*} package=${pair#*:}
     if ! command -v "$command_name" >/dev/null && [ ! -x "/usr/sbin/$command_name" ]; then
         [ "$(id -u)" = 0 ] || need_root "$command_name" "sudo apt-get install $package"

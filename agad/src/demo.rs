@@ -131,11 +131,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     issue_certificates(&pki)?;
     let mor_dir = dir.join("mor");
     let mor_addr = free_port()?;
+    let web_addr = free_port()?;
+    let web_password = web_user(&dir, &mor_dir)?;
     let exe = std::env::current_exe()?;
     let mut children = Children::new(&dir, args.fresh);
 
     eprintln!(
-        "#   agad mor --pki {d}/pki --name mor --listen {mor_addr} --data-dir {d}/mor --trust {d}/publisher.pub"
+        "#   agad mor --pki {d}/pki --name mor --listen {mor_addr} --data-dir {d}/mor --trust {d}/publisher.pub --web {web_addr}"
     );
     children.spawn(
         "mor",
@@ -146,7 +148,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .args(["--name", "mor", "--listen", &mor_addr, "--data-dir"])
             .arg(&mor_dir)
             .arg("--trust")
-            .arg(dir.join("publisher.pub")),
+            .arg(dir.join("publisher.pub"))
+            .args(["--web", &web_addr]),
     )?;
     wait_for(&mor_dir, &mut children)?;
     // The operator commands below find the top manager through it.
@@ -251,6 +254,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.window_secs
     );
     eprintln!("  (from the source tree: cargo run --release -p agad -- status, ...)");
+    eprintln!("In a browser: http://{web_addr}/ (log in as `demo`, password `{web_password}`);");
+    eprintln!("  Prometheus: curl -u demo:{web_password} http://{web_addr}/metrics");
     let (node, station) = (DOMAINS[0].2[0], DOMAINS[0].1);
     eprintln!("Stop or kill one element and watch the others notice (the demo keeps running):");
     for (name, role) in [(node, "node"), (station, "domain manager")] {
@@ -520,6 +525,37 @@ fn wait_for(mor_dir: &Path, children: &mut Children) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// The demo's web login: user `demo` (admin) with a password made once
+/// and kept in `DIR/web-password`, added to the top manager's users file
+/// whenever that file is new (a first run, or `--fresh`).
+fn web_user(dir: &Path, mor_dir: &Path) -> anyhow::Result<String> {
+    let saved = dir.join("web-password");
+    let password = match std::fs::read_to_string(&saved) {
+        Ok(p) if p.trim().len() >= 8 => p.trim().to_owned(),
+        _ => {
+            let p = hex::encode(rand::random::<[u8; 8]>());
+            std::fs::write(&saved, &p)?;
+            p
+        }
+    };
+    let users = mor_dir.join("web-users.toml");
+    if !users.exists() {
+        std::fs::create_dir_all(mor_dir)?;
+        eprintln!(
+            "#   cat {} | agad web user add demo --role admin --file {}",
+            saved.display(),
+            users.display()
+        );
+        agad_gerente_mor::web::users::add_user(
+            &users,
+            "demo",
+            agad_gerente_mor::web::users::Role::Admin,
+            &password,
+        )?;
+    }
+    Ok(password)
 }
 
 fn free_port() -> anyhow::Result<String> {

@@ -150,6 +150,28 @@ fn the_demo_outlives_a_killed_node_and_its_restart_script_brings_it_back() {
     });
     assert!(dir.join("restart-station-campus.sh").exists());
     wait_until("campus-1 connected", &demo, || connected(&dir, "campus-1"));
+    // The web port it prints answers its login with the same status.
+    let (web, password) = demo.wait_for("the web page's address", |l| {
+        let rest = l.split_once("In a browser: http://")?.1;
+        let (address, rest) = rest.split_once("/ (log in as `demo`, password `")?;
+        Some((address.to_owned(), rest.split_once('`')?.0.to_owned()))
+    });
+    let token = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("demo:{password}"))
+    };
+    let body = ureq::get(&format!("http://{web}/api/v1/status"))
+        .header("Authorization", &format!("Basic {token}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        status["nodes"].as_array().is_some_and(|n| n.len() == 3),
+        "{status}"
+    );
 
     assert!(signal("9", pid).success());
     demo.wait_for("the demo to report campus-1's exit", |l| {

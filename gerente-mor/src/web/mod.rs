@@ -20,7 +20,7 @@
 //! | `GET /api/v1/alarms` | read-only | `agad alarms --json`; query `domain`, `node`, `module`, `severity`, `area`, `since_ms`, `until_ms`, `active_only`, `limit` |
 //! | `GET /api/v1/reports` | read-only | `agad report --json`; query `domain`, `node`, `module`, `metric`, `since_ms`, `until_ms`, `per_domain`, `limit` |
 //! | `GET /api/v1/kb/stats` | read-only | `agad kb stats --json` |
-//! | `GET /api/v1/events` | read-only | live events (server-sent events): `alarm`, `station`, `reports`, `lagged` |
+//! | `GET /api/v1/events` | read-only | live events (server-sent events): `alarm`, `station`, `status`, `reports`, `lagged` |
 //! | `POST /api/v1/acks` | admin | acknowledge an alarm: `{"alarm_id": "...", "comment": "..."}` |
 //! | `GET /api/v1/openapi.json` | none | this API, described |
 
@@ -433,7 +433,8 @@ const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Live events for pages and tools, as they happen at the top manager:
 /// `alarm` (an alarm BIG stored, as JSON), `station` (a station connected,
-/// went quiet, or left), `reports` (a station's reports stored) and
+/// went quiet, or left), `status` (a station said what changed below it:
+/// a node's state, its modules), `reports` (a station's reports stored) and
 /// `lagged` (this client fell behind and missed events: read the API
 /// again). Each client has a bounded queue (the stations' event channel);
 /// a slow one misses events, it never holds the manager up.
@@ -463,6 +464,13 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
                 ) => Event::default()
                     .event("station")
                     .data(serde_json::json!({ "station": child.name }).to_string()),
+                // A keep-alive that says what changed below a station
+                // (a node's state, its modules).
+                Ok(ChildEvent::KeepAlive { child, components }) if !components.is_empty() => {
+                    Event::default()
+                        .event("status")
+                        .data(serde_json::json!({ "station": child.name }).to_string())
+                }
                 Ok(ChildEvent::KeepAlive { .. }) => continue,
                 Err(RecvError::Lagged(missed)) => {
                     Event::default().event("lagged").data(missed.to_string())
