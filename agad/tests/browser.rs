@@ -288,6 +288,14 @@ fn the_page_shows_the_live_network_to_a_logged_in_operator() -> anyhow::Result<(
     );
     browser.shot("4-reports");
 
+    // The published modules, where they run.
+    browser.run("show('modules'); return true");
+    browser.until(
+        "cpu-mem in the modules table",
+        &format!("return {VISIBLE}('modules') && [...document.querySelectorAll('#module-rows tr')].some(r => r.textContent.includes('cpu-mem') && r.textContent.includes('n1'))"),
+    );
+    browser.shot("5-modules");
+
     // A read-only login cannot write.
     let button = browser.element("header form button");
     call(

@@ -164,6 +164,15 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
     );
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("nosuch"), "{body}");
+    let (status, body) = get(&url("/api/v1/modules"), bob);
+    assert_eq!(status, 200, "{body}");
+    let modules: Value = serde_json::from_str(&body)?;
+    assert_eq!(modules[0]["name"], "cpu-mem", "{modules}");
+    assert_eq!(
+        modules[0]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{modules}"
+    );
     let (status, body) = get(&url("/api/v1/kb/stats"), bob);
     assert_eq!((status, body.as_str()), (200, "[]"));
 

@@ -667,6 +667,51 @@ fn link_status(mor: &Mor) -> Result<Vec<LinkStatus>, BaseError> {
         .collect())
 }
 
+/// A module published in BGC, as the page and the API show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    pub name: String,
+    pub version: String,
+    pub sequence: u64,
+    pub kind: agad_protocol::manifest::Kind,
+    pub area: Area,
+    pub capabilities: Vec<agad_protocol::manifest::Capability>,
+    /// SHA-256 of the wasm bytes, hex.
+    pub sha256: String,
+    /// The id (hex) of the key that signed it.
+    pub signer: String,
+    /// Milliseconds since the Unix epoch.
+    pub issued_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub bytes: usize,
+}
+
+/// Every module BGC holds, by name.
+pub fn modules(bases: &Bases) -> Result<Vec<ModuleInfo>, BaseError> {
+    let mut all: Vec<ModuleInfo> = bases
+        .bundles()?
+        .into_iter()
+        .map(|b| {
+            let m = &b.manifest;
+            ModuleInfo {
+                name: m.name.clone(),
+                version: m.version.to_string(),
+                sequence: m.sequence,
+                kind: m.kind,
+                area: m.area,
+                capabilities: m.capabilities.clone(),
+                sha256: m.sha256_hex(),
+                signer: m.signer.to_string(),
+                issued_at_ms: m.issued_at.saturating_mul(1000),
+                expires_at_ms: m.expires_at.saturating_mul(1000),
+                bytes: b.wasm.len(),
+            }
+        })
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(all)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

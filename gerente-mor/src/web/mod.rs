@@ -20,6 +20,7 @@
 //! | `GET /api/v1/alarms` | read-only | `agad alarms --json`; query `domain`, `node`, `module`, `severity`, `area`, `since_ms`, `until_ms`, `active_only`, `limit` |
 //! | `GET /api/v1/reports` | read-only | `agad report --json`; query `domain`, `node`, `module`, `metric`, `since_ms`, `until_ms`, `per_domain`, `limit` |
 //! | `GET /api/v1/kb/stats` | read-only | `agad kb stats --json` |
+//! | `GET /api/v1/modules` | read-only | every module in BGC: version, signer, hash, capabilities, size |
 //! | `GET /api/v1/events` | read-only | live events (server-sent events): `alarm`, `station`, `status`, `reports`, `lagged` |
 //! | `POST /api/v1/acks` | admin | acknowledge an alarm: `{"alarm_id": "...", "comment": "..."}` |
 //! | `GET /api/v1/openapi.json` | none | this API, described |
@@ -119,6 +120,7 @@ fn router(web: Arc<Web>) -> Router {
         .route("/api/v1/alarms", get(alarms))
         .route("/api/v1/reports", get(reports))
         .route("/api/v1/kb/stats", get(kb_stats))
+        .route("/api/v1/modules", get(modules))
         .route("/api/v1/acks", axum::routing::post(acknowledge))
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.json", get(openapi))
@@ -427,6 +429,14 @@ async fn kb_stats(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     json(move || query::kb_stats(&mor.bases)).await
 }
 
+async fn modules(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
+        return r;
+    }
+    let mor = web.mor.clone();
+    json(move || query::modules(&mor.bases)).await
+}
+
 /// How often an idle event stream gets a comment line, so proxies and
 /// clients see it is alive.
 const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -559,6 +569,7 @@ async fn openapi() -> Response {
             "/api/v1/alarms": read("Alarms from BIG with their knowledge-base cases", &["domain", "node", "module", "module_version", "severity", "area", "since_ms", "until_ms", "active_only", "limit"]),
             "/api/v1/reports": read("Consolidated reports from BIG", &["domain", "node", "module", "module_version", "metric", "since_ms", "until_ms", "per_domain", "limit"]),
             "/api/v1/kb/stats": read("How often each knowledge-base rule helped", &[]),
+            "/api/v1/modules": read("Every module published in BGC", &[]),
             "/api/v1/events": read("Live events (text/event-stream): alarm, station, reports, lagged", &[]),
             "/api/v1/acks": {
                 "post": {
