@@ -201,15 +201,7 @@ impl Browser {
 }
 
 fn add_user(file: &Path, name: &str, role: &str, password: &str) {
-    let mut child = Command::new(AGAD)
-        .args(["web", "user", "add", name, "--role", role, "--file"])
-        .arg(file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    assert!(child.wait().unwrap().success());
+    agad_tests::hierarchy::add_web_user(Path::new(AGAD), file, name, role, password).unwrap();
 }
 
 /// Whether the tab of this id is the one shown (a function expression).
@@ -302,6 +294,10 @@ fn the_page_shows_the_live_network_to_a_logged_in_operator() -> anyhow::Result<(
         "POST",
         &browser.url(&format!("/element/{button}/click")),
         None,
+    );
+    browser.until(
+        "the login form after logging out",
+        "return location.pathname === '/login'",
     );
     browser.log_in(&web, "bob", "staple staple");
     let status = call(

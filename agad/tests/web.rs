@@ -6,24 +6,12 @@
 
 use agad_tests::hierarchy::{Deployment, Options, free_address};
 use serde_json::Value;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 const AGAD: &str = env!("CARGO_BIN_EXE_agad");
 
 fn add_user(file: &Path, name: &str, role: &str, password: &str) {
-    let mut child = Command::new(AGAD)
-        .args(["web", "user", "add", name, "--role", role, "--file"])
-        .arg(file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("added user `{name}`")));
+    agad_tests::hierarchy::add_web_user(Path::new(AGAD), file, name, role, password).unwrap();
 }
 
 fn agent() -> ureq::Agent {
@@ -295,25 +283,7 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
 
 #[test]
 fn the_web_port_needs_users() -> anyhow::Result<()> {
-    let d = Deployment::empty(Path::new(AGAD), Options::default())?;
-    d.agad(&["pki", "init", "--dir", "pki"])?;
-    d.agad(&["module", "keygen", "--out", "publisher"])?;
-    d.issue("mor", "mor")?;
-    let out = d.run(&[
-        "mor",
-        "--pki",
-        "pki",
-        "--name",
-        "mor",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        "mor",
-        "--trust",
-        "publisher.pub",
-        "--web",
-        "127.0.0.1:0",
-    ])?;
+    let out = Deployment::mor_refusing(Path::new(AGAD), &["--web", "127.0.0.1:0"])?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -198,25 +198,10 @@ fn a_webhooks_file_with_errors_is_refused_with_positions() -> anyhow::Result<()>
     let files = tempfile::tempdir()?;
     let config = files.path().join("webhooks.toml");
     std::fs::write(&config, "[[webhook]]\nname = \"a\"\nurl = \"ftp://x\"\n")?;
-    let d = Deployment::empty(Path::new(env!("CARGO_BIN_EXE_agad")), Options::default())?;
-    d.agad(&["pki", "init", "--dir", "pki"])?;
-    d.agad(&["module", "keygen", "--out", "publisher"])?;
-    d.issue("mor", "mor")?;
-    let out = d.run(&[
-        "mor",
-        "--pki",
-        "pki",
-        "--name",
-        "mor",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        "mor",
-        "--trust",
-        "publisher.pub",
-        "--webhooks",
-        config.to_str().unwrap(),
-    ])?;
+    let out = Deployment::mor_refusing(
+        Path::new(env!("CARGO_BIN_EXE_agad")),
+        &["--webhooks", config.to_str().unwrap()],
+    )?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

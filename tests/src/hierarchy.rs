@@ -196,6 +196,30 @@ impl Deployment {
         Ok(d)
     }
 
+    /// Runs `agad mor` with `extra` arguments in a fresh deployment folder
+    /// (certificates made) until it exits: for a start that must fail.
+    pub fn mor_refusing(agad: &Path, extra: &[&str]) -> anyhow::Result<Output> {
+        let d = Deployment::empty(agad, Options::default())?;
+        d.agad(&["pki", "init", "--dir", "pki"])?;
+        d.agad(&["module", "keygen", "--out", "publisher"])?;
+        d.issue("mor", "mor")?;
+        let mut args = vec![
+            "mor",
+            "--pki",
+            "pki",
+            "--name",
+            "mor",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "mor",
+            "--trust",
+            "publisher.pub",
+        ];
+        args.extend_from_slice(extra);
+        d.run(&args)
+    }
+
     /// Only the temporary folder: for a program that sets up its own
     /// certificates and top manager and starts `agad` processes with
     /// [`Deployment::spawn`].
@@ -961,4 +985,34 @@ pub fn variant(value: &serde_json::Value) -> &str {
         serde_json::Value::Object(map) => map.keys().next().map_or("", String::as_str),
         _ => "",
     }
+}
+
+/// Adds a web user with `agad web user add` (the password on its standard
+/// input) to the users file `file`.
+pub fn add_web_user(
+    agad: &Path,
+    file: &Path,
+    name: &str,
+    role: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new(agad)
+        .args(["web", "user", "add", name, "--role", role, "--file"])
+        .arg(file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{password}")?;
+    }
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains(&format!("user `{name}`")),
+        "agad web user add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
