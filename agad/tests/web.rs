@@ -272,6 +272,40 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
     let r = browser.get(&url("/")).header("Cookie", &session).call()?;
     assert_eq!(r.status().as_u16(), 303, "logged out");
 
+    // Changes through the API: admins only, the same answers as the CLI's.
+    let topology = std::fs::read_to_string(d.path("topology.toml")).unwrap_or_default();
+    let raw = |path: &str, login: (&str, &str), body: Vec<u8>| {
+        read(
+            agent()
+                .post(&url(path))
+                .header("Authorization", &basic(login))
+                .send(&body[..])
+                .unwrap(),
+        )
+    };
+    let (status, body) = raw(
+        "/api/v1/topology?dry_run=true",
+        alice,
+        topology.clone().into_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("topology-diff"), "{body}");
+    let (status, _) = raw(
+        "/api/v1/topology?dry_run=true",
+        ("bob", "staple staple"),
+        topology.into_bytes(),
+    );
+    assert_eq!(status, 403);
+    let (status, body) = raw("/api/v1/topology", alice, b"[[domain]\n".to_vec());
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("topology.toml:1:"), "{body}");
+    let bundle = std::fs::read(d.path("cpu-mem.agad"))?;
+    let (status, body) = raw("/api/v1/modules", alice, bundle);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("already"), "the same bundle again: {body}");
+    let (status, body) = raw("/api/v1/modules", alice, b"not a bundle".to_vec());
+    assert_eq!(status, 400, "{body}");
+
     // The description needs no login.
     let (status, body) = get(&url("/api/v1/openapi.json"), None);
     assert_eq!(status, 200);

@@ -222,7 +222,8 @@ async fn answer(mor: &Arc<Mor>, stream: UnixStream) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn handle(mor: &Mor, request: Request) -> Answer {
+/// One request, as the admin socket and the web port's writes run it.
+pub(crate) fn handle(mor: &Mor, request: Request) -> Answer {
     match try_handle(mor, request) {
         Ok(a) => a,
         Err(e) => Answer::Error(format!("{e:#}")),

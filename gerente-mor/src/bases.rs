@@ -75,8 +75,9 @@ fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
     })
 }
 
-/// What `publish` did.
+/// What `publish` did (`new`, `replaced`, `already-there` in JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Published {
     New,
     Replaced { previous_sequence: u64 },

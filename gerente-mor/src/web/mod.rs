@@ -22,6 +22,9 @@
 //! | `GET /api/v1/kb/stats` | read-only | `agad kb stats --json` |
 //! | `GET /api/v1/modules` | read-only | every module in BGC: version, signer, hash, capabilities, size |
 //! | `GET /api/v1/events` | read-only | live events (server-sent events): `alarm`, `station`, `status`, `reports`, `lagged` |
+//! | `POST /api/v1/topology[?dry_run=true]` | admin | apply a topology file (the body, TOML), as `agad topology apply` |
+//! | `POST /api/v1/modules` | admin | publish a signed bundle (the body, `.agad` bytes), as `agad module publish` |
+//! | `POST /api/v1/kb` | admin | apply a rule set: `{"files": [["name.toml", "text"]], "dry_run": false}`, as `agad kb apply` |
 //! | `POST /api/v1/acks` | admin | acknowledge an alarm: `{"alarm_id": "...", "comment": "..."}` |
 //! | `GET /api/v1/openapi.json` | none | this API, described |
 
@@ -52,6 +55,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Argon2 password checks at once.
 pub const PASSWORD_CHECKS: usize = 2;
+/// Largest bundle `POST /api/v1/modules` takes (other bodies: axum's 2 MB).
+const MAX_BUNDLE: usize = 64 << 20;
 /// How far back `/metrics` looks for each series' latest window.
 const METRICS_LOOKBACK: Duration = Duration::from_secs(3600);
 
@@ -120,7 +125,14 @@ fn router(web: Arc<Web>) -> Router {
         .route("/api/v1/alarms", get(alarms))
         .route("/api/v1/reports", get(reports))
         .route("/api/v1/kb/stats", get(kb_stats))
-        .route("/api/v1/modules", get(modules))
+        .route(
+            "/api/v1/modules",
+            get(modules)
+                .post(publish)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_BUNDLE)),
+        )
+        .route("/api/v1/topology", axum::routing::post(apply_topology))
+        .route("/api/v1/kb", axum::routing::post(apply_rules))
         .route("/api/v1/acks", axum::routing::post(acknowledge))
         .route("/api/v1/events", get(events))
         .route("/api/v1/openapi.json", get(openapi))
@@ -437,6 +449,91 @@ async fn modules(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     json(move || query::modules(&mor.bases)).await
 }
 
+/// Runs a change as the admin socket does (one code path for the CLI and
+/// the API): the answer, 400 when refused.
+async fn change(
+    web: &Arc<Web>,
+    by: String,
+    what: &'static str,
+    request: crate::admin::Request,
+) -> Response {
+    let mor = web.mor.clone();
+    match tokio::task::spawn_blocking(move || crate::admin::handle(&mor, request)).await {
+        Ok(crate::admin::Answer::Error(e)) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+        Ok(answer) => {
+            tracing::info!(user = %by, %what, "change made through the web port");
+            axum::Json(answer).into_response()
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct DryRun {
+    dry_run: bool,
+}
+
+async fn apply_topology(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<DryRun>,
+    text: String,
+) -> Response {
+    let by = match login(&web, &headers, Role::Admin).await {
+        Ok(by) => by,
+        Err(r) => return r,
+    };
+    let request = crate::admin::Request::TopologyApply {
+        file: "topology.toml".into(),
+        text,
+        dry_run: q.dry_run,
+    };
+    change(&web, by, "topology apply", request).await
+}
+
+async fn publish(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let by = match login(&web, &headers, Role::Admin).await {
+        Ok(by) => by,
+        Err(r) => return r,
+    };
+    let request = crate::admin::Request::Publish {
+        bundle_hex: hex::encode(&bytes),
+    };
+    change(&web, by, "module publish", request).await
+}
+
+#[derive(serde::Deserialize)]
+struct RulesRequest {
+    files: Vec<(String, String)>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn apply_rules(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    axum::Json(rules): axum::Json<RulesRequest>,
+) -> Response {
+    let by = match login(&web, &headers, Role::Admin).await {
+        Ok(by) => by,
+        Err(r) => return r,
+    };
+    let request = crate::admin::Request::KbApply {
+        files: rules.files,
+        dry_run: rules.dry_run,
+    };
+    change(&web, by, "kb apply", request).await
+}
+
 /// How often an idle event stream gets a comment line, so proxies and
 /// clients see it is alive.
 const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -559,6 +656,19 @@ async fn openapi() -> Response {
             }
         })
     };
+    let write = |summary: &str, media: &str| {
+        serde_json::json!({
+            "summary": summary,
+            "security": [{ "basic": [] }],
+            "requestBody": { "content": { media: {} } },
+            "responses": {
+                "200": { "description": "the change, or the difference of a dry run" },
+                "400": { "description": "refused, with every error" },
+                "401": { "description": "no or wrong login" },
+                "403": { "description": "a read-only login" }
+            }
+        })
+    };
     let doc = serde_json::json!({
         "openapi": "3.1.0",
         "info": { "title": "AGAD top manager", "version": env!("CARGO_PKG_VERSION") },
@@ -569,7 +679,12 @@ async fn openapi() -> Response {
             "/api/v1/alarms": read("Alarms from BIG with their knowledge-base cases", &["domain", "node", "module", "module_version", "severity", "area", "since_ms", "until_ms", "active_only", "limit"]),
             "/api/v1/reports": read("Consolidated reports from BIG", &["domain", "node", "module", "module_version", "metric", "since_ms", "until_ms", "per_domain", "limit"]),
             "/api/v1/kb/stats": read("How often each knowledge-base rule helped", &[]),
-            "/api/v1/modules": read("Every module published in BGC", &[]),
+            "/api/v1/modules": {
+                "get": read("Every module published in BGC", &[])["get"],
+                "post": write("Publish a signed bundle (the body: .agad bytes)", "application/octet-stream"),
+            },
+            "/api/v1/topology": { "post": write("Apply a topology file (the body: TOML; ?dry_run=true shows the difference only)", "text/plain") },
+            "/api/v1/kb": { "post": write("Apply a rule set: {\"files\": [[name, text]], \"dry_run\": bool}", "application/json") },
             "/api/v1/events": read("Live events (text/event-stream): alarm, station, reports, lagged", &[]),
             "/api/v1/acks": {
                 "post": {
