@@ -9,7 +9,8 @@
 //! at most [`MAX_CONNECTIONS`] at once, a request's headers within
 //! [`HEADER_TIMEOUT`], a TLS handshake within as long, and at most
 //! [`PASSWORD_CHECKS`] Argon2 checks at once, so a flood of bad logins
-//! costs a bounded share of the CPU.
+//! costs a bounded share of the CPU, and at most [`MAX_STREAMS`] event
+//! streams, so open pages cannot take every connection.
 //!
 //! | path | role | what |
 //! |---|---|---|
@@ -53,6 +54,9 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// How long a client has to send a request's headers (and to finish a TLS
 /// handshake).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Event streams (`/api/v1/events`) open at once: each holds a connection
+/// for as long as its page is open, and they must leave room for the rest.
+pub const MAX_STREAMS: usize = 64;
 /// Argon2 password checks at once.
 pub const PASSWORD_CHECKS: usize = 2;
 /// Largest bundle `POST /api/v1/modules` takes (other bodies: axum's 2 MB).
@@ -75,6 +79,8 @@ struct Web {
     sessions: sessions::Sessions,
     /// Whether the port speaks HTTPS (the cookie is then `Secure`).
     https: bool,
+    /// Event streams open at once ([`MAX_STREAMS`]).
+    streams: Arc<Semaphore>,
 }
 
 /// Binds the web port now (so a taken port stops the start with a clear
@@ -105,6 +111,7 @@ pub async fn bind(
         checks: Semaphore::new(PASSWORD_CHECKS),
         sessions: sessions::Sessions::default(),
         https: config.tls.is_some(),
+        streams: Arc::new(Semaphore::new(MAX_STREAMS)),
     });
     let acceptor = config.tls.map(tokio_rustls::TlsAcceptor::from);
     Ok(tokio::spawn(serve(
@@ -552,41 +559,53 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     if let Err(r) = login(&web, &headers, Role::ReadOnly).await {
         return r;
     }
+    let Ok(permit) = web.streams.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_STREAMS} event streams are open already\n"),
+        )
+            .into_response();
+    };
     let receiver = web.mor.stations.subscribe();
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        loop {
-            let event = match receiver.recv().await {
-                Ok(ChildEvent::AlarmStored { alarm, .. }) => Event::default()
-                    .event("alarm")
-                    .json_data(&*alarm)
-                    .unwrap_or_default(),
-                Ok(ChildEvent::ReportsStored { child, count }) => Event::default()
-                    .event("reports")
-                    .data(serde_json::json!({ "station": child.name, "count": count }).to_string()),
-                Ok(
-                    ChildEvent::Connected(child)
-                    | ChildEvent::Suspect { child, .. }
-                    | ChildEvent::Stale { child, .. }
-                    | ChildEvent::Disconnected { child, .. },
-                ) => Event::default()
-                    .event("station")
-                    .data(serde_json::json!({ "station": child.name }).to_string()),
-                // A keep-alive that says what changed below a station
-                // (a node's state, its modules).
-                Ok(ChildEvent::KeepAlive { child, components }) if !components.is_empty() => {
-                    Event::default()
-                        .event("status")
-                        .data(serde_json::json!({ "station": child.name }).to_string())
-                }
-                Ok(ChildEvent::KeepAlive { .. }) => continue,
-                Err(RecvError::Lagged(missed)) => {
-                    Event::default().event("lagged").data(missed.to_string())
-                }
-                Err(RecvError::Closed) => return None,
-            };
-            return Some((Ok::<_, std::convert::Infallible>(event), receiver));
-        }
-    });
+    // The permit lives as long as the stream.
+    let stream =
+        futures_util::stream::unfold((receiver, permit), |(mut receiver, permit)| async move {
+            loop {
+                let event = match receiver.recv().await {
+                    Ok(ChildEvent::AlarmStored { alarm, .. }) => Event::default()
+                        .event("alarm")
+                        .json_data(&*alarm)
+                        .unwrap_or_default(),
+                    Ok(ChildEvent::ReportsStored { child, count }) => {
+                        Event::default().event("reports").data(
+                            serde_json::json!({ "station": child.name, "count": count })
+                                .to_string(),
+                        )
+                    }
+                    Ok(
+                        ChildEvent::Connected(child)
+                        | ChildEvent::Suspect { child, .. }
+                        | ChildEvent::Stale { child, .. }
+                        | ChildEvent::Disconnected { child, .. },
+                    ) => Event::default()
+                        .event("station")
+                        .data(serde_json::json!({ "station": child.name }).to_string()),
+                    // A keep-alive that says what changed below a station
+                    // (a node's state, its modules).
+                    Ok(ChildEvent::KeepAlive { child, components }) if !components.is_empty() => {
+                        Event::default()
+                            .event("status")
+                            .data(serde_json::json!({ "station": child.name }).to_string())
+                    }
+                    Ok(ChildEvent::KeepAlive { .. }) => continue,
+                    Err(RecvError::Lagged(missed)) => {
+                        Event::default().event("lagged").data(missed.to_string())
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((Ok::<_, std::convert::Infallible>(event), (receiver, permit)));
+            }
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(EVENTS_KEEPALIVE))
         .into_response()
