@@ -87,12 +87,7 @@ pub enum Published {
 /// Why the top manager refuses a bundle, with what the operator can do.
 fn refusal(e: &agad_protocol::bundle::BundleError) -> String {
     use agad_protocol::bundle::BundleError;
-    let date = |secs: u64| {
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-        )
-        .to_string()
-    };
+    let date = agad_protocol::text::utc_seconds;
     match e {
         BundleError::UntrustedSigner { module, signer } => format!(
             "module `{module}` is signed by key {signer}, which the top manager does not trust; \

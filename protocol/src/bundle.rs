@@ -39,7 +39,11 @@ pub enum BundleError {
         signed: String,
         actual: String,
     },
-    #[error("module `{module}`: signature expired at {expires_at} (now {now}, Unix seconds)")]
+    #[error(
+        "module `{module}`: signature expired at {} (now {})",
+        crate::text::utc_seconds(*expires_at),
+        crate::text::utc_seconds(*now)
+    )]
     Expired {
         module: String,
         expires_at: u64,
@@ -53,7 +57,9 @@ pub enum BundleError {
         reason: crate::manifest::NameError,
     },
     #[error(
-        "module `{module}`: expires at {expires_at}, more than 100 years after now ({now}, Unix seconds)"
+        "module `{module}`: expires at {}, more than 100 years after now ({})",
+        crate::text::utc_seconds(*expires_at),
+        crate::text::utc_seconds(*now)
     )]
     AbsurdExpiry {
         module: String,
@@ -61,7 +67,9 @@ pub enum BundleError {
         now: u64,
     },
     #[error(
-        "module `{module}`: issued at {issued_at}, which is in the future (now {now}, Unix seconds)"
+        "module `{module}`: issued at {}, which is in the future (now {})",
+        crate::text::utc_seconds(*issued_at),
+        crate::text::utc_seconds(*now)
     )]
     NotYetValid {
         module: String,

@@ -45,10 +45,29 @@ pub fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// A time in seconds since the Unix epoch as people read it: RFC 3339 in
+/// UTC (`2026-11-28T04:47:35Z`); past the year 9999, the number of seconds.
+pub fn utc_seconds(secs: u64) -> String {
+    // 9999-12-31T23:59:59Z: humantime formats no later date.
+    const LAST: u64 = 253_402_300_799;
+    if secs > LAST {
+        return format!("{secs} s after 1970");
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_as_utc_dates() {
+        assert_eq!(utc_seconds(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_seconds(1_795_780_800), "2026-11-27T12:00:00Z");
+        assert_eq!(utc_seconds(u64::MAX), format!("{} s after 1970", u64::MAX));
+    }
 
     #[test]
     fn control_characters_are_escaped_and_length_is_bounded() {
