@@ -55,6 +55,13 @@ pub enum NodeCommand {
     /// Run signed modules locally: inspectors until stopped, printing each
     /// alarm, report and fault as one JSON line; or one specialist once,
     /// with `--arg`s, printing its diagnosis as one JSON line.
+    #[command(
+        after_help = "Logging: what a module logs (its `log` capability) and what the runtime says \
+            about it go to stderr, filtered by AGAD_LOG (or, if unset, RUST_LOG): the default \
+            shows warnings only; AGAD_LOG=info shows the module's info lines, AGAD_LOG=debug \
+            everything. A module that imports a capability its manifest does not declare is \
+            refused with every such capability and the import that needs it."
+    )]
     Run(RunArgs),
 }
 

@@ -465,7 +465,7 @@ fn a_module_the_node_policy_refuses_fails_and_alarms() -> anyhow::Result<()> {
     assert!(
         raised
             .message
-            .contains("needs capability `snmp`, which this node's policy does not allow"),
+            .contains("needs a capability this node's policy does not allow: `snmp`"),
         "{}",
         raised.message
     );

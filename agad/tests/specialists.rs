@@ -368,9 +368,10 @@ fn a_capability_the_node_policy_does_not_grant_is_a_clear_error() {
         assert_eq!(run, Value::Null, "nothing runs");
         let err = stderr(&out);
         assert!(
-            err.contains(&format!(
-                "needs capability `{capability}`, which this node's policy does not allow"
-            )),
+            err.contains("needs a capability this node's policy does not allow")
+                && err.contains(&format!(
+                    "`{capability}` (import agad:platform/{capability}"
+                )),
             "{module}: {err}"
         );
     }

@@ -22,19 +22,27 @@ const TYPES_INTERFACE: &str = "types";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// Every capability the component imports that its manifest lacks,
+    /// with the import that needs it: an author fixes them all at once.
     #[error(
-        "module `{module}` imports capability `{capability}`, which its manifest does not declare"
+        "module `{module}` imports {} its manifest does not declare: {}; add {} to `capabilities` in its manifest",
+        plural(missing.len()),
+        list(missing),
+        names(missing)
     )]
     Undeclared {
         module: String,
-        capability: Capability,
+        missing: Vec<(Capability, String)>,
     },
+    /// Every capability the node's policy withholds, with its import.
     #[error(
-        "module `{module}` needs capability `{capability}`, which this node's policy does not allow"
+        "module `{module}` needs {} this node's policy does not allow: {}",
+        plural(denied.len()),
+        list(denied)
     )]
     DeniedByPolicy {
         module: String,
-        capability: Capability,
+        denied: Vec<(Capability, String)>,
     },
     #[error("module `{module}` imports `{import}`, which no AGAD node provides")]
     UnknownImport { module: String, import: String },
@@ -46,6 +54,32 @@ pub enum LinkError {
         world: &'static str,
         reason: String,
     },
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        "a capability"
+    } else {
+        "capabilities"
+    }
+}
+
+/// `` `snmp` (import agad:platform/snmp@0.1.0), ... ``
+fn list(pairs: &[(Capability, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(c, import)| format!("`{c}` (import {import})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `"snmp", "state"`: what to write in the manifest.
+fn names(pairs: &[(Capability, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(c, _)| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A compiled, linked module, ready to instantiate (cheaply, many times).
@@ -257,6 +291,7 @@ impl ModuleEngine {
     ) -> Result<LinkedModule, LinkError> {
         let module = manifest.name.clone();
         let mut granted = Vec::new();
+        let (mut undeclared, mut denied) = (Vec::new(), Vec::new());
         for (name, item) in component.component_type().imports(&self.engine) {
             // Type imports (a world's `use types.{...}`) carry no behaviour.
             if matches!(item.ty, ComponentItem::Type(_)) {
@@ -274,18 +309,29 @@ impl ModuleEngine {
                     });
                 };
                 if !manifest.allows(capability) {
-                    return Err(LinkError::Undeclared { module, capability });
+                    undeclared.push((capability, name.to_owned()));
+                } else if !policy.contains(&capability) {
+                    denied.push((capability, name.to_owned()));
+                } else {
+                    granted.push(capability);
                 }
-                if !policy.contains(&capability) {
-                    return Err(LinkError::DeniedByPolicy { module, capability });
-                }
-                granted.push(capability);
             } else if !name.starts_with("wasi:") {
                 return Err(LinkError::UnknownImport {
                     module,
                     import: name.to_owned(),
                 });
             }
+        }
+        // The manifest's omissions first: the author's to fix; then what
+        // this node withholds, the operator's.
+        if !undeclared.is_empty() {
+            return Err(LinkError::Undeclared {
+                module,
+                missing: undeclared,
+            });
+        }
+        if !denied.is_empty() {
+            return Err(LinkError::DeniedByPolicy { module, denied });
         }
         let mut linker = Linker::new(&self.engine);
         host::add_granted_to_linker(&mut linker, &granted).map_err(|e| LinkError::Invalid {

@@ -198,21 +198,24 @@ fn rollback_is_refused_even_after_a_restart() {
 fn undeclared_capability_fails_to_link() {
     let t = TestNode::new();
     let mut spec = misbehave_spec();
-    spec.capabilities.retain(|c| *c != Capability::Snmp);
+    // Two left out: both are named at once, each with its import.
+    spec.capabilities
+        .retain(|c| *c != Capability::Snmp && *c != Capability::State);
     let err = t.node.load(&t.sign(spec)).unwrap_err();
+    let LoadError::Link(LinkError::Undeclared { missing, .. }) = &err else {
+        panic!("{err}");
+    };
+    let mut named: Vec<Capability> = missing.iter().map(|(c, _)| *c).collect();
+    named.sort_by_key(|c| c.to_string());
+    assert_eq!(named, [Capability::Snmp, Capability::State], "{err}");
+    let text = err.to_string();
     assert!(
-        matches!(
-            err,
-            LoadError::Link(LinkError::Undeclared {
-                capability: Capability::Snmp,
-                ..
-            })
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("imports capability `snmp`"),
-        "{err}"
+        text.contains("imports capabilities its manifest does not declare")
+            && text.contains("`snmp` (import agad:platform/snmp")
+            && text.contains("`state` (import agad:platform/state")
+            && text.contains("add \"")
+            && text.contains("to `capabilities` in its manifest"),
+        "{text}"
     );
 }
 
@@ -225,14 +228,14 @@ fn capability_denied_by_node_policy_fails_to_link() {
         Capability::Clock,
     ]);
     let err = t.node.load(&t.sign(misbehave_spec())).unwrap_err();
+    let LoadError::Link(LinkError::DeniedByPolicy { denied, .. }) = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(denied.len(), 1, "{err}");
+    assert_eq!(denied[0].0, Capability::Snmp, "{err}");
     assert!(
-        matches!(
-            err,
-            LoadError::Link(LinkError::DeniedByPolicy {
-                capability: Capability::Snmp,
-                ..
-            })
-        ),
+        err.to_string()
+            .contains("`snmp` (import agad:platform/snmp"),
         "{err}"
     );
 }
