@@ -279,6 +279,13 @@ fn the_page_shows_the_live_network_to_a_logged_in_operator() -> anyhow::Result<(
         &format!("return {VISIBLE}('reports') && document.querySelectorAll('#charts svg polyline').length > 0"),
     );
     browser.shot("4-reports");
+    // The domain's, every node merged.
+    browser
+        .run("document.getElementById('r-node').value = 'domain:d1'; loadReports(); return true");
+    browser.until(
+        "d1's charts",
+        "return [...document.querySelectorAll('#charts h3')].some(h => h.textContent.startsWith('domain d1'))",
+    );
 
     // The published modules, where they run.
     browser.run("show('modules'); return true");
