@@ -329,6 +329,11 @@ impl Notifier {
         Ok(notifier)
     }
 
+    /// Whether any receiver is configured (else nothing is queued).
+    pub fn is_active(&self) -> bool {
+        !self.receivers.is_empty()
+    }
+
     fn last_seq(&self) -> Result<u64, StorageError> {
         self.number(LAST)
     }

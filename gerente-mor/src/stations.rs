@@ -804,7 +804,9 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
                 .map_err(|e| SessionError::Protocol(e.to_string()))?;
             if mor.bases.record_case(&case).map_err(storage)? {
                 tracing::debug!(case = %case.key(), state = %case.state.label(), "case stored");
-                if matches!(case.state, agad_protocol::run::CaseState::Escalated { .. }) {
+                if mor.notifier.is_active()
+                    && matches!(case.state, agad_protocol::run::CaseState::Escalated { .. })
+                {
                     let domain = topology
                         .domain_of(&case.node)
                         .unwrap_or_default()
@@ -948,6 +950,10 @@ fn refused(mor: &Mor, child: &ChildRef, what: &str) {
 /// Queues an alarm BIG just stored for the webhook receivers (with the
 /// domain of the node or station it is about). Blocking (an fsync).
 fn notify_alarm(mor: &Mor, alarm: &Alarm) {
+    // Most deployments have no receiver: no topology read per alarm then.
+    if !mor.notifier.is_active() {
+        return;
+    }
     let topology = mor.bases.topology().unwrap_or_default();
     let domain = topology
         .domain_of(&alarm.node)
