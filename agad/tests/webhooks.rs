@@ -169,8 +169,10 @@ fn alarms_and_escalations_reach_a_webhook_in_alertmanager_format_through_retries
             .then_some(()))
     })?;
     d.kill9("mor")?;
-    d.restart_mor()?;
+    // Back up before the restart: only the restarted top manager, reading
+    // its queue from disk, can deliver the clear now.
     received.down.store(false, Ordering::SeqCst);
+    d.restart_mor()?;
     let resolved = d.wait_for("the clear at the webhook", |_| {
         Ok(received
             .taken()
