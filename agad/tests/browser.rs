@@ -10,7 +10,7 @@
 //! a clear message when they are missing.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
-use agad_tests::hierarchy::{Deployment, Options, free_address};
+use agad_tests::hierarchy::{Deployment, WEB_ADMIN, WEB_READER, free_address};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -200,10 +200,6 @@ impl Browser {
     }
 }
 
-fn add_user(file: &Path, name: &str, role: &str, password: &str) {
-    agad_tests::hierarchy::add_web_user(Path::new(AGAD), file, name, role, password).unwrap();
-}
-
 /// Whether the tab of this id is the one shown (a function expression).
 const VISIBLE: &str = "(id => getComputedStyle(document.getElementById(id)).display !== 'none')";
 
@@ -213,16 +209,7 @@ const NODE_FILLS: &str = "return Object.fromEntries([...document.querySelectorAl
 
 #[test]
 fn the_page_shows_the_live_network_to_a_logged_in_operator() -> anyhow::Result<()> {
-    let files = tempfile::tempdir()?;
-    let users = files.path().join("users.toml");
-    add_user(&users, "alice", "admin", "correct horse battery");
-    add_user(&users, "bob", "read-only", "staple staple");
-    let web = free_address()?;
-    let mut d = Deployment::start_with(
-        Path::new(AGAD),
-        Options::default(),
-        &["--web", &web, "--web-users", users.to_str().unwrap()],
-    )?;
+    let (mut d, web, _users) = Deployment::start_with_web(Path::new(AGAD))?;
     d.publish_inspector("cpu-mem")?;
     d.apply(
         "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\nreport_window = \"2s\"\n\n\
@@ -239,7 +226,7 @@ fn the_page_shows_the_live_network_to_a_logged_in_operator() -> anyhow::Result<(
     })?;
 
     let browser = Browser::start(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser"));
-    browser.log_in(&web, "alice", "correct horse battery");
+    browser.log_in(&web, WEB_ADMIN.0, WEB_ADMIN.1);
     // Every node green.
     browser.until(
         "both nodes green in the topology",
@@ -306,7 +293,7 @@ fn the_page_shows_the_live_network_to_a_logged_in_operator() -> anyhow::Result<(
         "the login form after logging out",
         "return location.pathname === '/login'",
     );
-    browser.log_in(&web, "bob", "staple staple");
+    browser.log_in(&web, WEB_READER.0, WEB_READER.1);
     let status = call(
         "POST",
         &browser.url("/execute/async"),

@@ -4,15 +4,11 @@
 //! has not logged in.
 #![allow(clippy::unwrap_used)] // integration tests: a failed unwrap is a failed test
 
-use agad_tests::hierarchy::{Deployment, Options, free_address};
+use agad_tests::hierarchy::{Deployment, WEB_ADMIN, WEB_READER};
 use serde_json::Value;
 use std::path::Path;
 
 const AGAD: &str = env!("CARGO_BIN_EXE_agad");
-
-fn add_user(file: &Path, name: &str, role: &str, password: &str) {
-    agad_tests::hierarchy::add_web_user(Path::new(AGAD), file, name, role, password).unwrap();
-}
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -60,16 +56,7 @@ fn post(url: &str, login: (&str, &str), body: &Value) -> (u16, String) {
 
 #[test]
 fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()> {
-    let files = tempfile::tempdir()?;
-    let users = files.path().join("users.toml");
-    add_user(&users, "alice", "admin", "correct horse battery");
-    add_user(&users, "bob", "read-only", "staple staple");
-    let web = free_address()?;
-    let mut d = Deployment::start_with(
-        Path::new(AGAD),
-        Options::default(),
-        &["--web", &web, "--web-users", users.to_str().unwrap()],
-    )?;
+    let (mut d, web, _users) = Deployment::start_with_web(Path::new(AGAD))?;
     d.publish_inspector("cpu-mem")?;
     d.apply(
         "[[domain]]\nname = \"d1\"\nstations = [\"s1\"]\nreport_window = \"2s\"\n\n\
@@ -85,7 +72,7 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
     std::thread::spawn(move || {
         let mut response = agent()
             .get(&stream_url)
-            .header("Authorization", &basic(("bob", "staple staple")))
+            .header("Authorization", &basic(WEB_READER))
             .call()
             .unwrap();
         assert_eq!(response.status().as_u16(), 200);
@@ -103,7 +90,7 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
         Ok(d.reports()?.iter().any(|r| r.node == "n1").then_some(()))
     })?;
     let url = |path: &str| format!("http://{web}{path}");
-    let bob = Some(("bob", "staple staple"));
+    let bob = Some(WEB_READER);
 
     // No login, a wrong one, an unknown user: refused, with the challenge.
     for login in [
@@ -146,10 +133,7 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
         "{rows}"
     );
     // An unknown node is an error, as in the CLI.
-    let (status, body) = get(
-        &url("/api/v1/alarms?node=nosuch"),
-        Some(("alice", "correct horse battery")),
-    );
+    let (status, body) = get(&url("/api/v1/alarms?node=nosuch"), Some(WEB_ADMIN));
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("nosuch"), "{body}");
     let (status, body) = get(&url("/api/v1/modules"), bob);
@@ -184,9 +168,9 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
     let alarm = d.wait_for("a raised alarm of n1 in BIG", |d| {
         Ok(d.alarms()?.into_iter().find(|a| a.node == "n1" && a.raised))
     })?;
-    let alice = ("alice", "correct horse battery");
+    let alice = WEB_ADMIN;
     let ack = serde_json::json!({ "alarm_id": alarm.id, "comment": "on it" });
-    let (status, _) = post(&url("/api/v1/acks"), ("bob", "staple staple"), &ack);
+    let (status, _) = post(&url("/api/v1/acks"), WEB_READER, &ack);
     assert_eq!(status, 403);
     let (status, body) = post(&url("/api/v1/acks"), alice, &ack);
     assert_eq!(status, 200, "{body}");
@@ -292,7 +276,7 @@ fn the_api_and_metrics_serve_big_to_logged_in_users_only() -> anyhow::Result<()>
     assert!(body.contains("topology-diff"), "{body}");
     let (status, _) = raw(
         "/api/v1/topology?dry_run=true",
-        ("bob", "staple staple"),
+        WEB_READER,
         topology.into_bytes(),
     );
     assert_eq!(status, 403);

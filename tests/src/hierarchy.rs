@@ -196,6 +196,28 @@ impl Deployment {
         Ok(d)
     }
 
+    /// A deployment whose top manager opens its web port (plain HTTP on a
+    /// free loopback address) for two users, [`WEB_ADMIN`] and
+    /// [`WEB_READER`]: the deployment, the port's address, and the folder
+    /// holding the users file (keep it for a restart of the top manager).
+    pub fn start_with_web(agad: &Path) -> anyhow::Result<(Deployment, String, tempfile::TempDir)> {
+        let files = tempfile::tempdir()?;
+        let users = files.path().join("users.toml");
+        for ((name, password), role) in [(WEB_ADMIN, "admin"), (WEB_READER, "read-only")] {
+            add_web_user(agad, &users, name, role, password)?;
+        }
+        let web = free_address()?;
+        let users = users
+            .to_str()
+            .context("a users file path that is not UTF-8")?;
+        let d = Deployment::start_with(
+            agad,
+            Options::default(),
+            &["--web", &web, "--web-users", users],
+        )?;
+        Ok((d, web, files))
+    }
+
     /// Runs `agad mor` with `extra` arguments in a fresh deployment folder
     /// (certificates made) until it exits: for a start that must fail.
     pub fn mor_refusing(agad: &Path, extra: &[&str]) -> anyhow::Result<Output> {
@@ -986,6 +1008,11 @@ pub fn variant(value: &serde_json::Value) -> &str {
         _ => "",
     }
 }
+
+/// The admin login of [`Deployment::start_with_web`].
+pub const WEB_ADMIN: (&str, &str) = ("alice", "correct horse battery");
+/// The read-only login of [`Deployment::start_with_web`].
+pub const WEB_READER: (&str, &str) = ("bob", "staple staple");
 
 /// Adds a web user with `agad web user add` (the password on its standard
 /// input) to the users file `file`.
