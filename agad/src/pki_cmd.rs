@@ -34,6 +34,11 @@ pub enum PkiCommand {
         /// Directory to write <NAME>.crt and <NAME>.key into; created if missing.
         #[arg(long)]
         out: PathBuf,
+        /// A host name or IP address browsers reach this station by
+        /// (repeatable): for the top manager's HTTPS web port
+        /// (`agad mor --web`). The hierarchy itself goes by NAME only.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
     },
 }
 
@@ -55,6 +60,7 @@ pub fn run(cmd: PkiCommand) -> anyhow::Result<()> {
             role,
             name,
             out,
+            hosts,
         } => {
             let role = Role::parse(&role).ok_or_else(|| {
                 let valid = [Role::Node, Role::Dominio, Role::Mor].map(Role::as_str);
@@ -63,7 +69,7 @@ pub fn run(cmd: PkiCommand) -> anyhow::Result<()> {
                     valid.join(", ")
                 )
             })?;
-            let issued = agad_net::issue(&ca_dir, role, &name, &out)
+            let issued = agad_net::issue_for_hosts(&ca_dir, role, &name, &out, &hosts)
                 .with_context(|| format!("cannot issue a certificate for {name}"))?;
             println!(
                 "{role} {name}: certificate {}, key {}",
@@ -71,6 +77,9 @@ pub fn run(cmd: PkiCommand) -> anyhow::Result<()> {
                 issued.key.display()
             );
             println!("  sha256 {}", issued.fingerprint);
+            if !hosts.is_empty() {
+                println!("  also valid for {}", hosts.join(", "));
+            }
             Ok(())
         }
     }

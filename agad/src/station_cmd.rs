@@ -47,6 +47,10 @@ pub struct MorArgs {
     /// Default: `web-users.toml` in the data directory.
     #[arg(long, value_name = "FILE")]
     web_users: Option<PathBuf>,
+    /// HTTPS on the web port even on a loopback address (behind an SSH
+    /// tunnel or a local proxy that passes TLS through).
+    #[arg(long, requires = "web")]
+    web_https: bool,
 }
 
 /// `--retention`: an age, or `off`.
@@ -134,7 +138,7 @@ pub fn run_mor(args: MorArgs) -> anyhow::Result<()> {
                     path.display()
                 );
             }
-            let tls = if listen.ip().is_loopback() {
+            let tls = if listen.ip().is_loopback() && !args.web_https {
                 None
             } else {
                 Some(args.identity.web_server()?)

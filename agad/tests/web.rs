@@ -310,3 +310,146 @@ fn the_web_port_needs_users() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `--web-https`: the web port speaks HTTPS with the top manager's own
+/// certificate, issued for the host browsers open (`pki issue --host`). A
+/// client trusting the deployment's CA logs in, by name and by address; one
+/// that does not trust it, and plain HTTP, get nothing.
+#[test]
+fn the_web_port_serves_https_with_the_deployments_certificate() -> anyhow::Result<()> {
+    use agad_tests::hierarchy::{Options, add_web_user, free_address};
+    use std::sync::Arc;
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+
+    let mut d = Deployment::empty(Path::new(AGAD), Options::default())?;
+    d.agad(&["pki", "init", "--dir", "pki"])?;
+    d.agad(&["module", "keygen", "--out", "publisher"])?;
+    let issued = d.agad(&[
+        "pki",
+        "issue",
+        "--ca-dir",
+        "pki",
+        "--role",
+        "mor",
+        "--name",
+        "mor",
+        "--out",
+        "pki",
+        "--host",
+        "localhost",
+        "--host",
+        "127.0.0.1",
+    ])?;
+    assert!(
+        issued.contains("also valid for localhost, 127.0.0.1"),
+        "{issued}"
+    );
+    let refused = d.run(&[
+        "pki",
+        "issue",
+        "--ca-dir",
+        "pki",
+        "--role",
+        "node",
+        "--name",
+        "n1",
+        "--out",
+        "pki",
+        "--host",
+        "not a host",
+    ])?;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("invalid host \"not a host\""),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let users = d.path("users.toml");
+    add_web_user(
+        Path::new(AGAD),
+        &users,
+        WEB_READER.0,
+        "read-only",
+        WEB_READER.1,
+    )?;
+    let web = free_address()?;
+    let port = web.rsplit(':').next().unwrap().to_owned();
+    let listen = free_address()?;
+    let users = users.to_str().unwrap().to_owned();
+    d.spawn(
+        "mor",
+        &[
+            "mor",
+            "--pki",
+            "pki",
+            "--name",
+            "mor",
+            "--listen",
+            &listen,
+            "--data-dir",
+            "mor",
+            "--trust",
+            "publisher.pub",
+            "--web",
+            &web,
+            "--web-users",
+            &users,
+            "--web-https",
+        ],
+    )?;
+
+    let ca = std::fs::read(d.path("pki/ca.crt"))?;
+    let client = |roots: Vec<Certificate<'static>>| -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::Specific(Arc::new(roots)))
+                    .build(),
+            )
+            .build()
+            .into()
+    };
+    let trusting = client(vec![Certificate::from_pem(&ca)?.to_owned()]);
+    let status = |agent: &ureq::Agent, url: &str| -> Result<(u16, String), ureq::Error> {
+        agent
+            .get(url)
+            .header("Authorization", &basic(WEB_READER))
+            .call()
+            .map(read)
+    };
+    let by_address = format!("https://{web}/api/v1/status");
+    let (code, body) = d.wait_for("the HTTPS web port", |_| {
+        Ok(status(&trusting, &by_address).ok())
+    })?;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        serde_json::from_str::<Value>(&body)?["domains"].is_array(),
+        "{body}"
+    );
+    let (code, body) = status(
+        &trusting,
+        &format!("https://localhost:{port}/api/v1/status"),
+    )?;
+    assert_eq!(code, 200, "{body}");
+    // Without a login: refused, over TLS too.
+    let (code, _) = read(trusting.get(&by_address).call()?);
+    assert_eq!(code, 401);
+
+    // A client that does not trust the deployment's CA gets no answer.
+    let stranger = client(Vec::new());
+    let err = status(&stranger, &by_address).expect_err("a certificate nobody trusts");
+    assert!(
+        format!("{err}").to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // Plain HTTP on the HTTPS port: no HTTP answer.
+    assert!(
+        !matches!(
+            status(&agent(), &format!("http://{web}/api/v1/status")),
+            Ok((200, _))
+        ),
+        "plain HTTP served on the HTTPS port"
+    );
+    Ok(())
+}

@@ -39,7 +39,7 @@ pub mod waiting;
 pub use conn::{
     Connection, FrameReader, FrameWriter, NetError, Reader, Writer, accept, connect, spawn_reader,
 };
-pub use pki::{CaFiles, IssuedFiles, PkiError, fingerprint, init_ca, issue};
+pub use pki::{CaFiles, IssuedFiles, PkiError, fingerprint, init_ca, issue, issue_for_hosts};
 pub use tls::{Identity, PeerIdentity, TrustAnchor, client_config, peer_identity, server_config};
 /// Re-exported so callers can wrap a [`server_config`] without depending on
 /// tokio-rustls themselves.

@@ -43,6 +43,8 @@ pub enum PkiError {
         "invalid name {0:?}: use 1 to 64 characters among A-Z a-z 0-9 . _ -, starting with a letter or digit"
     )]
     BadName(String),
+    #[error("invalid host {0:?}: give a DNS name (A-Z a-z 0-9 . _ -) or an IP address")]
+    BadHost(String),
     #[error("{}: {reason}", path.display())]
     BadFile { path: PathBuf, reason: String },
     #[error("cannot generate the certificate: {0}")]
@@ -109,7 +111,31 @@ pub fn issue(
     name: &str,
     out_dir: &Path,
 ) -> Result<IssuedFiles, PkiError> {
+    issue_for_hosts(ca_dir, role, name, out_dir, &[])
+}
+
+/// [`issue`], the certificate also valid for `hosts` (DNS names or IP
+/// addresses): what browsers check when they open the top manager's web
+/// port by its host's name. Peers of the hierarchy go by the station name
+/// alone (CN), never by these.
+pub fn issue_for_hosts(
+    ca_dir: &Path,
+    role: Role,
+    name: &str,
+    out_dir: &Path,
+    hosts: &[String],
+) -> Result<IssuedFiles, PkiError> {
     validate_name(name)?;
+    let mut names = vec![SanType::DnsName(name.try_into()?)];
+    for host in hosts {
+        names.push(match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) if agad_protocol::text::is_name(host) => {
+                SanType::DnsName(host.as_str().try_into()?)
+            }
+            Err(_) => return Err(PkiError::BadHost(host.clone())),
+        });
+    }
     let cert_path = out_dir.join(format!("{name}.crt"));
     let key_path = out_dir.join(format!("{name}.key"));
     refuse_existing(&[&key_path, &cert_path])?;
@@ -121,7 +147,7 @@ pub fn issue(
     params
         .distinguished_name
         .push(DnType::OrganizationalUnitName, role.as_str());
-    params.subject_alt_names = vec![SanType::DnsName(name.try_into()?)];
+    params.subject_alt_names = names;
     params.is_ca = IsCa::ExplicitNoCa;
     // Every station both listens (for the level below) and connects (to the
     // level above), so one certificate serves both ends of TLS.
