@@ -36,6 +36,18 @@ pub struct MorDir {
     pub dir: PathBuf,
 }
 
+/// Waiting for a change to reach the nodes.
+#[derive(clap::Args, Clone, Copy)]
+pub struct WaitArgs {
+    /// Wait until every connected node runs the change (or said why it
+    /// cannot), showing progress; fails if a node refused it.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (`90s`, `10m`).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, requires = "wait")]
+    pub timeout: Duration,
+}
+
 #[derive(Subcommand)]
 pub enum TopologyCommand {
     /// Show the difference between BTPG and FILE, then apply it as a whole.
@@ -46,6 +58,8 @@ pub enum TopologyCommand {
         /// Only show the difference.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Print the topology in force (the file format `apply` reads).
     Show,
@@ -272,7 +286,11 @@ pub fn publish(dir: &Path, bundle: &Path) -> anyhow::Result<()> {
 
 pub fn topology(dir: &Path, cmd: TopologyCommand) -> anyhow::Result<()> {
     match cmd {
-        TopologyCommand::Apply { file, dry_run } => {
+        TopologyCommand::Apply {
+            file,
+            dry_run,
+            wait,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let request = Request::TopologyApply {
@@ -297,6 +315,9 @@ pub fn topology(dir: &Path, cmd: TopologyCommand) -> anyhow::Result<()> {
                         _ if !changes.is_empty() => outln!("not applied (dry run)"),
                         _ => {}
                     }
+                    if wait.wait && !dry_run {
+                        wait_deployed(dir, wait.timeout)?;
+                    }
                     Ok(())
                 }
                 other => Err(unexpected(other)),
@@ -310,6 +331,105 @@ pub fn topology(dir: &Path, cmd: TopologyCommand) -> anyhow::Result<()> {
             other => Err(unexpected(other)),
         },
     }
+}
+
+/// How often `--wait` asks the top manager.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+/// Waits until every connected node runs the bases in force or said why it
+/// cannot, drawing the progress on stderr (a bar on a terminal, a line per
+/// change otherwise). Fails when a node refused the deployment or on timeout.
+pub fn wait_deployed(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let d = match ask(dir, Request::Status)? {
+            Answer::Status(s) => s.deployment,
+            other => return Err(unexpected(other)),
+        };
+        let line = progress_line(&d);
+        if terminal {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r\x1b[2K{} {line}", bar(&d, 24));
+            let _ = err.flush();
+        } else if line != last {
+            eprintln!("{line}");
+        }
+        last = line;
+        let done = d.complete();
+        if done || started.elapsed() >= timeout {
+            if terminal {
+                eprintln!();
+            }
+            if d.failed > 0 {
+                bail!(
+                    "{} of {} nodes could not run version {}:\n  {}",
+                    d.failed,
+                    d.nodes,
+                    d.version,
+                    d.problems.join("\n  ")
+                );
+            }
+            if !done {
+                let behind = if d.domains_behind.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; the managers of {} have not taken the change yet",
+                        d.domains_behind.join(", ")
+                    )
+                };
+                bail!(
+                    "gave up after {}: {} nodes have not acknowledged version {}{behind}",
+                    humantime::format_duration(timeout),
+                    d.pending(),
+                    d.version
+                );
+            }
+            if d.not_connected > 0 {
+                eprintln!(
+                    "{} nodes are not connected: they get version {} when they connect",
+                    d.not_connected, d.version
+                );
+            }
+            return Ok(());
+        }
+        std::thread::sleep(WAIT_POLL);
+    }
+}
+
+/// `version 7: 3/5 nodes running, 1 failed, 1 not connected, 0 pending`.
+fn progress_line(d: &agad_gerente_mor::query::Deployment) -> String {
+    let mut line = format!(
+        "version {}: {}/{} nodes running, {} failed, {} not connected, {} pending",
+        d.version,
+        d.running,
+        d.nodes,
+        d.failed,
+        d.not_connected,
+        d.pending()
+    );
+    if !d.domains_behind.is_empty() {
+        line.push_str(&format!(" (waiting for {})", d.domains_behind.join(", ")));
+    }
+    line
+}
+
+/// `[#######----x...]`: running, pending, failed, not connected.
+fn bar(d: &agad_gerente_mor::query::Deployment, width: u64) -> String {
+    let total = d.nodes.max(1);
+    let part = |n: u64| (n * width).div_ceil(total).min(width) as usize;
+    let (run, fail, off) = (part(d.running), part(d.failed), part(d.not_connected));
+    let rest = (width as usize).saturating_sub(run + fail + off);
+    format!(
+        "[{}{}{}{}]",
+        "#".repeat(run),
+        "-".repeat(rest),
+        "x".repeat(fail),
+        ".".repeat(off)
+    )
 }
 
 pub fn enroll(dir: &Path, cmd: EnrollCommand) -> anyhow::Result<()> {
@@ -479,6 +599,12 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             outln!("  ?    {what:<32} not heard of yet");
             outln!("         modules: {}", modules_line(n));
         }
+    }
+    let d = &status.deployment;
+    let state = if d.complete() { "done" } else { "in progress" };
+    outln!("deployment {state}: {}", progress_line(d));
+    for p in &d.problems {
+        outln!("  {p}");
     }
     for l in &status.links {
         match &l.failed {

@@ -170,6 +170,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         admin_cmd::TopologyCommand::Apply {
             file: topology,
             dry_run: false,
+            wait: admin_cmd::WaitArgs {
+                wait: false,
+                timeout: Duration::ZERO,
+            },
         },
     )?;
     let rules = dir.join("rules");
@@ -237,6 +241,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     activate_when_approved(&mor_dir, &names, &mut children)?;
+    // What `agad topology apply --wait` shows: the nodes taking the change.
+    eprintln!("# Deploying the modules to the nodes (as `agad topology apply --wait` shows it):");
+    if let Err(e) = admin_cmd::wait_deployed(&mor_dir, Duration::from_secs(120)) {
+        eprintln!("warning: {e:#}");
+    }
     eprintln!();
     eprintln!("AGAD is running: top manager, 2 domain managers, 3 nodes (logs in {d}/logs).");
     eprintln!("Look at it from another terminal:");

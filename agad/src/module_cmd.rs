@@ -41,12 +41,20 @@ pub enum ModuleCommand {
         bundle: PathBuf,
         #[command(flatten)]
         mor: crate::admin_cmd::MorDir,
+        #[command(flatten)]
+        wait: crate::admin_cmd::WaitArgs,
     },
 }
 
 pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
     match cmd {
-        ModuleCommand::Publish { bundle, mor } => crate::admin_cmd::publish(&mor.dir, &bundle),
+        ModuleCommand::Publish { bundle, mor, wait } => {
+            crate::admin_cmd::publish(&mor.dir, &bundle)?;
+            if wait.wait {
+                crate::admin_cmd::wait_deployed(&mor.dir, wait.timeout)?;
+            }
+            Ok(())
+        }
         ModuleCommand::Keygen { out } => keygen(&out),
         ModuleCommand::Sign {
             wasm,

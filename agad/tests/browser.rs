@@ -234,6 +234,11 @@ fn the_page_shows_the_live_network_to_a_logged_in_operator() -> anyhow::Result<(
             "const f = (function() {{ {NODE_FILLS} }})(); return {VISIBLE}('topology') && f.n1 === 'var(--ok)' && f.n2 === 'var(--ok)'"
         ),
     );
+    // The deployment's progress above the graph: both nodes run it.
+    browser.until(
+        "the deployment done on both nodes",
+        "return document.getElementById('deployment').textContent.includes('done: 2/2 nodes running')",
+    );
     browser.shot("1-topology");
 
     // n2 stops: the page turns it, without a reload.
@@ -243,6 +248,10 @@ fn the_page_shows_the_live_network_to_a_logged_in_operator() -> anyhow::Result<(
     browser.until(
         "n2 no longer green",
         &format!("const f = (function() {{ {NODE_FILLS} }})(); return f.n2 !== 'var(--ok)' && f.n1 === 'var(--ok)'"),
+    );
+    browser.until(
+        "n2 not connected in the deployment line",
+        "const t = document.getElementById('deployment').textContent; return t.includes('1/2 nodes running') && t.includes('1 not connected')",
     );
     browser.shot("2-node-down");
     // Its alarm appears in the alarms tab, as it is raised.

@@ -435,6 +435,72 @@ fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
     Ok(())
 }
 
+/// `topology apply --wait` follows a change down to the nodes: it returns
+/// once every node runs it, and fails, naming each node and its reason,
+/// when the nodes refuse it; `agad status` says how far it came.
+#[test]
+fn topology_apply_wait_follows_the_change_to_every_node() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_misbehave()?;
+    let with = |config: &str| one_domain("s1", &["n1", "n2"], "misbehave", config);
+    d.apply(&with("mode = \"ok\"\nperiod = \"1s\""))?;
+    let addr = d.start_station("s1")?;
+    d.start_node("n1", &addr)?;
+    d.start_node("n2", &addr)?;
+    d.wait_for("both nodes connected", |d| {
+        Ok((d.node_connected("n1")? && d.node_connected("n2")?).then_some(()))
+    })?;
+    let apply_wait = |topology: String| -> anyhow::Result<(bool, String)> {
+        std::fs::write(d.path("topology.toml"), topology)?;
+        let out = d.run(&[
+            "topology",
+            "apply",
+            "topology.toml",
+            "--wait",
+            "--timeout",
+            "2m",
+        ])?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+
+    // Another period: a new version, which both nodes run.
+    let (ok, err) = apply_wait(with("mode = \"ok\"\nperiod = \"2s\""))?;
+    assert!(ok, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.ends_with(": 2/2 nodes running, 0 failed, 0 not connected, 0 pending"),
+        "{err}"
+    );
+    let status = d.agad(&["status"])?;
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("deployment done: version ")
+                && l.ends_with("2/2 nodes running, 0 failed, 0 not connected, 0 pending")),
+        "{status}"
+    );
+
+    // A configuration both nodes' `init` refuses: the wait fails and says why.
+    let (ok, err) = apply_wait(with("mode = \"no-such-mode\"\nperiod = \"2s\""))?;
+    assert!(!ok, "{err}");
+    assert!(err.contains("2 of 2 nodes could not run version"), "{err}");
+    for node in ["n1", "n2"] {
+        assert!(
+            err.lines().any(
+                |l| l.trim_start().starts_with(&format!("{node}: misbehave"))
+                    && l.contains("no-such-mode")
+            ),
+            "{err}"
+        );
+    }
+    let status = d.agad(&["status"])?;
+    assert!(status.contains("0/2 nodes running, 2 failed"), "{status}");
+    Ok(())
+}
+
 /// A module the node's policy refuses (it imports `snmp`, which this node
 /// does not allow) fails and alarms the same way, with the policy's reason.
 #[test]

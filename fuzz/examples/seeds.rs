@@ -15,8 +15,9 @@ use agad_protocol::message::{Alarm, Comparison, Report, Severity, Summary};
 use agad_protocol::run;
 use agad_protocol::topology::{self, Topology};
 use agad_protocol::wire::{
-    self, Component, ComponentStatus, Control, Deployment, DomainReport, Enrollment, HEADER_LEN,
-    Member, Message, MessageKind, MovedNode, NodeSummary, Queued, Replica, Role, State, Upward,
+    self, Component, ComponentStatus, Control, DeployProgress, Deployment, DomainReport,
+    Enrollment, HEADER_LEN, Member, Message, MessageKind, MovedNode, NodeSummary, Queued, Replica,
+    Role, State, Upward,
 };
 use agad_protocol::{Area, Bundle, ManifestSpec};
 use agad_protocol::{ConfigKey, ConfigType};
@@ -370,6 +371,14 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
                 updated_ms: 1_700_000_001_000,
             }),
         }),
+        Message::Control(Control::DeployProgress(DeployProgress {
+            version: 3,
+            nodes: 5,
+            running: 3,
+            failed: 1,
+            not_connected: 1,
+            problems: vec!["web-2: app-watch: init refused its configuration".into()],
+        })),
     ]
 }
 

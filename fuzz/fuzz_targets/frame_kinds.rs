@@ -33,6 +33,7 @@ fn prefix(kind: MessageKind) -> &'static [u8] {
         MessageKind::Attest => &[0, 13],
         MessageKind::Attestation => &[0, 14],
         MessageKind::Run => &[0, 15],
+        MessageKind::DeployProgress => &[0, 16],
     }
 }
 

@@ -30,14 +30,15 @@ use agad_net::rate::{RateByKey, Verdict};
 use agad_net::server::Limits;
 use agad_net::uplink::{self, Downlink, Element, UplinkConfig};
 use agad_protocol::wire::{
-    Activation, Component, ComponentStatus, Control, Message, Replica, Role, State, Upward,
+    Activation, Component, ComponentStatus, Control, DeployProgress, Message, Replica, Role, State,
+    Upward,
 };
 use agad_storage::Database;
 use bases::Bases;
 use nodes::{NodeParent, Nodes};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use subdomains::{SubdomainParent, Subdomains};
 use tokio::net::TcpListener;
@@ -101,6 +102,8 @@ pub struct Station {
     pub attestations: attest::Attestations,
     /// The knowledge base and its cases.
     pub dispatch: dispatch::Dispatcher,
+    /// The deployment progress last sent up on this link (`None`: send it).
+    progress_sent: Mutex<Option<DeployProgress>>,
 }
 
 impl Station {
@@ -386,6 +389,7 @@ pub async fn run(
         confirmed_ms: AtomicU64::new(0),
         attestations: attest::Attestations::open(&db)?,
         dispatch: dispatch::Dispatcher::open(&db)?,
+        progress_sent: Mutex::new(None),
     });
     if let Some(replica) = station.replica() {
         station.dispatch.set_rules(&replica);
@@ -468,7 +472,8 @@ pub async fn run(
                     Downlink::Disconnected { .. } => {
                         station.confirmed_ms.store(0, Ordering::Relaxed)
                     }
-                    Downlink::Connected { .. } => {}
+                    // A new link: the top manager knows nothing of it yet.
+                    Downlink::Connected { .. } => *lock(&station.progress_sent) = None,
                     Downlink::Redirected { .. } => {}
                 }
             }
@@ -480,6 +485,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let dispatching = tokio::spawn(dispatch::run(station.clone(), shutdown.clone()));
+    let progressing = tokio::spawn(send_progress(station.clone(), shutdown.clone()));
     let attesting = tokio::spawn(attest::run(
         station.clone(),
         config.attest_every,
@@ -526,8 +532,42 @@ pub async fn run(
     consolidation.abort();
     attesting.abort();
     dispatching.abort();
+    progressing.abort();
     from_mor.abort();
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often the deployment's progress is looked at: a progress bar that
+/// moves, and at most this many small frames a second when it does.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Sends the top manager the domain's deployment progress whenever it
+/// changed (and once on every new link).
+async fn send_progress(station: Arc<Station>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(replica) = station.replica() else {
+            continue;
+        };
+        if station.activation().is_none() {
+            continue;
+        }
+        let progress = nodes::progress(&station.nodes, &replica);
+        let mut sent = lock(&station.progress_sent);
+        if sent.as_ref() != Some(&progress) {
+            station.send_up(Control::DeployProgress(progress.clone()));
+            *sent = Some(progress);
+        }
+    }
 }
 
 /// Every window, the completed windows since the last one sent become one

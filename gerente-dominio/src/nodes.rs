@@ -9,8 +9,8 @@ use agad_net::children::{ChildEvent, ChildRef, Children, Hello, Parent, SessionE
 use agad_net::tls::PeerIdentity;
 use agad_protocol::message::Alarm;
 use agad_protocol::wire::{
-    Activation, Component, ComponentStatus, Control, Deployment, Enrollment, Message, Queued,
-    Replica, Role, State, Upward,
+    Activation, Component, ComponentStatus, Control, DeployProgress, Deployment, Enrollment,
+    Message, Queued, Replica, Role, State, Upward,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,16 +21,24 @@ fn wall_ms(at: Instant) -> u64 {
     crate::now_ms().saturating_sub(at.elapsed().as_millis() as u64)
 }
 
-/// The domain's connected nodes (nothing kept beyond the common entry).
-pub type Nodes = Children<()>;
+/// What the station keeps of a connected node beyond the common entry.
+#[derive(Debug, Default)]
+pub struct NodeData {
+    /// The version of the last deployment the node acknowledged, and its
+    /// first problem (cut short) if it had any.
+    pub deployed: Option<(u64, Option<String>)>,
+}
+
+/// The domain's connected nodes.
+pub type Nodes = Children<NodeData>;
 
 /// The domain manager as its nodes' parent.
 pub struct NodeParent(pub Arc<Station>);
 
 impl Parent for NodeParent {
-    type Data = ();
+    type Data = NodeData;
 
-    fn children(&self) -> &Children<()> {
+    fn children(&self) -> &Children<NodeData> {
         &self.0.nodes
     }
 
@@ -38,12 +46,12 @@ impl Parent for NodeParent {
         Role::Node
     }
 
-    fn admit(&self, peer: &PeerIdentity, hello: &Hello) -> Result<(), SessionError> {
+    fn admit(&self, peer: &PeerIdentity, hello: &Hello) -> Result<NodeData, SessionError> {
         if let Some(redirect) = self.0.replica().and_then(|r| moved_away(&r, &peer.name)) {
             return Err(redirect);
         }
         match admission(&self.0, peer, hello.ticket.clone()) {
-            None => Ok(()),
+            None => Ok(NodeData::default()),
             Some((enrollment, reason)) => Err(SessionError::NotAdmitted { enrollment, reason }),
         }
     }
@@ -59,7 +67,7 @@ impl Parent for NodeParent {
         handle(&self.0, child, message)
     }
 
-    fn unregistered(&self, _child: &ChildRef, _data: (), _reason: &SessionError) {}
+    fn unregistered(&self, _child: &ChildRef, _data: NodeData, _reason: &SessionError) {}
 
     fn activation(&self) -> Option<Activation> {
         self.0.activation()
@@ -229,6 +237,37 @@ pub fn status(
             .since(since)
         })
         .collect()
+}
+
+/// How far the domain's nodes are in running `replica`'s deployment.
+pub fn progress(nodes: &Nodes, replica: &Replica) -> DeployProgress {
+    let sessions = nodes.lock();
+    let mut p = DeployProgress {
+        version: replica.version,
+        nodes: replica.topology.nodes.len() as u64,
+        ..DeployProgress::default()
+    };
+    for n in &replica.topology.nodes {
+        match sessions.get(&n.name).map(|e| &e.data.deployed) {
+            None => p.not_connected += 1,
+            Some(Some((version, problem))) if *version >= replica.version => match problem {
+                None => p.running += 1,
+                Some(problem) => {
+                    p.failed += 1;
+                    if p.problems.len() < DeployProgress::MAX_PROBLEMS {
+                        let line = format!("{}: {problem}", n.name);
+                        p.problems.push(agad_protocol::text::excerpt(
+                            &line,
+                            // Room for the excerpt's own "…(+n bytes)".
+                            DeployProgress::MAX_PROBLEM_LEN - 32,
+                        ));
+                    }
+                }
+            },
+            Some(_) => {}
+        }
+    }
+    p
 }
 
 /// A module's configuration as deployed.
@@ -444,6 +483,15 @@ fn handle(
                 tracing::info!(version, "deployment running");
             } else {
                 tracing::warn!(version, problems = problems.len(), "deployment problems");
+            }
+            // The node's words are kept short: they travel up and are shown.
+            let first = problems
+                .first()
+                .map(|p| agad_protocol::text::excerpt(p, DeployProgress::MAX_PROBLEM_LEN / 2));
+            if let Some(e) = station.nodes.lock().get_mut(&child.name)
+                && e.session == child.session
+            {
+                e.data.deployed = Some((version, first));
             }
             Ok(None)
         }

@@ -663,6 +663,17 @@ fn relay(
             tracing::info!(version, "sub-domain replica acknowledged");
             Ok(None)
         }
+        // Not relayed: the top manager tracks the progress of the domains
+        // it activates (a sub-domain's shows in its own manager's log).
+        Message::Control(Control::DeployProgress(p)) => {
+            tracing::debug!(
+                version = p.version,
+                running = p.running,
+                nodes = p.nodes,
+                "sub-domain deployment progress"
+            );
+            Ok(None)
+        }
         other => Err(SessionError::Protocol(format!(
             "a sub-domain station may not send a `{}` frame",
             other.kind()

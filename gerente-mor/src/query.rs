@@ -200,6 +200,47 @@ pub struct Status {
     /// Every node of the topology, its state and its modules.
     #[serde(default)]
     pub nodes: Vec<NodeStatus>,
+    /// How far the bases in force are deployed to the nodes.
+    pub deployment: Deployment,
+}
+
+/// How far the deployment of the bases version in force has come, over the
+/// domains the top manager activates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The bases version in force.
+    pub version: u64,
+    /// Nodes of those domains.
+    pub nodes: u64,
+    /// Running this version's modules without a problem.
+    pub running: u64,
+    /// Acknowledged it with problems (`problems` says which).
+    pub failed: u64,
+    /// Not connected to their domain's manager, or in a domain without
+    /// one: they get the deployment when they connect.
+    pub not_connected: u64,
+    /// Nodes of sub-domains, whose progress their parent's manager keeps.
+    pub not_tracked: u64,
+    /// Domains whose manager does not deploy this version yet (its
+    /// replica is on the way): their nodes count as pending.
+    pub domains_behind: Vec<String>,
+    /// `node: problem`, the first few of each domain.
+    pub problems: Vec<String>,
+}
+
+impl Deployment {
+    /// Connected nodes that have not acknowledged this version yet.
+    pub fn pending(&self) -> u64 {
+        self.nodes
+            .saturating_sub(self.running)
+            .saturating_sub(self.failed)
+            .saturating_sub(self.not_connected)
+    }
+
+    /// Every node that can be reached runs this version or said why not.
+    pub fn complete(&self) -> bool {
+        self.domains_behind.is_empty() && self.pending() == 0
+    }
 }
 
 /// One node of the topology as `agad status` shows it.
@@ -560,7 +601,54 @@ pub fn status(mor: &Mor) -> Result<Status, BaseError> {
         domains: mor.domain_status(),
         links: link_status(mor)?,
         nodes: node_status(mor)?,
+        deployment: Deployment::default(),
     })
+    .and_then(|mut status| {
+        status.deployment = deployment(&mor.bases.topology()?, &status);
+        Ok(status)
+    })
+}
+
+/// Adds up what each domain's manager said of its nodes' deployment; a
+/// domain counts only once its manager holds the replica of `status.version`
+/// (or found it unchanged) and deploys it.
+fn deployment(topology: &agad_protocol::topology::Topology, status: &Status) -> Deployment {
+    let version = status.version;
+    let mut out = Deployment {
+        version,
+        ..Deployment::default()
+    };
+    for d in &status.domains {
+        let nodes = topology
+            .nodes
+            .iter()
+            .filter(|n| n.domain == d.domain)
+            .count() as u64;
+        if d.parent.is_some() {
+            out.not_tracked += nodes;
+            continue;
+        }
+        out.nodes += nodes;
+        if d.station.is_none() {
+            out.not_connected += nodes;
+            continue;
+        }
+        let current = d.replica_checked.is_some_and(|c| c >= version)
+            && d.replica_sent.is_some()
+            && d.replica_acked >= d.replica_sent;
+        match &d.deployment {
+            Some(p) if current && Some(p.version) == d.replica_sent => {
+                // The station counts the nodes its replica lists: the same
+                // topology, so the same number.
+                out.running += p.running.min(nodes);
+                out.failed += p.failed;
+                out.not_connected += p.not_connected;
+                out.problems.extend(p.problems.iter().cloned());
+            }
+            _ => out.domains_behind.push(d.domain.clone()),
+        }
+    }
+    out
 }
 
 /// Every node of BTPG with the state its domain manager reported and the

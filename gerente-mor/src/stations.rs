@@ -13,8 +13,8 @@ use agad_protocol::message::Alarm;
 use agad_protocol::text::excerpt;
 use agad_protocol::topology::Topology;
 use agad_protocol::wire::{
-    self, Component, ComponentStatus, Control, Enrollment, Message, MovedNode, Queued, Replica,
-    Role, State, Upward,
+    self, Component, ComponentStatus, Control, DeployProgress, Enrollment, Message, MovedNode,
+    Queued, Replica, Role, State, Upward,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -38,6 +38,11 @@ pub struct StationData {
     /// Digest of the last replica content sent, and its version.
     sent: Option<([u8; 32], u64)>,
     acked: u64,
+    /// The bases version the replica was last brought in line with (sent,
+    /// or found unchanged): the station's replica is current up to it.
+    checked: u64,
+    /// How far the domain's nodes are in running the replica's deployment.
+    progress: Option<DeployProgress>,
 }
 
 impl StationData {
@@ -68,6 +73,11 @@ pub struct DomainStatus {
     pub state: State,
     pub replica_sent: Option<u64>,
     pub replica_acked: Option<u64>,
+    /// The bases version the serving station's replica is current with.
+    pub replica_checked: Option<u64>,
+    /// How far the domain's nodes are in running the replica's deployment,
+    /// as the serving station last said.
+    pub deployment: Option<DeployProgress>,
     pub ms_since_heard: Option<u64>,
     /// The station's components as its last keep-alive described them.
     pub components: Vec<ComponentStatus>,
@@ -390,10 +400,15 @@ impl Mor {
                 }
             };
             let digest = content_digest(&replica);
+            let mut stations = self.stations.lock();
             if sent == Some(digest) {
+                if let Some(e) = stations.get_mut(&name)
+                    && e.session == session
+                {
+                    e.data.checked = e.data.checked.max(version);
+                }
                 continue;
             }
-            let mut stations = self.stations.lock();
             if let Some(e) = stations.get_mut(&name)
                 && e.session == session
                 && e.data.serving.as_deref() == Some(domain.as_str())
@@ -401,6 +416,7 @@ impl Mor {
                 tracing::info!(%domain, station = %name, version, "replicating");
                 if e.send(Message::Control(Control::Replicate(Box::new(replica)))) {
                     e.data.sent = Some((digest, version));
+                    e.data.checked = e.data.checked.max(version);
                     e.held = held;
                 }
             }
@@ -553,6 +569,8 @@ impl Mor {
                     },
                     replica_sent: serving.and_then(|(_, e)| e.data.sent.map(|(_, v)| v)),
                     replica_acked: serving.map(|(_, e)| e.data.acked).filter(|v| *v > 0),
+                    replica_checked: serving.map(|(_, e)| e.data.checked).filter(|v| *v > 0),
+                    deployment: serving.and_then(|(_, e)| e.data.progress.clone()),
                     ms_since_heard: serving
                         .map(|(_, e)| e.last_heard().elapsed().as_millis() as u64),
                     components: serving
@@ -877,6 +895,20 @@ fn handle(mor: &Mor, child: &ChildRef, message: Message) -> Result<Option<Messag
             if let Some(e) = mor.stations.lock().get_mut(&child.name) {
                 e.data.acked = e.data.acked.max(version);
             }
+            Ok(None)
+        }
+        Message::Control(Control::DeployProgress(progress)) => {
+            progress.check().map_err(SessionError::Protocol)?;
+            let progress = Arc::new(progress);
+            if let Some(e) = mor.stations.lock().get_mut(&child.name)
+                && e.session == child.session
+            {
+                e.data.progress = Some((*progress).clone());
+            }
+            mor.stations.publish(ChildEvent::DeployProgress {
+                child: child.clone(),
+                progress,
+            });
             Ok(None)
         }
         Message::Control(Control::Enroll {

@@ -127,6 +127,11 @@ pub enum ChildEvent {
         child: ChildRef,
         count: usize,
     },
+    /// The nodes below this child moved on in running their deployment.
+    DeployProgress {
+        child: ChildRef,
+        progress: Arc<agad_protocol::wire::DeployProgress>,
+    },
     /// The child is late (φ ≥ [`SUSPECT_PHI`], about 2.2 intervals of
     /// silence): not declared stale yet, but worth a look (the guardian
     /// probes its host). Once per silence.

@@ -337,6 +337,62 @@ pub enum Control {
     /// Domain manager → node: run a specialist once (the result comes
     /// back through the node's outbox as [`Upward::RunResult`]).
     Run(Box<crate::run::RunRequest>),
+    /// Station → its parent: how far the domain's nodes are in running the
+    /// deployment of its replica, sent when that changes (at most a few
+    /// times a second), so `topology apply --wait` and the page show it.
+    DeployProgress(DeployProgress),
+}
+
+/// How far a domain's nodes are in running its replica's deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployProgress {
+    /// The replica version the station deploys.
+    pub version: u64,
+    /// Nodes the domain's topology lists.
+    pub nodes: u64,
+    /// Nodes that acknowledged this version's deployment without problems.
+    pub running: u64,
+    /// Nodes that acknowledged it with problems.
+    pub failed: u64,
+    /// Nodes not connected: they get the deployment when they connect.
+    pub not_connected: u64,
+    /// `node: problem` for the first [`DeployProgress::MAX_PROBLEMS`] problems.
+    pub problems: Vec<String>,
+}
+
+impl DeployProgress {
+    /// Most problems one progress frame names (the rest are counted).
+    pub const MAX_PROBLEMS: usize = 16;
+    /// Longest problem kept, in bytes.
+    pub const MAX_PROBLEM_LEN: usize = 300;
+
+    /// Connected nodes that have not acknowledged this version yet.
+    pub fn pending(&self) -> u64 {
+        self.nodes
+            .saturating_sub(self.running)
+            .saturating_sub(self.failed)
+            .saturating_sub(self.not_connected)
+    }
+
+    /// Whether what a child sent is within bounds and adds up.
+    pub fn check(&self) -> Result<(), String> {
+        let counted = self
+            .running
+            .checked_add(self.failed)
+            .and_then(|n| n.checked_add(self.not_connected));
+        if counted.is_none_or(|n| n > self.nodes) {
+            return Err("deployment progress counts more nodes than the domain has".into());
+        }
+        if self.problems.len() > Self::MAX_PROBLEMS
+            || self
+                .problems
+                .iter()
+                .any(|p| p.len() > Self::MAX_PROBLEM_LEN)
+        {
+            return Err("deployment progress names too many or too long problems".into());
+        }
+        Ok(())
+    }
 }
 
 /// Which activation of a domain's manager a station serves under.
@@ -442,10 +498,11 @@ pub enum MessageKind {
     Attest,
     Attestation,
     Run,
+    DeployProgress,
 }
 
 /// `Control`'s variants in declaration order, which is their wire index.
-const CONTROL_KINDS: [MessageKind; 16] = [
+const CONTROL_KINDS: [MessageKind; 17] = [
     MessageKind::Hello,
     MessageKind::Welcome,
     MessageKind::AssignDomain,
@@ -462,13 +519,14 @@ const CONTROL_KINDS: [MessageKind; 16] = [
     MessageKind::Attest,
     MessageKind::Attestation,
     MessageKind::Run,
+    MessageKind::DeployProgress,
 ];
 /// `Message`'s variants in declaration order (`None`: a `Control`).
 const MESSAGE_KINDS: [Option<MessageKind>; 3] =
     [None, Some(MessageKind::Alarm), Some(MessageKind::Reports)];
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 18] = [
+    pub const ALL: [MessageKind; 19] = [
         MessageKind::Hello,
         MessageKind::Welcome,
         MessageKind::AssignDomain,
@@ -487,6 +545,7 @@ impl MessageKind {
         MessageKind::Attest,
         MessageKind::Attestation,
         MessageKind::Run,
+        MessageKind::DeployProgress,
     ];
 
     pub fn of(message: &Message) -> MessageKind {
@@ -508,6 +567,7 @@ impl MessageKind {
                 Control::Attest { .. } => MessageKind::Attest,
                 Control::Attestation(_) => MessageKind::Attestation,
                 Control::Run(_) => MessageKind::Run,
+                Control::DeployProgress(_) => MessageKind::DeployProgress,
             },
             Message::Alarm(_) => MessageKind::Alarm,
             Message::Reports(_) => MessageKind::Reports,
@@ -522,9 +582,8 @@ impl MessageKind {
         match self {
             Welcome | AssignDomain | Replicate | Deploy | Unassign | Redirect | StepDown
             | Attest | Run => sender == Sender::Parent,
-            Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports | Attestation => {
-                sender == Sender::Child
-            }
+            Hello | Enroll | ReplicaAck | DeployAck | Alarm | Reports | Attestation
+            | DeployProgress => sender == Sender::Child,
             KeepAlive | Ack => true,
         }
     }
@@ -549,6 +608,7 @@ impl MessageKind {
             MessageKind::Attest => "attest",
             MessageKind::Attestation => "attestation",
             MessageKind::Run => "run",
+            MessageKind::DeployProgress => "deploy-progress",
         }
     }
 }
@@ -1279,6 +1339,14 @@ mod tests {
                 deadline_ms: 30_000,
                 alarm: crate::run::tests::alarm("n", "n/m/1"),
             }))),
+            MessageKind::DeployProgress => control(Control::DeployProgress(DeployProgress {
+                version: 2,
+                nodes: 3,
+                running: 1,
+                failed: 1,
+                not_connected: 0,
+                problems: vec!["n2: module `m` refused".into()],
+            })),
         }
     }
 
@@ -1324,6 +1392,7 @@ mod tests {
             Alarm,
             Reports,
             Attestation,
+            DeployProgress,
         ];
         for kind in MessageKind::ALL {
             assert_eq!(

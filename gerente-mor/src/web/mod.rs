@@ -548,7 +548,8 @@ const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Live events for pages and tools, as they happen at the top manager:
 /// `alarm` (an alarm BIG stored, as JSON), `station` (a station connected,
 /// went quiet, or left), `status` (a station said what changed below it:
-/// a node's state, its modules), `reports` (a station's reports stored) and
+/// a node's state, its modules), `reports` (a station's reports stored),
+/// `deployment` (a domain's nodes moved on in running a deployment) and
 /// `lagged` (this client fell behind and missed events: read the API
 /// again). Each client has a bounded queue (the stations' event channel);
 /// a slow one misses events, it never holds the manager up.
@@ -598,6 +599,12 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
                             .data(serde_json::json!({ "station": child.name }).to_string())
                     }
                     Ok(ChildEvent::KeepAlive { .. }) => continue,
+                    Ok(ChildEvent::DeployProgress { child, progress }) => {
+                        Event::default().event("deployment").data(
+                            serde_json::json!({ "station": child.name, "progress": *progress })
+                                .to_string(),
+                        )
+                    }
                     Err(RecvError::Lagged(missed)) => {
                         Event::default().event("lagged").data(missed.to_string())
                     }
@@ -694,7 +701,7 @@ async fn openapi() -> Response {
         "components": { "securitySchemes": { "basic": { "type": "http", "scheme": "basic" } } },
         "paths": {
             "/metrics": read("Prometheus exposition of the latest consolidated window of every series", &[]),
-            "/api/v1/status": read("Domains, stations, nodes, modules and links", &[]),
+            "/api/v1/status": read("Domains, stations, nodes, modules, links and the deployment's progress", &[]),
             "/api/v1/alarms": read("Alarms from BIG with their knowledge-base cases", &["domain", "node", "module", "module_version", "severity", "area", "since_ms", "until_ms", "active_only", "limit"]),
             "/api/v1/reports": read("Consolidated reports from BIG", &["domain", "node", "module", "module_version", "metric", "since_ms", "until_ms", "per_domain", "limit"]),
             "/api/v1/kb/stats": read("How often each knowledge-base rule helped", &[]),
