@@ -15,28 +15,52 @@ against the `inspector` world of `wit/`.
   next (the Rust SDK's `Window::record`).
 - `Inspector` and `exports`: an inspector as its author writes it
   (configure, poll) and the `WitWorld` class componentize-py exports.
+- `host`: the WIT imports (`host.os.memory()`, `host.state.get(...)`),
+  imported when the component is built; None natively.
 
 Everything but `Alarms.persist`, `Alarms.restore_from_state` and the
 `exports` glue is plain Python, so a module's logic is unit tested with the
 host's own `python3` (the WIT types are stood in for when `wit_world` is
 absent).
 
-Not for: specialists (the `specialist` world works the same way: a class
-`WitWorld` with `run`), or anything that needs native extensions
-(componentize-py bundles pure Python only).
+- `diagnosis` and `specialist_exports`: a specialist's result and the
+  `WitWorld` class of the `specialist` world (arguments checked strictly).
+
+Not for: anything that needs native extensions (componentize-py bundles
+pure Python only).
 """
 
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import traceback
+
 try:  # inside a component built by componentize-py
-    from wit_world.imports.types import Alarm, Comparison, Output, Severity, Summary
+    # Everything a call may need is imported here, when componentize-py
+    # builds the component: a node gives modules no filesystem, so a module
+    # first imported during a call (`from wit_world.imports import clock`
+    # inside `tick`) cannot be found and the call aborts.
+    import wit_world.imports as host
+    from componentize_py_types import Err
+    import wit_world.imports.clock  # noqa: F401
+    import wit_world.imports.disk  # noqa: F401
+    import wit_world.imports.log  # noqa: F401
+    import wit_world.imports.os  # noqa: F401
+    import wit_world.imports.probe  # noqa: F401
+    import wit_world.imports.service  # noqa: F401
+    import wit_world.imports.snmp  # noqa: F401
+    import wit_world.imports.state  # noqa: F401
+    from wit_world.imports.types import Alarm, Comparison, Diagnosis, Output, Severity, Summary
 
     IN_COMPONENT = True
-except ImportError:  # natively, for unit tests: the same shapes
+except ImportError:  # natively, for unit tests: the same shapes, no host
     import enum
 
+    host = None  # type: ignore[assignment]
     IN_COMPONENT = False
+
+    class Err(Exception):  # type: ignore[no-redef]
+        """componentize-py's error result, natively."""
 
     class Severity(enum.Enum):  # type: ignore[no-redef]
         INFO = 0
@@ -81,6 +105,11 @@ except ImportError:  # natively, for unit tests: the same shapes
     class Output:  # type: ignore[no-redef]
         alarms: List[Alarm]
         summaries: List[Summary]
+
+    @dataclass
+    class Diagnosis:  # type: ignore[no-redef]
+        summary: str
+        facts: List[Tuple[str, str]]
 
 
 # ---------------------------------------------------------------- config
@@ -317,9 +346,7 @@ class Alarms:
 
     def restore_from_state(self) -> None:
         """Host call: the raised set kept by the `state` capability."""
-        from wit_world.imports import state
-
-        data = state.get(ACTIVE_ALARMS_STATE_KEY)
+        data = host.state.get(ACTIVE_ALARMS_STATE_KEY)
         if data:
             self.restore(data)
 
@@ -328,10 +355,8 @@ class Alarms:
         write is tried again next time."""
         if not self.changed:
             return
-        from wit_world.imports import state
-
         try:
-            state.set(ACTIVE_ALARMS_STATE_KEY, self.encode())
+            host.state.set(ACTIVE_ALARMS_STATE_KEY, self.encode())
             self.changed = False
         except Exception:  # quota or disk: keep `changed`, try again
             pass
@@ -468,23 +493,59 @@ def exports(cls):
 
     class WitWorld:
         def init(self, config: List[Tuple[str, str]]) -> None:
-            from componentize_py_types import Err
-
             try:
                 inspector = cls(Config(config, cls.KEYS))
+                inspector.alarms.restore_from_state()
             except ConfigError as e:
                 raise Err(str(e))
-            inspector.alarms.restore_from_state()
+            except Exception:
+                log_exception("init")
+                raise
             holder["it"] = inspector
 
         def tick(self) -> Output:
-            from wit_world.imports import clock
-
             inspector = holder.get("it")
             if inspector is None:
                 return Output(alarms=[], summaries=[])
-            out = inspector.poll(clock.now_ms())
-            inspector.alarms.persist()
+            try:
+                out = inspector.poll(host.clock.now_ms())
+                inspector.alarms.persist()
+            except Exception:
+                log_exception("tick")
+                raise
             return out
+
+    return WitWorld
+
+
+def log_exception(where: str) -> None:
+    """Logs the exception being handled, with the end of its traceback,
+    through the `log` capability (a node shows it with AGAD_LOG=error or
+    more), before it becomes a trap the node reports as a fault."""
+    text = traceback.format_exc()
+    host.log.log(host.log.Level.ERROR, f"uncaught exception in {where}: {text[-900:]}")
+
+
+def diagnosis(summary: str, *facts: Tuple[str, object]) -> Diagnosis:
+    """A specialist's result: one line for a person, then facts (most
+    important first; stable keys such as `cause`)."""
+    return Diagnosis(summary=summary, facts=[(k, str(v)) for k, v in facts])
+
+
+def specialist_exports(run, args: Sequence[str]):
+    """The `WitWorld` class componentize-py exports for a specialist:
+    `run(config)` is called with the arguments checked against `args`
+    (unknown or repeated ones refused, the common keys too) and returns a
+    Diagnosis; a ConfigError becomes the WIT error string."""
+
+    class WitWorld:
+        def run(self, pairs: List[Tuple[str, str]]) -> Diagnosis:
+            try:
+                return run(Config(pairs, args, strict=True))
+            except ConfigError as e:
+                raise Err(str(e))
+            except Exception:
+                log_exception("run")
+                raise
 
     return WitWorld

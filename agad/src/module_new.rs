@@ -181,19 +181,22 @@ fn project_files(args: &NewArgs) -> anyhow::Result<Vec<(String, String)>> {
                 "[toolchain]\nchannel = \"stable\"\ntargets = [\"wasm32-wasip2\"]\n".into(),
             ));
         }
-        (Lang::Python, Kind::Inspector) => {
-            files.push((
-                "app.py".into(),
-                fill(include_str!("../templates/python-inspector/app.py")),
-            ));
-            files.push((
-                "test_app.py".into(),
-                fill(include_str!("../templates/python-inspector/test_app.py")),
-            ));
-            files.push((
-                "manifest.toml".into(),
-                fill(include_str!("../templates/python-inspector/manifest.toml")),
-            ));
+        (Lang::Python, kind) => {
+            let (app, test, manifest) = match kind {
+                Kind::Inspector => (
+                    include_str!("../templates/python-inspector/app.py"),
+                    include_str!("../templates/python-inspector/test_app.py"),
+                    include_str!("../templates/python-inspector/manifest.toml"),
+                ),
+                Kind::Specialist => (
+                    include_str!("../templates/python-specialist/app.py"),
+                    include_str!("../templates/python-specialist/test_app.py"),
+                    include_str!("../templates/python-specialist/manifest.toml"),
+                ),
+            };
+            files.push(("app.py".into(), fill(app)));
+            files.push(("test_app.py".into(), fill(test)));
+            files.push(("manifest.toml".into(), fill(manifest)));
             files.push((
                 "agad_sdk.py".into(),
                 include_str!("../../python/agad_sdk.py").to_owned(),
@@ -202,10 +205,6 @@ fn project_files(args: &NewArgs) -> anyhow::Result<Vec<(String, String)>> {
                 files.push((format!("wit/{file}"), (*text).to_owned()));
             }
         }
-        (Lang::Python, Kind::Specialist) => bail!(
-            "--lang python makes inspectors only for now; write a specialist in Rust \
-             (--lang rust), or see docs/modules.md for a Python one by hand"
-        ),
     }
     Ok(files)
 }
@@ -214,7 +213,10 @@ fn project_files(args: &NewArgs) -> anyhow::Result<Vec<(String, String)>> {
 pub fn new(args: NewArgs) -> anyhow::Result<()> {
     agad_protocol::validate_module_name(&args.name)
         .map_err(|e| anyhow::anyhow!("module name `{}`: {e}", args.name))?;
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
     if dir.exists()
         && std::fs::read_dir(&dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -245,11 +247,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
             Lang::Python => "Python",
         },
     );
-    println!(
-        "created {lang} {kind} `{}` in {}",
-        args.name,
-        dir.display()
-    );
+    println!("created {lang} {kind} `{}` in {}", args.name, dir.display());
     let test = match args.lang {
         Lang::Rust => "cargo test",
         Lang::Python => "python3 -m unittest",
@@ -275,8 +273,13 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     let dir = &args.dir;
     let manifest = dir.join("manifest.toml");
-    let text = std::fs::read_to_string(&manifest)
-        .with_context(|| format!("cannot read {} (is {} a module project?)", manifest.display(), dir.display()))?;
+    let text = std::fs::read_to_string(&manifest).with_context(|| {
+        format!(
+            "cannot read {} (is {} a module project?)",
+            manifest.display(),
+            dir.display()
+        )
+    })?;
     let spec = agad_protocol::ManifestSpec::from_toml(&text)
         .map_err(|e| anyhow::anyhow!("{}:{e}", manifest.display()))?;
     // Read before building: a missing key should not cost a build.
@@ -386,7 +389,17 @@ fn build_python(
     let wasm = out_dir.join(format!("{name}.wasm"));
     let status = Command::new(&tool)
         .current_dir(dir)
-        .args(["-d", "wit", "-w", world, "componentize", "app", "-p", ".", "-o"])
+        .args([
+            "-d",
+            "wit",
+            "-w",
+            world,
+            "componentize",
+            "app",
+            "-p",
+            ".",
+            "-o",
+        ])
         .arg(wasm.strip_prefix(dir).unwrap_or(&wasm))
         .stdout(std::process::Stdio::null())
         .status();
@@ -418,8 +431,11 @@ mod tests {
             "agad-sdk = { git = \"https://example.org/agad.git\" }"
         );
         let repo = built_from().expect("built from this checkout");
-        let line = sdk_dependency(Some(&repo.to_string_lossy()), ", features = [\"specialist\"]")
-            .unwrap();
+        let line = sdk_dependency(
+            Some(&repo.to_string_lossy()),
+            ", features = [\"specialist\"]",
+        )
+        .unwrap();
         assert!(line.contains("/sdk\""), "{line}");
         assert!(line.ends_with(", features = [\"specialist\"] }"), "{line}");
         assert!(sdk_dependency(Some("/nonexistent"), "").is_err());
@@ -432,6 +448,7 @@ mod tests {
             (Lang::Rust, Kind::Inspector),
             (Lang::Rust, Kind::Specialist),
             (Lang::Python, Kind::Inspector),
+            (Lang::Python, Kind::Specialist),
         ] {
             let args = NewArgs {
                 name: "my-check".into(),

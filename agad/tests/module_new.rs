@@ -76,7 +76,8 @@ impl Built {
 
     /// The component and manifest text, for signing with another key.
     fn wasm_and_manifest(&self, name: &str) -> (Vec<u8>, String) {
-        let bundle = agad_protocol::Bundle::from_bytes(&std::fs::read(&self.bundle).unwrap()).unwrap();
+        let bundle =
+            agad_protocol::Bundle::from_bytes(&std::fs::read(&self.bundle).unwrap()).unwrap();
         let manifest = std::fs::read_to_string(self.path(name).join("manifest.toml")).unwrap();
         (bundle.wasm.clone(), manifest)
     }
@@ -86,7 +87,10 @@ impl Built {
 fn scaffold_and_build(name: &str, lang: &str) -> Built {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    ok(agad(&["module", "keygen", "--out", "publisher"], cwd), "keygen");
+    ok(
+        agad(&["module", "keygen", "--out", "publisher"], cwd),
+        "keygen",
+    );
     let created = ok(
         agad(
             &["module", "new", name, "--kind", "inspector", "--lang", lang],
@@ -106,7 +110,14 @@ fn scaffold_and_build(name: &str, lang: &str) -> Built {
     }
     let build_output = ok(
         agad(
-            &["module", "build", "--dir", name, "--key", "publisher.secret"],
+            &[
+                "module",
+                "build",
+                "--dir",
+                name,
+                "--key",
+                "publisher.secret",
+            ],
             cwd,
         ),
         "agad module build",
@@ -128,9 +139,10 @@ fn rust() -> &'static Built {
 fn python() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let found = Command::new(std::env::var_os("COMPONENTIZE_PY").unwrap_or("componentize-py".into()))
-            .arg("--version")
-            .output();
+        let found =
+            Command::new(std::env::var_os("COMPONENTIZE_PY").unwrap_or("componentize-py".into()))
+                .arg("--version")
+                .output();
         assert!(
             found.is_ok_and(|o| o.status.success()),
             "componentize-py is not installed: `pip install componentize-py==0.25.1` (test.sh does)"
@@ -215,9 +227,88 @@ fn python_inspector_scaffolded_built_signed_and_run() {
 }
 
 #[test]
+fn specialists_scaffolded_built_signed_and_run_once_in_rust_and_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    ok(
+        agad(&["module", "keygen", "--out", "publisher"], cwd),
+        "keygen",
+    );
+    for (name, lang) in [("my-diag", "rust"), ("my-py-diag", "python")] {
+        ok(
+            agad(
+                &[
+                    "module",
+                    "new",
+                    name,
+                    "--kind",
+                    "specialist",
+                    "--lang",
+                    lang,
+                ],
+                cwd,
+            ),
+            "agad module new --kind specialist",
+        );
+        let built = ok(
+            agad(
+                &[
+                    "module",
+                    "build",
+                    "--dir",
+                    name,
+                    "--key",
+                    "publisher.secret",
+                ],
+                cwd,
+            ),
+            "agad module build",
+        );
+        assert!(built.contains("sha256"), "{built}");
+        let bundle = format!("{name}/{name}.agad");
+        let run = |arg: &str| {
+            agad(
+                &[
+                    "node",
+                    "run",
+                    "--bundle",
+                    &bundle,
+                    "--trust",
+                    "publisher.pub",
+                    "--data-dir",
+                    "node",
+                    "--arg",
+                    arg,
+                ],
+                cwd,
+            )
+        };
+        let out = ok(run("limit=0"), "agad node run --arg");
+        let diagnosis: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(diagnosis["outcome"], "diagnosed", "{diagnosis}");
+        let facts = diagnosis["facts"].as_array().unwrap();
+        assert_eq!(
+            facts[0],
+            serde_json::json!(["cause", "memory-high"]),
+            "{diagnosis}"
+        );
+        // An argument the specialist does not take is its own failure.
+        let out = run("limt=1");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("\"failed\"") && text.contains("limt"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn a_module_outside_the_repository_is_refused_clearly_when_it_cannot_build() {
     let dir = tempfile::tempdir().unwrap();
-    let out = agad(&["module", "new", "Bad Name", "--kind", "inspector"], dir.path());
+    let out = agad(
+        &["module", "new", "Bad Name", "--kind", "inspector"],
+        dir.path(),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("module name `Bad Name`"));
     ok(
@@ -226,10 +317,19 @@ fn a_module_outside_the_repository_is_refused_clearly_when_it_cannot_build() {
     );
     let out = agad(&["module", "new", "x", "--kind", "inspector"], dir.path());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
-    ok(agad(&["module", "keygen", "--out", "k"], dir.path()), "keygen");
-    let out = agad(&["module", "build", "--dir", "nowhere", "--key", "k.secret"], dir.path());
+    ok(
+        agad(&["module", "keygen", "--out", "k"], dir.path()),
+        "keygen",
+    );
+    let out = agad(
+        &["module", "build", "--dir", "nowhere", "--key", "k.secret"],
+        dir.path(),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("is nowhere a module project?"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("is nowhere a module project?"),
+        "{err}"
+    );
 }
 
 const TOPOLOGY: &str = r#"

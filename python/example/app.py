@@ -10,8 +10,7 @@ wit/, world `inspector`), or by hand:
     componentize-py -d <agad>/wit -w inspector componentize app -p . -p <agad>/python -o mem-watch.wasm
 """
 
-from agad_sdk import Check, Comparison, Config, Inspector, Output, exports
-from wit_world.imports import os
+from agad_sdk import Check, Comparison, Config, Inspector, Output, exports, host
 
 KEY = "mem.high"
 METRIC = "mem.used-percent"
@@ -24,7 +23,7 @@ class MemWatch(Inspector):
         self.check = Check(KEY, METRIC, Comparison.ABOVE, config.number("threshold", 90.0, 0.0, 100.0), unit="%")
 
     def poll(self, now_ms: int) -> Output:
-        memory = os.memory()
+        memory = host.os.memory()
         if memory.total_bytes == 0:
             return Output(alarms=[], summaries=[])
         used = memory.used_bytes * 100.0 / memory.total_bytes

@@ -527,7 +527,11 @@ mod tests {
         assert_eq!(config.common().expect("valid").window_secs, 5);
         let error = Config::parse_strict(&pairs(&[("window_secs", "5")]), KNOWN)
             .expect_err("not a specialist's key");
-        assert!(error.to_string().starts_with("unknown config key \"window_secs\""));
+        assert!(
+            error
+                .to_string()
+                .starts_with("unknown config key \"window_secs\"")
+        );
         let error = Config::parse(&pairs(&[("x", "1")]), &["count"]).expect_err("unknown");
         assert_eq!(
             error.to_string(),

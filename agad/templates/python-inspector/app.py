@@ -11,7 +11,7 @@ against wit/, world `inspector`); try it:
 agad node run --bundle {{name}}.agad --trust publisher.pub --config threshold=1
 """
 
-from agad_sdk import Check, Comparison, Config, Inspector, Output, exports
+from agad_sdk import Check, Comparison, Config, Inspector, Output, exports, host
 
 KEY = "mem.high"
 METRIC = "mem.used-percent"
@@ -32,9 +32,9 @@ class Module(Inspector):
         return Output(alarms=[alarm] if alarm else [], summaries=self.window.take_due(now_ms))
 
     def poll(self, now_ms: int) -> Output:
-        from wit_world.imports import os
-
-        memory = os.memory()
+        # The WIT imports: agad_sdk imports them all when the component is
+        # built (a node gives modules no filesystem to import from later).
+        memory = host.os.memory()
         if memory.total_bytes == 0:
             return Output(alarms=[], summaries=[])
         return self.observe(now_ms, memory.used_bytes * 100.0 / memory.total_bytes)

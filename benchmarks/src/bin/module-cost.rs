@@ -109,9 +109,7 @@ fn main() -> anyhow::Result<()> {
     let key = PublicKey::from_text(&std::fs::read_to_string(work.join("publisher.pub"))?)?;
     let mut bundles = Vec::new();
     for (lang, name) in [("rust", "cost-rust"), ("python", "cost-python")] {
-        run(&[
-            "module", "new", name, "--kind", "inspector", "--lang", lang,
-        ])?;
+        run(&["module", "new", name, "--kind", "inspector", "--lang", lang])?;
         run(&[
             "module",
             "build",
@@ -311,10 +309,18 @@ fn print_table(rows: &[Row], live: usize) {
             x(rust.rss_per_instance, python.rss_per_instance),
         );
     }
-    println!("cold compile: first Node::load (verify, Cranelift compile, write the cache), one sample;");
+    println!(
+        "cold compile: first Node::load (verify, Cranelift compile, write the cache), one sample;"
+    );
     println!("  compile peak: the process's peak RSS during it above its RSS before");
-    println!("from cache:   deserialize the .cwasm this node compiled + link + instantiate (no init)");
+    println!(
+        "from cache:   deserialize the .cwasm this node compiled + link + instantiate (no init)"
+    );
     println!("init:         Node::instantiate = host state + instantiate + init(config)");
-    println!("tick:         one tick() with its os::memory() host call, back to back after 20 warm-up ticks");
-    println!("RSS/instance: process RSS growth over {live} live instances (configured, ticked once) / {live}");
+    println!(
+        "tick:         one tick() with its os::memory() host call, back to back after 20 warm-up ticks"
+    );
+    println!(
+        "RSS/instance: process RSS growth over {live} live instances (configured, ticked once) / {live}"
+    );
 }
