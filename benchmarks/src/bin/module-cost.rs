@@ -152,7 +152,7 @@ fn main() -> anyhow::Result<()> {
             crash_loop: Default::default(),
             integrity: Default::default(),
         };
-        let node = Node::open(settings, vec![key.clone()], &node_dir)?;
+        let node = Node::open(settings, vec![key], &node_dir)?;
 
         let pid = std::process::id();
         let before = sample(pid)?.rss_bytes;
