@@ -6,7 +6,8 @@
 # rustfmt and clippy components (listed in rust-toolchain.toml) and Debian's
 # real SNMP agent, snmpd, iproute2 (`ip`), iputils-ping and nftables (the test
 # network's hosts and packet loss), chromium and chromium-driver (the web page
-# in a real browser); fuzz/run.sh installs cargo-fuzz.
+# in a real browser), componentize-py from PyPI (Python modules); fuzz/run.sh
+# installs cargo-fuzz.
 # Arguments go to `cargo test`, e.g. `./test.sh -p agad-net`.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -50,6 +51,26 @@ for pair in ping:iputils-ping nft:nftables chromium:chromium chromedriver:chromi
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
     fi
 done
+# componentize-py builds Python modules (agad module build, agad/tests/module_new.rs,
+# the module-cost benchmark); from PyPI, the release docs/modules.md measured.
+COMPONENTIZE_PY_VERSION=0.25.1
+if ! componentize-py --version 2>/dev/null | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION"; then
+    if ! command -v python3 >/dev/null; then
+        [ "$(id -u)" = 0 ] || need_root python3 "sudo apt-get install python3 python3-pip"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip >/dev/null
+    fi
+    if ! python3 -m pip install -q "componentize-py==$COMPONENTIZE_PY_VERSION" 2>/dev/null \
+        && ! python3 -m pip install -q --break-system-packages "componentize-py==$COMPONENTIZE_PY_VERSION"; then
+        echo "test.sh: cannot install componentize-py $COMPONENTIZE_PY_VERSION from PyPI (python3 -m pip install componentize-py==$COMPONENTIZE_PY_VERSION); Python modules cannot be built without it" >&2
+        exit 1
+    fi
+    hash -r
+    if ! componentize-py --version >/dev/null 2>&1; then
+        echo "test.sh: componentize-py was installed but is not on PATH ($(python3 -m site --user-base)/bin?); add its folder to PATH" >&2
+        exit 1
+    fi
+fi
 # Debian starts the packaged agent on UDP 161; the tests run their own.
 if command -v systemctl >/dev/null; then systemctl stop snmpd 2>/dev/null || true; fi
 
@@ -65,6 +86,11 @@ fi
 # Also builds the benchmark programs (they are workspace members), so a
 # change that breaks them fails here too.
 cargo test --workspace "$@"
+
+# The Python module SDK's own unit tests (python/agad_sdk.py), natively.
+if [ $# -eq 0 ]; then
+    python3 -m unittest discover -s python
+fi
 
 # Every decoder a peer, a module or an operator reaches, fuzzed for 20 s a
 # target (fuzz/README.md; `fuzz/run.sh 600` for a long run). Only for the

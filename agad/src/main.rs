@@ -7,6 +7,7 @@ mod demo;
 mod identity;
 mod kb_cmd;
 mod module_cmd;
+mod module_new;
 mod node_cmd;
 mod pki_cmd;
 mod station_cmd;

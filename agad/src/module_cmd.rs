@@ -35,6 +35,10 @@ pub enum ModuleCommand {
         #[arg(long = "trust", required = true)]
         trusted: Vec<PathBuf>,
     },
+    /// Create a module project that builds as it is: a sample check, its unit test, a manifest.
+    New(crate::module_new::NewArgs),
+    /// Build a module project for wasm32-wasip2 and sign it in one step.
+    Build(crate::module_new::BuildArgs),
     /// Publish a signed bundle into the top manager's BGC.
     Publish {
         /// The signed bundle (`.agad`, from `agad module sign`).
@@ -56,6 +60,8 @@ pub fn run(cmd: ModuleCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ModuleCommand::Keygen { out } => keygen(&out),
+        ModuleCommand::New(args) => crate::module_new::new(args),
+        ModuleCommand::Build(args) => crate::module_new::build(args),
         ModuleCommand::Sign {
             wasm,
             manifest,

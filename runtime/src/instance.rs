@@ -186,8 +186,20 @@ fn classify(store: &Store<HostState>, error: wasmtime::Error) -> Fault {
     Fault { kind, message }
 }
 
-/// The first line of the error chain: the trap and, for panics, where.
+/// The trap's own cause (`wasm trap: call stack exhausted`), and the
+/// innermost guest function with a name, if the module kept its names.
+///
+/// Not the first line of the whole chain: with a backtrace recorded, that
+/// is wasmtime's `error while executing at wasm backtrace:`, which hid the
+/// cause from every fault report.
 fn root_message(error: &wasmtime::Error) -> String {
-    let text = format!("{error:#}");
-    text.lines().next().unwrap_or_default().to_owned()
+    let root = error.root_cause().to_string();
+    let cause = root.lines().next().unwrap_or_default();
+    let function = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|trace| trace.frames().iter().find_map(|f| f.func_name()));
+    match function {
+        Some(function) => format!("{cause} (in {function})"),
+        None => cause.to_owned(),
+    }
 }

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 pub const ACTIVE_ALARMS_STATE_KEY: &str = "agad.active-alarms";
 
 impl Severity {
+    /// The lower-case word (`major`), as manifests and the CLI spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Info => "info",
@@ -32,6 +33,7 @@ impl Severity {
 }
 
 impl Comparison {
+    /// The word configuration uses (`above`, `not-equal`).
     pub fn as_str(self) -> &'static str {
         match self {
             Comparison::Above => "above",
@@ -83,41 +85,51 @@ pub fn alarm(key: impl Into<String>, metric: impl Into<String>) -> AlarmBuilder 
     }
 }
 
+/// An [`Alarm`] being built by [`alarm()`]; finish with
+/// [`AlarmBuilder::raised`], [`AlarmBuilder::cleared`] or [`AlarmBuilder::build`].
 #[derive(Debug, Clone)]
 pub struct AlarmBuilder {
     alarm: Alarm,
 }
 
 impl AlarmBuilder {
+    /// What the alarm is about on the node (`/var`, `eth0`); empty for the host itself.
     pub fn subject(mut self, subject: impl Into<String>) -> Self {
         self.alarm.subject = subject.into();
         self
     }
+    /// How bad it is.
     pub fn severity(mut self, severity: Severity) -> Self {
         self.alarm.severity = severity;
         self
     }
+    /// The value that crossed the threshold (or came back).
     pub fn value(mut self, value: f64) -> Self {
         self.alarm.value = value;
         self
     }
+    /// What the value was compared with, and how.
     pub fn threshold(mut self, comparison: Comparison, threshold: f64) -> Self {
         self.alarm.comparison = comparison;
         self.alarm.threshold = threshold;
         self
     }
+    /// The one line a person reads.
     pub fn message(mut self, message: impl Into<String>) -> Self {
         self.alarm.message = message.into();
         self
     }
+    /// The alarm, as the start of its condition.
     pub fn raised(mut self) -> Alarm {
         self.alarm.raised = true;
         self.alarm
     }
+    /// The alarm, as the end of its condition.
     pub fn cleared(mut self) -> Alarm {
         self.alarm.raised = false;
         self.alarm
     }
+    /// The alarm, raised or cleared as `raised` says.
     pub fn build(mut self, raised: bool) -> Alarm {
         self.alarm.raised = raised;
         self.alarm
@@ -129,15 +141,21 @@ impl AlarmBuilder {
 pub struct Check {
     /// Alarm key, unique within the module (`fs.used:/var`).
     pub key: String,
+    /// The series compared (`fs.used-percent`), as summaries name it.
     pub metric: String,
+    /// What on the node (`/var`); empty for the host itself.
     pub subject: String,
+    /// Severity of the alarm it raises.
     pub severity: Severity,
+    /// How the value is compared with [`Check::threshold`](Check#structfield.threshold).
     pub comparison: Comparison,
+    /// The limit.
     pub threshold: f64,
     /// Unit appended to values in generated messages (`%`, `/s`).
     pub unit: String,
     /// Per-check hysteresis counts; `None` uses the tracker's.
     pub raise_after: Option<u32>,
+    /// Per-check clear count; `None` uses the tracker's.
     pub clear_after: Option<u32>,
 }
 
@@ -156,23 +174,28 @@ impl Check {
             clear_after: None,
         }
     }
+    /// Sets [`Check::subject`](Check#structfield.subject).
     pub fn subject(mut self, subject: impl Into<String>) -> Self {
         self.subject = subject.into();
         self
     }
+    /// Sets the severity (default major).
     pub fn severity(mut self, severity: Severity) -> Self {
         self.severity = severity;
         self
     }
+    /// Sets the condition: breached when `value <comparison> threshold`.
     pub fn threshold(mut self, comparison: Comparison, threshold: f64) -> Self {
         self.comparison = comparison;
         self.threshold = threshold;
         self
     }
+    /// Sets the unit shown after values in messages (`%`).
     pub fn unit(mut self, unit: impl Into<String>) -> Self {
         self.unit = unit.into();
         self
     }
+    /// Overrides the tracker's raise/clear counts for this check only.
     pub fn counts(mut self, raise_after: u32, clear_after: u32) -> Self {
         self.raise_after = Some(raise_after);
         self.clear_after = Some(clear_after);
@@ -237,6 +260,9 @@ pub struct Alarms {
 }
 
 impl Alarms {
+    /// A tracker raising after `raise_after` consecutive breaching samples and
+    /// clearing after `clear_after` normal ones (0 counts as 1): usually
+    /// [`Common`](crate::Common)'s counts.
     pub fn new(raise_after: u32, clear_after: u32) -> Self {
         Alarms {
             raise_after: raise_after.max(1),
@@ -295,6 +321,7 @@ impl Alarms {
         Some(check.alarm(transition == Transition::Raised, value, message(transition)))
     }
 
+    /// Whether alarm `key` is raised.
     pub fn is_raised(&self, key: &str) -> bool {
         self.raised.contains_key(key)
     }

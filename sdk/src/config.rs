@@ -15,7 +15,8 @@ use std::fmt;
 pub const RESERVED_KEYS: &[&str] = &["period"];
 
 /// Keys shared by the inspectors built on this SDK: hysteresis counts and the
-/// report window. A module lists them alongside its own keys.
+/// report window. [`Config::parse`] accepts them besides a module's own keys
+/// (read them with [`Config::common`]); [`Config::parse_strict`] does not.
 pub const COMMON_KEYS: &[&str] = &["raise_after", "clear_after", "window_secs"];
 
 /// Why a configuration was refused; its `Display` is the message handed back
@@ -23,21 +24,36 @@ pub const COMMON_KEYS: &[&str] = &["raise_after", "clear_after", "window_secs"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     /// A key the module does not know.
-    Unknown { key: String, known: Vec<String> },
+    Unknown {
+        /// The key as given.
+        key: String,
+        /// Every key the module accepts, for the message.
+        known: Vec<String>,
+    },
     /// The same key given more than once.
-    Duplicate { key: String },
+    Duplicate {
+        /// The repeated key.
+        key: String,
+    },
     /// A required key is absent (or empty).
-    Missing { key: String },
+    Missing {
+        /// The missing key.
+        key: String,
+    },
     /// A value that does not parse or is out of range; `reason` completes the
     /// sentence `<key>: "<value>" <reason>`.
     Invalid {
+        /// The key whose value is refused.
         key: String,
+        /// The value as given.
         value: String,
+        /// Why, e.g. `is not a number`.
         reason: String,
     },
 }
 
 impl ConfigError {
+    /// A [`ConfigError::Invalid`]: `<key>: "<value>" <reason>`.
     pub fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             key: key.to_owned(),
@@ -170,10 +186,30 @@ pub struct Config {
 }
 
 impl Config {
-    /// Checks `pairs` against the keys a module knows. `known` is the module's
-    /// own list (include [`COMMON_KEYS`] if it uses them); [`RESERVED_KEYS`]
-    /// are accepted and dropped.
+    /// Checks `pairs` against the keys an inspector knows: `known` (its own
+    /// keys) plus [`COMMON_KEYS`], which [`Config::common`] reads, so an
+    /// author lists only the module's own keys. [`RESERVED_KEYS`] (the
+    /// node's `period`) are accepted and dropped. Unknown and repeated keys
+    /// are refused.
+    ///
+    /// ```
+    /// use agad_sdk::config::{Config, pairs};
+    /// let config = Config::parse(&pairs(&[("limit", "5"), ("raise_after", "2")]), &["limit"])?;
+    /// assert_eq!(config.get_or("limit", 4.0)?, 5.0);
+    /// assert_eq!(config.common()?.raise_after, 2);
+    /// assert!(Config::parse(&pairs(&[("limt", "5")]), &["limit"]).is_err());
+    /// # Ok::<(), agad_sdk::ConfigError>(())
+    /// ```
     pub fn parse(pairs: &[(String, String)], known: &[&str]) -> Result<Config, ConfigError> {
+        let mut all: Vec<&str> = known.to_vec();
+        all.extend(COMMON_KEYS.iter().filter(|k| !known.contains(k)));
+        Config::parse_strict(pairs, &all)
+    }
+
+    /// Like [`Config::parse`] but accepts only `known` (and
+    /// [`RESERVED_KEYS`]), not [`COMMON_KEYS`]: for a specialist's
+    /// arguments, or a module that has no hysteresis or report window.
+    pub fn parse_strict(pairs: &[(String, String)], known: &[&str]) -> Result<Config, ConfigError> {
         let mut values = BTreeMap::new();
         for (key, value) in pairs {
             let key = key.trim();
@@ -323,8 +359,11 @@ pub struct Common {
 }
 
 impl Common {
+    /// Default of `raise_after`.
     pub const DEFAULT_RAISE_AFTER: u32 = 3;
+    /// Default of `clear_after`.
     pub const DEFAULT_CLEAR_AFTER: u32 = 3;
+    /// Default of `window_secs`.
     pub const DEFAULT_WINDOW_SECS: u64 = 60;
 }
 
@@ -479,6 +518,25 @@ mod tests {
         assert_eq!(Duration::from_config("2m"), Ok(Duration::from_secs(120)));
         assert!(Duration::from_config("2").is_err());
         assert!(Duration::from_config("1.5s").is_err());
+    }
+
+    #[test]
+    fn common_keys_need_no_listing_except_when_strict() {
+        let config = Config::parse(&pairs(&[("window_secs", "5"), ("count", "1")]), KNOWN)
+            .expect("common keys accepted");
+        assert_eq!(config.common().expect("valid").window_secs, 5);
+        let error = Config::parse_strict(&pairs(&[("window_secs", "5")]), KNOWN)
+            .expect_err("not a specialist's key");
+        assert!(
+            error
+                .to_string()
+                .starts_with("unknown config key \"window_secs\"")
+        );
+        let error = Config::parse(&pairs(&[("x", "1")]), &["count"]).expect_err("unknown");
+        assert_eq!(
+            error.to_string(),
+            "unknown config key \"x\" (known: count, raise_after, clear_after, window_secs)"
+        );
     }
 
     #[test]

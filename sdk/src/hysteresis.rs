@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 /// A change of a key's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
+    /// The condition held long enough: raise.
     Raised,
+    /// It was normal long enough: clear.
     Cleared,
 }
 
@@ -22,6 +24,9 @@ struct KeyState {
     streak: u32,
 }
 
+/// Per-key raise/clear debouncing: a key becomes active after `raise_after`
+/// consecutive breaching samples, inactive after `clear_after` normal ones,
+/// so a value flapping around its threshold raises nothing.
 #[derive(Debug, Clone)]
 pub struct Hysteresis<K> {
     raise_after: u32,
@@ -88,6 +93,7 @@ impl<K: Ord + Clone> Hysteresis<K> {
         })
     }
 
+    /// Whether `key` is raised.
     pub fn is_active<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,

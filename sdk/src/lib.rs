@@ -13,6 +13,26 @@
 //! only the interfaces whose functions it calls, and its manifest must list
 //! at least those (a node refuses an undeclared import).
 //!
+//! [`inspector!`] itself calls two capabilities, so a module using it
+//! declares `state` (its raised alarms are kept there) and `clock` (the
+//! time handed to [`Inspector::poll`]) in its manifest besides those it
+//! calls; `log` too if it logs. `agad module new` writes such a manifest.
+//!
+//! From outside the repository, depend on the crate by git or by path (it is
+//! not on crates.io), and build with `cargo build --release --target
+//! wasm32-wasip2` (or `agad module build`, which also signs):
+//!
+//! ```toml
+//! [lib]
+//! crate-type = ["cdylib", "rlib"]   # the component, and native unit tests
+//!
+//! [dependencies]
+//! agad-sdk = { git = "https://example.org/agad.git" }   # your AGAD repository
+//! # or: agad-sdk = { path = "/path/to/agad/sdk" }
+//! ```
+//!
+//! A module author's guide is `docs/modules.md` in the repository.
+//!
 //! The rest of the crate is plain Rust, free of host calls unless a function
 //! says otherwise, so the filtering logic of a module can be unit tested on
 //! the build machine (`cargo test`); host functions themselves only work
@@ -23,12 +43,12 @@
 //! (`agad-modules`' build script).
 //!
 //! Layout:
-//! - [`inspector`], `specialist` (feature `specialist`): the generated
+//! - [`inspector`](mod@inspector), `specialist` (feature `specialist`): the generated
 //!   bindings of the two worlds; the specialist world reuses the inspector's
 //!   import bindings, so each WIT type has one Rust type.
 //! - [`config`]: typed, strict reading of the `config` list.
 //! - [`hysteresis`]: raise after N breaches, clear after M normal samples.
-//! - [`alarm`]: alarm records, threshold checks, the raised set and its
+//! - [`alarm`](mod@alarm): alarm records, threshold checks, the raised set and its
 //!   persistence through `state`.
 //! - [`window`]: min/max/mean/last/count/coverage per series per report
 //!   window, windows aligned on the wall clock.
@@ -37,25 +57,38 @@
 //! - [`Resident`]: where a module keeps its state between ticks.
 //!
 //! ```no_run
-//! use agad_sdk::{Alarms, Check, Comparison, Config, Inspector, Output, inspector, os};
+//! use agad_sdk::{Alarms, Check, Comparison, Config, Inspector, Output, Window, inspector, os};
 //!
-//! struct Load { alarms: Alarms, limit: f64 }
+//! /// Raises `load.high` when the 1-minute load stays above `limit`, and
+//! /// sends the load's min/max/mean/last once per report window.
+//! struct Load { alarms: Alarms, window: Window, limit: f64 }
 //!
 //! impl Inspector for Load {
 //!     fn configure(config: &[(String, String)]) -> Result<Self, String> {
-//!         let config = Config::parse(config, &["limit"]).map_err(|e| e.to_string())?;
-//!         let limit = config.get_or("limit", 4.0).map_err(|e| e.to_string())?;
-//!         Ok(Load { alarms: Alarms::new(3, 3), limit })
+//!         // Only the module's own keys: `raise_after`, `clear_after`,
+//!         // `window_secs` (and the node's `period`) are accepted too.
+//!         let config = Config::parse(config, &["limit"])?;
+//!         let limit = config.number_in("limit", 4.0, 0.0, 1000.0)?;
+//!         let common = config.common()?;
+//!         Ok(Load {
+//!             alarms: Alarms::new(common.raise_after, common.clear_after),
+//!             window: Window::new(common.window_secs),
+//!             limit,
+//!         })
 //!     }
-//!     fn poll(&mut self, _now_ms: u64) -> Output {
-//!         let check = Check::new("load", "load.one").threshold(Comparison::Above, self.limit);
-//!         let alarm = self.alarms.check(&check, os::load_average().one);
-//!         Output { alarms: alarm.into_iter().collect(), summaries: vec![] }
+//!     fn poll(&mut self, now_ms: u64) -> Output {
+//!         let load = os::load_average().one;
+//!         let check = Check::new("load.high", "load.one").threshold(Comparison::Above, self.limit);
+//!         let alarms = self.alarms.check(&check, load).into_iter().collect();
+//!         self.window.record(now_ms, "load.one", "", "", load);
+//!         Output { alarms, summaries: self.window.take_due(now_ms) }
 //!     }
 //!     fn alarms(&mut self) -> &mut Alarms { &mut self.alarms }
 //! }
 //! inspector!(Load);
 //! ```
+
+#![warn(missing_docs)]
 
 pub mod alarm;
 pub mod config;
@@ -80,7 +113,7 @@ pub mod inspector {
 }
 
 /// Bindings of the `specialist` world: `specialist::Guest` (`run`). The
-/// imports are those of [`inspector`], not a second copy.
+/// imports are those of [`inspector`](mod@inspector), not a second copy.
 ///
 /// Behind the `specialist` feature because every set of bindings links its
 /// world's description into the `.wasm`: without the gate each inspector
@@ -217,7 +250,7 @@ pub trait Specialist {
 #[cfg(feature = "specialist")]
 #[doc(hidden)]
 pub fn __run<T: Specialist>(args: types::Config) -> Result<Diagnosis, String> {
-    let config = Config::parse(&args, T::ARGS)?;
+    let config = Config::parse_strict(&args, T::ARGS)?;
     T::run(&config)
 }
 
@@ -276,6 +309,7 @@ impl Default for types::Output {
 }
 
 impl types::Output {
+    /// Whether nothing leaves the node.
     pub fn is_empty(&self) -> bool {
         self.alarms.is_empty() && self.summaries.is_empty()
     }
@@ -294,6 +328,7 @@ pub struct Resident<T> {
 }
 
 impl<T> Resident<T> {
+    /// Empty until [`Resident::set`].
     pub const fn new() -> Self {
         Resident {
             slot: std::sync::Mutex::new(None),

@@ -23,6 +23,7 @@ pub enum CounterWidth {
 /// [`crate::Window::record_over`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Measured {
+    /// Increase per second.
     pub per_sec: f64,
     /// Time of the previous reading.
     pub from_ms: u64,
@@ -36,6 +37,7 @@ struct Previous {
     at_ms: u64,
 }
 
+/// Per-key counter readings turned into per-second rates.
 #[derive(Debug, Clone)]
 pub struct Rate<K> {
     previous: BTreeMap<K, Previous>,
@@ -52,6 +54,7 @@ impl<K: Ord + Clone> Default for Rate<K> {
 }
 
 impl<K: Ord + Clone> Rate<K> {
+    /// No reading yet.
     pub fn new() -> Self {
         Rate {
             previous: BTreeMap::new(),

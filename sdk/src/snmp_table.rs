@@ -142,6 +142,7 @@ pub fn index_under(oid: &str, column: &str) -> Option<Vec<u32>> {
 /// `None` where the agent had no value.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Table {
+    /// Row index (the OID suffix) to the row's values, column by column.
     pub rows: BTreeMap<Vec<u32>, Vec<Option<Value>>>,
     /// Requests it took, for keeping an eye on traffic.
     pub requests: u32,

@@ -78,6 +78,8 @@ struct Held {
     value: f64,
 }
 
+/// Consolidates samples into one [`Summary`] per series (metric, subject)
+/// per report window; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct Window {
     length_ms: u64,
@@ -104,6 +106,7 @@ impl Window {
         }
     }
 
+    /// Length of one window, in milliseconds.
     pub fn length_ms(&self) -> u64 {
         self.length_ms
     }

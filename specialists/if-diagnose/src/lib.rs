@@ -348,7 +348,7 @@ mod tests {
     use agad_sdk::config::pairs;
 
     fn args(items: &[(&str, &str)]) -> Result<Args, String> {
-        let config = Config::parse(&pairs(items), ARGS).map_err(String::from)?;
+        let config = Config::parse_strict(&pairs(items), ARGS).map_err(String::from)?;
         parse_args(&config)
     }
 

@@ -299,6 +299,14 @@ async fn a_stack_overflow_traps_and_is_restarted() {
     .await;
     let kinds: Vec<_> = faults(&events, "misbehave").collect();
     assert_eq!(kinds, vec![FaultKind::Trap, FaultKind::Trap], "{events:?}");
+    // The report names the trap's cause, not wasmtime's "error while
+    // executing at wasm backtrace:" that wraps it.
+    for event in &events {
+        if let Event::Fault(f) = event {
+            assert!(f.message.contains("stack"), "{}", f.message);
+            assert!(!f.message.contains("backtrace"), "{}", f.message);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
