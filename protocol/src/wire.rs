@@ -4,8 +4,8 @@
 //! report. A frame is `[u32 body length, big-endian][u16 protocol version]
 //! [body]`; the body is one byte saying how the rest is packed (0: as is,
 //! 1: deflate) followed by the bincode 2 encoding of one [`Message`]. Bodies
-//! from a few hundred bytes to 64 KiB — report batches — are deflated: their
-//! metric names, units and window times repeat. This module is the only
+//! from a few hundred bytes up are deflated: report batches (their metric
+//! names, units and window times repeat) and deployments (module bytes). This module is the only
 //! place that knows the byte layout, so the format can change in one place;
 //! everything else sends and receives [`Message`]s.
 //!
@@ -563,10 +563,14 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
 }
 
-/// Bodies in this range are deflated: report batches and the like, whose
-/// names and times repeat. Larger ones (module bytes) are already dense and
-/// would cost a manager CPU per receiver.
-const DEFLATE: std::ops::RangeInclusive<usize> = 256..=64 * 1024;
+/// Bodies from this size up are deflated: report batches and the like,
+/// whose names and times repeat, and module bytes (wasm deflates to about
+/// 40 %), which a node downloads once per version.
+const DEFLATE_FROM: usize = 256;
+/// Bodies up to this size are deflated hard (level 6); larger ones —
+/// deployments, replicas — at level 1, which keeps most of the gain for a
+/// fraction of the CPU a manager spends per receiver.
+const DEFLATE_HARD_UP_TO: usize = 64 * 1024;
 const PLAIN: u8 = 0;
 const DEFLATED: u8 = 1;
 
@@ -574,9 +578,10 @@ const DEFLATED: u8 = 1;
 pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
     let plain = bincode::serde::encode_to_vec(message, config()).map_err(CodecError::malformed)?;
     let mut frame = vec![0u8; HEADER_LEN];
-    if DEFLATE.contains(&plain.len()) {
+    if plain.len() >= DEFLATE_FROM {
+        let level = if plain.len() <= DEFLATE_HARD_UP_TO { 6 } else { 1 };
         frame.push(DEFLATED);
-        frame.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&plain, 6));
+        frame.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&plain, level));
     } else {
         frame.push(PLAIN);
         frame.extend_from_slice(&plain);
