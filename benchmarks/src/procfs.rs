@@ -139,7 +139,11 @@ mod tests {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_bytes > 0 && s.peak_rss_bytes >= s.rss_bytes);
         let pss = pss_bytes(std::process::id()).expect("own smaps_rollup");
-        assert!(pss > 0 && pss <= s.rss_bytes + 4096, "{pss} {}", s.rss_bytes);
+        assert!(
+            pss > 0 && pss <= s.rss_bytes + 4096,
+            "{pss} {}",
+            s.rss_bytes
+        );
         assert!(!own_comm().is_empty());
     }
 }

@@ -965,16 +965,23 @@ mod tests {
         let start_b = 1_000_000_003_200;
         let b = start_b + to_grid(start_b, period, "n1").as_millis() as u64;
         assert_eq!(a % 10_000, b % 10_000);
-        assert!(to_grid(a, period, "n1") == period, "on the grid: one period to the next");
+        assert!(
+            to_grid(a, period, "n1") == period,
+            "on the grid: one period to the next"
+        );
         // Off the multiples of the period, and not the same for every node.
         let offsets: std::collections::HashSet<u64> = (0..20)
             .map(|i| {
                 let name = format!("node-{i}");
-                let t = 1_000_000_000_000 + to_grid(1_000_000_000_000, period, &name).as_millis() as u64;
+                let t = 1_000_000_000_000
+                    + to_grid(1_000_000_000_000, period, &name).as_millis() as u64;
                 t % 10_000
             })
             .collect();
-        assert!(offsets.iter().all(|o| (500..=9_500).contains(o)), "{offsets:?}");
+        assert!(
+            offsets.iter().all(|o| (500..=9_500).contains(o)),
+            "{offsets:?}"
+        );
         assert!(offsets.len() > 10, "{offsets:?}");
     }
 }

@@ -58,7 +58,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const HELP: &str = "footprint: RSS, PSS and CPU of the managed `agad node` (5 inspectors at 1 s, under a real
+const HELP: &str =
+    "footprint: RSS, PSS and CPU of the managed `agad node` (5 inspectors at 1 s, under a real
 agad dominio and agad mor) vs snmpd and node-exporter, idle and polled once a second
 usage: footprint [--quick] [--warmup SECS] [--secs SECS]
   --warmup SECS  time after the deployment runs, before measuring (default 20; --quick 5)
@@ -312,7 +313,8 @@ fn deploy(d: &mut Deployment, agent: &Snmpd, watched: &[String]) -> anyhow::Resu
 
 /// Samples every process once a second for `secs`.
 fn measure(measured: &[Measured], secs: Duration, d: &mut Deployment) -> anyhow::Result<Phase> {
-    let sample = |m: &Measured| procfs::sample(m.pid).with_context(|| format!("{} exited", m.label));
+    let sample =
+        |m: &Measured| procfs::sample(m.pid).with_context(|| format!("{} exited", m.label));
     let first: Vec<ProcSample> = measured.iter().map(sample).collect::<anyhow::Result<_>>()?;
     let began = Instant::now();
     let mut rss: Vec<Vec<u64>> = vec![Vec::new(); measured.len()];

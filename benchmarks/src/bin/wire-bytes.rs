@@ -506,7 +506,8 @@ fn measure(
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64
         % (WINDOW_SECS * 1000);
-    let to_start = (WINDOW_SECS * 1000 / 2 + WINDOW_SECS * 1000 - into_minute) % (WINDOW_SECS * 1000);
+    let to_start =
+        (WINDOW_SECS * 1000 / 2 + WINDOW_SECS * 1000 - into_minute) % (WINDOW_SECS * 1000);
     std::thread::sleep(Duration::from_millis(to_start));
 
     eprintln!("measuring {} s of steady state...", measured.as_secs());
