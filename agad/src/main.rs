@@ -102,6 +102,8 @@ fn main() -> ExitCode {
         Command::Node(_) | Command::Mor(_) | Command::Dominio(_) | Command::Demo(_)
     ) {
         private_files();
+        // Daemons: a small heap (see agad_runtime::heap), before any thread.
+        agad_runtime::heap::limit_arenas();
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -367,6 +367,90 @@ pub fn discover(
     Ok(set)
 }
 
+/// hrSystemProcesses.0: the number of processes.
+const HR_SYSTEM_PROCESSES: &[u64] = &[1, 3, 6, 1, 2, 1, 25, 1, 6, 0];
+/// The per-interface columns of [`fixed_set`]: traffic both ways, status
+/// and errors both ways.
+pub const FIXED_IF_COLUMNS: &[(&str, &[u64])] = &[
+    ("ifHCInOctets", &[1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 6]),
+    ("ifHCOutOctets", &[1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 10]),
+    ("ifOperStatus", &[1, 3, 6, 1, 2, 1, 2, 2, 1, 8]),
+    ("ifInErrors", &[1, 3, 6, 1, 2, 1, 2, 2, 1, 14]),
+    ("ifOutErrors", &[1, 3, 6, 1, 2, 1, 2, 2, 1, 20]),
+];
+
+/// A fixed metric set, the same on every machine but for the number of
+/// interfaces, so that a comparison with it does not move with what else
+/// runs (how many cores, filesystems or processes the machine has): CPU
+/// (the eight ssCpuRaw counters), memory (six UCD values), the one-minute
+/// load, the root filesystem's size and use (hrStorage), the number of
+/// processes (hrSystemProcesses), and for every interface but loopback its
+/// in and out octets, oper status and in and out errors. These are the
+/// values the built-in inspectors summarise (cpu-mem, disk-space,
+/// if-health; app-watch's process table is reduced to the count).
+pub fn fixed_set(address: SocketAddr, community: &str) -> anyhow::Result<PollSet> {
+    let mut s = session(address, community)?;
+    let mut set = PollSet::default();
+    let mut host: Vec<Arcs> = SS_CPU_RAW
+        .iter()
+        .map(|c| with_index(UCD_SYSTEM_STATS, &[*c, 0]))
+        .collect();
+    host.extend(UCD_MEMORY.iter().map(|c| with_index(UCD_MEM, &[*c, 0])));
+    host.push(LA_LOAD_1.to_vec());
+    host.push(HR_SYSTEM_PROCESSES.to_vec());
+    set.groups.push((
+        format!(
+            "host: ssCpuRaw × {}, UCD memory × {}, laLoad.1, hrSystemProcesses.0",
+            SS_CPU_RAW.len(),
+            UCD_MEMORY.len()
+        ),
+        host,
+    ));
+    let descr = with_index(HR_STORAGE_ENTRY, &[3]);
+    let root = walk(&mut s, &descr)?
+        .into_iter()
+        .find(|(_, v)| *v == Val::Text("/".to_owned()))
+        .map(|(o, _)| o[descr.len()..].to_vec())
+        .context("the agent lists no hrStorage entry for `/`")?;
+    set.groups.push((
+        "root filesystem: hrStorage{Size,Used} of /".to_owned(),
+        HR_STORAGE_POLLED
+            .iter()
+            .map(|c| with_index(HR_STORAGE_ENTRY, &[[*c].as_slice(), &root].concat()))
+            .collect(),
+    ));
+    let loopbacks: Vec<Arcs> = walk(&mut s, IF_TYPE)?
+        .into_iter()
+        .filter(|(_, v)| *v == Val::Int(SOFTWARE_LOOPBACK))
+        .map(|(o, _)| o[IF_TYPE.len()..].to_vec())
+        .collect();
+    let mut oids = Vec::new();
+    let mut names = Vec::new();
+    for (o, v) in walk(&mut s, IF_DESCR)? {
+        let Val::Text(name) = v else { continue };
+        let index = &o[IF_DESCR.len()..];
+        if loopbacks.iter().any(|l| l.as_slice() == index) {
+            continue;
+        }
+        oids.extend(FIXED_IF_COLUMNS.iter().map(|(_, c)| with_index(c, index)));
+        names.push(name);
+    }
+    set.groups.push((
+        format!(
+            "interfaces: {} × {} ({})",
+            names.len(),
+            FIXED_IF_COLUMNS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+            names.join(" ")
+        ),
+        oids,
+    ));
+    Ok(set)
+}
+
 /// Reads a [`PollSet`] in GET requests as large as the agent answers.
 #[derive(Debug)]
 pub struct Poller {

@@ -46,6 +46,21 @@ pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
     })
 }
 
+/// Proportional set size (`Pss` of `/proc/<pid>/smaps_rollup`), bytes: the
+/// process's private pages plus its share of pages mapped by others too
+/// (the binary's text, libraries), so that the PSS of processes running the
+/// same binary add up to what they use together.
+pub fn pss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{path} has no Pss line"))?;
+    Ok(kib * 1024)
+}
+
 /// Resets the process's peak RSS (`VmHWM`) to its current RSS, so the next
 /// [`sample`] tells the peak of what happened since (Linux 4.0 and later).
 pub fn reset_peak(pid: u32) -> anyhow::Result<()> {
@@ -123,6 +138,12 @@ mod tests {
     fn reads_this_process() {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_bytes > 0 && s.peak_rss_bytes >= s.rss_bytes);
+        let pss = pss_bytes(std::process::id()).expect("own smaps_rollup");
+        assert!(
+            pss > 0 && pss <= s.rss_bytes + 4096,
+            "{pss} {}",
+            s.rss_bytes
+        );
         assert!(!own_comm().is_empty());
     }
 }

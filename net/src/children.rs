@@ -623,11 +623,15 @@ async fn session<P: Parent>(
 
     let writing = tokio::spawn(
         async move {
-            while let Some(message) = outgoing.recv().await {
-                if let Err(e) = writer.send(&message).await {
+            // What is queued together leaves in one write: one TLS record
+            // and usually one segment (an ack and a deployment, say).
+            let mut batch = Vec::new();
+            while outgoing.recv_many(&mut batch, QUEUE).await > 0 {
+                if let Err(e) = writer.send_all(&batch).await {
                     tracing::info!("write to child failed: {e}");
                     return;
                 }
+                batch.clear();
             }
             let _ = writer.shutdown().await;
         }

@@ -2,8 +2,9 @@
 //! several addresses that answers), say hello, then keep the parent informed —
 //! the outbox drained alarms first, keep-alives on a period, control answers —
 //! and hand down whatever the parent commands. Alarms go at once; reports
-//! ride in the keep-alive's slot, batched (a report waits at most one
-//! keep-alive period). Reconnects with back-off and jitter; on every new
+//! are gathered for a moment so that a window's reports leave in one
+//! record, and whatever waits rides along with what goes. A keep-alive goes
+//! only when nothing else was sent for a whole interval. Reconnects with back-off and jitter; on every new
 //! connection the unacknowledged outbox is replayed in
 //! order, once.
 
@@ -24,6 +25,8 @@ use tokio::sync::{mpsc, watch};
 
 /// Entries sent per outbox read; alarms are looked at again between batches.
 const BATCH: usize = 64;
+/// Longest that queued reports wait for the rest of their window's reports.
+const GATHER_MAX: Duration = Duration::from_secs(1);
 /// Most parent addresses a redirect may carry.
 pub const MAX_PARENTS: usize = 16;
 
@@ -295,9 +298,7 @@ async fn session(
     // Keep-alives repeat the component list only when it changed: most of
     // a quiet node's traffic is keep-alives, so they must stay small.
     let mut last_components: Option<Vec<ComponentStatus>> = None;
-    let mut keepalive = tokio::time::interval(config.keepalive);
-    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The parent answers every keep-alive: a parent that stops answering
+    // The parent answers every frame: a parent that stops answering
     // (stopped process, partition) is left for the next address.
     let liveness = LivenessConfig::new(config.keepalive);
     let mut parent_alive = Detector::new(liveness, Instant::now());
@@ -305,9 +306,18 @@ async fn session(
     let mut check = tokio::time::interval(liveness.check_every());
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check_due = Instant::now();
+    // A keep-alive goes only when nothing else went for a whole interval:
+    // reports, alarms and answers prove this end alive just as well.
+    let mut last_sent = tokio::time::Instant::now();
+    // Reports wait this long after the first of them is queued, so that a
+    // window's reports (every module ends its window on the same tick)
+    // leave in one record.
+    let gather = (config.keepalive / 4).min(GATHER_MAX);
+    let mut reports_due: Option<tokio::time::Instant> = None;
     // Everything unacknowledged goes at once on a new connection (the replay).
     sent.drain(outbox, &mut writer, Drain::Everything).await?;
     loop {
+        let keepalive_due = last_sent + config.keepalive;
         tokio::select! {
             frame = incoming.recv() => {
                 if matches!(frame, Some(Ok(_))) {
@@ -343,15 +353,32 @@ async fn session(
                 }
             }
             () = outbox.wait_queued() => {
-                sent.drain(outbox, &mut writer, Drain::Urgent).await?;
+                // Alarms at once (with whatever reports wait, in the same
+                // record); reports alone after the gathering delay.
+                if sent.drain(outbox, &mut writer, Drain::Urgent).await? {
+                    last_sent = tokio::time::Instant::now();
+                    reports_due = None;
+                } else if reports_due.is_none() && sent.reports_waiting(outbox)? {
+                    reports_due = Some(tokio::time::Instant::now() + gather);
+                }
+            }
+            () = sleep_until_some(reports_due) => {
+                reports_due = None;
+                if sent.drain(outbox, &mut writer, Drain::Everything).await? {
+                    last_sent = tokio::time::Instant::now();
+                }
             }
             command = commands.recv() => match command {
-                Some(c) => writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?,
+                Some(c) => {
+                    writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?;
+                    last_sent = tokio::time::Instant::now();
+                }
                 None => return Ok(Session::Admitted),
             },
-            _ = keepalive.tick() => {
-                // Reports ride in the keep-alive's slot: one record every
-                // period, whatever the number of modules.
+            // While reports gather, they are the slot's frame (at most
+            // `gather` late).
+            _ = tokio::time::sleep_until(keepalive_due), if reports_due.is_none() => {
+                last_sent = tokio::time::Instant::now();
                 if sent.drain(outbox, &mut writer, Drain::Everything).await? {
                     continue;
                 }
@@ -364,6 +391,14 @@ async fn session(
                 last_components = Some(components);
             }
         }
+    }
+}
+
+/// Resolves at `due`, never if there is none.
+async fn sleep_until_some(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -382,9 +417,20 @@ enum Drain {
 }
 
 impl Sent {
-    /// Sends what is queued and not yet sent on this connection, alarms
-    /// first (one frame each) and re-checked between report batches (one
-    /// frame per batch). True if anything went out.
+    /// Whether reports are queued that this connection has not sent.
+    fn reports_waiting(&self, outbox: &Outbox) -> Result<bool, String> {
+        Ok(!outbox
+            .after(Class::Report, self.reports, 1)
+            .map_err(|e| e.to_string())?
+            .is_empty())
+    }
+
+    /// Sends what is queued and not yet sent on this connection: alarms
+    /// (one frame each) and reports (one frame per batch), all in one
+    /// write — one TLS record — per round, alarms first, re-checked between
+    /// rounds. [`Drain::Urgent`] sends only if an alarm or a whole batch
+    /// of reports waits (and then the reports waiting ride along). True if
+    /// anything went out.
     async fn drain<W: AsyncWrite + Unpin>(
         &mut self,
         outbox: &Outbox,
@@ -396,41 +442,37 @@ impl Sent {
             let alarms = outbox
                 .after(Class::Alarm, self.alarms, BATCH)
                 .map_err(|e| e.to_string())?;
-            if !alarms.is_empty() {
-                let frames: Vec<Message> = alarms
-                    .into_iter()
-                    .map(|entry| {
-                        self.alarms = entry.seq;
-                        Message::Alarm(Queued {
-                            seq: entry.seq,
-                            body: entry.body,
-                        })
-                    })
-                    .collect();
-                writer.send_all(&frames).await.map_err(|e| e.to_string())?;
-                any = true;
-                continue;
-            }
             let reports = outbox
                 .after(Class::Report, self.reports, BATCH)
                 .map_err(|e| e.to_string())?;
-            if reports.is_empty() || (what == Drain::Urgent && reports.len() < BATCH) {
+            let urgent = !alarms.is_empty() || reports.len() >= BATCH;
+            if (alarms.is_empty() && reports.is_empty()) || (what == Drain::Urgent && !urgent) {
                 return Ok(any);
             }
-            let batch: Vec<Queued> = reports
+            let mut frames: Vec<Message> = alarms
                 .into_iter()
                 .map(|entry| {
-                    self.reports = entry.seq;
-                    Queued {
+                    self.alarms = entry.seq;
+                    Message::Alarm(Queued {
                         seq: entry.seq,
                         body: entry.body,
-                    }
+                    })
                 })
                 .collect();
-            writer
-                .send(&Message::Reports(batch))
-                .await
-                .map_err(|e| e.to_string())?;
+            if !reports.is_empty() {
+                let batch: Vec<Queued> = reports
+                    .into_iter()
+                    .map(|entry| {
+                        self.reports = entry.seq;
+                        Queued {
+                            seq: entry.seq,
+                            body: entry.body,
+                        }
+                    })
+                    .collect();
+                frames.push(Message::Reports(batch));
+            }
+            writer.send_all(&frames).await.map_err(|e| e.to_string())?;
             any = true;
         }
     }

@@ -17,6 +17,7 @@
 //! - [`instance`]: one inspector instance with its limits; faults classified.
 //! - [`budget`]: per-module rate and size budgets for what goes upward.
 //! - [`disk`]: the reserve kept for the outbox, and the low-disk alarm.
+//! - [`heap`]: the allocator sized for a small long-running process.
 //! - [`node`]: loading modules and supervising them on their periods.
 //! - [`refusals`]: the alarm for a module a node could not start (and the
 //!   bookkeeping of the runtime's other per-module alarms).
@@ -46,6 +47,7 @@ pub mod budget;
 pub mod crashloop;
 pub mod disk;
 pub mod engine;
+pub mod heap;
 pub mod host;
 pub mod imports;
 pub mod instance;

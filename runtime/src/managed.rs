@@ -761,6 +761,8 @@ pub async fn run(
             down_event = down.recv() => match down_event {
                 Some(Downlink::Control(Control::Deploy { version, modules })) => {
                     let problems = managed.deploy(modules, &events_tx).await;
+                    // Compiling freed megabytes the allocator would keep.
+                    crate::heap::trim();
                     for p in &problems {
                         tracing::warn!("deployment {version}: {p}");
                     }

@@ -547,6 +547,28 @@ impl InstanceFactory {
     }
 }
 
+/// How long from `now_ms` (wall clock) to the next tick of a module with
+/// `period` on node `node`. Every module of a node with the same period
+/// ticks at the same instants, at a fixed offset (from the node's name)
+/// past whole multiples of the period: the windows of all its modules end
+/// on the same tick, so their reports leave together in one record, while
+/// the nodes of a domain spread over the period rather than all reporting
+/// in the same second.
+fn to_grid(now_ms: u64, period: Duration, node: &str) -> Duration {
+    let period_ms = (period.as_millis() as u64).max(1);
+    // FNV-1a: stable across runs and builds (std's hasher is not).
+    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    // Kept off the period's own multiples: a tick a millisecond before a
+    // window's end (the monotonic and wall clocks drift apart a little)
+    // would leave that window to the next tick.
+    let margin = period_ms / 20;
+    let offset = margin + hash % (period_ms - 2 * margin).max(1);
+    let into = (now_ms + period_ms - offset) % period_ms;
+    Duration::from_millis(period_ms - into)
+}
+
 struct Supervisor {
     node: String,
     factory: InstanceFactory,
@@ -636,13 +658,21 @@ impl Supervisor {
         failures: &mut u32,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Fault> {
-        let mut interval = tokio::time::interval(self.period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick at once, the next ones on the node's grid (see
+        // `to_grid`): a late tick skips rather than shifts the grid.
+        let mut first = true;
+        let mut interval = tokio::time::interval_at(
+            tokio::time::Instant::now() + to_grid(now_ms(), self.period, &self.node),
+            self.period,
+        );
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut clean = 0u32;
         loop {
-            tokio::select! {
-                _ = interval.tick() => {}
-                _ = shutdown.changed() => return None,
+            if !std::mem::take(&mut first) {
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    _ = shutdown.changed() => return None,
+                }
             }
             // The tick is bounded by the module's deadline; shutdown does
             // not wait for it.
@@ -920,5 +950,38 @@ fn summary(s: wit::Summary) -> Summary {
         coverage: s.coverage,
         window_start_ms: s.window_start_ms,
         window_end_ms: s.window_end_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_modules_share_one_grid_and_nodes_spread_over_the_period() {
+        let period = Duration::from_secs(10);
+        // Two modules starting 3.2 s apart tick at the same instants.
+        let a = 1_000_000_000_000 + to_grid(1_000_000_000_000, period, "n1").as_millis() as u64;
+        let start_b = 1_000_000_003_200;
+        let b = start_b + to_grid(start_b, period, "n1").as_millis() as u64;
+        assert_eq!(a % 10_000, b % 10_000);
+        assert!(
+            to_grid(a, period, "n1") == period,
+            "on the grid: one period to the next"
+        );
+        // Off the multiples of the period, and not the same for every node.
+        let offsets: std::collections::HashSet<u64> = (0..20)
+            .map(|i| {
+                let name = format!("node-{i}");
+                let t = 1_000_000_000_000
+                    + to_grid(1_000_000_000_000, period, &name).as_millis() as u64;
+                t % 10_000
+            })
+            .collect();
+        assert!(
+            offsets.iter().all(|o| (500..=9_500).contains(o)),
+            "{offsets:?}"
+        );
+        assert!(offsets.len() > 10, "{offsets:?}");
     }
 }

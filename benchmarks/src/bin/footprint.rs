@@ -1,33 +1,39 @@
-//! `footprint`: memory (RSS) and CPU of the real node runtime running the
-//! five built-in inspectors, beside the two programs an operator would run
-//! instead: Debian's `snmpd` polled by a central station, and
-//! `prometheus-node-exporter` scraped by Prometheus.
+//! `footprint`: memory (RSS and PSS) and CPU of the managed `agad node` —
+//! the process users deploy, under a real domain manager — running the five
+//! built-in inspectors at 1 s, beside its domain manager and top manager,
+//! and beside the two programs an operator would run instead: Debian's
+//! `snmpd` polled by a central station, and `prometheus-node-exporter`
+//! scraped by Prometheus.
 //!
-//! What runs, all on loopback:
+//! What runs, all on loopback, as separate release processes:
 //!
-//! - `agad node run` (the release binary next to this one) with the five
-//!   built-in inspectors signed by a fresh key into a temporary directory,
-//!   every one at `period=1s`; if-health and snmp-threshold read a real
-//!   `snmpd` named in a `node.toml`. (That agent serves the node only and is
-//!   not measured.)
-//! - a second `snmpd`, polled once a second by this program over SNMP v2c
-//!   for the equivalent metrics (CPU, memory, load, filesystems, every
-//!   interface's counters, the watched processes, the threshold OID);
-//! - `prometheus-node-exporter` with its default collectors on a free
-//!   loopback port, scraped once a second over HTTP (installed with apt when
-//!   missing and running as root).
+//! - a real hierarchy ([`agad_tests::hierarchy`]): `agad mor`, one
+//!   `agad dominio` and one managed `agad node` (mutual TLS, keep-alive
+//!   every 10 s), the five built-in inspectors published, assigned with
+//!   `period = "1s"` and deployed by the domain manager; if-health and
+//!   snmp-threshold read a real `snmpd` named in the node's `node.toml` (that
+//!   agent serves the node only and is not measured);
+//! - a second `snmpd` and `prometheus-node-exporter` (default collectors,
+//!   installed with apt when missing and running as root), measured first
+//!   idle and then under polling: once a second, one SNMP v2c round of the
+//!   equivalent metrics (CPU, memory, load, filesystems, every interface's
+//!   counters, the watched processes, the threshold OID) and one scrape.
 //!
-//! After a warm-up it reads `/proc/<pid>/status` (VmRSS, VmHWM) every second
-//! and `/proc/<pid>/stat` (utime + stime) at both ends of the interval, and
-//! prints RSS (mean, max, peak) and CPU as % of one core, with the node
-//! runtime's goals (RSS ≤ 40 MB, CPU ≤ 1 % of one core).
+//! Two phases of `--secs` each after a warm-up: (1) peers idle, (2) peers
+//! polled once a second. The AGAD processes do the same work in both. Every
+//! second it reads `/proc/<pid>/status` (VmRSS) and
+//! `/proc/<pid>/smaps_rollup` (Pss) of each process, and `/proc/<pid>/stat`
+//! (utime + stime) at both ends of each phase, and prints RSS (mean, max),
+//! PSS (mean), peak RSS and CPU as % of one core, with the goals: managed
+//! node RSS ≤ 32 MB and CPU ≤ 1 % of one core; domain manager and top
+//! manager RSS ≤ 20 MB each (MB = 10⁶ bytes).
 //!
-//! Run (needs the release `agad` binary beside this one; about 75 s by default):
+//! Run (needs the release `agad` binary beside this one; about 3 minutes by default):
 //!
 //! ```sh
 //! cargo build --release -p agad -p agad-benchmarks
-//! target/release/footprint                 # 15 s warm-up, 60 s measured
-//! target/release/footprint --quick         # 5 s warm-up, 15 s measured
+//! target/release/footprint                 # 20 s warm-up, 60 s per phase
+//! target/release/footprint --quick         # 5 s warm-up, 15 s per phase
 //! target/release/footprint --warmup 30 --secs 120
 //! ```
 //!
@@ -35,32 +41,38 @@
 //! CPU figures are still best read on an otherwise idle machine.
 
 use agad_benchmarks::args::Args;
-use agad_benchmarks::builtins::{THRESHOLD_OID, module_config, sign_all};
+use agad_benchmarks::builtins::{THRESHOLD_OID, module_config};
 use agad_benchmarks::poller::{self, Poller, Targets};
 use agad_benchmarks::processes;
 use agad_benchmarks::procfs::{self, ProcSample};
 use agad_benchmarks::stats::bytes;
-use agad_protocol::SecretKey;
+use agad_tests::hierarchy::Deployment;
 use agad_tests::netns::running_as_root;
-use agad_tests::snmpd::Snmpd;
+use agad_tests::snmpd::{Snmpd, V2C_COMMUNITY};
 use anyhow::{Context, bail};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const HELP: &str =
-    "footprint: RSS and CPU of `agad node run` (5 inspectors at 1 s) vs snmpd and node-exporter
+    "footprint: RSS, PSS and CPU of the managed `agad node` (5 inspectors at 1 s, under a real
+agad dominio and agad mor) vs snmpd and node-exporter, idle and polled once a second
 usage: footprint [--quick] [--warmup SECS] [--secs SECS]
-  --warmup SECS  time before measuring (default 15; --quick 5)
-  --secs SECS    measured interval (default 60; --quick 15)
+  --warmup SECS  time after the deployment runs, before measuring (default 20; --quick 5)
+  --secs SECS    measured interval per phase (default 60; --quick 15)
 needs target/release/agad: cargo build --release -p agad -p agad-benchmarks";
 
-const RSS_GOAL_BYTES: f64 = 40.0 * 1000.0 * 1000.0;
+const NODE_RSS_GOAL_BYTES: f64 = 32.0 * 1000.0 * 1000.0;
+const MANAGER_RSS_GOAL_BYTES: f64 = 20.0 * 1000.0 * 1000.0;
 const CPU_GOAL_PERCENT: f64 = 1.0;
+const STATION: &str = "s1";
+const NODE: &str = "footprint";
+/// The top manager's process in the harness.
+const MOR: &str = "mor";
 
 /// A child process killed (and reaped) on drop.
 struct Guarded(Child);
@@ -72,6 +84,23 @@ impl Drop for Guarded {
     }
 }
 
+/// What is measured, and its goal.
+struct Measured {
+    label: &'static str,
+    pid: u32,
+    /// (RSS goal in bytes, CPU goal in % of one core)
+    goal: Option<(f64, Option<f64>)>,
+}
+
+/// One phase's readings of every process.
+struct Phase {
+    wall: Duration,
+    first: Vec<ProcSample>,
+    last: Vec<ProcSample>,
+    rss: Vec<Vec<u64>>,
+    pss: Vec<Vec<u64>>,
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = Args::from_env();
     if args.flag("--help") || args.flag("-h") {
@@ -81,93 +110,24 @@ fn main() -> anyhow::Result<()> {
     let quick = args.flag("--quick");
     let warmup = Duration::from_secs(
         args.value("--warmup")?
-            .unwrap_or(if quick { 5 } else { 15 }),
+            .unwrap_or(if quick { 5 } else { 20 }),
     );
     let secs = Duration::from_secs(args.value("--secs")?.unwrap_or(if quick { 15 } else { 60 }));
     args.finish()?;
 
-    let agad = processes::agad_binary()?;
     let exporter_bin = node_exporter_binary()?;
-
     eprintln!("starting two snmpd agents (one the node reads, one the poller reads)...");
     let node_snmpd = Snmpd::start();
     let polled_snmpd = Snmpd::start();
-
-    // The node's files: key, bundles, node.toml.
-    let dir = tempfile::Builder::new()
-        .prefix("agad-footprint-")
-        .tempdir()?;
-    let key = SecretKey::generate();
-    let public = dir.path().join("publisher.pub");
-    std::fs::write(&public, key.public().to_text())?;
-    let mut bundle_paths = Vec::new();
-    for s in sign_all(&key)? {
-        let path = dir.path().join(format!("{}.agad", s.name));
-        std::fs::write(&path, s.bundle.to_bytes())?;
-        bundle_paths.push(path);
-    }
-    let agent = node_snmpd.v2c_agent();
-    let node_toml = dir.path().join("node.toml");
-    std::fs::write(
-        &node_toml,
-        format!(
-            "name = \"footprint\"\n\n[[agents]]\nname = \"{}\"\naddress = \"{}\"\nversion = \"v2c\"\ncommunity = \"{}\"\n",
-            agent.name,
-            agent.address,
-            agent.community.as_deref().unwrap_or_default()
-        ),
-    )?;
     let watched = vec!["snmpd".to_owned(), "agad".to_owned()];
 
-    let mut command = Command::new(&agad);
-    command.args(["node", "run", "--trust"]).arg(&public);
-    command.arg("--node-config").arg(&node_toml);
-    command.arg("--data-dir").arg(dir.path().join("data"));
-    for b in &bundle_paths {
-        command.arg("--bundle").arg(b);
-    }
-    command.args(["--config", "period=1s"]);
-    for name in ["app-watch", "snmp-threshold"] {
-        for (k, v) in module_config(name, &watched) {
-            command.args(["--config", &format!("{name}:{k}={v}")]);
-        }
-    }
-    let total = warmup + secs + Duration::from_secs(30);
-    command.args(["--for", &format!("{}s", total.as_secs())]);
-    let stderr_path = dir.path().join("agad.stderr");
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path)?);
-    let mut node = Guarded(
-        command
-            .spawn()
-            .with_context(|| format!("running {}", agad.display()))?,
-    );
-    let node_pid = node.0.id();
-    let events = Arc::new(AtomicU64::new(0));
-    let faults = Arc::new(AtomicU64::new(0));
-    let alarms = Arc::new(AtomicU64::new(0));
-    let stdout = node.0.stdout.take().context("agad stdout")?;
-    {
-        let (events, faults, alarms) = (events.clone(), faults.clone(), alarms.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                events.fetch_add(1, Ordering::Relaxed);
-                if line.contains("\"type\":\"alarm\"") {
-                    alarms.fetch_add(1, Ordering::Relaxed);
-                }
-                if line.contains("\"type\":\"fault\"") {
-                    faults.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("agad fault: {line}");
-                }
-            }
-        });
-    }
+    eprintln!("starting agad mor, agad dominio and the managed agad node...");
+    let mut d = processes::start("info")?;
+    deploy(&mut d, &node_snmpd, &watched)?;
 
     let exporter_port = free_tcp_port()?;
     let exporter_addr: SocketAddr = ([127, 0, 0, 1], exporter_port).into();
-    let exporter_log = dir.path().join("node-exporter.log");
+    let exporter_log = d.path("node-exporter.log");
     let exporter = Guarded(
         Command::new(&exporter_bin)
             .arg(format!("--web.listen-address={exporter_addr}"))
@@ -180,7 +140,7 @@ fn main() -> anyhow::Result<()> {
     wait_for_http(exporter_addr, Duration::from_secs(10)).with_context(|| {
         format!(
             "node-exporter did not answer; log:\n{}",
-            read(&exporter_log)
+            std::fs::read_to_string(&exporter_log).unwrap_or_default()
         )
     })?;
 
@@ -192,17 +152,45 @@ fn main() -> anyhow::Result<()> {
         processes: watched.clone(),
         extra: vec![poller::parse(THRESHOLD_OID)?],
     };
-    let set = poller::discover(
-        polled_snmpd.address(),
-        agad_tests::snmpd::V2C_COMMUNITY,
-        &targets,
-    )?;
-    let snmp_poller = Poller::new(
-        polled_snmpd.address(),
-        agad_tests::snmpd::V2C_COMMUNITY,
-        &set,
-    )?;
+    let set = poller::discover(polled_snmpd.address(), V2C_COMMUNITY, &targets)?;
+    let snmp_poller = Poller::new(polled_snmpd.address(), V2C_COMMUNITY, &set)?;
     let gets_per_round = snmp_poller.requests_per_round();
+
+    let measured = [
+        Measured {
+            label: "agad node (managed, 5 inspectors at 1 s)",
+            pid: d.pid(NODE)?,
+            goal: Some((NODE_RSS_GOAL_BYTES, Some(CPU_GOAL_PERCENT))),
+        },
+        Measured {
+            label: "agad dominio (1 node)",
+            pid: d.pid(STATION)?,
+            goal: Some((MANAGER_RSS_GOAL_BYTES, None)),
+        },
+        Measured {
+            label: "agad mor (1 domain)",
+            pid: d.pid(MOR)?,
+            goal: Some((MANAGER_RSS_GOAL_BYTES, None)),
+        },
+        Measured {
+            label: "snmpd (the polled one)",
+            pid: polled_snmpd.pid(),
+            goal: None,
+        },
+        Measured {
+            label: "prometheus-node-exporter",
+            pid: exporter.0.id(),
+            goal: None,
+        },
+    ];
+    eprintln!(
+        "warming up {} s, then {} s with the peers idle and {} s with the peers polled once a second...",
+        warmup.as_secs(),
+        secs.as_secs(),
+        secs.as_secs()
+    );
+    sleep_checking(warmup, &mut d)?;
+    let idle = measure(&measured, secs, &mut d)?;
 
     // The polling loop: once a second, one SNMP round and one scrape.
     let stop = Arc::new(AtomicBool::new(false));
@@ -224,45 +212,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         })
     };
-
-    let pids = [
-        ("agad node run (5 inspectors, 1 s)", node_pid),
-        ("snmpd (polled 1/s over SNMP)", polled_snmpd.pid()),
-        ("prometheus-node-exporter (scraped 1/s)", exporter.0.id()),
-    ];
-    eprintln!(
-        "warming up {} s, then measuring {} s (pids: agad {}, snmpd {}, node-exporter {})...",
-        warmup.as_secs(),
-        secs.as_secs(),
-        pids[0].1,
-        pids[1].1,
-        pids[2].1
-    );
-    sleep_checking(warmup, &mut node, &stderr_path)?;
-
-    let ticks_per_sec = procfs::clock_ticks_per_sec();
-    let first: Vec<ProcSample> = pids
-        .iter()
-        .map(|(_, p)| procfs::sample(*p))
-        .collect::<anyhow::Result<_>>()?;
-    let began = Instant::now();
-    let events_before = events.load(Ordering::Relaxed);
-    let mut rss: Vec<Vec<u64>> = vec![Vec::new(); pids.len()];
-    let mut last = first.clone();
-    while began.elapsed() < secs {
-        sleep_checking(
-            Duration::from_secs(1).min(secs.saturating_sub(began.elapsed())),
-            &mut node,
-            &stderr_path,
-        )?;
-        for (i, (_, pid)) in pids.iter().enumerate() {
-            let s = procfs::sample(*pid).with_context(|| format!("{} exited", pids[i].0))?;
-            rss[i].push(s.rss_bytes);
-            last[i] = s;
-        }
-    }
-    let wall = began.elapsed();
-    let events_during = events.load(Ordering::Relaxed) - events_before;
+    // A few rounds first, so the peers' caches are as polling keeps them.
+    sleep_checking(Duration::from_secs(5), &mut d)?;
+    let polled = measure(&measured, secs, &mut d)?;
     stop.store(true, Ordering::Relaxed);
     match polling.join() {
         Ok(result) => result.context("polling loop")?,
@@ -271,54 +223,17 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!("machine: {}", procfs::machine_load());
-    println!(
-        "== footprint over {:.0} s (after {} s warm-up), 2-core machine ==",
-        wall.as_secs_f64(),
-        warmup.as_secs()
+    print_phase(
+        "(1) peers idle (nobody polls snmpd or node-exporter)",
+        &measured,
+        &idle,
     );
-    println!(
-        "{:<40} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}   goal",
-        "process", "RSS mean", "RSS max", "VmHWM", "anon", "file", "CPU %1core"
+    print_phase(
+        "(2) peers polled once a second (one SNMP round, one /metrics scrape)",
+        &measured,
+        &polled,
     );
-    for (i, (label, _)) in pids.iter().enumerate() {
-        let mean = rss[i].iter().sum::<u64>() as f64 / rss[i].len().max(1) as f64;
-        let max = rss[i].iter().copied().max().unwrap_or_default() as f64;
-        let cpu = procfs::cpu_percent(&first[i], &last[i], wall, ticks_per_sec);
-        let goal = if i == 0 {
-            format!(
-                "RSS ≤ 40 MB: {}, CPU ≤ 1%: {}",
-                if max <= RSS_GOAL_BYTES {
-                    "ok"
-                } else {
-                    "MISSED"
-                },
-                if cpu <= CPU_GOAL_PERCENT {
-                    "ok"
-                } else {
-                    "MISSED"
-                }
-            )
-        } else {
-            String::new()
-        };
-        println!(
-            "{:<40} {:>10} {:>10} {:>10} {:>10} {:>10} {:>11.2}%   {goal}",
-            label,
-            bytes(mean),
-            bytes(max),
-            bytes(last[i].peak_rss_bytes as f64),
-            bytes(last[i].rss_anon_bytes as f64),
-            bytes(last[i].rss_file_bytes as f64),
-            cpu
-        );
-    }
     println!();
-    println!(
-        "agad: {} events (alarm/report/fault JSON lines) during the interval; in the whole run {} alarms, {} faults",
-        events_during,
-        alarms.load(Ordering::Relaxed),
-        faults.load(Ordering::Relaxed)
-    );
     println!(
         "poller: {} rounds; SNMP: {} OIDs in {} GET(s) per round; node-exporter: {} per scrape on average",
         rounds.load(Ordering::Relaxed),
@@ -332,18 +247,140 @@ fn main() -> anyhow::Result<()> {
     for (what, oids) in &set.groups {
         println!("  {:>4} OIDs  {what}", oids.len());
     }
+    let alarms = d.alarms().map(|a| a.len()).unwrap_or_default();
     println!(
-        "CPU % is (utime+stime) over the interval ÷ wall time, of one core; RSS sampled once a second"
+        "agad: the node ran the five inspectors at 1 s (10 s keep-alive, 60 s windows) all along; {alarms} alarms reached the top manager"
     );
     println!(
-        "VmHWM = peak RSS since start; anon/file = RssAnon/RssFile at the last sample; goal 40 MB = 40×10⁶ bytes"
+        "CPU % is (utime+stime) over the phase ÷ wall time, of one core; RSS and PSS sampled once a second"
+    );
+    println!(
+        "PSS = private pages + a share of the pages mapped by other processes too (the three agad processes share one binary's text);"
+    );
+    println!(
+        "VmHWM = peak RSS since start; goals in MB = 10⁶ bytes (32 MB = 30.5 MiB, 20 MB = 19.1 MiB); goals judged on the mean RSS"
     );
     println!(
         "the node's own SNMP agent (read by if-health and snmp-threshold) is a separate snmpd and is not counted"
     );
     drop(exporter);
-    drop(node);
     Ok(())
+}
+
+/// Publishes the five inspectors, assigns them at 1 s to the node, starts
+/// the domain manager and the node and waits until the deployment runs.
+fn deploy(d: &mut Deployment, agent: &Snmpd, watched: &[String]) -> anyhow::Result<()> {
+    let mut topology = format!(
+        "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\n\n[[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\n"
+    );
+    for name in [
+        "cpu-mem",
+        "disk-space",
+        "if-health",
+        "app-watch",
+        "snmp-threshold",
+    ] {
+        d.publish_inspector(name)?;
+        topology += &format!(
+            "\n[[assign]]\nmodule = \"{name}\"\nnodes = [\"{NODE}\"]\n[assign.config]\nperiod = \"1s\"\n"
+        );
+        for (key, value) in module_config(name, watched) {
+            topology += &format!("{key} = \"{value}\"\n");
+        }
+    }
+    d.apply(&topology)?;
+    let station = d.start_station(STATION)?;
+    let v2c = agent.v2c_agent();
+    let node_config = format!(
+        "[[agents]]\nname = \"{}\"\naddress = \"{}\"\nversion = \"v2c\"\ncommunity = \"{}\"\n",
+        v2c.name,
+        v2c.address,
+        v2c.community.as_deref().unwrap_or_default()
+    );
+    d.start_node_with_config(NODE, &station, &node_config)?;
+    d.wait_for_within(
+        "the node's deployment to run",
+        Duration::from_secs(120),
+        |d| {
+            let log = d.log(STATION);
+            if let Some(problems) = log.lines().find(|l| l.contains("deployment problems")) {
+                bail!("{problems}");
+            }
+            Ok(log.contains("deployment running").then_some(()))
+        },
+    )
+}
+
+/// Samples every process once a second for `secs`.
+fn measure(measured: &[Measured], secs: Duration, d: &mut Deployment) -> anyhow::Result<Phase> {
+    let sample =
+        |m: &Measured| procfs::sample(m.pid).with_context(|| format!("{} exited", m.label));
+    let first: Vec<ProcSample> = measured.iter().map(sample).collect::<anyhow::Result<_>>()?;
+    let began = Instant::now();
+    let mut rss: Vec<Vec<u64>> = vec![Vec::new(); measured.len()];
+    let mut pss: Vec<Vec<u64>> = vec![Vec::new(); measured.len()];
+    let mut last = first.clone();
+    while began.elapsed() < secs {
+        sleep_checking(
+            Duration::from_secs(1).min(secs.saturating_sub(began.elapsed())),
+            d,
+        )?;
+        for (i, m) in measured.iter().enumerate() {
+            let s = sample(m)?;
+            rss[i].push(s.rss_bytes);
+            pss[i].push(procfs::pss_bytes(m.pid)?);
+            last[i] = s;
+        }
+    }
+    Ok(Phase {
+        wall: began.elapsed(),
+        first,
+        last,
+        rss,
+        pss,
+    })
+}
+
+fn mean(values: &[u64]) -> f64 {
+    values.iter().sum::<u64>() as f64 / values.len().max(1) as f64
+}
+
+fn print_phase(title: &str, measured: &[Measured], phase: &Phase) {
+    let ticks_per_sec = procfs::clock_ticks_per_sec();
+    println!();
+    println!("== footprint {title}, {:.0} s ==", phase.wall.as_secs_f64());
+    println!(
+        "{:<42} {:>10} {:>10} {:>10} {:>10} {:>11}   goal",
+        "process", "RSS mean", "RSS max", "PSS mean", "VmHWM", "CPU %1core"
+    );
+    for (i, m) in measured.iter().enumerate() {
+        let rss = mean(&phase.rss[i]);
+        let cpu = procfs::cpu_percent(&phase.first[i], &phase.last[i], phase.wall, ticks_per_sec);
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let goal = match m.goal {
+            Some((rss_goal, cpu_goal)) => {
+                let mut goal = format!(
+                    "RSS ≤ {:.0} MB: {}",
+                    rss_goal / 1e6,
+                    verdict(rss <= rss_goal)
+                );
+                if let Some(cpu_goal) = cpu_goal {
+                    goal += &format!(", CPU ≤ {cpu_goal:.0} %: {}", verdict(cpu <= cpu_goal));
+                }
+                goal
+            }
+            None => String::new(),
+        };
+        println!(
+            "{:<42} {:>10} {:>10} {:>10} {:>10} {:>10.2}%   {goal}",
+            m.label,
+            bytes(rss),
+            bytes(phase.rss[i].iter().copied().max().unwrap_or_default() as f64),
+            bytes(mean(&phase.pss[i])),
+            bytes(phase.last[i].peak_rss_bytes as f64),
+            cpu
+        );
+    }
 }
 
 /// `prometheus-node-exporter`, installed with apt when missing and root.
@@ -429,18 +466,8 @@ fn wait_for_http(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// Sleeps, failing with agad's stderr if it exited meanwhile.
-fn sleep_checking(d: Duration, node: &mut Guarded, stderr: &Path) -> anyhow::Result<()> {
+/// Sleeps, failing with the logs if an AGAD process exited meanwhile.
+fn sleep_checking(d: Duration, deployment: &mut Deployment) -> anyhow::Result<()> {
     std::thread::sleep(d);
-    if let Some(status) = node.0.try_wait()? {
-        bail!(
-            "agad node run exited early ({status}); its stderr:\n{}",
-            read(stderr)
-        );
-    }
-    Ok(())
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+    deployment.check()
 }
