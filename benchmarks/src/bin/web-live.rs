@@ -176,7 +176,14 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             if !ids.contains(&alarm.id.as_str()) {
-                bail!("alarm {} was on the stream but not in the list", alarm.id);
+                bail!(
+                    "alarm {} (raised {}, time_ms {}) was on the stream but not in the list of {}: newest {:?}",
+                    alarm.id,
+                    alarm.raised,
+                    alarm.time_ms,
+                    ids.len(),
+                    &ids[..ids.len().min(5)]
+                );
             }
             let emitted = alarm.time_ms as f64;
             event.push(Duration::from_secs_f64(
