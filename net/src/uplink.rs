@@ -306,9 +306,16 @@ async fn session(
     let mut check = tokio::time::interval(liveness.check_every());
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check_due = Instant::now();
-    // A keep-alive goes only when nothing else went for a whole interval:
-    // reports, alarms and answers prove this end alive just as well.
+    // A keep-alive goes only when nothing the parent answers (reports,
+    // alarms: acknowledged) went for a whole interval: they prove both
+    // ends alive just as well. Commands (deployment progress, results) are
+    // not answered, so they do not count.
     let mut last_sent = tokio::time::Instant::now();
+    // The component list is looked at every interval even while other
+    // frames flow, so a change goes up within one interval.
+    let mut status_check = tokio::time::interval(config.keepalive);
+    status_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    status_check.reset();
     // Reports wait this long after the first of them is queued, so that a
     // window's reports (every module ends its window on the same tick)
     // leave in one record.
@@ -369,12 +376,20 @@ async fn session(
                 }
             }
             command = commands.recv() => match command {
-                Some(c) => {
-                    writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?;
-                    last_sent = tokio::time::Instant::now();
-                }
+                Some(c) => writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?,
                 None => return Ok(Session::Admitted),
             },
+            _ = status_check.tick() => {
+                let components = element.components();
+                if last_components.as_ref() != Some(&components) {
+                    writer
+                        .send(&Message::Control(Control::KeepAlive { components: components.clone() }))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    last_sent = tokio::time::Instant::now();
+                    last_components = Some(components);
+                }
+            }
             // While reports gather, they are the slot's frame (at most
             // `gather` late).
             _ = tokio::time::sleep_until(keepalive_due), if reports_due.is_none() => {
