@@ -569,6 +569,9 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             outln!("  {mark} {what:<32} {}{}", s.state, since(s.since_ms));
         }
         for c in &d.components {
+            if matches!(c.component, Component::NodeModule { .. }) {
+                continue; // on its node's `modules:` line
+            }
             let mark = if c.healthy() { "ok  " } else { "DOWN" };
             let what = match &c.component {
                 Component::Store {
@@ -615,7 +618,8 @@ pub fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cpu-mem running, app-watch FAILING` (or `none assigned`).
+/// `cpu-mem running since 10:02:11 (5m), app-watch FAILING since ...
+/// (restarting: ...)` (or `none assigned`).
 fn modules_line(n: &agad_gerente_mor::query::NodeStatus) -> String {
     use agad_gerente_mor::query::ModuleState;
     if n.modules.is_empty() {
@@ -623,9 +627,17 @@ fn modules_line(n: &agad_gerente_mor::query::NodeStatus) -> String {
     }
     n.modules
         .iter()
-        .map(|m| match m.state {
-            ModuleState::Failing => format!("{} FAILING", m.name),
-            other => format!("{} {}", m.name, other.as_str()),
+        .map(|m| {
+            let state = match m.state {
+                ModuleState::Failing => "FAILING",
+                other => other.as_str(),
+            };
+            let detail = m
+                .detail
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            format!("{} {state}{}{detail}", m.name, since(m.since_ms))
         })
         .collect::<Vec<_>>()
         .join(", ")

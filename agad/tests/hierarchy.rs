@@ -390,6 +390,19 @@ fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
             && l.contains("failing: module misbehave")),
         "{text}"
     );
+    // The module's own line says how, and since when.
+    let modules = text
+        .lines()
+        .skip_while(|l| !l.contains("DOWN node n1"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        modules
+            .trim_start()
+            .starts_with("modules: misbehave FAILING since ")
+            && modules.contains("(refused: "),
+        "{text}"
+    );
     let raised = d.wait_for("the refusal alarm in BIG", |d| {
         Ok(d.alarms()?
             .into_iter()
@@ -411,7 +424,11 @@ fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
         "{open}"
     );
 
-    // Fixed: the module runs, the alarm clears, the node is healthy.
+    // Fixed: the module runs (since the fix), the alarm clears, the node
+    // is healthy.
+    let fixed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     d.apply(&one_domain(
         "s1",
         &["n1"],
@@ -425,6 +442,18 @@ fn a_configuration_refused_on_the_node_fails_the_module_and_alarms_until_fixed()
     })?;
     assert_eq!(cleared.module, "misbehave");
     assert!(cleared.check_origin("n1").is_ok());
+    let module = d.wait_for("misbehave running since the fix", |d| {
+        let status = d.status()?;
+        let m = &status["nodes"][0]["modules"][0];
+        Ok((m["state"] == "running").then(|| m.clone()))
+    })?;
+    assert_eq!(module["name"], "misbehave");
+    assert!(module["detail"].is_null(), "{module}");
+    let since = module["since_ms"].as_u64().unwrap_or_default();
+    assert!(
+        since >= fixed_at,
+        "running since {since}, fixed at {fixed_at}"
+    );
     d.wait_for("n1 healthy", |d| {
         Ok(d.component_state(&node)?.filter(|s| {
             s["connected"]["failing"]

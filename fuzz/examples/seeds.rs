@@ -238,6 +238,17 @@ fn messages(topo: &Topology, bundles: &[Bundle]) -> Vec<Message> {
                 reason: "proof mismatch: cpu-mem".into(),
             },
         ),
+        ComponentStatus::new(
+            Component::NodeModule {
+                node: "web-1".into(),
+                module: "cpu-mem".into(),
+            },
+            State::Restarting {
+                last_fault: "trap: out of fuel".into(),
+                fault_at_ms: 1_700_000_000_000,
+            },
+        )
+        .since(Some(1_700_000_000_000)),
     ];
     vec![
         Message::Control(Control::Hello {

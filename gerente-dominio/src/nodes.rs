@@ -12,7 +12,7 @@ use agad_protocol::wire::{
     Activation, Component, ComponentStatus, Control, DeployProgress, Deployment, Enrollment,
     Message, Queued, Replica, Role, State, Upward,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -199,8 +199,10 @@ pub fn redeploy(station: &Station, replica: &Replica, only: Option<&str>) {
     }
 }
 
-/// One component per node of the domain: connected, keeping alive, and
-/// how its own components are.
+/// One component per node of the domain (connected, keeping alive, and
+/// which of its own components are unhealthy), and one per module the
+/// domain assigns a connected node, with the state and since-time the node
+/// reported: what `agad status` shows of each module at the top manager.
 pub fn status(
     nodes: &Nodes,
     guardian: &Guardian,
@@ -211,32 +213,90 @@ pub fn status(
     };
     let failures = guardian.failures();
     let sessions = nodes.lock();
-    replica
-        .topology
-        .nodes
-        .iter()
-        .map(|n| {
-            let (state, since) = match (sessions.get(&n.name), failures.get(&n.name)) {
-                (Some(e), _) => (e.state(), Some(wall_ms(e.connected_at))),
-                (None, Some(f)) => (
-                    State::Failed {
-                        diagnosis: f.diagnosis,
-                        since_ms: f.since_ms,
-                        reason: f.reason.clone(),
-                    },
-                    Some(f.since_ms),
-                ),
-                (None, None) => (State::NotConnected, guardian.silent_since(&n.name)),
-            };
+    let mut assigned: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for a in &replica.topology.assignments {
+        assigned
+            .entry(a.node.as_str())
+            .or_default()
+            .insert(a.module.as_str());
+    }
+    let mut out = Vec::new();
+    for n in &replica.topology.nodes {
+        if let (Some(e), Some(modules)) = (sessions.get(&n.name), assigned.get(n.name.as_str())) {
+            // Only what the domain assigns, once each, its texts cut: a
+            // node's own words go up bounded by the operator's topology.
+            let mut left = modules.clone();
+            out.extend(e.components.iter().filter_map(|c| {
+                match &c.component {
+                    Component::Module { name } if left.remove(name.as_str()) => Some(
+                        ComponentStatus::new(
+                            Component::NodeModule {
+                                node: n.name.clone(),
+                                module: name.clone(),
+                            },
+                            relayed(&c.state),
+                        )
+                        .since(c.since_ms),
+                    ),
+                    _ => None,
+                }
+            }));
+        }
+        let (state, since) = match (sessions.get(&n.name), failures.get(&n.name)) {
+            (Some(e), _) => (e.state(), Some(wall_ms(e.connected_at))),
+            (None, Some(f)) => (
+                State::Failed {
+                    diagnosis: f.diagnosis,
+                    since_ms: f.since_ms,
+                    reason: f.reason.clone(),
+                },
+                Some(f.since_ms),
+            ),
+            (None, None) => (State::NotConnected, guardian.silent_since(&n.name)),
+        };
+        out.push(
             ComponentStatus::new(
                 Component::Node {
                     name: n.name.clone(),
                 },
                 state,
             )
-            .since(since)
-        })
-        .collect()
+            .since(since),
+        );
+    }
+    out
+}
+
+/// Longest text of a node's module state passed up.
+const RELAYED_TEXT: usize = 240;
+
+/// A node's module state as relayed upward: its texts cut to
+/// [`RELAYED_TEXT`].
+fn relayed(state: &State) -> State {
+    let cut = |t: &str| agad_protocol::text::excerpt(t, RELAYED_TEXT);
+    match state {
+        State::Restarting {
+            last_fault,
+            fault_at_ms,
+        } => State::Restarting {
+            last_fault: cut(last_fault),
+            fault_at_ms: *fault_at_ms,
+        },
+        State::Refused { reason } => State::Refused {
+            reason: cut(reason),
+        },
+        State::Quarantined { reason } => State::Quarantined {
+            reason: cut(reason),
+        },
+        State::Waiting { reason } => State::Waiting {
+            reason: cut(reason),
+        },
+        State::Running => State::Running,
+        // Not a module's state: nothing of the node's passes.
+        _ => State::Waiting {
+            reason: "an unexpected state".into(),
+        },
+    }
 }
 
 /// How far the domain's nodes are in running `replica`'s deployment.

@@ -16,7 +16,7 @@ use agad_protocol::Area;
 use agad_protocol::message::{Alarm, Provenance, Severity, Summary};
 use agad_protocol::run::{Case, CaseState, RunOutcome};
 use agad_protocol::status::Diagnosis;
-use agad_protocol::wire::{DomainReport, State};
+use agad_protocol::wire::{Component, DomainReport, State};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::ControlFlow;
@@ -259,14 +259,18 @@ pub struct NodeStatus {
 
 /// One module assigned to a node, as far as the top manager can tell.
 ///
-/// The node reports each module's state (and since when) to its domain
-/// manager; the manager's keep-alive to the top carries only the names of
-/// a node's failing components, so here a module is running, failing, or
-/// unknown (its node is not connected).
+/// The node reports each module's state, and since when, to its domain
+/// manager, which relays it in its keep-alive: a module is running,
+/// failing (`detail` says how), or unknown (its node is not connected).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleStatus {
     pub name: String,
     pub state: ModuleState,
+    /// In this state since (Unix ms), as its node said.
+    pub since_ms: Option<u64>,
+    /// What is wrong, when failing: restarting after a fault, refused,
+    /// quarantined, with the node's reason.
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -655,15 +659,19 @@ fn deployment(topology: &agad_protocol::topology::Topology, status: &Status) -> 
 /// modules BTPG assigns it.
 fn node_status(mor: &Mor) -> Result<Vec<NodeStatus>, BaseError> {
     let topology = mor.bases.topology()?;
-    let reported: HashMap<String, (State, Option<u64>)> = mor
-        .domain_status()
-        .into_iter()
-        .flat_map(|d| d.components)
-        .filter_map(|c| match c.component {
-            agad_protocol::wire::Component::Node { name } => Some((name, (c.state, c.since_ms))),
-            _ => None,
-        })
-        .collect();
+    let mut reported: HashMap<String, (State, Option<u64>)> = HashMap::new();
+    let mut modules_reported: HashMap<(String, String), (State, Option<u64>)> = HashMap::new();
+    for c in mor.domain_status().into_iter().flat_map(|d| d.components) {
+        match c.component {
+            Component::Node { name } => {
+                reported.insert(name, (c.state, c.since_ms));
+            }
+            Component::NodeModule { node, module } => {
+                modules_reported.insert((node, module), (c.state, c.since_ms));
+            }
+            _ => {}
+        }
+    }
     let mut assigned: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let resolved = topology.resolved();
     for a in &resolved {
@@ -684,9 +692,12 @@ fn node_status(mor: &Mor) -> Result<Vec<NodeStatus>, BaseError> {
                 .get(n.name.as_str())
                 .into_iter()
                 .flatten()
-                .map(|m| ModuleStatus {
-                    name: m.clone(),
-                    state: module_state(state.as_ref(), m),
+                .map(|m| {
+                    module_status(
+                        state.as_ref(),
+                        m,
+                        modules_reported.get(&(n.name.clone(), m.clone())),
+                    )
                 })
                 .collect();
             NodeStatus {
@@ -700,21 +711,39 @@ fn node_status(mor: &Mor) -> Result<Vec<NodeStatus>, BaseError> {
         .collect())
 }
 
-/// A module's state from its node's: failing when the node names it.
-fn module_state(node: Option<&State>, module: &str) -> ModuleState {
-    match node {
-        Some(State::Connected { failing, .. }) => {
-            let me = agad_protocol::wire::Component::Module {
+/// A module's state: as its node reported it through its domain manager,
+/// or, before that report, failing when the node names it among its
+/// failing components; unknown while the node is not connected.
+fn module_status(
+    node: Option<&State>,
+    module: &str,
+    reported: Option<&(State, Option<u64>)>,
+) -> ModuleStatus {
+    let (state, since_ms, detail) = match (node, reported) {
+        (Some(State::Connected { .. }), Some((State::Running, since))) => {
+            (ModuleState::Running, *since, None)
+        }
+        (Some(State::Connected { .. }), Some((other, since))) => {
+            (ModuleState::Failing, *since, Some(other.to_string()))
+        }
+        (Some(State::Connected { failing, .. }), None) => {
+            let me = Component::Module {
                 name: module.to_owned(),
             }
             .to_string();
             if failing.contains(&me) {
-                ModuleState::Failing
+                (ModuleState::Failing, None, None)
             } else {
-                ModuleState::Running
+                (ModuleState::Running, None, None)
             }
         }
-        _ => ModuleState::Unknown,
+        _ => (ModuleState::Unknown, None, None),
+    };
+    ModuleStatus {
+        name: module.to_owned(),
+        state,
+        since_ms,
+        detail,
     }
 }
 
@@ -1096,28 +1125,57 @@ mod tests {
     }
 
     #[test]
-    fn a_module_is_failing_when_its_connected_node_names_it() {
+    fn a_module_is_as_its_node_reported_it_or_failing_when_its_node_names_it() {
         let connected = |failing: &[&str]| State::Connected {
             served_by: None,
             failing: failing.iter().map(|f| f.to_string()).collect(),
         };
+        let state = |node: Option<&State>, reported: Option<&(State, Option<u64>)>| {
+            let m = module_status(node, "cpu-mem", reported);
+            (m.state, m.since_ms, m.detail)
+        };
+        // Reported by the node, through its domain manager: since when, and how.
         assert_eq!(
-            module_state(Some(&connected(&[])), "cpu-mem"),
-            ModuleState::Running
+            state(
+                Some(&connected(&[])),
+                Some(&(State::Running, Some(1_700_000_000_000)))
+            ),
+            (ModuleState::Running, Some(1_700_000_000_000), None)
+        );
+        let restarting = State::Restarting {
+            last_fault: "trap: out of fuel".into(),
+            fault_at_ms: 1_700_000_000_000,
+        };
+        assert_eq!(
+            state(
+                Some(&connected(&["module cpu-mem"])),
+                Some(&(restarting, Some(1_700_000_000_000)))
+            ),
+            (
+                ModuleState::Failing,
+                Some(1_700_000_000_000),
+                Some("restarting: trap: out of fuel".into())
+            )
+        );
+        // Not reported yet: from the node's failing names.
+        assert_eq!(
+            state(Some(&connected(&[])), None),
+            (ModuleState::Running, None, None)
         );
         assert_eq!(
-            module_state(Some(&connected(&["module cpu-mem"])), "cpu-mem"),
-            ModuleState::Failing
+            state(Some(&connected(&["module cpu-mem"])), None),
+            (ModuleState::Failing, None, None)
         );
         assert_eq!(
-            module_state(Some(&connected(&["module cpu-mem-2"])), "cpu-mem"),
-            ModuleState::Running
+            state(Some(&connected(&["module cpu-mem-2"])), None),
+            (ModuleState::Running, None, None)
         );
+        // A node not connected: nothing known, whatever was reported before.
         assert_eq!(
-            module_state(Some(&State::NotConnected), "cpu-mem"),
-            ModuleState::Unknown
+            state(Some(&State::NotConnected), Some(&(State::Running, Some(1)))),
+            (ModuleState::Unknown, None, None)
         );
-        assert_eq!(module_state(None, "cpu-mem"), ModuleState::Unknown);
+        assert_eq!(state(None, None), (ModuleState::Unknown, None, None));
     }
 
     #[test]

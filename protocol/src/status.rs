@@ -39,6 +39,9 @@ pub enum Component {
     /// The last attestation of a child's code (a node's modules, a
     /// station's BC), as its parent sees it.
     Attestation { element: String },
+    /// A module on a node of the domain, as the node last told its domain
+    /// manager (state and since when), relayed to the top manager.
+    NodeModule { node: String, module: String },
 }
 
 /// How the component is doing.
@@ -148,6 +151,7 @@ impl std::fmt::Display for Component {
             Component::Node { name } => write!(f, "node {name}"),
             Component::Subdomain { domain } => write!(f, "sub-domain {domain}"),
             Component::Attestation { element } => write!(f, "attestation {element}"),
+            Component::NodeModule { node, module } => write!(f, "module {module} on {node}"),
         }
     }
 }

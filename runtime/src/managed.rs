@@ -31,6 +31,8 @@ use tokio::task::JoinHandle;
 struct Running {
     hash: String,
     config: Vec<(String, String)>,
+    /// When it started (wall clock, ms).
+    started_ms: u64,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -50,6 +52,9 @@ struct Managed {
     faults: Mutex<HashMap<String, (String, Instant, u64)>>,
     /// Modules of the last deployment that could not start, and why.
     refused: Mutex<HashMap<String, String>>,
+    /// Each module's state as keep-alives last showed it, and since when:
+    /// the "since" of a state whose start is not recorded elsewhere.
+    shown: Mutex<HashMap<String, (State, u64)>>,
     /// The alarm raised for each module in `refused`.
     refusals: RefusalAlarms,
     /// Sends the refusal alarms of the last deployment.
@@ -78,17 +83,24 @@ impl Element for Managed {
             .map(|(name, r)| {
                 // A module that failed recently is restarting (with back-off);
                 // one whose last failure is old has been running since.
-                let state = match faults.get(name) {
-                    _ if r.task.is_finished() => State::Refused {
-                        reason: "stopped: its configuration was refused".into(),
-                    },
-                    Some((fault, at, at_ms)) if at.elapsed() < RECENT_FAULT => State::Restarting {
-                        last_fault: fault.clone(),
-                        fault_at_ms: *at_ms,
-                    },
-                    _ => State::Running,
+                let (state, since) = match faults.get(name) {
+                    _ if r.task.is_finished() => (
+                        State::Refused {
+                            reason: "stopped: its configuration was refused".into(),
+                        },
+                        None,
+                    ),
+                    Some((fault, at, at_ms)) if at.elapsed() < RECENT_FAULT => (
+                        State::Restarting {
+                            last_fault: fault.clone(),
+                            fault_at_ms: *at_ms,
+                        },
+                        Some(*at_ms),
+                    ),
+                    Some((_, _, at_ms)) => (State::Running, Some(r.started_ms.max(*at_ms))),
+                    None => (State::Running, Some(r.started_ms)),
                 };
-                ComponentStatus::new(Component::Module { name: name.clone() }, state)
+                ComponentStatus::new(Component::Module { name: name.clone() }, state).since(since)
             })
             .collect();
         out.extend(lock(&self.quarantined).iter().map(|(name, (_, reason))| {
@@ -108,6 +120,23 @@ impl Element for Managed {
             )
         }));
         out.sort_by_key(|a| a.component.to_string());
+        // A state whose start is not known above dates from when a
+        // keep-alive first showed it.
+        let now = crate::host::clock::now_ms();
+        let mut shown = lock(&self.shown);
+        let mut was = std::mem::take(&mut *shown);
+        for c in &mut out {
+            let Component::Module { name } = &c.component else {
+                continue;
+            };
+            let since = match (c.since_ms, was.remove(name)) {
+                (Some(known), _) => known,
+                (None, Some((state, since))) if state == c.state => since,
+                (None, _) => now,
+            };
+            c.since_ms = Some(since);
+            shown.insert(name.clone(), (c.state.clone(), since));
+        }
         out
     }
 
@@ -219,6 +248,7 @@ impl Managed {
                         Running {
                             hash,
                             config,
+                            started_ms: crate::host::clock::now_ms(),
                             stop,
                             task,
                         },
@@ -698,6 +728,7 @@ pub async fn run(
         running: Mutex::default(),
         faults: Mutex::default(),
         refused: Mutex::default(),
+        shown: Mutex::default(),
     });
     let (events_tx, mut events) = mpsc::channel::<Event>(1024);
     let _disk = managed.node.watch_disk(events_tx.clone(), shutdown.clone());
