@@ -504,3 +504,19 @@ pub fn ensure_open_files(needed: u64) -> anyhow::Result<()> {
     setrlimit(Resource::Nofile, limit).context("raising the soft limit on open files")?;
     Ok(())
 }
+
+/// Waits (up to 2 minutes) until `station`, a real `agad dominio` of `d`,
+/// logs its node's deployment running; its logged problems are the error.
+pub fn wait_deployment_running(d: &mut Deployment, station: &str) -> anyhow::Result<()> {
+    d.wait_for_within(
+        "the node's deployment to run",
+        std::time::Duration::from_secs(120),
+        |d| {
+            let log = d.log(station);
+            if let Some(problems) = log.lines().find(|l| l.contains("deployment problems")) {
+                bail!("{problems}");
+            }
+            Ok(log.contains("deployment running").then_some(()))
+        },
+    )
+}

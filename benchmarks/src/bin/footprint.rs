@@ -298,17 +298,7 @@ fn deploy(d: &mut Deployment, agent: &Snmpd, watched: &[String]) -> anyhow::Resu
         v2c.community.as_deref().unwrap_or_default()
     );
     d.start_node_with_config(NODE, &station, &node_config)?;
-    d.wait_for_within(
-        "the node's deployment to run",
-        Duration::from_secs(120),
-        |d| {
-            let log = d.log(STATION);
-            if let Some(problems) = log.lines().find(|l| l.contains("deployment problems")) {
-                bail!("{problems}");
-            }
-            Ok(log.contains("deployment running").then_some(()))
-        },
-    )
+    agad_benchmarks::hierarchy::wait_deployment_running(d, STATION)
 }
 
 /// Samples every process once a second for `secs`.

@@ -479,17 +479,7 @@ fn measure(
         "[[agents]]\nname = \"local\"\naddress = \"{agent}\"\nversion = \"v2c\"\ncommunity = \"{V2C_COMMUNITY}\"\n"
     );
     d.start_node_with_config(NODE, &station, &node_config)?;
-    d.wait_for_within(
-        "the node's deployment to run",
-        Duration::from_secs(120),
-        |d| {
-            let log = d.log(STATION);
-            if let Some(problems) = log.lines().find(|l| l.contains("deployment problems")) {
-                bail!("{problems}");
-            }
-            Ok(log.contains("deployment running").then_some(()))
-        },
-    )?;
+    agad_benchmarks::hierarchy::wait_deployment_running(&mut d, STATION)?;
 
     let deployment = node_socket(port)?;
     let set = match &poll {
