@@ -100,16 +100,44 @@ fn diagnosed(dir: &Path, node: &str, rule: &str) -> bool {
         })
 }
 
-fn wait_until(what: &str, demo: &Demo, mut check: impl FnMut() -> bool) {
+fn wait_until(what: &str, demo: &Demo, check: impl FnMut() -> bool) {
+    wait_until_explained(what, check, || demo.text());
+}
+
+/// Waits until `check` holds; on timeout fails with what `explain` says.
+fn wait_until_explained(what: &str, mut check: impl FnMut() -> bool, explain: impl Fn() -> String) {
     let start = Instant::now();
     while !check() {
         assert!(
             start.elapsed() < PATIENCE,
             "timed out waiting for {what}:\n{}",
-            demo.text()
+            explain()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// What the demo printed, lab-1's alarms and cases in BIG and the ends of
+/// lab-1's and its station's logs: why a diagnosis did not come.
+fn lab_story(demo: &Demo, dir: &Path) -> String {
+    let alarms = Command::new(AGAD)
+        .args(["alarms", "--json", "--node", "lab-1"])
+        .env("AGAD_MOR_DIR", dir.join("mor"))
+        .output()
+        .unwrap();
+    let tail = |name: &str| {
+        let log = std::fs::read_to_string(dir.join(format!("logs/{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    format!(
+        "{}\n--- agad alarms --json --node lab-1:\n{}{}\n--- lab-1.log (end):\n{}\n--- station-lab.log (end):\n{}",
+        demo.text(),
+        String::from_utf8_lossy(&alarms.stdout),
+        String::from_utf8_lossy(&alarms.stderr),
+        tail("lab-1"),
+        tail("station-lab"),
+    )
 }
 
 fn alive(pid: u32) -> bool {
@@ -187,9 +215,11 @@ fn the_demo_outlives_a_killed_node_and_its_restart_script_brings_it_back() {
     assert!(demo.child.try_wait().unwrap().is_none(), "{}", demo.text());
     assert!(connected(&dir, "campus-2") && connected(&dir, "lab-1"));
     // The demo's knowledge base diagnosed lab-1's missing process there.
-    wait_until("lab-1's missing process diagnosed", &demo, || {
-        diagnosed(&dir, "lab-1", "process-missing")
-    });
+    wait_until_explained(
+        "lab-1's missing process diagnosed",
+        || diagnosed(&dir, "lab-1", "process-missing"),
+        || lab_story(&demo, &dir),
+    );
 
     let out = Command::new("sh").arg(&script).output().unwrap();
     assert!(out.status.success(), "{out:?}");
