@@ -63,6 +63,10 @@ pub enum NodeCommand {
             refused with every such capability and the import that needs it."
     )]
     Run(RunArgs),
+    /// The node's compile helper: a component's wasm on stdin, its compiled
+    /// artefact on stdout (run by the node itself, one process per module).
+    #[command(hide = true)]
+    Compile,
 }
 
 #[derive(clap::Args)]
@@ -502,8 +506,41 @@ fn split_config(values: &[String]) -> anyhow::Result<ConfigByModule> {
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     match args.command {
         Some(NodeCommand::Run(args)) => run_local(args),
+        Some(NodeCommand::Compile) => compile_helper(),
         None => run_managed(args.managed),
     }
+}
+
+/// `agad node compile`: what [`agad_runtime::CompileHelper`] runs.
+fn compile_helper() -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut wasm = Vec::new();
+    std::io::stdin()
+        .take(agad_protocol::bundle::MAX_BUNDLE_BYTES as u64 + 1)
+        .read_to_end(&mut wasm)?;
+    if wasm.len() > agad_protocol::bundle::MAX_BUNDLE_BYTES {
+        bail!("the module is larger than a bundle may be");
+    }
+    let artefact = agad_runtime::compiler::compile_artefact(&wasm)?;
+    std::io::stdout().lock().write_all(&artefact)?;
+    Ok(())
+}
+
+/// Opens the node's databases under `data_dir`; it compiles in helper
+/// processes ([`agad_runtime::compiler`]).
+fn open_node(
+    settings: NodeSettings,
+    keys: Vec<agad_protocol::PublicKey>,
+    data_dir: &Path,
+) -> anyhow::Result<Node> {
+    let mut node = Node::open(settings, keys, data_dir)?;
+    match agad_runtime::CompileHelper::this_executable() {
+        Ok(helper) => node.set_compile_helper(helper),
+        Err(e) => tracing::warn!(
+            "cannot find this executable to compile in a helper process ({e}); compiling in this one"
+        ),
+    }
+    Ok(node)
 }
 
 /// Trusted keys from the node file and the command line; at least one.
@@ -554,7 +591,7 @@ fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
     };
     let runtime = node_runtime()?;
     let result = runtime.block_on(async move {
-        let node = Node::open(settings, keys, &data_dir)?;
+        let node = open_node(settings, keys, &data_dir)?;
         eprintln!(
             "node `{}` managed by {} (data in {}); Ctrl-C or SIGTERM stops",
             identity.name,
@@ -566,6 +603,7 @@ fn run_managed(args: ManagedArgs) -> anyhow::Result<()> {
             crate::shutdown_signal().await;
             let _ = stop.send(true);
         });
+        tokio::spawn(agad_runtime::heap::keep_trimmed());
         agad_runtime::managed::run(node, uplink, shutdown).await
     });
     finish(runtime);
@@ -604,7 +642,7 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
 
     let runtime = node_runtime()?;
     let result = runtime.block_on(async move {
-        let node = Node::open(settings, keys, &data_dir)?;
+        let node = open_node(settings, keys, &data_dir)?;
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(1024);
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let common = config.remove(&None).unwrap_or_default();

@@ -238,6 +238,7 @@ where
             crate::shutdown_signal().await;
             let _ = stop.send(true);
         });
+        tokio::spawn(agad_runtime::heap::keep_trimmed());
         match process(listener, shutdown).await {
             Ok(()) => Ok(()),
             Err(e) => bail!("{what}: {e:#}"),

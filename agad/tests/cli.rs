@@ -258,6 +258,91 @@ fn node_run_prints_alarms_and_reports_as_json_lines() {
     );
 }
 
+/// The node compiles in a helper process (`agad node compile`), keeps the
+/// artefact in its cache and loads it from there on the next run; the
+/// module runs either way.
+#[test]
+fn the_node_compiles_in_a_helper_process_and_reuses_its_artefact() {
+    let ws = Workspace::new();
+    ws.sign("cpu-mem");
+    let run = || {
+        Command::new(AGAD)
+            .args([
+                "node",
+                "run",
+                "--bundle",
+                "cpu-mem.agad",
+                "--trust",
+                "pub.pub",
+                "--data-dir",
+                "data",
+                "--config",
+                "period=200ms",
+                "--config",
+                "window_secs=1",
+                "--for",
+                "2s",
+            ])
+            .env("AGAD_LOG", "info")
+            .current_dir(ws.dir.path())
+            .output()
+            .unwrap()
+    };
+    let reports = |out: &Output| {
+        json_lines(out)
+            .iter()
+            .filter(|l| l["type"] == "report")
+            .count()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let said = stderr(&first);
+    assert!(
+        said.lines()
+            .any(|l| l.contains("compiled in a helper process") && l.contains("cpu-mem")),
+        "{said}"
+    );
+    assert!(reports(&first) > 0, "{said}");
+    let artefacts: Vec<_> = std::fs::read_dir(ws.path("data/compiled"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        artefacts.len() == 1 && artefacts[0].ends_with(".cwasm"),
+        "{artefacts:?}"
+    );
+
+    let second = run();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        !stderr(&second).contains("compiled in a helper process"),
+        "loaded from the cache: {}",
+        stderr(&second)
+    );
+    assert!(reports(&second) > 0, "{}", stderr(&second));
+
+    // The helper itself: wasm in, artefact out; anything else refused
+    // with the compiler's reason and a failing status.
+    let mut helper = Command::new(AGAD)
+        .args(["node", "compile"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    helper
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"not a component")
+        .unwrap();
+    let out = helper.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("error"), "{}", stderr(&out));
+}
+
 #[test]
 fn node_run_refuses_bad_input_with_one_clear_line() {
     let ws = Workspace::new();

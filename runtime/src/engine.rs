@@ -2,15 +2,16 @@
 //! epoch interruption, a local cache of compiled components, and per-module
 //! linkers that hold only the capabilities the module was granted.
 
+use crate::compiler::{CompileHelper, HelperError, engine_config};
 use crate::host::{self, HostState};
 use agad_protocol::{Bundle, Capability, Limits, Manifest};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Linker};
-use wasmtime::{Config, Engine};
 
 /// How often the epoch advances; deadlines are whole multiples of it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -104,6 +105,8 @@ impl std::fmt::Debug for LinkedModule {
 pub struct ModuleEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    /// Compiles in another process when set ([`crate::compiler`]).
+    helper: Option<CompileHelper>,
     /// SHA-256 of every artefact this node wrote, by module hash: checked
     /// before an artefact is deserialised (loading one is running it).
     digests: ArtefactDigests,
@@ -167,10 +170,7 @@ impl ModuleEngine {
     /// `cache_dir`: where compiled components are kept between runs (created
     /// if missing); `None` compiles every time.
     pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<ModuleEngine> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&engine_config())?;
         spawn_epoch_ticker(&engine);
         if let Some(dir) = cache_dir {
             std::fs::create_dir_all(dir)?;
@@ -178,8 +178,15 @@ impl ModuleEngine {
         Ok(ModuleEngine {
             engine,
             cache_dir: cache_dir.map(Path::to_path_buf),
+            helper: None,
             digests: ArtefactDigests::Memory(Mutex::default()),
         })
+    }
+
+    /// Compiles in `helper`'s process from now on (the node falls back to
+    /// compiling itself when the helper cannot be started).
+    pub fn set_compile_helper(&mut self, helper: CompileHelper) {
+        self.helper = Some(helper);
     }
 
     /// Records artefact digests in `tree` (the node's database), so that
@@ -268,17 +275,77 @@ impl ModuleEngine {
                 }
             }
         }
+        if let Some(helper) = &self.helper {
+            match self.compile_in(helper, bundle, cached.as_deref()) {
+                Ok(Some(component)) => return Ok(component),
+                Ok(None) => {}
+                Err(reason) => return Err(LinkError::Invalid { module, reason }),
+            }
+        }
         let component =
             Component::new(&self.engine, &bundle.wasm).map_err(|e| LinkError::Invalid {
                 module: module.clone(),
                 reason: format!("{e:#}"),
             })?;
-        if let Some(path) = &cached
-            && let Err(e) = store_cached(&component, path, |digest| self.digests.set(&hash, digest))
+        if let Some(path) = &cached {
+            let stored = component
+                .serialize()
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| {
+                    store_cached(&bytes, path, |digest| self.digests.set(&hash, digest))
+                });
+            if let Err(e) = stored {
+                tracing::warn!(module, path = %path.display(), "cannot cache compiled module: {e:#}");
+            }
+        }
+        Ok(component)
+    }
+
+    /// Compiles in the helper's process and loads its artefact, cached
+    /// like one compiled here. `Ok(None)`: the helper could not run, or its
+    /// artefact does not load here (a node upgraded in place runs an older
+    /// engine than the executable on disk); the caller compiles itself.
+    fn compile_in(
+        &self,
+        helper: &CompileHelper,
+        bundle: &Bundle,
+        cached: Option<&Path>,
+    ) -> Result<Option<Component>, String> {
+        let module = &bundle.manifest.name;
+        let started = std::time::Instant::now();
+        let artefact = match helper.compile(&bundle.wasm) {
+            Ok(artefact) => artefact,
+            Err(HelperError::Failed(reason)) => return Err(reason),
+            Err(e @ HelperError::Unavailable { .. }) => {
+                tracing::warn!(module, "{e}; compiling in this process");
+                return Ok(None);
+            }
+        };
+        // SAFETY of the load below: the artefact comes from this node's own
+        // executable, given only the verified wasm.
+        let component = match load_cached(&self.engine, &artefact) {
+            Ok(component) => component,
+            Err(e) => {
+                tracing::warn!(
+                    module,
+                    "the compile helper's artefact does not load here ({e:#}); compiling in this process"
+                );
+                return Ok(None);
+            }
+        };
+        tracing::info!(
+            module,
+            ms = started.elapsed().as_millis() as u64,
+            bytes = artefact.len(),
+            "compiled in a helper process"
+        );
+        let hash = bundle.manifest.sha256_hex();
+        if let Some(path) = cached
+            && let Err(e) = store_cached(&artefact, path, |digest| self.digests.set(&hash, digest))
         {
             tracing::warn!(module, path = %path.display(), "cannot cache compiled module: {e:#}");
         }
-        Ok(component)
+        Ok(Some(component))
     }
 
     /// Checks the component's imports against its manifest and the node's
@@ -369,10 +436,12 @@ fn spawn_epoch_ticker(engine: &Engine) {
 
 fn load_cached(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
     // SAFETY: wasmtime requires that deserialised bytes come from
-    // `Component::serialize` of a compatible engine. These bytes are those
-    // `store_cached` wrote: their SHA-256 equals the digest it recorded in
-    // the node's own database when it wrote them (checked by the caller on
-    // this very buffer), and wasmtime itself rejects artefacts of another
+    // `Component::serialize` (or `Engine::precompile_component`) of a
+    // compatible engine. These bytes are either those `store_cached` wrote
+    // — their SHA-256 equals the digest it recorded in the node's own
+    // database when it wrote them, checked by the caller on this very
+    // buffer — or those this node's own executable just compiled in its
+    // helper process; and wasmtime itself rejects artefacts of another
     // version or configuration.
     #[allow(unsafe_code)]
     let component = unsafe { Component::deserialize(engine, bytes)? };
@@ -382,12 +451,11 @@ fn load_cached(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
 /// Writes an artefact atomically (tmp + rename), its digest recorded by
 /// `record` before the artefact appears under its name.
 fn store_cached(
-    component: &Component,
+    bytes: &[u8],
     path: &Path,
     record: impl FnOnce([u8; 32]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let bytes = component.serialize()?;
-    record(sha256(&bytes))?;
+    record(sha256(bytes))?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;

@@ -12,6 +12,8 @@
 //!   probe, service) and the node's policy for disk and service.
 //! - [`trust`]: signature, hash, expiry and rollback checks.
 //! - [`engine`]: wasmtime engine, compiled-module cache, capability-checked linking.
+//! - [`compiler`]: compiling in a short-lived helper process, so that the
+//!   compiler's code and memory never stay in the node.
 //! - [`imports`]: a component's imports read from its bytes, checked against
 //!   its declared capabilities (at signing).
 //! - [`instance`]: one inspector instance with its limits; faults classified.
@@ -44,6 +46,7 @@
 
 pub mod bindings;
 pub mod budget;
+pub mod compiler;
 pub mod crashloop;
 pub mod disk;
 pub mod engine;
@@ -59,6 +62,7 @@ pub mod runs;
 pub mod trust;
 
 pub use budget::OutputLimits;
+pub use compiler::CompileHelper;
 pub use crashloop::CrashLoopPolicy;
 pub use disk::DiskPolicy;
 pub use engine::{LinkError, LinkedModule, ModuleEngine};

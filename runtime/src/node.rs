@@ -213,6 +213,11 @@ impl Node {
         Ok(node)
     }
 
+    /// Compiles modules in `helper`'s process ([`crate::compiler`]).
+    pub fn set_compile_helper(&mut self, helper: crate::CompileHelper) {
+        self.engine.set_compile_helper(helper);
+    }
+
     pub fn with_parts(
         settings: NodeSettings,
         trusted: Vec<PublicKey>,
