@@ -10,7 +10,7 @@ use agad_net::tls::PeerIdentity;
 use agad_protocol::message::Alarm;
 use agad_protocol::wire::{
     Activation, Component, ComponentStatus, Control, DeployProgress, Deployment, Enrollment,
-    Message, Queued, Replica, Role, State, Upward,
+    Message, Queued, Replica, Role, State, Upward, encode,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -166,7 +166,10 @@ fn moved_away(replica: &Replica, node: &str) -> Option<SessionError> {
 
 /// Sends every connected node (or only `only`) its (possibly changed)
 /// deployment, or, to a node that moved to another domain, where that
-/// domain is served. Module bytes are read from BC outside the registry's lock.
+/// domain is served. Module bytes are read from BC outside the registry's
+/// lock, once per module; nodes given the same deployment (the same
+/// modules, configurations and bytes to send) share one encoded frame, so a
+/// domain of thousands of nodes holds one copy of the bytes, not one each.
 pub fn redeploy(station: &Station, replica: &Replica, only: Option<&str>) {
     let targets: Vec<(String, u64, HashSet<String>)> = station
         .nodes
@@ -175,6 +178,8 @@ pub fn redeploy(station: &Station, replica: &Replica, only: Option<&str>) {
         .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
         .map(|(name, e)| (name.clone(), e.session, e.held.clone()))
         .collect();
+    let mut frames: HashMap<Plan, Arc<[u8]>> = HashMap::new();
+    let mut bytes: HashMap<String, Vec<u8>> = HashMap::new();
     for (name, session, mut held) in targets {
         if let Some(SessionError::Redirected { domain, parents }) = moved_away(replica, &name) {
             if let Some(e) = station.nodes.lock().get(&name)
@@ -185,16 +190,27 @@ pub fn redeploy(station: &Station, replica: &Replica, only: Option<&str>) {
             }
             continue;
         }
-        match deployment_for(station, replica, &name, &mut held) {
-            Ok(deploy) => {
+        let frame = deployment_for(station, replica, &name, &mut held).and_then(|plan| {
+            if let Some(frame) = frames.get(&plan) {
+                return Ok(frame.clone());
+            }
+            let frame: Arc<[u8]> = encode(&Message::Control(
+                plan.deploy(station, replica, &mut bytes)?,
+            ))?
+            .into();
+            frames.insert(plan, frame.clone());
+            Ok(frame)
+        });
+        match frame {
+            Ok(frame) => {
                 if let Some(e) = station.nodes.lock().get_mut(&name)
                     && e.session == session
-                    && e.send(Message::Control(deploy))
+                    && e.send_encoded(frame)
                 {
                     e.held = held;
                 }
             }
-            Err(e) => tracing::error!(node = %name, "cannot deploy: {e}"),
+            Err(e) => tracing::error!(node = %name, "cannot deploy: {e:#}"),
         }
     }
 }
@@ -333,17 +349,66 @@ pub fn progress(nodes: &Nodes, replica: &Replica) -> DeployProgress {
 /// A module's configuration as deployed.
 type Config = Vec<(String, String)>;
 
-/// The `Deploy` for one node: manifests always, bytes only for hashes it lacks.
+/// What one node is to run: manifests always, bytes only for hashes it
+/// lacks. Equal plans make equal `Deploy` frames.
+#[derive(PartialEq, Eq, Hash)]
+struct Plan {
+    version: u64,
+    /// (module by its manifest's hash, its configuration, whether its bytes go)
+    modules: Vec<(String, Config, bool)>,
+}
+
+impl Plan {
+    /// The `Deploy` of this plan, module bytes read from BC once per hash
+    /// (`bytes` keeps them for the next plan).
+    fn deploy(
+        &self,
+        station: &Station,
+        replica: &Replica,
+        bytes: &mut HashMap<String, Vec<u8>>,
+    ) -> anyhow::Result<Control> {
+        let mut modules = Vec::new();
+        for (hash, config, with_bytes) in &self.modules {
+            let copy = replica
+                .modules
+                .iter()
+                .find(|m| m.manifest.sha256_hex() == *hash)
+                .ok_or_else(|| anyhow::anyhow!("module {hash} is not in this replica"))?;
+            let mut module = copy.without_bytes();
+            if *with_bytes {
+                if !bytes.contains_key(hash) {
+                    let full = station.bases.module(hash)?.ok_or_else(|| {
+                        anyhow::anyhow!("module `{}` is not in BC", copy.manifest.name)
+                    })?;
+                    bytes.insert(hash.clone(), full.wasm);
+                }
+                module.wasm = bytes[hash].clone();
+            }
+            modules.push(Deployment {
+                module,
+                config: config.clone(),
+            });
+        }
+        Ok(Control::Deploy {
+            version: self.version,
+            modules,
+        })
+    }
+}
+
+/// The deployment plan for one node: what the topology assigns it, changed
+/// by the knowledge base's rules and schedules, with bytes only for the
+/// hashes it does not hold (which are then counted as held).
 fn deployment_for(
     station: &Station,
     replica: &Replica,
     node: &str,
     held: &mut HashSet<String>,
-) -> anyhow::Result<Control> {
+) -> anyhow::Result<Plan> {
     let mut modules = Vec::new();
     if station.is_removed() {
         // The domain is gone: its nodes run nothing.
-        return Ok(Control::Deploy {
+        return Ok(Plan {
             version: replica.version,
             modules,
         });
@@ -374,19 +439,10 @@ fn deployment_for(
             anyhow::bail!("module `{name}` is assigned but not in this replica");
         };
         let hash = copy.manifest.sha256_hex();
-        let module = if held.contains(&hash) {
-            copy.without_bytes()
-        } else {
-            let full = station
-                .bases
-                .module(&hash)?
-                .ok_or_else(|| anyhow::anyhow!("module `{name}` is not in BC"))?;
-            held.insert(hash);
-            full
-        };
-        modules.push(Deployment { module, config });
+        let with_bytes = held.insert(hash.clone());
+        modules.push((hash, config, with_bytes));
     }
-    Ok(Control::Deploy {
+    Ok(Plan {
         version: replica.version,
         modules,
     })

@@ -15,7 +15,7 @@
 //! publishes [`ChildEvent::Stale`] and closes the session, so its role can
 //! move on exactly as for a closed connection.
 
-use crate::conn::{Connection, NetError, spawn_reader};
+use crate::conn::{Connection, NetError, Outgoing, spawn_reader};
 use crate::liveness::{Detector, LivenessConfig, OwnLag};
 use crate::rate::{RateByKey, TokenBucket, Verdict};
 use crate::tls::PeerIdentity;
@@ -224,7 +224,7 @@ pub struct Entry<T> {
     /// Where the child connected from.
     pub address: Option<SocketAddr>,
     /// Frames for the child; its writer task sends them in order.
-    pub to_child: mpsc::Sender<Message>,
+    pub to_child: mpsc::Sender<Outgoing>,
     /// Module hashes the child holds (from its hello, plus what was sent).
     pub held: HashSet<String>,
     /// Its components as its last changed keep-alive described them.
@@ -252,7 +252,13 @@ impl<T> Entry<T> {
     /// Queues a frame for the child; false if its queue is full or closed
     /// (the session is ending or the child reads too slowly).
     pub fn send(&self, message: Message) -> bool {
-        self.to_child.try_send(message).is_ok()
+        self.to_child.try_send(message.into()).is_ok()
+    }
+
+    /// Queues a frame encoded once for many children (see
+    /// [`Outgoing::Encoded`]); false as for [`Entry::send`].
+    pub fn send_encoded(&self, frame: Arc<[u8]>) -> bool {
+        self.to_child.try_send(Outgoing::Encoded(frame)).is_ok()
     }
 
     pub fn last_heard(&self) -> Instant {
@@ -558,7 +564,7 @@ async fn session<P: Parent>(
     };
 
     // Register, replacing (and closing) an older session of the same child.
-    let (to_child, mut outgoing) = mpsc::channel::<Message>(QUEUE);
+    let (to_child, mut outgoing) = mpsc::channel::<Outgoing>(QUEUE);
     let (close_tx, mut close_rx) = oneshot::channel();
     let children = parent.children();
     let session_id = children.next_session.fetch_add(1, Ordering::Relaxed);
@@ -607,11 +613,14 @@ async fn session<P: Parent>(
         address,
         keepalive: hello.keepalive,
     };
-    let _ = to_child.try_send(Message::Control(Control::Welcome {
-        enrollment: Enrollment::Active,
-        reason: String::new(),
-        activation: parent.activation(),
-    }));
+    let _ = to_child.try_send(
+        Message::Control(Control::Welcome {
+            enrollment: Enrollment::Active,
+            reason: String::new(),
+            activation: parent.activation(),
+        })
+        .into(),
+    );
     if let Verdict::Allowed { suppressed } = children.log.check(&peer.fingerprint) {
         tracing::info!(session = session_id, suppressed, "child registered");
     }
@@ -627,7 +636,7 @@ async fn session<P: Parent>(
             // and usually one segment (an ack and a deployment, say).
             let mut batch = Vec::new();
             while outgoing.recv_many(&mut batch, QUEUE).await > 0 {
-                if let Err(e) = writer.send_all(&batch).await {
+                if let Err(e) = writer.send_outgoing(&batch).await {
                     tracing::info!("write to child failed: {e}");
                     return;
                 }
@@ -655,7 +664,7 @@ async fn session<P: Parent>(
                     let ack = Control::Ack {
                         seqs: std::mem::take(&mut acks),
                     };
-                    if to_child.send(Message::Control(ack)).await.is_err() {
+                    if to_child.send(Message::Control(ack).into()).await.is_err() {
                         break SessionError::Closed;
                     }
                     continue;
@@ -695,7 +704,7 @@ async fn session<P: Parent>(
         match handled {
             Ok(Some(Message::Control(Control::Ack { seqs }))) => acks.extend(seqs),
             Ok(Some(reply)) => {
-                if to_child.send(reply).await.is_err() {
+                if to_child.send(reply.into()).await.is_err() {
                     break SessionError::Closed;
                 }
             }
@@ -704,7 +713,7 @@ async fn session<P: Parent>(
         }
     };
     if !acks.is_empty() {
-        let _ = to_child.try_send(Message::Control(Control::Ack { seqs: acks }));
+        let _ = to_child.try_send(Message::Control(Control::Ack { seqs: acks }).into());
     }
 
     // Unregister (unless a newer session already took the name), let the

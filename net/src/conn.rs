@@ -206,6 +206,25 @@ pub struct FrameWriter<W> {
     inner: W,
 }
 
+/// A frame waiting for a child's writer.
+#[derive(Debug, Clone)]
+// Nearly every queued frame is a message: boxing them would cost an
+// allocation each to save the few shared frames some bytes.
+#[allow(clippy::large_enum_variant)]
+pub enum Outgoing {
+    Message(Message),
+    /// A whole frame (header and body, [`agad_protocol::wire::encode`]),
+    /// encoded once and shared by every child it goes to: a domain's
+    /// deployment to thousands of nodes is one buffer, not one each.
+    Encoded(Arc<[u8]>),
+}
+
+impl From<Message> for Outgoing {
+    fn from(message: Message) -> Outgoing {
+        Outgoing::Message(message)
+    }
+}
+
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
         FrameWriter { inner }
@@ -228,6 +247,31 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             bytes.extend_from_slice(&encode(message)?);
         }
         self.inner.write_all(&bytes).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Writes queued frames in order: messages encoded here, frames encoded
+    /// once for many receivers ([`Outgoing::Encoded`]) written from their
+    /// shared bytes, without a copy per receiver. Small frames between
+    /// large ones still leave together.
+    pub async fn send_outgoing(&mut self, frames: &[Outgoing]) -> Result<(), NetError> {
+        let mut bytes = Vec::new();
+        for frame in frames {
+            match frame {
+                Outgoing::Message(message) => bytes.extend_from_slice(&encode(message)?),
+                Outgoing::Encoded(shared) => {
+                    if !bytes.is_empty() {
+                        self.inner.write_all(&bytes).await?;
+                        bytes.clear();
+                    }
+                    self.inner.write_all(shared).await?;
+                }
+            }
+        }
+        if !bytes.is_empty() {
+            self.inner.write_all(&bytes).await?;
+        }
         self.inner.flush().await?;
         Ok(())
     }
