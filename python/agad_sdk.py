@@ -139,7 +139,7 @@ class ConfigError(ValueError):
 class Common:
     """Settings every inspector shares: hysteresis counts, report window."""
 
-    raise_after: int = 3
+    raise_after: int = 2
     clear_after: int = 3
     window_secs: int = 60
 
@@ -282,7 +282,7 @@ class Alarms:
     samples in a row, clear after `clear_after` normal ones) and keeps the
     set of raised alarms."""
 
-    def __init__(self, raise_after: int = 3, clear_after: int = 3):
+    def __init__(self, raise_after: int = 2, clear_after: int = 3):
         self.raise_after = max(1, raise_after)
         self.clear_after = max(1, clear_after)
         self.streak: Dict[str, int] = {}

@@ -520,3 +520,15 @@ pub fn wait_deployment_running(d: &mut Deployment, station: &str) -> anyhow::Res
         },
     )
 }
+
+/// Waits until `node`'s latest event of `key` in BIG is a clear.
+pub fn wait_cleared(d: &mut Deployment, node: &str, key: &str) -> anyhow::Result<()> {
+    d.wait_for(&format!("`{key}` cleared"), |d| {
+        let latest = d
+            .alarms()?
+            .into_iter()
+            .filter(|a| a.node == node && a.key == key)
+            .max_by_key(|a| a.time_ms);
+        Ok(latest.filter(|a| !a.raised).map(|_| ()))
+    })
+}

@@ -360,7 +360,7 @@ pub struct Common {
 
 impl Common {
     /// Default of `raise_after`.
-    pub const DEFAULT_RAISE_AFTER: u32 = 3;
+    pub const DEFAULT_RAISE_AFTER: u32 = 2;
     /// Default of `clear_after`.
     pub const DEFAULT_CLEAR_AFTER: u32 = 3;
     /// Default of `window_secs`.

@@ -107,6 +107,32 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A veth pair from this machine's namespace into this one: `near` here
+    /// with address `near_cidr`, `far` inside with `far_cidr`, both up (the
+    /// pair goes with the namespace).
+    pub fn veth_in(
+        &self,
+        near: &str,
+        near_cidr: &str,
+        far: &str,
+        far_cidr: &str,
+    ) -> anyhow::Result<()> {
+        run(
+            "ip",
+            &[
+                "link", "add", near, "type", "veth", "peer", "name", far, "netns", &self.name,
+            ],
+        )?;
+        run("ip", &["addr", "add", near_cidr, "dev", near])?;
+        run("ip", &["link", "set", near, "up"])?;
+        run(
+            "ip",
+            &["-n", &self.name, "addr", "add", far_cidr, "dev", far],
+        )?;
+        run("ip", &["-n", &self.name, "link", "set", far, "up"])?;
+        Ok(())
+    }
+
     /// Runs one test of the current test binary inside the namespace (its
     /// `/proc/net`, `/sys/class/net` and loopback), with `env` set, and
     /// fails when that test fails. The test is named by its full path

@@ -31,6 +31,7 @@
 //! ```
 
 use agad_benchmarks::args::Args;
+use agad_benchmarks::hierarchy::wait_cleared;
 use agad_benchmarks::processes::{self, log_times_by};
 use agad_benchmarks::procfs::machine_load;
 use agad_benchmarks::stats::{Timings, duration};
@@ -89,36 +90,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(tmpfs.path().join("cache"))?;
     agad_tests::network::ensure_nft()?;
     let ns = Netns::empty("faults")?;
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            IFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            PEER,
-            "netns",
-            ns.name(),
-        ],
-    )?;
-    run("ip", &["addr", "add", NEAR, "dev", IFACE])?;
-    run("ip", &["link", "set", IFACE, "up"])?;
-    run(
-        "ip",
-        &[
-            "-n",
-            ns.name(),
-            "addr",
-            "add",
-            &format!("{FAR}/30"),
-            "dev",
-            PEER,
-        ],
-    )?;
-    run("ip", &["-n", ns.name(), "link", "set", PEER, "up"])?;
+    ns.veth_in(IFACE, NEAR, PEER, &format!("{FAR}/30"))?;
 
     let mut d = processes::start("info,agad_gerente_mor::stations=debug")?;
     for inspector in ["cpu-mem", "app-watch", "disk-space", "if-health"] {
@@ -198,13 +170,13 @@ fn main() -> anyhow::Result<()> {
             facts.contains(&format!("\"{pid}\"")) || facts.contains(&format!("\"{pid} "))
         })?;
         drop(hog);
-        wait_cleared(&mut d, "cpu.total")?;
+        wait_cleared(&mut d, NODE, "cpu.total")?;
 
         eprintln!("round {round}/{repeat}: killed service");
         let t0 = now_us();
         service.kill();
         measure(&mut d, "service-down", t0, &mut svc, |_| true)?;
-        wait_cleared(&mut d, &format!("proc.running:{}", service.name()))?;
+        wait_cleared(&mut d, NODE, &format!("proc.running:{}", service.name()))?;
 
         eprintln!("round {round}/{repeat}: filling filesystem");
         let big = tmpfs.path().join("logs/app/big.log");
@@ -215,7 +187,7 @@ fn main() -> anyhow::Result<()> {
             facts.contains(&want)
         })?;
         std::fs::remove_file(&big)?;
-        wait_cleared(&mut d, &format!("fs.used:{}", tmpfs.path_text()))?;
+        wait_cleared(&mut d, NODE, &format!("fs.used:{}", tmpfs.path_text()))?;
 
         eprintln!("round {round}/{repeat}: interface down");
         let t0 = now_us();
@@ -224,9 +196,9 @@ fn main() -> anyhow::Result<()> {
             facts.contains("\"link-down\"")
         })?;
         run("ip", &["-n", ns.name(), "link", "set", PEER, "up"])?;
-        wait_cleared(&mut d, &format!("if.link:{IFACE}"))?;
+        wait_cleared(&mut d, NODE, &format!("if.link:{IFACE}"))?;
         // link-watch lost every echo while the link was down.
-        wait_cleared(&mut d, &format!("link.loss:{FAR}"))?;
+        wait_cleared(&mut d, NODE, &format!("link.loss:{FAR}"))?;
 
         eprintln!("round {round}/{repeat}: link loss");
         let t0 = now_us();
@@ -291,7 +263,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             nft(&["delete", "table", "inet", "agad_fc"])?;
         }
-        wait_cleared(&mut d, &format!("link.loss:{FAR}"))?;
+        wait_cleared(&mut d, NODE, &format!("link.loss:{FAR}"))?;
     }
 
     println!();
@@ -402,16 +374,4 @@ fn measure(
             .push(format!("{key}: fix not confirmed: {}", case["state"]));
     }
     Ok(())
-}
-
-/// Waits until the node's latest event of `key` is a clear in BIG.
-fn wait_cleared(d: &mut Deployment, key: &str) -> anyhow::Result<()> {
-    d.wait_for(&format!("`{key}` cleared"), |d| {
-        let latest = d
-            .alarms()?
-            .into_iter()
-            .filter(|a| a.node == NODE && a.key == key)
-            .max_by_key(|a| a.time_ms);
-        Ok(latest.filter(|a| !a.raised).map(|_| ()))
-    })
 }
