@@ -292,7 +292,16 @@ pub struct Children<T> {
     waiting: Arc<Waiting>,
     /// Lines each certificate may cause in the log.
     log: RateByKey,
+    /// Children receiving a shared frame (a deployment) at once: the rest
+    /// wait their wave. A child gives a frame a deadline by its size, so a
+    /// deployment to thousands of nodes at once, each getting a
+    /// thousandth of the bandwidth, would time out everywhere.
+    shared_writes: Arc<Semaphore>,
 }
+
+/// How many children receive a shared frame at once (see
+/// [`Children::shared_writes`]).
+pub const SHARED_WRITES: usize = 64;
 
 impl<T: Send + 'static> Children<T> {
     pub fn new(config: ChildrenConfig) -> Children<T> {
@@ -307,6 +316,7 @@ impl<T: Send + 'static> Children<T> {
                 config.max_waiting_per_identity,
             )),
             log: RateByKey::log_lines(),
+            shared_writes: Arc::new(Semaphore::new(SHARED_WRITES)),
             config,
         }
     }
@@ -630,12 +640,19 @@ async fn session<P: Parent>(
         let _ = tokio::task::spawn_blocking(move || parent.registered(&child)).await;
     }
 
+    let shared_writes = children.shared_writes.clone();
     let writing = tokio::spawn(
         async move {
             // What is queued together leaves in one write: one TLS record
             // and usually one segment (an ack and a deployment, say).
             let mut batch = Vec::new();
             while outgoing.recv_many(&mut batch, QUEUE).await > 0 {
+                // A shared frame (a deployment) waits for its wave.
+                let _wave = if batch.iter().any(|f| matches!(f, Outgoing::Encoded(_))) {
+                    shared_writes.clone().acquire_owned().await.ok()
+                } else {
+                    None
+                };
                 if let Err(e) = writer.send_outgoing(&batch).await {
                     tracing::info!("write to child failed: {e}");
                     return;
