@@ -58,6 +58,14 @@ pub fn start(log_filter: &str) -> anyhow::Result<Deployment> {
     Deployment::start(&agad_binary()?, options(log_filter))
 }
 
+/// Now, in µs since the Unix epoch: the clock the processes' log lines
+/// are stamped with (every process runs on this machine).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// Id → µs since the epoch of the first log line with `marker` that names
 /// it (`2025-01-02T03:04:05.123456Z  INFO ...: <marker>... id=<id> ...`):
 /// when a process did something to an alarm or a run, by its own log.

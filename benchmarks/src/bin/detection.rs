@@ -41,7 +41,7 @@
 
 use agad_benchmarks::args::Args;
 use agad_benchmarks::hierarchy::{wait_cleared, wait_deployment_running};
-use agad_benchmarks::processes::{self, log_times};
+use agad_benchmarks::processes::{self, log_times, now_us};
 use agad_benchmarks::procfs::machine_load;
 use agad_benchmarks::stats::{Timings, duration};
 use agad_protocol::message::Alarm;
@@ -49,7 +49,7 @@ use agad_tests::faults::{Hog, Service, Tmpfs};
 use agad_tests::hierarchy::Deployment;
 use agad_tests::netns::{Netns, run};
 use anyhow::{Context, bail};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const HELP: &str = "detection: fault onset → alarm at the top manager with the shipped defaults (real processes, root)
 usage: detection [--quick] [--quiet SECS] [--repeat N]
@@ -66,12 +66,6 @@ const GOAL_P50: Duration = Duration::from_secs(3);
 const GOAL_MAX: Duration = Duration::from_secs(5);
 /// Bytes written into the 4 MiB tmpfs: 93.75 %, above the 90 % default.
 const FILL: usize = 3840 * 1024;
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
 
 /// Sleeps a random part of a second, so that onsets fall anywhere between
 /// two of the node's samples.

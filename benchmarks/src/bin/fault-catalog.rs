@@ -32,14 +32,14 @@
 
 use agad_benchmarks::args::Args;
 use agad_benchmarks::hierarchy::wait_cleared;
-use agad_benchmarks::processes::{self, log_times_by};
+use agad_benchmarks::processes::{self, log_times_by, now_us};
 use agad_benchmarks::procfs::machine_load;
 use agad_benchmarks::stats::{Timings, duration};
 use agad_tests::faults::{Hog, Service, Tmpfs};
 use agad_tests::hierarchy::{Deployment, variant};
 use agad_tests::netns::{Netns, run};
 use anyhow::{Context, bail};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const HELP: &str = "fault-catalog: fault injected → right diagnosis (and fix) at the top manager (real processes, root)
 usage: fault-catalog [--quick] [--repeat N]
@@ -56,12 +56,6 @@ const PEER: &str = "agadf1";
 const NEAR: &str = "10.203.0.1/30";
 const FAR: &str = "10.203.0.2";
 const GOAL_FIX: Duration = Duration::from_secs(10);
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
 
 /// One fault's figures.
 #[derive(Default)]
