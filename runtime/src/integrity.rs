@@ -207,24 +207,26 @@ impl ModuleStore {
     /// Re-hashes the file of module `hash` against its name (the hash its
     /// signed manifest states, which keys the file).
     pub fn check(&self, hash: &str) -> FileCheck {
-        let path = self.path(hash);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let actual = hex::encode(agad_protocol::bundle::sha256(&bytes));
-                if actual == hash {
-                    FileCheck::Intact
-                } else {
-                    FileCheck::Bad(format!(
-                        "module file {} was altered (SHA-256 {actual}, signed {hash})",
-                        path.display()
-                    ))
-                }
-            }
-            Err(e) => FileCheck::Bad(format!(
-                "module file {} cannot be read: {e}",
-                path.display()
-            )),
+        match self.intact_bytes(hash) {
+            Ok(_) => FileCheck::Intact,
+            Err(why) => FileCheck::Bad(why),
         }
+    }
+
+    /// Module `hash`'s bytes as read from disk now, if they still hash to
+    /// it; otherwise why not.
+    fn intact_bytes(&self, hash: &str) -> Result<Vec<u8>, String> {
+        let path = self.path(hash);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("module file {} cannot be read: {e}", path.display()))?;
+        let actual = hex::encode(agad_protocol::bundle::sha256(&bytes));
+        if actual != hash {
+            return Err(format!(
+                "module file {} was altered (SHA-256 {actual}, signed {hash})",
+                path.display()
+            ));
+        }
+        Ok(bytes)
     }
 
     /// Forgets module `hash`: its file and its manifest.
@@ -245,16 +247,27 @@ impl ModuleStore {
     }
 
     /// The answer for module `hash` to `nonce`: a digest of its bytes as
-    /// read from disk now, whatever they are (the parent judges them).
-    pub fn attest(&self, hash: &str, nonce: &Nonce, artefact: Artefact) -> Option<AttestedModule> {
-        let manifest = self.manifest(hash).ok().flatten()?;
-        let bytes = std::fs::read(self.path(hash)).unwrap_or_default();
-        Some(AttestedModule {
+    /// read from disk now (the parent judges them against its own copy).
+    /// The same bytes are checked against the hash first: bytes altered
+    /// since the node's last check are caught here, as the node's own
+    /// finding (`Err`, why), rather than left for the parent to find.
+    /// `Ok(None)`: no manifest kept for that hash.
+    pub fn attest(
+        &self,
+        hash: &str,
+        nonce: &Nonce,
+        artefact: Artefact,
+    ) -> Result<Option<AttestedModule>, String> {
+        let Some(manifest) = self.manifest(hash).ok().flatten() else {
+            return Ok(None);
+        };
+        let bytes = self.intact_bytes(hash)?;
+        Ok(Some(AttestedModule {
             name: manifest.manifest.name,
             sha256: hash.to_owned(),
             proof: attest::proof(nonce, &bytes),
             artefact,
-        })
+        }))
     }
 
     fn write_file(&self, hash: &str, bytes: &[u8]) -> Result<(), IntegrityError> {
@@ -310,7 +323,10 @@ mod tests {
         assert_eq!(store.get(&hash).unwrap().unwrap(), b);
 
         let nonce = attest::nonce();
-        let good = store.attest(&hash, &nonce, Artefact::Absent).unwrap();
+        let good = store
+            .attest(&hash, &nonce, Artefact::Absent)
+            .unwrap()
+            .unwrap();
         assert_eq!(good.proof, attest::proof(&nonce, &b.wasm));
 
         std::fs::write(store.path(&hash), b"\0asm-module-bytEs").unwrap();
@@ -319,9 +335,10 @@ mod tests {
             store.get(&hash),
             Err(IntegrityError::Altered { .. })
         ));
-        // The proof is of what is on disk now: the parent sees the change.
-        let bad = store.attest(&hash, &nonce, Artefact::Absent).unwrap();
-        assert_ne!(bad.proof, good.proof);
+        // Attesting reads the bytes once and checks them before proving:
+        // the alteration is the node's own finding, whenever it happened.
+        let why = store.attest(&hash, &nonce, Artefact::Absent).unwrap_err();
+        assert!(why.contains("was altered"), "{why}");
 
         // Put again (the good copy redeployed), the file is replaced.
         store.put(&b).unwrap();

@@ -308,14 +308,21 @@ impl Managed {
                 ),
                 _ => continue,
             };
-            let name = match self.store.manifest(&hash) {
-                Ok(Some(b)) => b.manifest.name,
-                _ => hash.clone(),
-            };
-            self.forget_code(&hash);
-            found.push((name, hash, reason));
+            found.push(self.take_out(hash, reason));
         }
         found
+    }
+
+    /// Deletes the code of module `hash`, which failed a check for
+    /// `reason`; returns (module, hash, why) for [`Self::quarantine`].
+    /// Blocking.
+    fn take_out(&self, hash: String, reason: String) -> (String, String, String) {
+        let name = match self.store.manifest(&hash) {
+            Ok(Some(b)) => b.manifest.name,
+            _ => hash.clone(),
+        };
+        self.forget_code(&hash);
+        (name, hash, reason)
     }
 
     /// Takes modules whose code failed a check out of service: stopped
@@ -362,19 +369,23 @@ impl Managed {
             .unwrap_or_default();
         self.quarantine(found, events);
         let me = self.clone();
-        let modules = tokio::task::spawn_blocking(move || {
-            me.store
-                .held()
-                .iter()
-                .filter_map(|hash| {
-                    let artefact = me.node.engine().check_artefact(hash);
-                    me.store.attest(hash, &nonce, artefact)
-                })
-                .take(agad_protocol::attest::MAX_ATTESTED / 2)
-                .collect()
+        let (modules, altered) = tokio::task::spawn_blocking(move || {
+            let (mut modules, mut altered) = (Vec::new(), Vec::new());
+            for hash in me.store.held() {
+                let artefact = me.node.engine().check_artefact(&hash);
+                match me.store.attest(&hash, &nonce, artefact) {
+                    Ok(Some(module)) => modules.push(module),
+                    Ok(None) => {}
+                    // Altered since the check above: quarantined like it.
+                    Err(why) => altered.push(me.take_out(hash, why)),
+                }
+            }
+            modules.truncate(agad_protocol::attest::MAX_ATTESTED / 2);
+            (modules, altered)
         })
         .await
         .unwrap_or_default();
+        self.quarantine(altered, events);
         let quarantined = lock(&self.quarantined)
             .iter()
             .take(agad_protocol::attest::MAX_ATTESTED / 2)
