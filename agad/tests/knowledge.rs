@@ -97,6 +97,60 @@ fn a_cpu_hog_is_diagnosed_by_top_cpu_naming_its_pid() -> anyhow::Result<()> {
     d.check()
 }
 
+/// Two alarms of one tick open two cases whose specialist the node does
+/// not hold yet: the manager sends its bytes with the first run only, and
+/// the second, arriving while the first still compiles, takes them from
+/// there instead of failing ("came without bytes and is not stored here").
+#[test]
+fn two_alarms_at_once_are_both_diagnosed_by_a_specialist_shipped_once() -> anyhow::Result<()> {
+    let mut d = deployment()?;
+    d.publish_inspector("cpu-mem")?;
+    d.publish_inspector("disk-space")?;
+    let top = agad_modules::specialist("top-cpu").unwrap();
+    d.publish("top-cpu", top.wasm, top.manifest_toml)?;
+    // Memory in use is above 0.1 % and the root filesystem above 0 % on
+    // any machine; both modules tick on the node's one grid: two alarms at
+    // once.
+    d.apply(&format!(
+        "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\n\n\
+         [[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\naddress = \"127.0.0.1\"\n\n\
+         [[assign]]\nmodule = \"cpu-mem\"\nnodes = [\"{NODE}\"]\n[assign.config]\n\
+         period = \"500ms\"\nthreshold = 100\nmem_percent = 0.1\nraise_after = 1\n\n\
+         [[assign]]\nmodule = \"disk-space\"\nnodes = [\"{NODE}\"]\n[assign.config]\n\
+         period = \"500ms\"\nmounts = \"/\"\nused_percent = 0\nraise_after = 1\n"
+    ))?;
+    let rules: String = ["mem.used", "fs.used:*"]
+        .iter()
+        .map(|key| {
+            format!(
+                "[[rule]]\nname = \"{}\"\n[rule.match]\nkey = \"{key}\"\n\
+                 [rule.diagnose]\nspecialist = \"top-cpu\"\nargs = {{ sample = \"100ms\" }}\n\n",
+                key.trim_end_matches(":*")
+            )
+        })
+        .collect();
+    apply_rules(&d, &rules)?;
+    let station = d.start_station(STATION)?;
+    d.start_node(NODE, &station)?;
+    let cases = d.wait_for("both cases ended", |d| {
+        let cases: Vec<Value> = d
+            .cases(NODE)?
+            .into_iter()
+            .filter(|c| variant(&c["state"]) != "running")
+            .collect();
+        Ok((cases.len() >= 2).then_some(cases))
+    })?;
+    for case in &cases {
+        assert_eq!(variant(&case["state"]), "diagnosed", "{case}");
+    }
+    let log = d.log(STATION);
+    assert!(
+        log.contains("with_bytes=true") && log.contains("with_bytes=false"),
+        "the bytes went with one run only:\n{log}"
+    );
+    d.check()
+}
+
 #[test]
 fn a_domain_manager_killed_during_a_run_does_not_run_the_specialist_twice() -> anyhow::Result<()> {
     let mut d = deployment()?;

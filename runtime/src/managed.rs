@@ -37,6 +37,9 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+/// Most bytes kept for modules not stored yet ([`Managed::arriving`]).
+const ARRIVING_MAX_BYTES: usize = 64 * 1024 * 1024;
+
 /// The node as its link to the manager sees it.
 struct Managed {
     node: Node,
@@ -45,6 +48,14 @@ struct Managed {
     /// Modules whose code failed an integrity check: name → (hash, why).
     /// Stopped and not restarted until a deployment brings the good copy.
     quarantined: Mutex<HashMap<String, (String, String)>>,
+    /// Module bytes that came with a deployment or a run and are not stored
+    /// yet: they are stored only once they verify and compile. The manager
+    /// counts a hash as held as soon as it sent the bytes, so a run it
+    /// sends right after (a second alarm's specialist) comes without them
+    /// and takes them from here; it verifies them itself. By hash, from
+    /// arrival until they are stored; at most [`ARRIVING_MAX_BYTES`], the
+    /// oldest (a load that failed) going first.
+    arriving: Mutex<std::collections::VecDeque<(String, Vec<u8>)>>,
     /// The `agad.module-tampered` alarm of each module in `quarantined`.
     tampered: RefusalAlarms,
     running: Mutex<HashMap<String, Running>>,
@@ -461,16 +472,37 @@ impl Managed {
                 tracing::warn!(module = %name, %hash, "module file put back from the manager's copy");
             }
             // Stored only once it verified and linked (in `start`), never before.
+            self.arriving(hash, shipped.wasm.clone());
             return Ok(shipped);
         }
-        let Some(stored) = self.store.get(&hash)? else {
-            anyhow::bail!("manifest {hash} came without bytes and is not stored here");
+        let wasm = match self.store.get(&hash)? {
+            Some(stored) => stored.wasm,
+            None => match lock(&self.arriving).iter().find(|(h, _)| *h == hash) {
+                Some((_, wasm)) => wasm.clone(),
+                None => anyhow::bail!("manifest {hash} came without bytes and is not stored here"),
+            },
         };
         tracing::info!(module = %name, %hash, "deployment by hash; bytes from the local store");
-        Ok(Bundle {
-            wasm: stored.wasm,
-            ..shipped
-        })
+        Ok(Bundle { wasm, ..shipped })
+    }
+
+    /// Keeps bytes that came with a deployment or a run until they are
+    /// stored (see [`Managed::arriving`]).
+    fn arriving(&self, hash: String, wasm: Vec<u8>) {
+        let mut arriving = lock(&self.arriving);
+        arriving.retain(|(h, _)| *h != hash);
+        arriving.push_back((hash, wasm));
+        let mut total: usize = arriving.iter().map(|(_, w)| w.len()).sum();
+        while total > ARRIVING_MAX_BYTES && arriving.len() > 1 {
+            if let Some((_, oldest)) = arriving.pop_front() {
+                total -= oldest.len();
+            }
+        }
+    }
+
+    /// Module `hash` is stored: the store serves its bytes from now on.
+    fn stored(&self, hash: &str) {
+        lock(&self.arriving).retain(|(h, _)| h != hash);
     }
 
     async fn start(
@@ -485,6 +517,7 @@ impl Managed {
         let module = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let module = me.node.load(&bundle)?;
             me.store.put(&bundle)?;
+            me.stored(&bundle.manifest.sha256_hex());
             Ok(module)
         })
         .await??;
@@ -600,6 +633,7 @@ impl Managed {
                     me.store
                         .put(&bundle)
                         .map_err(|e| failed(format!("{e:#}")))?;
+                    me.stored(&bundle.manifest.sha256_hex());
                     Ok(module)
                 })
                 .await;
@@ -730,6 +764,7 @@ pub async fn run(
     let managed = Arc::new(Managed {
         store,
         quarantined: Mutex::default(),
+        arriving: Mutex::default(),
         tampered: RefusalAlarms::open_as(&node.settings().name, &db, &integrity::TAMPERED)?,
         refusals: RefusalAlarms::open(&node.settings().name, &db)?,
         refusal_sender: Mutex::default(),
