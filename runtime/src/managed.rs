@@ -471,8 +471,11 @@ impl Managed {
             if self.store.restore(&hash, &shipped.wasm)? {
                 tracing::warn!(module = %name, %hash, "module file put back from the manager's copy");
             }
-            // Stored only once it verified and linked (in `start`), never before.
-            self.arriving(hash, shipped.wasm.clone());
+            // Stored only once it verified and linked (in `start`), never
+            // before; until then a run sent right after may need the bytes.
+            if !matches!(self.store.manifest(&hash), Ok(Some(_))) {
+                self.arriving(hash, shipped.wasm.clone());
+            }
             return Ok(shipped);
         }
         let wasm = match self.store.get(&hash)? {
