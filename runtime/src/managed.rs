@@ -473,9 +473,7 @@ impl Managed {
             }
             // Stored only once it verified and linked (in `start`), never
             // before; until then a run sent right after may need the bytes.
-            if !matches!(self.store.manifest(&hash), Ok(Some(_))) {
-                self.arriving(hash, shipped.wasm.clone());
-            }
+            self.keep_arriving(&shipped);
             return Ok(shipped);
         }
         let wasm = match self.store.get(&hash)? {
@@ -489,12 +487,16 @@ impl Managed {
         Ok(Bundle { wasm, ..shipped })
     }
 
-    /// Keeps bytes that came with a deployment or a run until they are
-    /// stored (see [`Managed::arriving`]).
-    fn arriving(&self, hash: String, wasm: Vec<u8>) {
+    /// Keeps the bytes `shipped` brings, if any, until they are stored
+    /// (see [`Managed::arriving`]); nothing for a module stored already.
+    fn keep_arriving(&self, shipped: &Bundle) {
+        let hash = shipped.manifest.sha256_hex();
+        if !shipped.has_bytes() || matches!(self.store.manifest(&hash), Ok(Some(_))) {
+            return;
+        }
         let mut arriving = lock(&self.arriving);
         arriving.retain(|(h, _)| *h != hash);
-        arriving.push_back((hash, wasm));
+        arriving.push_back((hash, shipped.wasm.clone()));
         let mut total: usize = arriving.iter().map(|(_, w)| w.len()).sum();
         while total > ARRIVING_MAX_BYTES && arriving.len() > 1 {
             if let Some((_, oldest)) = arriving.pop_front() {
@@ -849,6 +851,10 @@ pub async fn run(
                     let _ = up_tx.send(Control::DeployAck { version, problems }).await;
                 }
                 Some(Downlink::Control(Control::Run(request))) => {
+                    // Kept before the run is spawned, in the order the runs
+                    // came: the next one may come without these bytes and
+                    // start first.
+                    managed.keep_arriving(&request.module);
                     let managed = managed.clone();
                     tokio::spawn(async move { managed.run_specialist(*request).await });
                 }
