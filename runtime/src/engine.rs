@@ -456,9 +456,12 @@ fn store_cached(
     record: impl FnOnce([u8; 32]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     record(sha256(bytes))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
+    // A temporary file of its own: the same module may be compiled twice
+    // at once (two runs of one specialist).
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path)?;
     Ok(())
 }
 

@@ -272,17 +272,18 @@ impl ModuleStore {
 
     fn write_file(&self, hash: &str, bytes: &[u8]) -> Result<(), IntegrityError> {
         let path = self.path(hash);
-        let tmp = self.dir.join(format!(".{hash}.tmp{}", std::process::id()));
         let io = |source| IntegrityError::Io {
             path: path.clone(),
             source,
         };
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        // A temporary file of its own: two runs of one specialist may store
+        // the same module at once.
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
         file.write_all(bytes).map_err(io)?;
         // On disk before it is renamed into place: a crash leaves either
         // the old file or the whole new one.
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        file.as_file().sync_all().map_err(io)?;
+        file.persist(&path).map_err(|e| io(e.error))?;
         Ok(())
     }
 }
@@ -345,6 +346,32 @@ mod tests {
         assert_eq!(store.check(&hash), FileCheck::Intact);
         store.remove(&hash);
         assert!(store.held().is_empty() && !store.path(&hash).exists());
+    }
+
+    #[test]
+    fn one_module_stored_by_several_tasks_at_once_is_stored() {
+        // Two runs of one specialist, sent in one tick, store its module
+        // at the same moment (seen in CI as "module file ...: No such file").
+        let dir = tempfile::tempdir().unwrap();
+        let db = agad_storage::Database::temporary().unwrap();
+        let store =
+            ModuleStore::open(&dir.path().join("modules"), db.tree("bundles").unwrap()).unwrap();
+        for round in 0..20u8 {
+            let b = bundle(&[b'\0', b'a', b's', b'm', round]);
+            std::thread::scope(|s| {
+                let puts: Vec<_> = (0..4).map(|_| s.spawn(|| store.put(&b))).collect();
+                for put in puts {
+                    put.join().unwrap().unwrap();
+                }
+            });
+            assert_eq!(store.get(&b.manifest.sha256_hex()).unwrap().unwrap(), b);
+        }
+        let strays: Vec<_> = std::fs::read_dir(dir.path().join("modules"))
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().ok())
+            .filter(|name| !name.ends_with(".wasm"))
+            .collect();
+        assert!(strays.is_empty(), "{strays:?}");
     }
 
     #[test]
