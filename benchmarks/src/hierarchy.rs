@@ -306,16 +306,7 @@ pub fn start_dominio(
     let address = free_address()?;
     let pki_dir = pki.dir().to_str().context("the PKI path is not UTF-8")?;
     let mor = mor.to_string();
-    // Nothing is deployed here, but a station needs a publisher to trust.
-    let publisher = d.path("publisher.pub");
-    std::fs::write(
-        &publisher,
-        agad_protocol::SecretKey::generate().public().to_text(),
-    )?;
-    let publisher = publisher
-        .to_str()
-        .context("the path is not UTF-8")?
-        .to_owned();
+    let publisher = publisher_key(d)?;
     let mut args = vec![
         "dominio",
         "--pki",
@@ -334,6 +325,52 @@ pub fn start_dominio(
     args.extend_from_slice(extra);
     d.spawn(DOMINIO, &args)?;
     Ok(address.parse()?)
+}
+
+/// Starts `agad mor` as the process [`MOR`] of `d` on the bases
+/// [`simulated_domain`] prepared in its `mor/` folder, with the
+/// certificates in `pki`; its address once its admin socket is there.
+pub fn start_mor_process(d: &mut Deployment, pki: &Pki) -> anyhow::Result<SocketAddr> {
+    let address = free_address()?;
+    let pki_dir = pki.dir().to_str().context("the PKI path is not UTF-8")?;
+    let publisher = publisher_key(d)?;
+    d.spawn(
+        MOR,
+        &[
+            "mor",
+            "--pki",
+            pki_dir,
+            "--name",
+            MOR,
+            "--listen",
+            &address,
+            "--data-dir",
+            "mor",
+            "--trust",
+            &publisher,
+        ],
+    )?;
+    let socket = agad_gerente_mor::admin_socket(&d.path("mor"));
+    d.wait_for("the top manager's admin socket", |_| {
+        Ok(socket.exists().then_some(()))
+    })?;
+    Ok(address.parse()?)
+}
+
+/// The path of `d`'s publisher key, made if missing: nothing is deployed
+/// in these benchmarks, but managers need a publisher to trust.
+fn publisher_key(d: &Deployment) -> anyhow::Result<String> {
+    let publisher = d.path("publisher.pub");
+    if !publisher.exists() {
+        std::fs::write(
+            &publisher,
+            agad_protocol::SecretKey::generate().public().to_text(),
+        )?;
+    }
+    Ok(publisher
+        .to_str()
+        .context("the path is not UTF-8")?
+        .to_owned())
 }
 
 /// Bytes a simulated node read from and wrote to its socket: TLS records,

@@ -11,6 +11,7 @@
 //! Layout:
 //! - [`args`]: a tiny `--flag [value]` reader shared by the programs.
 //! - [`builtins`]: signing the built-in inspectors; their benchmark configs.
+//! - [`detection`]: a fault's onset → its alarm at the top manager.
 //! - [`hierarchy`]: a top manager and domain manager in-process, simulated
 //!   nodes with their own certificates (deploy latency, manager capacity).
 //! - [`processes`]: the `agad` binary beside the benchmarks and the
@@ -23,6 +24,7 @@
 
 pub mod args;
 pub mod builtins;
+pub mod detection;
 pub mod hierarchy;
 pub mod poller;
 pub mod processes;

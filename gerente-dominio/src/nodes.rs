@@ -548,6 +548,8 @@ fn handle(
             station.dispatch.enqueue(&alarm).map_err(storage)?;
             let new = station.bases.record_alarm(&alarm).map_err(storage)?;
             if new {
+                // Debug only, like the top manager's: BICD is the record.
+                tracing::debug!(id = %alarm.id, raised = alarm.raised, "alarm stored");
                 station
                     .outbox
                     .push(&Upward::Alarm(alarm.clone()))

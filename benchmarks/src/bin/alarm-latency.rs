@@ -1,18 +1,28 @@
 //! `alarm-latency`: how long an alarm takes from the node that raised it to
 //! its domain manager (GD) and to the top manager (GM), over loopback with
-//! mutual TLS 1.3 on every link.
+//! mutual TLS 1.3 on every link; and, beside it, how long a condition takes
+//! from its onset to the top manager with the shipped defaults (detection:
+//! the node's sampling period and `raise_after` included).
 //!
 //! **System.** A real GM, one GD station and one node as separate release
-//! `agad` processes ([`agad_tests::hierarchy`]). The node runs the
-//! `misbehave` test guest in `alarm-every-tick` mode, which raises a new
-//! alarm on every tick (`--period-ms`, 100 ms by default).
+//! `agad` processes ([`agad_tests::hierarchy`]).
 //!
-//! **What is timed.** Every alarm carries `time_ms`, when the node emitted
-//! it (after the tick; so the inspector period is not part of the figure).
+//! **Detection** (first, `--detections`, default 10): the node runs
+//! app-watch with its shipped defaults, watching a process this program
+//! starts; the process is killed at a random point of a second and
+//! restarted once the alarm cleared. Timed from the `kill` to the GM's
+//! `alarm stored` line, with the node's own raise time beside it
+//! ([`agad_benchmarks::detection`]; the `detection` benchmark does the same
+//! for four kinds of fault, as root).
+//!
+//! **Transport** (then, `--alarms`): the `misbehave` test guest is added in
+//! `alarm-every-tick` mode, a new alarm on every tick (`--period-ms`, 100
+//! ms by default). Every alarm carries `time_ms`, when the node emitted it
+//! (after the tick; so the inspector period is not part of the figure).
 //! Receipt times come from the processes' logs (`AGAD_LOG`, timestamps in
 //! µs, one clock: all processes run on this machine):
-//! - node → GD: the GD's `alarm received` debug line (first receipt);
-//! - node → GM: the GM's `alarm:` line, written when BIG stores a new alarm;
+//! - node → GD: the GD's `alarm stored` debug line (BICD stored it);
+//! - node → GM: the GM's `alarm stored` debug line (BIG stored it);
 //! - and, to see where the time goes, the node's `alarm queued` line (the
 //!   alarm is flushed to the node's outbox on disk before it is sent).
 //!
@@ -21,39 +31,44 @@
 //! up). `time_ms` has millisecond resolution and is truncated, so every
 //! latency reads up to 1 ms high (0.5 ms on average).
 //!
-//! Run (about 70 s by default):
+//! Run (about 2 minutes by default):
 //!
 //! ```sh
 //! cargo build --release -p agad -p agad-benchmarks
 //! target/release/alarm-latency
-//! target/release/alarm-latency --alarms 2000 --period-ms 50
+//! target/release/alarm-latency --alarms 2000 --period-ms 50 --detections 20
 //! ```
 
 use agad_benchmarks::args::Args;
-use agad_benchmarks::processes;
+use agad_benchmarks::detection::{self, Figures, random_phase, shipped_raise_after};
+use agad_benchmarks::hierarchy::{wait_cleared, wait_deployment_running};
+use agad_benchmarks::processes::{self, now_us};
 use agad_benchmarks::procfs::machine_load;
 use agad_benchmarks::stats::{Timings, duration};
 use agad_modules::test_guests::{MISBEHAVE_MANIFEST, MISBEHAVE_WASM};
+use agad_tests::faults::Service;
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::time::Duration;
 
 const HELP: &str =
     "alarm-latency: alarm latency node → domain manager and node → top manager (real processes)
-usage: alarm-latency [--alarms N] [--period-ms MS] [--warmup N]
+usage: alarm-latency [--quick] [--alarms N] [--period-ms MS] [--warmup N] [--detections N]
+  --quick         100 alarms, 3 detections
   --alarms N      alarms measured (default 600)
   --period-ms MS  tick period of the alarm-raising inspector (default 100)
   --warmup N      first alarms left out (default 20)
+  --detections N  watched process killed N times, onset → alarm timed (default 10)
 needs target/release/agad: cargo build --release -p agad -p agad-benchmarks";
 
-/// The GD's per-alarm receipt line is a debug line of its own crate.
-const LOG_FILTER: &str = "info,agad_gerente_dominio=debug";
+/// The managers' per-alarm lines are debug lines of their own crates.
+const LOG_FILTER: &str = "info,agad_gerente_dominio::nodes=debug,agad_gerente_mor::stations=debug";
 const STATION: &str = "s1";
 const NODE: &str = "edge-node-017";
 const MODULE: &str = "misbehave";
 /// Log lines that mark an alarm's arrival, by process.
-const GM_STORED: &str = "alarm: ";
-const GD_RECEIVED: &str = "alarm received";
+const GM_STORED: &str = "alarm stored";
+const GD_RECEIVED: &str = "alarm stored";
 const NODE_QUEUED: &str = "alarm queued";
 const GOAL_P99: Duration = Duration::from_millis(10);
 
@@ -63,35 +78,66 @@ fn main() -> anyhow::Result<()> {
         println!("{HELP}");
         return Ok(());
     }
-    let measured: usize = args.value("--alarms")?.unwrap_or(600);
+    let quick = args.flag("--quick");
+    let measured: usize = args
+        .value("--alarms")?
+        .unwrap_or(if quick { 100 } else { 600 });
     let period_ms: u64 = args.value("--period-ms")?.unwrap_or(100);
     let warmup: usize = args.value("--warmup")?.unwrap_or(20);
+    let detections: usize = args
+        .value("--detections")?
+        .unwrap_or(if quick { 3 } else { 10 });
     args.finish()?;
     if measured == 0 || period_ms == 0 {
         bail!("--alarms and --period-ms must be at least 1");
     }
 
+    let service = Service::start("al")?;
     let mut d = processes::start(LOG_FILTER)?;
+    d.publish_inspector("app-watch")?;
+    let raise_after = shipped_raise_after(&["app-watch"])?;
+    let watched = format!(
+        "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\n\n\
+         [[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\n\n\
+         [[assign]]\nmodule = \"app-watch\"\nnodes = [\"{NODE}\"]\n\
+         [assign.config]\nprocesses = \"{}\"\n",
+        service.name()
+    );
+    d.apply(&watched)?;
+    let station = d.start_station(STATION)?;
+    d.start_node(NODE, &station)?;
+    wait_deployment_running(&mut d, STATION)?;
+
+    let key = format!("proc.running:{}", service.name());
+    let mut detected = Figures::default();
+    for round in 1..=detections {
+        eprintln!("detection {round}/{detections}: watched process killed");
+        random_phase();
+        let t0 = now_us();
+        service.kill();
+        detection::measure(&mut d, NODE, &key, t0, &mut detected)?;
+        service.restart()?;
+        wait_cleared(&mut d, NODE, &key)?;
+    }
+
     let wasm =
         std::fs::read(MISBEHAVE_WASM).with_context(|| format!("reading {MISBEHAVE_WASM}"))?;
     let manifest = std::fs::read_to_string(MISBEHAVE_MANIFEST)?;
     d.publish(MODULE, &wasm, &manifest)?;
     d.apply(&format!(
-        "[[domain]]\nname = \"d1\"\nstations = [\"{STATION}\"]\n\n\
-         [[node]]\nname = \"{NODE}\"\ndomain = \"d1\"\n\n\
-         [[assign]]\nmodule = \"{MODULE}\"\nnodes = [\"{NODE}\"]\n\
+        "{watched}\n[[assign]]\nmodule = \"{MODULE}\"\nnodes = [\"{NODE}\"]\n\
          [assign.config]\nmode = \"alarm-every-tick\"\nperiod = \"{period_ms}ms\"\n"
     ))?;
-    let station = d.start_station(STATION)?;
-    d.start_node(NODE, &station)?;
 
     let wanted = warmup + measured;
     eprintln!("collecting {wanted} alarms at one per {period_ms} ms...");
+    // The detection phase's alarms and clears are stored already.
+    let before = d.log("mor").matches(GM_STORED).count();
     // Counted in the GM's log, not with `agad alarms`: a process started
     // every 250 ms would compete for the CPU with the path being measured.
     let patience = Duration::from_millis(period_ms * wanted as u64 * 2) + Duration::from_secs(120);
     d.wait_for_within(&format!("{wanted} alarms in BIG"), patience, |d| {
-        Ok((d.log("mor").matches(GM_STORED).count() >= wanted).then_some(()))
+        Ok((d.log("mor").matches(GM_STORED).count() >= before + wanted).then_some(()))
     })?;
     d.stop(NODE)?;
 
@@ -104,8 +150,8 @@ fn main() -> anyhow::Result<()> {
     let alarms = alarms.get(warmup..).unwrap_or_default();
 
     let mut legs = [
-        Leg::new("node → GD (received)", "the GD's `alarm received`"),
-        Leg::new("node → GM (stored in BIG)", "the GM's `alarm:`"),
+        Leg::new("node → GD (stored in BICD)", "the GD's `alarm stored`"),
+        Leg::new("node → GM (stored in BIG)", "the GM's `alarm stored`"),
         Leg::new("  node: emitted → queued", "the node's `alarm queued`"),
         Leg::new("  GD received → GM stored", "the GD's or the GM's log"),
     ];
@@ -146,6 +192,24 @@ fn main() -> anyhow::Result<()> {
             duration(GOAL_P99),
             if t.p99 <= GOAL_P99 { "met" } else { "MISSED" },
             duration(t.p99)
+        );
+    }
+    println!();
+    println!(
+        "== detection: onset → alarm stored at the GM, app-watch with its shipped defaults \
+         (the node's default period, raise after {raise_after} breaching samples); the watched \
+         process killed at a random point of a second =="
+    );
+    println!("{}", Figures::header());
+    println!("{}", detected.row("killed process"));
+    if let (Some((gm, node)), Some(transport)) = (detected.timings(), Timings::of(&legs[1].samples))
+    {
+        println!(
+            "of which detection on the node (onset → raised) p50 {}, transport node → GM p50 {} \
+             (from the misbehave alarms above); onset → GM p50 {}",
+            duration(node.p50),
+            duration(transport.p50),
+            duration(gm.p50)
         );
     }
     Ok(())

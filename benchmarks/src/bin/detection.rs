@@ -40,15 +40,15 @@
 //! ```
 
 use agad_benchmarks::args::Args;
+use agad_benchmarks::detection::{Figures, measure, random_phase, shipped_raise_after};
 use agad_benchmarks::hierarchy::{wait_cleared, wait_deployment_running};
-use agad_benchmarks::processes::{self, log_times, now_us};
+use agad_benchmarks::processes::{self, now_us};
 use agad_benchmarks::procfs::machine_load;
-use agad_benchmarks::stats::{Timings, duration};
+use agad_benchmarks::stats::duration;
 use agad_protocol::message::Alarm;
 use agad_tests::faults::{Hog, Service, Tmpfs};
-use agad_tests::hierarchy::Deployment;
 use agad_tests::netns::{Netns, run};
-use anyhow::{Context, bail};
+use anyhow::bail;
 use std::time::{Duration, Instant};
 
 const HELP: &str = "detection: fault onset → alarm at the top manager with the shipped defaults (real processes, root)
@@ -66,20 +66,6 @@ const GOAL_P50: Duration = Duration::from_secs(3);
 const GOAL_MAX: Duration = Duration::from_secs(5);
 /// Bytes written into the 4 MiB tmpfs: 93.75 %, above the 90 % default.
 const FILL: usize = 3840 * 1024;
-
-/// Sleeps a random part of a second, so that onsets fall anywhere between
-/// two of the node's samples.
-fn random_phase() {
-    use rand::Rng;
-    std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..1000)));
-}
-
-/// One fault's figures: onset → alarm stored at the GM, and → raised on the node.
-#[derive(Default)]
-struct Figures {
-    at_gm: Vec<Duration>,
-    on_node: Vec<Duration>,
-}
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::from_env();
@@ -149,7 +135,7 @@ fn main() -> anyhow::Result<()> {
         let hogs = (0..cores)
             .map(|_| Hog::start())
             .collect::<Result<Vec<_>, _>>()?;
-        measure(&mut d, "cpu.total", t0, &mut cpu)?;
+        measure(&mut d, NODE, "cpu.total", t0, &mut cpu)?;
         drop(hogs);
         wait_cleared(&mut d, NODE, "cpu.total")?;
 
@@ -157,7 +143,7 @@ fn main() -> anyhow::Result<()> {
         random_phase();
         let t0 = now_us();
         service.kill();
-        measure(&mut d, &watched, t0, &mut proc)?;
+        measure(&mut d, NODE, &watched, t0, &mut proc)?;
         service.restart()?;
         wait_cleared(&mut d, NODE, &watched)?;
 
@@ -166,7 +152,7 @@ fn main() -> anyhow::Result<()> {
         random_phase();
         let t0 = now_us();
         std::fs::write(&big, vec![1u8; FILL])?;
-        measure(&mut d, &filled, t0, &mut disk)?;
+        measure(&mut d, NODE, &filled, t0, &mut disk)?;
         std::fs::remove_file(&big)?;
         wait_cleared(&mut d, NODE, &filled)?;
 
@@ -174,7 +160,7 @@ fn main() -> anyhow::Result<()> {
         random_phase();
         let t0 = now_us();
         run("ip", &["-n", ns.name(), "link", "set", PEER, "down"])?;
-        measure(&mut d, &link_key, t0, &mut link)?;
+        measure(&mut d, NODE, &link_key, t0, &mut link)?;
         run("ip", &["-n", ns.name(), "link", "set", PEER, "up"])?;
         wait_cleared(&mut d, NODE, &link_key)?;
     }
@@ -186,10 +172,7 @@ fn main() -> anyhow::Result<()> {
          breaching samples at their default thresholds) =="
     );
     println!("machine: {}", machine_load());
-    println!(
-        "{:<20} {:>5} {:>10} {:>10} {:>10} {:>14}   goal",
-        "fault", "count", "p50", "p99", "max", "p50 on node"
-    );
+    println!("{}   goal", Figures::header());
     let mut all = Figures::default();
     for (name, f) in [
         ("CPU hog", &cpu),
@@ -198,8 +181,7 @@ fn main() -> anyhow::Result<()> {
         ("interface down", &link),
     ] {
         row(name, f);
-        all.at_gm.extend(&f.at_gm);
-        all.on_node.extend(&f.on_node);
+        all.extend(f);
     }
     row("all faults", &all);
     println!(
@@ -229,73 +211,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `raise_after` as the inspectors' manifests declare its default (the
-/// `default = N` line of their `[config.raise_after]` table): the figure
-/// printed is the one shipped, and all of them agree on it.
-fn shipped_raise_after(inspectors: &[&str]) -> anyhow::Result<u32> {
-    let mut shipped = None;
-    for name in inspectors {
-        let m = agad_modules::inspector(name).with_context(|| format!("no built-in {name}"))?;
-        let default = m
-            .manifest_toml
-            .split_once("[config.raise_after]")
-            .and_then(|(_, table)| {
-                table
-                    .lines()
-                    .take_while(|l| !l.starts_with('['))
-                    .find_map(|l| l.strip_prefix("default = ")?.trim().parse::<u32>().ok())
-            })
-            .with_context(|| format!("{name} declares no default raise_after"))?;
-        if shipped.is_some_and(|s| s != default) {
-            bail!("the inspectors' default raise_after differ ({name}: {default})");
-        }
-        shipped = Some(default);
-    }
-    shipped.context("no inspector")
-}
-
+/// A fault's row with its goal.
 fn row(name: &str, f: &Figures) {
-    let (Some(gm), Some(node)) = (Timings::of(&f.at_gm), Timings::of(&f.on_node)) else {
-        println!("{name:<20} no samples");
-        return;
+    let goal = match f.timings() {
+        Some((gm, _)) if gm.p50 <= GOAL_P50 && gm.max <= GOAL_MAX => "met",
+        Some(_) => "MISSED",
+        None => "",
     };
-    let met = gm.p50 <= GOAL_P50 && gm.max <= GOAL_MAX;
     println!(
-        "{name:<20} {:>5} {:>10} {:>10} {:>10} {:>14}   p50 ≤ {}, max ≤ {}: {}",
-        gm.count,
-        duration(gm.p50),
-        duration(gm.p99),
-        duration(gm.max),
-        duration(node.p50),
+        "{}   p50 ≤ {}, max ≤ {}: {goal}",
+        f.row(name),
         duration(GOAL_P50),
-        duration(GOAL_MAX),
-        if met { "met" } else { "MISSED" }
+        duration(GOAL_MAX)
     );
-}
-
-/// Waits for the first alarm of `key` raised by the node since `t0` to be
-/// in BIG, and records when the GM stored it and when the node raised it.
-fn measure(d: &mut Deployment, key: &str, t0: i64, figures: &mut Figures) -> anyhow::Result<()> {
-    let alarm = d.wait_for(&format!("`{key}` raised at the top manager"), |d| {
-        Ok(d.alarms()?
-            .into_iter()
-            .filter(|a| {
-                a.node == NODE
-                    && a.key == key
-                    && a.raised
-                    // time_ms is truncated to the millisecond.
-                    && i64::try_from(a.time_ms).unwrap_or(i64::MAX) * 1000 >= t0 - 1000
-            })
-            .min_by_key(|a| a.time_ms))
-    })?;
-    let stored = log_times(&d.log("mor"), "alarm stored")?;
-    let at = *stored
-        .get(&alarm.id)
-        .with_context(|| format!("no `alarm stored` line for {} in the GM's log", alarm.id))?;
-    let since = |us: i64| Duration::from_micros(u64::try_from(us - t0).unwrap_or(0));
-    figures.at_gm.push(since(at));
-    figures.on_node.push(since(
-        i64::try_from(alarm.time_ms).unwrap_or(i64::MAX) * 1000,
-    ));
-    Ok(())
 }
