@@ -496,7 +496,7 @@ pub async fn run(
         tokio::spawn(station.subdomains.clone().watch(shutdown.clone())),
         tokio::spawn(station.guardian.clone().run(
             station.nodes.clone(),
-            Arc::new(nodes::NodeGuardian(station.clone())),
+            Arc::new(nodes::NodeGuardian::new(station.clone())),
             shutdown.clone(),
         )),
         tokio::spawn(station.sub_guardian.clone().run(

@@ -13,7 +13,7 @@ use agad_protocol::wire::{
     Message, Queued, Replica, Role, State, Upward, encode,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The wall-clock time (Unix ms) of a monotonic instant in the past.
@@ -77,20 +77,45 @@ impl Parent for NodeParent {
 /// What the guardian of the domain's nodes needs from the station: where a
 /// node's host is (its topology address, else where it connected from),
 /// and where its alarms go (BICD, then upward like a node's own).
-pub struct NodeGuardian(pub Arc<Station>);
+pub struct NodeGuardian {
+    station: Arc<Station>,
+    /// The replica's nodes by name, with its version: the guardian locates
+    /// every silent node on every probe, and a domain with thousands of
+    /// nodes down at once must not search the list each time.
+    addresses: Mutex<(u64, HashMap<String, Option<String>>)>,
+}
+
+impl NodeGuardian {
+    pub fn new(station: Arc<Station>) -> NodeGuardian {
+        NodeGuardian {
+            station,
+            addresses: Mutex::new((0, HashMap::new())),
+        }
+    }
+}
 
 impl Sink for NodeGuardian {
     fn locate(&self, element: &str) -> Located {
-        let station = &self.0;
+        let station = &self.station;
         let Some(replica) = station.replica() else {
             return Located::Gone;
         };
         if station.is_stepped_down() || station.is_removed() {
             return Located::Gone;
         }
-        match replica.topology.nodes.iter().find(|n| n.name == element) {
-            Some(n) => Located::At {
-                host: n.address.clone(),
+        let mut addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        if addresses.0 != replica.version || addresses.1.is_empty() {
+            let by_name = replica
+                .topology
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.address.clone()))
+                .collect();
+            *addresses = (replica.version, by_name);
+        }
+        match addresses.1.get(element) {
+            Some(address) => Located::At {
+                host: address.clone(),
                 tcp_port: None,
             },
             None => Located::Gone,
@@ -98,17 +123,17 @@ impl Sink for NodeGuardian {
     }
 
     fn store(&self, alarm: Alarm) {
-        store_guardian_alarm(&self.0, alarm);
+        store_guardian_alarm(&self.station, alarm);
     }
 
     fn accusing_since(&self) -> Option<u64> {
-        self.0.confirmed_since()
+        self.station.confirmed_since()
     }
 
     /// Every node of the domain, while this station serves it (not as a
     /// standby, nor once stepped down or its domain removed).
     fn expected(&self) -> Vec<String> {
-        let station = &self.0;
+        let station = &self.station;
         match station.replica() {
             Some(replica)
                 if station.activation().is_some()

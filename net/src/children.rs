@@ -15,7 +15,7 @@
 //! publishes [`ChildEvent::Stale`] and closes the session, so its role can
 //! move on exactly as for a closed connection.
 
-use crate::conn::{Connection, NetError, Outgoing, spawn_reader};
+use crate::conn::{Connection, NetError, Outgoing, SendQueue, spawn_reader};
 use crate::liveness::{Detector, LivenessConfig, OwnLag};
 use crate::rate::{RateByKey, TokenBucket, Verdict};
 use crate::tls::PeerIdentity;
@@ -295,13 +295,31 @@ pub struct Children<T> {
     /// Children receiving a shared frame (a deployment) at once: the rest
     /// wait their wave. A child gives a frame a deadline by its size, so a
     /// deployment to thousands of nodes at once, each getting a
-    /// thousandth of the bandwidth, would time out everywhere.
+    /// thousandth of the bandwidth, would time out everywhere. A place is
+    /// held until the frame has left the socket ([`sent`]), not only the
+    /// process: the kernel's send buffer would take it all at once.
     shared_writes: Arc<Semaphore>,
 }
 
 /// How many children receive a shared frame at once (see
 /// [`Children::shared_writes`]).
 pub const SHARED_WRITES: usize = 64;
+/// A shared frame has left when at most this much of it is unacknowledged.
+const LEFT_BELOW: usize = 64 * 1024;
+/// Longest a child holds its place in a wave after its frame was written:
+/// a child that does not read must not stop the others.
+const WAVE_HOLD: Duration = Duration::from_secs(10);
+
+/// Waits (at most [`WAVE_HOLD`]) until the peer of `queue` has
+/// acknowledged all but [`LEFT_BELOW`] of what was written.
+async fn sent(queue: SendQueue) {
+    let until = tokio::time::Instant::now() + WAVE_HOLD;
+    while queue.unacknowledged().is_some_and(|n| n > LEFT_BELOW)
+        && tokio::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 impl<T: Send + 'static> Children<T> {
     pub fn new(config: ChildrenConfig) -> Children<T> {
@@ -505,6 +523,7 @@ async fn session<P: Parent>(
         mut reader,
         mut writer,
         address,
+        send_queue,
     } = connection;
     if peer.role != parent.role() {
         return Err(SessionError::Role(peer.role));
@@ -648,7 +667,7 @@ async fn session<P: Parent>(
             let mut batch = Vec::new();
             while outgoing.recv_many(&mut batch, QUEUE).await > 0 {
                 // A shared frame (a deployment) waits for its wave.
-                let _wave = if batch.iter().any(|f| matches!(f, Outgoing::Encoded(_))) {
+                let wave = if batch.iter().any(|f| matches!(f, Outgoing::Encoded(_))) {
                     shared_writes.clone().acquire_owned().await.ok()
                 } else {
                     None
@@ -658,6 +677,12 @@ async fn session<P: Parent>(
                     return;
                 }
                 batch.clear();
+                // Its place in the wave is given up once the frame has
+                // left, not once it is in the kernel's send buffer (which
+                // takes a whole deployment at once).
+                if wave.is_some() {
+                    sent(send_queue).await;
+                }
             }
             let _ = writer.shutdown().await;
         }

@@ -293,6 +293,29 @@ pub struct Connection {
     pub address: Option<std::net::SocketAddr>,
     pub reader: Reader,
     pub writer: Writer,
+    /// The kernel's send queue of the socket under `writer`.
+    pub send_queue: SendQueue,
+}
+
+/// How much of what was written on a socket its peer has not acknowledged
+/// yet: a write returns once the bytes are in the kernel's send buffer,
+/// which holds megabytes, so only this says when they have left.
+#[derive(Debug, Clone, Copy)]
+pub struct SendQueue(std::os::fd::RawFd);
+
+impl SendQueue {
+    /// Bytes written and not yet acknowledged by the peer; `None` if the
+    /// kernel does not say. Only meaningful while the socket is open: ask
+    /// from a task that holds its [`Writer`].
+    pub fn unacknowledged(&self) -> Option<usize> {
+        let mut bytes: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one c_int through the pointer, which
+        // points to one; the fd belongs to a socket kept open by the
+        // caller's writer (at worst a closed fd makes the ioctl fail).
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::ioctl(self.0, libc::TIOCOUTQ, &mut bytes) };
+        (rc == 0).then(|| usize::try_from(bytes).unwrap_or(0))
+    }
 }
 
 impl Connection {
@@ -304,6 +327,7 @@ impl Connection {
             .ok_or_else(|| NetError::Identity("peer showed no certificate".to_string()))?;
         let peer = peer_identity(cert)?;
         let address = stream.get_ref().0.peer_addr().ok();
+        let send_queue = SendQueue(std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0));
         tracing::debug!(peer = %peer.name, role = %peer.role, fingerprint = %peer.fingerprint, "TLS link up");
         let (reader, writer) = tokio::io::split(stream);
         Ok(Connection {
@@ -311,6 +335,7 @@ impl Connection {
             address,
             reader: FrameReader::new(reader),
             writer: FrameWriter::new(writer),
+            send_queue,
         })
     }
 }
@@ -392,6 +417,44 @@ mod tests {
 
     fn ack(seq: u64) -> Message {
         Message::Control(Control::Ack { seqs: vec![seq] })
+    }
+
+    #[tokio::test]
+    async fn the_send_queue_holds_what_the_peer_has_not_acknowledged() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let queue = SendQueue(std::os::fd::AsRawFd::as_raw_fd(&client));
+        assert_eq!(queue.unacknowledged(), Some(0));
+
+        // The peer reads nothing: once its receive window is closed, what
+        // is written waits in the sender's queue, unacknowledged.
+        let chunk = vec![7u8; 1 << 20];
+        let mut written = 0;
+        loop {
+            match client.try_write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let waiting = queue.unacknowledged().unwrap();
+        assert!(waiting > 0 && waiting <= written, "{waiting} of {written}");
+
+        // Once the peer has read it all, nothing is left.
+        let mut read = vec![0u8; written];
+        server.read_exact(&mut read).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while queue.unacknowledged() != Some(0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                queue.unacknowledged()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn header(len: u32, version: u16) -> Vec<u8> {

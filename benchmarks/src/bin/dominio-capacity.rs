@@ -6,14 +6,17 @@
 //! `agad mor` processes (the release binary beside this one), so that
 //! `/proc/<pid>/stat` gives the CPU of each alone. The top manager's bases
 //! are prepared before it starts: the station and every node enrolled and
-//! active, and a topology with all the nodes in one domain and nothing
-//! assigned (deploying is what `deploy-latency` measures). The nodes are
+//! active. Each level's topology (`agad topology apply`) lists that level's
+//! nodes in one domain, nothing assigned (deploying is what
+//! `deploy-latency` measures): a node listed but absent would be diagnosed
+//! and alarmed about by the guardian, which is not the load measured here. The nodes are
 //! simulated in this process (see `agad_benchmarks::hierarchy`): each has
 //! its own certificate, connects with mutual TLS, acknowledges its
 //! deployment and then loads the managers as a managed `agad node` with
 //! the five built-in inspectors does:
 //! - a keep-alive every 10 s (the first carries its five modules' states,
-//!   later ones are empty, as `agad node` does when nothing changed);
+//!   later ones are empty, as `agad node` does when nothing changed), and
+//!   an answer to the guardian's attestation challenge once a minute;
 //! - once a minute, one batch of five reports, one per inspector, shaped
 //!   like theirs on a host with two mounts, two interfaces and two watched
 //!   processes (27 summaries: cpu-mem 5, disk-space 2, if-health 12,
@@ -286,6 +289,12 @@ async fn ramp(
     options: &Options,
 ) -> anyhow::Result<Vec<Row>> {
     let mor_address = hierarchy::start_mor_process(d, pki)?;
+    // The topology lists only the nodes of the level being measured: a
+    // node listed and absent is one the guardian diagnoses and alarms
+    // about, which is not the load measured here.
+    let names: Vec<String> = nodes.iter().map(|(name, _)| name.clone()).collect();
+    let first = options.levels.first().copied().unwrap_or_default();
+    d.apply(&hierarchy::topology_text(&names[..first], &[]))?;
     let dominio = hierarchy::start_dominio(d, pki, mor_address, &[])?;
 
     let (joined_tx, mut joined) = mpsc::unbounded_channel();
@@ -307,6 +316,9 @@ async fn ramp(
     let mut connected = 0;
     let mut rows = Vec::new();
     for &level in &options.levels {
+        if level > first {
+            d.apply(&hierarchy::topology_text(&names[..level], &[]))?;
+        }
         let connecting = Instant::now();
         for (index, (name, tls)) in nodes.by_ref().take(level - connected) {
             tasks.spawn(node(index, name, tls, shared.clone()));
@@ -506,6 +518,16 @@ async fn serve(
                 }
                 // The manager answers every keep-alive.
                 Some(Message::Control(Control::KeepAlive { .. })) => {}
+                // Its guardian's challenge, once a minute: answered as a
+                // node holding no module (none is assigned here).
+                Some(Message::Control(Control::Attest { nonce })) => {
+                    let answer = agad_protocol::attest::Attestation {
+                        nonce,
+                        modules: Vec::new(),
+                        quarantined: Vec::new(),
+                    };
+                    send(&mut link, Control::Attestation(Box::new(answer))).await?;
+                }
                 Some(other) => bail!("unexpected from the domain manager: {other:?}"),
                 None => bail!("the domain manager closed the link"),
             },
