@@ -38,6 +38,8 @@ pub enum NetError {
     Timeout,
     #[error("a frame of {len} bytes did not arrive within {} s", .after.as_secs())]
     FrameTimeout { len: usize, after: Duration },
+    #[error("the peer did not take {len} bytes within {} s", .after.as_secs())]
+    SendTimeout { len: usize, after: Duration },
 }
 
 /// A frame body grows by at most this much per read (and by less while
@@ -255,24 +257,40 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// once for many receivers ([`Outgoing::Encoded`]) written from their
     /// shared bytes, without a copy per receiver. Small frames between
     /// large ones still leave together.
+    ///
+    /// The peer must take them as a reader would have them arrive: within
+    /// [`FRAME_TIMEOUT`] and a second per [`FRAME_MIN_RATE`] bytes. A peer
+    /// that stops reading while it keeps talking would otherwise hold this
+    /// writer, and a place in a deployment's wave, for ever.
     pub async fn send_outgoing(&mut self, frames: &[Outgoing]) -> Result<(), NetError> {
+        // Messages encoded and gathered between the shared frames.
+        let mut pieces: Vec<std::borrow::Cow<'_, [u8]>> = Vec::new();
         let mut bytes = Vec::new();
         for frame in frames {
             match frame {
                 Outgoing::Message(message) => bytes.extend_from_slice(&encode(message)?),
                 Outgoing::Encoded(shared) => {
                     if !bytes.is_empty() {
-                        self.inner.write_all(&bytes).await?;
-                        bytes.clear();
+                        pieces.push(std::mem::take(&mut bytes).into());
                     }
-                    self.inner.write_all(shared).await?;
+                    pieces.push(shared[..].into());
                 }
             }
         }
         if !bytes.is_empty() {
-            self.inner.write_all(&bytes).await?;
+            pieces.push(bytes.into());
         }
-        self.inner.flush().await?;
+        let len = pieces.iter().map(|p| p.len()).sum();
+        let after = FRAME_TIMEOUT + allowance(len);
+        let write = async {
+            for piece in &pieces {
+                self.inner.write_all(piece).await?;
+            }
+            self.inner.flush().await
+        };
+        tokio::time::timeout(after, write)
+            .await
+            .map_err(|_| NetError::SendTimeout { len, after })??;
         Ok(())
     }
 
@@ -417,6 +435,23 @@ mod tests {
 
     fn ack(seq: u64) -> Message {
         Message::Control(Control::Ack { seqs: vec![seq] })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_is_given_up_on() {
+        // Its end of the pipe is kept open and never read: the write waits.
+        let (ours, _theirs) = tokio::io::duplex(4096);
+        let mut writer = FrameWriter::new(ours);
+        let frame: Arc<[u8]> = vec![0u8; 1 << 20].into();
+        let err = writer
+            .send_outgoing(&[Outgoing::Encoded(frame), ack(1).into()])
+            .await
+            .unwrap_err();
+        let NetError::SendTimeout { len, after } = err else {
+            panic!("{err}")
+        };
+        assert!(len > 1 << 20, "{len}");
+        assert_eq!(after, FRAME_TIMEOUT + Duration::from_secs(16));
     }
 
     #[tokio::test]
