@@ -52,8 +52,8 @@ pub fn header(len: usize) -> [u8; HEADER_LEN] {
 /// Returns the message kind when the body decoded.
 pub fn check_body(body: &[u8]) -> Option<MessageKind> {
     let any = wire::decode_body(body);
-    let from_parent = wire::decode_body_from(body, Sender::Parent);
-    let from_child = wire::decode_body_from(body, Sender::Child);
+    let from_parent = wire::decode_body_from(body, Sender::Parent, &mut wire::History::default());
+    let from_child = wire::decode_body_from(body, Sender::Child, &mut wire::History::default());
     for result in [&any, &from_parent, &from_child] {
         if let Err(e) = result {
             check_error(e);

@@ -2,7 +2,9 @@
 //!
 //! Every attestation period it sends each connected node a fresh nonce
 //! ([`Control::Attest`]); at most one is outstanding per node, and an
-//! answer is due within [`deadline`]. The answer's proofs are checked
+//! answer is due within [`deadline`] and the time the challenge may wait
+//! to ride on the next frame to the node and the answer on its next
+//! keep-alive's slot (so that attesting costs no record of its own). The answer's proofs are checked
 //! against the bytes in BC ([`agad_protocol::attest::verify`]); an answer
 //! for another nonce (stale or replayed) is refused. A module whose proof
 //! does not match, or that the node quarantined itself, is redeployed to
@@ -28,6 +30,7 @@
 use crate::Station;
 use agad_guardian::raised::Raised;
 use agad_net::children::{ChildEvent, ChildRef};
+use agad_net::liveness::PARENT_EVERY;
 use agad_protocol::Area;
 use agad_protocol::attest::{self, Attestation, Ledger, Nonce};
 use agad_protocol::message::{RUNTIME_MODULE, RuntimeAlarm, Severity};
@@ -144,8 +147,13 @@ fn attest_all(station: &Station, every: Duration) {
     let nodes = station.nodes.lock();
     let ledger = &station.attestations.nodes;
     for (name, entry) in nodes.iter() {
+        // The challenge rides on the next frame to the node (at most
+        // `PARENT_EVERY` intervals later: the acknowledgement of its next
+        // reports, usually) and the answer in its next keep-alive's place
+        // (`net::uplink`): neither costs a record of its own.
+        let due = due + entry.keepalive() * (PARENT_EVERY + 1);
         let overdue = ledger.ask(name, entry.session, due, crate::now_ms(), |nonce| {
-            entry.send(Message::Control(Control::Attest { nonce }))
+            entry.send_with_next(Message::Control(Control::Attest { nonce }))
         });
         if overdue {
             tracing::warn!(node = %name, "no attestation answer within {} s", due.as_secs());

@@ -17,6 +17,7 @@
 use crate::Mor;
 use agad_guardian::raised::Raised;
 use agad_net::children::ChildRef;
+use agad_net::liveness::PARENT_EVERY;
 use agad_protocol::Area;
 use agad_protocol::attest::{self, Attestation, Ledger};
 use agad_protocol::message::{RUNTIME_MODULE, RuntimeAlarm, Severity};
@@ -79,11 +80,15 @@ fn attest_all(mor: &Mor, every: Duration) {
         if !e.data.is_serving() {
             continue;
         }
+        // The challenge rides on the next frame to the station (at most
+        // `PARENT_EVERY` intervals later) and the answer in its next
+        // keep-alive's place (`net::uplink`).
+        let due = due + e.keepalive() * (PARENT_EVERY + 1);
         let overdue =
             mor.attestations
                 .stations
                 .ask(name, e.session, due, crate::now_ms(), |nonce| {
-                    e.send(Message::Control(Control::Attest { nonce }))
+                    e.send_with_next(Message::Control(Control::Attest { nonce }))
                 });
         if overdue {
             tracing::warn!(station = %name, "no attestation answer within {} s", due.as_secs());

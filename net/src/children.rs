@@ -15,8 +15,8 @@
 //! publishes [`ChildEvent::Stale`] and closes the session, so its role can
 //! move on exactly as for a closed connection.
 
-use crate::conn::{Connection, NetError, Outgoing, SendQueue, spawn_reader};
-use crate::liveness::{Detector, LivenessConfig, OwnLag};
+use crate::conn::{Connection, NetError, Outgoing, SendQueue, sleep_until_some, spawn_reader};
+use crate::liveness::{Detector, LivenessConfig, OwnLag, PARENT_EVERY};
 use crate::rate::{RateByKey, TokenBucket, Verdict};
 use crate::tls::PeerIdentity;
 use crate::waiting::{TooManyWaiting, Waiting};
@@ -255,6 +255,13 @@ impl<T> Entry<T> {
         self.to_child.try_send(message.into()).is_ok()
     }
 
+    /// Queues a frame that waits for the next one to the child and leaves
+    /// with it, or after [`PARENT_EVERY`] of the child's intervals at the
+    /// latest (see [`Outgoing::WithNext`]); false as for [`Entry::send`].
+    pub fn send_with_next(&self, message: Message) -> bool {
+        self.to_child.try_send(Outgoing::WithNext(message)).is_ok()
+    }
+
     /// Queues a frame encoded once for many children (see
     /// [`Outgoing::Encoded`]); false as for [`Entry::send`].
     pub fn send_encoded(&self, frame: Arc<[u8]>) -> bool {
@@ -263,6 +270,11 @@ impl<T> Entry<T> {
 
     pub fn last_heard(&self) -> Instant {
         self.detector.last_heard()
+    }
+
+    /// The keep-alive interval the child promised.
+    pub fn keepalive(&self) -> Duration {
+        self.detector.interval()
     }
 
     /// Connected, with the names of its unhealthy components.
@@ -660,23 +672,54 @@ async fn session<P: Parent>(
     }
 
     let shared_writes = children.shared_writes.clone();
+    // When the writer last wrote to the child (ms after `opened`): a
+    // keep-alive is answered only if nothing else went for a while.
+    let opened = Instant::now();
+    let wrote = Arc::new(AtomicU64::new(0));
+    let wrote_at = wrote.clone();
+    let hold = hello.keepalive * PARENT_EVERY;
     let writing = tokio::spawn(
         async move {
             // What is queued together leaves in one write: one TLS record
             // and usually one segment (an ack and a deployment, say).
             let mut batch = Vec::new();
-            while outgoing.recv_many(&mut batch, QUEUE).await > 0 {
+            // Frames in no hurry, waiting for company until `until`.
+            let mut waiting: Vec<Outgoing> = Vec::new();
+            let mut until: Option<tokio::time::Instant> = None;
+            loop {
+                let late = tokio::select! {
+                    n = outgoing.recv_many(&mut batch, QUEUE) => {
+                        if n == 0 {
+                            break;
+                        }
+                        false
+                    }
+                    () = sleep_until_some(until) => true,
+                };
+                let (patient, now): (Vec<_>, Vec<_>) = std::mem::take(&mut batch)
+                    .into_iter()
+                    .partition(|f| matches!(f, Outgoing::WithNext(_)));
+                if !patient.is_empty() {
+                    until.get_or_insert_with(|| tokio::time::Instant::now() + hold);
+                    waiting.extend(patient);
+                }
+                if now.is_empty() && !late {
+                    continue;
+                }
+                let mut frames = std::mem::take(&mut waiting);
+                frames.extend(now);
+                until = None;
                 // A shared frame (a deployment) waits for its wave.
-                let wave = if batch.iter().any(|f| matches!(f, Outgoing::Encoded(_))) {
+                let wave = if frames.iter().any(|f| matches!(f, Outgoing::Encoded(_))) {
                     shared_writes.clone().acquire_owned().await.ok()
                 } else {
                     None
                 };
-                if let Err(e) = writer.send_outgoing(&batch).await {
+                if let Err(e) = writer.send_outgoing(&frames).await {
                     tracing::info!("write to child failed: {e}");
                     return;
                 }
-                batch.clear();
+                wrote_at.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
                 // Its place in the wave is given up once the frame has
                 // left, not once it is in the kernel's send buffer (which
                 // takes a whole deployment at once).
@@ -723,10 +766,20 @@ async fn session<P: Parent>(
         let handled = match message {
             Message::Control(Control::KeepAlive { components }) => {
                 keep_alive(children, &child, components);
-                // The answer lets the child watch its parent's liveness.
-                Ok(Some(Message::Control(Control::KeepAlive {
-                    components: Vec::new(),
-                })))
+                // The child watches its parent by what it writes: answered
+                // when nothing else went to it for all but half an interval
+                // of `PARENT_EVERY` (acknowledgements of a window's reports,
+                // commands and challenges usually do; a node whose window is
+                // `PARENT_EVERY` intervals gets none).
+                let quiet = opened
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(wrote.load(Ordering::Relaxed)));
+                let answer_after = child.keepalive * PARENT_EVERY - child.keepalive / 2;
+                Ok((quiet >= answer_after).then(|| {
+                    Message::Control(Control::KeepAlive {
+                        components: Vec::new(),
+                    })
+                }))
             }
             _ => {
                 let wait = pace.take(Instant::now());

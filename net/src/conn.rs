@@ -10,8 +10,8 @@
 use crate::tls::{PeerIdentity, peer_identity, server_name};
 use agad_protocol::text::{EXCERPT, excerpt};
 use agad_protocol::wire::{
-    CodecError, HEADER_LEN, MAX_FRAME_LEN, Message, Sender, decode_body, decode_body_from,
-    decode_header, encode,
+    CodecError, HEADER_LEN, History, MAX_FRAME_LEN, Message, Sender, decode_body_after,
+    decode_body_from, decode_header, encode_after,
 };
 use rustls::ClientConfig;
 use std::sync::Arc;
@@ -72,6 +72,8 @@ pub struct FrameReader<R> {
     max_frame: usize,
     /// When the frame being read must be complete.
     deadline: Option<tokio::time::Instant>,
+    /// The bodies read so far, which the next may refer back to.
+    history: History,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -86,6 +88,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             from: None,
             max_frame: MAX_FRAME_LEN,
             deadline: None,
+            history: History::default(),
         }
     }
 
@@ -166,9 +169,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let mut body = std::mem::take(&mut self.body);
         body.truncate(self.body_len);
         Ok(Some(match self.from {
-            Some(from) => decode_body_from(&body, from)?,
-            None => decode_body(&body)?,
+            Some(from) => decode_body_from(&body, from, &mut self.history)?,
+            None => decode_body_after(&body, &mut self.history)?,
         }))
+    }
+}
+
+/// Resolves at `due`, never if there is none.
+pub(crate) async fn sleep_until_some(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -206,6 +217,8 @@ fn truncated() -> NetError {
 /// Sends whole messages to a byte stream.
 pub struct FrameWriter<W> {
     inner: W,
+    /// The bodies written so far, which the next may refer back to.
+    history: History,
 }
 
 /// A frame waiting for a child's writer.
@@ -219,6 +232,11 @@ pub enum Outgoing {
     /// encoded once and shared by every child it goes to: a domain's
     /// deployment to thousands of nodes is one buffer, not one each.
     Encoded(Arc<[u8]>),
+    /// A message in no hurry: it waits for the next frame to the same
+    /// peer and leaves in the same write (one record, one segment, one
+    /// acknowledgement), for at most as long as the writer allows (an
+    /// attestation challenge rides on the next acknowledgement of reports).
+    WithNext(Message),
 }
 
 impl From<Message> for Outgoing {
@@ -229,14 +247,19 @@ impl From<Message> for Outgoing {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner }
+        FrameWriter {
+            inner,
+            history: History::default(),
+        }
     }
 
     /// Writes one frame and flushes it: alarms must not wait in a buffer.
     /// Not cancel-safe: a `send` dropped midway leaves half a frame behind,
     /// after which the connection must be dropped.
     pub async fn send(&mut self, message: &Message) -> Result<(), NetError> {
-        self.inner.write_all(&encode(message)?).await?;
+        self.inner
+            .write_all(&encode_after(message, &mut self.history)?)
+            .await?;
         self.inner.flush().await?;
         Ok(())
     }
@@ -246,7 +269,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn send_all(&mut self, messages: &[Message]) -> Result<(), NetError> {
         let mut bytes = Vec::new();
         for message in messages {
-            bytes.extend_from_slice(&encode(message)?);
+            bytes.extend_from_slice(&encode_after(message, &mut self.history)?);
         }
         self.inner.write_all(&bytes).await?;
         self.inner.flush().await?;
@@ -268,7 +291,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let mut bytes = Vec::new();
         for frame in frames {
             match frame {
-                Outgoing::Message(message) => bytes.extend_from_slice(&encode(message)?),
+                Outgoing::Message(message) | Outgoing::WithNext(message) => {
+                    bytes.extend_from_slice(&encode_after(message, &mut self.history)?)
+                }
                 Outgoing::Encoded(shared) => {
                     if !bytes.is_empty() {
                         pieces.push(std::mem::take(&mut bytes).into());
@@ -333,6 +358,32 @@ impl SendQueue {
         #[allow(unsafe_code)]
         let rc = unsafe { libc::ioctl(self.0, libc::TIOCOUTQ, &mut bytes) };
         (rc == 0).then(|| usize::try_from(bytes).unwrap_or(0))
+    }
+
+    /// Has the kernel close the connection when what was written stays
+    /// unacknowledged for longer than `after` (`TCP_USER_TIMEOUT`): a peer
+    /// whose host is gone or cut off is found by the next frame written to
+    /// it, without its having to answer that frame.
+    pub fn give_up_unacknowledged_after(&self, after: Duration) -> std::io::Result<()> {
+        let ms = libc::c_uint::try_from(after.as_millis()).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: TCP_USER_TIMEOUT reads one c_uint through the pointer,
+        // which points to one of the size given; the fd is a TCP socket
+        // kept open by the caller (at worst a closed fd makes it fail).
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            libc::setsockopt(
+                self.0,
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&ms as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 }
 
@@ -431,7 +482,7 @@ pub fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use agad_protocol::wire::{Control, MAX_FRAME_LEN, MessageKind, PROTOCOL_VERSION};
+    use agad_protocol::wire::{Control, MAX_FRAME_LEN, MessageKind, PROTOCOL_VERSION, encode};
 
     fn ack(seq: u64) -> Message {
         Message::Control(Control::Ack { seqs: vec![seq] })

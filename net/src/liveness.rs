@@ -33,6 +33,16 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// A parent writes to each child at least once every this many of the
+/// child's keep-alive intervals: it answers a keep-alive only when it has
+/// sent that child nothing else for most of that time. Every answer costs
+/// a record and the child's acknowledgement of it on the wire, and a
+/// parent's acknowledgements of reports and alarms, commands and
+/// attestation challenges usually come more often; a gone parent host is
+/// found by TCP (unacknowledged keep-alives), a stuck parent by what it
+/// does not acknowledge.
+pub const PARENT_EVERY: u32 = 6;
+
 /// How a link judges silence.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LivenessConfig {

@@ -4,12 +4,14 @@
 //! and hand down whatever the parent commands. Alarms go at once; reports
 //! are gathered for a moment so that a window's reports leave in one
 //! record, and whatever waits rides along with what goes. A keep-alive goes
-//! only when nothing else was sent for a whole interval. Reconnects with back-off and jitter; on every new
-//! connection the unacknowledged outbox is replayed in
-//! order, once.
+//! only when nothing else was sent for a whole interval, and the parent
+//! answers one only when it wrote nothing else for a while
+//! ([`PARENT_EVERY`]), so a quiet link costs the child's keep-alive and the
+//! TCP acknowledgement of it. Reconnects with back-off and jitter; on every
+//! new connection the unacknowledged outbox is replayed in order, once.
 
-use crate::conn::{self, FrameWriter, spawn_reader};
-use crate::liveness::{Detector, LivenessConfig, OwnLag};
+use crate::conn::{self, FrameWriter, sleep_until_some, spawn_reader};
+use crate::liveness::{Detector, LivenessConfig, OwnLag, PARENT_EVERY};
 use crate::outbox::{Class, Outbox};
 use crate::tls::PeerIdentity;
 use agad_protocol::text::excerpt;
@@ -219,6 +221,14 @@ async fn session(
     let connected = conn::connect(address, config.tls.clone())
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    // A parent whose host is gone or cut off is found by the next frame
+    // that goes unacknowledged, without its answering every keep-alive.
+    if let Err(e) = connected
+        .send_queue
+        .give_up_unacknowledged_after(unacknowledged_for(config.keepalive))
+    {
+        tracing::debug!("cannot bound unacknowledged data on the parent link: {e}");
+    }
     let (peer, mut reader, mut writer) = (connected.peer, connected.reader, connected.writer);
     reader.set_sender(Sender::Parent);
     // Checked before a single frame goes out: any certificate of the CA
@@ -298,19 +308,27 @@ async fn session(
     // Keep-alives repeat the component list only when it changed: most of
     // a quiet node's traffic is keep-alives, so they must stay small.
     let mut last_components: Option<Vec<ComponentStatus>> = None;
-    // The parent answers every frame: a parent that stops answering
-    // (stopped process, partition) is left for the next address.
-    let liveness = LivenessConfig::new(config.keepalive);
+    // A parent that stops writing or acknowledging (stopped process, stuck
+    // disk) is left for the next address. It writes at least every
+    // `PARENT_EVERY` intervals (answering a keep-alive when it had nothing
+    // else to say), and acknowledges what we send within
+    // `ACKNOWLEDGED_WITHIN` intervals; a gone host is the kernel's to find
+    // (above), a closed process's the connection's.
+    let liveness = LivenessConfig::new(config.keepalive * PARENT_EVERY);
     let mut parent_alive = Detector::new(liveness, Instant::now());
-    let mut own_lag = OwnLag::new(config.keepalive * 3, liveness.check_every() / 2);
-    let mut check = tokio::time::interval(liveness.check_every());
+    let check_every = LivenessConfig::new(config.keepalive).check_every();
+    let mut own_lag = OwnLag::new(config.keepalive * 3, check_every / 2);
+    let mut check = tokio::time::interval(check_every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check_due = Instant::now();
-    // A keep-alive goes only when nothing the parent answers (reports,
-    // alarms: acknowledged) went for a whole interval: they prove both
-    // ends alive just as well. Commands (deployment progress, results) are
-    // not answered, so they do not count.
+    // Since when something the parent acknowledges (alarms, reports) went
+    // without an acknowledgement coming back.
+    let mut unacknowledged_since: Option<Instant> = None;
+    // A keep-alive goes only when nothing was sent for a whole interval:
+    // any frame proves this end alive just as well.
     let mut last_sent = tokio::time::Instant::now();
+    // Frames that wait for the next keep-alive's slot and go in its place.
+    let mut next_slot: Vec<Message> = Vec::new();
     // The component list is looked at every interval even while other
     // frames flow, so a change goes up within one interval.
     let mut status_check = tokio::time::interval(config.keepalive);
@@ -322,7 +340,12 @@ async fn session(
     let gather = (config.keepalive / 4).min(GATHER_MAX);
     let mut reports_due: Option<tokio::time::Instant> = None;
     // Everything unacknowledged goes at once on a new connection (the replay).
-    sent.drain(outbox, &mut writer, Drain::Everything).await?;
+    if sent
+        .drain(outbox, &mut writer, Drain::Everything, &mut next_slot)
+        .await?
+    {
+        unacknowledged_since = Some(Instant::now());
+    }
     loop {
         let keepalive_due = last_sent + config.keepalive;
         tokio::select! {
@@ -334,6 +357,7 @@ async fn session(
                 Some(Ok(Message::Control(Control::KeepAlive { .. }))) => {}
                 Some(Ok(Message::Control(Control::Ack { seqs }))) => {
                     outbox.ack(&seqs).map_err(|e| e.to_string())?;
+                    unacknowledged_since = None;
                 }
                 Some(Ok(Message::Control(Control::Redirect { domain, parents }))) => {
                     return redirect(domain, parents);
@@ -350,7 +374,7 @@ async fn session(
             _ = check.tick() => {
                 let now = Instant::now();
                 let lag = own_lag.tick(check_due, now);
-                check_due = now + liveness.check_every();
+                check_due = now + check_every;
                 if parent_alive.is_stale(now, lag) {
                     return Err(format!(
                         "parent `{}` silent for {} ms",
@@ -358,12 +382,22 @@ async fn session(
                         now.saturating_duration_since(parent_alive.last_heard()).as_millis()
                     ));
                 }
+                if let Some(since) = unacknowledged_since
+                    && now.saturating_duration_since(since) > config.keepalive * ACKNOWLEDGED_WITHIN + lag
+                {
+                    return Err(format!(
+                        "parent `{}` silent: nothing acknowledged for {} ms",
+                        peer.name,
+                        now.saturating_duration_since(since).as_millis()
+                    ));
+                }
             }
             () = outbox.wait_queued() => {
                 // Alarms at once (with whatever reports wait, in the same
                 // record); reports alone after the gathering delay.
-                if sent.drain(outbox, &mut writer, Drain::Urgent).await? {
+                if sent.drain(outbox, &mut writer, Drain::Urgent, &mut next_slot).await? {
                     last_sent = tokio::time::Instant::now();
+                    unacknowledged_since.get_or_insert_with(Instant::now);
                     reports_due = None;
                 } else if reports_due.is_none() && sent.reports_waiting(outbox)? {
                     reports_due = Some(tokio::time::Instant::now() + gather);
@@ -371,21 +405,31 @@ async fn session(
             }
             () = sleep_until_some(reports_due) => {
                 reports_due = None;
-                if sent.drain(outbox, &mut writer, Drain::Everything).await? {
+                if sent.drain(outbox, &mut writer, Drain::Everything, &mut next_slot).await? {
                     last_sent = tokio::time::Instant::now();
+                    unacknowledged_since.get_or_insert_with(Instant::now);
                 }
             }
             command = commands.recv() => match command {
-                Some(c) => writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?,
+                // An attestation answer has a whole attestation period to
+                // arrive: it takes the next keep-alive's place instead of
+                // costing a record (and its acknowledgement) of its own.
+                Some(answer @ Control::Attestation(_)) if next_slot.len() < MAX_NEXT_SLOT => {
+                    next_slot.push(Message::Control(answer));
+                }
+                Some(c) => {
+                    writer.send(&Message::Control(c)).await.map_err(|e| e.to_string())?;
+                    last_sent = tokio::time::Instant::now();
+                }
                 None => return Ok(Session::Admitted),
             },
             _ = status_check.tick() => {
                 let components = element.components();
                 if last_components.as_ref() != Some(&components) {
-                    writer
-                        .send(&Message::Control(Control::KeepAlive { components: components.clone() }))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    tracing::debug!(changed = ?changed_components(last_components.as_deref(), &components), "components changed");
+                    let mut frames = std::mem::take(&mut next_slot);
+                    frames.push(Message::Control(Control::KeepAlive { components: components.clone() }));
+                    writer.send_all(&frames).await.map_err(|e| e.to_string())?;
                     last_sent = tokio::time::Instant::now();
                     last_components = Some(components);
                 }
@@ -394,27 +438,53 @@ async fn session(
             // `gather` late).
             _ = tokio::time::sleep_until(keepalive_due), if reports_due.is_none() => {
                 last_sent = tokio::time::Instant::now();
-                if sent.drain(outbox, &mut writer, Drain::Everything).await? {
+                if sent.drain(outbox, &mut writer, Drain::Everything, &mut next_slot).await? {
+                    unacknowledged_since.get_or_insert_with(Instant::now);
                     continue;
                 }
                 let components = element.components();
                 let changed = last_components.as_ref() != Some(&components);
-                let status = Control::KeepAlive {
-                    components: if changed { components.clone() } else { Vec::new() },
-                };
-                writer.send(&Message::Control(status)).await.map_err(|e| e.to_string())?;
+                if changed {
+                    tracing::debug!(changed = ?changed_components(last_components.as_deref(), &components), "components changed");
+                }
+                let mut frames = std::mem::take(&mut next_slot);
+                if frames.is_empty() || changed {
+                    frames.push(Message::Control(Control::KeepAlive {
+                        components: if changed { components.clone() } else { Vec::new() },
+                    }));
+                }
+                writer.send_all(&frames).await.map_err(|e| e.to_string())?;
                 last_components = Some(components);
             }
         }
     }
 }
 
-/// Resolves at `due`, never if there is none.
-async fn sleep_until_some(due: Option<tokio::time::Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
+/// The components in `now` that `before` did not hold as they are.
+fn changed_components<'a>(
+    before: Option<&[ComponentStatus]>,
+    now: &'a [ComponentStatus],
+) -> Vec<&'a ComponentStatus> {
+    now.iter()
+        .filter(|c| !before.is_some_and(|b| b.contains(c)))
+        .collect()
+}
+
+/// Most frames waiting for the keep-alive's slot (a parent asks for one
+/// attestation at a time; more go at once).
+const MAX_NEXT_SLOT: usize = 4;
+
+/// Intervals within which the parent acknowledges an alarm or a report.
+const ACKNOWLEDGED_WITHIN: u32 = 3;
+
+/// How long written data may stay unacknowledged by the parent's host
+/// before the kernel closes the link: one and a half intervals, never under
+/// 5 s (TCP's retransmissions back off from 200 ms: 5 s is five of them, so
+/// a lossy link is not taken for a cut one). A keep-alive goes every
+/// interval, so a gone host is found 1.5 to 2.5 intervals after it went
+/// (at 10 s), as soon as a silence used to be.
+fn unacknowledged_for(keepalive: Duration) -> Duration {
+    (keepalive * 3 / 2).max(Duration::from_secs(5))
 }
 
 /// How far this connection has sent each class of the outbox.
@@ -444,13 +514,15 @@ impl Sent {
     /// (one frame each) and reports (one frame per batch), all in one
     /// write — one TLS record — per round, alarms first, re-checked between
     /// rounds. [`Drain::Urgent`] sends only if an alarm or a whole batch
-    /// of reports waits (and then the reports waiting ride along). True if
+    /// of reports waits (and then the reports waiting ride along). `riding`
+    /// (frames waiting for a slot) goes in the first write. True if
     /// anything went out.
     async fn drain<W: AsyncWrite + Unpin>(
         &mut self,
         outbox: &Outbox,
         writer: &mut FrameWriter<W>,
         what: Drain,
+        riding: &mut Vec<Message>,
     ) -> Result<bool, String> {
         let mut any = false;
         loop {
@@ -464,16 +536,15 @@ impl Sent {
             if (alarms.is_empty() && reports.is_empty()) || (what == Drain::Urgent && !urgent) {
                 return Ok(any);
             }
-            let mut frames: Vec<Message> = alarms
-                .into_iter()
-                .map(|entry| {
-                    self.alarms = entry.seq;
-                    Message::Alarm(Queued {
-                        seq: entry.seq,
-                        body: entry.body,
-                    })
+            // Whatever waits for a slot rides along (first, as it came first).
+            let mut frames: Vec<Message> = std::mem::take(riding);
+            frames.extend(alarms.into_iter().map(|entry| {
+                self.alarms = entry.seq;
+                Message::Alarm(Queued {
+                    seq: entry.seq,
+                    body: entry.body,
                 })
-                .collect();
+            }));
             if !reports.is_empty() {
                 let batch: Vec<Queued> = reports
                     .into_iter()

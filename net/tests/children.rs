@@ -390,7 +390,8 @@ async fn a_child_that_keeps_alive_is_never_stale() {
         matches!(e, ChildEvent::Connected(_))
     })
     .await;
-    // Fifteen keep-alive intervals: every one answered, none judged late.
+    // Fifteen keep-alive intervals, none judged late by either end (the
+    // parent answers only some of them: `a_parent_answers_a_keep_alive_…`).
     let mut keep_alives = 0;
     while keep_alives < 15 {
         match next_event(&mut events, "keep-alive", |_| true).await {
@@ -405,8 +406,154 @@ async fn a_child_that_keeps_alive_is_never_stale() {
     level.stop.send(true).unwrap();
 }
 
+#[tokio::test]
+async fn a_parent_answers_a_keep_alive_only_when_it_wrote_nothing_for_a_while() {
+    let pki = Pki::new();
+    let level = start_level(&pki, fast()).await;
+    let interval = Duration::from_millis(100);
+    let (link, answer) = raw_child(&pki, Role::Node, "quiet", &level.address, interval).await;
+    assert_eq!(welcome(&answer), Some(Enrollment::Active), "{answer:?}");
+    let Connection {
+        mut writer, reader, ..
+    } = link;
+    let mut incoming = agad_net::conn::spawn_reader(reader);
+    // 40 keep-alives, one per interval, and what comes back meanwhile.
+    let sending = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(interval).await;
+            writer
+                .send(&Message::Control(Control::KeepAlive {
+                    components: Vec::new(),
+                }))
+                .await
+                .unwrap();
+        }
+        writer
+    });
+    let mut answered = Vec::new();
+    let started = std::time::Instant::now();
+    while !sending.is_finished() {
+        if let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_millis(20), incoming.recv()).await
+        {
+            assert!(
+                matches!(frame, Message::Control(Control::KeepAlive { .. })),
+                "{frame:?}"
+            );
+            answered.push(started.elapsed());
+        }
+    }
+    // One answer per `PARENT_EVERY - 1` quiet intervals or so: 40 intervals
+    // give about 6 (the first comes once 5 intervals have passed since the
+    // welcome), not 40.
+    let quiet = interval * (agad_net::liveness::PARENT_EVERY - 1);
+    assert!(
+        (4..=8).contains(&answered.len()),
+        "{} answers to 40 keep-alives: {answered:?}",
+        answered.len()
+    );
+    for pair in answered.windows(2) {
+        assert!(pair[1] - pair[0] >= quiet - interval, "{answered:?}");
+    }
+    level.stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn a_frame_in_no_hurry_rides_on_the_next_one_or_goes_at_its_deadline() {
+    let pki = Pki::new();
+    let level = start_level(&pki, fast()).await;
+    let interval = Duration::from_secs(1);
+    let (link, answer) = raw_child(&pki, Role::Node, "patient", &level.address, interval).await;
+    assert_eq!(welcome(&answer), Some(Enrollment::Active), "{answer:?}");
+    let Connection {
+        mut writer, reader, ..
+    } = link;
+    let mut incoming = agad_net::conn::spawn_reader(reader);
+    let challenge = |n: u8| Message::Control(Control::Attest { nonce: [n; 32] });
+    let queue = |n: u8| {
+        assert!(
+            level.level.children.lock()["patient"].send_with_next(challenge(n)),
+            "queued"
+        );
+    };
+
+    // Waits while nothing else goes to the child...
+    queue(1);
+    let early = tokio::time::timeout(Duration::from_millis(500), incoming.recv()).await;
+    assert!(early.is_err(), "left alone: {early:?}");
+    // ... and leaves with the acknowledgement of the child's alarm, first.
+    writer
+        .send(&Message::Alarm(Queued {
+            seq: 1,
+            body: Upward::Alarm(alarm("patient")),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut incoming).await, challenge(1));
+    assert_eq!(
+        next(&mut incoming).await,
+        Message::Control(Control::Ack { seqs: vec![1] })
+    );
+
+    // With nothing else to ride on, it still goes within `PARENT_EVERY`
+    // intervals (here with the answer to a keep-alive after a quiet while).
+    queue(2);
+    let queued = std::time::Instant::now();
+    let keeping_alive = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let keep_alive = Message::Control(Control::KeepAlive {
+                components: Vec::new(),
+            });
+            if writer.send(&keep_alive).await.is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(next(&mut incoming).await, challenge(2));
+    let waited = queued.elapsed();
+    assert!(
+        waited <= interval * agad_net::liveness::PARENT_EVERY + Duration::from_millis(500),
+        "{waited:?}"
+    );
+    keeping_alive.abort();
+    level.stop.send(true).unwrap();
+}
+
+/// Why the link left its parent.
+async fn left(link: &mut Link, parent: &str) -> String {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(Downlink::Disconnected { reason }) = link.downlink.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the child never left {parent}"))
+}
+
+/// The next message a reader task passes on.
+async fn next(incoming: &mut mpsc::Receiver<Result<Message, agad_net::NetError>>) -> Message {
+    tokio::time::timeout(PATIENCE, incoming.recv())
+        .await
+        .expect("a frame")
+        .expect("open")
+        .expect("a message")
+}
+
 /// A "parent" that welcomes a child and then never says anything again.
 async fn silent_parent(pki: &Pki, role: Role) -> (String, tokio::task::JoinHandle<usize>) {
+    impostor(pki, role, false).await
+}
+
+/// A "parent" that welcomes a child and then only answers its keep-alives
+/// (if `answers`), acknowledging nothing; the task counts the frames.
+async fn impostor(
+    pki: &Pki,
+    role: Role,
+    answers: bool,
+) -> (String, tokio::task::JoinHandle<usize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let acceptor = pki.acceptor(role, "impostor");
@@ -419,15 +566,19 @@ async fn silent_parent(pki: &Pki, role: Role) -> (String, tokio::task::JoinHandl
             tokio::time::timeout(Duration::from_secs(5), link.reader.recv()).await
         {
             frames += 1;
-            if matches!(frame, Message::Control(Control::Hello { .. })) {
-                link.writer
-                    .send(&Message::Control(Control::Welcome {
-                        enrollment: Enrollment::Active,
-                        reason: String::new(),
-                        activation: None,
-                    }))
-                    .await
-                    .unwrap();
+            let answer = match frame {
+                Message::Control(Control::Hello { .. }) => Control::Welcome {
+                    enrollment: Enrollment::Active,
+                    reason: String::new(),
+                    activation: None,
+                },
+                Message::Control(Control::KeepAlive { .. }) if answers => Control::KeepAlive {
+                    components: Vec::new(),
+                },
+                _ => continue,
+            };
+            if link.writer.send(&Message::Control(answer)).await.is_err() {
+                break;
             }
         }
         frames
@@ -446,20 +597,37 @@ async fn a_child_leaves_a_silent_parent_for_its_standby() {
         "web-2",
         vec![silent.clone(), standby.address.clone()],
     ));
-    let reason = tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Some(Downlink::Disconnected { reason }) = link.downlink.recv().await {
-                return reason;
-            }
-        }
-    })
-    .await
-    .expect("the child never left its silent parent");
+    let reason = left(&mut link, "its silent parent").await;
     assert!(reason.contains("silent"), "{reason}");
     next_event(
         &mut events,
         "connected to the standby",
         |e| matches!(e, ChildEvent::Connected(c) if c.name == "web-2"),
+    )
+    .await;
+    link.stop.send(true).unwrap();
+    standby.stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn a_child_leaves_a_parent_that_talks_but_acknowledges_nothing() {
+    let pki = Pki::new();
+    let (stuck, _impostor) = impostor(&pki, Role::Dominio, true).await;
+    let standby = start_level(&pki, fast()).await;
+    let mut events = standby.level.children.subscribe();
+    let mut link = start_link(uplink_config(
+        &pki,
+        "web-3",
+        vec![stuck.clone(), standby.address.clone()],
+    ));
+    link.outbox.push(&Upward::Alarm(alarm("web-3"))).unwrap();
+    let reason = left(&mut link, "a parent that acknowledged nothing").await;
+    assert!(reason.contains("nothing acknowledged"), "{reason}");
+    // The standby has it.
+    next_event(
+        &mut events,
+        "the alarm stored by the standby",
+        |e| matches!(e, ChildEvent::AlarmStored { child, .. } if child.name == "web-3"),
     )
     .await;
     link.stop.send(true).unwrap();

@@ -3,9 +3,11 @@
 //! Three classes travel on every link (DESIGN §2): control, alarm and
 //! report. A frame is `[u32 body length, big-endian][u16 protocol version]
 //! [body]`; the body is one byte saying how the rest is packed (0: as is,
-//! 1: deflate) followed by the bincode 2 encoding of one [`Message`]. Bodies
-//! from a few hundred bytes up are deflated: report batches (their metric
-//! names, units and window times repeat) and deployments (module bytes). This module is the only
+//! 1: deflate, 2: deflate with the connection's recent bodies as history,
+//! see [`History`]) followed by the bincode 2 encoding of one [`Message`].
+//! Bodies from a hundred bytes up are deflated: report batches (their metric
+//! names, units and window times repeat, within a batch and from one window
+//! to the next) and deployments (module bytes). This module is the only
 //! place that knows the byte layout, so the format can change in one place;
 //! everything else sends and receives [`Message`]s.
 //!
@@ -27,7 +29,7 @@ use std::fmt;
 mod bounded;
 
 /// Bumped on every incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest body accepted; anything bigger closes the connection unread.
 /// Big enough for a replica carrying a domain's module bundles.
 pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
@@ -632,16 +634,71 @@ const DEFLATE_FROM: usize = 256;
 /// to 536 KB, against 478 KB at level 6 for four times the CPU), and the
 /// last one is kept for the next receiver (see [`LAST_LARGE`]).
 const DEFLATE_HARD_UP_TO: usize = 64 * 1024;
+/// Bodies from this size up are deflated after the connection's history
+/// ([`encode_after`]): an alarm or a keep-alive with components mostly
+/// repeats what went before.
+const DEFLATE_AFTER_FROM: usize = 128;
 const PLAIN: u8 = 0;
 const DEFLATED: u8 = 1;
+const DEFLATED_AFTER: u8 = 2;
 
-/// The whole frame (header and body) for one message.
+/// Bytes of recent bodies a [`History`] keeps: a node's report batch of a
+/// window (about 2.5 KB) with room for an alarm or an attestation between
+/// two of them.
+pub const HISTORY_LEN: usize = 8 * 1024;
+
+/// What one direction of one connection remembers between frames: the last
+/// [`HISTORY_LEN`] bytes of the plain bodies packed [`DEFLATED_AFTER`], in
+/// order. The writer deflates the next body as if it followed them, so what
+/// repeats from one window's reports to the next (metric names, subjects,
+/// units, window times, values that did not change) costs a back-reference;
+/// the reader, which decoded the same bodies in the same order, holds the
+/// same bytes and inflates against them. Only bodies packed that way
+/// enter it, so frames encoded once for many receivers ([`encode`]) can
+/// be mixed in. Both ends start empty on every connection, which is what
+/// a replay after a reconnection needs.
+///
+/// That keeps a connection's deflate state to these bytes instead of a
+/// compressor's and an inflater's tables (hundreds of KiB), which a domain
+/// manager with ten thousand nodes could not hold per connection.
+#[derive(Debug, Default, Clone)]
+pub struct History {
+    recent: Vec<u8>,
+}
+
+impl History {
+    fn remember(&mut self, plain: &[u8]) {
+        let plain = &plain[plain.len().saturating_sub(HISTORY_LEN)..];
+        let keep = HISTORY_LEN - plain.len();
+        if self.recent.len() > keep {
+            self.recent.drain(..self.recent.len() - keep);
+        }
+        self.recent.extend_from_slice(plain);
+    }
+}
+
+/// The whole frame (header and body) for one message, packed on its own:
+/// for frames encoded once and sent to many receivers.
 pub fn encode(message: &Message) -> Result<Vec<u8>, CodecError> {
+    encode_packed(message, None)
+}
+
+/// The whole frame for the next message of a connection whose earlier
+/// bodies are in `history` (the writer's), which it then joins.
+pub fn encode_after(message: &Message, history: &mut History) -> Result<Vec<u8>, CodecError> {
+    encode_packed(message, Some(history))
+}
+
+fn encode_packed(message: &Message, history: Option<&mut History>) -> Result<Vec<u8>, CodecError> {
     let plain = bincode::serde::encode_to_vec(message, config()).map_err(CodecError::malformed)?;
     let mut frame = vec![0u8; HEADER_LEN];
     if plain.len() > DEFLATE_HARD_UP_TO {
         frame.push(DEFLATED);
         frame.extend_from_slice(&deflate_large(plain));
+    } else if let Some(history) = history.filter(|_| plain.len() >= DEFLATE_AFTER_FROM) {
+        frame.push(DEFLATED_AFTER);
+        frame.extend_from_slice(&deflate_after(&history.recent, &plain)?);
+        history.remember(&plain);
     } else if plain.len() >= DEFLATE_FROM {
         frame.push(DEFLATED);
         frame.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&plain, 6));
@@ -682,6 +739,68 @@ fn deflate_large(plain: Vec<u8>) -> std::sync::Arc<Vec<u8>> {
     deflated
 }
 
+/// `plain` deflated (level 6) as the continuation of a stream that held
+/// `history`: the compressor sees the history, flushes to a byte boundary
+/// and its output up to there is dropped; what follows refers back into
+/// the history as into any earlier part of a stream.
+fn deflate_after(history: &[u8], plain: &[u8]) -> Result<Vec<u8>, CodecError> {
+    use miniz_oxide::deflate::core::{
+        CompressorOxide, TDEFLFlush, TDEFLStatus, compress, create_comp_flags_from_zip_params,
+    };
+    let run = |compressor: &mut CompressorOxide, mut input: &[u8], flush: TDEFLFlush| {
+        let mut out = Vec::with_capacity(input.len() / 2 + 64);
+        let mut buf = [0u8; 4096];
+        loop {
+            let (status, used, written) = compress(compressor, input, &mut buf, flush);
+            input = &input[used..];
+            out.extend_from_slice(&buf[..written]);
+            match status {
+                TDEFLStatus::Done => return Ok(out),
+                // Flushed: all taken, and the output had room to spare.
+                TDEFLStatus::Okay
+                    if flush == TDEFLFlush::Sync && input.is_empty() && written < buf.len() =>
+                {
+                    return Ok(out);
+                }
+                TDEFLStatus::Okay => {}
+                other => return Err(CodecError::Malformed(format!("deflate failed: {other:?}"))),
+            }
+        }
+    };
+    // Raw deflate (no zlib wrapper), as `compress_to_vec`.
+    let mut compressor = CompressorOxide::new(create_comp_flags_from_zip_params(6, 0, 0));
+    if !history.is_empty() {
+        run(&mut compressor, history, TDEFLFlush::Sync)?;
+    }
+    run(&mut compressor, plain, TDEFLFlush::Finish)
+}
+
+/// Inflates a body packed [`DEFLATED_AFTER`]: the history goes first, as
+/// one stored (uncompressed) block, so that the body's back-references
+/// find it, and is cut from the output.
+fn inflate_after(history: &[u8], deflated: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let len = u16::try_from(history.len()).expect("a history is shorter than a stored block");
+    let mut stream = Vec::with_capacity(5 + history.len() + deflated.len());
+    // BFINAL 0, BTYPE 00 (stored), padded to the byte; LEN and its complement.
+    stream.push(0);
+    stream.extend_from_slice(&len.to_le_bytes());
+    stream.extend_from_slice(&(!len).to_le_bytes());
+    stream.extend_from_slice(history);
+    stream.extend_from_slice(deflated);
+    let mut plain = inflate(&stream, MAX_FRAME_LEN + history.len())?;
+    plain.drain(..history.len());
+    Ok(plain)
+}
+
+/// Raw deflate inflated up to `limit` bytes. The limit keeps a small frame
+/// from inflating into a huge one. The error's text only (`Display`): its
+/// `Debug` form carries the whole partial output, up to the limit, and
+/// errors are logged.
+fn inflate(deflated: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+    miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, limit)
+        .map_err(|e| CodecError::malformed(format!("bad deflate stream: {e}")))
+}
+
 /// Checks a header and returns the body length that follows it.
 pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize, CodecError> {
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -702,14 +821,25 @@ pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize, CodecError> {
 /// checked); trailing bytes are an error, not ignored. Nesting and the
 /// decoded size are bounded either way ([`MAX_NESTING`], [`MAX_DECODED_LEN`]).
 pub fn decode_body(body: &[u8]) -> Result<Message, CodecError> {
-    decode_plain(&unpack(body)?)
+    decode_body_after(body, &mut History::default())
+}
+
+/// [`decode_body`] for the next body of a connection whose earlier bodies
+/// are in `history` (the reader's side of its [`History`]).
+pub fn decode_body_after(body: &[u8], history: &mut History) -> Result<Message, CodecError> {
+    decode_plain(&unpack(body, history)?)
 }
 
 /// Decodes one body from `from`, refusing a kind that end may not send
 /// (a child's `Replicate`, a parent's `Alarm`) from its first bytes, before
-/// the rest is decoded.
-pub fn decode_body_from(body: &[u8], from: Sender) -> Result<Message, CodecError> {
-    let plain = unpack(body)?;
+/// the rest is decoded. `history` is the reader's side of the connection's
+/// [`History`].
+pub fn decode_body_from(
+    body: &[u8],
+    from: Sender,
+    history: &mut History,
+) -> Result<Message, CodecError> {
+    let plain = unpack(body, history)?;
     let kind = peek_kind(&plain)?;
     if !kind.may_come_from(from) {
         return Err(CodecError::Forbidden { kind, from });
@@ -718,16 +848,17 @@ pub fn decode_body_from(body: &[u8], from: Sender) -> Result<Message, CodecError
 }
 
 /// The bincode bytes of a body, inflated if need be.
-fn unpack(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, CodecError> {
+fn unpack<'a>(
+    body: &'a [u8],
+    history: &mut History,
+) -> Result<std::borrow::Cow<'a, [u8]>, CodecError> {
     match body.split_first() {
         Some((&PLAIN, rest)) => Ok(rest.into()),
-        Some((&DEFLATED, rest)) => {
-            // The limit keeps a small frame from inflating into a huge one.
-            // The error's text only (`Display`): its `Debug` form carries the
-            // whole partial output, up to the limit, and errors are logged.
-            miniz_oxide::inflate::decompress_to_vec_with_limit(rest, MAX_FRAME_LEN)
-                .map(Into::into)
-                .map_err(|e| CodecError::malformed(format!("bad deflate stream: {e}")))
+        Some((&DEFLATED, rest)) => inflate(rest, MAX_FRAME_LEN).map(Into::into),
+        Some((&DEFLATED_AFTER, rest)) => {
+            let plain = inflate_after(&history.recent, rest)?;
+            history.remember(&plain);
+            Ok(plain.into())
         }
         Some((other, _)) => Err(CodecError::Malformed(format!(
             "unknown body packing {other}"
@@ -931,6 +1062,83 @@ mod tests {
         assert_eq!(decode_body(body).unwrap(), deploy);
         // The second receiver's frame is the same bytes.
         assert_eq!(encode(&deploy).unwrap(), frame);
+    }
+
+    fn components(states: &[State]) -> Message {
+        Message::Control(Control::KeepAlive {
+            components: states
+                .iter()
+                .enumerate()
+                .map(|(i, state)| {
+                    ComponentStatus::new(
+                        Component::Module {
+                            name: format!("inspector-{i}-with-a-long-name"),
+                        },
+                        state.clone(),
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_body_like_the_last_costs_little_and_survives_with_shared_frames_between() {
+        let (mut written, mut read) = (History::default(), History::default());
+        let first = components(&vec![State::Running; 12]);
+        let mut second_states = vec![State::Running; 12];
+        second_states[7] = State::Refused {
+            reason: "configuration refused".into(),
+        };
+        let second = components(&second_states);
+        let alone = encode(&second).unwrap().len();
+
+        let frame = encode_after(&first, &mut written).unwrap();
+        assert_eq!(split(&frame).1[0], DEFLATED_AFTER);
+        assert_eq!(
+            decode_body_after(split(&frame).1, &mut read).unwrap(),
+            first
+        );
+        // A frame encoded once for many receivers, between them, is not
+        // part of the history on either side.
+        let shared = encode(&first).unwrap();
+        assert_eq!(
+            decode_body_after(split(&shared).1, &mut read).unwrap(),
+            first
+        );
+        let frame = encode_after(&second, &mut written).unwrap();
+        let body = split(&frame).1;
+        assert!(
+            body.len() * 2 < alone,
+            "{} bytes after the first, {alone} alone",
+            body.len()
+        );
+        assert_eq!(
+            decode_body_from(body, Sender::Child, &mut read).unwrap(),
+            second
+        );
+        assert_eq!(written.recent, read.recent);
+    }
+
+    #[test]
+    fn a_body_read_without_the_history_it_refers_to_is_refused() {
+        let mut written = History::default();
+        let first = components(&vec![State::Running; 12]);
+        encode_after(&first, &mut written).unwrap();
+        let frame = encode_after(&first, &mut written).unwrap();
+        let error = decode_body_after(split(&frame).1, &mut History::default()).unwrap_err();
+        assert!(matches!(error, CodecError::Malformed(_)), "{error}");
+    }
+
+    #[test]
+    fn a_history_keeps_the_latest_bytes_only() {
+        let mut history = History::default();
+        history.remember(&[1; HISTORY_LEN - 10]);
+        history.remember(&[2; 20]);
+        assert_eq!(history.recent.len(), HISTORY_LEN);
+        assert_eq!(&history.recent[HISTORY_LEN - 20..], &[2; 20]);
+        assert_eq!(history.recent[0], 1);
+        history.remember(&[3; HISTORY_LEN * 2]);
+        assert_eq!(history.recent, vec![3; HISTORY_LEN]);
     }
 
     #[test]
@@ -1417,9 +1625,12 @@ mod tests {
             assert_eq!(MessageKind::of(&message), kind);
             let frame = encode(&message).unwrap();
             let body = &frame[HEADER_LEN..];
-            assert_eq!(peek_kind(&unpack(body).unwrap()).unwrap(), kind);
+            assert_eq!(
+                peek_kind(&unpack(body, &mut History::default()).unwrap()).unwrap(),
+                kind
+            );
             for from in [Sender::Parent, Sender::Child] {
-                match decode_body_from(body, from) {
+                match decode_body_from(body, from, &mut History::default()) {
                     Ok(decoded) => {
                         assert!(kind.may_come_from(from), "{kind} from {from}");
                         assert_eq!(decoded, message);
@@ -1471,7 +1682,7 @@ mod tests {
         // Control, Replicate, then bytes that are no replica at all: only
         // the tags are read.
         let body = [PLAIN, 0, 3, 0xff, 0xff, 0xff];
-        let err = decode_body_from(&body, Sender::Child).unwrap_err();
+        let err = decode_body_from(&body, Sender::Child, &mut History::default()).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -1487,13 +1698,13 @@ mod tests {
             "a child may not send `replicate` (refused before decoding it)"
         );
         assert!(matches!(
-            decode_body_from(&body, Sender::Parent),
+            decode_body_from(&body, Sender::Parent, &mut History::default()),
             Err(CodecError::Malformed(_))
         ));
         // A deep self-nested replica from a child costs no recursion at all.
         let nested = nested_replicate(100_000, 1);
         assert!(matches!(
-            decode_body_from(&nested, Sender::Child),
+            decode_body_from(&nested, Sender::Child, &mut History::default()),
             Err(CodecError::Forbidden { .. })
         ));
     }
@@ -1503,7 +1714,7 @@ mod tests {
         for body in [&[PLAIN, 9][..], &[PLAIN, 0, 77], &[PLAIN]] {
             assert!(
                 matches!(
-                    decode_body_from(body, Sender::Parent),
+                    decode_body_from(body, Sender::Parent, &mut History::default()),
                     Err(CodecError::Malformed(_))
                 ),
                 "{body:?}"
