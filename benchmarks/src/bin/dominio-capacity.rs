@@ -142,6 +142,8 @@ struct Counters {
     keepalives: AtomicU64,
     up: AtomicU64,
     down: AtomicU64,
+    /// Frames read since the start, by kind (what the manager sends).
+    read: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Report → acknowledgement, since the last `take_latencies`.
     latencies: Mutex<Vec<Duration>>,
     failures: Mutex<Vec<String>>,
@@ -348,6 +350,14 @@ async fn ramp(
         tokio::time::sleep(options.settle).await;
         let row = measure(level, connect, d, &shared.counters, options.window).await?;
         print_row(&row);
+        println!(
+            "  frames the nodes have read so far, by kind: {:?}",
+            shared
+                .counters
+                .read
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        );
         rows.push(row);
     }
 
@@ -509,14 +519,16 @@ async fn serve(
         counters.down.fetch_add(received - down, Ordering::Relaxed);
         (up, down) = (sent, received);
         tokio::select! {
-            frame = link.reader.recv() => match frame? {
+            frame = link.reader.recv() => match frame?.inspect(|m| {
+                *counters.read.lock().unwrap_or_else(|p| p.into_inner()).entry(m.kind()).or_default() += 1;
+            }) {
                 Some(Message::Control(Control::Deploy { version, .. })) => {
                     send(&mut link, Control::DeployAck { version, problems: Vec::new() }).await?;
                 }
                 Some(Message::Control(Control::Ack { seqs })) => {
                     acknowledged(&seqs, &mut pending, &mut pending_alarms, counters);
                 }
-                // The manager answers every keep-alive.
+                // The manager answers a keep-alive after a quiet while.
                 Some(Message::Control(Control::KeepAlive { .. })) => {}
                 // Its guardian's challenge, once a minute: answered as a
                 // node holding no module (none is assigned here).
