@@ -703,7 +703,9 @@ async fn session<P: Parent>(
                     until.get_or_insert_with(|| tokio::time::Instant::now() + hold);
                     waiting.extend(patient);
                 }
-                if now.is_empty() && !late {
+                // A queue's worth waiting goes anyway: what waits is
+                // bounded like what is queued.
+                if now.is_empty() && !late && waiting.len() < QUEUE {
                     continue;
                 }
                 let mut frames = std::mem::take(&mut waiting);
